@@ -1,0 +1,66 @@
+"""The ``shardkv`` entry point: one command, many subcommands.
+
+Each subcommand lives beside what it runs (``shardkv.node.command`` for ``shardkv node``, and
+so on). A command module exposes ``COMMANDS``: a list of ``(name, help, add_arguments, run)``
+where ``run(args) -> int`` is the exit status. Modules are imported only when present, so an
+install of the client alone still has a working ``shardkv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# Module paths that contribute subcommands, in the order they are listed in --help.
+COMMAND_MODULES: tuple[str, ...] = (
+    "shardkv.node.command",
+    "shardkv.coordinator.command",
+    "shardkv.cluster.launcher_command",
+    "shardkv.client.command",
+    "shardkv.chaos.command",
+)
+
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[Any], int]]
+
+
+def _load_commands() -> list[Command]:
+    commands: list[Command] = []
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # that part is not installed / not built yet
+            raise
+        commands.extend(module.COMMANDS)
+    return commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardkv",
+        description="shardkv: a distributed, sharded key-value cluster.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, help_text, add_arguments, run in _load_commands():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sub_parser)
+        sub_parser.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Error codes of the public surface, and the exceptions that carry them.
+
+Errors are values: every failure a client can see is one of the codes below, with an HTTP
+status for REST, a ``retryable`` flag that tells a client whether trying again (possibly
+elsewhere, after refreshing the map) can succeed, and a human message. Nothing else ever
+reaches a client: no stack traces, no library exception text without a code.
+
+The tree mirrors redis-py's: retryable errors (the node or the route was wrong *now*) are
+distinct from definite answers (the request itself was wrong, or a condition failed).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class ErrorCode(enum.StrEnum):
+    """The codes of DESIGN.md. The value is what travels on the wire."""
+
+    NOT_FOUND = "NOT_FOUND"
+    VERSION_MISMATCH = "VERSION_MISMATCH"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    TOO_LARGE = "TOO_LARGE"
+    NOT_PRIMARY = "NOT_PRIMARY"
+    STALE_MAP = "STALE_MAP"
+    TOO_STALE = "TOO_STALE"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    TIMEOUT = "TIMEOUT"
+    UNKNOWN_OP = "UNKNOWN_OP"
+    STALE_EPOCH = "STALE_EPOCH"
+    INTERNAL = "INTERNAL"
+
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.VERSION_MISMATCH: 412,
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.UNKNOWN_OP: 400,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_PRIMARY: 421,
+    ErrorCode.STALE_MAP: 421,
+    ErrorCode.STALE_EPOCH: 409,
+    ErrorCode.TOO_STALE: 503,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.TIMEOUT: 504,
+    ErrorCode.INTERNAL: 500,
+}
+
+RETRYABLE: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.NOT_PRIMARY,
+        ErrorCode.STALE_MAP,
+        ErrorCode.TOO_STALE,
+        ErrorCode.UNAVAILABLE,
+        ErrorCode.TIMEOUT,
+        ErrorCode.STALE_EPOCH,
+    }
+)
+
+
+class ShardKVError(Exception):
+    """Base of every error with a code. ``details`` carries structured hints (the primary's
+    id and URL for NOT_PRIMARY, the map version for STALE_MAP, the current version for
+    VERSION_MISMATCH) so a client can act without parsing the message."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or self.code.value)
+        self.message = message or self.code.value
+        self.details = details
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: ``{"error", "message", "retryable", **details}``."""
+        body: dict[str, Any] = {
+            "error": self.code.value,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+        body.update(self.details)
+        return body
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, details={self.details!r})"
+
+
+class NotFound(ShardKVError):
+    code = ErrorCode.NOT_FOUND
+
+
+class VersionMismatch(ShardKVError):
+    code = ErrorCode.VERSION_MISMATCH
+
+
+class InvalidArgument(ShardKVError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class UnknownOp(ShardKVError):
+    code = ErrorCode.UNKNOWN_OP
+
+
+class TooLarge(ShardKVError):
+    code = ErrorCode.TOO_LARGE
+
+
+class NotPrimary(ShardKVError):
+    code = ErrorCode.NOT_PRIMARY
+
+
+class StaleMap(ShardKVError):
+    code = ErrorCode.STALE_MAP
+
+
+class StaleEpoch(ShardKVError):
+    code = ErrorCode.STALE_EPOCH
+
+
+class TooStale(ShardKVError):
+    code = ErrorCode.TOO_STALE
+
+
+class Unavailable(ShardKVError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class Unauthorized(ShardKVError):
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Timeout(ShardKVError):
+    code = ErrorCode.TIMEOUT
+
+
+class InternalError(ShardKVError):
+    code = ErrorCode.INTERNAL
+
+
+_BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
+    cls.code: cls
+    for cls in (
+        NotFound,
+        VersionMismatch,
+        InvalidArgument,
+        UnknownOp,
+        TooLarge,
+        NotPrimary,
+        StaleMap,
+        StaleEpoch,
+        TooStale,
+        Unavailable,
+        Unauthorized,
+        Timeout,
+        InternalError,
+    )
+}
+
+
+def error_from_dict(body: dict[str, Any]) -> ShardKVError:
+    """Rebuild the typed exception from its wire form (unknown codes become INTERNAL)."""
+    try:
+        code = ErrorCode(body.get("error"))
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    details = {k: v for k, v in body.items() if k not in ("error", "message", "retryable")}
+    return _BY_CODE[code](str(body.get("message", code.value)), **details)

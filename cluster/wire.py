@@ -1,0 +1,79 @@
+"""The wire format: msgpack bodies, JSON on request, and the rpc frame shape.
+
+msgpack is the native encoding (compact, binary-safe). JSON is accepted and returned where
+the request asks for it so that curl works; bytes then travel as UTF-8 text when they are
+valid UTF-8, and otherwise as ``{"b64": "..."}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import msgpack
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+
+
+def pack(obj: Any) -> bytes:
+    """Encode with msgpack (bytes stay bytes, str stays str)."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes, *, max_bytes: int | None = None) -> Any:
+    """Decode msgpack strictly: one object, no trailing garbage, bounded sizes.
+
+    Raises ``ValueError`` (or a msgpack exception, a subclass of it) on anything malformed;
+    callers turn that into INVALID_ARGUMENT.
+    """
+    limit = max_bytes if max_bytes is not None else len(data)
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=False,
+        max_bin_len=limit,
+        max_str_len=limit,
+        max_array_len=limit,
+        max_map_len=limit,
+        max_ext_len=0,
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, bytes | bytearray | memoryview):
+        raw = bytes(obj)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(raw).decode("ascii")}
+    if isinstance(obj, dict):
+        return {
+            (k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k): _jsonable(v)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any) -> bytes:
+    """Encode as JSON, turning bytes into text (or ``{"b64": ...}`` when not UTF-8)."""
+    return json.dumps(_jsonable(obj), separators=(",", ":")).encode("utf-8")
+
+
+def from_json(data: bytes) -> Any:
+    """Decode JSON; raises ``ValueError`` on malformed input."""
+    return json.loads(data)
+
+
+def wants_json(accept: str | None, content_type: str | None = None) -> bool:
+    """Whether a response should be JSON: the client asked for it in Accept, or sent JSON
+    and did not ask for msgpack."""
+    accept = (accept or "").lower()
+    if MSGPACK in accept:
+        return False
+    if JSON in accept:
+        return True
+    return JSON in (content_type or "").lower()

@@ -1,0 +1,263 @@
+"""The storage node process: builds the app, opens the store, serves, and stops cleanly.
+
+Order matters at both ends. At start the node binds its port *before* recovering the store,
+so ``/health`` answers and ``/ready`` says 503 while a long WAL replay runs (an orchestrator
+then waits instead of killing a node that is merely recovering). On SIGTERM/SIGINT it reverses:
+``/ready`` turns 503, the listening socket closes, rpc connections stop taking new requests
+and finish those in flight (bounded by ``shutdown_grace_s``), HTTP handlers finish, and only
+then is the store flushed and closed. The exit status is 0 after a graceful stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
+from shardkv.cluster.structured_log import log_fields, setup_logging
+from shardkv.node.config import NodeConfig
+from shardkv.node.metrics import NodeMetrics
+from shardkv.node.operations import NodeContext
+from shardkv.node.rest_api import RestApi
+from shardkv.node.rpc_api import FRAME_READ_LIMIT, RpcConnection
+from shardkv.node.store import Store
+from shardkv.node.store_model import StoreConfig
+from shardkv.node.wal import WalOptions
+
+logger = logging.getLogger("shardkv.node")
+
+
+class StartupError(Exception):
+    """The node cannot start (port taken, data directory unusable, corrupt WAL, ...): the
+    message says what and where; ``shardkv node`` prints it and exits 1."""
+
+
+Hook = Callable[["NodeServer"], Awaitable[None]]
+
+
+class NodeServer:
+    """One storage node. ``app`` may be given more routes (replication, admin) before
+    :meth:`start`; ``ctx`` is what operations see (the role, the ring version).
+
+    Parts that live beside the server (the coordinator link, replication) plug in through
+    ``on_ready`` (run once the store is open, before ``/ready`` turns 200) and ``on_stop``
+    (run first thing on a graceful stop, while the store is still open)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.metrics = NodeMetrics()
+        self.ctx = NodeContext(limits=Limits(max_value_bytes=config.max_value_bytes),
+                               node_id=config.node_id)
+        self.state = "starting"
+        self.url: str | None = None
+        self.store: Store | None = None
+        self._started_at = time.monotonic()
+        self._connections: set[RpcConnection] = set()
+        self._runner: web.AppRunner | None = None
+        self.metrics.rpc_inflight.set_function(
+            lambda: sum(c.inflight for c in self._connections))
+        self.on_ready: list[Hook] = []
+        self.on_stop: list[Hook] = []
+        self.app = self._build_app()
+
+    # -- the app ---------------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        # The largest legitimate body is a 32 MiB batch; aiohttp refuses more before reading.
+        app = web.Application(client_max_size=MAX_FRAME_BYTES + (1 << 20),
+                              middlewares=[_internal_errors])
+        rest = RestApi(self.config, self.ctx, self.metrics, lambda: self.state,
+                       self._started_at)
+        app.add_routes(rest.routes())
+        app.add_routes([web.get("/v1/rpc", self._rpc)])
+        app.on_shutdown.append(self._drain_connections)
+        return app
+
+    async def _rpc(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=FRAME_READ_LIMIT, compress=False,
+                                   autoping=True)
+        await ws.prepare(request)
+        connection = RpcConnection(ws, self.ctx, self.metrics,
+                                   self.config.max_inflight_per_connection)
+        self._connections.add(connection)
+        self.metrics.rpc_connections.inc()
+        try:
+            await connection.serve()
+        finally:
+            self._connections.discard(connection)
+            self.metrics.rpc_connections.dec()
+        return ws
+
+    async def _drain_connections(self, app: web.Application) -> None:
+        connections = list(self._connections)
+        if connections:
+            await asyncio.gather(
+                *(c.drain(self.config.shutdown_grace_s) for c in connections),
+                return_exceptions=True,
+            )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind, then recover the store, then serve. Raises StartupError."""
+        config = self.config
+        # lingering_time: after refusing a body unread (413), aiohttp keeps discarding what the
+        # client still sends so that it can read the answer; 10 s by default, which also
+        # holds up a graceful stop. One second is plenty on the networks a node lives on.
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                               shutdown_timeout=config.shutdown_grace_s, lingering_time=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, config.listen_host, config.listen_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(f"cannot listen on {config.listen}: {exc.strerror or exc}") \
+                from None
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        shown_host = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown_host}:{port}"
+        logger.info(
+            "listening on %s, data in %s", self.url, config.data_dir,
+            extra=log_fields(url=self.url, listen=f"{shown_host}:{port}",
+                             data_dir=str(config.data_dir), engine=config.engine,
+                             fsync=config.fsync, node_id=config.node_id, shard=config.shard,
+                             coordinators=list(config.coordinators), pid=os.getpid()),
+        )
+        await self._open_store()
+        for hook in self.on_ready:
+            await hook(self)
+        self.state = "ready"
+        self.metrics.ready.set(1)
+        logger.info("ready", extra=log_fields(url=self.url, role=self.ctx.role))
+
+    async def _open_store(self) -> None:
+        config = self.config
+        store_config = StoreConfig(
+            data_dir=config.data_dir,
+            engine=config.engine,
+            wal=WalOptions(fsync=config.fsync, fsync_interval_ms=config.fsync_interval_ms,
+                           on_sync=self.metrics.on_wal_sync),
+            limits=self.ctx.limits,
+            snapshot_wal_bytes=config.snapshot_wal_bytes,
+        )
+        started = time.perf_counter()
+        try:
+            store = await Store.open(store_config)
+        except Exception as exc:
+            # A corrupt WAL or snapshot, an unreadable directory, a wrong engine: the node must
+            # not serve. The exception's message names the file and offset where it can.
+            raise StartupError(f"cannot open the store in {config.data_dir}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - started
+        self.store = store
+        self.ctx.store = store
+        self.metrics.recovery_seconds.set(seconds)
+        self.metrics.watch_store(lambda: self.store.stats() if self.store else None)
+        stats = store.stats()
+        recovery = stats.recovery
+        logger.info(
+            "store open: lsn %d, %d keys, recovered in %.3fs", store.last_lsn,
+            store.key_count, seconds,
+            extra=log_fields(lsn=store.last_lsn, keys=store.key_count, epoch=store.epoch,
+                             recovery_s=round(seconds, 4), engine=config.engine,
+                             snapshot_lsn=recovery.snapshot_lsn,
+                             replayed_entries=recovery.replayed_entries),
+        )
+
+    async def stop(self) -> None:
+        """Graceful stop (idempotent): see the module docstring for the order."""
+        if self.state == "stopped":
+            return
+        self.state = "stopping"
+        self.metrics.ready.set(0)
+        logger.info("stopping", extra=log_fields(url=self.url,
+                                                 rpc_connections=len(self._connections)))
+        for hook in self.on_stop:
+            try:
+                await hook(self)
+            except Exception:
+                logger.exception("a stop hook failed; stopping anyway")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        store, self.store = self.store, None
+        self.ctx.store = None
+        if store is not None:
+            await store.close()  # the store logs its own "store closed" with the final LSN
+        self.state = "stopped"
+
+
+_HTTP_ERROR_CODES = {404: "NOT_FOUND", 413: "TOO_LARGE"}
+
+
+@web.middleware
+async def _internal_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The last line: an exception no handler turned into a coded error becomes INTERNAL
+    (logged with its traceback), never a stack trace in a response; aiohttp's own refusals
+    (no such route, wrong method, body too large) get the same error body as ours."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_ERROR_CODES.get(exc.status, "INVALID_ARGUMENT")
+        return web.json_response(
+            {"error": code, "message": exc.reason, "retryable": False},
+            status=exc.status, headers={k: v for k, v in exc.headers.items()
+                                        if k.lower() == "allow"},
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("unexpected error serving %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "INTERNAL", "message": "internal error; the node logged the details",
+             "retryable": False},
+            status=500,
+        )
+
+
+async def serve(config: NodeConfig) -> int:
+    """Run a node until SIGTERM/SIGINT; 0 after a graceful stop, 1 if it could not start."""
+    node = NodeServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            logger.warning("second signal: exiting without a graceful stop")
+            os._exit(1)
+        logger.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        try:
+            await node.start()
+        except StartupError as exc:
+            logger.error("%s", exc)
+            await node.stop()
+            return 1
+        await stop.wait()
+        await node.stop()
+        logger.info("stopped", extra=log_fields(url=node.url))
+        return 0
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+def run_node(config: NodeConfig) -> int:
+    """The ``shardkv node`` process body."""
+    setup_logging("node", config.log_level)
+    return asyncio.run(serve(config))

@@ -1,0 +1,96 @@
+"""Counters: no acknowledged increment lost, none applied twice.
+
+For each counter key, with ``acked`` the sum of acknowledged deltas and the info increments
+(unknown outcome) each contributing either 0 or its delta, the final strong read F must lie
+in ``[acked + sum(negative info deltas), acked + sum(positive info deltas)]``. Below the range
+an acknowledged increment was lost; above it one was applied twice (a retried request
+executed again, the classic bug of non-idempotent retries).
+
+Each acknowledged incr also returns the counter's new value; with positive deltas those
+values must be distinct (two increments cannot both have produced the same value), and none
+may exceed what all increments invoked before it returned could produce.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from shardkv.chaos.checkers.lost_writes import final_reads
+from shardkv.chaos.checkers.result import CheckResult
+from shardkv.chaos.history import Operation
+
+
+def _delta(op: Operation) -> int:
+    return int(op.value) if op.value is not None else 1
+
+
+def check_counters(ops: Iterable[Operation]) -> CheckResult:
+    ops = list(ops)
+    result = CheckResult("counters")
+    finals = final_reads(ops)
+    incrs: dict[Any, list[Operation]] = defaultdict(list)
+    for op in ops:
+        if op.f == "incr" and op.type != "fail":
+            incrs[op.key].append(op)
+    for key, key_incrs in sorted(incrs.items(), key=lambda kv: str(kv[0])):
+        acked = [op for op in key_incrs if op.type == "ok"]
+        unknown = [op for op in key_incrs if op.type == "info"]
+        low = sum(_delta(op) for op in acked) + sum(min(0, _delta(op)) for op in unknown)
+        high = sum(_delta(op) for op in acked) + sum(max(0, _delta(op)) for op in unknown)
+        _check_returned_values(result, key, key_incrs, acked)
+        final = finals.get(key)
+        if final is None:
+            result.unknown("no-final-read", key, f"{len(acked)} acknowledged increments, "
+                           "no final read")
+            continue
+        value = int(final.output or 0)
+        if value < low:
+            result.anomaly(
+                "lost-increment", key,
+                f"final value {value} is below {low}: at least {low - value} acknowledged "
+                f"increment(s) lost ({len(acked)} acknowledged, {len(unknown)} unknown)",
+                final=value, low=low, high=high,
+            )
+        elif value > high:
+            result.anomaly(
+                "doubled-increment", key,
+                f"final value {value} is above {high}: {value - high} more than every "
+                f"acknowledged and unknown increment together",
+                final=value, low=low, high=high,
+            )
+    result.stats = {
+        "counters": len(incrs),
+        "acknowledged_increments": sum(
+            1 for ops_ in incrs.values() for op in ops_ if op.type == "ok"
+        ),
+        "unknown_increments": sum(1 for ops_ in incrs.values() for op in ops_ if op.type == "info"),
+    }
+    return result
+
+
+def _check_returned_values(
+    result: CheckResult, key: Any, all_incrs: list[Operation], acked: list[Operation]
+) -> None:
+    if any(_delta(op) <= 0 for op in all_incrs):
+        return  # distinctness only holds for strictly growing counters
+    seen = Counter(op.output for op in acked if op.output is not None)
+    for value, count in seen.items():
+        if count > 1:
+            result.anomaly(
+                "duplicate-increment-result", key,
+                f"{count} acknowledged increments all returned {value}",
+                value=value,
+            )
+    for op in acked:
+        if op.output is None:
+            continue
+        possible = sum(_delta(other) for other in all_incrs if other.call <= op.ret)
+        if int(op.output) > possible:
+            result.anomaly(
+                "doubled-increment", key,
+                f"{op.describe()} returned {op.output}, more than the {possible} that every "
+                "increment invoked before it returned could produce",
+                op=op.to_json(),
+            )

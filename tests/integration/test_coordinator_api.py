@@ -1,0 +1,174 @@
+"""The coordinator's HTTP API against a real single-member group (in this process: a real
+Raft thread, a real journal, real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+from shardkv.coordinator.config import CoordinatorConfig, RaftTimings
+from shardkv.coordinator.local_group import free_port
+from shardkv.coordinator.server import Coordinator
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret-admin-token"
+
+
+async def leader_probe(coord: Coordinator) -> None:
+    """A stand-in for the failure detector: runs only while this member leads."""
+    assert coord.is_leader()
+    await asyncio.Event().wait()
+
+
+@pytest.fixture
+async def coordinator(tmp_path: Path) -> AsyncIterator[Coordinator]:
+    config = CoordinatorConfig(
+        id="c1", listen="127.0.0.1:0", raft=f"127.0.0.1:{free_port()}",
+        data_dir=str(tmp_path / "c1"), init_shards=2, replication_factor=2,
+        admin_token=TOKEN, raft_password="api-test",
+        timings=RaftTimings(election_min=0.1, election_max=0.2, append_entries_period=0.02,
+                            leader_fallback=1.0),
+    )
+    coord = Coordinator(config)
+    coord.leader_task_factories.append(leader_probe)
+    await coord.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (coord.is_ready() and coord.watch.current.shards and
+                   "c1" in coord.watch.current.coordinators):
+            assert time.monotonic() < deadline, "coordinator never became ready"
+            await asyncio.sleep(0.02)
+        yield coord
+    finally:
+        await coord.stop()
+
+
+@pytest.fixture
+async def http(coordinator: Coordinator) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=coordinator.config.url) as session:
+        yield session
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def send(http: aiohttp.ClientSession, method: str, path: str, body: Any = None,
+               headers: dict[str, str] | None = None, raw: bytes | None = None
+               ) -> tuple[int, Any]:
+    kwargs: dict[str, Any] = {"headers": headers or {}}
+    if raw is not None:
+        kwargs["data"] = raw
+        kwargs["headers"] = {**kwargs["headers"], "Content-Type": "application/json"}
+    elif body is not None:
+        kwargs["json"] = body
+    async with http.request(method, path, **kwargs) as resp:
+        text = await resp.read()
+        return resp.status, (await resp.json() if text else None)
+
+
+async def test_admin_requires_the_bearer_token(http: aiohttp.ClientSession) -> None:
+    status, body = await send(http, "GET", "/admin/nodes")
+    assert status == 401 and body["error"] == "UNAUTHORIZED"
+    status, _ = await send(http, "GET", "/admin/nodes", headers={"Authorization": "Bearer no"})
+    assert status == 401
+    status, body = await send(http, "GET", "/admin/shards", headers=AUTH)
+    assert status == 200 and sorted(body["shards"]) == ["s1", "s2"]
+    status, _ = await send(http, "GET", "/v1/map")  # the map is not an admin route
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "raw", "status", "code"),
+    [
+        ("POST", "/admin/shards", None, b"{not json", 400, "INVALID_ARGUMENT"),
+        ("POST", "/admin/shards", None, b"[1, 2]", 400, "INVALID_ARGUMENT"),
+        ("POST", "/admin/shards", {"weigth": 2}, None, 400, "INVALID_ARGUMENT"),
+        ("POST", "/admin/shards", {"weight": "heavy"}, None, 400, "INVALID_ARGUMENT"),
+        ("POST", "/admin/shards", {"shard": "s1"}, None, 412, "VERSION_MISMATCH"),
+        ("POST", "/admin/shards", {"count": 5}, None, 412, "VERSION_MISMATCH"),
+        ("POST", "/admin/nodes/n404/drain", None, None, 404, "NOT_FOUND"),
+        ("DELETE", "/admin/nodes/n404", None, None, 404, "NOT_FOUND"),
+        ("PUT", "/admin/ring", {"shards": {"s1": 1, "s9": 1}}, None, 404, "NOT_FOUND"),
+        ("POST", "/admin/shards/s1/primary", {"node": "n404"}, None, 400, "INVALID_ARGUMENT"),
+        ("POST", "/v1/nodes/register", {"url": "ftp://x"}, None, 400, "INVALID_ARGUMENT"),
+        ("POST", "/v1/nodes/register", {"url": "http://x:1", "role": "god"}, None, 400,
+         "INVALID_ARGUMENT"),
+        ("POST", "/v1/nodes/n404/heartbeat", {"lsn": 1}, None, 404, "NOT_FOUND"),
+        ("POST", "/v1/nodes/n404/heartbeat", {"lsn": -1}, None, 400, "INVALID_ARGUMENT"),
+    ],
+)
+async def test_malformed_requests_get_clear_errors_and_change_nothing(
+    coordinator: Coordinator, http: aiohttp.ClientSession, method: str, path: str,
+    body: Any, raw: bytes | None, status: int, code: str,
+) -> None:
+    before = coordinator.watch.current.to_dict()
+    got_status, answer = await send(http, method, path, body, headers=AUTH, raw=raw)
+    assert (got_status, answer["error"]) == (status, code), answer
+    assert answer["message"] and answer["retryable"] is False
+    assert coordinator.watch.current.to_dict() == before
+
+
+async def test_register_heartbeat_and_admin_views(coordinator: Coordinator,
+                                                  http: aiohttp.ClientSession) -> None:
+    status, placed = await send(http, "POST", "/v1/nodes/register",
+                                {"url": "http://127.0.0.1:9001", "labels": {"zone": "a"}})
+    assert status == 200 and (placed["node_id"], placed["shard"], placed["role"]) == (
+        "n1", "s1", "primary")
+    assert placed["map"]["nodes"]["n1"]["role"] == "primary"
+    status, beat = await send(http, "POST", "/v1/nodes/n1/heartbeat",
+                              {"lsn": 42, "epoch": 1, "role": "primary"})
+    assert status == 200 and beat["map_version"] == placed["map_version"]
+    status, nodes = await send(http, "GET", "/admin/nodes", headers=AUTH)
+    n1 = nodes["nodes"]["n1"]
+    assert n1["liveness"] == "alive" and n1["reported_lsn"] == 42 and n1["role"] == "primary"
+    status, drained = await send(http, "POST", "/admin/nodes/n1/drain", headers=AUTH)
+    assert status == 200 and drained["left_shard"] == "s1"
+    status, removed = await send(http, "DELETE", "/admin/nodes/n1", headers=AUTH)
+    assert status == 200 and removed["node"] == "n1"
+    assert "n1" not in coordinator.watch.current.nodes
+
+
+async def test_map_in_msgpack_and_watchers_see_a_change_within_a_second(
+    coordinator: Coordinator, http: aiohttp.ClientSession
+) -> None:
+    async with http.get("/v1/map", headers={"Accept": "application/msgpack"}) as resp:
+        assert resp.content_type == "application/msgpack"
+        current = msgpack.unpackb(await resp.read())
+    version = current["version"]
+    async with http.get(f"/v1/map?since={version}&timeout=0.2") as resp:
+        assert resp.status == 304  # nothing newer within the timeout
+
+    async def watch() -> tuple[float, int]:
+        async with http.get(f"/v1/map?since={version}&timeout=10") as resp:
+            body = await resp.json()
+            return time.monotonic(), body["version"]
+
+    watchers = [asyncio.create_task(watch()) for _ in range(50)]
+    await asyncio.sleep(0.2)
+    status, _ = await send(http, "POST", "/admin/shards", {}, headers=AUTH)
+    committed_at = time.monotonic()  # the change is committed once the admin call returns
+    assert status == 201
+    seen = await asyncio.gather(*watchers)
+    assert all(v > version for _, v in seen)
+    assert max(t for t, _ in seen) - committed_at < 1.0
+
+
+async def test_health_ready_and_metrics(coordinator: Coordinator,
+                                        http: aiohttp.ClientSession) -> None:
+    status, health = await send(http, "GET", "/health")
+    assert status == 200 and health["status"] == "ok"
+    status, ready = await send(http, "GET", "/ready")
+    assert status == 200 and ready["ready"] and ready["is_leader"] and ready["leader"] == "c1"
+    probes = [t for t in coordinator._leader_tasks if t.get_name() == "leader-0"]
+    assert probes and not probes[0].done(), "the leader-only task is not running"
+    async with http.get("/metrics") as resp:
+        text = await resp.text()
+    for name in ("shardkv_raft_term", "shardkv_raft_commit_index", "shardkv_raft_is_leader 1.0",
+                 "shardkv_map_version", 'shardkv_nodes_liveness{state="alive"}'):
+        assert name in text, name

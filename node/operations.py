@@ -66,6 +66,8 @@ class NodeContext:
     node_id: str | None = None
     primary: dict[str, Any] | None = None
     ring_version: int | None = None
+    # In a cluster: raises STALE_MAP for a key another shard owns (set by cluster_membership).
+    owns_key: Callable[[bytes], None] | None = None
 
     def serving_store(self) -> Store:
         store = self.store
@@ -429,7 +431,27 @@ async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
     if operation.writes and ctx.role != "primary":
         raise NotPrimary(f"this node is a {ctx.role}; writes go to the primary",
                          primary=ctx.primary)
+    if ctx.owns_key is not None:
+        _check_ownership(ctx.owns_key, args)
     return await operation.handler(ctx, args)
+
+
+def _check_ownership(owns_key: Callable[[bytes], None], args: Args) -> None:
+    """Every key a request names must belong to this node's shard (scans are answered with
+    what this shard holds and merged by the client, so they name no key)."""
+    key = args.get("key")
+    if key is not None:
+        owns_key(as_key(key))
+    for listed in (args.get("keys"), args.get("items"), args.get("ops")):
+        if not isinstance(listed, list):
+            continue
+        for entry in listed:
+            if isinstance(entry, dict):
+                entry = entry.get("key")
+            elif isinstance(entry, list | tuple) and entry:
+                entry = entry[0]
+            if entry is not None:
+                owns_key(as_key(entry))
 
 
 def client_error(exc: BaseException, logger: Any) -> ShardKVError:

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
+from shardkv.node.cluster_membership import ClusterMembership
 from shardkv.node.config import NodeConfig
 from shardkv.node.metrics import NodeMetrics
 from shardkv.node.operations import NodeContext
@@ -65,6 +66,10 @@ class NodeServer:
         self.on_ready: list[Hook] = []
         self.on_stop: list[Hook] = []
         self.app = self._build_app()
+        self.membership: ClusterMembership | None = None
+        if not config.standalone:
+            self.membership = ClusterMembership(self)
+            self.membership.install()
 
     # -- the app ---------------------------------------------------------------------------
 

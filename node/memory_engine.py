@@ -127,11 +127,15 @@ class MemoryEngine(Engine):
         heap = self._expiry_heap
         found: list[tuple[float, bytes]] = []
         result: list[tuple[bytes, int]] = []
+        seen: set[bytes] = set()
         while heap and heap[0][0] <= now and len(result) < limit:
             expires_at, key = heapq.heappop(heap)
             row = self._items.get(key)
             if row is None or row[_EXPIRES_AT] != expires_at:
                 continue  # stale: the key was rewritten or deleted since
+            if key in seen:
+                continue  # a duplicate entry (the key rewritten with the same expiry)
+            seen.add(key)
             found.append((expires_at, key))
             result.append((key, row[_VERSION]))
         # The live entries go back: the keys stay until their delete is applied, and a sweep

@@ -1,0 +1,146 @@
+"""Helpers for the container tests: plain HTTP, waiting on a condition with a deadline, a
+handle on a running container, and shardkv processes started the way the Helm chart starts
+its pods (the chart's own scripts, the pods' security restrictions, names resolved by DNS on a
+user-defined network). Imported by conftest.py and the test modules of this folder."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+HELM_FILES = REPO / "helm" / "shardkv" / "files"
+# The chart's scripts (coordinator-start.sh, helm-test.py), mounted where its pods have them.
+SCRIPTS_VOLUME = {str(HELM_FILES): {"bind": "/scripts", "mode": "ro"}}
+NODE_PORT = 7100
+COORDINATOR_PORT = 7000
+RAFT_PORT = 7001
+RAFT_PASSWORD = "container-test-raft-password"
+
+# What the chart's securityContext asks of every container.
+POD_LIKE: dict[str, Any] = {
+    "read_only": True,
+    "tmpfs": {"/tmp": "rw,size=16m"},
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+}
+
+
+@dataclass
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(method: str, url: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None, timeout: float = 5.0) -> HttpAnswer:
+    """One HTTP request; error statuses are answers, not exceptions (connection errors are)."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return HttpAnswer(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as err:
+        return HttpAnswer(err.code, dict(err.headers), err.read())
+
+
+def wait_until(condition: Callable[[], Any], *, timeout: float, what: str,
+               interval: float = 0.25) -> Any:
+    """Poll ``condition`` until it returns a truthy value (which is returned) or the deadline
+    passes (AssertionError naming ``what`` and the last exception, if any)."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = condition()
+            if result:
+                return result
+        except (OSError, ValueError) as exc:  # connection refused/reset, bad JSON mid-start
+            last_error = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
+                                 + (f" (last error: {last_error!r})" if last_error else ""))
+        time.sleep(interval)
+
+
+def wait_http_ok(url: str, *, timeout: float = 60.0) -> HttpAnswer:
+    def ok() -> HttpAnswer | None:
+        answer = http("GET", url, timeout=2.0)
+        return answer if answer.status == 200 else None
+    return wait_until(ok, timeout=timeout, what=f"200 from {url}")
+
+
+@dataclass
+class RunningContainer:
+    """A started container: the testcontainers object and where its ports are published."""
+
+    container: Any  # testcontainers DockerContainer
+
+    @property
+    def raw(self) -> Any:
+        """The docker SDK container (inspect, exec, stop/start)."""
+        return self.container.get_wrapped_container()
+
+    def url(self, port: int) -> str:
+        self.raw.reload()
+        bindings = self.raw.attrs["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
+        if not bindings:
+            raise AssertionError(f"port {port} is not published")
+        return f"http://127.0.0.1:{bindings[0]['HostPort']}"
+
+    def logs(self) -> str:
+        return self.raw.logs().decode(errors="replace")
+
+
+
+def start_coordinator_group(start_container: Callable[..., RunningContainer], network: Any,
+                            count: int, suffix: str, *, shards: int = 1,
+                            replication_factor: int = 1,
+                            ) -> tuple[list[str], list[RunningContainer]]:
+    """``count`` coordinators started as the chart starts its pods: the chart's
+    coordinator-start.sh derives id, Raft address and peers from the pod name and the member
+    list; the names (``coord<i>-<suffix>``) resolve through the network's DNS as pod names do
+    through the headless Service. Returns the names and the containers, once all are ready."""
+    names = [f"coord{i}-{suffix}" for i in range(count)]
+    env = {
+        "SHARDKV_COORDINATOR_MEMBERS": ",".join(f"{name}={name}" for name in names),
+        "SHARDKV_RAFT_PASSWORD": RAFT_PASSWORD,
+        "SHARDKV_HTTP_PORT": str(COORDINATOR_PORT),
+        "SHARDKV_RAFT_PORT": str(RAFT_PORT),
+        "SHARDKV_HEALTH_URL": f"http://127.0.0.1:{COORDINATOR_PORT}/health",
+    }
+    coordinators = [
+        start_container(
+            [f"--init-shards={shards}", f"--replication-factor={replication_factor}",
+             "--commit-timeout=5"],
+            ports=(COORDINATOR_PORT,), network=network, aliases=(name,), hostname=name,
+            env={**env, "POD_NAME": name}, volumes=SCRIPTS_VOLUME,
+            entrypoint=["/bin/sh", "/scripts/coordinator-start.sh"], **POD_LIKE)
+        for name in names
+    ]
+    for coordinator in coordinators:
+        wait_http_ok(f"{coordinator.url(COORDINATOR_PORT)}/ready", timeout=90)
+    return names, coordinators
+
+
+def start_node(start_container: Callable[..., RunningContainer], network: Any, name: str,
+               coordinator_urls: str, shard: str, *, engine: str = "sqlite",
+               ) -> RunningContainer:
+    """A storage node of ``shard``. It listens on its own address on the network (``name``
+    resolves to it), so the URL it registers is one the other containers can reach, as the
+    chart's nodes listen on their pod IP."""
+    return start_container(
+        ["node", "--data-dir", "/data", "--listen", f"{name}:{NODE_PORT}",
+         "--coordinator", coordinator_urls, "--shard", shard, "--id", name,
+         "--engine", engine],
+        network=network, aliases=(name,), hostname=name,
+        env={"SHARDKV_HEALTH_URL": f"http://{name}:{NODE_PORT}/health"}, **POD_LIKE)

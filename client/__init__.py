@@ -1,1 +1,64 @@
 """shardkv.client."""
+
+from shardkv.client import values
+from shardkv.client.async_client import COORDINATORS_ENV, Client
+from shardkv.client.connection import ConnectionFailed
+from shardkv.client.multi_key import MultiKeyError
+from shardkv.client.retry import (
+    ConstantBackoff,
+    DecorrelatedJitterBackoff,
+    ExponentialBackoff,
+    NoBackoff,
+    Retry,
+)
+from shardkv.client.sync_client import SyncClient
+from shardkv.client.values import DeleteResult, Item, KeyItem
+from shardkv.cluster.errors import (
+    ErrorCode,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    NotPrimary,
+    ShardKVError,
+    StaleEpoch,
+    StaleMap,
+    Timeout,
+    TooLarge,
+    TooStale,
+    Unauthorized,
+    Unavailable,
+    UnknownOp,
+    VersionMismatch,
+)
+
+__all__ = [
+    "COORDINATORS_ENV",
+    "Client",
+    "ConnectionFailed",
+    "ConstantBackoff",
+    "DecorrelatedJitterBackoff",
+    "DeleteResult",
+    "ErrorCode",
+    "ExponentialBackoff",
+    "InternalError",
+    "InvalidArgument",
+    "Item",
+    "KeyItem",
+    "MultiKeyError",
+    "NoBackoff",
+    "NotFound",
+    "NotPrimary",
+    "Retry",
+    "ShardKVError",
+    "StaleEpoch",
+    "StaleMap",
+    "SyncClient",
+    "Timeout",
+    "TooLarge",
+    "TooStale",
+    "Unauthorized",
+    "Unavailable",
+    "UnknownOp",
+    "VersionMismatch",
+    "values",
+]

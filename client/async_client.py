@@ -1,0 +1,145 @@
+"""``Client``: the asyncio client.
+
+Built from coordinator URLs (or ``SHARDKV_COORDINATORS``, comma-separated), or in direct mode
+from one standalone node URL. ``async with Client(...) as kv`` fetches the map, starts the map
+watch, and closes every connection on the way out.
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+
+import aiohttp
+from shardkv.client.commands import Commands
+from shardkv.client.executor import DEFAULT_MAX_HOPS, DEFAULT_TIMEOUT, Executor
+from shardkv.client.retry import Retry
+from shardkv.client.routing import Router
+from shardkv.cluster.cluster_map import ClusterMap
+from shardkv.cluster.limits import Limits
+
+COORDINATORS_ENV = "SHARDKV_COORDINATORS"
+
+
+def coordinators_from_env() -> list[str]:
+    raw = os.environ.get(COORDINATORS_ENV, "")
+    return [u.strip() for u in raw.split(",") if u.strip()]
+
+
+class Client(Commands):
+    """The asyncio client. Every operation is a coroutine (see ``Commands``)."""
+
+    def __init__(
+        self,
+        coordinators: list[str] | str | None = None,
+        *,
+        nodes: list[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: Retry | None = None,
+        max_hops: int = DEFAULT_MAX_HOPS,
+        pool_size: int = 1,
+        consistency: str = "strong",
+        limits: Limits | None = None,
+        watch_map: bool = True,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        if isinstance(coordinators, str):
+            coordinators = [u.strip() for u in coordinators.split(",") if u.strip()]
+        if not coordinators and not nodes:
+            coordinators = coordinators_from_env()
+        if not coordinators and not nodes:
+            raise ValueError(
+                f"no coordinator URLs: pass them, or set {COORDINATORS_ENV}, "
+                "or use nodes=[url] for a standalone node"
+            )
+        self._coordinators = list(coordinators or [])
+        self._nodes = list(nodes) if nodes else None
+        self._timeout = timeout
+        self._retry = retry
+        self._max_hops = max_hops
+        self._pool_size = pool_size
+        self._consistency = consistency
+        self._limits = limits or Limits()
+        self._watch_map = watch_map
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._router: Router | None = None
+        self._executor_instance: Executor | None = None
+        self._started = False
+
+    async def connect(self) -> Client:
+        """Fetch the map and start watching it (``async with`` does this for you)."""
+        if self._started:
+            return self
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        )
+        self._router = Router(
+            self._session,
+            self._coordinators or None,
+            nodes=self._nodes,
+            fetch_timeout=self._connect_timeout,
+        )
+        self._executor_instance = Executor(
+            self._router,
+            self._session,
+            retry=self._retry,
+            timeout=self._timeout,
+            max_hops=self._max_hops,
+            pool_size=self._pool_size,
+            connect_timeout=self._connect_timeout,
+        )
+        self._started = True
+        try:
+            await self._router.start(watch=self._watch_map)
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self._router is not None:
+            await self._router.close()
+        if self._executor_instance is not None:
+            await self._executor_instance.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> Client:
+        return await self.connect()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def _executor(self) -> Executor:  # type: ignore[override]
+        if self._executor_instance is None or not self._started:
+            raise RuntimeError(
+                "the client is not connected: use `async with Client(...)` or "
+                "`await client.connect()`"
+            )
+        return self._executor_instance
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise RuntimeError("the client is not connected (use `async with Client(...)`)")
+        return self._router
+
+    @property
+    def cluster_map(self) -> ClusterMap | None:
+        """The cached map (None in direct mode)."""
+        return self.router.map
+
+    async def refresh_map(self) -> ClusterMap:
+        return await self.router.refresh()

@@ -1,0 +1,220 @@
+"""One pipelined ``/v1/rpc`` WebSocket per node (or a small pool of them).
+
+Every request is a frame ``[id, op, args]`` and gets a future keyed by ``id``; one reader task
+resolves futures as answers arrive, in any order. So a single connection carries many requests
+in flight, which is what makes a Python client fast: no per-request handshake, no head-of-line
+wait for the previous answer.
+
+Failure model. A connection that breaks fails every request in flight with
+``ConnectionFailed``; the next call reconnects. The error says whether the request could have
+reached the node (``maybe_executed``): a frame that was never written is safe to send again
+anywhere, while one that was written may have been applied, which only idempotent operations
+may ignore (see ``client.executor``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+import aiohttp
+from shardkv.cluster import wire
+from shardkv.cluster.errors import Timeout, Unavailable, error_from_dict
+from shardkv.cluster.limits import MAX_FRAME_BYTES
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionFailed(Unavailable):
+    """The node could not be reached or the connection broke. ``maybe_executed`` is True when
+    the request had been written before the break (its outcome is unknown)."""
+
+    def __init__(self, message: str = "", *, maybe_executed: bool = False, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.maybe_executed = maybe_executed
+
+
+def rpc_url(node_url: str) -> str:
+    """``http://host:port`` -> ``ws://host:port/v1/rpc`` (https -> wss)."""
+    base = node_url.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://") :] + "/v1/rpc"
+    if base.startswith("http://"):
+        return "ws://" + base[len("http://") :] + "/v1/rpc"
+    return base + "/v1/rpc"
+
+
+class NodeConnection:
+    """A single WebSocket to one node, opened lazily and reopened after a failure."""
+
+    def __init__(
+        self,
+        url: str,
+        session: aiohttp.ClientSession,
+        *,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._session = session
+        self._connect_timeout = connect_timeout
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._connect_lock = asyncio.Lock()
+        self._closed = False
+        self.connects = 0  # how many times a socket was opened (observability, tests)
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def _ensure_open(self) -> aiohttp.ClientWebSocketResponse:
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            return ws
+        async with self._connect_lock:
+            if self._ws is not None and not self._ws.closed:
+                return self._ws
+            if self._closed:
+                raise ConnectionFailed(f"connection to {self.url} is closed", node=self.url)
+            try:
+                ws = await self._session.ws_connect(
+                    rpc_url(self.url),
+                    timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
+                    max_msg_size=MAX_FRAME_BYTES,
+                    autoping=True,
+                    heartbeat=None,
+                    compress=0,
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise ConnectionFailed(
+                    f"cannot connect to {self.url}: {exc or type(exc).__name__}", node=self.url
+                ) from exc
+            self._ws = ws
+            self.connects += 1
+            self._reader = asyncio.get_running_loop().create_task(self._read_loop(ws))
+            return ws
+
+    async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        reason = "closed by the node"
+        try:
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    self._dispatch(msg.data)
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    reason = f"error: {ws.exception()}"
+                    break
+        except Exception as exc:  # the socket died under us: fail what is in flight
+            reason = f"error: {exc!r}"
+        finally:
+            if self._ws is ws:
+                self._ws = None
+            self._fail_pending(reason)
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            frame = wire.unpack(data)
+            request_id, status, result = frame
+        except (ValueError, TypeError) as exc:
+            log.warning("undecodable rpc answer from %s: %r", self.url, exc)
+            return
+        future = self._pending.pop(request_id, None) if request_id is not None else None
+        if future is None or future.done():
+            if request_id is None and isinstance(result, dict):
+                log.warning("node %s rejected a frame: %s", self.url, result.get("message"))
+            return
+        if status == "ok":
+            future.set_result(result)
+        else:
+            body = result if isinstance(result, dict) else {"error": status}
+            body.setdefault("error", status)
+            future.set_exception(error_from_dict(body))
+
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(
+                    ConnectionFailed(
+                        f"connection to {self.url} lost ({reason})",
+                        maybe_executed=True,
+                        node=self.url,
+                    )
+                )
+
+    async def call(self, op: str, args: dict[str, Any], budget: float) -> Any:
+        """Send one request and wait for its answer, at most ``budget`` seconds in total
+        (connecting included). Error answers are raised as their typed exception."""
+        loop = asyncio.get_running_loop()
+        connect_budget = min(budget, self._connect_timeout)
+        try:
+            async with asyncio.timeout(connect_budget):
+                ws = await self._ensure_open()
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"connecting to {self.url} took over {connect_budget:.3f}s", node=self.url
+            ) from None
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[request_id] = future
+        try:
+            await ws.send_bytes(wire.pack([request_id, op, args]))
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            self._pending.pop(request_id, None)
+            raise ConnectionFailed(
+                f"cannot send to {self.url}: {exc}", node=self.url, maybe_executed=False
+            ) from exc
+        try:
+            async with asyncio.timeout(budget):
+                return await future
+        except TimeoutError:
+            raise Timeout(
+                f"{op} on {self.url} took over {budget:.3f}s (outcome unknown)",
+                node=self.url,
+                maybe_executed=True,
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def close(self) -> None:
+        self._closed = True
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self._fail_pending("client closed")
+
+
+class NodePool:
+    """``size`` connections to one node, used round-robin. One is usually enough (requests
+    are pipelined); more spread the encoding work of a busy node over several sockets."""
+
+    def __init__(
+        self,
+        url: str,
+        session: aiohttp.ClientSession,
+        *,
+        size: int = 1,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"pool size must be >= 1, got {size}")
+        self.url = url.rstrip("/")
+        self.connections = [
+            NodeConnection(url, session, connect_timeout=connect_timeout) for _ in range(size)
+        ]
+        self._next = itertools.cycle(range(size))
+
+    async def call(self, op: str, args: dict[str, Any], budget: float) -> Any:
+        return await self.connections[next(self._next)].call(op, args, budget)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.connections), return_exceptions=True)

@@ -1,0 +1,241 @@
+"""Running one request to completion: route, send, and decide what a failure means.
+
+Three kinds of failure, three answers (redis-py's tree):
+
+- **Redirects** (``NOT_PRIMARY``, ``STALE_MAP``, ``STALE_EPOCH``): the node said "not me";
+  the request was not executed. Refresh the map and go again, at most ``max_hops`` (16) times.
+  If the map has not changed yet (the coordinator is still failing the shard over), wait a
+  jittered backoff before the next hop.
+- **Transient** (``UNAVAILABLE``, ``TIMEOUT``, a broken connection): retried under the
+  ``Retry`` policy, but only when that cannot apply a write twice: a request that may have
+  reached the node is retried only if the operation is idempotent (a plain put, a delete, a
+  read). An ``incr`` or a compare-and-swap whose outcome is unknown is reported, never guessed.
+- **Definite answers** (``NOT_FOUND``, ``VERSION_MISMATCH``, ``INVALID_ARGUMENT``, ...):
+  raised at once.
+
+``TOO_STALE`` on an eventual read moves on to the next replica, then to the primary.
+Everything runs under one deadline: the caller's ``timeout`` bounds all attempts and sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiohttp
+from shardkv.client.connection import ConnectionFailed, NodePool
+from shardkv.client.retry import ExponentialBackoff, Retry
+from shardkv.client.routing import Route, Router
+from shardkv.cluster.errors import (
+    InvalidArgument,
+    NotPrimary,
+    ShardKVError,
+    StaleEpoch,
+    StaleMap,
+    Timeout,
+    TooStale,
+    Unavailable,
+)
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_MAX_HOPS = 16
+
+REDIRECTS = (NotPrimary, StaleMap, StaleEpoch)
+
+
+class Regroup(Exception):
+    """Raised inside a multi-key call when a map change split its keys across shards: the
+    caller regroups what is left and tries again."""
+
+
+def _maybe_executed(error: BaseException) -> bool:
+    if isinstance(error, ConnectionFailed):
+        return error.maybe_executed
+    if isinstance(error, Timeout):
+        return True
+    return False
+
+
+class Executor:
+    """Owns the connection pools and runs requests through the router."""
+
+    def __init__(
+        self,
+        router: Router,
+        session: aiohttp.ClientSession,
+        *,
+        retry: Retry | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_hops: int = DEFAULT_MAX_HOPS,
+        pool_size: int = 1,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self.router = router
+        # The default is bounded by the call's deadline more than by the count: a failover
+        # takes seconds, and a client that gives up after 200 ms of backoff would see it.
+        self.retry = retry if retry is not None else Retry(retries=64)
+        self.timeout = timeout
+        self.max_hops = max_hops
+        self._session = session
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._pools: dict[str, NodePool] = {}
+        self._hop_backoff = ExponentialBackoff(base=0.01, cap=0.25)
+        # Answers per node URL: which nodes actually served (replica reads, failover tests).
+        self.served_by: collections.Counter[str] = collections.Counter()
+        self.hops = 0  # redirects followed, over the client's life
+
+    def pool(self, url: str) -> NodePool:
+        pool = self._pools.get(url)
+        if pool is None:
+            pool = NodePool(
+                url, self._session, size=self._pool_size, connect_timeout=self._connect_timeout
+            )
+            self._pools[url] = pool
+        return pool
+
+    async def close(self) -> None:
+        pools, self._pools = self._pools, {}
+        await asyncio.gather(*(p.close() for p in pools.values()), return_exceptions=True)
+
+    async def _after_redirect(self, error: ShardKVError, seen_version: int, hops: int,
+                              remaining: float) -> None:
+        """Bring the map forward after a redirect; back off if it did not move."""
+        if self.router.direct:
+            await asyncio.sleep(min(remaining, self._hop_backoff.compute(hops)))
+            return
+        try:
+            await self.router.refresh()
+        except Unavailable:
+            pass  # coordinators unreachable for now: the backoff below still applies
+        if self.router.version <= seen_version:
+            delay = min(remaining, self._hop_backoff.compute(hops))
+            await self.router.wait_newer(seen_version, max(delay, 0.0))
+
+    async def call(
+        self,
+        op: str,
+        args: dict[str, Any],
+        *,
+        keys: Sequence[bytes] = (),
+        shard: str | None = None,
+        eventual: bool = False,
+        idempotent: bool = True,
+        budget: float | None = None,
+        on_route: Callable[[Route], None] | None = None,
+    ) -> Any:
+        """Run ``op`` on the shard that owns ``keys`` (all in one shard) or on ``shard``.
+
+        ``ring_version`` is added to ``args`` from the map used for each attempt.
+        """
+        loop = asyncio.get_running_loop()
+        if budget is None:
+            budget = self.timeout
+        if budget <= 0:
+            raise InvalidArgument(f"timeout must be > 0, got {budget}")
+        ends_at = loop.time() + budget
+        failures = 0
+        hops = 0
+        self.retry.backoff.reset()
+        while True:
+            remaining = ends_at - loop.time()
+            if remaining <= 0:
+                raise Timeout(f"{op} did not complete within {budget:.3f}s")
+            seen_version = self.router.version
+            try:
+                target = self._target_shard(keys, shard)
+                candidates = (
+                    self.router.read_candidates(target)
+                    if eventual
+                    else [self.router.primary(target)]
+                )
+            except Unavailable as error:
+                # No map or no primary yet: the same as a node being unavailable.
+                failures += 1
+                delay = self.retry.delay_for(error, failures, remaining)
+                if delay is None:
+                    raise
+                await self._refresh_quietly()
+                await asyncio.sleep(delay)
+                continue
+            try:
+                return await self._try_candidates(
+                    op, args, candidates, ends_at, on_route=on_route
+                )
+            except REDIRECTS as error:
+                hops += 1
+                self.hops += 1
+                if hops > self.max_hops:
+                    raise
+                await self._after_redirect(error, seen_version, hops, ends_at - loop.time())
+            except Regroup:
+                raise
+            except ShardKVError as error:
+                if not error.retryable or (not idempotent and _maybe_executed(error)):
+                    raise
+                failures += 1
+                delay = self.retry.delay_for(error, failures, ends_at - loop.time())
+                if delay is None:
+                    raise
+                if isinstance(error, ConnectionFailed):
+                    await self._refresh_quietly()
+                await asyncio.sleep(delay)
+
+    def _target_shard(self, keys: Sequence[bytes], shard: str | None) -> str:
+        if shard is not None:
+            return shard
+        if not keys:
+            raise ValueError("a routed call needs keys or a shard")
+        owner = self.router.shard_of(keys[0])
+        for key in keys[1:]:
+            if self.router.shard_of(key) != owner:
+                raise Regroup()
+        return owner
+
+    async def _refresh_quietly(self) -> None:
+        if self.router.direct:
+            return
+        try:
+            await self.router.refresh()
+        except Unavailable:
+            pass
+
+    async def _try_candidates(
+        self,
+        op: str,
+        args: dict[str, Any],
+        candidates: list[Route],
+        ends_at: float,
+        *,
+        on_route: Callable[[Route], None] | None,
+    ) -> Any:
+        """Send to the first candidate; on TOO_STALE (a replica behind the bound) or a replica
+        that cannot be reached, move to the next. The primary is always last."""
+        loop = asyncio.get_running_loop()
+        last_error: ShardKVError | None = None
+        for index, route in enumerate(candidates):
+            remaining = ends_at - loop.time()
+            if remaining <= 0:
+                break
+            request = dict(args)
+            if route.ring_version is not None:
+                request["ring_version"] = route.ring_version
+            if on_route is not None:
+                on_route(route)
+            try:
+                result = await self.pool(route.url).call(op, request, remaining)
+            except (TooStale, ConnectionFailed, NotPrimary) as error:
+                is_last = index == len(candidates) - 1
+                if is_last or route.is_primary:
+                    raise
+                # A replica that is too stale, down, or that just turned primary elsewhere:
+                # the read can go to the next candidate without any wait.
+                last_error = error
+                continue
+            self.served_by[route.url] += 1
+            return result
+        if last_error is not None:
+            raise last_error
+        raise Timeout(f"{op} did not complete before the deadline")

@@ -1,0 +1,131 @@
+"""``SyncClient``: the same operations as ``Client``, blocking, safe from several threads.
+
+It owns a private event loop in a daemon thread and an async ``Client`` living on it; each
+call is submitted with ``run_coroutine_threadsafe`` and waited for. So threads share one set
+of pipelined connections (many threads, one socket per node, requests interleaved) instead of
+each opening its own, and the logic is the async client's, not a copy of it.
+
+The blocking methods are generated from ``Commands`` so the two clients cannot drift: a new
+operation added to the mixin appears here with the same name, signature and docstring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, TypeVar
+
+from shardkv.client.async_client import Client
+from shardkv.client.commands import Commands
+from shardkv.client.values import KeyItem
+from shardkv.cluster.cluster_map import ClusterMap
+
+T = TypeVar("T")
+
+_STOP_TIMEOUT = 5.0
+
+
+class SyncClient:
+    """Blocking twin of ``Client`` (same constructor arguments)."""
+
+    def __init__(self, coordinators: list[str] | str | None = None, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="shardkv-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        try:
+            self._client = self._run(self._make(coordinators, options))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @staticmethod
+    async def _make(coordinators: list[str] | str | None, options: dict[str, Any]) -> Client:
+        client = Client(coordinators, **options)
+        return await client.connect()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("the client is closed")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("SyncClient cannot be called from its own loop (use Client)")
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(_STOP_TIMEOUT)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._run(self._client.close())
+        finally:
+            self._closed = True
+            self._stop_loop()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the operations that are not plain coroutines -------------------------------------
+
+    def scan(self, prefix: Any = None, **options: Any) -> Iterator[KeyItem]:
+        """``Commands.scan``, as a blocking iterator (pages are fetched on the client loop)."""
+        iterator = self._run(_call_sync(self._client.scan, prefix, **options))
+        try:
+            while True:
+                try:
+                    yield self._run(anext(iterator))
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self._closed:
+                self._run(iterator.aclose())
+
+    def same_shard(self, keys: Any) -> bool:
+        return self._run(_call_sync(self._client.same_shard, keys))
+
+    @property
+    def cluster_map(self) -> ClusterMap | None:
+        return self._client.cluster_map
+
+    def refresh_map(self) -> ClusterMap:
+        return self._run(self._client.refresh_map())
+
+
+async def _call_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a plain (non-async) method on the client loop, where the router lives."""
+    return fn(*args, **kwargs)
+
+
+def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: SyncClient, *args: Any, **kwargs: Any) -> Any:
+        return self._run(getattr(self._client, name)(*args, **kwargs))
+
+    return call
+
+
+for _name, _method in inspect.getmembers(Commands, inspect.iscoroutinefunction):
+    if not _name.startswith("_") and not hasattr(SyncClient, _name):
+        setattr(SyncClient, _name, _blocking(_name, _method))

@@ -1,0 +1,390 @@
+"""The local cluster: coordinators and storage nodes as processes on this machine.
+
+``LocalCluster`` plans a cluster (ids, ports, data directories), starts every process, waits
+until it is *ready* (every coordinator answers ``/ready``, the map has a primary and the full
+member count for every shard, every node answers ``/ready``), writes ``DIR/cluster.json`` as
+DESIGN.md specifies, and stops everything: SIGTERM first (graceful: nodes flush and close),
+SIGKILL only for what is still alive after the grace period.
+
+Layout of DIR::
+
+    cluster.json            {"coordinators": [{"id", "url", "pid"}],
+                             "nodes": [{"id", "url", "pid", "data_dir"}]}
+    launcher.json           the plan (ids, ports, shape), reused on the next `up` so Raft peers
+                            and data directories keep their addresses across restarts
+    launcher.pid            the launcher process while it runs (what `shardkv down` signals)
+    coordinators/c1/ ...    Raft journals
+    nodes/n1/ ...           WAL, snapshots, engine files
+    logs/<id>.log           each process's stdout and stderr
+
+Processes run in their own session so a Ctrl-C in the terminal reaches only the launcher,
+which then stops them in order instead of leaving each to die on its own.
+
+This module is synchronous on purpose: it is a supervisor of processes, it has no event loop
+to block, and plain ``subprocess``/``urllib`` keep it easy to reason about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 90.0
+STOP_GRACE_S = 10.0
+
+
+class LaunchError(Exception):
+    """The cluster could not be started (a process died, readiness timed out): the message
+    says which process and where its log is."""
+
+
+def pick_free_port(host: str = HOST) -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class ProcessSpec:
+    """One process of the cluster: what to run and where it lives."""
+
+    kind: str  # "coordinator" or "node"
+    id: str
+    port: int
+    data_dir: str
+    raft_port: int | None = None
+    shard: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+@dataclass
+class ClusterPlan:
+    """The shape of a local cluster and the addresses of its processes."""
+
+    shards: int
+    replicas: int
+    coordinators: list[ProcessSpec] = field(default_factory=list)
+    nodes: list[ProcessSpec] = field(default_factory=list)
+    engine: str = "memory"
+    fsync: str = "always"
+
+    @classmethod
+    def new(cls, directory: Path, *, shards: int, replicas: int, coordinators: int,
+            engine: str = "memory", fsync: str = "always") -> ClusterPlan:
+        if shards < 1 or replicas < 1 or coordinators < 1:
+            raise ValueError("shards, replicas and coordinators must all be >= 1")
+        plan = cls(shards=shards, replicas=replicas, engine=engine, fsync=fsync)
+        taken: set[int] = set()
+
+        def free_port() -> int:  # distinct within the plan, not only free right now
+            while (port := pick_free_port()) in taken:
+                pass
+            taken.add(port)
+            return port
+
+        for i in range(1, coordinators + 1):
+            cid = f"c{i}"
+            plan.coordinators.append(ProcessSpec(
+                "coordinator", cid, free_port(), str(directory / "coordinators" / cid),
+                raft_port=free_port()))
+        for s in range(1, shards + 1):
+            for r in range(1, replicas + 1):
+                nid = f"n{(s - 1) * replicas + r}"
+                plan.nodes.append(ProcessSpec(
+                    "node", nid, free_port(), str(directory / "nodes" / nid), shard=f"s{s}"))
+        return plan
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterPlan:
+        raw = json.loads(path.read_text())
+        return cls(
+            shards=raw["shards"], replicas=raw["replicas"],
+            coordinators=[ProcessSpec(**c) for c in raw["coordinators"]],
+            nodes=[ProcessSpec(**n) for n in raw["nodes"]],
+            engine=raw.get("engine", "memory"), fsync=raw.get("fsync", "always"),
+        )
+
+    def save(self, path: Path) -> None:
+        write_json_atomically(path, asdict(self))
+
+    def same_shape(self, shards: int, replicas: int, coordinators: int) -> bool:
+        return (self.shards, self.replicas, len(self.coordinators)) == (
+            shards, replicas, coordinators)
+
+    @property
+    def processes(self) -> list[ProcessSpec]:
+        return self.coordinators + self.nodes
+
+    def coordinator_urls(self) -> list[str]:
+        return [c.url for c in self.coordinators]
+
+    def argv(self, spec: ProcessSpec) -> list[str]:
+        """The command line of one process (``python -m shardkv.cluster.cli ...``)."""
+        base = [sys.executable, "-m", "shardkv.cluster.cli"]
+        if spec.kind == "coordinator":
+            peers = ",".join(f"{c.id}={HOST}:{c.raft_port}"
+                             for c in self.coordinators if c.id != spec.id)
+            argv = [*base, "coordinator", "--id", spec.id, "--listen", f"{HOST}:{spec.port}",
+                    "--raft", f"{HOST}:{spec.raft_port}", "--data-dir", spec.data_dir,
+                    "--init-shards", str(self.shards),
+                    "--replication-factor", str(self.replicas)]
+            if peers:
+                argv += ["--peers", peers]
+            return argv
+        return [*base, "node", "--id", spec.id, "--data-dir", spec.data_dir,
+                "--listen", f"{HOST}:{spec.port}",
+                "--coordinator", ",".join(self.coordinator_urls()),
+                "--shard", spec.shard or "", "--engine", self.engine, "--fsync", self.fsync]
+
+
+def write_json_atomically(path: Path, obj: Any) -> None:
+    """Write, fsync and rename: a reader never sees half a file, a crash never leaves one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def http_get_json(url: str, timeout: float = 1.0) -> tuple[int, Any]:
+    """(status, decoded JSON or None); status 0 when nothing answered."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"null")
+        except ValueError:
+            return exc.code, None
+    except (OSError, ValueError):
+        return 0, None
+
+
+class LocalCluster:
+    """Starts, watches and stops the processes of a plan."""
+
+    def __init__(self, directory: Path, plan: ClusterPlan) -> None:
+        self.directory = directory
+        self.plan = plan
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, int] = {}
+
+    # -- files -----------------------------------------------------------------------------
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.directory / "cluster.json"
+
+    def log_path(self, spec: ProcessSpec) -> Path:
+        return self.directory / "logs" / f"{spec.id}.log"
+
+    def describe(self) -> dict[str, Any]:
+        """cluster.json, exactly the shape of DESIGN.md."""
+        return {
+            "coordinators": [{"id": c.id, "url": c.url, "pid": self._pid(c.id)}
+                             for c in self.plan.coordinators],
+            "nodes": [{"id": n.id, "url": n.url, "pid": self._pid(n.id),
+                       "data_dir": n.data_dir} for n in self.plan.nodes],
+        }
+
+    def write_cluster_file(self) -> None:
+        write_json_atomically(self.cluster_file, self.describe())
+
+    def _pid(self, process_id: str) -> int | None:
+        proc = self.procs.get(process_id)
+        return proc.pid if proc is not None else None
+
+    # -- start -----------------------------------------------------------------------------
+
+    def start_process(self, spec: ProcessSpec) -> subprocess.Popen[bytes]:
+        Path(spec.data_dir).mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path(spec)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.setdefault("SHARDKV_LOG_FORMAT", "json")
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                self.plan.argv(spec), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env=env, start_new_session=True,
+            )
+        self.procs[spec.id] = proc
+        return proc
+
+    def start(self) -> None:
+        """Start every process: the coordinators first, the nodes once the coordinators have
+        bootstrapped the shards (a node registers into its shard)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        busy = [f"{s.id}:{p}" for s in self.plan.processes
+                for p in (s.port, s.raft_port) if p is not None and not port_is_free(p)]
+        if busy:
+            raise LaunchError(f"ports already in use: {', '.join(busy)} (another cluster in "
+                              f"{self.directory}? run `shardkv down --dir {self.directory}`)")
+        self.plan.save(self.directory / "launcher.json")
+        for spec in self.plan.coordinators:
+            self.start_process(spec)
+        self.write_cluster_file()
+        # Nodes register into a shard by id: they can only once the map has its shards.
+        self.wait_bootstrapped()
+        for spec in self.plan.nodes:
+            self.start_process(spec)
+        self.write_cluster_file()
+
+    def wait_bootstrapped(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Wait until a coordinator serves a map with the plan's shards in it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            for c in self.plan.coordinators:
+                status, cmap = http_get_json(f"{c.url}/v1/map")
+                if status == 200 and isinstance(cmap, dict) and len(
+                    cmap.get("shards") or {}
+                ) >= self.plan.shards:
+                    return
+            time.sleep(0.1)
+        raise LaunchError(f"the coordinators did not bootstrap the cluster within "
+                          f"{timeout:.0f}s (logs in {self.directory / 'logs'})")
+
+    def _check_alive(self) -> None:
+        for spec in self.plan.processes:
+            proc = self.procs.get(spec.id)
+            if proc is not None and proc.poll() is not None:
+                tail = self.log_tail(spec)
+                raise LaunchError(f"{spec.kind} {spec.id} exited with status {proc.returncode}; "
+                                  f"log: {self.log_path(spec)}\n{tail}")
+
+    def log_tail(self, spec: ProcessSpec, lines: int = 8) -> str:
+        try:
+            text = self.log_path(spec).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the whole cluster serves, and if not, the first thing that does not."""
+        for c in self.plan.coordinators:
+            status, _ = http_get_json(f"{c.url}/ready")
+            if status != 200:
+                return False, f"coordinator {c.id} not ready"
+        status, cmap = http_get_json(f"{self.plan.coordinators[0].url}/v1/map")
+        if status != 200 or not isinstance(cmap, dict):
+            return False, "no map yet"
+        shards = cmap.get("shards") or {}
+        if len(shards) != self.plan.shards:
+            return False, f"map has {len(shards)} of {self.plan.shards} shards"
+        nodes = cmap.get("nodes") or {}
+        for sid, shard in sorted(shards.items()):
+            members = shard.get("members") or []
+            if not shard.get("primary"):
+                return False, f"shard {sid} has no primary"
+            if len(members) < self.plan.replicas:
+                return False, f"shard {sid} has {len(members)} of {self.plan.replicas} members"
+            for m in members:
+                if (nodes.get(m) or {}).get("status") != "up":
+                    return False, f"node {m} of shard {sid} is not up"
+        for n in self.plan.nodes:
+            status, _ = http_get_json(f"{n.url}/ready")
+            if status != 200:
+                return False, f"node {n.id} not ready"
+        return True, "ready"
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        reason = "not started"
+        while time.monotonic() < deadline:
+            self._check_alive()
+            ok, reason = self.readiness()
+            if ok:
+                return
+            time.sleep(0.2)
+        raise LaunchError(f"the cluster was not ready after {timeout:.0f}s: {reason} "
+                          f"(logs in {self.directory / 'logs'})")
+
+    # -- supervise -------------------------------------------------------------------------
+
+    def restart_dead(self) -> list[str]:
+        """Restart every process that has exited (``--supervise``); returns their ids."""
+        restarted = self.dead()
+        for process_id in restarted:
+            self.restart(process_id)
+        return restarted
+
+    def spec(self, process_id: str) -> ProcessSpec:
+        for spec in self.plan.processes:
+            if spec.id == process_id:
+                return spec
+        raise KeyError(f"no process {process_id!r} in this cluster")
+
+    def pid_of(self, process_id: str) -> int | None:
+        """The current pid of a process (a restarted one has a new pid)."""
+        return self._pid(process_id)
+
+    def kill(self, process_id: str) -> None:
+        """SIGKILL one process and reap it (a crash, for tests and the chaos harness)."""
+        proc = self.procs[process_id]
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def restart(self, process_id: str) -> int:
+        """Start a stopped or killed process again, same data and port; returns its pid."""
+        proc = self.procs.get(process_id)
+        if proc is not None and proc.poll() is None:
+            raise LaunchError(f"{process_id} is still running (pid {proc.pid})")
+        new = self.start_process(self.spec(process_id))
+        self.restarts[process_id] = self.restarts.get(process_id, 0) + 1
+        self.write_cluster_file()
+        return new.pid
+
+    def dead(self) -> list[str]:
+        return [pid for pid, proc in self.procs.items() if proc.poll() is not None]
+
+    # -- stop ------------------------------------------------------------------------------
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """SIGTERM everything, wait up to ``grace`` seconds, SIGKILL the rest, reap all."""
+        # Nodes first: they flush their stores while the coordinators still answer them.
+        order = [self.procs[s.id] for s in self.plan.nodes + self.plan.coordinators
+                 if s.id in self.procs]
+        for proc in order:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in order:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            try:
+                proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.cluster_file.unlink()

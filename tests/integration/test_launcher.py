@@ -1,0 +1,132 @@
+"""`shardkv up --detach`, the data commands against the cluster it started, `shardkv down`
+leaving no process behind; and the launcher's supervision (restart of a killed node)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cluster_fixtures import needs_coordinated_nodes
+from shardkv.cluster.launcher import ClusterPlan, LocalCluster
+from shardkv.cluster.local_processes import pid_alive, stop_described
+
+pytestmark = pytest.mark.integration
+
+
+def shardkv(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SHARDKV_COORDINATORS"}
+    return subprocess.run([sys.executable, "-m", "shardkv.cluster.cli", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@needs_coordinated_nodes
+def test_up_detach_commands_and_down(tmp_path: Path) -> None:
+    directory = tmp_path / "cl"
+    up = shardkv("up", "--dir", str(directory), "--shards", "2", "--replicas", "3",
+                 "--coordinators", "3", "--fsync", "never", "--detach")
+    try:
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert "metrics" in up.stdout and "SHARDKV_COORDINATORS=" in up.stdout
+        described = json.loads((directory / "cluster.json").read_text())
+        assert sorted(described) == ["coordinators", "nodes"]
+        assert len(described["coordinators"]) == 3 and len(described["nodes"]) == 6
+        for entry in described["coordinators"]:
+            assert sorted(entry) == ["id", "pid", "url"] and pid_alive(entry["pid"])
+        for entry in described["nodes"]:
+            assert sorted(entry) == ["data_dir", "id", "pid", "url"]
+            assert pid_alive(entry["pid"]) and Path(entry["data_dir"]).is_dir()
+        pids = [e["pid"] for e in described["coordinators"] + described["nodes"]]
+        launcher_pid = int((directory / "launcher.pid").read_text())
+
+        # A second `up` on the same directory refuses instead of clashing.
+        again = shardkv("up", "--dir", str(directory), "--detach")
+        assert again.returncode == 1 and "already running" in again.stderr
+
+        at = ("--dir", str(directory))
+        assert shardkv("put", *at, "k1", "v1").returncode == 0
+        assert shardkv("get", *at, "k1").stdout == "v1\n"
+        many = [f"key{i}=val{i}" for i in range(20)]
+        assert shardkv("mput", *at, *many).returncode == 0
+        got = json.loads(shardkv("mget", *at, "key0", "key19", "--json").stdout)
+        assert [g["value"] for g in got] == ["val0", "val19"]
+        assert shardkv("incr", *at, "ctr", "--by", "5").stdout == "5\n"
+        scanned = json.loads(shardkv("scan", *at, "--prefix", "key", "--json").stdout)
+        assert [r["key"] for r in scanned] == sorted(f"key{i}" for i in range(20))
+        assert shardkv("del", *at, "k1").stdout == "deleted\n"
+        status = json.loads(shardkv("status", *at, "--json").stdout)
+        assert status["healthy"] and len(status["shards"]) == 2
+        assert all(len(s["members"]) == 3 for s in status["shards"])
+        table = shardkv("status", *at).stdout
+        assert "SHARD" in table and "healthy" in table
+    finally:
+        down = shardkv("down", "--dir", str(directory))
+    assert down.returncode == 0, down.stderr
+    assert "stopped" in down.stdout
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(pid_alive(p) for p in [*pids, launcher_pid]):
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in [*pids, launcher_pid])
+    assert not (directory / "cluster.json").exists()
+    assert shardkv("down", "--dir", str(directory)).stdout.startswith("nothing running")
+
+
+@needs_coordinated_nodes
+def test_supervise_restarts_a_dead_node(tmp_path: Path) -> None:
+    plan = ClusterPlan.new(tmp_path, shards=1, replicas=1, coordinators=1, fsync="never")
+    cluster = LocalCluster(tmp_path, plan)
+    try:
+        cluster.start()
+        cluster.wait_ready(60)
+        node = plan.nodes[0]
+        first = cluster.procs[node.id]
+        first.kill()
+        first.wait()
+        assert cluster.dead() == [node.id]
+        assert cluster.restart_dead() == [node.id]
+        assert cluster.procs[node.id].pid != first.pid
+        cluster.wait_ready(60)
+        described = json.loads(cluster.cluster_file.read_text())
+        assert described["nodes"][0]["pid"] == cluster.procs[node.id].pid
+    finally:
+        cluster.stop()
+    assert all(p.poll() is not None for p in cluster.procs.values())
+
+
+def test_the_plan_and_cluster_json_shape(tmp_path: Path) -> None:
+    plan = ClusterPlan.new(tmp_path, shards=2, replicas=3, coordinators=3)
+    assert [c.id for c in plan.coordinators] == ["c1", "c2", "c3"]
+    assert [(n.id, n.shard) for n in plan.nodes] == [
+        ("n1", "s1"), ("n2", "s1"), ("n3", "s1"), ("n4", "s2"), ("n5", "s2"), ("n6", "s2")]
+    ports = [p for s in plan.processes for p in (s.port, s.raft_port) if p is not None]
+    assert len(set(ports)) == len(ports) == 12  # 3 x (http, raft) + 6 nodes
+    argv = plan.argv(plan.coordinators[0])
+    assert argv[argv.index("--peers") + 1] == ",".join(
+        f"{c.id}=127.0.0.1:{c.raft_port}" for c in plan.coordinators[1:])
+    assert argv[argv.index("--init-shards") + 1] == "2"
+    node_argv = plan.argv(plan.nodes[4])
+    assert node_argv[node_argv.index("--shard") + 1] == "s2"
+    assert node_argv[node_argv.index("--coordinator") + 1] == ",".join(plan.coordinator_urls())
+    plan.save(tmp_path / "launcher.json")
+    assert ClusterPlan.load(tmp_path / "launcher.json") == plan
+    described = LocalCluster(tmp_path, plan).describe()
+    assert sorted(described) == ["coordinators", "nodes"]
+    assert sorted(described["nodes"][0]) == ["data_dir", "id", "pid", "url"]
+
+
+def test_down_never_signals_a_process_that_is_not_ours(tmp_path: Path) -> None:
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "cluster.json").write_text(json.dumps(
+            {"coordinators": [{"id": "c1", "url": "http://127.0.0.1:1", "pid": stranger.pid}],
+             "nodes": []}))
+        assert stop_described(tmp_path, grace=0.5) == []
+        assert stranger.poll() is None  # a recycled pid is left alone
+        assert not (tmp_path / "cluster.json").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()

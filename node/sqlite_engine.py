@@ -180,8 +180,10 @@ class SqliteEngine(Engine):
 
     async def _write_batch(self, batch: Overlay, lsn: int) -> int:
         conn = self._conn
-        await conn.execute("BEGIN IMMEDIATE")
         try:
+            # BEGIN inside the try: a cancellation while it is queued must still roll back,
+            # or the connection is left inside a transaction and every later flush fails.
+            await conn.execute("BEGIN IMMEDIATE")
             existing: set[bytes] = set()
             for chunk in _chunks(list(batch), _IN_CHUNK):
                 marks = ",".join("?" * len(chunk))
@@ -323,7 +325,9 @@ class SqliteEngine(Engine):
             return
         self._closed = True
         if self._timer is not None:
-            self._timer.cancel()
+            # Under the flush lock the timer is asleep or waiting, never inside a transaction.
+            async with self._flush_lock:
+                self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
         try:

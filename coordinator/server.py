@@ -23,7 +23,7 @@ from pysyncobj.syncobj import SyncObjException
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.errors import ShardKVError, Unavailable
 from shardkv.cluster.structured_log import log_fields
-from shardkv.coordinator import admin_api, map_api, observability
+from shardkv.coordinator import admin_api, failover_api, map_api, observability
 from shardkv.coordinator.config import CoordinatorConfig, parse_host_port
 from shardkv.coordinator.http_io import (
     COORDINATOR_KEY,
@@ -65,6 +65,7 @@ class Coordinator:
         # stops being leader, so at most one coordinator acts on liveness at a time.
         self.leader_task_factories: list[Callable[[Coordinator], Awaitable[None]]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
+        failover_api.install(self)  # the failure detector runs as a leader task
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -154,6 +155,7 @@ class Coordinator:
         app[COORDINATOR_KEY] = self
         map_api.add_routes(app)
         admin_api.add_routes(app)
+        failover_api.add_routes(app)
         observability.add_routes(app)
         return app
 

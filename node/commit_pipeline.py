@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -43,12 +44,19 @@ logger = logging.getLogger(__name__)
 CommitGate = Callable[[WalEntry], Awaitable[None]]
 Clock = Callable[[], float]
 
+# The write concern of the write being submitted ("majority" or "one"), set by the operation
+# layer around a Store call: an entry submitted under "one" passes ``local_gate`` instead of
+# ``gate`` (still in LSN order, so it waits for the majority of any entry before it).
+WRITE_CONCERN: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "shardkv_write_concern", default="majority")
+
 
 @dataclass(slots=True)
 class _InFlight:
     entry: WalEntry
     durable: asyncio.Future[None]
     applied: asyncio.Future[int]
+    local: bool = False  # write concern "one"
 
 
 class CommitPipeline:
@@ -68,6 +76,10 @@ class CommitPipeline:
         self._clock = clock
         self.epoch = epoch
         self.gate = gate
+        self.local_gate: CommitGate | None = None
+        # Called with each entry as it is ordered (the replication stream ships it at once,
+        # in parallel with the local fsync).
+        self.on_submit: Callable[[WalEntry], None] | None = None
         self.last_lsn = max(wal.last_lsn, engine.applied_lsn)
         # key -> (lsn of the newest in-flight write of it, its state after that write)
         self._overlay: dict[bytes, tuple[int, StoredItem | None]] = {}
@@ -157,8 +169,10 @@ class CommitPipeline:
             size += len(m.key) + len(m.value) + 16
         self._logged_bytes += size
         applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append(_InFlight(entry, durable, applied))
+        self._queue.append(_InFlight(entry, durable, applied, WRITE_CONCERN.get() == "one"))
         self._wakeup.set()
+        if self.on_submit is not None:
+            self.on_submit(entry)
         # Shielded: a writer that is cancelled while waiting must not cancel the future that
         # barrier() waiters share; the entry is ordered and will be applied regardless.
         return asyncio.shield(applied)
@@ -179,8 +193,9 @@ class CommitPipeline:
             head = queue[0]
             try:
                 await asyncio.shield(head.durable)
-                if self.gate is not None:
-                    await self.gate(head.entry)
+                gate = self.local_gate if head.local and self.local_gate else self.gate
+                if gate is not None:
+                    await gate(head.entry)
                 await self._engine.apply(head.entry)
             except asyncio.CancelledError:
                 raise

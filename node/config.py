@@ -44,6 +44,10 @@ class NodeConfig:
     shard: str | None = None
     node_id: str | None = None
     snapshot_wal_bytes: int = 128 << 20
+    # WAL segment size, and how many entries a snapshot leaves in the log for replicas a
+    # little behind (fewer: less disk; more: fewer replicas reseeded from a snapshot).
+    wal_segment_bytes: int = 64 << 20
+    retain_wal_entries: int = 100_000
     # Requests one rpc connection may have in flight before the node stops reading from it
     # (TCP backpressure then slows the client down instead of the node queueing without bound).
     max_inflight_per_connection: int = 1024
@@ -153,6 +157,8 @@ _KEYS: dict[str, str] = {
     "shard": "SHARDKV_SHARD",
     "node_id": "SHARDKV_NODE_ID",
     "snapshot_wal_bytes": "SHARDKV_SNAPSHOT_WAL_BYTES",
+    "wal_segment_bytes": "SHARDKV_WAL_SEGMENT_BYTES",
+    "retain_wal_entries": "SHARDKV_RETAIN_WAL_ENTRIES",
     "max_inflight_per_connection": "SHARDKV_MAX_INFLIGHT_PER_CONNECTION",
     "shutdown_grace_s": "SHARDKV_SHUTDOWN_GRACE_S",
     "log_level": "SHARDKV_LOG_LEVEL",
@@ -244,6 +250,10 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
         node_id=node_id,
         snapshot_wal_bytes=_int("snapshot_wal_bytes", values.get("snapshot_wal_bytes",
                                                                   128 << 20), minimum=1 << 16),
+        wal_segment_bytes=_int("wal_segment_bytes", values.get("wal_segment_bytes", 64 << 20),
+                               minimum=4096, maximum=1 << 32),
+        retain_wal_entries=_int("retain_wal_entries", values.get("retain_wal_entries",
+                                                                  100_000), minimum=0),
         max_inflight_per_connection=_int(
             "max_inflight_per_connection", values.get("max_inflight_per_connection", 1024),
             minimum=1, maximum=1 << 16),

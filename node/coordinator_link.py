@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,9 @@ class CoordinatorLink:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._next_url = 0
+        # Called with (monotonic time the heartbeat was sent, the leader's answer) after each
+        # answered heartbeat: the primary lease (node/lease.py) is renewed from it.
+        self.on_heartbeat: Callable[[float, dict[str, Any]], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -314,6 +318,7 @@ class CoordinatorLink:
             "map_version": self.cluster_map.version,
         }
         last_error: ShardKVError = Unavailable("no coordinator answered the heartbeat")
+        sent_at = time.monotonic()
         for url in self._candidates():
             try:
                 status, answer = await self._call(
@@ -323,6 +328,8 @@ class CoordinatorLink:
                 continue
             if status == 200 and isinstance(answer, dict):
                 self.leader_url = url
+                if self.on_heartbeat is not None:
+                    self.on_heartbeat(sent_at, answer)
                 return answer
             error = error_from_dict(answer if isinstance(answer, dict) else {})
             if error.details.get("leader_url"):

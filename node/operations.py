@@ -13,6 +13,7 @@ difference and a direct call: no per-request logging, no reflection.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from shardkv.cluster.errors import (
     NotPrimary,
     ShardKVError,
     StaleMap,
+    Timeout,
     TooLarge,
     TooStale,
     Unavailable,
@@ -38,6 +40,7 @@ from shardkv.cluster.limits import (
     as_value,
     as_version,
 )
+from shardkv.node.commit_pipeline import WRITE_CONCERN
 from shardkv.node.store_model import BatchOp
 
 if TYPE_CHECKING:
@@ -68,6 +71,10 @@ class NodeContext:
     ring_version: int | None = None
     # In a cluster: raises STALE_MAP for a key another shard owns (set by cluster_membership).
     owns_key: Callable[[bytes], None] | None = None
+    # Set by replication (node/replication_node.py): the role's read rules (a replica's
+    # staleness bound, a primary's lease), and how long a write may wait for its concern.
+    read_guard: Callable[[Args], None] | None = None
+    write_timeout_s: float | None = None
 
     def serving_store(self) -> Store:
         store = self.store
@@ -156,6 +163,8 @@ def _check_read_options(ctx: NodeContext, store: Store, args: Args) -> None:
             f"this node is at version {store.last_lsn}, older than min_version {min_version}",
             last_lsn=store.last_lsn,
         )
+    if ctx.read_guard is not None:
+        ctx.read_guard(args)
 
 
 def _check_write_concern(args: Args) -> None:
@@ -433,6 +442,17 @@ async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
                          primary=ctx.primary)
     if ctx.owns_key is not None:
         _check_ownership(ctx.owns_key, args)
+    if operation.writes:
+        WRITE_CONCERN.set(args.get("w") or "majority")
+        if ctx.write_timeout_s is not None:
+            try:
+                async with asyncio.timeout(ctx.write_timeout_s):
+                    return await operation.handler(ctx, args)
+            except TimeoutError:
+                raise Timeout(
+                    f"the write did not reach its write concern within {ctx.write_timeout_s}s "
+                    "(it was not acknowledged; it may still be applied later)"
+                ) from None
     return await operation.handler(ctx, args)
 
 

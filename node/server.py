@@ -25,6 +25,7 @@ from shardkv.node.cluster_membership import ClusterMembership
 from shardkv.node.config import NodeConfig
 from shardkv.node.metrics import NodeMetrics
 from shardkv.node.operations import NodeContext
+from shardkv.node.replication_node import NodeReplication
 from shardkv.node.rest_api import RestApi
 from shardkv.node.rpc_api import FRAME_READ_LIMIT, RpcConnection
 from shardkv.node.store import Store
@@ -70,6 +71,10 @@ class NodeServer:
         if not config.standalone:
             self.membership = ClusterMembership(self)
             self.membership.install()
+        # WAL shipping (node/replication_primary.py, node/replication_replica.py), the commit
+        # gate, replica reads and fencing, driven by the membership's placements.
+        self.replication = NodeReplication(self)
+        self.replication.install()
 
     # -- the app ---------------------------------------------------------------------------
 
@@ -149,13 +154,20 @@ class NodeServer:
             data_dir=config.data_dir,
             engine=config.engine,
             wal=WalOptions(fsync=config.fsync, fsync_interval_ms=config.fsync_interval_ms,
+                           segment_bytes=config.wal_segment_bytes,
                            on_sync=self.metrics.on_wal_sync),
+            retain_wal_entries=config.retain_wal_entries,
             limits=self.ctx.limits,
             snapshot_wal_bytes=config.snapshot_wal_bytes,
         )
         started = time.perf_counter()
         try:
             store = await Store.open(store_config)
+            if not config.standalone:
+                # In a cluster only the primary deletes expired keys (replicas get its
+                # deletes through the log): off until the map says this node is primary.
+                # No await since open(): the sweeper has not run a round yet.
+                await store.set_sweeper(False)
         except Exception as exc:
             # A corrupt WAL or snapshot, an unreadable directory, a wrong engine: the node must
             # not serve. The exception's message names the file and offset where it can.

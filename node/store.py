@@ -169,9 +169,31 @@ class Store:
         """The log itself, for the replication stream (read_from) and a rejoining replica."""
         return self._wal
 
-    def set_commit_gate(self, gate: CommitGate | None) -> None:
-        """Install the replication seam: see ``node/commit_pipeline.py``."""
+    def set_commit_gate(
+        self,
+        gate: CommitGate | None,
+        *,
+        local_gate: CommitGate | None = None,
+        on_submit: Callable[[WalEntry], None] | None = None,
+    ) -> None:
+        """Install the replication seam: see ``node/commit_pipeline.py``. ``local_gate`` is
+        for write concern ``one``; ``on_submit`` sees every entry as it is ordered."""
         self._pipeline.gate = gate
+        self._pipeline.local_gate = local_gate
+        self._pipeline.on_submit = on_submit
+
+    async def barrier(self) -> None:
+        """Wait until every write ordered so far is applied or failed."""
+        await self._pipeline.barrier()
+
+    async def begin_epoch(self, epoch: int) -> int:
+        """Start writing in ``epoch`` (this node was made primary): log a no-op entry in it,
+        which marks in every log where the epoch began. Returns its LSN once committed."""
+        async with self._lock:
+            self._pipeline.check_writable()
+            self.epoch = max(epoch, self._pipeline.epoch)
+            applied = self._submit([])
+        return await applied
 
     def submit_replicated(self, entry: WalEntry) -> asyncio.Future[int]:
         """Order an entry received from the primary (it carries its own LSN and epoch, and

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shardkv.cluster.structured_log import log_fields
+from shardkv.node import failpoints
 from shardkv.node.framing import RecordType, encode_frame
 from shardkv.node.record import WalEntry
 from shardkv.node.segment import (
@@ -329,6 +330,8 @@ class WriteAheadLog:
         sync = self.options.fsync is FsyncPolicy.ALWAYS
         appends = [item for item in items if isinstance(item, _Append)]
         parts = [item.frame if isinstance(item, _Append) else item for item in items]
+        if failpoints.ARMED:  # a group ordered (and shipped to replicas), not yet durable here
+            await failpoints.hit("wal_before_sync")
         result = await asyncio.to_thread(self._writer_io.write_group, parts, sync)
         segments = self._segments
         segments[-1] = replace(segments[-1], size=segments[-1].size + result.written[0])

@@ -1,0 +1,137 @@
+"""Failover in the coordinator process: the leader-only detector task and the admin routes.
+
+``install(coord)`` registers the failure detector (``coordinator/failover.py``) as a leader
+task, so exactly one coordinator acts on liveness at a time and a new leader starts with the
+liveness grace period, and adds:
+
+- ``POST /admin/shards/{shard}/failover`` ``{"target"?: node, "catch_up_s"?: s}``: planned
+  switchover (fence, catch up, promote); answers the new primary, the epoch and the pause;
+- ``GET /admin/failover``: the detector's counters and the measured failover durations.
+
+The failover timeout is ``SHARDKV_FAILOVER_TIMEOUT_S`` (default 3 s); a node's lease must be
+shorter (``node/lease.py`` derives it from the same value).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from shardkv.cluster.errors import InvalidArgument, NotPrimary
+from shardkv.coordinator import observability
+from shardkv.coordinator.failover import (
+    DEFAULT_TIMEOUT_S,
+    FailureDetector,
+    probe_over_http,
+    switchover,
+)
+from shardkv.coordinator.http_io import (
+    COORDINATOR_KEY,
+    coordinator_of,
+    only_fields,
+    read_object,
+    respond,
+)
+
+ENV_TIMEOUT = "SHARDKV_FAILOVER_TIMEOUT_S"
+
+
+def failover_timeout_s() -> float:
+    raw = os.environ.get(ENV_TIMEOUT)
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    value = float(raw)
+    if not 0.2 <= value <= 600:
+        raise ValueError(f"{ENV_TIMEOUT} must be between 0.2 and 600 seconds, got {raw}")
+    return value
+
+
+def install(coord: Any) -> None:
+    """Register the leader task; ``add_routes`` is called from ``build_app``."""
+    state: dict[str, Any] = {"detector": None}
+    coord.failover_state = state
+
+    async def run_detector(c: Any) -> None:
+        async with aiohttp.ClientSession() as session:
+
+            async def probe(node_id: str, url: str) -> Any:
+                return await probe_over_http(session, node_id, url)
+
+            detector = FailureDetector(lambda: c.watch.current, c.liveness, c.propose, probe,
+                                       timeout_s=failover_timeout_s())
+            previous = state.get("detector")
+            if previous is not None:  # keep the history across terms of this member
+                detector.durations_s = previous.durations_s
+                detector.failovers = previous.failovers
+            state["detector"] = detector
+            await detector.run()
+
+    coord.leader_task_factories.append(run_detector)
+
+
+async def planned_failover(request: web.Request) -> web.StreamResponse:
+    coord = coordinator_of(request)
+    if not coord.is_leader():
+        raise NotPrimary("switchovers are run by the coordinator leader",
+                         leader=coord.leader_id(), leader_url=coord.leader_url())
+    body = await read_object(request, allow_empty=True)
+    only_fields(body, {"target", "catch_up_s"})
+    target = body.get("target")
+    if target is not None and not isinstance(target, str):
+        raise InvalidArgument("target must be a node id")
+    catch_up = body.get("catch_up_s", 5.0)
+    if isinstance(catch_up, bool) or not isinstance(catch_up, int | float) \
+            or not 0 < catch_up <= 60:
+        raise InvalidArgument("catch_up_s must be a number of seconds in (0, 60]")
+    async with aiohttp.ClientSession() as session:
+        done = await switchover(session, coord.watch.current, coord.propose,
+                                request.match_info["shard"], target, catch_up_s=float(catch_up))
+    return respond(request, {"shard": done.shard, "old_primary": done.old_primary,
+                             "primary": done.new_primary, "epoch": done.epoch,
+                             "fenced_lsn": done.fenced_lsn,
+                             "pause_ms": round(done.pause_s * 1000, 2)})
+
+
+async def failover_status(request: web.Request) -> web.StreamResponse:
+    coord = coordinator_of(request)
+    detector = getattr(coord, "failover_state", {}).get("detector")
+    return respond(request, {
+        "leader": coord.is_leader(),
+        "timeout_s": failover_timeout_s(),
+        "failovers": detector.failovers if detector else 0,
+        "refused": detector.refused if detector else 0,
+        "durations_s": [round(d, 3) for d in detector.durations_s] if detector else [],
+    })
+
+
+class FailoverCollector(Collector):
+    """``shardkv_failovers_total`` and ``shardkv_failovers_refused_total`` (leader only)."""
+
+    def __init__(self, coord: Any) -> None:
+        self.coord = coord
+
+    def collect(self) -> Iterator[Metric]:
+        detector = getattr(self.coord, "failover_state", {}).get("detector")
+        if detector is None or not self.coord.is_leader():
+            return
+        yield CounterMetricFamily("shardkv_failovers", "Primaries replaced after dying.",
+                                  value=detector.failovers)
+        yield CounterMetricFamily("shardkv_failovers_refused", "Dead primaries left in place "
+                                  "because too few replicas answered.", value=detector.refused)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/admin/shards/{shard}/failover", planned_failover)
+    app.router.add_get("/admin/failover", failover_status)
+
+    async def register_metrics(app: web.Application) -> None:
+        registry = app.get(observability.REGISTRY_KEY)
+        if registry is not None:
+            registry.register(FailoverCollector(app[COORDINATOR_KEY]))
+
+    app.on_startup.append(register_metrics)

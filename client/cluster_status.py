@@ -49,6 +49,7 @@ async def collect_status(kv: Client, *, within: float = 2.0) -> dict[str, Any]:
     by_node = dict(zip([m for m in member_ids if m in cmap.nodes], probes, strict=True))
     shards = []
     healthy = True
+    degraded: list[str] = []  # members that do not answer: the shard serves, with less redundancy
     for shard_id, shard in sorted(cmap.shards.items()):
         primary_lsn = by_node.get(shard.primary or "", {}).get("lsn")
         members = []
@@ -68,12 +69,13 @@ async def collect_status(kv: Client, *, within: float = 2.0) -> dict[str, Any]:
             })
         primary_ok = by_node.get(shard.primary or "", {}).get("health") == "ok"
         healthy = healthy and primary_ok
+        degraded.extend(m["id"] for m in members if m.get("health") != "ok")
         shards.append({"shard": shard_id, "epoch": shard.epoch, "primary": shard.primary,
                        "state": shard.state, "members": members})
     return {"mode": "cluster", "map_version": cmap.version, "leader": cmap.leader,
             "ring_version": cmap.ring.version,
             "coordinators": {cid: c.url for cid, c in sorted(cmap.coordinators.items())},
-            "shards": shards, "healthy": healthy and bool(shards)}
+            "shards": shards, "healthy": healthy and bool(shards), "degraded": degraded}
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -98,7 +100,11 @@ def render_status(status: dict[str, Any]) -> str:
     for row in rows:
         cells = (cell.ljust(w) for cell, w in zip(row, widths, strict=True))
         lines.append("  ".join(cells).rstrip())
-    lines.append(
-        "healthy" if status["healthy"] else "NOT HEALTHY: a shard has no reachable primary"
-    )
+    if not status["healthy"]:
+        lines.append("NOT HEALTHY: a shard has no reachable primary")
+    elif status.get("degraded"):
+        lines.append("degraded: every shard has a primary, but these members do not answer: "
+                     + ", ".join(status["degraded"]))
+    else:
+        lines.append("healthy")
     return "\n".join(lines) + "\n"

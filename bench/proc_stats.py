@@ -1,0 +1,32 @@
+"""CPU time and memory of a process, read from /proc (psutil is not a dependency).
+
+The benchmark reports the server's CPU next to the load generator's, so that a reader can see
+which side was the bottleneck on a small machine where both share the cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far (its threads included).
+
+    Fields 14 and 15 of /proc/<pid>/stat, in clock ticks. The command name (field 2) may hold
+    spaces and parentheses, so the fields are counted from the last ')'.
+    """
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state): utime is field 14 -> index 11, stime field 15 -> index 12.
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def process_rss_bytes(pid: int) -> int:
+    """Resident set size of the process, from VmRSS in /proc/<pid>/status (0 if absent)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0

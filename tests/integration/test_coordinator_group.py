@@ -86,13 +86,14 @@ async def test_leader_kill_then_two_members_keep_committing(group: LocalGroup) -
     assert second["shard"] == "s2" and second["role"] == "primary"
     status, body = await call("POST", f"{new_leader.url}/admin/shards", {"weight": 1})
     assert status == 201, body
-    final = await wait_map(follower, lambda m: "s3" in m["shards"])
+    # Under load a survivor may briefly hold a new election: the map then names no leader.
+    final = await wait_map(follower, lambda m: "s3" in m["shards"] and m["leader"] is not None)
     assert final["ring"]["version"] == 2
     assert set(final["nodes"]) == {first["node_id"], second["node_id"]}
-    assert final["leader"] == new_leader.id
+    assert final["leader"] in {m.id for m in survivors}
     # Liveness lives in the leader's memory: a follower answers with the leader's view.
     status, nodes = await call("GET", f"{follower.url}/admin/nodes")
-    assert status == 200 and nodes["liveness_from"] == new_leader.id
+    assert status == 200 and nodes["liveness_from"] in {m.id for m in survivors}
 
 
 async def test_full_restart_keeps_the_map(group: LocalGroup) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from container_harness import REPO, RunningContainer
+from container_harness import REPO, RunningContainer, launch_container, remove_containers
 
 # Before testcontainers reads its configuration.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -117,38 +117,13 @@ def start_container(request: pytest.FixtureRequest, shardkv_image: str,
     ``{path: "rw,size=16m"}``, volumes ``{host: {"bind", "mode"}}``, cap_drop, healthcheck, ...).
     Every container is removed after the test, before the network (this fixture depends on
     ``container_network`` so that pytest tears them down in that order)."""
-    from testcontainers.core.container import DockerContainer
-
     started: list[RunningContainer] = []
 
-    def start(command: list[str], *, ports: tuple[int, ...] = (7100,),
-              env: dict[str, str] | None = None, network: Any = None,
-              aliases: tuple[str, ...] = (), **docker_kwargs: Any) -> RunningContainer:
-        container = DockerContainer(shardkv_image).with_command(command)
-        # Published on 127.0.0.1 only (a random free port): nothing here is for other
-        # machines. (with_bind_ports cannot name the host address.)
-        for port in ports:
-            container.ports[f"{port}/tcp"] = ("127.0.0.1", None)
-        for key, value in (env or {}).items():
-            container = container.with_env(key, value)
-        if network is not None:
-            container = container.with_network(network).with_network_aliases(*aliases)
-        for path, options in docker_kwargs.pop("tmpfs", {}).items():
-            container = container.with_tmpfs_mount(path, options)  # passed to Docker as is
-        for host_path, mount in docker_kwargs.pop("volumes", {}).items():
-            container = container.with_volume_mapping(host_path, mount["bind"], mount["mode"])
-        if docker_kwargs:
-            container = container.with_kwargs(**docker_kwargs)
-        running = RunningContainer(container)
-        started.append(running)
-        container.start()
-        return running
+    def start(command: list[str], **options: Any) -> RunningContainer:
+        return launch_container(shardkv_image, command, started, **options)
 
     yield start
 
     failed = any(getattr(getattr(request.node, f"report_{phase}", None), "failed", False)
                  for phase in ("setup", "call"))
-    for running in reversed(started):
-        if failed and running.container._container is not None:
-            sys.stderr.write(f"--- logs of {running.raw.name} ---\n{running.logs()}\n")
-        running.container.stop(force=True, delete_volume=True)
+    remove_containers(started, print_logs=failed)

@@ -6,6 +6,7 @@ user-defined network). Imported by conftest.py and the test modules of this fold
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -102,14 +103,53 @@ class RunningContainer:
 
 
 
+def launch_container(image: str, command: list[str], started: list[RunningContainer], *,
+                     ports: tuple[int, ...] = (7100,), env: dict[str, str] | None = None,
+                     network: Any = None, aliases: tuple[str, ...] = (),
+                     **docker_kwargs: Any) -> RunningContainer:
+    """Start ``image`` with ``command``; it is appended to ``started`` before it starts, so
+    that whoever owns the list removes it even when the start fails half-way."""
+    from testcontainers.core.container import DockerContainer
+
+    container = DockerContainer(image).with_command(command)
+    # Published on 127.0.0.1 only (a random free port): nothing here is for other
+    # machines. (with_bind_ports cannot name the host address.)
+    for port in ports:
+        container.ports[f"{port}/tcp"] = ("127.0.0.1", None)
+    for key, value in (env or {}).items():
+        container = container.with_env(key, value)
+    if network is not None:
+        container = container.with_network(network).with_network_aliases(*aliases)
+    for path, options in docker_kwargs.pop("tmpfs", {}).items():
+        container = container.with_tmpfs_mount(path, options)  # passed to Docker as is
+    for host_path, mount in docker_kwargs.pop("volumes", {}).items():
+        container = container.with_volume_mapping(host_path, mount["bind"], mount["mode"])
+    if docker_kwargs:
+        container = container.with_kwargs(**docker_kwargs)
+    running = RunningContainer(container)
+    started.append(running)
+    container.start()
+    return running
+
+
+def remove_containers(started: list[RunningContainer], *, print_logs: bool) -> None:
+    """Remove the containers (newest first) with their anonymous volumes; with
+    ``print_logs`` (a failed test) their logs go to stderr first."""
+    for running in reversed(started):
+        if print_logs and running.container._container is not None:
+            sys.stderr.write(f"--- logs of {running.raw.name} ---\n{running.logs()}\n")
+        running.container.stop(force=True, delete_volume=True)
+
+
 def start_coordinator_group(start_container: Callable[..., RunningContainer], network: Any,
                             count: int, suffix: str, *, shards: int = 1,
-                            replication_factor: int = 1,
+                            replication_factor: int = 1, env: dict[str, str] | None = None,
                             ) -> tuple[list[str], list[RunningContainer]]:
     """``count`` coordinators started as the chart starts its pods: the chart's
     coordinator-start.sh derives id, Raft address and peers from the pod name and the member
     list; the names (``coord<i>-<suffix>``) resolve through the network's DNS as pod names do
-    through the headless Service. Returns the names and the containers, once all are ready."""
+    through the headless Service. ``env`` adds to their environment (Raft timings, the
+    failover timeout). Returns the names and the containers, once all are ready."""
     names = [f"coord{i}-{suffix}" for i in range(count)]
     env = {
         "SHARDKV_COORDINATOR_MEMBERS": ",".join(f"{name}={name}" for name in names),
@@ -117,6 +157,7 @@ def start_coordinator_group(start_container: Callable[..., RunningContainer], ne
         "SHARDKV_HTTP_PORT": str(COORDINATOR_PORT),
         "SHARDKV_RAFT_PORT": str(RAFT_PORT),
         "SHARDKV_HEALTH_URL": f"http://127.0.0.1:{COORDINATOR_PORT}/health",
+        **(env or {}),
     }
     coordinators = [
         start_container(
@@ -134,13 +175,22 @@ def start_coordinator_group(start_container: Callable[..., RunningContainer], ne
 
 def start_node(start_container: Callable[..., RunningContainer], network: Any, name: str,
                coordinator_urls: str, shard: str, *, engine: str = "sqlite",
+               env: dict[str, str] | None = None, advertise: bool = False,
                ) -> RunningContainer:
-    """A storage node of ``shard``. It listens on its own address on the network (``name``
-    resolves to it), so the URL it registers is one the other containers can reach, as the
-    chart's nodes listen on their pod IP."""
+    """A storage node of ``shard``, found on the network as ``name``.
+
+    By default it listens on its own address there (``name`` resolves to it), so the URL it
+    registers is one the other containers can reach, as the chart's nodes listen on their pod
+    IP. With ``advertise`` it listens on every address and registers ``http://<name>:7100``
+    through ``SHARDKV_ADVERTISE_URL`` instead: a container reconnected to the network may get
+    a new address, and a socket bound to the old one would never be reached again."""
+    listen = f"0.0.0.0:{NODE_PORT}" if advertise else f"{name}:{NODE_PORT}"
+    node_env = {"SHARDKV_HEALTH_URL": f"http://127.0.0.1:{NODE_PORT}/health" if advertise
+                else f"http://{name}:{NODE_PORT}/health", **(env or {})}
+    if advertise:
+        node_env["SHARDKV_ADVERTISE_URL"] = f"http://{name}:{NODE_PORT}"
     return start_container(
-        ["node", "--data-dir", "/data", "--listen", f"{name}:{NODE_PORT}",
+        ["node", "--data-dir", "/data", "--listen", listen,
          "--coordinator", coordinator_urls, "--shard", shard, "--id", name,
          "--engine", engine],
-        network=network, aliases=(name,), hostname=name,
-        env={"SHARDKV_HEALTH_URL": f"http://{name}:{NODE_PORT}/health"}, **POD_LIKE)
+        network=network, aliases=(name,), hostname=name, env=node_env, **POD_LIKE)

@@ -106,13 +106,6 @@ def test_node_serves_health_and_put_get_under_pod_restrictions(
     assert (answer.status, answer.body) == (200, value)
 
 
-def _node_registers_with_coordinators() -> bool:
-    # Until the node's server runs its coordinator link, a node with --coordinator stays a
-    # standalone primary and the cluster test below cannot pass.
-    server = REPO / "node" / "server.py"
-    return server.is_file() and "CoordinatorLink" in server.read_text()
-
-
 @pytest.mark.timeout(180)
 def test_coordinators_form_a_group_with_the_charts_start_script(
         start_container: Any, container_network: Any) -> None:
@@ -121,18 +114,23 @@ def test_coordinators_form_a_group_with_the_charts_start_script(
     leaders = {http("GET", f"{c.url(COORDINATOR_PORT)}/ready").json()["leader"]
                for c in coordinators}
     assert len(leaders) == 1 and leaders <= set(names)
-    cluster_map = http("GET", f"{coordinators[0].url(COORDINATOR_PORT)}/v1/map",
-                       headers={"Accept": "application/json"}).json()
-    assert set(cluster_map["shards"]) == {"s1"}
+    map_url = f"{coordinators[0].url(COORDINATOR_PORT)}/v1/map"
+    advertised = {f"http://{name}:{COORDINATOR_PORT}" for name in names}
+
+    def announced() -> dict[str, Any] | None:
+        # Each member records its URL in the map through Raft once a leader exists, so the
+        # last one may land a moment after every member answers /ready.
+        cluster_map = http("GET", map_url, headers={"Accept": "application/json"}).json()
+        urls = {c["url"] for c in cluster_map["coordinators"].values()}
+        return cluster_map if urls == advertised else None
+
     # Each member advertises its DNS name, as the chart's pods do.
-    assert {c["url"] for c in cluster_map["coordinators"].values()} == {
-        f"http://{name}:{COORDINATOR_PORT}" for name in names}
+    cluster_map = wait_until(announced, timeout=30,
+                             what=f"the map to list the coordinators as {sorted(advertised)}")
+    assert set(cluster_map["shards"]) == {"s1"}
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(not _node_registers_with_coordinators(),
-                    reason="the node does not register with coordinators yet "
-                           "(node/server.py does not run its CoordinatorLink)")
 def test_helm_test_script_passes_against_a_container_cluster(
         start_container: Any, container_network: Any) -> None:
     """The chart's `helm test` script, in a client container, against three coordinators

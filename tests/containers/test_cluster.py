@@ -1,0 +1,425 @@
+"""A multi-host cluster in containers: 3 coordinators and 2 shards x 3 storage nodes, each in
+its own container on a user-defined Docker network, found by DNS names as pods are.
+
+How the client reaches the nodes. The map holds the URL each node advertises, and that one
+URL must serve everybody: replicas follow their primary through it, and clients are sent to
+it. A name on the Docker network (``http://node-s1-0-<run>:7100``) is what a Kubernetes
+cluster has (the pod's DNS name), works from every container, and survives a container being
+disconnected and reconnected (its address may change, its name does not); but the host cannot
+resolve it. Advertising ``http://127.0.0.1:<published port>`` instead would work from the
+host only (inside a container 127.0.0.1 is the container itself), and Linux has no
+``host.docker.internal``. So the nodes advertise their network names (listening on every
+address, ``SHARDKV_ADVERTISE_URL``), and the client library runs where clients of a real
+cluster run, next to it: in a "driver" container of the same image on the same network. The
+test sends it short Python programs (``docker exec``) that use ``shardkv.client.Client`` and
+print their results as JSON. The host itself talks to the coordinators through their
+published ports (the map, the admin API, who leads), reads keys back from the primaries
+through theirs (a node serves the keys of its shard whoever asks), and does the damage
+through the Docker API (``network disconnect``, ``kill``).
+
+One cluster serves the module (starting ten containers is the slow part); the tests run in
+file order and the last one kills a coordinator for good.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from container_harness import (
+    COORDINATOR_PORT,
+    NODE_PORT,
+    POD_LIKE,
+    RunningContainer,
+    http,
+    launch_container,
+    remove_containers,
+    start_coordinator_group,
+    start_node,
+    wait_until,
+)
+from shardkv.coordinator.local_group import FAST_RAFT_ENV
+
+SHARDS = ("s1", "s2")
+REPLICAS = 3
+# Failover after 2 s of silence (the nodes derive their lease from the same value), and
+# writes that cannot reach a majority fail after 2 s rather than 5.
+FAILOVER_ENV = {"SHARDKV_FAILOVER_TIMEOUT_S": "2"}
+NODE_ENV = {**FAILOVER_ENV, "SHARDKV_WRITE_TIMEOUT_S": "2"}
+
+# --- programs run by the driver container; argv[1] is a JSON object, stdout's last line is
+# --- the JSON answer.
+
+CLIENT_PRELUDE = """
+import asyncio, json, os, sys
+from shardkv.client import Client, ExponentialBackoff, Retry
+from shardkv.cluster.ring import shard_for_key
+ARGS = json.loads(sys.argv[1])
+
+def patient_client():
+    # Retries ride out a failover: NOT_PRIMARY, STALE_MAP and unreachable nodes are retried
+    # with a fresh map until the deadline.
+    retry = Retry(ExponentialBackoff(base=0.05, cap=0.5), retries=400)
+    return Client(ARGS["coordinators"], retry=retry, timeout=20.0)
+"""
+
+PUT_GET = CLIENT_PRELUDE + """
+async def main():
+    out = {}
+    async with patient_client() as client:
+        for i in range(ARGS["count"]):
+            key = f"{ARGS['prefix']}-{i}"
+            value = f"value {i} of {ARGS['prefix']}"
+            version = await client.put(key, value)
+            out[key] = {"value": value, "version": version,
+                        "shard": shard_for_key(client.cluster_map, key.encode())}
+        for key, wrote in out.items():
+            item = await client.get(key)
+            wrote["read"] = None if item is None else item.value.decode()
+            wrote["read_version"] = None if item is None else item.version
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+# Puts unique keys of one shard, one after another, until the stop file appears; every
+# acknowledged put is appended to the log file at once (the test watches it grow).
+WRITER = CLIENT_PRELUDE + """
+async def main():
+    acked, failed, i = {}, 0, 0
+    async with patient_client() as client:
+        with open(ARGS["log"], "a") as log:
+            while not os.path.exists(ARGS["stop"]):
+                i += 1
+                key = f"during-{i}"
+                if shard_for_key(client.cluster_map, key.encode()) != ARGS["shard"]:
+                    continue
+                value = f"written during the partition, #{i}"
+                try:
+                    await client.put(key, value)
+                except Exception as exc:  # not acknowledged: may or may not be there
+                    failed += 1
+                    print(f"unacknowledged {key}: {exc!r}", file=sys.stderr)
+                    continue
+                acked[key] = value
+                log.write(key + "\\n")
+                log.flush()
+    print(json.dumps({"acked": acked, "failed": failed}))
+
+asyncio.run(main())
+"""
+
+READ_BACK = CLIENT_PRELUDE + """
+async def main():
+    wrong = {}
+    async with patient_client() as client:
+        for key, value in ARGS["expect"].items():
+            item = await client.get(key)
+            got = None if item is None else item.value.decode()
+            if got != value:
+                wrong[key] = got
+    print(json.dumps({"checked": len(ARGS["expect"]), "wrong": wrong}))
+
+asyncio.run(main())
+"""
+
+# GET each URL; an unreachable member answers null.
+FETCH_JSON = """
+import json, sys, urllib.request
+out = {}
+for url in json.loads(sys.argv[1])["urls"]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            out[url] = json.loads(response.read())
+    except Exception:
+        out[url] = None
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class Cluster:
+    """The containers of one cluster and the ways the test reaches them."""
+
+    docker: Any
+    network: Any
+    coordinator_names: list[str]
+    coordinators: dict[str, RunningContainer]
+    nodes: dict[str, RunningContainer]
+    driver: RunningContainer
+    started: list[RunningContainer] = field(default_factory=list)
+    killed: set[str] = field(default_factory=set)
+
+    @property
+    def coordinator_urls(self) -> list[str]:
+        """As the containers know them (DNS names on the network)."""
+        return [f"http://{name}:{COORDINATOR_PORT}" for name in self.coordinator_names]
+
+    def coordinator_url(self, name: str) -> str:
+        """As the host knows it (the published port)."""
+        return self.coordinators[name].url(COORDINATOR_PORT)
+
+    def live_coordinators(self) -> list[str]:
+        return [name for name in self.coordinator_names if name not in self.killed]
+
+    def cluster_map(self, through: str | None = None) -> dict[str, Any]:
+        name = through or self.live_coordinators()[0]
+        answer = http("GET", f"{self.coordinator_url(name)}/v1/map",
+                      headers={"Accept": "application/json"})
+        assert answer.status == 200, answer
+        return answer.json()
+
+    def leader(self, through: str) -> str | None:
+        return http("GET", f"{self.coordinator_url(through)}/ready", timeout=3).json()["leader"]
+
+    def run(self, program: str, timeout: float = 120, **args: Any) -> Any:
+        """Run ``program`` with ``python3 -c`` in the driver container; its JSON answer."""
+        done = self.driver.raw.exec_run(
+            ["timeout", str(int(timeout)), "python3", "-c", program, json.dumps(args)],
+            demux=True)
+        stdout, stderr = (part.decode(errors="replace") if part else "" for part in done.output)
+        assert done.exit_code == 0, f"exit {done.exit_code}\n{stdout}\n{stderr[-4000:]}"
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    def shell(self, command: str) -> str:
+        done = self.driver.raw.exec_run(["sh", "-c", command])
+        assert done.exit_code == 0, done.output
+        return done.output.decode()
+
+    def node_json(self, names: list[str], path: str) -> dict[str, Any]:
+        """``GET path`` on each node from inside the network: name -> answer (None if down)."""
+        answers = self.run(FETCH_JSON, timeout=30,
+                           urls=[f"http://{name}:{NODE_PORT}{path}" for name in names])
+        return {name: answers[f"http://{name}:{NODE_PORT}{path}"] for name in names}
+
+    def dump_logs(self) -> None:
+        for running in self.started:
+            if running.container._container is not None:
+                print(f"--- logs of {running.raw.name} (tail) ---")
+                print("\n".join(running.logs().splitlines()[-60:]))
+
+
+@pytest.fixture(scope="module")
+def cluster(docker_client: Any, shardkv_image: str) -> Iterator[Cluster]:
+    from testcontainers.core.network import Network
+
+    run_id = uuid.uuid4().hex[:6]
+    network = Network().create()
+    started: list[RunningContainer] = []
+
+    def start(command: list[str], **options: Any) -> RunningContainer:
+        return launch_container(shardkv_image, command, started, **options)
+
+    try:
+        names, coordinators = start_coordinator_group(
+            start, network, 3, run_id, shards=len(SHARDS), replication_factor=REPLICAS,
+            env={**FAST_RAFT_ENV, **FAILOVER_ENV})
+        urls = ",".join(f"http://{name}:{COORDINATOR_PORT}" for name in names)
+        nodes = {
+            name: start_node(start, network, name, urls, shard, env=NODE_ENV, advertise=True)
+            for shard in SHARDS for name in (f"node-{shard}-{i}-{run_id}" for i in range(REPLICAS))
+        }
+        driver = start(["-c", "import time; time.sleep(3600)"], ports=(), network=network,
+                       entrypoint=["python3"], **POD_LIKE)
+        built = Cluster(docker_client, network, names, dict(zip(names, coordinators, strict=True)),
+                        nodes, driver, started)
+        wait_until(lambda: _serving(built), timeout=120,
+                   what="every shard to have a primary streaming to two connected replicas")
+        yield built
+    finally:
+        remove_containers(started, print_logs=False)
+        network.remove()
+
+
+@pytest.fixture(autouse=True)
+def logs_on_failure(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[None]:
+    yield
+    if any(getattr(getattr(request.node, f"report_{phase}", None), "failed", False)
+           for phase in ("setup", "call")):
+        cluster.dump_logs()
+
+
+def _serving(cluster: Cluster) -> bool:
+    cluster_map = cluster.cluster_map()
+    for shard_id in SHARDS:
+        shard = cluster_map["shards"].get(shard_id) or {}
+        if not shard.get("primary") or len(shard.get("members", [])) != REPLICAS:
+            return False
+    return _streaming(cluster, cluster_map, SHARDS)
+
+
+def _streaming(cluster: Cluster, cluster_map: dict[str, Any], shards: tuple[str, ...]) -> bool:
+    """Each primary of ``shards`` has a valid lease and both replicas connected."""
+    primaries = [cluster_map["shards"][shard_id]["primary"] for shard_id in shards]
+    for status in cluster.node_json(primaries, "/v1/replication").values():
+        if not status or status.get("role") != "primary" or status.get("lease") != "valid":
+            return False
+        if sum(1 for r in status.get("replicas", []) if r["connected"]) != REPLICAS - 1:
+            return False
+    return True
+
+
+def _acked_lines(cluster: Cluster, log: str) -> int:
+    return int(cluster.shell(f"touch {log}; wc -l < {log}").strip())
+
+
+# The module's cluster starts in this test's setup, and on a first run the image is built
+# there too (conftest allows the build 15 minutes).
+@pytest.mark.timeout(1200)
+def test_client_puts_and_gets_across_both_shards(cluster: Cluster) -> None:
+    cluster_map = cluster.cluster_map()
+    assert set(cluster_map["shards"]) == set(SHARDS)
+    for shard_id in SHARDS:
+        members = cluster_map["shards"][shard_id]["members"]
+        assert len(members) == REPLICAS and all(f"-{shard_id}-" in m for m in members)
+    # The map holds the names the containers resolve, not addresses of the host.
+    for node_id in cluster.nodes:
+        assert cluster_map["nodes"][node_id]["url"] == f"http://{node_id}:{NODE_PORT}"
+    # Every coordinator serves the same map.
+    wait_until(lambda: len({cluster.cluster_map(name)["version"]
+                            for name in cluster.coordinator_names}) == 1,
+               timeout=30, what="every coordinator to serve the same map version")
+
+    written = cluster.run(PUT_GET, coordinators=cluster.coordinator_urls, prefix="hello",
+                          count=24)
+    assert len(written) == 24
+    assert {w["shard"] for w in written.values()} == set(SHARDS), "keys of both shards"
+    for key, w in written.items():
+        assert (w["read"], w["read_version"]) == (w["value"], w["version"]), key
+
+    # The host reads the same data through the primaries' published ports.
+    for key, w in written.items():
+        primary = cluster_map["shards"][w["shard"]]["primary"]
+        answer = http("GET", f"{cluster.nodes[primary].url(NODE_PORT)}/v1/kv/{key}")
+        assert (answer.status, answer.body.decode()) == (200, w["value"]), key
+        assert answer.headers.get("ETag") == f'"{w["version"]}"'
+
+
+@pytest.mark.timeout(240)
+def test_partitioned_primary_fails_over_and_rejoins_as_replica(cluster: Cluster) -> None:
+    """``docker network disconnect`` the primary of s1 while a client writes to s1: a replica
+    takes over, every acknowledged write (before and during) is there after, and the old
+    primary, reconnected, comes back as a replica holding the same data."""
+    shard_id = "s1"
+    wait_until(lambda: _streaming(cluster, cluster.cluster_map(), (shard_id,)), timeout=60,
+               what=f"the primary of {shard_id} to stream to both replicas")
+    before_map = cluster.cluster_map()
+    old_primary = before_map["shards"][shard_id]["primary"]
+    members = list(before_map["shards"][shard_id]["members"])
+    old_epoch = before_map["shards"][shard_id]["epoch"]
+
+    before = cluster.run(PUT_GET, coordinators=cluster.coordinator_urls, prefix="before",
+                         count=20)
+    expected = {key: w["value"] for key, w in before.items()}
+
+    run = uuid.uuid4().hex[:6]
+    log, stop = f"/tmp/acked-{run}", f"/tmp/stop-{run}"
+    network = cluster.docker.networks.get(cluster.network.name)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        writer = pool.submit(cluster.run, WRITER, 200, coordinators=cluster.coordinator_urls,
+                             shard=shard_id, log=log, stop=stop)
+        try:
+            wait_until(lambda: _acked_lines(cluster, log) >= 5, timeout=60,
+                       what="the writer's first acknowledged writes")
+            network.disconnect(cluster.nodes[old_primary].raw.id)
+            disconnected_at = time.monotonic()
+
+            def new_primary() -> str | None:
+                primary = cluster.cluster_map()["shards"][shard_id]["primary"]
+                return primary if primary not in (None, old_primary) else None
+
+            promoted = wait_until(new_primary, timeout=45,
+                                  what=f"a replica of {shard_id} to be promoted")
+            failover_s = time.monotonic() - disconnected_at
+            print(f"failover of {shard_id}: {old_primary} -> {promoted} in {failover_s:.1f}s")
+            # Writes go on through the new primary while the old one is still cut off.
+            acked_at_failover = _acked_lines(cluster, log)
+            wait_until(lambda: _acked_lines(cluster, log) >= acked_at_failover + 5, timeout=60,
+                       what="writes acknowledged by the new primary")
+            network.connect(cluster.nodes[old_primary].raw.id, aliases=[old_primary])
+        finally:
+            cluster.shell(f"touch {stop}")
+            outcome = writer.result(timeout=120)
+
+    during = outcome["acked"]
+    print(f"writer: {len(during)} writes acknowledged, {outcome['failed']} not")
+    assert len(during) >= 10, outcome
+    expected.update(during)
+
+    after_map = cluster.cluster_map()
+    assert after_map["shards"][shard_id]["epoch"] > old_epoch
+    assert after_map["shards"][shard_id]["primary"] == promoted
+
+    # No acknowledged write is lost (reads go to the new primary).
+    checked = cluster.run(READ_BACK, coordinators=cluster.coordinator_urls, expect=expected)
+    assert checked == {"checked": len(expected), "wrong": {}}
+
+    # The old primary rejoins as a replica of the new one...
+    def rejoined() -> bool:
+        cluster_map = cluster.cluster_map()
+        node = cluster_map["nodes"][old_primary]
+        return (node["role"] == "replica" and node["status"] == "up"
+                and old_primary in cluster_map["shards"][shard_id]["members"])
+
+    wait_until(rejoined, timeout=90, what=f"{old_primary} to rejoin {shard_id} as a replica")
+
+    # ...and all three members converge on the same data.
+    def converged() -> dict[str, Any] | None:
+        digests = cluster.node_json(members, "/v1/digest")
+        if any(d is None for d in digests.values()):
+            return None
+        same = {(d["digest"], d["applied_lsn"]) for d in digests.values()}
+        return digests if len(same) == 1 else None
+
+    digests = wait_until(converged, timeout=90, what=f"the members of {shard_id} to converge")
+    assert next(iter(digests.values()))["keys"] >= len(
+        [k for k, w in before.items() if w["shard"] == shard_id]) + len(during)
+
+
+@pytest.mark.timeout(180)
+def test_map_changes_commit_after_the_coordinator_leader_is_killed(cluster: Cluster) -> None:
+    """``docker kill`` the Raft leader of the coordinators: the other two elect a leader and
+    commit map changes (a new shard through the admin API); clients still work."""
+    first = cluster.live_coordinators()[0]
+    leader = wait_until(lambda: cluster.leader(first), timeout=30, what="a coordinator leader")
+    version_before = cluster.cluster_map()["version"]
+
+    cluster.coordinators[leader].raw.kill()
+    cluster.killed.add(leader)
+    survivors = cluster.live_coordinators()
+    assert len(survivors) == 2
+
+    def new_leader() -> str | None:
+        views = {cluster.leader(name) for name in survivors}
+        return views.pop() if len(views) == 1 and views <= set(survivors) else None
+
+    elected = wait_until(new_leader, timeout=45, what="the two survivors to agree on a leader")
+    assert elected != leader
+
+    # Proposed through the member that does not lead: a follower forwards it to the leader.
+    through = next(name for name in survivors if name != elected)
+    shard_url = f"{cluster.coordinator_url(through)}/admin/shards"
+
+    def added() -> bool:
+        answer = http("POST", shard_url, json.dumps({"shard": "s3", "in_ring": False}).encode(),
+                      headers={"Content-Type": "application/json"}, timeout=10)
+        # A retry of an attempt that committed but timed out finds the shard there.
+        return answer.status == 201 or "s3" in cluster.cluster_map(elected)["shards"]
+
+    wait_until(added, timeout=60, what="the new shard to commit", interval=1.0)
+    for name in survivors:
+        cluster_map = cluster.cluster_map(name)
+        assert "s3" in cluster_map["shards"] and cluster_map["version"] > version_before
+        assert "s3" not in cluster_map["ring"]["shards"]  # added out of the ring: no keys move
+
+    # Clients (given all three coordinators, one of them dead) still read and write.
+    written = cluster.run(PUT_GET, coordinators=cluster.coordinator_urls, prefix="after-kill",
+                          count=8)
+    for key, w in written.items():
+        assert (w["read"], w["read_version"]) == (w["value"], w["version"]), key

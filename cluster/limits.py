@@ -37,8 +37,13 @@ class Limits:
 
 
 def as_key(key: object) -> bytes:
-    """Normalize a key (``bytes`` or UTF-8 ``str``) to bytes and check its length."""
-    if isinstance(key, str):
+    """Normalize a key (``bytes`` or UTF-8 ``str``) to bytes and check its length.
+
+    Exact ``bytes`` (what msgpack decodes, and the common case by far) is returned as is:
+    it is immutable, so a copy would only cost an allocation per key on every write."""
+    if type(key) is bytes:
+        raw = key
+    elif isinstance(key, str):
         raw = key.encode("utf-8")
     elif isinstance(key, bytes | bytearray | memoryview):
         raw = bytes(key)

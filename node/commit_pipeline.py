@@ -81,8 +81,10 @@ class CommitPipeline:
         # in parallel with the local fsync).
         self.on_submit: Callable[[WalEntry], None] | None = None
         self.last_lsn = max(wal.last_lsn, engine.applied_lsn)
-        # key -> (lsn of the newest in-flight write of it, its state after that write)
-        self._overlay: dict[bytes, tuple[int, StoredItem | None]] = {}
+        # key -> (lsn of the newest in-flight write of it, that write's mutation). The state
+        # after the write (a StoredItem, or None for a delete) is built only when a
+        # conditional writer reads the key, not for every key of every entry submitted.
+        self._overlay: dict[bytes, tuple[int, Mutation]] = {}
         self._queue: collections.deque[_InFlight] = collections.deque()
         self._wakeup = asyncio.Event()
         self._failure: BaseException | None = None
@@ -120,12 +122,12 @@ class CommitPipeline:
         while True:
             pending = self._overlay.get(key)
             if pending is not None:
-                return pending[1]
+                return _state_after(pending)
             before = self._engine.applied_lsn
             item = await self._engine.get(key)
             if self._engine.applied_lsn == before:
                 pending = self._overlay.get(key)
-                return item if pending is None else pending[1]
+                return item if pending is None else _state_after(pending)
 
     async def current_many(self, keys: Sequence[bytes]) -> list[StoredItem | None]:
         while True:
@@ -134,7 +136,7 @@ class CommitPipeline:
             if self._engine.applied_lsn == before:
                 overlay = self._overlay
                 return [
-                    item if (pending := overlay.get(key)) is None else pending[1]
+                    item if (pending := overlay.get(key)) is None else _state_after(pending)
                     for key, item in zip(keys, items, strict=True)
                 ]
 
@@ -158,14 +160,10 @@ class CommitPipeline:
             raise Unavailable(f"the write-ahead log is unusable: {exc}") from exc
         self.last_lsn = entry.lsn
         overlay = self._overlay
+        lsn = entry.lsn
         size = 24
         for m in entry.mutations:
-            state = (
-                StoredItem(m.value, m.compressed, entry.lsn, m.expires_at)
-                if m.kind is MutationKind.PUT
-                else None
-            )
-            overlay[m.key] = (entry.lsn, state)
+            overlay[m.key] = (lsn, m)
             size += len(m.key) + len(m.value) + 16
         self._logged_bytes += size
         applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -249,6 +247,14 @@ class CommitPipeline:
         self._applier.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._applier
+
+
+def _state_after(pending: tuple[int, Mutation]) -> StoredItem | None:
+    """A key's state after its newest in-flight write (an overlay entry)."""
+    lsn, m = pending
+    if m.kind is MutationKind.PUT:
+        return StoredItem(m.value, m.compressed, lsn, m.expires_at)
+    return None
 
 
 def _consume(future: asyncio.Future[None]) -> None:

@@ -41,7 +41,7 @@ from shardkv.cluster.limits import (
     as_version,
 )
 from shardkv.node.commit_pipeline import WRITE_CONCERN
-from shardkv.node.store_model import BatchOp
+from shardkv.node.write_plan import CheckedOp
 
 if TYPE_CHECKING:
     from shardkv.node.store import Store
@@ -284,40 +284,56 @@ async def _mdelete(ctx: NodeContext, args: Args) -> dict[str, Any]:
 _BATCH_OP_FIELDS = frozenset({"op", "key", "value", "if_version", "if_absent", "ttl"})
 
 
-def parse_batch_ops(ctx: NodeContext, raw: object) -> list[BatchOp]:
-    """A batch's ``ops`` list -> BatchOps, every field checked before anything is written."""
+def parse_batch_ops(ctx: NodeContext, raw: object) -> list[CheckedOp]:
+    """A batch's ``ops`` list -> CheckedOps, every field checked before anything is written.
+
+    This is the one place a request's batch ops are validated: it makes every check the
+    Store's ``check_batch`` makes (and refuses unknown fields, which only the wire can carry),
+    so ``_batch`` hands the result to ``Store.batch_checked`` and nothing is checked twice.
+    It runs once per op of every batch, hence the inlined common cases (an absent optional
+    field is one ``dict.get``)."""
     if not isinstance(raw, list | tuple):
         raise InvalidArgument(f"ops must be a list, not {type(raw).__name__}")
     if not raw:
         raise InvalidArgument("ops must not be empty")
-    if len(raw) > ctx.limits.max_batch_ops:
+    limits = ctx.limits
+    if len(raw) > limits.max_batch_ops:
         _check_batch_size(ctx, len(raw), 0)
-    ops: list[BatchOp] = []
+    ops: list[CheckedOp] = []
+    append = ops.append
+    fields = _BATCH_OP_FIELDS
     size = 0
     for index, spec in enumerate(raw):
         if not isinstance(spec, Mapping):
             raise InvalidArgument(f"ops[{index}] must be a map, not {type(spec).__name__}")
-        extra = spec.keys() - _BATCH_OP_FIELDS
-        if extra:
+        if not fields.issuperset(spec):
+            extra = spec.keys() - fields
             raise InvalidArgument(f"ops[{index}] has unknown field(s) {sorted(map(str, extra))}")
-        kind = spec.get("op")
-        key = as_key(spec.get("key"))
-        if_version = _opt_version(spec, "if_version")
+        get = spec.get
+        kind = get("op")
+        key = as_key(get("key"))
+        if_version = get("if_version")
+        if if_version is not None:
+            if_version = as_version(if_version, "if_version")
         if kind == "put":
-            value = as_value(_required(spec, "value"), ctx.limits)
-            if_absent = _opt_bool(spec, "if_absent")
-            if if_absent and if_version is not None:
+            value = as_value(_required(spec, "value"), limits)
+            if_absent = get("if_absent")
+            if if_absent is None:
+                if_absent = False
+            elif not isinstance(if_absent, bool):
+                raise InvalidArgument(f"if_absent must be true or false, got {if_absent!r}")
+            elif if_absent and if_version is not None:
                 raise InvalidArgument(f"ops[{index}]: if_absent and if_version cannot be "
                                       f"combined")
-            ttl = as_ttl(spec.get("ttl"))
-            ops.append(BatchOp("put", key, value, if_version=if_version, if_absent=if_absent,
-                               ttl=ttl))
+            ttl = get("ttl")
+            if ttl is not None:
+                ttl = as_ttl(ttl)
+            append(CheckedOp("put", key, value, if_version, if_absent, ttl))
             size += len(key) + len(value)
         elif kind == "delete":
-            if spec.get("value") is not None or spec.get("ttl") is not None or spec.get(
-                    "if_absent"):
+            if get("value") is not None or get("ttl") is not None or get("if_absent"):
                 raise InvalidArgument(f"ops[{index}]: a delete takes only key and if_version")
-            ops.append(BatchOp("delete", key, if_version=if_version))
+            append(CheckedOp("delete", key, b"", if_version, False, None))
             size += len(key)
         else:
             raise InvalidArgument(f"ops[{index}].op must be 'put' or 'delete', got {kind!r}")
@@ -328,7 +344,7 @@ def parse_batch_ops(ctx: NodeContext, raw: object) -> list[BatchOp]:
 async def _batch(ctx: NodeContext, args: Args) -> dict[str, Any]:
     ops = parse_batch_ops(ctx, _required(args, "ops"))
     _check_write_concern(args)
-    result = await ctx.serving_store().batch(ops)
+    result = await ctx.serving_store().batch_checked(ops)
     return {"version": result.version, "results": list(result.results)}
 
 

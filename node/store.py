@@ -9,9 +9,10 @@ expired items by comparing ``expires_at`` with the clock. Writes follow one patt
     the entry is applied
 
 so concurrent compare-and-swaps serialize on the lock for microseconds while their fsyncs
-overlap (group commit). Blind writes (``put`` without a condition, ``mput``) read nothing and
-skip the lock: they are ordered the moment they are submitted, and a conditional writer
-whose read is in progress still sees them (see ``CommitPipeline.current``).
+overlap (group commit). Blind writes (``put`` without a condition, ``mput``, a ``batch`` of
+unconditional puts) read nothing and skip the lock: they are ordered the moment they are
+submitted, and a conditional writer whose read is in progress still sees them (see
+``CommitPipeline.current``).
 
 A write whose answer depends on a not-yet-durable earlier write (a failed condition, a delete
 of a key already being deleted) waits until that write is applied before answering, so no
@@ -52,10 +53,12 @@ from shardkv.node.store_model import (
 from shardkv.node.ttl_sweeper import TtlSweeper
 from shardkv.node.wal import WriteAheadLog
 from shardkv.node.write_plan import (
+    CheckedOp,
     check_batch,
     check_conditions_args,
     condition_error,
     expiry,
+    is_blind,
     live,
     next_counter,
     plan_batch,
@@ -403,15 +406,33 @@ class Store:
         """Apply puts and deletes atomically, as one entry. Every condition is checked
         against the state before the batch; if one fails, VersionMismatch names its
         ``index``, ``key`` and ``current_version`` and nothing is written."""
-        checked = check_batch(ops, self._limits)
-        keys = list(dict.fromkeys(op.key for op in checked))
+        return await self.batch_checked(check_batch(ops, self._limits))
+
+    async def batch_checked(self, checked: Sequence[CheckedOp]) -> BatchResult:
+        """``batch`` for ops already validated: the operation layer parses a request's ops
+        from the wire straight into ``CheckedOp``s (every check ``check_batch`` makes, and
+        more), so they are not checked a second time here. Callers holding ``BatchOp``s use
+        ``batch``."""
+        if not checked:
+            raise InvalidArgument("a batch needs at least one operation")
+        if is_blind(checked):
+            # Only unconditional puts: nothing to read or compare, so, like ``mput``, no
+            # lock; the entry is ordered the moment it is submitted.
+            plan = plan_batch(checked, {}, now=self._clock(), threshold=self._threshold)
+            version = await self._submit(plan.mutations)
+            return BatchResult(version, tuple(_fill(plan.results, version)))
+        keys = list(dict.fromkeys([op.key for op in checked]))
         error: VersionMismatch | None = None
         applied = None
         async with self._lock:
             self._pipeline.check_writable()
             now = self._clock()
             current = await self._pipeline.current_many(keys)
-            before = {k: live(item, now) for k, item in zip(keys, current, strict=True)}
+            before = {
+                k: None if item is None or (
+                    item.expires_at is not None and item.expires_at <= now) else item
+                for k, item in zip(keys, current, strict=True)
+            }  # live(item, now), inlined: one entry per key of the batch
             try:
                 plan = plan_batch(checked, before, now=now, threshold=self._threshold)
             except VersionMismatch as exc:

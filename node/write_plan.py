@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from shardkv.cluster.errors import InvalidArgument, TooLarge, VersionMismatch
 from shardkv.cluster.limits import Limits, as_key, as_ttl, as_value, as_version
@@ -107,9 +107,13 @@ def _is_decimal(text: bytes) -> bool:
     return bool(digits) and digits.isdigit() and digits.isascii()
 
 
-@dataclass(frozen=True, slots=True)
-class CheckedOp:
-    """A batch op after validation (key and value normalized, ttl checked)."""
+class CheckedOp(NamedTuple):
+    """A batch op after validation: key and value normalized to bytes, conditions and ttl
+    checked. Holding one is the proof that the op was validated, so the Store plans it as
+    is: ``check_batch`` builds them from ``BatchOp``s, and the operation layer builds them
+    straight from the wire (``parse_batch_ops``), so a request's ops are checked once.
+    A NamedTuple because a batch builds one per op on the hot path (a frozen dataclass
+    costs several times more to construct)."""
 
     op: str
     key: bytes
@@ -146,6 +150,15 @@ def check_batch(ops: Sequence[BatchOp], limits: Limits) -> list[CheckedOp]:
     return checked
 
 
+def is_blind(ops: Sequence[CheckedOp]) -> bool:
+    """True when every op is a put without a condition: such a batch depends on no current
+    state (it is an ``mput`` with per-op TTLs), so the Store plans it without reading."""
+    for op in ops:
+        if op.op != "put" or op.if_version is not None or op.if_absent:
+            return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class BatchPlan:
     mutations: list[Mutation]
@@ -163,8 +176,11 @@ def plan_batch(
     """Check every condition against the state before the batch (all of them, before any
     effect, as an etcd transaction compares), then derive the mutations in op order: a delete
     reports ``deleted`` if the key exists at that point of the batch, and a delete of a key
-    that does not exist writes nothing."""
+    that does not exist writes nothing. ``before`` holds every key of the batch, or may be
+    empty when ``is_blind(ops)`` (nothing then looks at it)."""
     for index, op in enumerate(ops):
+        if op.if_version is None and not op.if_absent:
+            continue  # unconditional: nothing to compare (the common case, kept cheap)
         error = condition_error(
             op.key, before[op.key], if_version=op.if_version, if_absent=op.if_absent, index=index
         )
@@ -173,15 +189,22 @@ def plan_batch(
     exists = {key: item is not None for key, item in before.items()}
     mutations: list[Mutation] = []
     results: list[dict[str, Any]] = []
+    put = MutationKind.PUT
     for op in ops:
+        key = op.key
         if op.op == "put":
-            mutations.append(put_mutation(op.key, op.value, expiry(op.ttl, now), threshold))
-            exists[op.key] = True
-            results.append({"op": "put", "key": op.key})
+            raw = op.value
+            expires_at = None if op.ttl is None else now + op.ttl
+            if len(raw) < threshold:  # below the threshold encode_value keeps raw bytes
+                mutations.append(Mutation(put, key, raw, False, expires_at))
+            else:
+                mutations.append(put_mutation(key, raw, expires_at, threshold))
+            exists[key] = True
+            results.append({"op": "put", "key": key})
         else:
-            deleted = exists[op.key]
+            deleted = exists[key]
             if deleted:
-                mutations.append(Mutation(MutationKind.DELETE, op.key))
-                exists[op.key] = False
-            results.append({"op": "delete", "key": op.key, "deleted": deleted})
+                mutations.append(Mutation(MutationKind.DELETE, key))
+                exists[key] = False
+            results.append({"op": "delete", "key": key, "deleted": deleted})
     return BatchPlan(mutations, results)

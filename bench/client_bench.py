@@ -1,4 +1,5 @@
-"""End-to-end client throughput: ``shardkv.client.Client`` against a local cluster.
+"""End-to-end client throughput: ``shardkv.client.Client`` against a local cluster, with etcd
+and redis measured in the same run for scale.
 
 What a user of the library gets, everything included: routing with the cached map, one
 pipelined connection per node, majority writes through replication, the WAL's fsync policy.
@@ -6,17 +7,26 @@ Workloads: ``get``, ``put`` and ``mget100`` (one ``mget`` of 100 random keys, sp
 and run concurrently), at a total concurrency of 1, 16 and 64 requests in flight, from one
 client process and from several (the concurrency is split between them).
 
-In the same run, for scale, the same shapes against ``redis-server`` through
-``redis-benchmark`` (appendfsync ``always`` and ``everysec``; GET, SET, and an MGET of 100
-keys), and against one etcd member through ``bench.etcd_reference`` when etcd is installed.
-redis is single-node and in C; it is the ceiling to read the numbers against, not a peer.
+The references, each started fresh in every run after the shardkv cluster has stopped (so
+they never compete for the CPU):
 
-    python -m bench.client_bench                      # ~2 min on 2 cores
+- etcd, a three-member cluster (``bench.etcd_cluster``: a majority commit with fsync, as
+  shardkv's ``w=majority`` with ``--fsync always``), loaded through its HTTP/JSON gateway at
+  its leader by ``bench.loadgen`` with the same concurrency and processes. ``get`` is a
+  linearizable range, ``put`` a put, ``mget100`` one txn of 100 ranges: etcd has no
+  multi-get of scattered keys, and a txn is its nearest equivalent (``bench.mget_workload``).
+- redis (``bench.redis_reference``): ``redis-benchmark`` against ``redis-server`` with
+  appendfsync ``always`` and ``everysec``: GET, SET, and an MGET of 100 keys. One process in
+  C without replication: the ceiling to read the numbers against, not a peer.
+
+    python -m bench.client_bench                      # one run, ~4 min on 2 cores
+    python -m bench.client_bench --runs 3 --json out.json   # medians of 3 runs
     python -m bench.client_bench --quick              # a smoke run
-    python -m bench.client_bench --json out.json
+    python -m bench.client_bench --no-etcd --no-redis # shardkv only
 
 Each cell runs ``--duration`` seconds after a short warm-up; the figures are operations per
-second and latency percentiles measured by the client (one sample per operation).
+second and latency percentiles measured by the client (one sample per operation), and the
+cores the load generator used over the window.
 """
 
 from __future__ import annotations
@@ -27,19 +37,27 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
-import socket
+import resource
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from shardkv.client import Client
 from shardkv.cluster.launcher import ClusterPlan, LocalCluster, http_get_json
 from shardkv.cluster.launcher import pick_free_port as free_port
+
+from bench.client_cells import Cell, medians, percentile, ratios, render, render_ratios
+from bench.etcd_cluster import etcd_cluster, leader_index, spawn_all, stop_all, wait_etcd
+from bench.etcd_reference import EtcdGatewayClient, etcd_binary, etcd_version
+from bench.kv_protocol import Target
+from bench.loadgen import LoadSpec, run_load
+from bench.mget_workload import register as register_mget
+from bench.redis_reference import redis_version, run_redis
+from bench.workloads import Shape, preload
 
 KEYSPACE = 10_000
 VALUE = b"v" * 100
@@ -50,28 +68,9 @@ def key_of(i: int) -> bytes:
     return b"bench:%06d" % i
 
 
-@dataclass
-class Cell:
-    system: str
-    workload: str
-    concurrency: int
-    processes: int
-    ops: int
-    errors: int
-    seconds: float
-    p50_ms: float | None
-    p99_ms: float | None
-
-    @property
-    def ops_per_s(self) -> float:
-        return self.ops / self.seconds if self.seconds else 0.0
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
-    return sorted_values[index] * 1000
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def _drive(target: dict[str, Any], workload: str, in_flight: int, duration: float,
@@ -79,6 +78,7 @@ async def _drive(target: dict[str, Any], workload: str, in_flight: int, duration
     rng = random.Random(seed)
     latencies: list[float] = []
     ops = errors = 0
+    cpu: dict[str, float] = {}
     async with Client(**target, timeout=10.0) as kv:
         loop = asyncio.get_running_loop()
         measure_from = loop.time() + warmup
@@ -90,7 +90,7 @@ async def _drive(target: dict[str, Any], workload: str, in_flight: int, duration
             elif workload == "put":
                 await kv.put(key_of(rng.randrange(KEYSPACE)), VALUE)
             else:
-                await kv.mget([key_of(rng.randrange(KEYSPACE)) for _ in range(MGET_KEYS)])
+                await kv.mget([key_of(i) for i in rng.sample(range(KEYSPACE), MGET_KEYS)])
 
         async def worker() -> None:
             nonlocal ops, errors
@@ -105,8 +105,15 @@ async def _drive(target: dict[str, Any], workload: str, in_flight: int, duration
                     ops += 1
                     latencies.append(loop.time() - now)
 
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
-    return {"ops": ops, "errors": errors, "latencies": latencies}
+        async def sample_cpu() -> None:
+            await asyncio.sleep(max(0.0, measure_from - loop.time()))
+            cpu["start"] = _cpu_seconds()
+            await asyncio.sleep(max(0.0, stop_at - loop.time()))
+            cpu["end"] = _cpu_seconds()
+
+        await asyncio.gather(sample_cpu(), *(worker() for _ in range(in_flight)))
+    return {"ops": ops, "errors": errors, "latencies": latencies,
+            "cpu_seconds": cpu["end"] - cpu["start"]}
 
 
 def _process_main(args: tuple[dict[str, Any], str, int, float, float, int]) -> dict[str, Any]:
@@ -125,7 +132,8 @@ def run_cell(target: dict[str, Any], workload: str, concurrency: int, processes:
     latencies = sorted(x for r in results for x in r["latencies"])
     return Cell("shardkv", workload, concurrency, len(jobs),
                 sum(r["ops"] for r in results), sum(r["errors"] for r in results), duration,
-                percentile(latencies, 0.5), percentile(latencies, 0.99))
+                percentile(latencies, 0.5), percentile(latencies, 0.99),
+                gen_cpu_cores=sum(r["cpu_seconds"] for r in results) / duration)
 
 
 async def _preload(target: dict[str, Any]) -> None:
@@ -165,91 +173,113 @@ def start_standalone(work: Path, fsync: str) -> _Standalone:
     return node
 
 
-# -- redis, for scale ---------------------------------------------------------------------
+def _shapes(args: argparse.Namespace) -> list[tuple[str, int, int]]:
+    """(workload, concurrency, processes) of every cell, in the order they are measured."""
+    return [(w, c, p) for w in args.workloads for c in args.concurrency for p in args.processes
+            if p <= c]
 
 
-def _answers_ping(port: int) -> bool:
+def run_shardkv(args: argparse.Namespace, work: Path) -> list[Cell]:
+    if args.standalone:
+        node = start_standalone(work, args.fsync)
+        target: dict[str, Any] = {"nodes": [node.url]}
+        label = f"shardkv fsync={args.fsync} standalone"
+        stop = node.stop
+    else:
+        plan = ClusterPlan.new(work / "cluster", shards=args.shards,
+                               replicas=args.replicas, coordinators=3, fsync=args.fsync)
+        cluster = LocalCluster(work / "cluster", plan)
+        target = {"coordinators": plan.coordinator_urls()}
+        label = f"shardkv fsync={args.fsync} {args.shards}x{args.replicas}"
+        stop = cluster.stop
+    cells = []
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def run_redis(fsync: str, concurrencies: list[int], requests: int,
-              work: Path) -> list[Cell]:
-    server, bench = shutil.which("redis-server"), shutil.which("redis-benchmark")
-    if not server or not bench:
-        print("redis-server/redis-benchmark not installed: skipping redis", file=sys.stderr)
-        return []
-    port = free_port()
-    data = work / f"redis-{fsync}"
-    data.mkdir()
-    proc = subprocess.Popen([server, "--port", str(port), "--dir", str(data), "--save", "",
-                             "--appendonly", "yes", "--appendfsync", fsync],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cells: list[Cell] = []
-    try:
-        deadline = time.monotonic() + 10
-        while not _answers_ping(port):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.1)
-        keys = [f"key:{i:012d}" for i in range(MGET_KEYS)]  # the names -r fills in
-        subprocess.run([bench, "-p", str(port), "-n", str(KEYSPACE), "-r", str(KEYSPACE),
-                        "-d", "100", "-t", "set", "-q"], capture_output=True, check=True,
-                       timeout=120)
-        for concurrency in concurrencies:
-            shapes = [("get", ["-t", "get"]), ("put", ["-t", "set"]),
-                      ("mget100", ["MGET", *keys])]
-            for workload, extra in shapes:
-                started = time.monotonic()
-                out = subprocess.run(
-                    [bench, "-p", str(port), "-n", str(requests), "-c", str(concurrency),
-                     "-r", str(KEYSPACE), "-d", "100", "--csv", *extra],
-                    capture_output=True, text=True, check=True, timeout=300)
-                seconds = time.monotonic() - started
-                row = [line for line in out.stdout.splitlines() if line and line[0] == '"'
-                       and not line.startswith('"test"')][-1]
-                fields = [f.strip('"') for f in row.split(",")]
-                rps = float(fields[1])
-                # "test","rps","avg","min","p50","p95","p99","max" (milliseconds)
-                p50 = float(fields[4]) if len(fields) > 6 else None
-                p99 = float(fields[6]) if len(fields) > 6 else None
-                cells.append(Cell(f"redis appendfsync={fsync}", workload, concurrency, 1,
-                                  round(rps * seconds), 0, seconds, p50, p99))
+        if not args.standalone:
+            cluster.start()
+            cluster.wait_ready(120)
+        asyncio.run(_preload(target))
+        for workload, concurrency, processes in _shapes(args):
+            cell = run_cell(target, workload, concurrency, processes, args.duration,
+                            args.warmup)
+            cell.system = label
+            cells.append(cell)
+            print(render([cell]).splitlines()[1], flush=True)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop()
     return cells
 
 
-# -- the run -------------------------------------------------------------------------------
+async def _preload_etcd(url: str, shape: Shape) -> None:
+    async with aiohttp.ClientSession() as session:
+        await preload(EtcdGatewayClient(url, session), shape)
 
 
-def render(cells: list[Cell]) -> str:
-    lines = [f"{'system':<28} {'workload':<8} {'conc':>4} {'procs':>5} {'ops/s':>10} "
-             f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"]
-    for c in cells:
-        p50 = f"{c.p50_ms:.2f}" if c.p50_ms is not None else "-"
-        p99 = f"{c.p99_ms:.2f}" if c.p99_ms is not None else "-"
-        lines.append(f"{c.system:<28} {c.workload:<8} {c.concurrency:>4} {c.processes:>5} "
-                     f"{c.ops_per_s:>10,.0f} {p50:>8} {p99:>8} {c.errors:>6}")
-    return "\n".join(lines)
+def run_etcd(args: argparse.Namespace, work: Path, binary: str) -> list[Cell]:
+    """The same cells against a fresh three-member etcd cluster, loaded at its leader."""
+    members = etcd_cluster(work / "etcd", binary)
+    (work / "etcd").mkdir(exist_ok=True)
+    procs = spawn_all(members)
+    label = f"etcd {etcd_version(binary)} 3 members"
+    cells = []
+    try:
+        urls = [m.url for m in members]
+        asyncio.run(wait_etcd(urls))
+        leader = leader_index(urls)
+        shape = Shape(key_space=KEYSPACE, value_size=len(VALUE), batch_size=100)
+        asyncio.run(_preload_etcd(urls[leader], shape))
+        target = Target("etcd", urls[leader], "etcd", "3 members")
+        for workload, concurrency, processes in _shapes(args):
+            result = run_load(
+                LoadSpec(target, workload, concurrency, args.duration, args.warmup, shape,
+                         processes), server_pid=procs[leader].pid, seed=concurrency)
+            cell = Cell(label, workload, concurrency, result.processes, result.requests,
+                        result.errors, result.duration_s,
+                        result.p50_ms if result.requests else None,
+                        result.p99_ms if result.requests else None,
+                        gen_cpu_cores=result.generator_cpu_cores,
+                        server_cpu_cores=result.server_cpu_cores)
+            cells.append(cell)
+            print(render([cell]).splitlines()[1], flush=True)
+    finally:
+        stop_all(procs)
+    return cells
+
+
+def one_run(args: argparse.Namespace, work: Path) -> list[Cell]:
+    work.mkdir(parents=True)
+    cells = run_shardkv(args, work)
+    binary = etcd_binary()
+    if not args.no_etcd:
+        if binary is None:
+            print("etcd not installed: skipping etcd", file=sys.stderr)
+        else:
+            cells.extend(run_etcd(args, work, binary))
+    if not args.no_redis:
+        requests = 2_000 if args.quick else args.redis_requests
+        for fsync in ("always", "everysec"):
+            redis = run_redis(fsync, args.concurrency, args.workloads, requests, work)
+            for cell in redis:
+                print(render([cell]).splitlines()[1], flush=True)
+            cells.extend(redis)
+    return cells
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--runs", type=int, default=1, help="report medians of N runs")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--workloads", nargs="+", default=["get", "put", "mget100"])
+    parser.add_argument("--workloads", nargs="+", default=["get", "put", "mget100"],
+                        choices=("get", "put", "mget100"))
     parser.add_argument("--fsync", default="always", choices=("always", "interval", "never"))
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--no-etcd", action="store_true")
+    parser.add_argument("--redis-requests", type=int, default=20_000,
+                        help="requests per redis-benchmark cell")
     parser.add_argument("--standalone", action="store_true",
                         help="one standalone node (direct mode) instead of the cluster")
     parser.add_argument("--quick", action="store_true", help="1 s cells, concurrency 16 only")
@@ -257,49 +287,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.concurrency, args.processes = 1.0, [16], [1]
+    register_mget()
 
-    cells: list[Cell] = []
+    runs: list[list[Cell]] = []
     with tempfile.TemporaryDirectory(prefix="shardkv-client-bench-") as tmp:
-        work = Path(tmp)
-        if args.standalone:
-            node = start_standalone(work, args.fsync)
-            target = {"nodes": [node.url]}
-            label = f"shardkv fsync={args.fsync} standalone"
-            stop = node.stop
-        else:
-            plan = ClusterPlan.new(work / "cluster", shards=args.shards,
-                                   replicas=args.replicas, coordinators=3, fsync=args.fsync)
-            cluster = LocalCluster(work / "cluster", plan)
-            target = {"coordinators": plan.coordinator_urls()}
-            label = f"shardkv fsync={args.fsync} {args.shards}x{args.replicas}"
-            stop = cluster.stop
-        try:
-            if not args.standalone:
-                cluster.start()
-                cluster.wait_ready(120)
-            asyncio.run(_preload(target))
-            for workload in args.workloads:
-                for concurrency in args.concurrency:
-                    for processes in args.processes:
-                        if processes > concurrency:
-                            continue
-                        cell = run_cell(target, workload, concurrency, processes,
-                                        args.duration, args.warmup)
-                        cell.system = label
-                        cells.append(cell)
-                        print(render([cell]).splitlines()[1], flush=True)
-        finally:
-            stop()
-        if not args.no_redis:
-            requests = 2_000 if args.quick else 20_000
-            for fsync in ("always", "everysec"):
-                cells.extend(run_redis(fsync, args.concurrency, requests, work))
+        for index in range(args.runs):
+            print(f"-- run {index + 1} of {args.runs}", flush=True)
+            runs.append(one_run(args, Path(tmp) / f"run{index + 1}"))
+    summary = medians([cell for run in runs for cell in run])
+    ratio_rows = ratios(summary)
     print()
-    print(f"cpu cores: {os.cpu_count()}; cells of {args.duration:.1f} s")
-    print(render(cells))
+    print(f"cpu cores: {os.cpu_count()}; cells of {args.duration:.1f} s; "
+          f"medians of {args.runs} run(s)")
+    print(render(summary))
+    print()
+    print("shardkv ops/s over each reference's (same workload, concurrency, client processes;")
+    print("redis-benchmark is one process at any concurrency)")
+    print(render_ratios(ratio_rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            [{**asdict(c), "ops_per_s": c.ops_per_s} for c in cells], indent=2))
+        binary = etcd_binary()
+        Path(args.json).write_text(json.dumps({
+            "config": {**vars(args), "cpu_cores": os.cpu_count(),
+                       "etcd_version": etcd_version(binary) if binary else None,
+                       "redis_version": redis_version()},
+            "medians": [c.to_dict() for c in summary],
+            "ratios": ratio_rows,
+            "runs": [[c.to_dict() for c in run] for run in runs],
+        }, indent=2))
     return 0
 
 

@@ -108,5 +108,20 @@ class EtcdGatewayClient:
         if not answer.get("succeeded"):
             raise RequestFailed("TXN_FAILED", "etcd txn did not succeed")
 
+    async def get_many(self, keys: list[bytes]) -> None:
+        """etcd has no multi-get of scattered keys: the nearest is one txn of ranges (one
+        ReadIndex round, one snapshot for all keys), as shardkv's ``mget`` is one request per
+        shard."""
+        if len(keys) > MAX_TXN_OPS:
+            raise ValueError(f"an etcd txn holds at most {MAX_TXN_OPS} operations")
+        success = [{"requestRange": {"key": _b64(k)}} for k in keys]
+        answer = await self._post("/v3/kv/txn", {"success": success})
+        responses = answer.get("responses")
+        if not isinstance(responses, list) or len(responses) != len(keys):
+            raise RequestFailed("TXN_FAILED", "etcd txn answered without every range")
+        for response in responses:
+            if not response.get("response_range", {}).get("kvs"):
+                raise RequestFailed("NOT_FOUND", "a key of the txn is missing")
+
     async def close(self) -> None:
         await self._session.close()

@@ -39,9 +39,11 @@ from typing import Any
 import aiohttp
 from shardkv.cluster.launcher import ClusterPlan, LocalCluster
 
+from bench.etcd_cluster import etcd_cluster, stop_all
+from bench.etcd_cluster import spawn_all as _spawn_all
+from bench.etcd_cluster import wait_etcd as _wait_etcd
 from bench.etcd_reference import EtcdGatewayClient, etcd_binary
 from bench.rpc_client import RpcClient
-from bench.server_process import ServerProcess, free_port
 
 VALUE = b"v" * 100
 KEYS = 2000
@@ -145,23 +147,6 @@ async def _wait_streaming(primary_url: str, within: float = 30) -> None:
     raise RuntimeError("the primary never streamed to both replicas")
 
 
-def etcd_cluster(work: Path, binary: str) -> list[ServerProcess]:
-    """Three etcd members on free ports (defaults otherwise: fsync on every commit)."""
-    names = ["e1", "e2", "e3"]
-    peers = {n: f"http://127.0.0.1:{free_port()}" for n in names}
-    clients = {n: f"http://127.0.0.1:{free_port()}" for n in names}
-    initial = ",".join(f"{n}={peers[n]}" for n in names)
-    members = []
-    for n in names:
-        argv = [binary, "--name", n, "--data-dir", str(work / f"etcd-{n}"),
-                "--listen-client-urls", clients[n], "--advertise-client-urls", clients[n],
-                "--listen-peer-urls", peers[n], "--initial-advertise-peer-urls", peers[n],
-                "--initial-cluster", initial, "--initial-cluster-state", "new",
-                "--logger", "zap", "--log-level", "warn"]
-        members.append(ServerProcess(n, argv, log_path=work / f"etcd-{n}.log", url=clients[n]))
-    return members
-
-
 async def bench_etcd(work: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     binary = etcd_binary()
     if binary is None or args.no_etcd:
@@ -191,40 +176,11 @@ async def bench_etcd(work: Path, args: argparse.Namespace) -> dict[str, Any] | N
                     max(1, args.concurrency * 2 // 3)),
             }
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.wait(10)
-
-
-def _spawn_all(members: list[ServerProcess]) -> list[subprocess.Popen[bytes]]:
-    """Start every member at once (a member waits for its peers before it is healthy)."""
-    procs = []
-    for m in members:
-        with open(m.log_path, "ab") as log:
-            procs.append(subprocess.Popen(m.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
-    return procs
+        stop_all(procs)
 
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
-
-
-async def _wait_etcd(urls: list[str], within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        ok = 0
-        for url in urls:
-            with contextlib.suppress(OSError, ValueError):
-                health = await asyncio.to_thread(_json_get, f"{url}/health")
-                if health.get("health") == "true":
-                    ok += 1
-        if ok == len(urls):
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("etcd cluster did not become healthy")
 
 
 async def bench_failover(work: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -230,3 +230,60 @@ def test_node_bench_command_against_a_real_node(tmp_path: Path) -> None:
     )
     assert {b["kind"] for b in document["batch_vs_single"]} == {"rpc", "rest"}
     assert "keys/s" in done.stdout  # the human table
+
+
+def test_client_bench_medians_and_ratios_pair_the_same_shape() -> None:
+    from bench.client_cells import Cell, medians, ratios, render_ratios
+
+    def cell(system: str, workload: str, rate: int, processes: int = 1) -> Cell:
+        return Cell(system, workload, 16, processes, ops=rate * 2, errors=0, seconds=2.0,
+                    p50_ms=rate / 1000, p99_ms=None, gen_cpu_cores=0.5)
+
+    summary = medians([
+        cell("shardkv 2x3", "get", 900), cell("shardkv 2x3", "get", 3000),
+        cell("shardkv 2x3", "get", 1000), cell("shardkv 2x3", "get", 4000, processes=2),
+        cell("etcd 3 members", "get", 500), cell("etcd 3 members", "get", 2000, processes=2),
+        cell("redis always", "get", 10_000),
+    ])  # fmt: skip
+    first = summary[0]
+    assert (first.system, first.processes) == ("shardkv 2x3", 1)
+    assert first.ops_per_s == 1000  # the median of 900, 3000, 1000
+    assert first.p50_ms == 1.0 and first.p99_ms is None  # no samples: not made up
+    rows = {r["processes"]: r for r in ratios(summary)}
+    assert rows[1]["etcd 3 members"]["shardkv_over"] == 2.0
+    assert rows[2]["etcd 3 members"]["shardkv_over"] == 2.0  # paired with etcd at 2 processes
+    # redis-benchmark is one process: both shardkv cells compare with it
+    assert rows[1]["redis always"]["shardkv_over"] == 0.1
+    assert rows[2]["redis always"]["shardkv_over"] == 0.4
+    assert "x2.00" in render_ratios(ratios(summary))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not NODE_AVAILABLE, reason="the node server is not built yet")
+def test_client_bench_command_with_its_references(tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "client.json"
+    command = [
+        sys.executable, "-m", "bench.client_bench", "--standalone", "--workloads", "mget100",
+        "--concurrency", "4", "--processes", "1", "--duration", "0.3", "--warmup", "0.1",
+        "--redis-requests", "200", "--json", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads(out.read_text())
+    systems = {c["system"].split()[0] for c in document["medians"]}
+    expected = {"shardkv"}
+    if etcd_binary() is not None:
+        expected.add("etcd")
+    if shutil.which("redis-server") and shutil.which("redis-benchmark"):
+        expected.add("redis")
+    assert systems == expected
+    for c in document["medians"]:
+        assert c["ops"] > 0 and c["errors"] == 0, c
+        assert c["gen_cpu_cores"] is not None and c["gen_cpu_cores"] > 0, c
+    assert [r["workload"] for r in document["ratios"]] == ["mget100"]
+    for row in document["ratios"]:
+        for reference in (k for k in row if isinstance(row[k], dict)):
+            assert row[reference]["shardkv_over"] > 0, (reference, row)
+    assert "ratio" in done.stdout  # the human table

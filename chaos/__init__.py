@@ -1,1 +1,1 @@
-"""shardkv.chaos."""
+"""shardkv.chaos: Jepsen-style fault injection, recorded histories and checkers (README.md)."""

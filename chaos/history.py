@@ -85,6 +85,7 @@ class Event:
     max_staleness_ms: float | None = None
     error: str | None = None
     final: bool = False
+    node: str | None = None  # the member that answered, when the client could tell
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -97,7 +98,7 @@ class Event:
             "value": encode_value(self.value),
             "time": self.time,
         }
-        for name in ("version", "consistency", "max_staleness_ms", "error"):
+        for name in ("version", "consistency", "max_staleness_ms", "error", "node"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         if self.final:
@@ -121,6 +122,7 @@ class Event:
             max_staleness_ms=raw.get("max_staleness_ms"),
             error=raw.get("error"),
             final=bool(raw.get("final", False)),
+            node=raw.get("node"),
         )
 
 
@@ -180,6 +182,7 @@ class Operation:
     error: str | None = None
     final: bool = False
     completed_at: float | None = None
+    node: str | None = None
 
     @property
     def latency(self) -> float | None:
@@ -194,6 +197,8 @@ class Operation:
             out += f" v={self.version}"
         if self.error:
             out += f" ({self.error})"
+        if self.node:
+            out += f" @{self.node}"
         ret = "inf" if self.ret == INFINITY else f"{self.ret:.4f}"
         return (
             f"#{self.id} p{self.process} {self.f} {self.key} {self.value!r} -> {out} "
@@ -213,6 +218,7 @@ class Operation:
             "output": encode_value(self.output),
             "version": self.version,
             "error": self.error,
+            "node": self.node,
         }
 
 
@@ -269,6 +275,7 @@ class History:
         *,
         version: int | None = None,
         error: str | None = None,
+        node: str | None = None,
     ) -> None:
         if type not in COMPLETIONS:
             raise ValueError(f"completion type must be ok, fail or info, not {type!r}")
@@ -287,6 +294,7 @@ class History:
                 max_staleness_ms=inv.max_staleness_ms,
                 error=error,
                 final=inv.final,
+                node=node,
             )
         )
 
@@ -337,6 +345,7 @@ def pair_operations(events: Iterable[Event]) -> list[Operation]:
                 error=None if done is None else done.error,
                 final=inv.final,
                 completed_at=None if done is None else done.time,
+                node=None if done is None else done.node,
             )
         )
 
@@ -366,6 +375,7 @@ def _renumber(op: Operation, new_id: int) -> Operation:
     return Operation(
         new_id, op.process, op.f, op.key, op.value, op.type, op.call, op.ret, op.output,
         op.version, op.consistency, op.max_staleness_ms, op.error, op.final, op.completed_at,
+        op.node,
     )
 
 

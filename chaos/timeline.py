@@ -93,7 +93,7 @@ def render_timeline(
         # dashed line to the end: it may still take effect at any point on that line.
         gave_up = op.completed_at if op.ret == INFINITY else op.ret
         x2 = x(gave_up) if gave_up is not None else x(t_end)
-        tip = f"<title>{html.escape(op.describe())}</title>"
+        tip = f"<title>{_tip(op)}</title>"
         bar_h = max(row_h - 1, 1.5)
         parts.append(
             f'<rect x="{x1:.2f}" y="{y:.2f}" width="{max(x2 - x1, 0.8):.2f}" '
@@ -136,7 +136,7 @@ def render_timeline(
             continue
         parts.append(
             f'<circle cx="{x(op.call):.2f}" cy="{ly(latency):.2f}" r="1.6" '
-            f'fill="{COLORS[op.type]}"><title>{html.escape(op.describe())}</title></circle>'
+            f'fill="{COLORS[op.type]}"><title>{_tip(op)}</title></circle>'
         )
     parts.append(f'<text x="8" y="{lat_top + 12}" font-size="11">latency</text>')
     parts.append(f'<text x="8" y="{ops_top + 4}" font-size="11">process</text>')
@@ -157,6 +157,18 @@ def render_timeline(
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0f}" '
            f'font-family="sans-serif">{"".join(parts)}</svg>')
     return _page(title, header + svg)
+
+
+TIP_CHARS = 240
+
+
+def _tip(op: Operation) -> str:
+    """Hover text: the operation's one-line description, cut short (a read of a long list
+    would otherwise repeat the whole list in every tooltip and make the page huge)."""
+    text = op.describe()
+    if len(text) > TIP_CHARS:
+        text = text[: TIP_CHARS - 1] + "…"
+    return html.escape(text)
 
 
 def _ms(seconds: float) -> str:

@@ -163,16 +163,23 @@ class DelayProxy:
             pair = (client_w, up_w)
             self._conns.add(pair)
             self.stats.open_connections += 1
+            pumps = [asyncio.create_task(self._pump(client_r, up_w, client_w)),
+                     asyncio.create_task(self._pump(up_r, client_w, up_w))]
             try:
-                await asyncio.gather(
-                    self._pump(client_r, up_w, client_w),
-                    self._pump(up_r, client_w, up_w),
-                )
+                # One side gone (EOF, reset, a crashed upstream) ends the whole connection:
+                # a client must see its connection drop, as it would if the peer had died,
+                # rather than a half-open socket that swallows its requests.
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self._conns.discard(pair)
                 self.stats.open_connections -= 1
                 for w in pair:
                     w.transport.abort()
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+        except asyncio.CancelledError:
+            pass  # the proxy is closing; the connection is aborted above
         finally:
             self._tasks.discard(task)
 
@@ -202,6 +209,8 @@ class DelayProxy:
         last_due = 0.0
         try:
             while data := await src.read(CHUNK):
+                if writer.done():
+                    break  # the other side failed: this direction is over too
                 faults = self.faults
                 if faults.drop_rate and self._rng.random() < faults.drop_rate:
                     self.stats.resets += 1

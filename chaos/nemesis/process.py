@@ -115,4 +115,4 @@ class ProcessNemesis:
                 await self._restart(target)
                 self._killed.remove(target)
                 undone.append(target)
-        return {"action": "resume" if self.mode == "pause" else "restart", "targets": undone}
+        return {"undo": "resume" if self.mode == "pause" else "restart", "undone": undone}

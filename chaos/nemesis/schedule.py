@@ -127,6 +127,13 @@ def generate_schedule(
     return Schedule(seed, duration_s, tuple(faults))
 
 
+def _safe(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """A nemesis's detail as keyword arguments of ``record_nemesis``: keys that would collide
+    with its own parameters (``fault``, ``action``, ``targets``) get a ``detail_`` prefix."""
+    return {(f"detail_{k}" if k in ("fault", "action", "targets") else k): v
+            for k, v in detail.items()}
+
+
 async def run_schedule(
     schedule: Schedule,
     nemeses: Mapping[str, Nemesis],
@@ -155,10 +162,13 @@ async def run_schedule(
                 await health_check()
             nemesis = nemeses[fault.fault]
             detail = await nemesis.start(fault.targets, **fault.params)
-            history.record_nemesis(fault.fault, "start", fault.targets, **detail)
+            # A role-targeted fault says whom it really hit: record that as the targets.
+            hit = tuple(detail.get("resolved_targets") or fault.targets)
+            history.record_nemesis(fault.fault, "start", hit, **_safe(detail),
+                                   scheduled_targets=list(fault.targets))
             await sleep_until(fault.at_s + fault.duration_s)
             detail = await nemesis.stop()
-            history.record_nemesis(fault.fault, "stop", fault.targets, **detail)
+            history.record_nemesis(fault.fault, "stop", hit, **_safe(detail))
             if health_check is not None:
                 await health_check()
         failed = False

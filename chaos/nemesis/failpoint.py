@@ -1,0 +1,98 @@
+"""The ``failpoint`` nemesis: arm one of the node's named failpoints on the targets.
+
+A SIGKILL from outside lands in a microsecond-wide window (the WAL written but not synced,
+a write durable on a majority but not yet answered) by luck only; the node's failpoints
+(node/failpoints.py) make such a window as wide as the run wants: ``crash`` exits at the hook
+as a SIGKILL would, ``sleep(MS)`` and ``pause`` stretch it, ``error`` fails the code path,
+``N*action`` limits it to the next N hits. They are armed over ``PUT /admin/failpoints/NAME``,
+which a node serves only when started with ``SHARDKV_TEST_ADMIN=1`` (the runner sets it for
+the cluster it starts when a scenario uses failpoints).
+
+``stop`` disarms, and restarts (same data) every target that crashed at its failpoint;
+``heal_all`` does the same for every target ever armed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from shardkv.chaos.nemesis.fault import NemesisError
+
+
+def http_put_text(url: str, body: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body); 0 when nothing answered. Blocking: call in a thread."""
+    request = urllib.request.Request(url, data=body.encode(), method="PUT",
+                                     headers={"Content-Type": "text/plain"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return 0, str(exc)
+
+
+class FailpointNemesis:
+    """``start(targets, failpoint="primary_before_ack_client", action="1*crash")``."""
+
+    def __init__(
+        self,
+        *,
+        url_of: Callable[[str], str],
+        exited: Callable[[str], int | None],
+        restart: Callable[[str], Awaitable[Any]],
+        name: str = "failpoint",
+    ) -> None:
+        self.name = name
+        self._url_of = url_of
+        self._exited = exited
+        self._restart = restart
+        self._armed: dict[str, str] = {}  # target -> failpoint, for the current window
+        self._ever: dict[str, set[str]] = {}
+
+    async def _put(self, target: str, failpoint: str, action: str) -> tuple[int, str]:
+        url = f"{self._url_of(target)}/admin/failpoints/{failpoint}"
+        return await asyncio.to_thread(http_put_text, url, action)
+
+    async def start(self, targets: Sequence[str], **params: Any) -> dict[str, Any]:
+        failpoint = str(params.get("failpoint", ""))
+        action = str(params.get("action", "1*crash"))
+        if not failpoint:
+            raise NemesisError("failpoint nemesis needs params failpoint= and action=")
+        armed = []
+        for target in targets:
+            status, body = await self._put(target, failpoint, action)
+            if status == 404:
+                raise NemesisError(f"{target} has no failpoint admin endpoint (start it with "
+                                   "SHARDKV_TEST_ADMIN=1)")
+            if status != 200:
+                raise NemesisError(f"arming {failpoint}={action} on {target}: {status} {body}")
+            self._armed[target] = failpoint
+            self._ever.setdefault(target, set()).add(failpoint)
+            armed.append(target)
+        return {"failpoint": failpoint, "failpoint_action": action, "armed": armed}
+
+    async def _undo(self, target: str, failpoints: set[str]) -> str:
+        if self._exited(target) is not None:
+            await self._restart(target)
+            return "restarted"
+        for failpoint in sorted(failpoints):
+            status, body = await self._put(target, failpoint, "off")
+            if status not in (200, 0):
+                raise NemesisError(f"disarming {failpoint} on {target}: {status} {body}")
+        return "disarmed"
+
+    async def stop(self) -> dict[str, Any]:
+        armed, self._armed = self._armed, {}
+        outcome = {t: await self._undo(t, {fp}) for t, fp in sorted(armed.items())}
+        return {"outcome": outcome}
+
+    async def heal_all(self) -> None:
+        self._armed = {}
+        for target, failpoints in sorted(self._ever.items()):
+            await self._undo(target, failpoints)
+        self._ever.clear()

@@ -1,0 +1,201 @@
+"""Pinned, named chaos scenarios: which faults, on what cluster, under which workload.
+
+A scenario is data: the fault specs its seeded schedule draws from, the cluster shape, the
+workload mix and the timing of fault windows. ``shardkv chaos list`` prints this table;
+``shardkv chaos run --scenario NAME --seed N`` replays a scenario exactly (same seed, same
+schedule). Regression scenarios (one per bug the harness found) are added here and listed
+in chaos/README.md with their reproduction command.
+
+Fault names (what :mod:`shardkv.chaos.fault_catalog` builds):
+
+- ``kill-node``, ``kill-primary``, ``kill-primaries``, ``kill-minority``,
+  ``kill-coordinator-leader``: SIGKILL, then a restart with the same data at the window's end;
+- ``pause-node``, ``pause-primary``: SIGSTOP / SIGCONT;
+- ``partition-node`` (isolated from everyone), ``partition-primary`` (a shard's primary from
+  its replicas), ``partition-replica`` (one replica from its primary only),
+  ``partition-coordinator-leader``, ``partition-ring`` (majorities ring);
+- ``packet-loss``: random drops of what the target sends (delay and resets on the client
+  link in the standalone topology);
+- ``wal-damage``: crash, damage the WAL, restart: repaired or refused, never corrupt data;
+- ``failpoint-primary``, ``failpoint-replica``: arm a node failpoint (``params``: ``failpoint``
+  and ``action``, e.g. ``1*crash`` or ``sleep(1500)``); crashed nodes restart at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shardkv.chaos.cluster_under_test import ClusterShape
+from shardkv.chaos.nemesis.schedule import FaultSpec
+from shardkv.chaos.workloads.mix import WorkloadMix
+
+STANDALONE_FAULTS = frozenset({"kill-node", "kill-primary", "kill-primaries", "pause-node",
+                               "pause-primary", "partition-node", "packet-loss", "wal-damage"})
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    faults: tuple[FaultSpec, ...]
+    shape: ClusterShape = field(default_factory=ClusterShape)
+    mix: WorkloadMix = field(default_factory=WorkloadMix)
+    duration_s: float = 120.0
+    fault_s: tuple[float, float] = (3.0, 8.0)
+    quiet_s: tuple[float, float] = (3.0, 6.0)
+    settle_s: float = 5.0
+    regression: str | None = None  # the bug this scenario pins, for the README table
+
+    def with_topology(self, topology: str) -> Scenario:
+        """The same scenario on another topology (``standalone``: one node, direct mode).
+        Raises ValueError when a fault needs more than one node."""
+        if topology == self.shape.topology:
+            return self
+        if topology == "standalone":
+            unsupported = sorted({f.name for f in self.faults} - STANDALONE_FAULTS)
+            if unsupported:
+                raise ValueError(f"scenario {self.name} needs a replicated cluster for "
+                                 f"{', '.join(unsupported)}")
+            shape = replace(self.shape, topology="standalone", shards=1, replicas=1,
+                            coordinators=0)
+            mix = WorkloadMix({k: v for k, v in self.mix.workers.items() if k != "eventual"},
+                              self.mix.pace_s, self.mix.staleness_bound_ms,
+                              self.mix.register_keys)
+            faults = tuple(
+                replace(f, params={**f.params, "mode": "garbage"}) if f.name == "wal-damage"
+                else f for f in self.faults)
+            return replace(self, shape=shape, mix=mix, faults=faults)
+        if topology == "cluster":
+            return replace(self, shape=replace(self.shape, topology="cluster"))
+        raise ValueError(f"unknown topology {topology!r} (cluster or standalone)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "faults": [{"name": f.name, "targets": f.targets, "shape": f.shape,
+                        "params": dict(f.params)} for f in self.faults],
+            "shape": self.shape.to_json(),
+            "workers": dict(self.mix.workers),
+            "duration_s": self.duration_s,
+            "fault_s": list(self.fault_s),
+            "quiet_s": list(self.quiet_s),
+            "regression": self.regression,
+        }
+
+
+ONE_SHARD = ClusterShape("cluster", shards=1, replicas=3, coordinators=1)
+TWO_SHARDS = ClusterShape("cluster", shards=2, replicas=3, coordinators=1)
+THREE_COORDINATORS = ClusterShape("cluster", shards=1, replicas=3, coordinators=3)
+
+_FAILPOINT_FAULTS = (
+    FaultSpec("failpoint-primary",
+              params={"failpoint": "primary_before_ack_client", "action": "1*crash"}),
+    FaultSpec("failpoint-primary",
+              params={"failpoint": "primary_before_commit", "action": "1*crash"}),
+    FaultSpec("failpoint-primary", params={"failpoint": "wal_before_sync", "action": "1*crash"}),
+    FaultSpec("failpoint-replica",
+              params={"failpoint": "replica_before_ack", "action": "sleep(1500)"}),
+)
+
+_ALL_FAULTS = (
+    FaultSpec("kill-node"),
+    FaultSpec("kill-primary"),
+    FaultSpec("pause-primary"),
+    FaultSpec("partition-node"),
+    FaultSpec("partition-primary"),
+    FaultSpec("partition-replica"),
+    FaultSpec("partition-ring", targets="none", shape="majorities-ring"),
+    FaultSpec("packet-loss", params={"probability": 0.2}),
+    FaultSpec("wal-damage", params={"mode": "bitflip"}),
+    *_FAILPOINT_FAULTS[:2],
+)
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("smoke", "kill a node, then partition a node; short (the CI scenario)",
+             (FaultSpec("kill-node"), FaultSpec("partition-node")),
+             shape=ONE_SHARD, duration_s=40.0, fault_s=(3.0, 5.0), quiet_s=(2.0, 4.0)),
+    Scenario("kill-primaries", "SIGKILL the primary of every shard at once, restart later",
+             (FaultSpec("kill-primaries"),), shape=TWO_SHARDS),
+    Scenario("kill-minority", "SIGKILL a minority of the nodes",
+             (FaultSpec("kill-minority", targets="minority"),), shape=ONE_SHARD),
+    Scenario("kill-coordinator-leader", "SIGKILL the Raft leader of the coordinators",
+             (FaultSpec("kill-coordinator-leader"),), shape=THREE_COORDINATORS),
+    Scenario("pause-primary", "SIGSTOP a shard's primary (a GC pause, a stalled VM)",
+             (FaultSpec("pause-primary"),), shape=ONE_SHARD),
+    Scenario("partition-primary", "cut a shard's primary off from its replicas",
+             (FaultSpec("partition-primary"),), shape=ONE_SHARD),
+    Scenario("partition-node", "isolate one node from every other process",
+             (FaultSpec("partition-node"),), shape=ONE_SHARD),
+    Scenario("partition-coordinator-leader", "isolate the coordinators' Raft leader",
+             (FaultSpec("partition-coordinator-leader"),), shape=THREE_COORDINATORS),
+    Scenario("majorities-ring", "each node sees a majority, no two the same (Jepsen's ring)",
+             (FaultSpec("partition-ring", targets="none", shape="majorities-ring"),),
+             shape=ONE_SHARD),
+    Scenario("packet-loss", "drop 20% of the packets a node sends",
+             (FaultSpec("packet-loss", params={"probability": 0.2}),), shape=ONE_SHARD),
+    Scenario("wal-damage", "crash a node, flip bits in its WAL, restart: repair or refuse",
+             (FaultSpec("wal-damage", params={"mode": "bitflip"}),), shape=ONE_SHARD,
+             fault_s=(4.0, 8.0)),
+    Scenario("failpoints", "crash or stall nodes inside the replication windows that "
+             "matter (node failpoints): before the client's answer, before the majority wait, "
+             "before the WAL sync; slow replica acknowledgements",
+             _FAILPOINT_FAULTS, shape=ONE_SHARD, fault_s=(3.0, 6.0)),
+    Scenario("random", "a seeded mix of every fault above", _ALL_FAULTS, shape=ONE_SHARD),
+    Scenario("restart-eventual-reads", "regression: kill the primary and restart it while "
+             "replicas serve eventual reads; a restarted node must not answer them from its "
+             "pre-crash state before it has rejoined",
+             (FaultSpec("kill-primary"),), shape=ONE_SHARD,
+             mix=WorkloadMix({"register": 3, "eventual": 4}),
+             duration_s=40.0, fault_s=(3.0, 4.0), quiet_s=(3.0, 4.0),
+             regression="a restarted ex-primary served eventual reads from its pre-crash "
+                        "state (seconds stale) while still joining"),
+    Scenario("paused-primary-eventual-reads", "regression: pause the primary long enough "
+             "for a failover while replicas serve eventual reads; the paused ex-primary, once "
+             "resumed, must not answer them from its pre-pause state",
+             (FaultSpec("pause-primary"),), shape=ONE_SHARD,
+             mix=WorkloadMix({"register": 3, "eventual": 4}),
+             duration_s=40.0, fault_s=(6.0, 7.0), quiet_s=(3.0, 4.0),
+             regression="a primary whose lease expired during a pause served eventual reads "
+                        "from its pre-pause state after SIGCONT"),
+    Scenario("partitioned-replica-eventual-reads", "regression: cut one replica off from "
+             "its primary (the rest still make a majority) while it serves eventual reads; "
+             "after the heal it must not claim freshness from frames that spent the partition "
+             "in TCP buffers",
+             (FaultSpec("partition-replica"),), shape=ONE_SHARD,
+             mix=WorkloadMix({"register": 3, "eventual": 4}),
+             duration_s=40.0, fault_s=(3.0, 5.0), quiet_s=(4.0, 5.0),
+             regression="a replica cut off from its primary claimed freshness after the heal "
+                        "from heartbeats delayed seconds by TCP retransmission backoff"),
+    Scenario("standalone-crash", "one node, no replication: kill -9 under load, torn WAL "
+             "tails, pauses and client-link partitions (what runs without coordinators)",
+             (FaultSpec("kill-node"), FaultSpec("partition-node"), FaultSpec("pause-node"),
+              FaultSpec("wal-damage", params={"mode": "garbage"})),
+             shape=ClusterShape("standalone", shards=1, replicas=1, coordinators=0),
+             mix=WorkloadMix({"register": 3, "append": 2, "counter": 2}),
+             duration_s=60.0, fault_s=(2.0, 5.0), quiet_s=(2.0, 4.0),
+             regression="harness: the client-link proxy kept a half-open connection after "
+                        "its upstream crashed, so clients hung until the end of the run"),
+)}
+
+
+def get_scenario(name: str) -> Scenario:
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise ValueError(f"unknown scenario {name!r}; `shardkv chaos list` shows them: "
+                         f"{', '.join(SCENARIOS)}") from None
+
+
+def describe_scenarios() -> str:
+    width = max(len(n) for n in SCENARIOS)
+    lines = []
+    for s in SCENARIOS.values():
+        faults = ", ".join(dict.fromkeys(f.name for f in s.faults))
+        shape = s.shape
+        where = ("1 node" if shape.topology == "standalone" else
+                 f"{shape.shards}x{shape.replicas}, {shape.coordinators} coord")
+        lines.append(f"{s.name:<{width}}  {s.description}\n{'':<{width}}  faults: {faults}; "
+                     f"cluster: {where}; default {s.duration_s:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""The CI chaos smoke test: kill a node and partition a node under load, no anomaly allowed.
+
+Runs the pinned ``smoke`` scenario against a local cluster (coordinator + one shard of three
+nodes) for 30 s of faults, plus start-up, settle, final reads and checks (about a minute on
+two cores). Partitions need the loopback partition (root, iptables, cgroup2); where that is
+missing the same scenario runs on the standalone topology (one node, partitions on the
+client's link) rather than not at all, and says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from chaos_runs import run_and_explain
+from shardkv.chaos.nemesis.loopback_partition import loopback_partition_available
+from shardkv.chaos.scenarios import get_scenario
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(240)]
+
+SEED = 20261122
+DURATION_S = 30.0
+
+
+async def test_smoke_scenario_has_no_anomaly(tmp_path: Path) -> None:
+    scenario = get_scenario("smoke")
+    available, why = await loopback_partition_available()
+    if not available:
+        print(f"loopback partition unavailable ({why}): smoke runs on the standalone topology")
+        scenario = scenario.with_topology("standalone")
+    report, facts = await run_and_explain(scenario, SEED, DURATION_S, tmp_path / "run")
+    explain = f"{facts['summary']}\nreproduce: {facts['reproduce']}"
+    assert report.exit_status == 0, explain
+    assert facts["faults_started"] == ["kill-node", "partition-node"], explain
+    assert facts["ok_operations"] > 500, explain
+    assert not facts["unrecovered"], explain

@@ -258,32 +258,39 @@ class NodeReplication:
     # ------------------------------------------------------------------------------ reads
 
     def check_read(self, args: Mapping[str, Any]) -> None:
+        """Whether this node may answer a read now.
+
+        A staleness bound can only be vouched for by a node that knows where the primary is:
+        a replica in step with its stream, or a primary whose lease is valid. A node that is
+        joining, or a primary whose lease has run out (it may have been replaced while it was
+        paused or cut off), answers a bounded eventual read with ``TOO_STALE`` so the client
+        reads elsewhere, instead of serving its old state as fresh."""
         ctx = self.server.ctx
-        if ctx.role == ROLE_PRIMARY:
-            if self.clustered and self.primary is not None and not self.lease.valid \
-                    and args.get("consistency") != "eventual":
-                raise Unavailable("this primary's lease has expired; it may have been "
-                                  "replaced", lease_state=self.lease.state)
-            return
-        if not self.clustered or ctx.role != ROLE_REPLICA:
-            if args.get("consistency") == "eventual":
-                return
-            raise NotPrimary(f"this node is {ctx.role}; strong reads go to the primary",
-                             primary=ctx.primary)
-        if args.get("consistency") != "eventual":
-            raise NotPrimary("this node is a replica; strong reads go to the primary",
-                             primary=ctx.primary)
-        replica = self.replica
+        eventual = args.get("consistency") == "eventual"
         bound = args.get("max_staleness_ms")
+        if ctx.role == ROLE_PRIMARY:
+            if self.clustered and self.primary is not None and not self.lease.valid:
+                if not eventual:
+                    raise Unavailable("this primary's lease has expired; it may have been "
+                                      "replaced", lease_state=self.lease.state)
+                if bound is not None:
+                    raise TooStale("this primary's lease has expired; it may have been "
+                                   "replaced, so it cannot vouch for max_staleness_ms",
+                                   lease_state=self.lease.state)
+            return
+        if not eventual:
+            raise NotPrimary(f"this node is a {ctx.role}; strong reads go to the primary",
+                             primary=ctx.primary)
         if bound is not None:
+            replica = self.replica if ctx.role == ROLE_REPLICA else None
             staleness = None if replica is None else replica.staleness_ms()
             if staleness is None or staleness > bound:
-                raise TooStale(f"this replica is {staleness} ms behind its primary, more than "
-                               f"max_staleness_ms {bound}", staleness_ms=staleness)
+                raise TooStale(f"this {ctx.role} is {staleness} ms behind its primary, more "
+                               f"than max_staleness_ms {bound}", staleness_ms=staleness)
         min_version = args.get("min_version")
         store = self.server.store
         if min_version is not None and store is not None and min_version > store.applied_lsn:
-            raise TooStale(f"this replica has applied up to {store.applied_lsn}, older than "
+            raise TooStale(f"this node has applied up to {store.applied_lsn}, older than "
                            f"min_version {min_version}", applied_lsn=store.applied_lsn)
 
     # ---------------------------------------------------------------- state for endpoints

@@ -63,8 +63,10 @@ class ReplicationReplica:
         epoch: int,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.target = target
+        self._wall_clock = wall_clock
         self.node_id = node_id
         self.primary_url = primary_url
         self.epoch = epoch
@@ -129,7 +131,17 @@ class ReplicationReplica:
         """Wait until the first handshake finished (tests and startup)."""
         await asyncio.wait_for(self._synced.wait(), within_s)
 
-    def _saw_primary_at(self, primary_lsn: int, received_at: float) -> None:
+    def _saw_primary_at(self, primary_lsn: int, received_at: float,
+                        sent_ts: Any = None) -> None:
+        """The primary was at ``primary_lsn`` when it sent this message.
+
+        When the message carries the primary's clock (``sent_ts``), its age in transit is taken
+        off: a message held up by a partition (TCP retransmits it seconds after the heal) must
+        not make the replica look fresh as of its arrival. A primary clock that runs ahead of
+        ours counts as no delay, so skew can only make the replica look staler, never fresher
+        than it is, within the skew the lease argument already assumes."""
+        if isinstance(sent_ts, int | float) and not isinstance(sent_ts, bool) and sent_ts > 0:
+            received_at -= max(0.0, self._wall_clock() - float(sent_ts))
         self.primary_lsn = max(self.primary_lsn, primary_lsn)
         if self.target.applied_lsn >= primary_lsn:
             self._fresh_at = received_at
@@ -281,10 +293,12 @@ class ReplicationReplica:
                         await failpoints.hit("replica_before_ack")
                     await ws.send_bytes(proto.encode(proto.ACK, lsn=self.target.last_lsn))
                     self._applied_up_to(self.target.applied_lsn)
-                self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at)
+                self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at,
+                                     message.get("ts"))
             elif kind == proto.HEARTBEAT:
                 self.commit_lsn = max(self.commit_lsn, proto.need_int(message, "commit_lsn"))
-                self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at)
+                self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at,
+                                     message.get("ts"))
             elif kind == proto.ERROR:
                 raise _error(message)
             else:

@@ -92,8 +92,15 @@ async def test_leader_kill_then_two_members_keep_committing(group: LocalGroup) -
     assert set(final["nodes"]) == {first["node_id"], second["node_id"]}
     assert final["leader"] in {m.id for m in survivors}
     # Liveness lives in the leader's memory: a follower answers with the leader's view.
-    status, nodes = await call("GET", f"{follower.url}/admin/nodes")
-    assert status == 200 and nodes["liveness_from"] in {m.id for m in survivors}
+    # (While the follower does not yet know the new leader it says so with null: wait for it.)
+    deadline = time.monotonic() + 10
+    while True:
+        status, nodes = await call("GET", f"{follower.url}/admin/nodes")
+        assert status == 200
+        if nodes["liveness_from"] is not None or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert nodes["liveness_from"] in {m.id for m in survivors}
 
 
 async def test_full_restart_keeps_the_map(group: LocalGroup) -> None:

@@ -12,7 +12,10 @@ after retries, dropped connections (info) are not.
 Failover duration of a fault: for each key, the first operation invoked after the fault began
 that was not answered marks the key as affected; the key is back at the completion of its
 next ok operation. The fault's failover duration is the longest of those, measured from the
-fault's start (0 when no key was affected; ``None`` when some key never recovered).
+fault's start (0 when no key was affected; ``None`` when some key never recovered). A key
+the workload stopped using before the fault ended (workloads move on to fresh keys) has no
+later operation to measure recovery by: it is counted as ``abandoned_keys``, not as a key
+that never recovered.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ def _failover(
 ) -> dict[str, Any]:
     worst: float | None = 0.0
     affected = 0
+    abandoned = 0
     for key_ops in by_key.values():
         first_bad = next(
             (op for op in key_ops if op.call >= window.start and not answered(op)), None
@@ -137,6 +141,9 @@ def _failover(
             (op for op in key_ops if op.call >= first_bad.call and op.type == "ok"), None
         )
         if back is None:
+            if max(op.call for op in key_ops) < window.end:
+                abandoned += 1  # no operation after the fault ended: nothing to measure
+                continue
             worst = None
             continue
         if worst is not None:
@@ -147,5 +154,6 @@ def _failover(
         "start_s": round(window.start - origin, 4),
         "end_s": round(window.end - origin, 4) if window.end != INFINITY else None,
         "affected_keys": affected,
+        "abandoned_keys": abandoned,
         "failover_s": None if worst is None else round(worst, 4),
     }

@@ -196,6 +196,23 @@ def test_availability_phases_and_failover():
     assert stats["overall"]["latency_ms"]["count"] == 11
 
 
+def test_a_key_the_workload_left_during_a_fault_is_abandoned_not_unrecovered():
+    nemesis = [
+        NemesisEvent(10.0, "kill", "start", ("n1",)),
+        NemesisEvent(20.0, "kill", "stop", ("n1",)),
+    ]
+    ops = [op(0, "write", 0, 1.0, 1.1, version=1, key="old")]
+    ops += [op(1, "write", 1, 11.0, 12.0, type="fail", error="UNAVAILABLE", key="old")]
+    ops += [op(2, "write", 2, 13.0, 14.0, version=2, key="new")]
+    failover = check_availability(ops, nemesis).stats["failovers"][0]
+    assert failover["abandoned_keys"] == 1
+    assert failover["failover_s"] == 0.0
+    # The same key still used after the fault and never answered again: never recovered.
+    ops += [op(3, "write", 3, 25.0, 26.0, type="fail", error="UNAVAILABLE", key="old")]
+    failover = check_availability(ops, nemesis).stats["failovers"][0]
+    assert failover["failover_s"] is None
+
+
 def test_fault_windows_pair_starts_with_stops_and_heal():
     events = [
         NemesisEvent(1.0, "partition", "start", ("n1",)),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from shardkv.node.snapshot import SnapshotItem, check_snapshot, read_snapshot, write_snapshot
+
+from bench.flat_results import print_flat_results
 
 
 async def _items(keys: int, value: bytes) -> AsyncIterator[SnapshotItem]:
@@ -57,10 +58,7 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="snapbench-") as tmp:
             results = asyncio.run(run(args.keys, args.value_bytes, Path(tmp)))
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(results))
+    print_flat_results(results)
 
 
 if __name__ == "__main__":

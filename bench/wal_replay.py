@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 from shardkv.node.record import Mutation, MutationKind, WalEntry
 from shardkv.node.wal import FsyncPolicy, WalOptions, WriteAheadLog
+
+from bench.flat_results import print_flat_results
 
 
 class _Clock:
@@ -67,10 +68,7 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="walreplay-") as tmp:
             results = asyncio.run(run(args.entries, args.value_bytes, Path(tmp)))
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(results))
+    print_flat_results(results)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import logging
 import os
 import random
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ import aiohttp
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ROLE_NONE, ClusterMap
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
+from shardkv.node.clock import NODE_CLOCK
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class CoordinatorLink:
         heartbeat_interval_s: float = 1.0,
         request_timeout_s: float = 5.0,
         watch_timeout_s: float = 25.0,
+        clock: Callable[[], float] = NODE_CLOCK.monotonic,
     ) -> None:
         if not coordinator_urls:
             raise ValueError("at least one coordinator URL is needed")
@@ -123,6 +124,7 @@ class CoordinatorLink:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.request_timeout_s = request_timeout_s
         self.watch_timeout_s = watch_timeout_s
+        self._clock = clock
         self.wanted_node_id = node_id or None  # an operator-chosen id (``--id``) wins
         self.node_id: str | None = None
         self.cluster_map = ClusterMap()
@@ -132,8 +134,9 @@ class CoordinatorLink:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._next_url = 0
-        # Called with (monotonic time the heartbeat was sent, the leader's answer) after each
-        # answered heartbeat: the primary lease (node/lease.py) is renewed from it.
+        # Called with (the time the heartbeat was sent, on ``clock``, the leader's answer)
+        # after each answered heartbeat: the primary lease (node/lease.py) is renewed from it,
+        # so ``clock`` must be the lease's clock (both default to the node's monotonic one).
         self.on_heartbeat: Callable[[float, dict[str, Any]], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -318,7 +321,7 @@ class CoordinatorLink:
             "map_version": self.cluster_map.version,
         }
         last_error: ShardKVError = Unavailable("no coordinator answered the heartbeat")
-        sent_at = time.monotonic()
+        sent_at = self._clock()
         for url in self._candidates():
             try:
                 status, answer = await self._call(

@@ -6,7 +6,8 @@ coordinator (a partition, a long GC or SIGSTOP pause) must stop acknowledging wr
 that can happen, or two primaries would acknowledge writes at once and one side's would be
 lost. So a primary acknowledges a write only while it holds a lease, renewed by each
 heartbeat the coordinator leader answers, and running out ``duration_s`` after that
-heartbeat was *sent* (measured on this node's monotonic clock).
+heartbeat was *sent* (measured on this node's monotonic clock, ``NODE_CLOCK.monotonic``,
+which the coordinator link also stamps heartbeats with).
 
 The timing argument (also in ``docs/replication.md``). Let ``s`` be the moment a heartbeat
 is sent, ``r >= s`` the moment the leader receives it, ``L`` the lease and ``T`` the failover
@@ -26,10 +27,10 @@ the old primary's stream, so without a majority it could not commit a write anyw
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 from shardkv.cluster.errors import Unavailable
+from shardkv.node.clock import NODE_CLOCK
 
 DEFAULT_FAILOVER_TIMEOUT_S = 3.0
 DEFAULT_CLOCK_DRIFT = 0.05
@@ -56,7 +57,8 @@ class PrimaryLease:
     """See the module docstring. ``renewed(sent_at)`` after each answered heartbeat;
     ``valid`` before acknowledging a write."""
 
-    def __init__(self, duration_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, duration_s: float,
+                 clock: Callable[[], float] = NODE_CLOCK.monotonic) -> None:
         if duration_s <= 0:
             raise ValueError(f"lease duration must be positive, got {duration_s}")
         self.duration_s = duration_s

@@ -6,8 +6,9 @@
 - ``GET /v1/digest``: SHA-256 over every (key, value, version) in key order at one applied
   LSN, so a test or an operator can check that the members of a shard converged;
 - ``POST /admin/replication/fence`` and ``/unfence``: a planned switchover, node side;
-- test-only (``SHARDKV_TEST_ADMIN=1``): the failpoint routes and
-  ``POST /admin/replication/compact`` (snapshot now, dropping the log behind it).
+- test-only (``SHARDKV_TEST_ADMIN=1``): the failpoint routes, the clock routes
+  (``node/clock_admin.py``) and ``POST /admin/replication/compact`` (snapshot now, dropping
+  the log behind it).
 
 Coded errors are answered as their error body here: the server's last-line middleware would
 call them INTERNAL.
@@ -24,7 +25,7 @@ from aiohttp import web
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_token import check_auth
 from shardkv.cluster.errors import InvalidArgument, NotPrimary, ShardKVError, Unavailable
-from shardkv.node import failpoints
+from shardkv.node import clock_admin, failpoints
 
 if TYPE_CHECKING:
     from shardkv.node.replication_node import NodeReplication
@@ -46,6 +47,7 @@ class ReplicationEndpoints:
             web.post("/admin/replication/fence", _coded(self.fence)),
             web.post("/admin/replication/unfence", _coded(self.unfence)),
             *failpoints.admin_routes(),
+            *clock_admin.admin_routes(),
         ]
         if failpoints.test_admin_enabled():
             routes.append(web.post("/admin/replication/compact", _coded(self.compact)))

@@ -28,7 +28,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +44,7 @@ from shardkv.cluster.errors import (
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node import failpoints
 from shardkv.node import replication_protocol as proto
+from shardkv.node.clock import NODE_CLOCK
 from shardkv.node.record import WalEntry
 from shardkv.node.snapshot import SnapshotMeta
 from shardkv.node.snapshot_transfer import iter_snapshot_chunks
@@ -85,7 +85,8 @@ class ReplicationPrimary:
         heartbeat_s: float = 0.1,
         tail_entries: int = 8192,
         tail_bytes: int = 64 << 20,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = NODE_CLOCK.wall,
+        monotonic_clock: Callable[[], float] = NODE_CLOCK.monotonic,
         on_newer_epoch: Callable[[int], None] | None = None,
     ) -> None:
         self.wal = wal
@@ -99,7 +100,8 @@ class ReplicationPrimary:
         self._tail_bytes = 0
         self._tail_limit = tail_entries
         self._tail_bytes_limit = tail_bytes
-        self._clock = clock
+        self._clock = clock  # wall: the ts on frames, compared with entries' ts
+        self._monotonic_clock = monotonic_clock
         self._on_newer_epoch = on_newer_epoch
         self._local_durable = wal.durable_lsn
         self._progress: dict[str, ReplicaProgress] = {}
@@ -331,7 +333,7 @@ class ReplicationPrimary:
             lsn = proto.need_int(message, "lsn")
             if lsn > progress.acked_lsn:
                 progress.acked_lsn = min(lsn, progress.sent_lsn)
-                progress.last_ack_at = time.monotonic()
+                progress.last_ack_at = self._monotonic_clock()
                 self._recompute()
 
     async def _send_loop(self, ws: web.WebSocketResponse, progress: ReplicaProgress,

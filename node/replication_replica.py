@@ -7,13 +7,14 @@ snapshot. Then, for every ``entries`` frame: append durably and apply (``Replica
 then acknowledge the LSN now durable. A broken stream is retried with exponential backoff and
 jitter (50 ms doubling to 2 s), reset after a successful handshake.
 
-Staleness is measured in this node's own monotonic time from what the primary says, never by
-comparing two machines' clocks: each frame from the primary carries the primary's last LSN
-``P`` at the moment it was sent; once this replica has applied ``P``, it was as fresh as the
-primary at the moment that frame arrived. ``staleness_ms`` is the time since then. An idle
-primary sends heartbeats, so an idle shard stays fresh; a dead stream makes it stale, as it
-should (the bound is what a reader asked for). Ignoring the one-way network delay makes the
-figure smaller by that delay; on a LAN that is well under a millisecond.
+Staleness is measured in this node's own monotonic time from what the primary says: each
+frame from the primary carries the primary's last LSN ``P`` at the moment it was sent; once
+this replica has applied ``P``, it was as fresh as the primary at the moment that frame was
+sent. ``staleness_ms`` is the time since then. An idle primary sends heartbeats, so an idle
+shard stays fresh; a dead stream makes it stale, as it should (the bound is what a reader
+asked for). The moment of sending is the arrival time minus the frame's age in transit, the
+one place two machines' wall clocks are compared (see ``_saw_primary_at`` for what their
+skew does).
 
 Fencing on this side: the replica knows the epoch the map gives its shard and refuses a
 primary that answers with an older one (a deposed primary that has not noticed yet); the
@@ -27,7 +28,6 @@ import collections
 import contextlib
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -37,6 +37,7 @@ from shardkv.cluster.errors import ErrorCode, InvalidArgument, StaleEpoch, error
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node import failpoints
 from shardkv.node import replication_protocol as proto
+from shardkv.node.clock import NODE_CLOCK
 from shardkv.node.replica_log import CannotRollBack, ReplicaTarget
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,8 @@ class ReplicationReplica:
         primary_url: str | None,
         epoch: int,
         session: aiohttp.ClientSession | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = NODE_CLOCK.monotonic,
+        wall_clock: Callable[[], float] = NODE_CLOCK.wall,
     ) -> None:
         self.target = target
         self._wall_clock = wall_clock
@@ -137,9 +138,11 @@ class ReplicationReplica:
 
         When the message carries the primary's clock (``sent_ts``), its age in transit is taken
         off: a message held up by a partition (TCP retransmits it seconds after the heal) must
-        not make the replica look fresh as of its arrival. A primary clock that runs ahead of
-        ours counts as no delay, so skew can only make the replica look staler, never fresher
-        than it is, within the skew the lease argument already assumes."""
+        not make the replica look fresh as of its arrival. The age is our wall clock minus the
+        primary's, so their skew enters: a replica whose clock is ahead by ``D`` takes ``D``
+        too much off and looks staler by ``D``; one whose clock is behind takes too little
+        off and looks fresher than it is, by ``D`` at most and never by more than the age in
+        transit (a negative age counts as none): never fresher than its arrival time."""
         if isinstance(sent_ts, int | float) and not isinstance(sent_ts, bool) and sent_ts > 0:
             received_at -= max(0.0, self._wall_clock() - float(sent_ts))
         self.primary_lsn = max(self.primary_lsn, primary_lsn)

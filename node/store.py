@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from shardkv.cluster.errors import InvalidArgument, NotFound, TooLarge, VersionMismatch
 from shardkv.cluster.limits import MAX_SCAN_LIMIT, as_key, as_ttl, as_value
 from shardkv.cluster.structured_log import log_fields
+from shardkv.node.clock import NODE_CLOCK
 from shardkv.node.commit_pipeline import CommitGate, CommitPipeline
 from shardkv.node.engine import Engine
 from shardkv.node.record import Mutation, MutationKind, WalEntry
@@ -119,9 +120,10 @@ class Store:
         self._closed = False
 
     @classmethod
-    async def open(cls, config: StoreConfig, *, clock: Clock = time.time) -> Store:
+    async def open(cls, config: StoreConfig, *, clock: Clock = NODE_CLOCK.wall) -> Store:
         """Recover from ``config.data_dir`` (snapshot, then WAL replay) and start the
-        background sweeper. ``clock`` is the wall clock used for TTLs (tests pass their own)."""
+        background sweeper. ``clock`` is the wall clock used for TTLs and the entries'
+        timestamps: the node's (skewable) one unless a test passes its own."""
         wal, engine, snapshot, report = await recover(config)
         store = cls(config, wal, engine, snapshot, report, clock)
         store._sweeper.start()

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from shardkv.chaos.container_cluster import ContainerCluster
 from shardkv.chaos.nemesis.delay_proxy import DelayProxy
 from shardkv.cluster.launcher import HOST, ClusterPlan, LocalCluster, ProcessSpec
 
@@ -93,11 +94,27 @@ class Health:
 
 
 class ClusterUnderTest:
-    """Start, observe, fault and stop one local cluster for a chaos run."""
+    """Start, observe, fault and stop one cluster for a chaos run: local processes, or with
+    ``docker_image`` containers (:mod:`shardkv.chaos.container_cluster`; the cluster
+    topology only)."""
 
-    def __init__(self, directory: Path, shape: ClusterShape) -> None:
+    def __init__(self, directory: Path, shape: ClusterShape, *,
+                 docker_image: str | None = None, run_id: str = "0") -> None:
         self.directory = directory
         self.shape = shape
+        self.container_cluster: ContainerCluster | None = None
+        self.client_proxy: DelayProxy | None = None
+        if docker_image is not None:
+            if shape.topology == "standalone":
+                raise ValueError("the standalone topology runs as a local process only "
+                                 "(its faults act on the client link's proxy)")
+            self.container_cluster = ContainerCluster(
+                directory, run_id=run_id, image=docker_image, shards=shape.shards,
+                replicas=shape.replicas, coordinators=shape.coordinators,
+                engine=shape.engine, fsync=shape.fsync)
+            self.plan: ClusterPlan = self.container_cluster.plan
+            self.launcher: LocalCluster = self.container_cluster
+            return
         if shape.topology == "standalone":
             node = ProcessSpec("node", "n1", free_port(), str(directory / "nodes" / "n1"),
                                shard="s1")
@@ -109,13 +126,16 @@ class ClusterUnderTest:
                                    fsync=shape.fsync)
         self.plan = plan
         self.launcher = LocalCluster(directory, plan)
-        self.client_proxy: DelayProxy | None = None
 
     # -- identity --------------------------------------------------------------------------
 
     @property
     def standalone(self) -> bool:
         return self.shape.topology == "standalone"
+
+    @property
+    def in_containers(self) -> bool:
+        return self.container_cluster is not None
 
     def node_ids(self) -> list[str]:
         return [n.id for n in self.plan.nodes]

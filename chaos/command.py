@@ -1,9 +1,10 @@
 """``shardkv chaos ...``: list scenarios, run one, re-check a recorded history.
 
 ``shardkv chaos list`` prints the pinned scenarios. ``shardkv chaos run --scenario NAME
---duration 60s --seed N --out DIR`` starts a local cluster, runs the scenario and writes its
-report (see ``chaos.runner``). ``shardkv chaos check DIR/history.jsonl --out DIR2`` runs every
-checker again over a saved history (after a checker fix, or with another staleness slack).
+--duration 60s --seed N --out DIR`` starts a cluster (local processes; containers with
+``--docker``), runs the scenario and writes its report (see ``chaos.runner``).
+``shardkv chaos check DIR/history.jsonl --out DIR2`` runs every checker again over a saved
+history (after a checker fix, or with another staleness slack).
 The exit status is the report's: 0 ok, 1 anomaly, 2 unknown (or the run could not be done).
 """
 
@@ -15,12 +16,17 @@ import json
 import logging
 import re
 import shutil
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from shardkv.chaos.container_cluster import DEFAULT_IMAGE, docker_available
 from shardkv.chaos.history import load_history
 from shardkv.chaos.report import analyze, write_report
+
+T = TypeVar("T")
 
 
 def parse_duration(text: str) -> float:
@@ -54,7 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_p.add_argument("--schedule", type=Path, help="replay this schedule.json instead of "
                        "generating one from the seed")
     run_p.add_argument("--docker", action="store_true",
-                       help="run the cluster in containers (needs the docker CLI)")
+                       help="run the cluster in containers of --image on a Docker network "
+                            "of its own (root; build the image with scripts/build-image.sh)")
+    run_p.add_argument("--image", default=DEFAULT_IMAGE,
+                       help=f"the shardkv image for --docker (default {DEFAULT_IMAGE}, "
+                            "or $SHARDKV_IMAGE)")
     run_p.add_argument("--op-timeout", type=float, default=2.0,
                        help="per-operation client timeout, seconds (default 2)")
     run_p.add_argument("--slack-ms", type=float, default=0.0,
@@ -105,18 +115,31 @@ def run_list(args: Any) -> int:
     return 0
 
 
+async def _interruptible(run: Coroutine[Any, Any, T]) -> T:
+    """Run ``run`` so that SIGTERM or SIGINT cancels it: the runner's ``finally`` blocks then
+    heal every fault and stop the cluster (without this a SIGTERM would leave iptables rules,
+    cgroups, processes or containers behind)."""
+    task = asyncio.ensure_future(run)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
 def run_run(args: Any) -> int:
     from shardkv.chaos.runner import RunAborted, RunOptions, run_scenario
     from shardkv.chaos.scenarios import get_scenario
 
-    if args.docker and shutil.which("docker") is None:
-        print("shardkv chaos run --docker: the docker CLI is not installed here; run without "
-              "--docker for local processes", file=sys.stderr)
-        return 2
     if args.docker:
-        print("shardkv chaos run --docker: container mode is not implemented yet (faults "
-              "need `docker network disconnect`); run without --docker", file=sys.stderr)
-        return 2
+        ok, why = docker_available(args.image)
+        if not ok:
+            print(f"shardkv chaos run --docker: {why}; run without --docker for local "
+                  "processes", file=sys.stderr)
+            return 2
     try:
         scenario = get_scenario(args.scenario)
         if args.topology:
@@ -127,12 +150,17 @@ def run_run(args: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     opts = RunOptions(scenario, args.seed, args.out, duration_s=args.duration,
                       op_timeout_s=args.op_timeout, slack_ms=args.slack_ms,
-                      budget_s=args.budget_s, schedule_file=args.schedule)
+                      budget_s=args.budget_s, schedule_file=args.schedule,
+                      docker_image=args.image if args.docker else None)
     try:
-        report = asyncio.run(run_scenario(opts))
+        report = asyncio.run(_interruptible(run_scenario(opts)))
     except RunAborted as exc:
         print(f"shardkv chaos run: aborted: {exc}", file=sys.stderr)
         return 2
+    except asyncio.CancelledError:
+        print("shardkv chaos run: interrupted; the cluster was stopped and its faults healed",
+              file=sys.stderr)
+        return 130
     print((args.out / "summary.txt").read_text(), end="")
     print(f"report: {args.out / 'report.json'}, timeline: {args.out / 'timeline.html'}")
     if report.exit_status == 0 and not args.keep_data:

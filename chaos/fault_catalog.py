@@ -6,7 +6,10 @@ WAL damage), wrapped by :class:`RoleTargeted` where the target is a role that on
 map can name. In the standalone topology the network faults act on the client's link (the
 only link there is); in the cluster topology they need root, iptables and cgroup2
 (:mod:`.nemesis.loopback_partition`), and a scenario that needs them elsewhere is refused with
-the reason.
+the reason. On containers (``--docker``) the process faults signal each container's first
+process by its host pid, exactly as local processes are signalled; ``partition-node`` is a
+``docker network disconnect`` and the other network faults are iptables rules in the
+containers' namespaces (:mod:`.nemesis.container_network`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any
 
 from shardkv.chaos.cluster_under_test import ClusterUnderTest, http_json
 from shardkv.chaos.nemesis.by_role import RoleTargeted
+from shardkv.chaos.nemesis.clock_skew import ClockNemesis
+from shardkv.chaos.nemesis.combined import Combined
+from shardkv.chaos.nemesis.container_network import ContainerNetwork, DisconnectPartition
 from shardkv.chaos.nemesis.damaged_restart import DamagedRestart
 from shardkv.chaos.nemesis.delay_proxy import ProxyPartitioner
 from shardkv.chaos.nemesis.failpoint import FailpointNemesis
@@ -29,16 +35,20 @@ from shardkv.chaos.nemesis.loopback_partition import (
 )
 from shardkv.chaos.nemesis.process import ProcessNemesis
 
+# Clock faults and the ClockNemesis mode each one plays; a drift is aimed at a primary (the
+# lease is the primary's), bumps and strobes at any node (a replica's staleness, TTLs).
+CLOCK_FAULTS = {"clock-bump": "bump", "clock-drift": "drift", "clock-strobe": "strobe"}
 NETWORK_FAULTS = frozenset({"partition-node", "partition-primary", "partition-replica",
-                            "partition-coordinator-leader", "partition-ring", "packet-loss"})
+                            "partition-coordinator-leader", "partition-ring", "packet-loss",
+                            "clock-drift-isolated-primary"})
 
 
 class FaultCatalog:
-    """The nemeses of one run. ``network`` is the loopback network (cluster topology) or
-    None (standalone, or no root)."""
+    """The nemeses of one run. ``network`` is the loopback network (cluster topology), the
+    containers' network (``--docker``), or None (standalone, or no root)."""
 
     def __init__(self, cut: ClusterUnderTest, *, seed: int,
-                 network: LoopbackNetwork | None = None) -> None:
+                 network: LoopbackNetwork | ContainerNetwork | None = None) -> None:
         self.cut = cut
         self.network = network
         self.seed = seed
@@ -149,9 +159,21 @@ class FaultCatalog:
                 return _WithParams(link, {"delay_ms": 20.0, "jitter_ms": 30.0,
                                           "drop_rate": 0.02}, drop=("probability",))
             raise NemesisError(f"{name} needs a replicated cluster")
+        containers = self.cut.container_cluster
+        if containers is not None and name == "partition-node":
+            disconnect = DisconnectPartition(containers.network, containers.container_of,
+                                             containers.plan.ip_of, name)
+            return RoleTargeted(name, disconnect, self._as_given)
         if self.network is None:
             raise NemesisError(f"{name} needs root, iptables and cgroup2 "
                                "(the loopback partition); not available here")
+        if name == "clock-drift-isolated-primary":
+            # The primary's clock drifts while it is cut off from every other member (its
+            # clients still reach it): the case the lease's rate bound is for.
+            clock = ClockNemesis(url_of=self.cut.url_of, seed=self.seed, name="clock")
+            isolation = LoopbackPartition(self.network, "partition")
+            both = Combined(name, [clock, isolation], fixed={"clock": {"mode": "drift"}})
+            return RoleTargeted(name, both, self._primary_of_target)
         if name == "packet-loss":
             return LoopbackPacketLoss(self.network, name)
         partition = LoopbackPartition(self.network, name)
@@ -195,6 +217,12 @@ class FaultCatalog:
             resolve = (self._primary_of_target if name == "failpoint-primary"
                        else self._replica_of_target)
             return RoleTargeted(name, failpoint, resolve)
+        if name in CLOCK_FAULTS:
+            mode = CLOCK_FAULTS[name]
+            clock = _WithParams(ClockNemesis(url_of=self.cut.url_of, seed=self.seed, name=name),
+                                {"mode": mode})
+            resolve = self._primary_of_target if mode == "drift" else self._as_given
+            return RoleTargeted(name, clock, resolve)
         if name == "wal-damage":
             damage = DamagedRestart(
                 kill=self._kill_now, restart=self._restart, data_dir_of=self.cut.data_dir_of,

@@ -21,6 +21,7 @@ reported as a verdict on the system.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,10 @@ from typing import Any
 from shardkv.chaos.cluster_under_test import ClusterUnderTest
 from shardkv.chaos.fault_catalog import NETWORK_FAULTS, FaultCatalog
 from shardkv.chaos.history import History
+from shardkv.chaos.nemesis.container_network import (
+    ContainerNetwork,
+    container_network_available,
+)
 from shardkv.chaos.nemesis.fault import NemesisError
 from shardkv.chaos.nemesis.loopback_partition import (
     LoopbackNetwork,
@@ -43,10 +48,12 @@ from shardkv.chaos.scenarios import Scenario
 from shardkv.chaos.workloads.kinds import Context
 from shardkv.chaos.workloads.mix import final_reads, run_workloads
 from shardkv.chaos.workloads.recorder import Recorder, patient_client, workload_client
+from shardkv.cluster.launcher import LaunchError
 
 log = logging.getLogger(__name__)
 
 TEST_ADMIN_ENV = "SHARDKV_TEST_ADMIN"
+_RUN_NUMBERS = itertools.count(1)  # runs of one process differ even with the same seed
 
 
 class RunAborted(RuntimeError):
@@ -65,6 +72,7 @@ class RunOptions:
     slack_ms: float = 0.0
     budget_s: float = 60.0
     schedule_file: Path | None = None  # replay a saved schedule instead of generating one
+    docker_image: str | None = None  # run the cluster in containers of this image
 
     @property
     def duration(self) -> float:
@@ -80,10 +88,16 @@ class RunRecord:
 
 
 async def _network_for(cut: ClusterUnderTest, scenario: Scenario,
-                       run_id: str) -> LoopbackNetwork | None:
+                       run_id: str) -> LoopbackNetwork | ContainerNetwork | None:
     needed = {f.name for f in scenario.faults} & NETWORK_FAULTS
     if cut.standalone or not needed:
         return None
+    if cut.container_cluster is not None:
+        ok, why = await container_network_available()
+        if not ok:
+            raise RunAborted(f"faults {sorted(needed)} on containers: {why}")
+        plan = cut.container_cluster.plan
+        return ContainerNetwork({s.id: plan.ip_of(s.id) for s in plan.processes}, cut.pid_of)
     ok, why = await loopback_partition_available()
     if not ok:
         raise RunAborted(f"faults {sorted(needed)} need the loopback partition: {why}")
@@ -110,20 +124,27 @@ async def run_scenario(opts: RunOptions) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     history = History()
     record = RunRecord()
-    cut = ClusterUnderTest(out / "cluster", scenario.shape)
-    network: LoopbackNetwork | None = None
+    run_id = f"{opts.seed % 100000}x{os.getpid() % 997}r{next(_RUN_NUMBERS)}"
+    try:
+        cut = ClusterUnderTest(out / "cluster", scenario.shape,
+                               docker_image=opts.docker_image, run_id=run_id)
+    except (LaunchError, ValueError) as exc:
+        raise RunAborted(f"the cluster cannot be set up: {exc}") from exc
+    network: LoopbackNetwork | ContainerNetwork | None = None
     digests: dict[str, dict[str, Any]] | None = None
     recorder = Recorder(history)
     started = time.monotonic()
     meta: dict[str, Any] = {"scenario": scenario.name, "seed": opts.seed,
-                            "duration_s": opts.duration, "topology": scenario.shape.topology}
-    # Node failpoints are armed over an admin endpoint that only exists in a node started
-    # with SHARDKV_TEST_ADMIN=1; the launcher passes this process's environment on.
+                            "duration_s": opts.duration, "topology": scenario.shape.topology,
+                            "runtime": "docker" if cut.in_containers else "processes"}
+    # Node failpoints are armed, and clocks skewed, over admin endpoints that only exist in a
+    # node started with SHARDKV_TEST_ADMIN=1; the launcher passes this process's environment
+    # on (to containers too).
     saved_admin = os.environ.get(TEST_ADMIN_ENV)
-    if any(f.name.startswith("failpoint") for f in scenario.faults):
+    if any(f.name.startswith(("failpoint", "clock")) for f in scenario.faults):
         os.environ[TEST_ADMIN_ENV] = "1"
     try:
-        network = await _network_for(cut, scenario, f"{opts.seed % 100000}x{id(cut) % 997}")
+        network = await _network_for(cut, scenario, run_id)
         try:
             await cut.start(on_spawn=network.place if network is not None else None)
         except Exception as exc:

@@ -238,15 +238,19 @@ class LocalCluster:
         self.procs[spec.id] = proc
         return proc
 
-    def start(self) -> None:
-        """Start every process: the coordinators first, the nodes once the coordinators have
-        bootstrapped the shards (a node registers into its shard)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def prepare(self) -> None:
+        """Refuse to start over ports another process holds (a cluster started twice)."""
         busy = [f"{s.id}:{p}" for s in self.plan.processes
                 for p in (s.port, s.raft_port) if p is not None and not port_is_free(p)]
         if busy:
             raise LaunchError(f"ports already in use: {', '.join(busy)} (another cluster in "
                               f"{self.directory}? run `shardkv down --dir {self.directory}`)")
+
+    def start(self) -> None:
+        """Start every process: the coordinators first, the nodes once the coordinators have
+        bootstrapped the shards (a node registers into its shard)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prepare()
         self.plan.save(self.directory / "launcher.json")
         for spec in self.plan.coordinators:
             self.start_process(spec)

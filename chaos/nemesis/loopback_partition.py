@@ -53,6 +53,11 @@ async def loopback_partition_available() -> tuple[bool, str]:
         return False, "no cgroup2 hierarchy mounted"
     if not os.access(root, os.W_OK):
         return False, f"{root} is not writable"
+    return await iptables_works()
+
+
+async def iptables_works() -> tuple[bool, str]:
+    """Whether iptables answers here (the binary, the kernel's tables, the privileges)."""
     status, out = await run_command("iptables", "-w", "-L", "OUTPUT", "-n", check=False)
     if status != 0:
         return False, f"iptables does not work here: {out[:200]}"

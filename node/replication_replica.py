@@ -190,16 +190,42 @@ class ReplicationReplica:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._retarget.wait(), delay)
 
-    async def _follow(self, url: str) -> None:
+    async def _connect(self, url: str) -> aiohttp.ClientWebSocketResponse | None:
+        """Open the stream to ``url``, or None when the map named another primary meanwhile.
+
+        Bounded by ``CONNECT_TIMEOUT_S`` and given up at once on ``retarget``: a primary whose
+        host is gone does not refuse a connection, it never answers (a crashed machine, a
+        stopped container), and the kernel keeps retrying a SYN for about two minutes. A
+        replica stuck there would not follow the new primary, which could then not reach a
+        majority (found by the chaos harness's container mode; local processes refuse at
+        once)."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        ws_url = url.rstrip("/") + proto.PATH
-        async with self._session.ws_connect(
-            ws_url, max_msg_size=proto.MAX_FRAME_BYTES, compress=0, autoping=True,
-            headers=auth_headers(),
-            timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-            heartbeat=None,
-        ) as ws:
+        connecting = asyncio.ensure_future(self._session.ws_connect(
+            url.rstrip("/") + proto.PATH, max_msg_size=proto.MAX_FRAME_BYTES, compress=0,
+            autoping=True, headers=auth_headers(),
+            timeout=aiohttp.ClientWSTimeout(ws_close=2.0), heartbeat=None))
+        retarget = asyncio.ensure_future(self._retarget.wait())
+        try:
+            await asyncio.wait({connecting, retarget}, timeout=CONNECT_TIMEOUT_S,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            retarget.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, OSError):
+                    await connecting
+        if connecting.cancelled():
+            if self._retarget.is_set():
+                return None
+            raise TimeoutError(f"no connection to {url} within {CONNECT_TIMEOUT_S} s")
+        return connecting.result()  # raises what the connection attempt raised
+
+    async def _follow(self, url: str) -> None:
+        ws = await self._connect(url)
+        if ws is None:
+            return  # retargeted while connecting: the loop follows the new primary
+        async with ws:
             stream = _Frames(ws)
             await self._handshake(ws, stream)
             self.connected = True

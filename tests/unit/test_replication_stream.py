@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from shardkv.cluster.errors import Timeout, Unavailable
 from shardkv.node import replication_protocol as proto
+from shardkv.node import replication_replica
 from shardkv.node.memory_engine import MemoryEngine
 from shardkv.node.record import Mutation, MutationKind, WalEntry
 from shardkv.node.replica_log import EngineReplicaLog
@@ -350,3 +351,48 @@ async def test_cluster_token_guards_the_stream(make_primary, make_replica, monke
     replica = await make_replica("r1", primary.url)  # sends the token from the environment
     replica.start()
     await until(lambda: replica.target.applied_lsn == 3)
+
+
+@pytest.fixture
+async def silent_host() -> AsyncIterator[str]:
+    """An address that accepts TCP connections and then never answers (a listening socket
+    nobody accepts from: the kernel completes the handshake, no HTTP reply ever comes), as a
+    SIGSTOPped primary or a host behind a dropped route looks to a replica dialling it."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+async def test_a_retarget_is_followed_while_connecting_to_a_silent_primary(
+    make_primary, make_replica, silent_host: str
+) -> None:
+    """A replica dialling a primary that never answers must follow the new primary as soon as
+    the map names it, not when its connection attempt gives up."""
+    replica = await make_replica("r1", silent_host)
+    replica.start()
+    await until(lambda: replica.reconnects == 0 and not replica.connected, 1.0)
+    primary = await make_primary()
+    primary.epoch = 2
+    replica.retarget(primary.url, 2)
+    await primary.write(3)
+    # Well inside the connect timeout: the retarget itself ended the attempt.
+    await until(lambda: replica.target.applied_lsn == 3,
+                within_s=replication_replica.CONNECT_TIMEOUT_S * 0.5)
+    assert replica.handshakes == 1
+
+
+async def test_a_connection_attempt_to_a_silent_primary_is_bounded(
+    make_replica, silent_host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replication_replica, "CONNECT_TIMEOUT_S", 0.2)
+    replica = await make_replica("r1", silent_host)
+    replica.start()
+    await until(lambda: replica.reconnects >= 2, within_s=5.0)
+    assert replica.last_error is not None and "no connection" in replica.last_error
+    assert replica.handshakes == 0

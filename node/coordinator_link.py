@@ -109,6 +109,7 @@ class CoordinatorLink:
         node_id: str | None = None,
         heartbeat_interval_s: float = 1.0,
         request_timeout_s: float = 5.0,
+        heartbeat_timeout_s: float = 1.0,
         watch_timeout_s: float = 25.0,
         clock: Callable[[], float] = NODE_CLOCK.monotonic,
     ) -> None:
@@ -123,6 +124,11 @@ class CoordinatorLink:
         self.labels = dict(labels or {})
         self.heartbeat_interval_s = heartbeat_interval_s
         self.request_timeout_s = request_timeout_s
+        # One heartbeat attempt must not outlast the lease it would renew: a leader whose
+        # host is gone never refuses a connection, and waiting the full request timeout on
+        # it (5 s) let every primary's 2.4 s lease run out before the next member was tried
+        # (found by the chaos harness's container mode; local processes refuse at once).
+        self.heartbeat_timeout_s = heartbeat_timeout_s
         self.watch_timeout_s = watch_timeout_s
         self._clock = clock
         self.wanted_node_id = node_id or None  # an operator-chosen id (``--id``) wins
@@ -321,11 +327,13 @@ class CoordinatorLink:
             "map_version": self.cluster_map.version,
         }
         last_error: ShardKVError = Unavailable("no coordinator answered the heartbeat")
-        sent_at = self._clock()
         for url in self._candidates():
+            # The lease runs from when the answered attempt was sent, not the first one.
+            sent_at = self._clock()
             try:
                 status, answer = await self._call(
-                    "POST", f"{url}/v1/nodes/{self.node_id}/heartbeat", body)
+                    "POST", f"{url}/v1/nodes/{self.node_id}/heartbeat", body,
+                    timeout_s=self.heartbeat_timeout_s)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 last_error = Unavailable(f"{url}: {exc}")
                 continue

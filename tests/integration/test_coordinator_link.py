@@ -136,3 +136,31 @@ async def test_map_changes_reach_nodes_within_a_second_even_after_leader_loss(
     finally:
         for link in links:
             await link.stop()
+
+
+async def test_a_silent_leader_costs_one_heartbeat_timeout_not_the_lease(
+    group: LocalGroup, tmp_path: Path
+) -> None:
+    """A leader whose host vanished never refuses a connection; the heartbeat must move on to
+    the other members after ``heartbeat_timeout_s``, and the lease must run from the attempt
+    that was answered (not from the one that hung)."""
+    import socket
+
+    await group.wait_leader()
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes handshakes; nobody ever answers
+    link = make_link(group, tmp_path / "d", 9400, RecordingNode(), heartbeat_timeout_s=0.3)
+    renewals: list[float] = []
+    link.on_heartbeat = lambda sent_at, _answer: renewals.append(sent_at)
+    try:
+        await link.start()
+        link.leader_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = link._clock()
+        answer = await asyncio.wait_for(link.heartbeat_once(), 3.0)
+        assert answer["leader"]
+        assert link.leader_url != f"http://127.0.0.1:{silent.getsockname()[1]}"
+        assert renewals and renewals[-1] >= started + 0.3  # sent after the silent attempt
+    finally:
+        await link.stop()
+        silent.close()

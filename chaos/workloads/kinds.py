@@ -192,7 +192,8 @@ class AppendWorkload:
         timeout = self.ctx.timeout
 
         async def read() -> Outcome:
-            return decode_list(await client.get(key, timeout=timeout))
+            item, node = await routed_get(client, key, budget_s=timeout, names=self.ctx.names)
+            return replace(decode_list(item), node=node)
 
         await self.ctx.recorder.record(process, "read", key, None, read, consistency="strong")
 
@@ -265,7 +266,9 @@ class CounterWorkload:
         rec = self.ctx.recorder
         if rng.random() < 0.2:
             async def read() -> Outcome:
-                return decode_count(await client.get(key, timeout=timeout))
+                item, node = await routed_get(client, key, budget_s=timeout,
+                                              names=self.ctx.names)
+                return replace(decode_count(item), node=node)
 
             await rec.record(process, "read", key, None, read, consistency="strong")
             return

@@ -161,10 +161,16 @@ class ReplicationPrimary:
             raise Unavailable(f"not primary any more: {self._closed}")
         if self._majority_lsn >= lsn:
             return
+        # The future is this caller's alone, so it is awaited without a shield (one loop
+        # iteration from the acknowledgement to the waiter, not two): cancelling the wait
+        # cancels it, and _recompute skips a cancelled one.
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (lsn, next(self._tiebreak), future))
         try:
-            await asyncio.wait_for(asyncio.shield(future), within_s)
+            if within_s is None:
+                await future
+            else:
+                await asyncio.wait_for(future, within_s)
         except TimeoutError:
             raise Timeout(
                 f"lsn {lsn} did not reach a majority within {within_s}s "
@@ -316,25 +322,41 @@ class ReplicationPrimary:
 
     async def _read_acks(self, ws: web.WebSocketResponse, progress: ReplicaProgress,
                          sender: asyncio.Task[None]) -> None:
-        while True:
-            receiver = asyncio.ensure_future(self._receive(ws))
-            done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
-            if sender in done:
-                receiver.cancel()
-                with contextlib.suppress(BaseException):
-                    await receiver
-                sender.result()  # raises what ended it
-                return
-            message = receiver.result()
-            if message is None:
-                return
-            if message["t"] != proto.ACK:
-                raise InvalidArgument(f"expected ack, got {message['t']}")
-            lsn = proto.need_int(message, "lsn")
-            if lsn > progress.acked_lsn:
-                progress.acked_lsn = min(lsn, progress.sent_lsn)
-                progress.last_ack_at = self._monotonic_clock()
-                self._recompute()
+        """Count the replica's acknowledgements until it leaves, or until ``sender`` ends
+        (then raise what ended it).
+
+        The frames are read in this task, not in a task per frame raced against the sender
+        (that cost a task and two loop iterations per acknowledgement, on every write's
+        path): a sender that ends cancels the read instead."""
+        reader = asyncio.current_task()
+        assert reader is not None
+        reading = True
+        cancelled_by_sender = False
+
+        def stop_reading(_: asyncio.Task[None]) -> None:
+            nonlocal cancelled_by_sender
+            if reading:
+                cancelled_by_sender = True
+                reader.cancel()
+
+        sender.add_done_callback(stop_reading)
+        try:
+            while (message := await self._receive(ws)) is not None:
+                if message["t"] != proto.ACK:
+                    raise InvalidArgument(f"expected ack, got {message['t']}")
+                lsn = proto.need_int(message, "lsn")
+                if lsn > progress.acked_lsn:
+                    progress.acked_lsn = min(lsn, progress.sent_lsn)
+                    progress.last_ack_at = self._monotonic_clock()
+                    self._recompute()
+        except asyncio.CancelledError:
+            if not cancelled_by_sender or reader.uncancel() > 0:
+                raise  # cancelled from outside too: the session is being torn down
+        finally:
+            reading = False
+            sender.remove_done_callback(stop_reading)
+        if sender.done():
+            sender.result()  # raises what ended it
 
     async def _send_loop(self, ws: web.WebSocketResponse, progress: ReplicaProgress,
                          start: int) -> None:
@@ -353,7 +375,10 @@ class ReplicationPrimary:
                 progress.sent_lsn = batch[-1].lsn
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.wakeup.wait(), self.heartbeat_s)
+                # asyncio.timeout, not wait_for: the sender itself waits on the event, so a
+                # publish wakes it in one loop iteration (wait_for wraps a task: two).
+                async with asyncio.timeout(self.heartbeat_s):
+                    await progress.wakeup.wait()
             if not progress.wakeup.is_set():
                 await ws.send_bytes(proto.encode(
                     proto.HEARTBEAT, primary_lsn=self.wal.last_lsn,

@@ -299,39 +299,62 @@ class ReplicationReplica:
 
     async def _stream(self, ws: aiohttp.ClientWebSocketResponse, stream: _Frames,
                       retarget: asyncio.Future[Any]) -> None:
-        while True:
-            receiving = asyncio.ensure_future(stream.next())
-            try:
-                done, _ = await asyncio.wait({receiving, retarget},
-                                             return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not receiving.done():
-                    receiving.cancel()
-                    with contextlib.suppress(BaseException):
-                        await receiving
-            if receiving not in done:
-                return  # retargeted: the loop reconnects at once
-            message = receiving.result()
-            received_at = self._clock()
-            kind = message["t"]
-            if kind == proto.ENTRIES:
-                entries = proto.decode_entries(message)
-                if entries:
-                    await self._append(entries)
-                    if failpoints.ARMED:
-                        await failpoints.hit("replica_before_ack")
-                    await ws.send_bytes(proto.encode(proto.ACK, lsn=self.target.last_lsn))
-                    self._applied_up_to(self.target.applied_lsn)
-                self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at,
-                                     message.get("ts"))
-            elif kind == proto.HEARTBEAT:
-                self.commit_lsn = max(self.commit_lsn, proto.need_int(message, "commit_lsn"))
-                self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at,
-                                     message.get("ts"))
-            elif kind == proto.ERROR:
-                raise _error(message)
-            else:
-                raise StreamEnded(f"unexpected {kind} while streaming")
+        """Follow the stream until ``retarget`` completes (then return: the loop reconnects
+        at once) or the stream ends.
+
+        Frames are read in this task, not in a task per frame raced against ``retarget``
+        (that cost a task and two loop iterations per frame, on every write's path): a
+        retarget cancels the wait for the next frame instead, never the handling of one."""
+        task = asyncio.current_task()
+        assert task is not None
+        waiting = False
+        cancelled_by_retarget = False
+
+        def stop_waiting(_: asyncio.Future[Any]) -> None:
+            nonlocal cancelled_by_retarget
+            if waiting:
+                cancelled_by_retarget = True
+                task.cancel()
+
+        retarget.add_done_callback(stop_waiting)
+        try:
+            while not retarget.done():
+                waiting = True
+                try:
+                    message = await stream.next()
+                except asyncio.CancelledError:
+                    if cancelled_by_retarget and task.uncancel() == 0:
+                        return  # retargeted: the loop reconnects at once
+                    raise
+                finally:
+                    waiting = False
+                await self._handle(ws, message)
+        finally:
+            retarget.remove_done_callback(stop_waiting)
+
+    async def _handle(self, ws: aiohttp.ClientWebSocketResponse,
+                      message: dict[str, Any]) -> None:
+        """One frame from the primary, while streaming."""
+        received_at = self._clock()
+        kind = message["t"]
+        if kind == proto.ENTRIES:
+            entries = proto.decode_entries(message)
+            if entries:
+                await self._append(entries)
+                if failpoints.ARMED:
+                    await failpoints.hit("replica_before_ack")
+                await ws.send_bytes(proto.encode(proto.ACK, lsn=self.target.last_lsn))
+                self._applied_up_to(self.target.applied_lsn)
+            self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at,
+                                 message.get("ts"))
+        elif kind == proto.HEARTBEAT:
+            self.commit_lsn = max(self.commit_lsn, proto.need_int(message, "commit_lsn"))
+            self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at,
+                                 message.get("ts"))
+        elif kind == proto.ERROR:
+            raise _error(message)
+        else:
+            raise StreamEnded(f"unexpected {kind} while streaming")
 
     async def _append(self, entries: list[Any]) -> None:
         first = entries[0]

@@ -7,7 +7,7 @@ resolved. That is group commit: concurrent writers share the cost of a sync. A s
 is written from the event loop itself while the disk syncs fast (a thread hand-off would
 cost more than the sync); a large one, one that rolls a segment over, and every group while
 syncs are slow go to a worker thread, so a slow disk never holds up the loop for long (see
-``_write_in_loop``). Segments roll over by size: the boundary is decided when an entry is
+``wal_group_placement.py``). Segments roll over by size: the boundary is decided when an entry is
 queued, and the writer seals the old segment (fsync) and creates the next one (tmp name,
 fsync, rename, dir fsync).
 
@@ -58,6 +58,7 @@ from shardkv.node.segment import (
     scan_segment,
 )
 from shardkv.node.segment_writer import SegmentWriter
+from shardkv.node.wal_group_placement import GroupPlacement
 from shardkv.node.wal_model import (
     FsyncPolicy,
     LsnCompacted,
@@ -82,12 +83,6 @@ __all__ = [
 log = logging.getLogger("shardkv.node.wal")
 
 SLOW_SYNC_SECONDS = 1.0
-# A group is written on the event loop while the log's syncs typically (a moving average
-# that gives the newest sync 1/SYNC_AVERAGE_WEIGHT) take at most IN_LOOP_SYNC_SECONDS and the
-# group is at most IN_LOOP_GROUP_BYTES; otherwise in a worker thread (see ``_write_in_loop``).
-IN_LOOP_SYNC_SECONDS = 0.002
-IN_LOOP_GROUP_BYTES = 256 << 10
-SYNC_AVERAGE_WEIGHT = 8
 LOCK_FILE = "LOCK"
 
 
@@ -169,7 +164,7 @@ class WriteAheadLog:
         self._unsynced_entries = 0
         self._unsynced_bytes = 0
         self._last_sync = time.monotonic()
-        self._typical_sync = 0.0  # seconds, a moving average (see _write_in_loop)
+        self._placement = GroupPlacement()  # loop or thread, by recent sync speed
         self._view = _View((), 0, {})
         self._appended_entries = 0
         self._appended_bytes = 0
@@ -347,7 +342,7 @@ class WriteAheadLog:
         parts = [item.frame if isinstance(item, _Append) else item for item in items]
         if failpoints.ARMED:  # a group ordered (and shipped to replicas), not yet durable here
             await failpoints.hit("wal_before_sync")
-        if self._write_in_loop(parts):
+        if self._placement.in_loop(parts):
             result = self._writer_io.write_group(parts, sync)
         else:
             result = await asyncio.to_thread(self._writer_io.write_group, parts, sync)
@@ -368,36 +363,12 @@ class WriteAheadLog:
             self.durable_lsn = last
         if sync:
             self._record_sync(result.sync_seconds)
-            self._note_sync_speed(result.sync_seconds)
+            self._placement.note_sync(result.sync_seconds)
         self._acked_lsn = last
         self._publish()
         for item in appends:
             if not item.future.done():
                 item.future.set_result(None)
-
-    def _write_in_loop(self, parts: list[bytes | SegmentHeader]) -> bool:
-        """Whether to write this group on the event loop rather than in a worker thread.
-
-        Handing a group to a thread costs two wake-ups (the worker's, then the loop's), and
-        on a busy machine they take about as long as a small write and a fast disk's
-        fdatasync together, on the path of every write when one writer waits at a time. So
-        a small group goes straight to the disk while the disk syncs fast. The loop is then
-        blocked for about one sync, which on such a disk is what the hand-off costs. A
-        group that opens a segment (file creation, directory sync) or is large goes to the
-        thread, and so does every group while syncs are slow: a disk that stalls blocks the
-        loop once, then the loop keeps serving while the thread waits on the disk, until
-        enough fast syncs have brought the average back down."""
-        if self._typical_sync > IN_LOOP_SYNC_SECONDS:
-            return False
-        size = 0
-        for part in parts:
-            if not isinstance(part, bytes):
-                return False
-            size += len(part)
-        return size <= IN_LOOP_GROUP_BYTES
-
-    def _note_sync_speed(self, seconds: float) -> None:
-        self._typical_sync += (seconds - self._typical_sync) / SYNC_AVERAGE_WEIGHT
 
     async def _sync_only(self) -> None:
         assert self._writer_io is not None

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from shardkv.node import wal as wal_module
 from shardkv.node.record import Mutation, MutationKind, WalEntry
 from shardkv.node.segment import SegmentHeader
 from shardkv.node.segment_writer import GroupResult, SegmentWriter
 from shardkv.node.wal import FsyncPolicy, WalOptions, WriteAheadLog
+from shardkv.node.wal_group_placement import IN_LOOP_GROUP_BYTES
 
 
 def entry(lsn: int, size: int = 64) -> WalEntry:
@@ -107,7 +107,7 @@ async def test_a_large_group_is_written_in_a_thread(
 ) -> None:
     disk = Disk(monkeypatch)
     wal = await WriteAheadLog.open(tmp_path)
-    await wal.append(entry(1, size=wal_module.IN_LOOP_GROUP_BYTES + 1))
+    await wal.append(entry(1, size=IN_LOOP_GROUP_BYTES + 1))
     assert not disk.last_in_loop()
     await wal.append(entry(2))
     assert disk.last_in_loop()

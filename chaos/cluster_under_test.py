@@ -21,14 +21,10 @@ The launcher is synchronous (a process supervisor); every call into it runs in a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,25 +32,21 @@ from typing import Any, Literal
 
 from shardkv.chaos.container_cluster import ContainerCluster
 from shardkv.chaos.nemesis.delay_proxy import DelayProxy
-from shardkv.cluster.launcher import HOST, ClusterPlan, LocalCluster, ProcessSpec
+from shardkv.cluster.launcher import (
+    HOST,
+    ClusterPlan,
+    LocalCluster,
+    ProcessSpec,
+    http_get_json,
+)
 
 log = logging.getLogger(__name__)
 
 Topology = Literal["cluster", "standalone"]
 
 
-def http_json(url: str, timeout: float = 1.0) -> tuple[int, Any]:
-    """(status, decoded JSON or None); 0 when nothing answered. Blocking: call in a thread."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        with contextlib.suppress(ValueError):
-            return exc.code, json.loads(exc.read() or b"null")
-        return exc.code, None
-    except (OSError, ValueError):
-        return 0, None
+# The launcher's blocking JSON GET: (status, body or None), 0 when nothing answered.
+http_json = http_get_json
 
 
 def free_port(host: str = HOST) -> int:

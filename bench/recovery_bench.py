@@ -28,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from shardkv.node.memory_engine import MemoryEngine
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.store import Store, StoreConfig
-from shardkv.node.wal import FsyncPolicy, WalOptions
+from shardkv.node.storage.engines.memory import MemoryEngine
+from shardkv.node.storage.store import Store, StoreConfig
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
 
 CHUNK = 1000
 

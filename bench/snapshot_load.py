@@ -16,7 +16,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from shardkv.node.snapshot import SnapshotItem, check_snapshot, read_snapshot, write_snapshot
+from shardkv.node.storage.snapshots.snapshot import (
+    SnapshotItem,
+    check_snapshot,
+    read_snapshot,
+    write_snapshot,
+)
 
 from bench.flat_results import print_flat_results
 

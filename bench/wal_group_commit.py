@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.wal import FsyncPolicy, WalOptions, WriteAheadLog
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions, WriteAheadLog
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.wal import FsyncPolicy, WalOptions, WriteAheadLog
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions, WriteAheadLog
 
 from bench.flat_results import print_flat_results
 

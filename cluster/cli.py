@@ -1,6 +1,6 @@
 """The ``shardkv`` entry point: one command, many subcommands.
 
-Each subcommand lives beside what it runs (``shardkv.node.command`` for ``shardkv node``, and
+Each subcommand lives beside what it runs (``shardkv.node.cli`` for ``shardkv node``, and
 so on). A command module exposes ``COMMANDS``: a list of ``(name, help, add_arguments, run)``
 where ``run(args) -> int`` is the exit status. Modules are imported only when present, so an
 install of the client alone still has a working ``shardkv``.
@@ -16,11 +16,11 @@ from typing import Any
 
 # Module paths that contribute subcommands, in the order they are listed in --help.
 COMMAND_MODULES: tuple[str, ...] = (
-    "shardkv.node.command",
-    "shardkv.coordinator.command",
-    "shardkv.cluster.launcher_command",
-    "shardkv.client.command",
-    "shardkv.chaos.command",
+    "shardkv.node.cli",
+    "shardkv.coordinator.cli",
+    "shardkv.cluster.launcher_cli",
+    "shardkv.client.cli",
+    "shardkv.chaos.cli",
 )
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[Any], int]]

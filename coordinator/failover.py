@@ -18,7 +18,8 @@ change never looks like every node dying). Then:
    leaders in a row decide the same).
 4. **Promote** through Raft: ``set_primary(shard, node, epoch + 1)``. The epoch raise is the
    fencing token: replicas refuse an older epoch's stream, and the old primary, whose lease
-   ran out before ``timeout_s`` (``node/lease.py``), finds on return that it is a replica.
+   ran out before ``timeout_s`` (``node/replication/lease.py``),
+   finds on return that it is a replica.
 
 Planned switchover (``switchover``): fence the primary (it stops acknowledging writes and
 reports its last LSN), wait until the target replica holds that LSN, then promote it. No

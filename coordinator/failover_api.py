@@ -9,7 +9,7 @@ liveness grace period, and adds:
 - ``GET /admin/failover``: the detector's counters and the measured failover durations.
 
 The failover timeout is ``SHARDKV_FAILOVER_TIMEOUT_S`` (default 3 s); a node's lease must be
-shorter (``node/lease.py`` derives it from the same value).
+shorter (``node/replication/lease.py`` derives it from the same value).
 """
 
 from __future__ import annotations

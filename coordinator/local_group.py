@@ -1,6 +1,6 @@
 """Run a coordinator group as real processes on 127.0.0.1 (tests, benchmarks, demos).
 
-Each member is ``python -m shardkv.coordinator.command`` with its own data directory and
+Each member is ``python -m shardkv.coordinator.cli`` with its own data directory and
 log file, on free ports. Fast Raft timings are the default here (elections in well under a
 second) so tests stay quick; pass ``env`` to override.
 """
@@ -113,7 +113,7 @@ class LocalGroup:
     def command(self, member: CoordinatorProcess) -> list[str]:
         peers = ",".join(f"{m.id}={m.raft}" for m in self.members
                          if m is not member and (member.knows is None or m.id in member.knows))
-        args = [sys.executable, "-m", "shardkv.coordinator.command", "--id", member.id,
+        args = [sys.executable, "-m", "shardkv.coordinator.cli", "--id", member.id,
                 "--listen", f"127.0.0.1:{member.http_port}", "--raft", member.raft,
                 "--data-dir", member.data_dir, "--commit-timeout", "3"]
         if peers:

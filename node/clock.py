@@ -10,7 +10,7 @@ time from one process-wide :data:`NODE_CLOCK`, whose two readings are
   timestamps).
 
 Untouched, they return exactly ``time.monotonic()`` and ``time.time()``. A test (through the
-test-only admin endpoint, ``node/clock_admin.py``) can skew them in two ways:
+test-only admin endpoint, ``node/testing/clock_admin.py``) can skew them in two ways:
 
 - an **offset** of the wall clock: it reads ``offset`` more (or less) than real time, as
   after an NTP step or on a misconfigured host. The monotonic clock ignores it: a

@@ -21,16 +21,16 @@ from typing import Any
 from aiohttp import web
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
-from shardkv.node.cluster_membership import ClusterMembership
+from shardkv.node.api.operations import NodeContext
+from shardkv.node.api.rest import RestApi
+from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
 from shardkv.node.config import NodeConfig
+from shardkv.node.membership.cluster_membership import ClusterMembership
 from shardkv.node.metrics import NodeMetrics
-from shardkv.node.operations import NodeContext
-from shardkv.node.replication_node import NodeReplication
-from shardkv.node.rest_api import RestApi
-from shardkv.node.rpc_api import FRAME_READ_LIMIT, RpcConnection
-from shardkv.node.store import Store
-from shardkv.node.store_model import StoreConfig
-from shardkv.node.wal import WalOptions
+from shardkv.node.replication.shard_role import NodeReplication
+from shardkv.node.storage.store import Store
+from shardkv.node.storage.store_model import StoreConfig
+from shardkv.node.wal.write_ahead_log import WalOptions
 
 logger = logging.getLogger("shardkv.node")
 
@@ -71,7 +71,7 @@ class NodeServer:
         if not config.standalone:
             self.membership = ClusterMembership(self)
             self.membership.install()
-        # WAL shipping (node/replication_primary.py, node/replication_replica.py), the commit
+        # WAL shipping (node/replication/primary.py, node/replication/replica.py), the commit
         # gate, replica reads and fencing, driven by the membership's placements.
         self.replication = NodeReplication(self)
         self.replication.install()

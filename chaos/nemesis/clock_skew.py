@@ -10,7 +10,7 @@ started with ``SHARDKV_TEST_ADMIN=1`` lets a test skew over ``PUT /admin/clock``
   offset, one ahead looks staler;
 - ``drift``: both clocks run at ``rate`` times real time, like a drifting crystal. The
   default rates stay within 3 % of real time, inside the 5 % the lease argument assumes
-  (node/lease.py, docs/replication.md): the run must stay correct. An explicit ``rate``
+  (node/replication/lease.py, docs/replication.md): the run must stay correct. An explicit ``rate``
   beyond that is accepted, and is a fault the lease is *not* built to survive;
 - ``strobe``: the wall clock flips between ``offset_ms`` and real time every ``period_ms``
   until ``stop`` (a clock that keeps being stepped back and forth).

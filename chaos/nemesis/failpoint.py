@@ -2,7 +2,8 @@
 
 A SIGKILL from outside lands in a microsecond-wide window (the WAL written but not synced,
 a write durable on a majority but not yet answered) by luck only; the node's failpoints
-(node/failpoints.py) make such a window as wide as the run wants: ``crash`` exits at the hook
+(node/testing/failpoints.py)
+make such a window as wide as the run wants: ``crash`` exits at the hook
 as a SIGKILL would, ``sleep(MS)`` and ``pause`` stretch it, ``error`` fails the code path,
 ``N*action`` limits it to the next N hits. They are armed over ``PUT /admin/failpoints/NAME``,
 which a node serves only when started with ``SHARDKV_TEST_ADMIN=1`` (the runner sets it for

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 import pytest
-from shardkv.chaos.command import parse_duration
+from shardkv.chaos.cli import parse_duration
 from shardkv.chaos.history import History
 from shardkv.chaos.nemesis.schedule import generate_schedule, run_schedule
 from shardkv.chaos.scenarios import SCENARIOS, describe_scenarios, get_scenario

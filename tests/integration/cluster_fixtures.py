@@ -11,7 +11,6 @@ puts this folder on sys.path) and ask for ``local_cluster``:
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,59 +19,6 @@ import pytest
 from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster, http_get_json
 
 CLUSTER_READY_TIMEOUT_S = 90.0
-
-
-def node_follows_coordinator() -> bool:
-    """Whether the node server runs the coordinator link (registration, heartbeats, map
-    watch). Until it does, a launched cluster never gets primaries; read from the source so
-    that collecting the tests imports nothing of the node."""
-    spec = importlib.util.find_spec("shardkv.node.server")
-    if spec is None or spec.origin is None:
-        return False
-    source = Path(spec.origin).read_text()
-    return "coordinator_link" in source or "cluster_membership" in source
-
-
-def node_replicates() -> bool:
-    """Whether the node server runs WAL replication (primary stream, replica follower)."""
-    sources = []
-    for module in ("shardkv.node.server", "shardkv.node.cluster_membership"):
-        spec = importlib.util.find_spec(module)
-        if spec is not None and spec.origin is not None:
-            sources.append(Path(spec.origin).read_text())
-    return any("replication_primary" in s or "replication_replica" in s for s in sources)
-
-
-needs_replication = pytest.mark.skipif(
-    not node_replicates(),
-    reason="the node server does not run replication yet (node/replication_primary.py and "
-    "node/replication_replica.py are not wired into node/server.py): replicas stay empty, so "
-    "replica reads and failover cannot be checked",
-)
-
-
-def coordinator_fails_over() -> bool:
-    """Whether the coordinator has a failover path (a dead primary replaced by a replica)."""
-    spec = importlib.util.find_spec("shardkv.coordinator")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    return any("failover" in f.read_text() for f in folder.glob("*.py"))
-
-
-needs_failover = pytest.mark.skipif(
-    not (coordinator_fails_over() and node_replicates()),
-    reason="no failover yet: the coordinator has no failover path (nothing in coordinator/ "
-    "promotes a replica when a primary dies) or the node does not replicate, so a killed "
-    "primary is never replaced",
-)
-
-
-needs_coordinated_nodes = pytest.mark.skipif(
-    not node_follows_coordinator(),
-    reason="the node server does not follow the coordinator yet (node/coordinator_link.py is "
-    "not wired into node/server.py): nodes never register, so shards never get a primary",
-)
 
 
 @pytest.fixture(scope="module", name="local_cluster")

@@ -12,9 +12,6 @@ import aiohttp
 import pytest
 from cluster_fixtures import (  # noqa: F401
     local_cluster_fixture,
-    needs_coordinated_nodes,
-    needs_failover,
-    needs_replication,
     wait_until,
 )
 from shardkv.client import Client, Item, Retry, SyncClient, Timeout
@@ -23,7 +20,7 @@ from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.launcher import LocalCluster
 from shardkv.cluster.ring import shard_for_key
 
-pytestmark = [pytest.mark.integration, needs_coordinated_nodes]
+pytestmark = [pytest.mark.integration]
 
 
 def keys_of_shard(cmap: ClusterMap, shard: str, count: int, prefix: str = "k") -> list[str]:
@@ -62,7 +59,6 @@ async def test_operations_across_shards(local_cluster: LocalCluster) -> None:
         assert primaries <= served  # both primaries did work
 
 
-@needs_replication
 async def test_replica_reads(local_cluster: LocalCluster) -> None:
     async with Client(local_cluster.plan.coordinator_urls()) as kv:
         cmap = kv.cluster_map
@@ -190,7 +186,6 @@ async def kill_primary_and_keep_writing(
     return keys, before, after
 
 
-@needs_failover
 async def test_writes_continue_across_a_primary_failover(local_cluster: LocalCluster) -> None:
     _, before, after = await kill_primary_and_keep_writing(local_cluster, "s1", "fo")
     assert after.shards["s1"].primary != before.shards["s1"].primary
@@ -198,7 +193,6 @@ async def test_writes_continue_across_a_primary_failover(local_cluster: LocalClu
     local_cluster.restart_dead()  # give the module's cluster its member back
 
 
-@needs_failover
 async def test_acknowledged_writes_survive_a_failover(local_cluster: LocalCluster) -> None:
     keys, _, _ = await kill_primary_and_keep_writing(local_cluster, "s2", "ack")
     async with Client(local_cluster.plan.coordinator_urls(), timeout=30.0) as kv:

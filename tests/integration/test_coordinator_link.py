@@ -1,4 +1,4 @@
-"""Nodes (through node/coordinator_link.py) against three real coordinator processes:
+"""Nodes (through node/membership/coordinator_link.py) against three real coordinator processes:
 registration and placement, the id kept across restarts, heartbeats that follow the leader,
 and map changes seen within a second."""
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.coordinator.local_group import LocalGroup, free_port, http_json
-from shardkv.node.coordinator_link import CoordinatorLink, Placement
+from shardkv.node.membership.coordinator_link import CoordinatorLink, Placement
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_fixtures import needs_coordinated_nodes
 from shardkv.cluster.launcher import ClusterPlan, LocalCluster
 from shardkv.cluster.local_processes import pid_alive, stop_described
 
@@ -24,7 +23,6 @@ def shardkv(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@needs_coordinated_nodes
 def test_up_detach_commands_and_down(tmp_path: Path) -> None:
     directory = tmp_path / "cl"
     up = shardkv("up", "--dir", str(directory), "--shards", "2", "--replicas", "3",
@@ -75,7 +73,6 @@ def test_up_detach_commands_and_down(tmp_path: Path) -> None:
     assert shardkv("down", "--dir", str(directory)).stdout.startswith("nothing running")
 
 
-@needs_coordinated_nodes
 def test_supervise_restarts_a_dead_node(tmp_path: Path) -> None:
     plan = ClusterPlan.new(tmp_path, shards=1, replicas=1, coordinators=1, fsync="never")
     cluster = LocalCluster(tmp_path, plan)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shardkv.cluster.limits import MAX_BATCH_OPS, MAX_FRAME_BYTES, MAX_KEY_BYTES
-from shardkv.node.rpc_api import FRAME_READ_LIMIT
+from shardkv.node.api.rpc import FRAME_READ_LIMIT
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from shardkv.cluster.errors import ErrorCode, InvalidArgument, ShardKVError, VersionMismatch
 from shardkv.cluster.limits import Limits, as_key
-from shardkv.node.operations import NodeContext, parse_batch_ops
-from shardkv.node.record import WalEntry
-from shardkv.node.store import BatchOp, Store, StoreConfig
-from shardkv.node.wal import FsyncPolicy, WalOptions
-from shardkv.node.write_plan import CheckedOp, check_batch, is_blind
+from shardkv.node.api.operations import NodeContext, parse_batch_ops
+from shardkv.node.storage.store import BatchOp, Store, StoreConfig
+from shardkv.node.storage.write_plan import CheckedOp, check_batch, is_blind
+from shardkv.node.wal.record import WalEntry
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
 
 LIMITS = Limits(max_value_bytes=64, max_batch_ops=8, max_batch_bytes=200)
 

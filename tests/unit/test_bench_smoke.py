@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -30,8 +29,6 @@ from bench.report import batch_ratios, etcd_ratios, medians, table, target_check
 from bench.server_metrics import parse_samples, summarize  # noqa: E402
 from bench.workloads import Shape, value_of  # noqa: E402
 from bench.wrk_generator import lua_script, run_wrk, wrk_binary  # noqa: E402
-
-NODE_AVAILABLE = importlib.util.find_spec("shardkv.node.server") is not None
 
 
 def _result(system: str, variant: str, kind: str, workload: str, rps: float, keys: int = 1):
@@ -198,7 +195,6 @@ def test_wrk_generator_against_a_real_etcd(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not NODE_AVAILABLE, reason="the node server is not built yet")
 def test_node_bench_command_against_a_real_node(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     command = [
@@ -259,7 +255,6 @@ def test_client_bench_medians_and_ratios_pair_the_same_shape() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not NODE_AVAILABLE, reason="the node server is not built yet")
 def test_client_bench_command_with_its_references(tmp_path: Path) -> None:
     import shutil
 

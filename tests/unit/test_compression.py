@@ -11,7 +11,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from shardkv.cluster.errors import ErrorCode
-from shardkv.node.compression import CorruptValue, decode_value, encode_value
+from shardkv.node.storage.compression import CorruptValue, decode_value, encode_value
 
 TEXT = b"the quick brown fox jumps over the lazy dog; " * 100
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from shardkv.coordinator.command import add_arguments, config_from_args
+from shardkv.coordinator.cli import add_arguments, config_from_args
 from shardkv.coordinator.config import ConfigError, CoordinatorConfig, RaftTimings, parse_peers
 
 

@@ -1,9 +1,9 @@
-"""What a node reads about itself from a map (node/coordinator_link.py)."""
+"""What a node reads about itself from a map (node/membership/coordinator_link.py)."""
 
 from __future__ import annotations
 
 from shardkv.cluster.cluster_map import ClusterMap, NodeInfo, RingSpec, ShardInfo
-from shardkv.node.coordinator_link import Placement
+from shardkv.node.membership.coordinator_link import Placement
 
 
 def test_placement_reads_role_epoch_and_ring_version() -> None:

@@ -8,12 +8,12 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from shardkv.node.data_verify import verify_data_dir
-from shardkv.node.framing import HEADER_SIZE, read_frames
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.segment import list_segment_files
-from shardkv.node.snapshot import SnapshotItem, snapshot_name, write_snapshot
-from shardkv.node.wal import WalOptions, WriteAheadLog
+from shardkv.node.storage.data_verify import verify_data_dir
+from shardkv.node.storage.snapshots.snapshot import SnapshotItem, snapshot_name, write_snapshot
+from shardkv.node.wal.framing import HEADER_SIZE, read_frames
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.segment import list_segment_files
+from shardkv.node.wal.write_ahead_log import WalOptions, WriteAheadLog
 
 SMALL = WalOptions(segment_bytes=2048)
 

@@ -1,4 +1,4 @@
-"""One suite, both engines: the contract of ``shardkv.node.engine.Engine``."""
+"""One suite, both engines: the contract of ``shardkv.node.storage.engines.engine.Engine``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from shardkv.node.engine import Engine, SnapshotRow, StoredItem
-from shardkv.node.memory_engine import MemoryEngine
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.sqlite_engine import SqliteEngine
+from shardkv.node.storage.engines.engine import Engine, SnapshotRow, StoredItem
+from shardkv.node.storage.engines.memory import MemoryEngine
+from shardkv.node.storage.engines.sqlite import SqliteEngine
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
 
 
 async def open_engine(kind: str, directory: Path, *, flush_entries: int = 3) -> Engine:

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shardkv.node.framing import (
+from shardkv.node.wal.framing import (
     ALIGN,
     HEADER_SIZE,
     DamageKind,
@@ -19,8 +19,8 @@ from shardkv.node.framing import (
     frame_size,
     read_frames,
 )
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.segment import encode_entry
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.segment import encode_entry
 
 
 def encode_all(payloads: list[bytes]) -> tuple[bytes, list[int]]:

@@ -17,13 +17,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from shardkv.cluster.errors import InvalidArgument
 from shardkv.node.clock import NODE_CLOCK, NodeClock
-from shardkv.node.clock_admin import parse_skew
-from shardkv.node.coordinator_link import CoordinatorLink
-from shardkv.node.lease import DEFAULT_CLOCK_DRIFT, DEFAULT_MARGIN_S, PrimaryLease, lease_for
-from shardkv.node.replication_primary import ReplicationPrimary
-from shardkv.node.replication_replica import ReplicationReplica
-from shardkv.node.store import Store, StoreConfig
-from shardkv.node.wal import FsyncPolicy, WalOptions
+from shardkv.node.membership.coordinator_link import CoordinatorLink
+from shardkv.node.replication.lease import (
+    DEFAULT_CLOCK_DRIFT,
+    DEFAULT_MARGIN_S,
+    PrimaryLease,
+    lease_for,
+)
+from shardkv.node.replication.primary import ReplicationPrimary
+from shardkv.node.replication.replica import ReplicationReplica
+from shardkv.node.storage.store import Store, StoreConfig
+from shardkv.node.testing.clock_admin import parse_skew
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
 
 
 class RealTime:

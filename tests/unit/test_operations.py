@@ -18,10 +18,10 @@ from shardkv.cluster.errors import (
     UnknownOp,
 )
 from shardkv.cluster.limits import Limits
-from shardkv.node.operations import OPERATIONS, NodeContext, client_error, execute, lookup
-from shardkv.node.store import Store
-from shardkv.node.store_model import StoreConfig
-from shardkv.node.wal import WalOptions
+from shardkv.node.api.operations import OPERATIONS, NodeContext, client_error, execute, lookup
+from shardkv.node.storage.store import Store
+from shardkv.node.storage.store_model import StoreConfig
+from shardkv.node.wal.write_ahead_log import WalOptions
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from shardkv.coordinator.failover import (
     replicas_needed,
 )
 from shardkv.coordinator.liveness import Liveness
-from shardkv.node.lease import PrimaryLease, lease_for
+from shardkv.node.replication.lease import PrimaryLease, lease_for
 
 
 class Clock:

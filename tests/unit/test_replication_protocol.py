@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from shardkv.cluster.errors import InvalidArgument
-from shardkv.node import failpoints
-from shardkv.node import replication_protocol as proto
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.replication_protocol import Resume, ResumeKind, resume_point
+from shardkv.node.replication import protocol as proto
+from shardkv.node.replication.protocol import Resume, ResumeKind, resume_point
+from shardkv.node.testing import failpoints
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
 
 
 def log_of(epochs: list[int], first: int = 1) -> dict[int, WalEntry]:

@@ -18,15 +18,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 from shardkv.cluster.errors import Timeout, Unavailable
-from shardkv.node import replication_protocol as proto
-from shardkv.node import replication_replica
-from shardkv.node.memory_engine import MemoryEngine
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.replica_log import EngineReplicaLog
-from shardkv.node.replication_primary import ReplicationPrimary
-from shardkv.node.replication_replica import ReplicationReplica
-from shardkv.node.snapshot import SnapshotMeta, write_snapshot
-from shardkv.node.wal import FsyncPolicy, WalOptions, WriteAheadLog
+from shardkv.node.replication import protocol as proto
+from shardkv.node.replication import replica as replication_replica
+from shardkv.node.replication.primary import ReplicationPrimary
+from shardkv.node.replication.replica import ReplicationReplica
+from shardkv.node.replication.replica_log import EngineReplicaLog
+from shardkv.node.storage.engines.memory import MemoryEngine
+from shardkv.node.storage.snapshots.snapshot import SnapshotMeta, write_snapshot
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions, WriteAheadLog
 
 FAST = WalOptions(fsync=FsyncPolicy.NEVER, segment_bytes=4096)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from shardkv.cluster.errors import Unavailable
-from shardkv.node.commit_pipeline import WRITE_CONCERN
-from shardkv.node.record import WalEntry
-from shardkv.node.store import Store
-from shardkv.node.store_model import StoreConfig
-from shardkv.node.wal import FsyncPolicy, WalOptions
+from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
+from shardkv.node.storage.store import Store
+from shardkv.node.storage.store_model import StoreConfig
+from shardkv.node.wal.record import WalEntry
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
 
 
 class Gate:

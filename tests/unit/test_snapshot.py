@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
-from shardkv.node.compression import encode_value
-from shardkv.node.snapshot import (
+from shardkv.node.storage.compression import encode_value
+from shardkv.node.storage.snapshots.snapshot import (
     SnapshotCorrupt,
     SnapshotItem,
     check_snapshot,
@@ -20,7 +20,7 @@ from shardkv.node.snapshot import (
     snapshot_name,
     write_snapshot,
 )
-from shardkv.node.snapshot_transfer import iter_snapshot_chunks, receive_snapshot
+from shardkv.node.storage.snapshots.transfer import iter_snapshot_chunks, receive_snapshot
 
 
 async def stream(items: Iterable[SnapshotItem]) -> AsyncIterator[SnapshotItem]:
@@ -132,7 +132,7 @@ async def test_latest_valid_skips_a_damaged_newest(
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     newest.write_bytes(bytes(data))
-    with caplog.at_level(logging.ERROR, logger="shardkv.node.snapshot"):
+    with caplog.at_level(logging.ERROR, logger="shardkv.node.storage.snapshots.snapshot"):
         chosen = latest_valid_snapshot(tmp_path)
     assert chosen is not None and chosen.lsn == 10
     assert list(read_snapshot(chosen.path)) == sample(50, seed=1)

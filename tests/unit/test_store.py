@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from shardkv.cluster.errors import InvalidArgument, TooLarge, Unavailable, VersionMismatch
 from shardkv.cluster.limits import Limits
-from shardkv.node.commit_pipeline import CommitPipeline
-from shardkv.node.engine import StoredItem
-from shardkv.node.memory_engine import MemoryEngine
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.store import BatchOp, Store, StoreConfig
-from shardkv.node.wal import FsyncPolicy, WalOptions, WriteAheadLog
+from shardkv.node.storage.commit_pipeline import CommitPipeline
+from shardkv.node.storage.engines.engine import StoredItem
+from shardkv.node.storage.engines.memory import MemoryEngine
+from shardkv.node.storage.store import BatchOp, Store, StoreConfig
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions, WriteAheadLog
 
 
 def config_for(engine: str, data_dir: Path, **overrides: object) -> StoreConfig:

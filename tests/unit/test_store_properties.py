@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from shardkv.cluster.errors import InvalidArgument, NotFound, VersionMismatch
-from shardkv.node.sqlite_engine import SqliteEngine
-from shardkv.node.store import BatchOp, Store, StoreConfig
-from shardkv.node.wal import FsyncPolicy, WalOptions
+from shardkv.node.storage.engines.sqlite import SqliteEngine
+from shardkv.node.storage.store import BatchOp, Store, StoreConfig
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
 
 KEYS = st.sampled_from([b"a", b"b", b"c", b"ab", b"n", b"\xff"])
 VALUES = st.one_of(

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from shardkv.cluster.errors import Unavailable
-from shardkv.node.record import WalEntry
-from shardkv.node.recovery import RecoveryError
-from shardkv.node.sqlite_engine import SqliteEngine
-from shardkv.node.store import Item, Store, StoreConfig
-from shardkv.node.wal import FsyncPolicy, WalCorruption, WalOptions
+from shardkv.node.storage.engines.sqlite import SqliteEngine
+from shardkv.node.storage.recovery import RecoveryError
+from shardkv.node.storage.store import Item, Store, StoreConfig
+from shardkv.node.wal.record import WalEntry
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalCorruption, WalOptions
 
 
 def config_for(engine: str, data_dir: Path, **overrides: object) -> StoreConfig:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from shardkv.cluster.errors import NotFound, VersionMismatch
-from shardkv.node.store import BatchOp, Store, StoreConfig
-from shardkv.node.wal import FsyncPolicy, WalOptions
+from shardkv.node.storage.store import BatchOp, Store, StoreConfig
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
 
 
 class FakeClock:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shardkv.node import segment_writer
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.segment import list_segment_files, parse_segment_name
-from shardkv.node.wal import (
+from shardkv.node.wal import segment_writer
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.segment import list_segment_files, parse_segment_name
+from shardkv.node.wal.write_ahead_log import (
     FsyncPolicy,
     LsnCompacted,
     WalCorruption,
@@ -115,7 +115,7 @@ def tmp_files(directory: Path) -> list[Path]:
 
 
 def _read_one(path: Path) -> list[WalEntry]:
-    from shardkv.node.segment import read_segment_entries
+    from shardkv.node.wal.segment import read_segment_entries
 
     seq_first = parse_segment_name(path.name)
     assert seq_first is not None
@@ -460,8 +460,8 @@ async def _run_model(directory: Path, ops: list[tuple[str, float, bool]]) -> Non
 _CRASHING_WRITER = """
 import asyncio, sys
 from pathlib import Path
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.wal import WalOptions, WriteAheadLog
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.write_ahead_log import WalOptions, WriteAheadLog
 
 async def main():
     wal = await WriteAheadLog.open(Path(sys.argv[1]), WalOptions(segment_bytes=16384))

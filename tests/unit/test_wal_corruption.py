@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from shardkv.node.framing import HEADER_SIZE, read_frames
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.segment import list_segment_files
-from shardkv.node.wal import WalCorruption, WalOptions, WriteAheadLog
+from shardkv.node.wal.framing import HEADER_SIZE, read_frames
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.segment import list_segment_files
+from shardkv.node.wal.write_ahead_log import WalCorruption, WalOptions, WriteAheadLog
 
 SMALL = WalOptions(segment_bytes=2048)
 
@@ -107,7 +107,7 @@ async def test_a_repair_is_logged_with_what_was_dropped(
     size = segment.stat().st_size
     with segment.open("r+b") as f:
         f.truncate(size - 3)
-    with caplog.at_level(logging.WARNING, logger="shardkv.node.wal"):
+    with caplog.at_level(logging.WARNING, logger="shardkv.node.wal.write_ahead_log"):
         wal = await WriteAheadLog.open(directory)
     await wal.close()
     (record,) = [r for r in caplog.records if "torn tail" in r.getMessage()]

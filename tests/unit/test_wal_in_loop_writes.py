@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from shardkv.node.record import Mutation, MutationKind, WalEntry
-from shardkv.node.segment import SegmentHeader
-from shardkv.node.segment_writer import GroupResult, SegmentWriter
-from shardkv.node.wal import FsyncPolicy, WalOptions, WriteAheadLog
-from shardkv.node.wal_group_placement import IN_LOOP_GROUP_BYTES
+from shardkv.node.wal.group_placement import IN_LOOP_GROUP_BYTES
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.segment import SegmentHeader
+from shardkv.node.wal.segment_writer import GroupResult, SegmentWriter
+from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions, WriteAheadLog
 
 
 def entry(lsn: int, size: int = 64) -> WalEntry:

@@ -1,0 +1,311 @@
+"""The node's HTTP routes for people and simple clients: keys, batch, health, status, metrics.
+
+``/v1/kv/{key}`` carries raw values (the version in ``ETag``); ``/v1/batch`` takes the
+``batch`` op's arguments as msgpack or JSON. Both go through the same operation table as
+``/v1/rpc``, so a REST request is checked exactly like an rpc one. Errors are
+``{"error", "message", "retryable", ...}`` with DESIGN.md's status codes, JSON unless the
+client asks for msgpack. A body over its limit is refused (413) from its Content-Length, or
+as soon as the bytes read pass the limit, never after buffering it whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import HttpVersion11, web
+from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge
+from shardkv.cluster.limits import MAX_FRAME_BYTES
+from shardkv.cluster.wire import JSON, MSGPACK, from_json, pack, to_json, unpack
+from shardkv.node.api.operations import OPERATIONS, NodeContext, client_error, execute
+from shardkv.node.config import NodeConfig
+from shardkv.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from shardkv.node.metrics import NodeMetrics
+
+logger = logging.getLogger("shardkv.node.rest")
+
+_GET_QUERY = frozenset({"consistency", "max_staleness_ms", "min_version", "ring_version"})
+_PUT_QUERY = frozenset({"ttl", "w", "ring_version"})
+_DELETE_QUERY = frozenset({"w", "ring_version"})
+
+
+def _answer_json(request: web.Request, *, default: bool) -> bool:
+    """JSON or msgpack for a response body: Accept decides, then the request's own
+    Content-Type, then ``default``."""
+    accept = request.headers.get("Accept", "").lower()
+    if MSGPACK in accept:
+        return False
+    if JSON in accept:
+        return True
+    content_type = request.headers.get("Content-Type", "").lower()
+    if MSGPACK in content_type:
+        return False
+    if JSON in content_type:
+        return True
+    return default
+
+
+def encode_response(request: web.Request, body: Any, *, status: int = 200,
+                    headers: dict[str, str] | None = None,
+                    default_json: bool = True) -> web.Response:
+    if _answer_json(request, default=default_json):
+        return web.Response(body=to_json(body), status=status, headers=headers,
+                            content_type=JSON)
+    return web.Response(body=pack(body), status=status, headers=headers, content_type=MSGPACK)
+
+
+def error_response(request: web.Request, error: ShardKVError) -> web.Response:
+    return encode_response(request, error.to_dict(), status=error.http_status)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with TOO_LARGE as soon as it is known to exceed ``limit``."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise TooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _expect_continue(request: web.Request, limit: int) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` (curl sends it for bodies over 1 MiB): refuse an oversized
+    body before the client sends it, instead of inviting it and then discarding it."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return error_response(request, TooLarge(
+            f"request body is {declared} bytes; the limit is {limit}"))
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(request, InvalidArgument("only Expect: 100-continue is "
+                                                       "understood"))
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the interim answer is not part of the response
+    return None
+
+
+def _parse_etag(header: str, name: str) -> int:
+    """``"12"`` (or a bare ``12``) -> 12. Weak tags and lists are refused: a version check
+    must name exactly one version."""
+    text = header.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if not text.isdigit():
+        raise InvalidArgument(f'{name} must be one version in quotes, like "12"; got {header!r}')
+    return int(text)
+
+
+def _query_number(value: str, name: str, *, integer: bool) -> int | float:
+    try:
+        number: int | float = int(value) if integer else float(value)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise InvalidArgument(f"{name} must be {kind}, got {value!r}") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise InvalidArgument(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _query_args(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for name, value in request.query.items():
+        if name not in allowed:
+            raise InvalidArgument(f"unknown query parameter {name!r}; this route takes "
+                                  f"{', '.join(sorted(allowed))}")
+        if name in args:
+            raise InvalidArgument(f"query parameter {name!r} given twice")
+        if name in ("consistency", "w"):
+            args[name] = value
+        elif name in ("min_version", "ring_version"):
+            args[name] = _query_number(value, name, integer=True)
+        else:
+            args[name] = _query_number(value, name, integer=False)
+    return args
+
+
+def _json_bytes(raw: object, name: str) -> object:
+    """A JSON-borne key or value: text stays text (taken as UTF-8), ``{"b64": ...}`` is
+    binary."""
+    if isinstance(raw, dict):
+        if set(raw) != {"b64"} or not isinstance(raw["b64"], str):
+            raise InvalidArgument(f'{name} must be text or {{"b64": "..."}}')
+        try:
+            return base64.b64decode(raw["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgument(f"{name} is not valid base64") from None
+    return raw
+
+
+def decode_batch_body(body: bytes, content_type: str) -> Any:
+    """A ``/v1/batch`` body: msgpack, or JSON when it says so (or, unlabelled, looks so)."""
+    content_type = content_type.lower()
+    stripped = body.lstrip()
+    is_json = JSON in content_type or (
+        MSGPACK not in content_type and stripped[:1] in (b"{", b"[")
+    )
+    if not is_json:
+        try:
+            return unpack(body)
+        except Exception:
+            raise InvalidArgument("request body is not valid msgpack") from None
+    try:
+        args = from_json(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("request body is not valid JSON") from None
+    if isinstance(args, dict) and isinstance(args.get("ops"), list):
+        for index, spec in enumerate(args["ops"]):
+            if isinstance(spec, dict):
+                for field in ("key", "value"):
+                    if field in spec:
+                        spec[field] = _json_bytes(spec[field], f"ops[{index}].{field}")
+    return args
+
+
+class RestApi:
+    """The HTTP routes of one node (everything but ``/v1/rpc``)."""
+
+    def __init__(self, config: NodeConfig, ctx: NodeContext, metrics: NodeMetrics,
+                 state: Callable[[], str], started_at: float) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.metrics = metrics
+        self._state = state  # "starting", "ready" or "stopping"
+        self._started_at = started_at
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/health", self.health),
+            web.get("/ready", self.ready),
+            web.get("/metrics", self.metrics_text),
+            web.get("/v1/status", self.status),
+            web.get("/v1/kv/{key:.+}", self.get_key),
+            web.put("/v1/kv/{key:.+}", self.put_key, expect_handler=self._expect_value),
+            web.delete("/v1/kv/{key:.+}", self.delete_key),
+            web.route("*", "/v1/kv/", self.empty_key),
+            web.post("/v1/batch", self.batch, expect_handler=self._expect_batch),
+        ]
+
+    async def _expect_value(self, request: web.Request) -> web.StreamResponse | None:
+        return await _expect_continue(request, self.ctx.limits.max_value_bytes)
+
+    async def _expect_batch(self, request: web.Request) -> web.StreamResponse | None:
+        return await _expect_continue(request, MAX_FRAME_BYTES)
+
+    async def _run(self, request: web.Request, op: str, args: dict[str, Any]) -> Any:
+        """Run one op with metrics; errors propagate as ShardKVError only."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await execute(self.ctx, OPERATIONS[op], args)
+        except Exception as exc:
+            error = client_error(exc, logger)
+            outcome = error.code.value
+            raise error from None
+        finally:
+            self.metrics.observe(op, outcome, time.perf_counter() - started)
+
+    @staticmethod
+    def _key(request: web.Request) -> str:
+        return request.match_info["key"]
+
+    async def get_key(self, request: web.Request) -> web.StreamResponse:
+        try:
+            args = _query_args(request, _GET_QUERY)
+            args["key"] = self._key(request)
+            result = await self._run(request, "get", args)
+        except ShardKVError as error:
+            return error_response(request, error)
+        headers = {"ETag": f'"{result["version"]}"'}
+        if result["expires_at"] is not None:
+            headers["X-Expires-At"] = repr(result["expires_at"])
+        return web.Response(body=result["value"], headers=headers,
+                            content_type="application/octet-stream")
+
+    async def put_key(self, request: web.Request) -> web.StreamResponse:
+        try:
+            args = _query_args(request, _PUT_QUERY)
+            args["key"] = self._key(request)
+            if_match = request.headers.get("If-Match")
+            if if_match is not None:
+                args["if_version"] = _parse_etag(if_match, "If-Match")
+            if_none_match = request.headers.get("If-None-Match")
+            if if_none_match is not None:
+                if if_none_match.strip() != "*":
+                    raise InvalidArgument("If-None-Match takes only * (write only if absent)")
+                args["if_absent"] = True
+            args["value"] = await read_body(request, self.ctx.limits.max_value_bytes)
+            result = await self._run(request, "put", args)
+        except ShardKVError as error:
+            return error_response(request, error)
+        return encode_response(request, result, headers={"ETag": f'"{result["version"]}"'})
+
+    async def delete_key(self, request: web.Request) -> web.StreamResponse:
+        try:
+            args = _query_args(request, _DELETE_QUERY)
+            args["key"] = self._key(request)
+            if_match = request.headers.get("If-Match")
+            if if_match is not None:
+                args["if_version"] = _parse_etag(if_match, "If-Match")
+            result = await self._run(request, "delete", args)
+        except ShardKVError as error:
+            return error_response(request, error)
+        return encode_response(request, result)
+
+    async def empty_key(self, request: web.Request) -> web.StreamResponse:
+        return error_response(request, InvalidArgument("key must not be empty"))
+
+    async def batch(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await read_body(request, MAX_FRAME_BYTES)
+            args = decode_batch_body(body, request.headers.get("Content-Type", ""))
+            if not isinstance(args, dict):
+                raise InvalidArgument('the body must be a map: {"ops": [...]}')
+            result = await self._run(request, "batch", args)
+        except ShardKVError as error:
+            return error_response(request, error)
+        return encode_response(request, result, default_json=False)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        store = self.ctx.store
+        state = self._state()
+        if state != "ready" or store is None:
+            return web.json_response({"status": state, "role": self.ctx.role}, status=503)
+        return web.json_response({"status": "ready", "role": self.ctx.role,
+                                  "lsn": store.last_lsn, "epoch": store.epoch})
+
+    async def status(self, request: web.Request) -> web.Response:
+        store = self.ctx.store
+        config = self.config
+        return web.json_response({
+            "node_id": config.node_id,
+            "state": self._state(),
+            "role": self.ctx.role,
+            "shard": config.shard,
+            "epoch": None if store is None else store.epoch,
+            "last_lsn": None if store is None else store.last_lsn,
+            "keys": None if store is None else store.key_count,
+            "engine": config.engine,
+            "fsync": config.fsync,
+            "data_dir": str(config.data_dir),
+            "listen": config.listen,
+            "coordinators": list(config.coordinators),
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+        })
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        body = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})

@@ -1,0 +1,464 @@
+"""The primary's side of WAL shipping: stream to every replica, count acknowledgements.
+
+Each replica gets its own sender task, so a slow or stuck replica only ever delays itself:
+writes never wait on a socket. A sender takes entries from a bounded in-memory tail of the
+newest entries (``publish`` feeds it); a replica that has fallen behind the tail is served
+from the WAL files (read in a worker thread, a frame's worth at a time), and one that has
+fallen behind the oldest retained segment, or that cannot roll back its own diverged suffix,
+gets a snapshot, then the entries after it.
+
+Replicas acknowledge the LSN they hold durably. ``majority_lsn`` is the highest LSN that a
+majority of the shard's members (the primary counted, once it holds the entry durably
+itself) hold; ``wait_for_majority`` is what the commit gate awaits for write concern
+``majority``. Acknowledgements are counted per member id and survive a reconnect (durable is
+durable), but only from ids in the shard's current membership: a removed node never makes a
+write look committed.
+
+Fencing on this side: a replica that says hello with an epoch newer than ours proves that a
+newer primary exists; we answer ``STALE_EPOCH`` and tell the node (``on_newer_epoch``) so it
+stops acknowledging anything. ``close`` fails every waiter with ``UNAVAILABLE``: a deposed
+primary's pending writes are never reported acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from shardkv.cluster.cluster_token import check_auth
+from shardkv.cluster.errors import (
+    InvalidArgument,
+    ShardKVError,
+    StaleEpoch,
+    Timeout,
+    Unavailable,
+)
+from shardkv.cluster.structured_log import log_fields
+from shardkv.node.clock import NODE_CLOCK
+from shardkv.node.replication import protocol as proto
+from shardkv.node.storage.snapshots.snapshot import SnapshotMeta
+from shardkv.node.storage.snapshots.transfer import iter_snapshot_chunks
+from shardkv.node.testing import failpoints
+from shardkv.node.wal.record import WalEntry
+from shardkv.node.wal.write_ahead_log import LsnCompacted, WriteAheadLog
+
+logger = logging.getLogger(__name__)
+
+SnapshotSource = Callable[[], Awaitable[SnapshotMeta]]
+SNAPSHOT_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(slots=True)
+class ReplicaProgress:
+    """What the primary knows about one replica (kept across its reconnects)."""
+
+    node_id: str
+    acked_lsn: int = 0
+    sent_lsn: int = 0
+    connected: bool = False
+    connections: int = 0
+    snapshots_sent: int = 0
+    last_ack_at: float | None = None  # monotonic
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ReplicationPrimary:
+    """See the module docstring. ``members()`` returns the shard's member ids, this node's
+    included; ``epoch()`` the epoch this node is primary in."""
+
+    def __init__(
+        self,
+        wal: WriteAheadLog,
+        *,
+        node_id: str,
+        epoch: Callable[[], int],
+        members: Callable[[], Collection[str]],
+        snapshot_source: SnapshotSource,
+        heartbeat_s: float = 0.1,
+        tail_entries: int = 8192,
+        tail_bytes: int = 64 << 20,
+        clock: Callable[[], float] = NODE_CLOCK.wall,
+        monotonic_clock: Callable[[], float] = NODE_CLOCK.monotonic,
+        on_newer_epoch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.wal = wal
+        self.node_id = node_id
+        self._epoch = epoch
+        self._members = members
+        self._snapshot_source = snapshot_source
+        self.heartbeat_s = heartbeat_s
+        self._tail: collections.deque[WalEntry] = collections.deque()
+        self._tail_sizes: collections.deque[int] = collections.deque()
+        self._tail_bytes = 0
+        self._tail_limit = tail_entries
+        self._tail_bytes_limit = tail_bytes
+        self._clock = clock  # wall: the ts on frames, compared with entries' ts
+        self._monotonic_clock = monotonic_clock
+        self._on_newer_epoch = on_newer_epoch
+        self._local_durable = wal.durable_lsn
+        self._progress: dict[str, ReplicaProgress] = {}
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tiebreak = itertools.count()
+        self._majority_lsn = 0
+        self._closed: BaseException | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.reconnects = 0
+
+    # -------------------------------------------------------------- the write path's side
+
+    @property
+    def majority_lsn(self) -> int:
+        return self._majority_lsn
+
+    def publish(self, entry: WalEntry) -> None:
+        """Offer an entry the WAL has accepted to the senders (in LSN order; a gap resets the
+        tail, the WAL files cover it)."""
+        if self._tail and entry.lsn != self._tail[-1].lsn + 1:
+            if entry.lsn <= self._tail[-1].lsn:
+                return  # already published
+            self._tail.clear()
+            self._tail_sizes.clear()
+            self._tail_bytes = 0
+        size = 64 + sum(len(m.key) + len(m.value) for m in entry.mutations)
+        self._tail.append(entry)
+        self._tail_sizes.append(size)
+        self._tail_bytes += size
+        while len(self._tail) > self._tail_limit or (
+            self._tail_bytes > self._tail_bytes_limit and len(self._tail) > 1
+        ):
+            self._tail.popleft()
+            self._tail_bytes -= self._tail_sizes.popleft()
+        self._wake_senders()
+
+    def local_durable(self, lsn: int) -> None:
+        """This node holds everything up to ``lsn`` durably."""
+        if lsn > self._local_durable:
+            self._local_durable = lsn
+            self._recompute()
+
+    async def commit_gate(self, entry: WalEntry) -> None:
+        """The Store's commit gate for write concern ``majority``: called in LSN order once
+        the entry is durable here; returns once a majority holds it. It never times out by
+        itself (the writer's own deadline answers TIMEOUT); ``close`` fails it."""
+        self.publish(entry)
+        self.local_durable(entry.lsn)
+        if failpoints.ARMED:
+            await failpoints.hit("primary_before_commit")
+        await self.wait_for_majority(entry.lsn, None)
+
+    async def wait_for_majority(self, lsn: int, within_s: float | None) -> None:
+        """Return once a majority of the members hold ``lsn`` durably. Raises ``Timeout``
+        after ``within_s`` seconds, ``Unavailable`` if this primary was closed/deposed."""
+        if self._closed is not None:
+            raise Unavailable(f"not primary any more: {self._closed}")
+        if self._majority_lsn >= lsn:
+            return
+        # The future is this caller's alone, so it is awaited without a shield (one loop
+        # iteration from the acknowledgement to the waiter, not two): cancelling the wait
+        # cancels it, and _recompute skips a cancelled one.
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (lsn, next(self._tiebreak), future))
+        try:
+            if within_s is None:
+                await future
+            else:
+                await asyncio.wait_for(future, within_s)
+        except TimeoutError:
+            raise Timeout(
+                f"lsn {lsn} did not reach a majority within {within_s}s "
+                f"(majority holds {self._majority_lsn})",
+                lsn=lsn, majority_lsn=self._majority_lsn,
+            ) from None
+
+    def _recompute(self) -> None:
+        members = set(self._members())
+        needed = len(members) // 2 + 1
+        held = [self._local_durable] if self.node_id in members or not members else []
+        held += [p.acked_lsn for p in self._progress.values() if p.node_id in members]
+        if not members:
+            needed = 1
+        held.sort(reverse=True)
+        majority = held[needed - 1] if len(held) >= needed else 0
+        majority = min(majority, self._local_durable)  # never commit what we do not hold
+        if majority <= self._majority_lsn:
+            return
+        self._majority_lsn = majority
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= majority:
+            _, _, future = heapq.heappop(waiters)
+            if not future.done():
+                future.set_result(None)
+
+    def members_changed(self) -> None:
+        """Call after the shard's membership changed (a smaller quorum may now be met)."""
+        self._recompute()
+
+    # -------------------------------------------------------------------------- serving
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        """The ``/v1/replicate`` handler: one replica's whole session."""
+        try:
+            check_auth(request.headers.get("Authorization"))
+        except ShardKVError as exc:
+            return web.json_response(exc.to_dict(), status=exc.http_status)
+        ws = web.WebSocketResponse(max_msg_size=proto.MAX_FRAME_BYTES, compress=False,
+                                   heartbeat=max(1.0, self.heartbeat_s * 20))
+        await ws.prepare(request)
+        progress: ReplicaProgress | None = None
+        sender: asyncio.Task[None] | None = None
+        try:
+            if self._closed is not None:
+                raise Unavailable(f"not primary any more: {self._closed}")
+            hello, start = await self._handshake(ws)
+            progress = self._progress.setdefault(hello.node, ReplicaProgress(hello.node))
+            if progress.connections:
+                self.reconnects += 1
+            progress.connections += 1
+            progress.connected = True
+            progress.sent_lsn = start - 1
+            sender = asyncio.create_task(self._send_loop(ws, progress, start),
+                                         name=f"replicate-to-{hello.node}")
+            self._tasks.add(sender)
+            await self._read_acks(ws, progress, sender)
+        except ShardKVError as exc:
+            if not ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.send_bytes(proto.encode(proto.ERROR, **exc.to_dict()))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(BaseException):
+                    await sender
+                self._tasks.discard(sender)
+            if progress is not None:
+                progress.connected = False
+            await ws.close()
+        return ws
+
+    async def _receive(self, ws: web.WebSocketResponse) -> dict[str, Any] | None:
+        msg = await ws.receive()
+        if msg.type == WSMsgType.BINARY:
+            return proto.decode(msg.data)
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return None
+        raise InvalidArgument("replication frames are binary msgpack")
+
+    async def _handshake(self, ws: web.WebSocketResponse) -> tuple[proto.Hello, int]:
+        """Hellos until the logs match; a snapshot is sent here when needed. Returns the
+        hello and the first LSN to stream."""
+        while True:
+            message = await self._receive(ws)
+            if message is None:
+                raise ConnectionError("replica left during the handshake")
+            if message["t"] != proto.HELLO:
+                raise InvalidArgument(f"expected hello, got {message['t']}")
+            hello = proto.Hello.from_message(message)
+            epoch = self._epoch()
+            if hello.epoch > epoch:
+                if self._on_newer_epoch is not None:
+                    self._on_newer_epoch(hello.epoch)
+                raise StaleEpoch(f"replica {hello.node} knows epoch {hello.epoch}; this "
+                                 f"primary's epoch {epoch} is over", epoch=epoch)
+            if hello.want_snapshot:
+                resume = proto.Resume(proto.ResumeKind.SNAPSHOT, 0)
+            else:
+                resume = await asyncio.to_thread(self._resume_point, hello)
+            if resume.kind is proto.ResumeKind.TRUNCATE:
+                await ws.send_bytes(proto.encode(proto.TRUNCATE, lsn=resume.lsn, epoch=epoch))
+                continue
+            if resume.kind is proto.ResumeKind.SNAPSHOT:
+                progress = self._progress.setdefault(hello.node, ReplicaProgress(hello.node))
+                start = await self._send_snapshot(ws, progress)
+            else:
+                start = resume.lsn
+            await ws.send_bytes(proto.encode(proto.WELCOME, epoch=epoch, start_lsn=start,
+                                             primary_lsn=self.wal.last_lsn))
+            logger.info("replica attached", extra=log_fields(
+                replica=hello.node, start_lsn=start, replica_lsn=hello.last_lsn,
+                how=resume.kind.value, epoch=epoch))
+            return hello, start
+
+    def _resume_point(self, hello: proto.Hello) -> proto.Resume:
+        wal = self.wal
+        return proto.resume_point(self._entry_at, wal.first_lsn, self._readable_lsn(),
+                                  hello.last_lsn, hello.last_epoch)
+
+    def _readable_lsn(self) -> int:
+        """The newest LSN a reader can get: the tail's end, or what the WAL acknowledged."""
+        return max(self._tail[-1].lsn if self._tail else 0, self.wal.durable_lsn)
+
+    def _entry_at(self, lsn: int) -> WalEntry | None:
+        tail = list(self._tail)  # a copy: this runs in a thread
+        if tail and tail[0].lsn <= lsn <= tail[-1].lsn:
+            return tail[lsn - tail[0].lsn]
+        try:
+            return next(iter(self.wal.read_from(lsn)), None) if lsn > 0 else None
+        except LsnCompacted:
+            return None
+
+    async def _send_snapshot(self, ws: web.WebSocketResponse, progress: ReplicaProgress) -> int:
+        meta = await self._snapshot_source()
+        size = meta.path.stat().st_size
+        await ws.send_bytes(proto.encode(proto.SNAPSHOT, lsn=meta.lsn, epoch=meta.epoch,
+                                         size=size))
+        chunks = iter_snapshot_chunks(meta.path, SNAPSHOT_CHUNK_BYTES)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            await ws.send_bytes(proto.encode(proto.CHUNK, data=chunk))
+        await ws.send_bytes(proto.encode(proto.SNAPSHOT_END, lsn=meta.lsn))
+        progress.snapshots_sent += 1
+        logger.info("snapshot sent", extra=log_fields(replica=progress.node_id, lsn=meta.lsn,
+                                                      bytes=size))
+        return meta.lsn + 1
+
+    async def _read_acks(self, ws: web.WebSocketResponse, progress: ReplicaProgress,
+                         sender: asyncio.Task[None]) -> None:
+        """Count the replica's acknowledgements until it leaves, or until ``sender`` ends
+        (then raise what ended it).
+
+        The frames are read in this task, not in a task per frame raced against the sender
+        (that cost a task and two loop iterations per acknowledgement, on every write's
+        path): a sender that ends cancels the read instead."""
+        reader = asyncio.current_task()
+        assert reader is not None
+        reading = True
+        cancelled_by_sender = False
+
+        def stop_reading(_: asyncio.Task[None]) -> None:
+            nonlocal cancelled_by_sender
+            if reading:
+                cancelled_by_sender = True
+                reader.cancel()
+
+        sender.add_done_callback(stop_reading)
+        try:
+            while (message := await self._receive(ws)) is not None:
+                if message["t"] != proto.ACK:
+                    raise InvalidArgument(f"expected ack, got {message['t']}")
+                lsn = proto.need_int(message, "lsn")
+                if lsn > progress.acked_lsn:
+                    progress.acked_lsn = min(lsn, progress.sent_lsn)
+                    progress.last_ack_at = self._monotonic_clock()
+                    self._recompute()
+        except asyncio.CancelledError:
+            if not cancelled_by_sender or reader.uncancel() > 0:
+                raise  # cancelled from outside too: the session is being torn down
+        finally:
+            reading = False
+            sender.remove_done_callback(stop_reading)
+        if sender.done():
+            sender.result()  # raises what ended it
+
+    async def _send_loop(self, ws: web.WebSocketResponse, progress: ReplicaProgress,
+                         start: int) -> None:
+        next_lsn = start
+        while self._closed is None:
+            progress.wakeup.clear()
+            batch = await self._next_batch(next_lsn)
+            if batch is None:  # compacted under us: the replica needs a snapshot
+                raise ConnectionError("entries were compacted; the replica must reconnect")
+            if batch:
+                if failpoints.ARMED:
+                    await failpoints.hit("primary_before_send")
+                await ws.send_bytes(proto.encode_entries(batch, self.wal.last_lsn,
+                                                         self._clock()))
+                next_lsn = batch[-1].lsn + 1
+                progress.sent_lsn = batch[-1].lsn
+                continue
+            with contextlib.suppress(TimeoutError):
+                # asyncio.timeout, not wait_for: the sender itself waits on the event, so a
+                # publish wakes it in one loop iteration (wait_for wraps a task: two).
+                async with asyncio.timeout(self.heartbeat_s):
+                    await progress.wakeup.wait()
+            if not progress.wakeup.is_set():
+                await ws.send_bytes(proto.encode(
+                    proto.HEARTBEAT, primary_lsn=self.wal.last_lsn,
+                    commit_lsn=self._majority_lsn, ts=self._clock()))
+
+    async def _next_batch(self, lsn: int) -> list[WalEntry] | None:
+        """Up to a frame's worth of entries from ``lsn``: from the tail if it has them, else
+        from the WAL (a thread); [] if there is nothing new; None if they were compacted."""
+        tail = self._tail
+        if tail and tail[0].lsn <= lsn:
+            if lsn > tail[-1].lsn:
+                return []
+            return _take(itertools.islice(tail, lsn - tail[0].lsn, None))
+        if lsn > self.wal.durable_lsn:
+            return []
+        try:
+            return await asyncio.to_thread(_read_batch, self.wal, lsn)
+        except LsnCompacted:
+            return None
+
+    def _wake_senders(self) -> None:
+        for progress in self._progress.values():
+            if progress.connected:
+                progress.wakeup.set()
+
+    def notify(self) -> None:
+        """New entries are durable in the WAL (when ``publish`` is not called for each)."""
+        self._wake_senders()
+
+    # ---------------------------------------------------------------------------- status
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """Per replica: acknowledged LSN, lag in entries and in ms (how long the oldest
+        entry it lacks has existed), connection state. For /metrics and /v1/replication."""
+        last = self.wal.last_lsn
+        now = self._clock()
+        out = []
+        for p in sorted(self._progress.values(), key=lambda p: p.node_id):
+            lag_ms = 0.0
+            if p.acked_lsn < last:
+                oldest = self._entry_in_tail(p.acked_lsn + 1)
+                lag_ms = max(0.0, (now - oldest.ts) * 1000) if oldest else float("nan")
+            out.append({"node": p.node_id, "acked_lsn": p.acked_lsn, "sent_lsn": p.sent_lsn,
+                        "lag_entries": max(0, last - p.acked_lsn), "lag_ms": lag_ms,
+                        "connected": p.connected, "connections": p.connections,
+                        "snapshots_sent": p.snapshots_sent})
+        return out
+
+    def _entry_in_tail(self, lsn: int) -> WalEntry | None:
+        tail = self._tail
+        if tail and tail[0].lsn <= lsn <= tail[-1].lsn:
+            return tail[lsn - tail[0].lsn]
+        return None
+
+    async def close(self, reason: str = "closed") -> None:
+        """Stop streaming and fail every pending majority wait with UNAVAILABLE."""
+        if self._closed is None:
+            self._closed = Unavailable(reason)
+        error = Unavailable(f"not primary any more: {reason}")
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._waiters.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _take(entries: Iterator[WalEntry]) -> list[WalEntry]:
+    batch: list[WalEntry] = []
+    size = 0
+    for entry in entries:
+        batch.append(entry)
+        size += 64 + sum(len(m.key) + len(m.value) for m in entry.mutations)
+        if len(batch) >= proto.MAX_ENTRIES_PER_FRAME or size >= proto.MAX_BYTES_PER_FRAME:
+            break
+    return batch
+
+
+def _read_batch(wal: WriteAheadLog, lsn: int) -> list[WalEntry]:
+    return _take(iter(wal.read_from(lsn)))

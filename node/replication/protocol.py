@@ -1,0 +1,190 @@
+"""The ``/v1/replicate`` stream: its messages, and where a replica's log resumes.
+
+One WebSocket per replica, opened by the replica to its primary, binary msgpack frames, each
+a map with a type ``t``:
+
+replica -> primary
+    ``hello``  ``{node, epoch, last_lsn, last_epoch, want_snapshot}``: who I am, the epoch I
+               believe in, and my log's last entry (LSN and the epoch it was written in).
+    ``ack``    ``{lsn}``: everything up to ``lsn`` is durable in my WAL (and applied).
+
+primary -> replica
+    ``welcome``   ``{epoch, start_lsn, primary_lsn}``: the logs match; entries from
+                  ``start_lsn`` follow.
+    ``truncate``  ``{lsn, epoch}``: your log diverges from mine after ``lsn``; drop the rest
+                  and say hello again.
+    ``snapshot``  ``{lsn, epoch, size}`` then ``chunk`` ``{data}`` frames and ``snapshot_end``:
+                  you are behind my oldest retained entry (or cannot roll back); install this
+                  snapshot, then entries from ``lsn + 1`` follow.
+    ``entries``   ``{entries: [WalEntry wire forms], primary_lsn, ts}``, in LSN order, no gaps.
+    ``heartbeat`` ``{primary_lsn, commit_lsn, ts}``: sent when idle, so a replica can tell an
+                  idle shard (fresh) from a dead stream (stale).
+    ``error``     ``{error, message, ...}`` (the error body of ``cluster/errors.py``), then
+                  the primary closes: ``STALE_EPOCH`` when one side's epoch is older.
+
+Where a replica resumes is decided by the primary from its own log (``resume_point``), with
+the property that makes WAL shipping safe (Raft's log matching): an entry is written by the
+single primary of its epoch, so two logs holding an entry with the same (LSN, epoch) hold the
+same entries up to it. A replica whose last entry the primary also holds resumes after it;
+otherwise it truncates to a point strictly below its last entry and asks again, so the
+exchange ends, at worst at the primary's oldest retained entry, below which it takes a
+snapshot.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shardkv.cluster import wire
+from shardkv.cluster.errors import InvalidArgument
+from shardkv.node.wal.record import WalEntry
+
+PATH = "/v1/replicate"
+
+MAX_FRAME_BYTES = 32 << 20
+MAX_ENTRIES_PER_FRAME = 512
+MAX_BYTES_PER_FRAME = 4 << 20
+
+HELLO = "hello"
+ACK = "ack"
+WELCOME = "welcome"
+TRUNCATE = "truncate"
+SNAPSHOT = "snapshot"
+CHUNK = "chunk"
+SNAPSHOT_END = "snapshot_end"
+ENTRIES = "entries"
+HEARTBEAT = "heartbeat"
+ERROR = "error"
+
+MESSAGE_TYPES = frozenset(
+    {HELLO, ACK, WELCOME, TRUNCATE, SNAPSHOT, CHUNK, SNAPSHOT_END, ENTRIES, HEARTBEAT, ERROR}
+)
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    fields["t"] = kind
+    return wire.pack(fields)
+
+
+def decode(frame: bytes) -> dict[str, Any]:
+    """A frame -> its message map; ``InvalidArgument`` for anything that is not one."""
+    try:
+        message = wire.unpack(frame, max_bytes=MAX_FRAME_BYTES)
+    except ValueError as exc:
+        raise InvalidArgument(f"undecodable replication frame: {exc}") from None
+    if not isinstance(message, dict) or message.get("t") not in MESSAGE_TYPES:
+        raise InvalidArgument("a replication frame must be a map with a known type 't'")
+    return message
+
+
+def need_int(message: dict[str, Any], name: str) -> int:
+    value = message.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{message.get('t')}.{name} must be a non-negative integer, "
+                              f"got {value!r}")
+    return value
+
+
+def encode_entries(entries: list[WalEntry], primary_lsn: int, ts: float) -> bytes:
+    return encode(ENTRIES, entries=[e.to_wire() for e in entries], primary_lsn=primary_lsn,
+                  ts=ts)
+
+
+def decode_entries(message: dict[str, Any]) -> list[WalEntry]:
+    raw = message.get("entries")
+    if not isinstance(raw, list):
+        raise InvalidArgument("entries.entries must be a list")
+    try:
+        entries = [WalEntry.from_wire(item) for item in raw]
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"bad entry on the replication stream: {exc}") from None
+    for before, after in itertools.pairwise(entries):
+        if after.lsn != before.lsn + 1 or after.epoch < before.epoch:
+            raise InvalidArgument(f"entries out of order: {before.lsn} then {after.lsn}")
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    node: str
+    epoch: int
+    last_lsn: int
+    last_epoch: int
+    want_snapshot: bool = False
+
+    def encode(self) -> bytes:
+        return encode(HELLO, node=self.node, epoch=self.epoch, last_lsn=self.last_lsn,
+                      last_epoch=self.last_epoch, want_snapshot=self.want_snapshot)
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Hello:
+        node = message.get("node")
+        if not isinstance(node, str) or not node or len(node) > 128:
+            raise InvalidArgument("hello.node must be a node id")
+        return cls(node, need_int(message, "epoch"), need_int(message, "last_lsn"),
+                   need_int(message, "last_epoch"), bool(message.get("want_snapshot")))
+
+
+class ResumeKind(enum.StrEnum):
+    STREAM = "stream"  # entries from ``lsn`` follow
+    TRUNCATE = "truncate"  # the replica keeps up to ``lsn`` and asks again
+    SNAPSHOT = "snapshot"  # the replica needs a snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    kind: ResumeKind
+    lsn: int
+
+
+EntryAt = Callable[[int], "WalEntry | None"]
+
+
+def resume_point(
+    entry_at: EntryAt, first_lsn: int, last_lsn: int, replica_lsn: int, replica_epoch: int
+) -> Resume:
+    """Where a replica whose log ends at (``replica_lsn``, ``replica_epoch``) continues.
+
+    ``entry_at(lsn)`` reads the primary's entry at ``lsn`` (None beyond its end); ``first_lsn``
+    and ``last_lsn`` bound the primary's retained log (``first_lsn`` 0: empty log). Blocking
+    (reads the log): run it in a thread. Pure otherwise: the tests drive it with lists.
+    """
+    base = first_lsn - 1 if first_lsn else last_lsn  # entries <= base are not in the log
+    if replica_lsn == 0:
+        if base > 0:
+            return Resume(ResumeKind.SNAPSHOT, 0)
+        return Resume(ResumeKind.STREAM, 1)
+    if replica_lsn <= base:
+        # The replica's last entry was compacted here: it cannot be compared, so the logs
+        # cannot be proven to match. A snapshot is the safe way on.
+        return Resume(ResumeKind.SNAPSHOT, 0)
+    if replica_lsn <= last_lsn:
+        mine = entry_at(replica_lsn)
+        if mine is not None and mine.epoch == replica_epoch:
+            return Resume(ResumeKind.STREAM, replica_lsn + 1)
+    # Diverged (or the replica is ahead: it holds entries no majority acknowledged). Keep at
+    # most what precedes the first entry of a newer epoch than the replica's last one, and
+    # always strictly less than the replica has, so each round makes progress.
+    keep = min(replica_lsn - 1, last_lsn, _first_after_epoch(entry_at, base + 1, last_lsn,
+                                                             replica_epoch) - 1)
+    if 0 < keep <= base:  # the kept entry could not be compared next round either
+        return Resume(ResumeKind.SNAPSHOT, 0)
+    return Resume(ResumeKind.TRUNCATE, keep)
+
+
+def _first_after_epoch(entry_at: EntryAt, low: int, high: int, epoch: int) -> int:
+    """The smallest LSN in [low, high] whose entry's epoch is above ``epoch`` (high + 1 if
+    none). Epochs never decrease along a log, so this is a binary search."""
+    lo, hi = low, high + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        entry = entry_at(mid)
+        if entry is None or entry.epoch > epoch:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

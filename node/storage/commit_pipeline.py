@@ -1,0 +1,264 @@
+"""The write path's ordering core: LSN assignment, WAL enqueue, a pending overlay, and apply.
+
+A write goes through three stages, and this module is where they are kept in order:
+
+1. **Ordered** (``submit``, synchronous): the entry gets the next LSN and is enqueued in the
+   WAL with ``append_nowait``. Because nothing awaits between the caller's condition check
+   and this call, two compare-and-swaps on one key can never both pass. The entry's effects
+   go into the *overlay* (key -> newest not-yet-applied state), so the next writer's
+   conditions see it even though no reader can yet.
+2. **Committed**: the WAL future resolves (the entry is durable; group commit lets many
+   writers share one fsync) and then the *commit gate* is awaited.
+3. **Applied**: a single applier task applies entries to the engine strictly in LSN order
+   and only then releases the writer, so a read never observes a write that is not durable
+   (and, with a gate, not replicated).
+
+The commit gate is the seam for replication. It is an optional ``async (entry) -> None``
+awaited for each entry after local durability and before the entry is applied or
+acknowledged. Without one (a standalone node, or write concern "one"), local durability
+commits. Replication installs a gate that waits until a majority of the shard holds the LSN
+(it is awaited in LSN order, so it can simply wait for "majority acknowledged >= lsn").
+A gate that raises fails the pipeline: the entry is in the local log but its fate in the
+cluster is unknown, so the node must stop accepting writes and re-synchronise (a new primary
+decides), never pretend the write did not happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from shardkv.cluster.errors import Unavailable
+from shardkv.cluster.structured_log import log_fields
+from shardkv.node.storage.engines.engine import Engine, StoredItem
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.write_ahead_log import WalFailed, WriteAheadLog
+
+logger = logging.getLogger(__name__)
+
+CommitGate = Callable[[WalEntry], Awaitable[None]]
+Clock = Callable[[], float]
+
+# The write concern of the write being submitted ("majority" or "one"), set by the operation
+# layer around a Store call: an entry submitted under "one" passes ``local_gate`` instead of
+# ``gate`` (still in LSN order, so it waits for the majority of any entry before it).
+WRITE_CONCERN: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "shardkv_write_concern", default="majority")
+
+
+@dataclass(slots=True)
+class _InFlight:
+    entry: WalEntry
+    durable: asyncio.Future[None]
+    applied: asyncio.Future[int]
+    local: bool = False  # write concern "one"
+
+
+class CommitPipeline:
+    """Owns ``last_lsn`` and the order of entries from submission to application."""
+
+    def __init__(
+        self,
+        wal: WriteAheadLog,
+        engine: Engine,
+        *,
+        epoch: int,
+        clock: Clock,
+        gate: CommitGate | None = None,
+    ) -> None:
+        self._wal = wal
+        self._engine = engine
+        self._clock = clock
+        self.epoch = epoch
+        self.gate = gate
+        self.local_gate: CommitGate | None = None
+        # Called with each entry as it is ordered (the replication stream ships it at once,
+        # in parallel with the local fsync).
+        self.on_submit: Callable[[WalEntry], None] | None = None
+        self.last_lsn = max(wal.last_lsn, engine.applied_lsn)
+        # key -> (lsn of the newest in-flight write of it, that write's mutation). The state
+        # after the write (a StoredItem, or None for a delete) is built only when a
+        # conditional writer reads the key, not for every key of every entry submitted.
+        self._overlay: dict[bytes, tuple[int, Mutation]] = {}
+        self._queue: collections.deque[_InFlight] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._closing = False
+        self._logged_bytes = 0
+        self._applier = asyncio.create_task(self._apply_in_order(), name="store-applier")
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
+    def take_logged_bytes(self) -> int:
+        """Approximate bytes logged since the last call (what snapshot scheduling counts)."""
+        logged, self._logged_bytes = self._logged_bytes, 0
+        return logged
+
+    def check_writable(self) -> None:
+        if self._closing:
+            raise Unavailable("the store is closing")
+        if self._failure is not None:
+            raise Unavailable(
+                f"the store stopped accepting writes after a log failure: {self._failure!r}"
+            )
+
+    async def current(self, key: bytes) -> StoredItem | None:
+        """The key's newest state in write order (applied or not), for condition checks.
+
+        The engine read may suspend (SQLite); if the applier applied something meanwhile, the
+        overlay may have dropped the key's entry after the engine read it stale, so retry
+        until no apply happened across the read."""
+        while True:
+            pending = self._overlay.get(key)
+            if pending is not None:
+                return _state_after(pending)
+            before = self._engine.applied_lsn
+            item = await self._engine.get(key)
+            if self._engine.applied_lsn == before:
+                pending = self._overlay.get(key)
+                return item if pending is None else _state_after(pending)
+
+    async def current_many(self, keys: Sequence[bytes]) -> list[StoredItem | None]:
+        while True:
+            before = self._engine.applied_lsn
+            items = await self._engine.get_many(keys)
+            if self._engine.applied_lsn == before:
+                overlay = self._overlay
+                return [
+                    item if (pending := overlay.get(key)) is None else _state_after(pending)
+                    for key, item in zip(keys, items, strict=True)
+                ]
+
+    def submit(self, mutations: Sequence[Mutation]) -> asyncio.Future[int]:
+        """Order one entry now (no await): assign the LSN, enqueue it in the WAL, record its
+        effects in the overlay. The returned future resolves to the LSN once applied."""
+        self.check_writable()
+        entry = WalEntry(self.last_lsn + 1, self.epoch, tuple(mutations), self._clock())
+        return self.submit_entry(entry)
+
+    def submit_entry(self, entry: WalEntry) -> asyncio.Future[int]:
+        """Order an entry built elsewhere (a replica applying its primary's stream): it must
+        carry exactly the next LSN."""
+        self.check_writable()
+        if entry.lsn != self.last_lsn + 1:
+            raise ValueError(f"entry lsn {entry.lsn} is not the next lsn {self.last_lsn + 1}")
+        try:
+            durable = self._wal.append_nowait(entry)
+        except WalFailed as exc:
+            self._fail(exc)
+            raise Unavailable(f"the write-ahead log is unusable: {exc}") from exc
+        self.last_lsn = entry.lsn
+        overlay = self._overlay
+        lsn = entry.lsn
+        size = 24
+        for m in entry.mutations:
+            overlay[m.key] = (lsn, m)
+            size += len(m.key) + len(m.value) + 16
+        self._logged_bytes += size
+        applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append(_InFlight(entry, durable, applied, WRITE_CONCERN.get() == "one"))
+        self._wakeup.set()
+        if self.on_submit is not None:
+            self.on_submit(entry)
+        # Shielded: a writer that is cancelled while waiting must not cancel the future that
+        # barrier() waiters share; the entry is ordered and will be applied regardless.
+        return asyncio.shield(applied)
+
+    async def barrier(self) -> None:
+        """Wait until every entry ordered so far is applied (or the pipeline failed)."""
+        if self._queue:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._queue[-1].applied)
+
+    async def _apply_in_order(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            head = queue[0]
+            try:
+                # Awaited directly (a shield costs two more loop iterations per write): only
+                # the applier waits on it, and the applier is cancelled only by close().
+                await head.durable
+                gate = self.local_gate if head.local and self.local_gate else self.gate
+                if gate is not None:
+                    await gate(head.entry)
+                await self._engine.apply(head.entry)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self._fail(exc)
+                return
+            queue.popleft()
+            self._forget(head.entry)
+            if not head.applied.done():
+                head.applied.set_result(head.entry.lsn)
+
+    def _forget(self, entry: WalEntry) -> None:
+        overlay = self._overlay
+        for m in entry.mutations:
+            pending = overlay.get(m.key)
+            if pending is not None and pending[0] == entry.lsn:
+                del overlay[m.key]
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        logger.error(
+            "write pipeline failed; the store no longer accepts writes",
+            extra=log_fields(error=repr(exc), last_lsn=self.last_lsn),
+        )
+        error = Unavailable(f"the write could not be committed: {exc!r}")
+        while self._queue:
+            head = self._queue.popleft()
+            if not head.applied.done():
+                head.applied.set_exception(error)
+            # Nobody else awaits these; retrieve their exceptions so none is reported unseen.
+            head.durable.add_done_callback(_consume)
+        self._overlay.clear()
+
+    def reset(self, last_lsn: int, epoch: int) -> None:
+        """Start over after the log was rewritten underneath (a snapshot installed, or an
+        unacknowledged suffix dropped): nothing may be in flight. Clears a failure, since
+        the entries whose fate was unknown are gone from the log."""
+        if self._queue:
+            raise RuntimeError("cannot reset the write pipeline with entries in flight")
+        self._overlay.clear()
+        self._failure = None
+        self.last_lsn = last_lsn
+        self.epoch = max(self.epoch, epoch)
+        if self._applier.done():
+            self._applier = asyncio.create_task(self._apply_in_order(), name="store-applier")
+
+    async def close(self) -> None:
+        """Refuse new writes, wait for those in flight, stop the applier."""
+        self._closing = True
+        await self.barrier()
+        self._applier.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._applier
+
+
+def _state_after(pending: tuple[int, Mutation]) -> StoredItem | None:
+    """A key's state after its newest in-flight write (an overlay entry)."""
+    lsn, m = pending
+    if m.kind is MutationKind.PUT:
+        return StoredItem(m.value, m.compressed, lsn, m.expires_at)
+    return None
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,110 @@
+"""The storage engine interface: the materialized state that the WAL is replayed into.
+
+The WAL is the durability log; an engine only holds what the log says, applied in LSN order.
+That is why the interface is so small: ``apply`` is the one way state changes (plus ``load``
+from a snapshot), and ``applied_lsn`` says how far into the log the state is. The Store owns
+every semantic decision (conditions, TTL visibility, compression); an engine stores encoded
+values and answers ordered, raw questions about them.
+
+Two implementations share one test suite: ``MemoryEngine`` (a sorted in-memory table) and
+``SqliteEngine`` (aiosqlite, for data larger than memory, durable by itself so a restart
+replays only the WAL tail after its applied LSN).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import NamedTuple
+
+from shardkv.node.wal.record import WalEntry
+
+
+class StoredItem(NamedTuple):
+    """One key's stored state. A NamedTuple (a plain tuple underneath) rather than a class
+    with attributes: the memory engine holds millions of these, and a 4-tuple is the most
+    compact record Python has. ``value`` is encoded (``compressed`` says whether it is zstd);
+    ``version`` is the LSN of the entry that last wrote the key; ``expires_at`` is Unix time."""
+
+    value: bytes
+    compressed: bool
+    version: int
+    expires_at: float | None
+
+
+# One row of a snapshot stream, in the order ``storage/snapshots/snapshot.py`` reads and writes:
+# (key, value, compressed, version, expires_at). A plain tuple rather than a NamedTuple:
+# snapshots stream millions of rows, and a plain tuple is several times cheaper to build.
+SnapshotRow = tuple[bytes, bytes, bool, int, float | None]
+
+
+class SnapshotView(NamedTuple):
+    """A consistent view of the whole engine at ``lsn``: iterating ``rows`` yields every key
+    in key order exactly as it was at that LSN, even while later entries are applied."""
+
+    lsn: int
+    count: int
+    rows: AsyncIterator[SnapshotRow]
+
+
+class Engine(abc.ABC):
+    """What the Store needs from a storage engine. Every method is async because one
+    implementation does I/O; the memory engine's never suspend."""
+
+    name: str
+
+    @property
+    @abc.abstractmethod
+    def applied_lsn(self) -> int:
+        """The LSN of the last entry applied (0 for an empty engine). Entries are applied in
+        order, so everything up to this LSN is reflected and nothing after it is."""
+
+    @property
+    @abc.abstractmethod
+    def key_count(self) -> int:
+        """How many keys are stored, counting expired keys the sweeper has not deleted yet."""
+
+    @abc.abstractmethod
+    async def get(self, key: bytes) -> StoredItem | None: ...
+
+    @abc.abstractmethod
+    async def get_many(self, keys: Sequence[bytes]) -> list[StoredItem | None]: ...
+
+    @abc.abstractmethod
+    async def apply(self, entry: WalEntry) -> None:
+        """Apply one WAL entry: every key it puts gets ``entry.lsn`` as its version, every key
+        it deletes is removed. ``entry.lsn`` must be greater than ``applied_lsn``."""
+
+    @abc.abstractmethod
+    async def scan(
+        self, start: bytes | None, end: bytes | None, limit: int
+    ) -> list[tuple[bytes, StoredItem]]:
+        """Up to ``limit`` items with ``start <= key < end`` in key order (None = unbounded).
+        Expired items are included: filtering by time is the Store's job."""
+
+    @abc.abstractmethod
+    async def expired(self, now: float, limit: int) -> list[tuple[bytes, int]]:
+        """Up to ``limit`` (key, version) pairs whose ``expires_at <= now``, soonest first,
+        without scanning the whole table (an expiry index). Nothing is removed: the sweeper
+        deletes them through the WAL so that replicas delete the same keys."""
+
+    @abc.abstractmethod
+    async def snapshot_view(self) -> SnapshotView:
+        """A consistent view for a snapshot, taken at ``applied_lsn``; applying continues
+        while the view is read."""
+
+    @abc.abstractmethod
+    async def load(self, rows: Iterable[SnapshotRow], lsn: int) -> None:
+        """Replace the whole state with ``rows`` (a snapshot at ``lsn``)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+def check_apply_order(engine_name: str, applied_lsn: int, entry: WalEntry) -> None:
+    """Refuse an entry applied twice or behind: versions only grow, and applying an old entry
+    over newer state would silently roll keys back."""
+    if entry.lsn <= applied_lsn:
+        raise ValueError(
+            f"{engine_name}: entry lsn {entry.lsn} is not after applied lsn {applied_lsn}"
+        )

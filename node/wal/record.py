@@ -1,0 +1,62 @@
+"""What the write-ahead log holds: entries, each one LSN, each carrying one or more mutations.
+
+An entry is the unit of atomicity and of ordering. A single put is an entry with one mutation;
+a batch (or mput/mdelete) is one entry with many, so recovery applies all of it or none of it
+(the entry is one framed, checksummed record on disk). Every key written by an entry gets the
+entry's LSN as its version, like etcd's mod revision for a transaction.
+
+An entry with no mutations is a no-op: a new primary writes one when its epoch starts, so the
+log records where each epoch began (replicas use this to find the last shared record).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class MutationKind(enum.IntEnum):
+    PUT = 1
+    DELETE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """One key's change. ``value`` is stored as encoded by ``shardkv.node.storage.compression``
+    (``compressed`` says whether it is zstd); ``expires_at`` is Unix time in seconds."""
+
+    kind: MutationKind
+    key: bytes
+    value: bytes = b""
+    compressed: bool = False
+    expires_at: float | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [int(self.kind), self.key, self.value, self.compressed, self.expires_at]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> Mutation:
+        kind, key, value, compressed, expires_at = raw
+        return cls(MutationKind(kind), bytes(key), bytes(value), bool(compressed), expires_at)
+
+
+@dataclass(frozen=True, slots=True)
+class WalEntry:
+    """One log record: its LSN (the version it gives every key it writes), the epoch of the
+    primary that wrote it, the primary's wall clock at write time (seconds), and its
+    mutations (empty for a no-op)."""
+
+    lsn: int
+    epoch: int
+    mutations: tuple[Mutation, ...] = field(default_factory=tuple)
+    ts: float = 0.0
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack-able form used in WAL payloads and on the replication stream."""
+        return [self.lsn, self.epoch, self.ts, [m.to_wire() for m in self.mutations]]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> WalEntry:
+        lsn, epoch, ts, mutations = raw
+        return cls(int(lsn), int(epoch), tuple(Mutation.from_wire(m) for m in mutations), ts)

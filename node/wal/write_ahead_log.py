@@ -1,0 +1,555 @@
+"""The write-ahead log of a storage node: ordered, checksummed, durable entries.
+
+Writes: ``append_nowait`` frames an entry at once (so order and the CRC chain follow call
+order) and queues it; one writer task takes everything queued and writes it with one
+``write()`` and one ``fdatasync()`` (``segment_writer.py``); then the whole group is
+resolved. That is group commit: concurrent writers share the cost of a sync. A small group
+is written from the event loop itself while the disk syncs fast (a thread hand-off would
+cost more than the sync); a large one, one that rolls a segment over, and every group while
+syncs are slow go to a worker thread, so a slow disk never holds up the loop for long (see
+``wal_group_placement.py``). Segments roll over by size: the boundary is decided when an entry is
+queued, and the writer seals the old segment (fsync) and creates the next one (tmp name,
+fsync, rename, dir fsync).
+
+Reads: ``read_from`` reads the files, bounded by what has been acknowledged, seeking through
+a sparse in-memory index (a checkpoint every 64 KiB) instead of decoding from a segment's
+start.
+
+Recovery (``open``, see ``wal_recovery.py``) checks every segment; a torn tail of the newest
+one is repaired, any other damage raises ``WalCorruption`` naming the file and offset.
+
+Failures: an I/O error while writing or syncing fails the group and poisons the log
+(``WalFailed``): after a failed fsync the page cache can no longer be trusted (the lesson of
+PostgreSQL's "fsyncgate"), so the node must restart and recover from the files.
+
+(This module is over the usual size: it is one state machine, the log's, and splitting its
+transitions across files would hide the invariants they share.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from shardkv.cluster.structured_log import log_fields
+from shardkv.node.testing import failpoints
+from shardkv.node.wal.framing import RecordType, encode_frame
+from shardkv.node.wal.group_placement import GroupPlacement
+from shardkv.node.wal.model import (
+    FsyncPolicy,
+    LsnCompacted,
+    WalFailed,
+    WalLocked,
+    WalOptions,
+    WalStats,
+)
+from shardkv.node.wal.record import WalEntry
+from shardkv.node.wal.recovery import recover_log, truncate_durably
+from shardkv.node.wal.segment import (
+    CHECKPOINT_BYTES,
+    FLAG_RESTART,
+    Checkpoint,
+    SegmentHeader,
+    WalCorruption,
+    check_entry,
+    create_segment,
+    encode_entry,
+    ensure_dir,
+    fsync_dir,
+    read_segment_entries,
+    scan_segment,
+)
+from shardkv.node.wal.segment_writer import SegmentWriter
+
+__all__ = [
+    "FsyncPolicy",
+    "LsnCompacted",
+    "WalCorruption",
+    "WalFailed",
+    "WalLocked",
+    "WalOptions",
+    "WalStats",
+    "WriteAheadLog",
+]
+
+log = logging.getLogger("shardkv.node.wal.write_ahead_log")
+
+SLOW_SYNC_SECONDS = 1.0
+LOCK_FILE = "LOCK"
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    seq: int
+    first_lsn: int
+    path: Path
+    size: int  # for the active segment: the acknowledged size
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What readers may see, replaced as a whole so a reader thread gets a consistent copy."""
+
+    segments: tuple[_Segment, ...]
+    acked_lsn: int
+    checkpoints: dict[int, list[Checkpoint]]  # by segment seq; only the active one grows
+
+
+@dataclass(slots=True)
+class _Append:
+    frame: bytes
+    lsn: int
+    future: asyncio.Future[None]
+
+
+def _checkpoint_lsn(checkpoint: Checkpoint) -> int:
+    return checkpoint.lsn
+
+
+def _lock_directory(directory: Path) -> int:
+    """Take the log's exclusive lock (``flock`` on ``LOCK``; the kernel drops it when the
+    process dies, so a crash never leaves a stale lock). Returns the descriptor holding it."""
+    ensure_dir(directory)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WalLocked(f"the WAL in {directory} is in use by another process") from None
+    return fd
+
+
+class WriteAheadLog:
+    """See the module docstring. Create with ``await WriteAheadLog.open(directory)``.
+
+    ``first_lsn``: the oldest retained entry (0 if none); ``last_lsn``: the newest entry
+    appended (queued included; the next append must be ``last_lsn + 1``); ``durable_lsn``:
+    the newest entry durable per policy; ``last_epoch``: the epoch of the newest entry.
+    """
+
+    def __init__(self, directory: Path, options: WalOptions) -> None:
+        self.directory = directory
+        self.options = options
+        self.last_lsn = 0
+        self.last_epoch = 0
+        self.durable_lsn = 0
+        self._segments: list[_Segment] = []
+        self._checkpoints: dict[int, list[Checkpoint]] = {}
+        self._writer_io: SegmentWriter | None = None
+        self._lock_fd = -1
+        self._acked_lsn = 0  # futures resolved up to here (written; and synced under ALWAYS)
+        self._written_lsn = 0
+        self._crc = 0  # chain seed for the next queued frame
+        self._tail_size = 0  # active segment size including what is queued
+        self._tail_entries = 0
+        self._next_seq = 1
+        self._queue: list[_Append | SegmentHeader] = []
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._io_lock = asyncio.Lock()
+        self._writer: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()  # built by open(), on the loop it serves
+        self._failed: BaseException | None = None
+        self._closed = False
+        self._maintenance = False
+        self._unsynced_entries = 0
+        self._unsynced_bytes = 0
+        self._last_sync = time.monotonic()
+        self._placement = GroupPlacement()  # loop or thread, by recent sync speed
+        self._view = _View((), 0, {})
+        self._appended_entries = 0
+        self._appended_bytes = 0
+        self._syncs = 0
+        self._sync_seconds = 0.0
+        self._last_group = 0
+        self._max_group = 0
+
+    @classmethod
+    async def open(cls, directory: Path, options: WalOptions | None = None) -> WriteAheadLog:
+        """Scan and check every segment, repair a torn tail of the newest one, and start the
+        writer. Raises ``WalCorruption`` for damage that is not a torn tail."""
+        wal = cls(Path(directory), options or WalOptions())
+        wal._lock_fd = await asyncio.to_thread(_lock_directory, wal.directory)
+        try:
+            recovered = await asyncio.to_thread(recover_log, wal.directory)
+            newest = recovered.segments[-1].path
+            wal._writer_io = await asyncio.to_thread(SegmentWriter, wal.directory, newest)
+        except BaseException:
+            os.close(wal._lock_fd)
+            raise
+        wal._segments = [_Segment(s.seq, s.first_lsn, s.path, s.size) for s in recovered.segments]
+        wal._checkpoints = {s.seq: list(s.checkpoints) for s in recovered.segments}
+        wal._adopt_tail(
+            recovered.crc, recovered.last_lsn, recovered.last_epoch, recovered.tail_entries
+        )
+        wal._writer = wal._loop.create_task(wal._run_writer())
+        return wal
+
+    def _adopt_tail(self, crc: int, last_lsn: int, epoch: int, entries: int) -> None:
+        """Make the end of the newest segment the append point."""
+        tail = self._segments[-1]
+        self._crc = crc
+        self._tail_size = tail.size
+        self._tail_entries = entries
+        self._next_seq = tail.seq + 1
+        self.last_lsn = self._written_lsn = self._acked_lsn = self.durable_lsn = last_lsn
+        self.last_epoch = epoch
+        self._publish()
+
+    def _publish(self) -> None:
+        self._view = _View(tuple(self._segments), self._acked_lsn, self._checkpoints)
+
+    # ------------------------------------------------------------------------------ reading
+
+    @property
+    def first_lsn(self) -> int:
+        base = self._segments[0].first_lsn - 1 if self._segments else 0
+        return base + 1 if self.last_lsn > base else 0
+
+    def read_from(self, lsn: int) -> Iterator[WalEntry]:
+        """Acknowledged entries with ``entry.lsn >= lsn``, oldest first, read from the files.
+
+        Raises ``LsnCompacted`` (at the call) when entries at or after ``lsn`` were removed,
+        ``WalCorruption`` (while iterating) if a file turns out damaged. Blocking: callers run
+        big reads in a thread. Do not interleave a long read with truncate_after/restart_at.
+        """
+        view = self._view
+        if not view.segments:
+            return iter(())
+        base = view.segments[0].first_lsn - 1
+        lsn = max(lsn, 1)
+        if lsn <= base:
+            raise LsnCompacted(f"lsn {lsn} was removed; the log starts at {base + 1}")
+        return self._iter_entries(view, lsn)
+
+    @staticmethod
+    def _iter_entries(view: _View, lsn: int) -> Iterator[WalEntry]:
+        segments = view.segments
+        for i, seg in enumerate(segments):
+            next_first = segments[i + 1].first_lsn if i + 1 < len(segments) else None
+            if next_first is not None and next_first <= lsn:
+                continue
+            if seg.first_lsn > view.acked_lsn:
+                return
+            limit = seg.size if next_first is None else None
+            checkpoints = view.checkpoints.get(seg.seq, ())
+            at = bisect.bisect_right(checkpoints, lsn, key=_checkpoint_lsn)
+            start = checkpoints[at - 1] if at else None
+            try:
+                for entry in read_segment_entries(seg.path, seg.first_lsn, lsn, limit, start):
+                    if entry.lsn > view.acked_lsn:
+                        return
+                    yield entry
+            except FileNotFoundError as exc:
+                raise LsnCompacted(f"segment {seg.path.name} was removed while reading") from exc
+
+    # ------------------------------------------------------------------------------ writing
+
+    def append_nowait(self, entry: WalEntry) -> asyncio.Future[None]:
+        """Frame and queue ``entry`` now; the future resolves when it is durable per policy.
+
+        Raises ``ValueError`` if ``entry.lsn != last_lsn + 1`` or its epoch is older than the
+        log's, ``WalFailed`` if the log is closed, broken, or in the middle of a truncation."""
+        self._check_usable()
+        if self._maintenance:
+            raise WalFailed("WAL is being truncated; append after it returns")
+        check_entry(entry)
+        if entry.lsn != self.last_lsn + 1:
+            raise ValueError(f"entry lsn {entry.lsn} does not follow {self.last_lsn}")
+        if entry.epoch < self.last_epoch:
+            raise ValueError(f"entry epoch {entry.epoch} is older than {self.last_epoch}")
+        seed = self._crc
+        frame, crc = encode_entry(entry, seed)
+        if self._tail_entries and self._tail_size + len(frame) > self.options.segment_bytes:
+            header = SegmentHeader(self._next_seq, entry.lsn, self.last_epoch, self._crc)
+            head_frame, seed = encode_frame(RecordType.SEGMENT, header.encode(), 0)
+            self._queue.append(header)
+            self._checkpoints[header.seq] = []
+            self._next_seq += 1
+            self._tail_size, self._tail_entries = len(head_frame), 0
+            frame, crc = encode_entry(entry, seed)
+        checkpoints = self._checkpoints.get(self._next_seq - 1)
+        if checkpoints is None:
+            checkpoints = self._checkpoints[self._next_seq - 1] = []
+        if not checkpoints or self._tail_size - checkpoints[-1].offset >= CHECKPOINT_BYTES:
+            checkpoints.append(Checkpoint(entry.lsn, self._tail_size, seed))
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._queue.append(_Append(frame, entry.lsn, future))
+        self._crc = crc
+        self._tail_size += len(frame)
+        self._tail_entries += 1
+        self.last_lsn = entry.lsn
+        self.last_epoch = entry.epoch
+        self._idle.clear()
+        self._wakeup.set()
+        return future
+
+    async def append(self, entry: WalEntry) -> None:
+        await self.append_nowait(entry)
+
+    async def append_many(self, entries: Sequence[WalEntry]) -> None:
+        futures = [self.append_nowait(entry) for entry in entries]
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def _run_writer(self) -> None:
+        interval = self.options.fsync_interval_ms / 1000
+        periodic = self.options.fsync is FsyncPolicy.INTERVAL
+        while True:
+            if not self._queue:
+                self._idle.set()
+                if self._closed:
+                    return
+                timeout = None
+                if periodic and self._written_lsn > self.durable_lsn:
+                    timeout = max(0.0, self._last_sync + interval - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                self._wakeup.clear()
+                # Let the rest of the loop iteration that queued this run first: the
+                # replication senders woken by the same submit ship the entry before the
+                # local write starts (and may block the loop), and writers woken in the same
+                # iteration join the group.
+                await asyncio.sleep(0)
+            async with self._io_lock:
+                items, self._queue = self._queue, []
+                try:
+                    if items:
+                        await self._write_group(items)
+                    if (
+                        periodic
+                        and self._written_lsn > self.durable_lsn
+                        and time.monotonic() - self._last_sync >= interval
+                    ):
+                        await self._sync_only()
+                except Exception as exc:  # an I/O error, or a bug: never leave writers hanging
+                    self._fail(exc, items)
+                    return
+
+    async def _write_group(self, items: list[_Append | SegmentHeader]) -> None:
+        assert self._writer_io is not None
+        sync = self.options.fsync is FsyncPolicy.ALWAYS
+        appends = [item for item in items if isinstance(item, _Append)]
+        parts = [item.frame if isinstance(item, _Append) else item for item in items]
+        if failpoints.ARMED:  # a group ordered (and shipped to replicas), not yet durable here
+            await failpoints.hit("wal_before_sync")
+        if self._placement.in_loop(parts):
+            result = self._writer_io.write_group(parts, sync)
+        else:
+            result = await asyncio.to_thread(self._writer_io.write_group, parts, sync)
+        segments = self._segments
+        segments[-1] = replace(segments[-1], size=segments[-1].size + result.written[0])
+        for (header, path, size), nbytes in zip(result.created, result.written[1:], strict=True):
+            segments.append(_Segment(header.seq, header.first_lsn, path, size + nbytes))
+        last = appends[-1].lsn
+        group_bytes = sum(result.written)
+        self._written_lsn = last
+        self._appended_entries += len(appends)
+        self._appended_bytes += group_bytes
+        self._last_group = len(appends)
+        self._max_group = max(self._max_group, len(appends))
+        self._unsynced_entries += len(appends)
+        self._unsynced_bytes += group_bytes
+        if self.options.fsync is not FsyncPolicy.INTERVAL:
+            self.durable_lsn = last
+        if sync:
+            self._record_sync(result.sync_seconds)
+            self._placement.note_sync(result.sync_seconds)
+        self._acked_lsn = last
+        self._publish()
+        for item in appends:
+            if not item.future.done():
+                item.future.set_result(None)
+
+    async def _sync_only(self) -> None:
+        assert self._writer_io is not None
+        target = self._written_lsn
+        self._record_sync(await asyncio.to_thread(self._writer_io.sync))
+        self.durable_lsn = max(self.durable_lsn, target)
+
+    def _record_sync(self, seconds: float) -> None:
+        self._syncs += 1
+        self._sync_seconds += seconds
+        self._last_sync = time.monotonic()
+        entries, nbytes = self._unsynced_entries, self._unsynced_bytes
+        self._unsynced_entries = self._unsynced_bytes = 0
+        if seconds >= SLOW_SYNC_SECONDS:
+            log.warning(
+                "slow WAL fsync",
+                extra=log_fields(seconds=round(seconds, 3), entries=entries, bytes=nbytes),
+            )
+        if self.options.on_sync is not None:
+            try:
+                self.options.on_sync(seconds, entries, nbytes)
+            except Exception:  # a metrics hook must never poison the log
+                log.exception("WAL on_sync callback failed")
+
+    def _fail(self, exc: BaseException, items: list[_Append | SegmentHeader]) -> None:
+        self._failed = exc
+        log.error(
+            "WAL write failed; the log accepts nothing more", extra=log_fields(error=str(exc))
+        )
+        error = WalFailed(f"WAL write failed: {exc}")
+        for item in [*items, *self._queue]:
+            if isinstance(item, _Append) and not item.future.done():
+                item.future.set_exception(error)
+        self._queue = []
+        self._idle.set()
+
+    async def _drain(self) -> None:
+        """Wait until everything queued so far is written (or failed)."""
+        while self._queue or not self._idle.is_set():
+            if self._writer is None or self._writer.done():
+                return
+            await self._idle.wait()
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise WalFailed(f"WAL unusable after an I/O error: {self._failed}")
+        if self._closed:
+            raise WalFailed("WAL is closed")
+
+    # -------------------------------------------------------------------------- maintenance
+
+    async def truncate_after(self, lsn: int) -> None:
+        """Drop every entry with an LSN above ``lsn`` (a replica rejoining drops the suffix it
+        does not share with the primary). Durable on return. ``lsn`` below the oldest
+        retained entry minus one raises ``LsnCompacted``."""
+        self._check_usable()
+        self._maintenance = True
+        try:
+            await self._drain()
+            self._check_usable()
+            if lsn >= self.last_lsn:
+                return
+            base = self._segments[0].first_lsn - 1
+            if lsn < base:
+                raise LsnCompacted(f"cannot keep up to lsn {lsn}: the log starts at {base + 1}")
+            async with self._io_lock:
+                await asyncio.to_thread(self._truncate_blocking, lsn)
+        finally:
+            self._maintenance = False
+
+    def _truncate_blocking(self, lsn: int) -> None:
+        assert self._writer_io is not None
+        keep = max(i for i, s in enumerate(self._segments) if s.first_lsn <= lsn + 1)
+        for seg in reversed(self._segments[keep + 1 :]):  # newest first: a crash leaves a prefix
+            seg.path.unlink()
+        fsync_dir(self.directory)
+        target = self._segments[keep]
+        scan = scan_segment(target.path, until_lsn=lsn)
+        if scan.last_lsn != lsn:
+            raise WalCorruption(target.path, scan.end, f"lsn {lsn} not found to cut after")
+        truncate_durably(target.path, scan.end)
+        self._segments = [*self._segments[:keep], replace(target, size=scan.end)]
+        checkpoints = {s.seq: self._checkpoints.get(s.seq, []) for s in self._segments[:keep]}
+        checkpoints[target.seq] = list(scan.checkpoints)
+        self._checkpoints = checkpoints
+        self._writer_io.reopen(target.path)
+        self._adopt_tail(scan.crc, lsn, scan.last_epoch, scan.entries)
+        log.info("WAL truncated", extra=log_fields(after_lsn=lsn, segment=target.path.name))
+
+    async def remove_before(self, lsn: int) -> int:
+        """Delete whole segments all of whose entries are below ``lsn`` (never the active
+        one). Returns how many were deleted."""
+        self._check_usable()
+        async with self._io_lock:
+            removable = 0
+            while (
+                removable + 1 < len(self._segments)
+                and self._segments[removable + 1].first_lsn <= lsn
+            ):
+                removable += 1
+            if not removable:
+                return 0
+            doomed = self._segments[:removable]
+            self._segments = self._segments[removable:]
+            self._checkpoints = {s.seq: self._checkpoints.get(s.seq, []) for s in self._segments}
+            self._publish()
+
+            def unlink_all() -> None:
+                for seg in doomed:  # oldest first: a crash leaves a suffix, still a valid log
+                    seg.path.unlink(missing_ok=True)
+                fsync_dir(self.directory)
+
+            await asyncio.to_thread(unlink_all)
+        log.info(
+            "WAL segments removed",
+            extra=log_fields(count=removable, before_lsn=lsn, first_lsn=self.first_lsn),
+        )
+        return removable
+
+    async def restart_at(self, next_lsn: int, epoch: int = 0) -> None:
+        """Drop everything; the next append must be ``next_lsn`` (a replica that installed a
+        snapshot at ``next_lsn - 1``). ``epoch`` is that snapshot's epoch (the log's
+        ``last_epoch`` until the next append). Crash-safe: the new segment is flagged as a
+        restart, so recovery finishes deleting older ones if the process dies midway."""
+        if next_lsn < 1:
+            raise ValueError(f"next_lsn must be at least 1, got {next_lsn}")
+        self._check_usable()
+        self._maintenance = True
+        try:
+            await self._drain()
+            self._check_usable()
+            async with self._io_lock:
+                await asyncio.to_thread(self._restart_blocking, next_lsn, epoch)
+        finally:
+            self._maintenance = False
+
+    def _restart_blocking(self, next_lsn: int, epoch: int) -> None:
+        assert self._writer_io is not None
+        header = SegmentHeader(self._next_seq, next_lsn, epoch, 0, FLAG_RESTART)
+        path, size, crc = create_segment(self.directory, header)
+        old = self._segments
+        self._segments = [_Segment(header.seq, next_lsn, path, size)]
+        self._checkpoints = {header.seq: []}
+        self._writer_io.reopen(path)
+        self._adopt_tail(crc, next_lsn - 1, epoch, 0)
+        for seg in old:
+            seg.path.unlink(missing_ok=True)
+        fsync_dir(self.directory)
+        log.info("WAL restarted", extra=log_fields(next_lsn=next_lsn, epoch=epoch))
+
+    # ----------------------------------------------------------------------------- the rest
+
+    def stats(self) -> WalStats:
+        return WalStats(
+            segments=len(self._segments),
+            bytes=sum(s.size for s in self._segments),
+            appended_entries=self._appended_entries,
+            appended_bytes=self._appended_bytes,
+            syncs=self._syncs,
+            sync_seconds_total=self._sync_seconds,
+            last_group_size=self._last_group,
+            max_group_size=self._max_group,
+        )
+
+    async def close(self) -> None:
+        """Write and sync what is queued, stop the writer, close the file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await self._writer
+        async with self._io_lock:
+            writer_io, self._writer_io = self._writer_io, None
+            if writer_io is None:
+                return
+            try:
+                if self._failed is None and self._written_lsn > self.durable_lsn:
+                    await asyncio.to_thread(writer_io.sync)
+                    self.durable_lsn = self._written_lsn
+            finally:
+                writer_io.close()
+                os.close(self._lock_fd)  # releases the lock
+                self._lock_fd = -1

@@ -22,6 +22,7 @@ from shardkv.coordinator.http_io import (
     read_object,
     respond,
 )
+from shardkv.coordinator.ring_change_guard import refuse_ring_change_over_data
 
 
 def check_token(expected: str | None, header: str | None) -> None:
@@ -110,6 +111,9 @@ async def add_shard(request: web.Request) -> web.StreamResponse:
     else:
         only_fields(body, {"shard", "weight", "in_ring"})
         command = {"op": "add_shard", **body}
+        if body.get("in_ring", True) is not False and coord.watch.current.shards:
+            await refuse_ring_change_over_data(coord.watch.current,
+                                               "adding a shard to the ring")
     result = await coord.propose(command)
     return respond(request, result, status=201)
 
@@ -127,6 +131,10 @@ async def set_ring(request: web.Request) -> web.StreamResponse:
     coord = coordinator_of(request)
     body = await read_object(request)
     only_fields(body, {"shards", "expected_version"})
+    current = coord.watch.current
+    wanted = body.get("shards")
+    if isinstance(wanted, dict) and wanted != current.ring.shards:
+        await refuse_ring_change_over_data(current, "changing the ring")
     result = await coord.propose({"op": "set_ring", **body})
     return respond(request, result)
 

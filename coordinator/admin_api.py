@@ -22,6 +22,7 @@ from shardkv.coordinator.http_io import (
     read_object,
     respond,
 )
+from shardkv.coordinator.migration_api import begin_add
 from shardkv.coordinator.ring_change_guard import refuse_ring_change_over_data
 
 
@@ -97,8 +98,10 @@ async def list_shards(request: web.Request) -> web.StreamResponse:
 
 
 async def add_shard(request: web.Request) -> web.StreamResponse:
-    """``{"shard"?: id, "weight"?: n, "in_ring"?: bool}`` adds one shard; on a cluster with
-    no shards, ``{"count": N, "replication_factor": R}`` bootstraps N shards instead."""
+    """``{"shard"?: id, "weight"?: n}`` starts an online migration that adds one shard to
+    the ring (202); ``{"in_ring": false}`` adds a shard outside the ring (201, nothing
+    moves); on a cluster with no shards, ``{"count": N, "replication_factor": R}``
+    bootstraps N shards instead."""
     coord = coordinator_of(request)
     body = await read_object(request, allow_empty=True)
     if "count" in body:
@@ -108,12 +111,15 @@ async def add_shard(request: web.Request) -> web.StreamResponse:
         for name in ("hash", "vnodes"):
             if name in body:
                 command[name] = body[name]
+    elif body.get("in_ring", True) is not False:
+        # Into the ring: an online migration moves the keys that change owner (202: it runs
+        # on; GET /admin/migrations/{id} follows it).
+        body.pop("in_ring", None)
+        result = await begin_add(coord, body)
+        return respond(request, result, status=202)
     else:
         only_fields(body, {"shard", "weight", "in_ring"})
         command = {"op": "add_shard", **body}
-        if body.get("in_ring", True) is not False and coord.watch.current.shards:
-            await refuse_ring_change_over_data(coord.watch.current,
-                                               "adding a shard to the ring")
     result = await coord.propose(command)
     return respond(request, result, status=201)
 

@@ -23,7 +23,14 @@ from pysyncobj.syncobj import SyncObjException
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.errors import ShardKVError, Unavailable
 from shardkv.cluster.structured_log import log_fields
-from shardkv.coordinator import admin_api, failover_api, map_api, observability
+from shardkv.coordinator import (
+    admin_api,
+    failover_api,
+    map_api,
+    migration_api,
+    migration_driver,
+    observability,
+)
 from shardkv.coordinator.config import CoordinatorConfig, parse_host_port
 from shardkv.coordinator.http_io import (
     COORDINATOR_KEY,
@@ -66,6 +73,7 @@ class Coordinator:
         self.leader_task_factories: list[Callable[[Coordinator], Awaitable[None]]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
         failover_api.install(self)  # the failure detector runs as a leader task
+        migration_driver.install(self)  # online migrations are driven by the leader
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -156,6 +164,7 @@ class Coordinator:
         map_api.add_routes(app)
         admin_api.add_routes(app)
         failover_api.add_routes(app)
+        migration_api.add_routes(app)
         observability.add_routes(app)
         return app
 

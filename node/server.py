@@ -27,6 +27,7 @@ from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
 from shardkv.node.config import NodeConfig
 from shardkv.node.membership.cluster_membership import ClusterMembership
 from shardkv.node.metrics import NodeMetrics
+from shardkv.node.migration import MigrationService
 from shardkv.node.replication.shard_role import NodeReplication
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
@@ -75,6 +76,11 @@ class NodeServer:
         # gate, replica reads and fencing, driven by the membership's placements.
         self.replication = NodeReplication(self)
         self.replication.install()
+        # Online resharding (node/migration/): routes, the write fence, export and import.
+        self.migration: MigrationService | None = None
+        if self.membership is not None:
+            self.migration = MigrationService(self)
+            self.migration.install()
 
     # -- the app ---------------------------------------------------------------------------
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shardkv.cluster.errors import (
     InternalError,
@@ -53,6 +53,11 @@ CONSISTENCY_LEVELS = ("strong", "eventual")
 WRITE_CONCERNS = ("majority", "one")
 
 
+class WriteFence(Protocol):
+    def enter(self, keys: Iterable[bytes], writes: bool) -> bool: ...
+    def leave(self) -> None: ...
+
+
 @dataclass(slots=True)
 class NodeContext:
     """What an operation needs from the node serving it.
@@ -75,6 +80,8 @@ class NodeContext:
     # staleness bound, a primary's lease), and how long a write may wait for its concern.
     read_guard: Callable[[Args], None] | None = None
     write_timeout_s: float | None = None
+    # Set by node/migration: refuses requests for fenced moving arcs, counts writes in flight.
+    write_fence: WriteFence | None = None
 
     def serving_store(self) -> Store:
         store = self.store
@@ -458,26 +465,44 @@ async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
                          primary=ctx.primary)
     if ctx.owns_key is not None:
         _check_ownership(ctx.owns_key, args)
-    if operation.writes:
-        WRITE_CONCERN.set(args.get("w") or "majority")
-        if ctx.write_timeout_s is not None:
+    if ctx.write_fence is not None:
+        fence = ctx.write_fence
+        if fence.enter(_request_keys(args), operation.writes):
             try:
-                async with asyncio.timeout(ctx.write_timeout_s):
-                    return await operation.handler(ctx, args)
-            except TimeoutError:
-                raise Timeout(
-                    f"the write did not reach its write concern within {ctx.write_timeout_s}s "
-                    "(it was not acknowledged; it may still be applied later)"
-                ) from None
+                return await _write(ctx, operation, args)
+            finally:
+                fence.leave()
+    if operation.writes:
+        return await _write(ctx, operation, args)
     return await operation.handler(ctx, args)
+
+
+async def _write(ctx: NodeContext, operation: Operation, args: Args) -> Any:
+    WRITE_CONCERN.set(args.get("w") or "majority")
+    if ctx.write_timeout_s is None:
+        return await operation.handler(ctx, args)
+    try:
+        async with asyncio.timeout(ctx.write_timeout_s):
+            return await operation.handler(ctx, args)
+    except TimeoutError:
+        raise Timeout(
+            f"the write did not reach its write concern within {ctx.write_timeout_s}s "
+            "(it was not acknowledged; it may still be applied later)"
+        ) from None
 
 
 def _check_ownership(owns_key: Callable[[bytes], None], args: Args) -> None:
     """Every key a request names must belong to this node's shard (scans are answered with
     what this shard holds and merged by the client, so they name no key)."""
+    for key in _request_keys(args):
+        owns_key(key)
+
+
+def _request_keys(args: Args) -> Iterator[bytes]:
+    """Every key a request names."""
     key = args.get("key")
     if key is not None:
-        owns_key(as_key(key))
+        yield as_key(key)
     for listed in (args.get("keys"), args.get("items"), args.get("ops")):
         if not isinstance(listed, list):
             continue
@@ -487,7 +512,7 @@ def _check_ownership(owns_key: Callable[[bytes], None], args: Args) -> None:
             elif isinstance(entry, list | tuple) and entry:
                 entry = entry[0]
             if entry is not None:
-                owns_key(as_key(entry))
+                yield as_key(entry)
 
 
 def client_error(exc: BaseException, logger: Any) -> ShardKVError:

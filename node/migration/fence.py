@@ -1,9 +1,9 @@
 """The write fence of the moving arcs on a source shard (docs/resharding.md, "Fence").
 
 While the map says a migration is ``flipping``, every member of a source shard refuses
-requests for keys in the moving arcs with ``UNAVAILABLE`` (retryable: the client tries again and, after
-the flip, is redirected to the new owner). Because the fence is read from the Raft map, a new
-primary elected mid-fence fences too.
+requests for keys in the moving arcs with ``UNAVAILABLE`` (retryable: the client tries again
+and, after the flip, is redirected to the new owner). Because the fence is read from the
+Raft map, a new primary elected mid-fence fences too.
 
 During the whole migration the fence also counts the writes to moving keys that are in
 flight (past the check, not yet answered), so the final catch-up can wait for the last of

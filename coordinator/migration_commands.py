@@ -119,10 +119,12 @@ class MigrationCommands:
             raise sm._invalid(f"unknown migration kind {c.get('kind')!r}; known: add")
         if not m.shards:
             raise _rejected(ErrorCode.UNAVAILABLE, "bootstrap the cluster before adding shards")
+        weight = sm._need_int(c.get("weight", 1), "weight", 1, sm.MAX_WEIGHT)
+        if c.get("shard") is not None:
+            sm._need_id(c.get("shard"), "shard")
         refuse_while_migrating(m, "starting a migration")
         if m.find_migration(mid) is not None:
             raise _rejected(ErrorCode.VERSION_MISMATCH, f"migration id {mid} was used already")
-        weight = sm._need_int(c.get("weight", 1), "weight", 1, sm.MAX_WEIGHT)
         if len(m.shards) >= sm.MAX_SHARDS:
             raise sm._invalid(f"at most {sm.MAX_SHARDS} shards")
         shard_id = c.get("shard")

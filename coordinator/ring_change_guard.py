@@ -1,6 +1,7 @@
-"""Refuse a ring change that would strand data, until online migration does the move.
+"""Refuse a raw ring change (``PUT /admin/ring``) that would strand data.
 
-Changing the ring (a shard added to it, a weight changed, a shard taken out) changes the owner
+Adding a shard goes through an online migration (docs/resharding.md), which moves the keys;
+a raw ring change moves none. Changing the ring (a weight, a shard taken out) changes the owner
 of about 1/N of the keys. Without a migration that copies those keys to their new owner, they
 stay on the old owner, which now answers ``STALE_MAP`` for them, while the new owner answers
 ``NOT_FOUND``: acknowledged data becomes unreachable. So the admin API asks every shard's
@@ -69,9 +70,9 @@ async def refuse_ring_change_over_data(cluster_map: ClusterMap, what: str) -> No
     if holding:
         raise VersionMismatch(
             f"{what} refused: shards {', '.join(holding)} hold data, and changing the ring "
-            f"would strand the keys that change owner (online migration is not available "
-            f"yet; see docs/resharding.md). Add the shard outside the ring "
-            f'({{"in_ring": false}}) or reshape the cluster before writing to it.',
+            f"would strand the keys that change owner. Add shards with POST /admin/shards "
+            f"(an online migration, docs/resharding.md), or reshape the cluster before "
+            f"writing to it.",
             keys_per_shard=holding,
         )
     if unknown:

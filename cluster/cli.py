@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shardkv.coordinator.cli",
     "shardkv.cluster.launcher_cli",
     "shardkv.client.cli",
+    "shardkv.client.reshard_cli",
     "shardkv.chaos.cli",
 )
 

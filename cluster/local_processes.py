@@ -48,6 +48,17 @@ def stop_described(directory: Path, grace: float = STOP_GRACE_S) -> list[int]:
     The launcher (if one runs) is asked first, since it stops its children in order; any
     process still alive afterwards is signalled directly. Returns the pids signalled."""
     signalled: list[int] = []
+    # Read cluster.json before the launcher stops (it removes the file): processes started
+    # beside the launcher (``shardkv shard add``'s new members) are only named there.
+    described_pids: list[int] = []
+    cluster_file = directory / "cluster.json"
+    if cluster_file.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            described = json.loads(cluster_file.read_text())
+            for entry in described.get("nodes", []) + described.get("coordinators", []):
+                pid = entry.get("pid")
+                if isinstance(pid, int):
+                    described_pids.append(pid)
     pid_file = directory / "launcher.pid"
     if pid_file.is_file():
         with contextlib.suppress(ValueError):
@@ -56,15 +67,7 @@ def stop_described(directory: Path, grace: float = STOP_GRACE_S) -> list[int]:
                 os.kill(launcher_pid, signal.SIGTERM)
                 signalled.append(launcher_pid)
                 _wait_gone([launcher_pid], grace + 5.0)
-    pids: list[int] = []
-    cluster_file = directory / "cluster.json"
-    if cluster_file.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            described = json.loads(cluster_file.read_text())
-            for entry in described.get("nodes", []) + described.get("coordinators", []):
-                pid = entry.get("pid")
-                if isinstance(pid, int) and pid_alive(pid) and is_shardkv_process(pid):
-                    pids.append(pid)
+    pids = [pid for pid in described_pids if pid_alive(pid) and is_shardkv_process(pid)]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

@@ -4,9 +4,16 @@ like the ones ``shardkv up`` started."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from shardkv.cluster.launcher import ClusterPlan, LocalCluster, ProcessSpec, pick_free_port
+from shardkv.cluster.launcher import (
+    ClusterPlan,
+    LocalCluster,
+    ProcessSpec,
+    pick_free_port,
+    write_json_atomically,
+)
 
 
 def _next_node_number(plan: ClusterPlan) -> int:
@@ -42,5 +49,21 @@ def start_shard_members(cluster: LocalCluster, shard: str,
         plan.nodes.append(spec)
         cluster.start_process(spec)
     plan.save(cluster.directory / "launcher.json")
-    cluster.write_cluster_file()
+    _merge_cluster_file(cluster, specs)
     return specs
+
+
+def _merge_cluster_file(cluster: LocalCluster, specs: list[ProcessSpec]) -> None:
+    """Add the new members to ``cluster.json``, keeping the entries (and pids) of the
+    processes another launcher started, so ``shardkv down`` stops them all."""
+    path = cluster.cluster_file
+    described = json.loads(path.read_text()) if path.is_file() else cluster.describe()
+    known = {entry["id"] for entry in described.get("nodes", [])}
+    for spec in specs:
+        if spec.id in known:
+            continue
+        proc = cluster.procs.get(spec.id)
+        described.setdefault("nodes", []).append({
+            "id": spec.id, "url": spec.url, "pid": proc.pid if proc else None,
+            "data_dir": spec.data_dir})
+    write_json_atomically(path, described)

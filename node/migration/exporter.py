@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import time
 from typing import Any
 
@@ -34,8 +35,11 @@ from shardkv.node.wal.write_ahead_log import WriteAheadLog
 
 logger = logging.getLogger(__name__)
 
-BATCH_KEYS = 1000
+BATCH_KEYS = int(os.environ.get("SHARDKV_MIGRATION_BATCH_KEYS") or 1000)
 BATCH_BYTES = 1 << 20
+# A pause after each batch: a throttle for a loaded cluster (the foreground load keeps its
+# share), and what lets a test land a fault in the middle of a copy.
+BATCH_PAUSE_S = float(os.environ.get("SHARDKV_MIGRATION_BATCH_PAUSE_S") or 0.0)
 TAIL_READ_ENTRIES = 2000
 TAIL_IDLE_S = 0.02
 REQUEST_TIMEOUT_S = 30.0
@@ -191,6 +195,8 @@ class ArcExport:
         await self._post("/internal/migration/import", {"records": records})
         self.keys_sent += len(records)
         self.bytes_sent += size
+        if BATCH_PAUSE_S:
+            await asyncio.sleep(BATCH_PAUSE_S)
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         assert self._session is not None

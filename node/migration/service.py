@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from shardkv.node.server import NodeServer
 
 FENCE_WAIT_S = 10.0
-SHIP_WAIT_S = 30.0
+SHIP_WAIT_S = 20.0
 
 
 class MigrationService:
@@ -190,10 +190,16 @@ class MigrationService:
         export = self.export
         if export is None or export.migration_id != migration_id or not export.running:
             raise Unavailable("no export of this migration runs here; start it again")
-        await self.fence.drained(FENCE_WAIT_S)
-        await store.barrier()
-        fenced_lsn = store.applied_lsn
-        await export.ship_until(fenced_lsn, SHIP_WAIT_S)
+        try:
+            # Bounded: the moving keys are unwritable meanwhile; a shard that cannot commit
+            # (no majority) fails the fence, and the coordinator lifts it.
+            async with asyncio.timeout(SHIP_WAIT_S):
+                await self.fence.drained(FENCE_WAIT_S)
+                await store.barrier()
+                fenced_lsn = store.applied_lsn
+                await export.ship_until(fenced_lsn, SHIP_WAIT_S)
+        except TimeoutError:
+            raise Timeout("the fence could not drain and ship in time") from None
         return {"fenced_lsn": fenced_lsn, "epoch": store.epoch, **export.status()}
 
     async def clean_start(self, body: dict[str, Any]) -> dict[str, Any]:

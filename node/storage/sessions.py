@@ -1,0 +1,170 @@
+"""Client sessions: the shard's dedup table that makes a retried write exactly-once.
+
+A client stamps every write with a session: ``client_id`` (bytes it picked at random) and
+``seq`` (a number that grows with each write of that id; one write at a time per id). The
+shard keeps, per client id, the last ``seq`` it decided and that decision's outcome (the
+answer, or the definite error). A write whose ``seq`` equals the record's is a retry: it is
+answered from the record and not applied again. One below is a late duplicate of a write the
+client has already moved past: refused, never applied. One above is new.
+
+The table is *replicated state*, not a side structure: a session record is an ordinary row
+under a reserved key (``RESERVED_PREFIX``, which no request may name), written by a PUT
+mutation in the same WAL entry as the write it describes. So it is atomic with the write (an
+entry is applied whole or not at all), shipped to replicas with it (a new primary after a
+failover answers a retry from it), in every snapshot, and kept by both engines without any
+engine code. The row's ``expires_at`` is the session's age limit (the TTL sweeper removes
+it, through the log like any expired key); ``SessionIndex`` bounds how many there are by
+deleting the least recently written ones in the entries that create new sessions.
+
+Every *decided* write of a stamped request logs its record, failures included (a failed
+compare-and-swap, a delete of an absent key): otherwise a late duplicate of it could still
+apply after the client was told it did not. See docs/exactly-once.md.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from shardkv.cluster.errors import InvalidArgument, ShardKVError, error_from_dict
+from shardkv.node.storage.engines.engine import StoredItem
+from shardkv.node.wal.record import Mutation, MutationKind
+
+# Keys the node keeps for itself. No request may name one (INVALID_ARGUMENT) and scans skip
+# them; a user key starting with a NUL byte followed by "shardkv:" is the price.
+RESERVED_PREFIX = b"\x00shardkv:"
+SESSION_PREFIX = RESERVED_PREFIX + b"session:"
+SESSION_RANGE_END = RESERVED_PREFIX + b"session;"  # ";" follows ":" in ASCII
+MAX_CLIENT_ID_BYTES = 64
+MAX_SEQ = 2**63 - 1
+
+DEFAULT_SESSION_TTL_S = 600.0
+DEFAULT_MAX_SESSIONS = 100_000
+# How many old sessions one write may delete (bounded work per write).
+_MAX_EVICTIONS_PER_WRITE = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    client_id: bytes
+    seq: int
+
+    @property
+    def key(self) -> bytes:
+        return SESSION_PREFIX + self.client_id
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a decided write answered: ``payload`` (the part of the answer that is not the
+    version; the version is the LSN of the entry that logged the record) or ``error``."""
+
+    payload: Any = None
+    error: ShardKVError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    seq: int
+    outcome: Outcome
+    lsn: int  # the entry that logged it: the version of a successful write
+
+
+def parse_session(client_id: object, seq: object) -> Session:
+    """Check a request's ``client_id``/``seq`` (both or none)."""
+    if isinstance(client_id, str):
+        client_id = client_id.encode("utf-8")
+    if not isinstance(client_id, bytes | bytearray) or not client_id:
+        raise InvalidArgument("client_id must be non-empty bytes when seq is given")
+    if len(client_id) > MAX_CLIENT_ID_BYTES:
+        raise InvalidArgument(f"client_id is {len(client_id)} bytes; the limit is "
+                              f"{MAX_CLIENT_ID_BYTES}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
+        raise InvalidArgument(f"seq must be an integer in [1, 2**63), got {seq!r}")
+    return Session(bytes(client_id), seq)
+
+
+def check_user_key(key: bytes) -> None:
+    """Refuse a key in the node's reserved namespace (where session records live)."""
+    if key[:1] == b"\x00" and key.startswith(RESERVED_PREFIX):
+        raise InvalidArgument("keys starting with \\x00shardkv: are reserved for the node",
+                              key=key)
+
+
+def is_reserved(key: bytes) -> bool:
+    return key[:1] == b"\x00" and key.startswith(RESERVED_PREFIX)
+
+
+def encode_record(seq: int, outcome: Outcome) -> bytes:
+    error = None if outcome.error is None else outcome.error.to_dict()
+    return msgpack.packb([seq, outcome.payload, error], use_bin_type=True)
+
+
+def decode_record(item: StoredItem) -> SessionRecord:
+    seq, payload, error = msgpack.unpackb(item.value, raw=False)
+    return SessionRecord(int(seq), Outcome(payload, None if error is None else
+                                           error_from_dict(error)), item.version)
+
+
+def check_order(session: Session, record: SessionRecord | None) -> SessionRecord | None:
+    """The record to answer ``session`` from (a retry), None if it is a new write, or
+    INVALID_ARGUMENT for a late duplicate of a write the client has since moved past."""
+    if record is None or session.seq > record.seq:
+        return None
+    if session.seq == record.seq:
+        return record
+    raise InvalidArgument(
+        f"seq {session.seq} is older than this session's last write {record.seq}: a late "
+        "duplicate, not applied", last_seq=record.seq)
+
+
+class SessionIndex:
+    """The primary's view of which sessions exist, least recently written first, to keep
+    their number at ``max_sessions``: the entry that creates a session past the bound also
+    deletes the oldest ones (and any already expired at the front). Rebuilt from the engine
+    whenever this node starts writing (``Store.open``, ``begin_epoch``), so it is only ever
+    a cache of the replicated rows; eviction itself is logged, so every replica agrees."""
+
+    def __init__(self, *, ttl_s: float, max_sessions: int) -> None:
+        if ttl_s <= 0:
+            raise ValueError("session ttl must be positive")
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._expiry: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def reset(self, rows: list[tuple[bytes, float | None]]) -> None:
+        """Rebuild from (session key, expires_at) rows, oldest first by expiry."""
+        ordered = sorted(rows, key=lambda row: (row[1] or 0.0, row[0]))
+        self._expiry = collections.OrderedDict((key, exp or 0.0) for key, exp in ordered)
+
+    def stamp(self, session: Session, outcome: Outcome, now: float) -> list[Mutation]:
+        """The mutations that log ``outcome`` for ``session``: its record, plus deletes of
+        the sessions it pushes out."""
+        key = session.key
+        expires_at = now + self.ttl_s
+        mutations = [Mutation(MutationKind.PUT, key, encode_record(session.seq, outcome),
+                              False, expires_at)]
+        index = self._expiry
+        if key in index:
+            index.move_to_end(key)
+        else:
+            for _ in range(_MAX_EVICTIONS_PER_WRITE):
+                if not index:
+                    break
+                oldest, oldest_expiry = next(iter(index.items()))
+                if len(index) < self.max_sessions and oldest_expiry > now:
+                    break
+                del index[oldest]
+                if oldest_expiry > now:
+                    self.evicted += 1
+                mutations.append(Mutation(MutationKind.DELETE, oldest))
+        index[key] = expires_at
+        return mutations

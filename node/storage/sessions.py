@@ -12,9 +12,11 @@ under a reserved key (``RESERVED_PREFIX``, which no request may name), written b
 mutation in the same WAL entry as the write it describes. So it is atomic with the write (an
 entry is applied whole or not at all), shipped to replicas with it (a new primary after a
 failover answers a retry from it), in every snapshot, and kept by both engines without any
-engine code. The row's ``expires_at`` is the session's age limit (the TTL sweeper removes
-it, through the log like any expired key); ``SessionIndex`` bounds how many there are by
-deleting the least recently written ones in the entries that create new sessions.
+engine code. A record carries the primary's clock when it was written: one older than the
+session TTL counts as absent. ``SessionIndex`` keeps the rows bounded in number and age: the
+entries the primary logs also delete the least recently written sessions once there are too
+many, and expired ones. (The rows have no ``expires_at``: a TTL would push every write into
+the engine's expiry index, whose upkeep is proportional to the whole key space.)
 
 Every *decided* write of a stamped request logs its record, failures included (a failed
 compare-and-swap, a delete of an absent key): otherwise a late duplicate of it could still
@@ -70,6 +72,7 @@ class SessionRecord:
     seq: int
     outcome: Outcome
     lsn: int  # the entry that logged it: the version of a successful write
+    written_at: float  # the primary's clock when it was logged
 
 
 def parse_session(client_id: object, seq: object) -> Session:
@@ -97,15 +100,21 @@ def is_reserved(key: bytes) -> bool:
     return key[:1] == b"\x00" and key.startswith(RESERVED_PREFIX)
 
 
-def encode_record(seq: int, outcome: Outcome) -> bytes:
+def encode_record(seq: int, outcome: Outcome, written_at: float) -> bytes:
     error = None if outcome.error is None else outcome.error.to_dict()
-    return msgpack.packb([seq, outcome.payload, error], use_bin_type=True)
+    return msgpack.packb([seq, written_at, outcome.payload, error], use_bin_type=True)
 
 
 def decode_record(item: StoredItem) -> SessionRecord:
-    seq, payload, error = msgpack.unpackb(item.value, raw=False)
-    return SessionRecord(int(seq), Outcome(payload, None if error is None else
-                                           error_from_dict(error)), item.version)
+    seq, written_at, payload, error = msgpack.unpackb(item.value, raw=False)
+    outcome = Outcome(payload, None if error is None else error_from_dict(error))
+    return SessionRecord(int(seq), outcome, item.version, float(written_at))
+
+
+def seq_and_time_of(value: bytes) -> tuple[int, float]:
+    """``(seq, written_at)`` of an encoded record (all that rebuilding the index needs)."""
+    raw = msgpack.unpackb(value, raw=False)
+    return int(raw[0]), float(raw[1])
 
 
 def check_order(session: Session, record: SessionRecord | None) -> SessionRecord | None:
@@ -121,11 +130,20 @@ def check_order(session: Session, record: SessionRecord | None) -> SessionRecord
 
 
 class SessionIndex:
-    """The primary's view of which sessions exist, least recently written first, to keep
-    their number at ``max_sessions``: the entry that creates a session past the bound also
-    deletes the oldest ones (and any already expired at the front). Rebuilt from the engine
-    whenever this node starts writing (``Store.open``, ``begin_epoch``), so it is only ever
-    a cache of the replicated rows; eviction itself is logged, so every replica agrees."""
+    """The primary's cache of the session rows: per session its last ``seq`` and write
+    time, least recently written first.
+
+    Two uses. It keeps the rows bounded: the entry a stamped write logs also deletes, from
+    the front, sessions older than ``ttl_s`` and, when it creates a session past
+    ``max_sessions``, the oldest ones (evictions are logged, so every replica agrees). And it
+    makes the common case cheap: a ``seq`` above the cached one is a new write, decided
+    without reading the row (and, for a blind put, without the store lock). Only a retry
+    reads its row.
+
+    It is a cache of replicated state, so it must never be behind the rows when it is used:
+    anything that changes rows other than this primary's own stamps (a replicated entry, a
+    snapshot installed, a log suffix dropped) marks it ``stale``, and the Store rebuilds it
+    from the rows before the next stamped write (and at ``open``/``begin_epoch``)."""
 
     def __init__(self, *, ttl_s: float, max_sessions: int) -> None:
         if ttl_s <= 0:
@@ -134,37 +152,51 @@ class SessionIndex:
             raise ValueError("max_sessions must be at least 1")
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
-        self._expiry: collections.OrderedDict[bytes, float] = collections.OrderedDict()
-        self.evicted = 0
+        # session key -> (written_at, seq), least recently written first
+        self._rows: collections.OrderedDict[bytes, tuple[float, int]] = (
+            collections.OrderedDict())
+        self.stale = True
+        self.evicted = 0  # live sessions pushed out by the bound (their retries not deduped)
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._rows)
 
-    def reset(self, rows: list[tuple[bytes, float | None]]) -> None:
-        """Rebuild from (session key, expires_at) rows, oldest first by expiry."""
-        ordered = sorted(rows, key=lambda row: (row[1] or 0.0, row[0]))
-        self._expiry = collections.OrderedDict((key, exp or 0.0) for key, exp in ordered)
+    def reset(self, rows: list[tuple[bytes, int, float]]) -> None:
+        """Rebuild from (session key, seq, written_at) rows."""
+        ordered = sorted(rows, key=lambda row: (row[2], row[0]))
+        self._rows = collections.OrderedDict((key, (at, seq)) for key, seq, at in ordered)
+        self.stale = False
+
+    def is_new(self, session: Session, now: float) -> bool:
+        """True if ``session`` is surely a write this shard has not decided (no row, an
+        expired one, or a lower seq); False if its row must be read. Never True when
+        stale."""
+        if self.stale:
+            return False
+        cached = self._rows.get(session.key)
+        return cached is None or cached[0] + self.ttl_s <= now or session.seq > cached[1]
+
+    def expired(self, record: SessionRecord, now: float) -> bool:
+        return record.written_at + self.ttl_s <= now
 
     def stamp(self, session: Session, outcome: Outcome, now: float) -> list[Mutation]:
         """The mutations that log ``outcome`` for ``session``: its record, plus deletes of
         the sessions it pushes out."""
         key = session.key
-        expires_at = now + self.ttl_s
-        mutations = [Mutation(MutationKind.PUT, key, encode_record(session.seq, outcome),
-                              False, expires_at)]
-        index = self._expiry
-        if key in index:
-            index.move_to_end(key)
-        else:
-            for _ in range(_MAX_EVICTIONS_PER_WRITE):
-                if not index:
-                    break
-                oldest, oldest_expiry = next(iter(index.items()))
-                if len(index) < self.max_sessions and oldest_expiry > now:
-                    break
-                del index[oldest]
-                if oldest_expiry > now:
-                    self.evicted += 1
-                mutations.append(Mutation(MutationKind.DELETE, oldest))
-        index[key] = expires_at
+        mutations = [Mutation(MutationKind.PUT, key, encode_record(session.seq, outcome, now))]
+        rows = self._rows
+        known = rows.pop(key, None) is not None
+        oldest_allowed = now - self.ttl_s
+        for _ in range(_MAX_EVICTIONS_PER_WRITE):
+            if not rows:
+                break
+            oldest, (written_at, _) = next(iter(rows.items()))
+            over = not known and len(rows) >= self.max_sessions
+            if not over and written_at > oldest_allowed:
+                break
+            del rows[oldest]
+            if written_at > oldest_allowed:
+                self.evicted += 1
+            mutations.append(Mutation(MutationKind.DELETE, oldest))
+        rows[key] = (now, session.seq)
         return mutations

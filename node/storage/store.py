@@ -54,11 +54,13 @@ from shardkv.node.storage.scan_cursor import (
 from shardkv.node.storage.sessions import (
     SESSION_PREFIX,
     SESSION_RANGE_END,
+    Outcome,
     Session,
     SessionIndex,
     SessionRecord,
     check_order,
     decode_record,
+    seq_and_time_of,
 )
 from shardkv.node.storage.snapshots.snapshot import SnapshotMeta, read_snapshot
 from shardkv.node.storage.snapshots.snapshotter import Snapshotter
@@ -234,6 +236,7 @@ class Store:
         must be ``last_lsn + 1``); the future resolves when it is applied here."""
         if entry.epoch > self._pipeline.epoch:
             self._pipeline.epoch = entry.epoch
+        self._sessions.stale = True  # its session rows are not in the primary's cache
         applied = self._pipeline.submit_entry(entry)
         self._snapshotter.note_logged(self._pipeline.take_logged_bytes())
         return applied
@@ -248,6 +251,7 @@ class Store:
             await self._wal.restart_at(meta.lsn + 1, meta.epoch)
             await self._engine.load(read_snapshot(meta.path), meta.lsn)
             self._pipeline.reset(meta.lsn, meta.epoch)
+            self._sessions.stale = True
             self._snapshotter.installed(meta)
 
     async def truncate_log_after(self, lsn: int) -> None:
@@ -264,6 +268,7 @@ class Store:
                 )
             await self._wal.truncate_after(lsn)
             self._pipeline.reset(lsn, self._wal.last_epoch)
+            self._sessions.stale = True
 
     # ------------------------------------------------------------------------------ reads
 
@@ -329,12 +334,20 @@ class Store:
         key, raw, ttl = as_key(key), as_value(value, self._limits), as_ttl(ttl)
         if_version = check_conditions_args(if_version, if_absent)
         conditional = if_version is not None or if_absent
-        if not conditional and session is None:
+        if not conditional:
             # A blind write reads nothing, so it needs no lock: ``submit`` orders it at once,
             # and a conditional writer reading meanwhile sees it in the overlay (``current``
             # re-checks the overlay after its read, with no await before its own submit).
-            mutation = put_mutation(key, raw, expiry(ttl, self._clock()), self._threshold)
-            return await self._submit([mutation])
+            # A stamped one too, when the session cache says it is new (no await between
+            # that check, the stamp and the submit).
+            now = self._clock()
+            if session is None:
+                return await self._submit(
+                    [put_mutation(key, raw, expiry(ttl, now), self._threshold)])
+            if self._sessions.is_new(session, now):
+                mutation = put_mutation(key, raw, expiry(ttl, now), self._threshold)
+                return await self._submit(
+                    [mutation, *self._sessions.stamp(session, _DONE, now)])
 
         async def decide(now: float) -> Decision:
             if conditional:
@@ -510,7 +523,11 @@ class Store:
             self._pipeline.check_writable()
             now = self._clock()
             if session is not None:
-                replay = check_order(session, await self._session_record(session, now))
+                if self._sessions.stale:
+                    await self._pipeline.barrier()  # rows in flight are rows too
+                    await self._load_sessions()
+                if not self._sessions.is_new(session, now):
+                    replay = check_order(session, await self._session_record(session, now))
             if replay is None:
                 decision = await decide(now)
                 mutations = decision.mutations
@@ -530,15 +547,18 @@ class Store:
         return decision.payload, version
 
     async def _session_record(self, session: Session, now: float) -> SessionRecord | None:
-        item = live(await self._pipeline.current(session.key), now)
-        return None if item is None else decode_record(item)
+        item = await self._pipeline.current(session.key)
+        if item is None:
+            return None
+        record = decode_record(item)
+        return None if self._sessions.expired(record, now) else record
 
     async def _replay(self, session: Session, seen: SessionRecord) -> tuple[Any, int]:
         """Answer a retry from its record, once the entry that logged it is applied. If that
         entry never applies (the pipeline failed under it), its fate is decided elsewhere:
         OUTCOME_UNKNOWN, which the client retries (at the next primary, which knows)."""
         await self._pipeline.barrier()
-        item = live(await self._engine.get(session.key), self._clock())
+        item = await self._engine.get(session.key)
         record = check_order(session, None if item is None else decode_record(item))
         if record is None or record.lsn != seen.lsn:
             raise OutcomeUnknown("an earlier attempt of this write was ordered but has not "
@@ -550,11 +570,11 @@ class Store:
 
     async def _load_sessions(self) -> None:
         """Rebuild the session index from the rows (at open, and when made primary)."""
-        rows: list[tuple[bytes, float | None]] = []
+        rows: list[tuple[bytes, int, float]] = []
         low: bytes | None = SESSION_PREFIX
         while low is not None:
             page = await self._engine.scan(low, SESSION_RANGE_END, 1000)
-            rows.extend((key, item.expires_at) for key, item in page)
+            rows.extend((key, *seq_and_time_of(item.value)) for key, item in page)
             low = next_cursor(page[-1][0]) if len(page) == 1000 else None
         self._sessions.reset(rows)
 
@@ -598,6 +618,9 @@ class Store:
             recovery=self._recovery,
             wal=self._wal.stats(),
         )
+
+
+_DONE = Outcome()  # a write whose answer is its version alone
 
 
 def _fill(results: list[dict], version: int) -> list[dict]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, error_from_dict
@@ -44,12 +44,16 @@ MAX_SEQ = 2**63 - 1
 
 DEFAULT_SESSION_TTL_S = 600.0
 DEFAULT_MAX_SESSIONS = 100_000
-# How many old sessions one write may delete (bounded work per write).
+# How many old sessions one write may delete (bounded work per write), and how often the
+# front of the index is checked for expired sessions (seconds of the primary's clock).
 _MAX_EVICTIONS_PER_WRITE = 8
+_EXPIRY_CHECK_S = 1.0
+_PACKER = msgpack.Packer(use_bin_type=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
+class Session(NamedTuple):
+    """A write's session stamp. A NamedTuple: one is built per write on the hot path."""
+
     client_id: bytes
     seq: int
 
@@ -102,7 +106,7 @@ def is_reserved(key: bytes) -> bool:
 
 def encode_record(seq: int, outcome: Outcome, written_at: float) -> bytes:
     error = None if outcome.error is None else outcome.error.to_dict()
-    return msgpack.packb([seq, written_at, outcome.payload, error], use_bin_type=True)
+    return _PACKER.pack([seq, written_at, outcome.payload, error])
 
 
 def decode_record(item: StoredItem) -> SessionRecord:
@@ -157,6 +161,7 @@ class SessionIndex:
             collections.OrderedDict())
         self.stale = True
         self.evicted = 0  # live sessions pushed out by the bound (their retries not deduped)
+        self._next_expiry_check = 0.0
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -181,22 +186,32 @@ class SessionIndex:
 
     def stamp(self, session: Session, outcome: Outcome, now: float) -> list[Mutation]:
         """The mutations that log ``outcome`` for ``session``: its record, plus deletes of
-        the sessions it pushes out."""
+        the sessions it pushes out (over the count bound, or expired: the front is looked
+        at once a second, or at every write while there is a backlog)."""
         key = session.key
         mutations = [Mutation(MutationKind.PUT, key, encode_record(session.seq, outcome, now))]
         rows = self._rows
         known = rows.pop(key, None) is not None
+        if (not known and len(rows) >= self.max_sessions) or now >= self._next_expiry_check:
+            self._evict(mutations, known, now)
+        rows[key] = (now, session.seq)
+        return mutations
+
+    def _evict(self, mutations: list[Mutation], known: bool, now: float) -> None:
+        rows = self._rows
         oldest_allowed = now - self.ttl_s
         for _ in range(_MAX_EVICTIONS_PER_WRITE):
             if not rows:
                 break
-            oldest, (written_at, _) = next(iter(rows.items()))
+            oldest = next(iter(rows))
+            written_at = rows[oldest][0]
             over = not known and len(rows) >= self.max_sessions
             if not over and written_at > oldest_allowed:
-                break
+                self._next_expiry_check = now + _EXPIRY_CHECK_S
+                return
             del rows[oldest]
             if written_at > oldest_allowed:
                 self.evicted += 1
             mutations.append(Mutation(MutationKind.DELETE, oldest))
-        rows[key] = (now, session.seq)
-        return mutations
+        # Stopped at the per-write limit (or emptied the index): look again next write.
+        self._next_expiry_check = now if rows else now + _EXPIRY_CHECK_S

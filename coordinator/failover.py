@@ -42,11 +42,12 @@ from shardkv.cluster.cluster_map import SHARD_ACTIVE, ClusterMap
 from shardkv.cluster.cluster_token import auth_headers
 from shardkv.cluster.errors import InvalidArgument, NotFound, ShardKVError, Unavailable
 from shardkv.cluster.structured_log import log_fields
+from shardkv.cluster.timing import DEFAULT_FAILOVER_TIMEOUT_S
 from shardkv.coordinator.liveness import UNKNOWN, Liveness
 
 logger = logging.getLogger("shardkv.coordinator.failover")
 
-DEFAULT_TIMEOUT_S = 3.0
+DEFAULT_TIMEOUT_S = DEFAULT_FAILOVER_TIMEOUT_S  # the timing contract, cluster/timing.py
 CHECK_INTERVAL_S = 0.2
 PROBE_TIMEOUT_S = 0.8
 

@@ -8,13 +8,13 @@ liveness grace period, and adds:
   switchover (fence, catch up, promote); answers the new primary, the epoch and the pause;
 - ``GET /admin/failover``: the detector's counters and the measured failover durations.
 
-The failover timeout is ``SHARDKV_FAILOVER_TIMEOUT_S`` (default 3 s); a node's lease must be
-shorter (``node/replication/lease.py`` derives it from the same value).
+The failover timeout is the timing contract's ``failover_timeout_s`` (``cluster/timing.py``,
+``SHARDKV_FAILOVER_TIMEOUT_S``, default 3 s), validated with the coordinator's config; a
+node's lease is derived from the same setting.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +25,6 @@ from prometheus_client.registry import Collector
 from shardkv.cluster.errors import InvalidArgument, NotPrimary
 from shardkv.coordinator import observability
 from shardkv.coordinator.failover import (
-    DEFAULT_TIMEOUT_S,
     FailureDetector,
     probe_over_http,
     switchover,
@@ -37,18 +36,6 @@ from shardkv.coordinator.http_io import (
     read_object,
     respond,
 )
-
-ENV_TIMEOUT = "SHARDKV_FAILOVER_TIMEOUT_S"
-
-
-def failover_timeout_s() -> float:
-    raw = os.environ.get(ENV_TIMEOUT)
-    if not raw:
-        return DEFAULT_TIMEOUT_S
-    value = float(raw)
-    if not 0.2 <= value <= 600:
-        raise ValueError(f"{ENV_TIMEOUT} must be between 0.2 and 600 seconds, got {raw}")
-    return value
 
 
 def install(coord: Any) -> None:
@@ -63,7 +50,7 @@ def install(coord: Any) -> None:
                 return await probe_over_http(session, node_id, url)
 
             detector = FailureDetector(lambda: c.watch.current, c.liveness, c.propose, probe,
-                                       timeout_s=failover_timeout_s())
+                                       timeout_s=c.config.timing.failover_timeout_s)
             previous = state.get("detector")
             if previous is not None:  # keep the history across terms of this member
                 detector.durations_s = previous.durations_s
@@ -102,7 +89,7 @@ async def failover_status(request: web.Request) -> web.StreamResponse:
     detector = getattr(coord, "failover_state", {}).get("detector")
     return respond(request, {
         "leader": coord.is_leader(),
-        "timeout_s": failover_timeout_s(),
+        "timeout_s": coord.config.timing.failover_timeout_s,
         "failovers": detector.failovers if detector else 0,
         "refused": detector.refused if detector else 0,
         "durations_s": [round(d, 3) for d in detector.durations_s] if detector else [],

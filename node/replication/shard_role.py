@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +42,7 @@ from shardkv.cluster.errors import (
 )
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.replication.endpoints import ReplicationEndpoints
-from shardkv.node.replication.lease import PrimaryLease, lease_for
+from shardkv.node.replication.lease import PrimaryLease
 from shardkv.node.replication.metrics import ReplicationCollector
 from shardkv.node.replication.primary import ReplicationPrimary
 from shardkv.node.replication.replica import ReplicationReplica
@@ -58,17 +57,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("shardkv.node.replication")
 
-ENV_FAILOVER_TIMEOUT = "SHARDKV_FAILOVER_TIMEOUT_S"
-ENV_WRITE_TIMEOUT = "SHARDKV_WRITE_TIMEOUT_S"
-
-
 class NodeReplication:
     """See the module docstring. ``install()`` once, from ``NodeServer.__init__``."""
 
     def __init__(self, server: NodeServer) -> None:
         self.server = server
-        timeout = float(os.environ.get(ENV_FAILOVER_TIMEOUT) or 3.0)
-        self.lease = PrimaryLease(lease_for(timeout))
+        # The timing contract (cluster/timing.py) was validated with the node's config.
+        self.lease = PrimaryLease(server.config.timing.lease_s)
         self.primary: ReplicationPrimary | None = None
         self.replica: ReplicationReplica | None = None
         self.members: list[str] = []
@@ -88,7 +83,7 @@ class NodeReplication:
         server.ctx.read_guard = self.check_read
         server.metrics.registry.register(ReplicationCollector(self))
         if self.clustered:
-            server.ctx.write_timeout_s = float(os.environ.get(ENV_WRITE_TIMEOUT) or 5.0)
+            server.ctx.write_timeout_s = server.config.timing.write_timeout_s
         server.on_stop.insert(0, self._stop)
         if server.membership is not None:
             server.membership.listeners.append(self._on_placement)

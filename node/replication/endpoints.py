@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_token import check_auth
 from shardkv.cluster.errors import InvalidArgument, NotPrimary, ShardKVError, Unavailable
@@ -40,18 +41,18 @@ class ReplicationEndpoints:
         self.replication = replication
 
     def routes(self) -> list[web.RouteDef]:
-        routes = [
-            web.get("/v1/replicate", self.replicate),
-            web.get("/v1/replication", _coded(self.status)),
-            web.get("/v1/digest", _coded(self.digest)),
-            web.post("/admin/replication/fence", _coded(self.fence)),
-            web.post("/admin/replication/unfence", _coded(self.unfence)),
+        table = [
+            web.get(routes.REPLICATE, self.replicate),
+            web.get(routes.REPLICATION_STATUS, _coded(self.status)),
+            web.get(routes.DIGEST, _coded(self.digest)),
+            web.post(routes.FENCE, _coded(self.fence)),
+            web.post(routes.UNFENCE, _coded(self.unfence)),
             *failpoints.admin_routes(),
             *clock_admin.admin_routes(),
         ]
         if failpoints.test_admin_enabled():
-            routes.append(web.post("/admin/replication/compact", _coded(self.compact)))
-        return routes
+            table.append(web.post(routes.COMPACT, _coded(self.compact)))
+        return table
 
     async def replicate(self, request: web.Request) -> web.StreamResponse:
         primary = self.replication.primary
@@ -62,7 +63,7 @@ class ReplicationEndpoints:
         return await primary.serve(request)
 
     async def status(self, request: web.Request) -> web.StreamResponse:
-        return _respond(request, self.replication.status())
+        return _respond(request, dict(self.replication.status()))
 
     async def digest(self, request: web.Request) -> web.StreamResponse:
         """At an applied LSN that did not move while the digest was computed (retried until
@@ -83,12 +84,12 @@ class ReplicationEndpoints:
         epoch = body.get("epoch")
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
             raise InvalidArgument("epoch must be an integer")
-        return _respond(request, self.replication.fence(epoch))
+        return _respond(request, dict(self.replication.fence(epoch)))
 
     async def unfence(self, request: web.Request) -> web.StreamResponse:
         check_auth(request.headers.get("Authorization"))
         await _read_body(request)
-        return _respond(request, self.replication.unfence())
+        return _respond(request, dict(self.replication.unfence()))
 
     async def compact(self, request: web.Request) -> web.StreamResponse:
         store = self._store()

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shardkv.cluster.cluster_map import ROLE_PRIMARY, ROLE_REPLICA, ClusterMap
+from shardkv.cluster.control_messages import FenceAnswer, ReplicationStatus, UnfenceAnswer
 from shardkv.cluster.errors import (
     NotPrimary,
     ShardKVError,
@@ -290,10 +291,10 @@ class NodeReplication:
 
     # ---------------------------------------------------------------- state for endpoints
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ReplicationStatus:
         """What ``GET /v1/replication`` answers (and the failover probe reads)."""
         store = self.server.store
-        body: dict[str, Any] = {
+        body: ReplicationStatus = {
             "node": self.server.ctx.node_id,
             "role": self.server.ctx.role,
             "epoch": store.epoch if store else self.epoch,
@@ -313,7 +314,7 @@ class NodeReplication:
             body["follower"] = self.replica.stats()
         return body
 
-    def fence(self, epoch: int | None) -> dict[str, Any]:
+    def fence(self, epoch: int | None) -> FenceAnswer:
         """Planned switchover, step 1: take no new writes (in-flight ones still commit) and
         report the last LSN; the coordinator waits until the target holds it."""
         store = self._store()
@@ -326,7 +327,7 @@ class NodeReplication:
         self.server.ctx.role = "fenced"  # new writes: NOT_PRIMARY, clients retry elsewhere
         return {"last_lsn": store.last_lsn, "epoch": store.epoch}
 
-    def unfence(self) -> dict[str, Any]:
+    def unfence(self) -> UnfenceAnswer:
         """The switchover was abandoned: take writes again."""
         if self.primary is not None and self.fenced:
             self.fenced = False

@@ -19,7 +19,8 @@ JSON = "application/json"
 
 def pack(obj: Any) -> bytes:
     """Encode with msgpack (bytes stay bytes, str stays str)."""
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes, *, max_bytes: int | None = None) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from shardkv.cluster.errors import (
@@ -21,19 +21,22 @@ from shardkv.cluster.errors import (
 )
 from shardkv.cluster.http_body import answers_json, error_response, read_object, respond
 
+if TYPE_CHECKING:
+    from shardkv.coordinator.server import Coordinator
+
 __all__ = ["COORDINATOR_KEY", "MAX_BODY", "coordinator_of", "error_response",
            "errors_as_values", "only_fields", "raise_for_result", "read_object", "respond",
            "wants_msgpack"]
 
 MAX_BODY = 1 << 20
 
-# The Coordinator serving a request (typed loosely here to keep this module import-light).
-COORDINATOR_KEY: web.AppKey[Any] = web.AppKey("coordinator", object)
+# The Coordinator serving a request (imported for type checking only: server.py imports this).
+COORDINATOR_KEY: web.AppKey[Coordinator] = web.AppKey("coordinator")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def coordinator_of(request: web.Request) -> Any:
+def coordinator_of(request: web.Request) -> Coordinator:
     return request.app[COORDINATOR_KEY]
 
 

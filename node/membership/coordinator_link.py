@@ -203,8 +203,7 @@ class CoordinatorLink:
         ordered = [self.leader_url] if self.leader_url else []
         start = self._next_url % len(self.urls)
         ordered += self.urls[start:] + self.urls[:start] + learned
-        seen: set[str] = set()
-        return [u for u in ordered if u and not (u in seen or seen.add(u))]
+        return list(dict.fromkeys(u for u in ordered if u))  # first occurrence of each
 
     # -- registration --------------------------------------------------------------------
 
@@ -323,6 +322,9 @@ class CoordinatorLink:
 
     async def heartbeat_once(self) -> dict[str, Any]:
         """Send one heartbeat to the leader (following 421 hints); its answer."""
+        if self.node_id is None:
+            raise Unavailable("not registered yet: no node id to heartbeat as")
+        node_id = self.node_id
         status_body = dict(self.status())
         body: HeartbeatRequest = {
             "lsn": int(status_body.get("lsn", 0)),
@@ -336,7 +338,7 @@ class CoordinatorLink:
             sent_at = self._clock()
             try:
                 status, answer = await self._call(
-                    "POST", url + routes.node_heartbeat(self.node_id), dict(body),
+                    "POST", url + routes.node_heartbeat(node_id), dict(body),
                     timeout_s=self.heartbeat_timeout_s)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 last_error = Unavailable(f"{url}: {exc}")

@@ -617,6 +617,9 @@ class Store:
             expired_swept=self._sweeper.swept,
             recovery=self._recovery,
             wal=self._wal.stats(),
+            sessions=0 if self._sessions.stale else len(self._sessions),
+            dedup_hits=self.dedup_hits,
+            sessions_evicted=self._sessions.evicted,
         )
 
 

@@ -157,3 +157,8 @@ class StoreStats:
     expired_swept: int
     recovery: RecoveryReport
     wal: WalStats
+    # Client sessions (sessions.py): sessions in the primary's cache (0 on a replica),
+    # retries answered from a record, and live sessions pushed out by the count bound.
+    sessions: int = 0
+    dedup_hits: int = 0
+    sessions_evicted: int = 0

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shardkv.cluster.errors import InvalidArgument, NotFound, VersionMismatch
+from shardkv.node.config import ConfigError, load_config
 from shardkv.node.storage.sessions import SESSION_PREFIX, SESSION_RANGE_END, Session
 from shardkv.node.storage.snapshots.snapshot import read_snapshot
 from shardkv.node.storage.store import BatchOp, Store, StoreConfig
@@ -235,3 +236,19 @@ async def test_any_mix_of_retries_counts_each_write_once(tmp_path: Path, script)
         assert (await store.get(b"n")).value == str(len(answers)).encode()
     finally:
         await store.close()
+
+
+async def test_stats_count_sessions_and_dedup_hits(store: Store) -> None:
+    await store.incr(b"n", session=Session(b"a", 1))
+    await store.incr(b"n", session=Session(b"b", 1))
+    await store.incr(b"n", session=Session(b"b", 1))
+    stats = store.stats()
+    assert (stats.sessions, stats.dedup_hits, stats.sessions_evicted) == (2, 1, 0)
+
+
+def test_the_node_config_sets_the_session_bounds(tmp_path: Path) -> None:
+    config = load_config({"data_dir": str(tmp_path)},
+                         {"SHARDKV_SESSION_TTL_S": "120", "SHARDKV_MAX_SESSIONS": "5000"})
+    assert (config.session_ttl_s, config.max_sessions) == (120.0, 5000)
+    with pytest.raises(ConfigError, match="max_sessions"):
+        load_config({"data_dir": str(tmp_path)}, {"SHARDKV_MAX_SESSIONS": "0"})

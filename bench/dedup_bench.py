@@ -10,9 +10,10 @@ in the machine's load hits both alike; each cell runs ``--duration`` seconds at
 With sessions each write also logs its session record (one more mutation in the same entry)
 and takes the store lock even when it is a blind put.
 
-The machine this runs on is often shared, so a second measure takes the network and the
-scheduler out: the Store alone in this process, writes per CPU-second of this process,
-alternated the same way.
+The machine this runs on is often shared, so two more measures take the scheduler out: the
+node's cost per write (operations per CPU-second of the node process, over the same cells),
+and the Store alone in this process (writes per CPU-second of this process, alternated the
+same way), which isolates the dedup work from the network and the rpc layer.
 
 Memory: a Store opened in this process (memory engine), ``--clients`` incrs by distinct
 client ids against the same key, measured with tracemalloc against the same number of
@@ -40,13 +41,15 @@ from shardkv.node.storage.sessions import Session
 from shardkv.node.storage.store import Store, StoreConfig
 from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
 
+from bench.proc_stats import process_cpu_seconds
 from bench.shardkv_node import shardkv_node
 
 WORKLOADS = ("put", "incr")
 
 
-async def _cell(kv: Client, workload: str, concurrency: int, duration: float) -> float:
-    """Operations per second of ``workload`` at ``concurrency`` in flight."""
+async def _cell(kv: Client, workload: str, concurrency: int, duration: float
+                ) -> tuple[float, int]:
+    """(Operations per second, operations) of ``workload`` at ``concurrency`` in flight."""
     done = 0
     stop_at = time.perf_counter() + duration
     value = b"x" * 100
@@ -64,25 +67,33 @@ async def _cell(kv: Client, workload: str, concurrency: int, duration: float) ->
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), done
 
 
-async def throughput(url: str, *, rounds: int, duration: float, concurrency: int
-                     ) -> dict[str, dict[str, list[float]]]:
-    samples: dict[str, dict[str, list[float]]] = {
-        w: {"on": [], "off": []} for w in WORKLOADS}
+Samples = dict[str, dict[str, list[float]]]
+
+
+async def throughput(url: str, node_pid: int, *, rounds: int, duration: float,
+                     concurrency: int) -> tuple[Samples, Samples]:
+    """Client ops/s, and ops per CPU-second of the node process (the node's cost per write,
+    which the machine's other load does not change the way it changes wall-clock rates)."""
+    samples: Samples = {w: {"on": [], "off": []} for w in WORKLOADS}
+    per_cpu: Samples = {w: {"on": [], "off": []} for w in WORKLOADS}
     async with Client(nodes=[url]) as on, Client(nodes=[url], exactly_once=False) as off:
         clients = {"on": on, "off": off}
-        for workload in WORKLOADS:  # warm-up: connections, JIT-free but caches and allocator
+        for workload in WORKLOADS:  # warm-up: connections, caches, the allocator
             for kv in clients.values():
                 await _cell(kv, workload, concurrency, min(duration, 0.5))
         for round_no in range(rounds):
             order = ("on", "off") if round_no % 2 == 0 else ("off", "on")
             for workload in WORKLOADS:
                 for mode in order:
-                    rate = await _cell(clients[mode], workload, concurrency, duration)
+                    cpu_before = process_cpu_seconds(node_pid)
+                    rate, done = await _cell(clients[mode], workload, concurrency, duration)
+                    cpu = process_cpu_seconds(node_pid) - cpu_before
                     samples[workload][mode].append(rate)
-    return samples
+                    per_cpu[workload][mode].append(done / max(cpu, 1e-3))
+    return samples, per_cpu
 
 
 async def store_cpu(directory: Path, *, rounds: int, ops: int, concurrency: int
@@ -166,7 +177,8 @@ def _medians(samples: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, 
 
 def render(result: dict[str, Any]) -> str:
     lines = [f"{'measure':<22} {'on':>10} {'off':>10} {'on/off':>7}"]
-    for title, section in (("client ops/s", "throughput"), ("store ops/cpu-s", "store_cpu")):
+    for title, section in (("client ops/s", "throughput"), ("node ops/cpu-s", "node_cpu"),
+                           ("store ops/cpu-s", "store_cpu")):
         for workload, row in result[section].items():
             lines.append(f"{title + ' ' + workload:<22} {row['on_median']:>10.0f} "
                          f"{row['off_median']:>10.0f} {row['ratio']:>7.3f}")
@@ -180,13 +192,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dedup-bench-") as tmp:
         work = Path(tmp)
         with shardkv_node(work, fsync=args.fsync).start() as node:
-            samples = await throughput(node.url, rounds=args.rounds, duration=args.duration,
-                                       concurrency=args.concurrency)
+            samples, node_cpu = await throughput(
+                node.url, node.pid, rounds=args.rounds, duration=args.duration,
+                concurrency=args.concurrency)
         cpu = await store_cpu(work / "cpu", rounds=args.rounds, ops=args.store_ops,
                               concurrency=args.concurrency)
         memory = await dedup_memory(args.clients, work / "mem")
     return {"config": vars(args), "throughput": _medians(samples),
-            "store_cpu": _medians(cpu), "memory": memory}
+            "node_cpu": _medians(node_cpu), "store_cpu": _medians(cpu), "memory": memory}
 
 
 def main() -> None:

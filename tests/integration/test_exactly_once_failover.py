@@ -10,6 +10,10 @@ that window when the primary changes:
   waiting writes ``OUTCOME_UNKNOWN`` (it used to say ``UNAVAILABLE``, "not done");
 - by SIGKILL of the primary: the client loses the connection after sending.
 
+A third test keeps the primary: it answers ``TIMEOUT`` (no majority within its write
+timeout) and the client's retry, reaching the same primary while the first attempt is still
+in flight, is answered from that attempt's record once acknowledgements flow.
+
 Either way the client retries with the same session and the new primary answers from the
 session record it received with the entry: the counter reads exactly 2 and the CAS is
 reported as the success it was. Before sessions, the incr returned 3 and the CAS
@@ -114,6 +118,39 @@ async def check_both(cluster: Shard, change: Any) -> None:
         assert (await kv.get("counter")).value == b"2"
     await cluster.replicating()
     await cluster.converged()
+
+
+async def metric(cluster: Shard, node: NodeProcess, prefix: str) -> float:
+    """The sum of the samples of ``node``'s metric lines starting with ``prefix``."""
+    async with cluster.http.get(f"{node.url}/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+async def test_a_timed_out_write_retried_on_the_same_primary_applies_once(
+    shard: Shard,  # noqa: F811
+) -> None:
+    """TIMEOUT for real: the primary cannot reach a majority within its write timeout (2 s
+    here), answers TIMEOUT, and the client's retry reaches the same primary while the first
+    attempt is still in flight. The retry waits on the first attempt's record and answers
+    its result once acknowledgements flow again."""
+    _, primary, _, replicas = await roles(shard)
+    async with patient_client(shard) as kv:
+        assert await kv.incr("counter") == 1
+        try:
+            incr = await in_flight(shard, kv.incr("counter"), primary, replicas)
+
+            async def timed_out() -> bool:
+                return await metric(shard, primary,
+                                    'shardkv_ops_total{op="incr",outcome="TIMEOUT"}') >= 1
+
+            await until(timed_out, 15, "the primary to answer TIMEOUT")
+        finally:
+            await set_failpoint(shard, replicas, b"off")
+        assert await asyncio.wait_for(incr, 30) == 2
+        assert (await kv.get("counter")).value == b"2"
+    assert await metric(shard, primary, "shardkv_dedup_hits") >= 1
 
 
 async def test_switchover_with_unacknowledged_writes_applies_each_once(shard: Shard) -> None:  # noqa: F811

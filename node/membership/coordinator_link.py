@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ROLE_NONE, ClusterMap
+from shardkv.cluster.durable_file import write_atomically
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
 from shardkv.node.clock import NODE_CLOCK
 
@@ -74,17 +75,7 @@ OnChange = Callable[[Placement, ClusterMap], Awaitable[None] | None]
 
 
 def _write_durably(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(path, (text + "\n").encode("utf-8"))
 
 
 def _read_text(path: str) -> str | None:

@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ROLE_NONE, ClusterMap
-from shardkv.cluster.durable_file import write_atomically
+from shardkv.cluster.durable_file import ensure_dir, write_atomically
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
 from shardkv.node.clock import NODE_CLOCK
 
@@ -198,7 +198,7 @@ class CoordinatorLink:
     # -- registration --------------------------------------------------------------------
 
     async def _register_until_done(self) -> Placement:
-        await asyncio.to_thread(os.makedirs, self.data_dir, exist_ok=True)
+        await asyncio.to_thread(ensure_dir, self.data_dir)
         id_path = os.path.join(self.data_dir, NODE_ID_FILE)
         token_path = os.path.join(self.data_dir, NODE_TOKEN_FILE)
         self.node_id = self.wanted_node_id or await asyncio.to_thread(_read_text, id_path)

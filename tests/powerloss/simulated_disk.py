@@ -86,6 +86,8 @@ class SimulatedDisk:
         self._renames: list[_PendingRename] = []
         self._root_ino = os.stat(self.root).st_ino
         self._frozen: dict | None = None
+        self._cut_before: Callable[[str, bool], bool] | None = None
+        self._cut_options: dict = {}
 
     # -- arming ------------------------------------------------------------------------------
 
@@ -167,8 +169,12 @@ class SimulatedDisk:
             return
         if target.endswith(" (deleted)") or not _inside(Path(target), self.root):
             return
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        if self._cut_before is not None and self._cut_before(target, is_dir):
+            self.cut_power(**self._cut_options)
+            return
         with self._lock:
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
+            if is_dir:
                 self._record_dir(fd)
                 self.log.dir_syncs.append(target)
             else:
@@ -226,6 +232,14 @@ class SimulatedDisk:
 
     # -- the power loss ----------------------------------------------------------------------
 
+    def cut_power_before_sync(
+        self, when: Callable[[str, bool], bool], **options: object
+    ) -> None:
+        """Cut the power just before the first sync for which ``when(path, is_dir)`` is true
+        (that sync is then not recorded; the code runs on, as if nothing happened, and
+        ``reboot()`` later puts the frozen image on disk). ``options`` go to ``cut_power``."""
+        self._cut_before, self._cut_options = when, options
+
     def cut_power(
         self,
         *,
@@ -237,6 +251,7 @@ class SimulatedDisk:
         ``reboot()`` puts the image on disk."""
         with self._lock:
             self._stop()
+            self._cut_before = None
             self._frozen = self._image(self._root_ino, tear, persisted_renames)
 
     def reboot(self) -> None:

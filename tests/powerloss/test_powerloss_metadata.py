@@ -72,10 +72,11 @@ def test_a_map_snapshot_and_compacted_journal_survive_power_loss(tmp_path: Path)
     under a temporary name (``snapshot_writer``: fsync), pysyncobj renames it
     (``atomicReplace`` is ``os.rename``, no directory fsync), then deletes the journal's
     entries up to it (``DurableJournal._compact``: a directory fsync first, then the journal
-    rewritten). Guards the snapshot's fsync and the directory fsync in ``_compact``: the
-    filesystem may commit the journal's rename before the snapshot's (modelled by keeping only
-    the journal's unsynced rename), and then the compacted journal would point past a
-    snapshot that is not there."""
+    rewritten by ``write_atomically``). Guards the snapshot's fsync and the directory fsync in
+    ``_compact``: the power goes out after the new journal's rename, before the directory
+    fsync that would make it durable, and the filesystem had committed that rename but not the
+    snapshot's (a journaling filesystem may); without the first directory fsync the compacted
+    journal then points past a snapshot that is not there."""
     journal_path, dump = tmp_path / "raft.journal", tmp_path / "raft.snapshot"
     machine = machine_with_nodes()
     with SimulatedDisk(tmp_path) as disk:
@@ -85,15 +86,23 @@ def test_a_map_snapshot_and_compacted_journal_survive_power_loss(tmp_path: Path)
         snapshot_writer(machine)(str(dump) + ".tmp",
                                  ((b"cmd-8", 8, 1), (b"cmd-7", 7, 1), set()))
         os.rename(str(dump) + ".tmp", dump)
+
+        seen = len(disk.log.renames)  # the journal's creation is one already
+
+        def after_journal_rename(path: str, is_dir: bool) -> bool:
+            return is_dir and any(dst.endswith("raft.journal")
+                                  for _, dst in disk.log.renames[seen:])
+
+        disk.cut_power_before_sync(after_journal_rename,
+                                   persisted_renames=lambda name: name == "raft.journal")
         journal.deleteEntriesTo(8)
-        disk.cut_power(persisted_renames=lambda name: name == "raft.journal")
         journal._file.close()
     disk.reboot()
+    assert [index for _, index, _ in journal_entries(journal_path)] == [9, 10]
     restored = MapStateMachine()
     last, _, _ = snapshot_reader(restored, lambda _: None)(str(dump))
     assert last == (b"cmd-8", 8, 1)
     assert restored.snapshot() == machine.snapshot()
-    assert [index for _, index, _ in journal_entries(journal_path)] == [9, 10]
 
 
 def test_a_map_snapshot_installed_by_the_leader_survives_power_loss(tmp_path: Path) -> None:

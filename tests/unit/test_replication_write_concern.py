@@ -32,9 +32,11 @@ class Gate:
 
 async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
     """Await ``condition`` (polled on the loop) with a deadline instead of a fixed sleep."""
-    async with asyncio.timeout(within_s):
-        while not condition():
-            await asyncio.sleep(0.001)
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        await asyncio.sleep(0.001)
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ in which order, what publishing sees, and how a deposed primary's pending writes
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from eventually import eventually
 from shardkv.cluster.errors import Unavailable
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
 from shardkv.node.storage.store import Store
@@ -28,15 +28,6 @@ class Gate:
         self.arrived.append(entry.lsn)
         await self.open.wait()
         self.passed.append(entry.lsn)
-
-
-async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
-    """Await ``condition`` (polled on the loop) with a deadline instead of a fixed sleep."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.001)
 
 
 @pytest.fixture
@@ -60,11 +51,11 @@ async def test_one_passes_the_local_gate_majority_waits(store: Store) -> None:
     one = await asyncio.wait_for(asyncio.create_task(put_with(store, "one", b"a")), 5)
     assert local.passed == [one] and majority.passed == []
     waiting = asyncio.create_task(put_with(store, "majority", b"b"))
-    await until(lambda: len(majority.arrived) == 1)  # logged and held at the majority gate
+    await eventually(lambda: len(majority.arrived) == 1)  # logged and held at the majority gate
     assert not waiting.done() and await store.get(b"b") is None  # not visible: not committed
     # An entry under "one" behind a majority entry waits for it: the log is applied in order.
     behind = asyncio.create_task(put_with(store, "one", b"c"))
-    await until(lambda: len(published) == 3)  # logged and shipped, held behind "b"
+    await eventually(lambda: len(published) == 3)  # logged and shipped, held behind "b"
     assert not behind.done()
     majority.open.set()
     lsn_b, lsn_c = await asyncio.wait_for(asyncio.gather(waiting, behind), 5)
@@ -79,7 +70,7 @@ async def test_a_refusing_gate_fails_pending_writes_and_truncation_recovers(
     shut = Gate()
     store.set_commit_gate(shut)
     pending = asyncio.create_task(put_with(store, "majority", b"head"))
-    await until(lambda: len(shut.arrived) == 1)
+    await eventually(lambda: len(shut.arrived) == 1)
 
     async def refuse(entry: WalEntry) -> None:
         raise Unavailable("deposed")

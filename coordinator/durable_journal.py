@@ -115,14 +115,14 @@ class DurableJournal:
             self.offsets.append(offset)
             self.entries.append((payload[_ENTRY.size :], index, term))
             offset = next_offset
-        f = open(self.path, "r+b")
-        f.seek(0, os.SEEK_END)
-        if f.tell() < len(MAGIC):
-            f.seek(0)
-            f.truncate()
-            f.write(MAGIC)
-            self._sync(f)
-        return f
+        journal = open(self.path, "r+b")  # kept open: the journal's handle
+        journal.seek(0, os.SEEK_END)
+        if journal.tell() < len(MAGIC):
+            journal.seek(0)
+            journal.truncate()
+            journal.write(MAGIC)
+            self._sync(journal)
+        return journal
 
     def _repair_tail(self, data: bytes, offset: int) -> None:
         """A bad record at ``offset``: torn tail if nothing valid can follow it, else fatal."""

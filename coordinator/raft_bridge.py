@@ -191,9 +191,11 @@ class RaftBridge:
         future: asyncio.Future[int] = self.loop.create_future()
 
         def callback(_result: Any, error: int) -> None:
-            self.loop.call_soon_threadsafe(
-                lambda: future.done() or future.set_result(error)
-            )
+            def settle() -> None:
+                if not future.done():
+                    future.set_result(error)
+
+            self.loop.call_soon_threadsafe(settle)
 
         change(addr, callback=callback)
         try:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -64,9 +64,9 @@ class Coordinator:
         # Work that only the leader does (the failure detector of the replication layer):
         # each factory is started when this member becomes leader and cancelled when it
         # stops being leader, so at most one coordinator acts on liveness at a time.
-        self.leader_task_factories: list[Callable[[Coordinator], Awaitable[None]]] = []
+        self.leader_task_factories: list[Callable[[Coordinator], Coroutine[Any, Any, None]]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
-        failover_api.install(self)  # the failure detector runs as a leader task
+        self.failover = failover_api.FailoverService(self)  # detector: a leader task
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -131,8 +131,8 @@ class Coordinator:
         except BaseException:
             await asyncio.to_thread(raft.destroy_synchronous)
             raise
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        addresses = self._runner.addresses
+        self.http_port = int(addresses[0][1]) if addresses else port
         if port == 0 and not cfg.advertise_url:
             cfg.advertise_url = f"http://{host}:{self.http_port}"
         self._tasks = [

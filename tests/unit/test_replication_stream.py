@@ -389,3 +389,21 @@ async def test_a_connection_attempt_to_a_silent_primary_is_bounded(
     await eventually(lambda: replica.reconnects >= 2, within_s=5.0)
     assert replica.last_error is not None and "no connection" in replica.last_error
     assert replica.handshakes == 0
+
+
+async def test_a_primary_answers_each_hello_by_its_version(make_primary) -> None:
+    """The protocol version rule over a real websocket: a replica one version behind is
+    welcomed in its version; one two versions ahead gets an error frame saying why."""
+    n = proto.PROTOCOL_VERSION
+    primary = await make_primary()
+    await primary.write(2, commit=False)
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(primary.url + proto.PATH) as ws:
+            await ws.send_bytes(proto.Hello("r1", 1, 0, 0, version=n - 1).encode())
+            welcome = proto.decode((await ws.receive()).data)
+            assert (welcome["t"], welcome["version"]) == (proto.WELCOME, n - 1)
+        async with session.ws_connect(primary.url + proto.PATH) as ws:
+            await ws.send_bytes(proto.Hello("r2", 1, 0, 0, version=n + 2).encode())
+            error = proto.decode((await ws.receive()).data)
+            assert error["t"] == proto.ERROR and error["error"] == "INVALID_ARGUMENT"
+            assert "upgrade one version at a time" in error["message"]

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from shardkv.cluster.cluster_map import ROLE_NONE, ROLE_PRIMARY, ROLE_REPLICA
 from shardkv.cluster.errors import NotPrimary, TooStale, Unavailable
+from shardkv.cluster.timing import TimingContract
 from shardkv.node.clock import NodeClock
 from shardkv.node.replication import protocol as proto
 from shardkv.node.replication.lease import PrimaryLease
@@ -58,6 +59,7 @@ def node(role: str, *, applied_lsn: int = 0) -> NodeReplication:
         ctx=SimpleNamespace(role=role, primary="http://127.0.0.1:1"),
         membership=object(),  # clustered
         store=SimpleNamespace(applied_lsn=applied_lsn),
+        config=SimpleNamespace(timing=TimingContract()),
     )
     return NodeReplication(server)  # type: ignore[arg-type]
 

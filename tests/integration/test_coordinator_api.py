@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from eventually import eventually
 from shardkv.coordinator.config import CoordinatorConfig, RaftTimings
 from shardkv.coordinator.local_group import free_port
 from shardkv.coordinator.server import Coordinator
@@ -135,7 +136,7 @@ async def test_register_heartbeat_and_admin_views(coordinator: Coordinator,
 
 
 async def test_map_in_msgpack_and_parked_watchers_see_a_change(
-    coordinator: Coordinator, http: aiohttp.ClientSession
+    coordinator: Coordinator, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with http.get("/v1/map", headers={"Accept": "application/msgpack"}) as resp:
         assert resp.content_type == "application/msgpack"
@@ -148,10 +149,18 @@ async def test_map_in_msgpack_and_parked_watchers_see_a_change(
         async with http.get(f"/v1/map?since={version}&timeout=60") as resp:
             return resp.status, (await resp.json())["version"]
 
+    # Count the long polls as they park in the coordinator (it runs in this process), so
+    # the change below is made while all 50 wait, instead of after a guessed sleep.
+    parked: list[int] = []
+    wait_newer = coordinator.watch.wait_newer
+
+    async def counted(since: int, wait_s: float) -> Any:
+        parked.append(since)
+        return await wait_newer(since, wait_s)
+
+    monkeypatch.setattr(coordinator.watch, "wait_newer", counted)
     watchers = [asyncio.create_task(watch()) for _ in range(50)]
-    # Give the long polls a moment to park (nothing observable says they have; one that has
-    # not gets the new map at once, and the assertions below hold either way).
-    await asyncio.sleep(0.2)
+    await eventually(lambda: len(parked) == 50, what="50 parked long polls")
     status, _ = await send(http, "POST", "/admin/shards", {}, headers=AUTH)
     assert status == 201
     # A watcher not woken by the change would answer only at its 60 s timeout: the deadline

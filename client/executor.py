@@ -208,7 +208,7 @@ class Executor:
             except Regroup:
                 if uncertain:  # re-split parts would carry new stamps: not safe to resend
                     raise _gave_up(op, Unavailable("the shard map split this request's "
-                                                   "keys"), uncertain) from None
+                                                   "keys"), uncertain)  # noqa: B904
                 raise
             except Unavailable as error:
                 # No map or no primary yet: the same as a node being unavailable.

@@ -207,8 +207,9 @@ class Executor:
                 )
             except Regroup:
                 if uncertain:  # re-split parts would carry new stamps: not safe to resend
-                    raise _gave_up(op, Unavailable("the shard map split this request's "
-                                                   "keys"), uncertain)  # noqa: B904
+                    split = _gave_up(op, Unavailable("the shard map split this request's keys"),
+                                     uncertain)
+                    raise split  # noqa: B904 (_gave_up chains the cause itself)
                 raise
             except Unavailable as error:
                 # No map or no primary yet: the same as a node being unavailable.

@@ -29,6 +29,7 @@ from shardkv.cluster.cluster_token import auth_headers
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.migration.arcs import MovingArcs
+from shardkv.node.storage.sessions import SESSION_PREFIX, is_reserved
 from shardkv.node.storage.store import Store
 from shardkv.node.wal.record import MutationKind, WalEntry
 from shardkv.node.wal.write_ahead_log import WriteAheadLog
@@ -143,7 +144,7 @@ class ArcExport:
         async for key, value, compressed, version, expires_at in view.rows:
             if expires_at is not None and expires_at <= now:
                 continue
-            if not self.arcs.moves(key):
+            if not self._exports(key):
                 continue
             batch.append(["put", key, value, compressed, expires_at, version])
             size += len(key) + len(value)
@@ -170,13 +171,13 @@ class ArcExport:
             size = 0
             for entry in entries:
                 for m in entry.mutations:
-                    if not self.arcs.moves(m.key):
+                    if not self._exports(m.key):
                         continue
                     if m.kind == MutationKind.PUT:
                         batch.append(["put", m.key, m.value, m.compressed, m.expires_at,
                                       entry.lsn])
                         size += len(m.key) + len(m.value)
-                    else:
+                    elif not is_reserved(m.key):  # a session eviction stays local
                         batch.append(["del", m.key, b"", False, None, entry.lsn])
                         size += len(m.key)
                 if len(batch) >= BATCH_KEYS or size >= BATCH_BYTES:
@@ -185,6 +186,15 @@ class ArcExport:
             if batch:
                 await self._send(batch, size)
             await self._mark_shipped(entries[-1].lsn)
+
+    def _exports(self, key: bytes) -> bool:
+        """A key in the moving arcs, or any exactly-once session record: sessions are kept
+        per client, not per key, so the whole table goes to the target, which keeps the
+        highest ``seq`` per client (a retry that crosses the flip is answered there from
+        its record instead of being applied twice)."""
+        if is_reserved(key):
+            return key.startswith(SESSION_PREFIX)
+        return self.arcs.moves(key)
 
     async def _mark_shipped(self, lsn: int) -> None:
         async with self._shipped:

@@ -24,6 +24,7 @@ from typing import Any
 from shardkv.cluster.errors import InvalidArgument, StaleEpoch, VersionMismatch
 from shardkv.cluster.limits import as_key
 from shardkv.node.migration.arcs import MovingArcs
+from shardkv.node.storage.sessions import SESSION_PREFIX, seq_and_time_of
 from shardkv.node.storage.store import Store
 from shardkv.node.wal.record import Mutation, MutationKind
 
@@ -45,13 +46,14 @@ class ArcImporter:
     def __init__(self) -> None:
         self.migration_id: str | None = None
         self.streams: dict[str, SourceStream] = {}
+        self.session_seqs: dict[bytes, int] = {}  # session key -> highest seq imported
 
     async def begin(self, store: Store, migration_id: str, attempt: str,
                     arcs: MovingArcs) -> int:
         """Start (or restart) the stream from ``arcs.source``; returns how many leftover keys
         of an earlier attempt were deleted."""
         if self.migration_id != migration_id:
-            self.migration_id, self.streams = migration_id, {}
+            self.migration_id, self.streams, self.session_seqs = migration_id, {}, {}
         stream = self.streams.get(arcs.source)
         if stream is not None and stream.attempt == attempt:
             return 0
@@ -73,7 +75,13 @@ class ArcImporter:
                 raise VersionMismatch(
                     f"imported version {version} is not below this shard's next LSN "
                     f"{next_lsn}: the LSN floor is too low", version=version)
-            if version <= stream.versions.get(key, -1):
+            if key.startswith(SESSION_PREFIX):
+                # Sessions come from every source: the highest seq of a client wins.
+                seq = seq_and_time_of(value)[0] if kind == "put" else -1
+                if seq <= self.session_seqs.get(key, -1):
+                    continue
+                self.session_seqs[key] = seq
+            elif version <= stream.versions.get(key, -1):
                 continue
             stream.versions[key] = version
             if kind == "put":
@@ -108,7 +116,12 @@ def _parse(record: Any) -> tuple[str, bytes, bytes, bool, float | None, int]:
     if not isinstance(value, bytes | bytearray) or (
             expires_at is not None and not isinstance(expires_at, int | float)):
         raise InvalidArgument("import record value must be bytes, expires_at a number or nil")
-    return kind, as_key(key), bytes(value), bool(compressed), expires_at, version
+    if not isinstance(key, bytes | bytearray | str) or not key:
+        raise InvalidArgument("import record key must be non-empty bytes")
+    raw_key = key.encode() if isinstance(key, str) else bytes(key)
+    if not raw_key.startswith(SESSION_PREFIX):
+        raw_key = as_key(raw_key)
+    return kind, raw_key, bytes(value), bool(compressed), expires_at, version
 
 
 async def _wipe_from(store: Store, arcs: MovingArcs) -> int:

@@ -128,3 +128,52 @@ async def test_add_survives_a_kill_mid_copy(slow_copy_cluster: LocalCluster,
         assert primary is not None
         strays = [k for k in await keys_held(primary.url) if shard_for_key(after, k) != shard]
         assert not strays, (shard, strays[:5])
+
+
+async def test_abort_mid_copy_leaves_the_map_and_the_data_as_they_were(
+        slow_copy_cluster: LocalCluster) -> None:
+    cluster = slow_copy_cluster
+    urls = coordinator_urls(cluster)
+    async with Client(urls, timeout=20.0) as kv:
+        preload = {f"pre:{i}": f"value-{i}".encode() for i in range(2400)}
+        items = list(preload.items())
+        for start in range(0, len(items), 200):
+            await kv.mput(dict(items[start:start + 200]))
+        before = ClusterMap.from_dict(current_map(cluster))
+        load = ReshardLoad(kv, put_workers=3, cas_workers=2, incr_workers=2, readers=1)
+        load.start()
+        status, body = await asyncio.to_thread(send, "POST", f"{urls[0]}/admin/shards", {})
+        assert status == 202, body
+        migration, shard = body["migration"], body["shard"]
+        members = start_shard_members(cluster, shard)
+        deadline = time.monotonic() + 60
+        while True:
+            record = await record_of(cluster, migration)
+            if record["state"] == "copying" and record["keys_moved"] > 0:
+                break
+            assert record["state"] == "copying" and time.monotonic() < deadline, record
+            await asyncio.sleep(0.1)
+
+        status, answer = await asyncio.to_thread(
+            send, "POST", f"{urls[0]}/admin/migrations/{migration}/abort")
+        assert status == 200 and answer["state"] == "aborted", answer
+        await asyncio.sleep(1.0)  # writes go on after the abort, to the old owners
+        await load.stop()
+
+        after = ClusterMap.from_dict(current_map(cluster))
+        assert after.ring.to_dict() == before.ring.to_dict()
+        assert shard not in after.shards and after.migration is None
+        for spec in members:  # parked, never reused by another shard
+            node = next((n for nid, n in after.nodes.items() if n.url == spec.url), None)
+            assert node is not None and node.shard is None and node.status == "draining"
+        record = await record_of(cluster, migration)
+        assert record["state"] == "aborted" and record["error"] == "aborted by the operator"
+        problems = await load.check(kv)
+        assert not problems, problems[:20]
+        assert load.ops > 0
+        for key, value in preload.items():
+            item = await kv.get(key)
+            assert item is not None and item.value == value, key
+        status, answer = await asyncio.to_thread(
+            send, "POST", f"{urls[0]}/admin/migrations/{migration}/abort")
+        assert status == 412 and "already aborted" in answer["message"], answer

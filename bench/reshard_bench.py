@@ -6,8 +6,10 @@ A local cluster (1 coordinator, 2 shards x ``--replicas`` members, ``--engine``,
 one run: a foreground load of gets and puts (``--concurrency`` in flight, half each) runs for
 ``--baseline-s`` seconds without a migration, then again while ``POST /admin/shards`` adds
 s3 (its members started as processes) until the migration is ``done``. Reported: keys and MB
-moved per second of copy, time to ``done``, foreground get/put p50/p99 in both phases, and
-failed foreground operations (retries within the deadline are not failures).
+moved per second of copy (from the target's floor to the flip), time to ``done`` and its
+phases (waiting for the new members to start, copy to flip, cleaning), foreground get/put
+p50/p99 in both phases, and failed foreground operations (retries within the deadline are
+not failures).
 
     nice python -m bench.reshard_bench --keys 100000            # a few minutes here
     nice python -m bench.reshard_bench --keys 1000000 --json out.json
@@ -124,14 +126,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             during = await fg.run_until(migrate)
         took = migration["finished_at"] - migration["started_at"]
+        copy_s = migration["flipped_at"] - migration["copy_started_at"]
         return {
             "keys": args.keys, "value_bytes": args.value_bytes, "engine": args.engine,
             "fsync": args.fsync, "replicas": args.replicas, "load_s": round(load_s, 1),
             "migration_state": migration["state"], "keys_moved": migration["keys_moved"],
             "mb_moved": round(migration["bytes_moved"] / 1e6, 2),
             "time_to_done_s": round(took, 2),
-            "keys_per_s": round(migration["keys_moved"] / took, 1),
-            "mb_per_s": round(migration["bytes_moved"] / 1e6 / took, 2),
+            "waiting_for_members_s": round(migration["copy_started_at"]
+                                           - migration["started_at"], 2),
+            "copy_to_flip_s": round(copy_s, 2),
+            "cleaning_s": round(migration["finished_at"] - migration["flipped_at"], 2),
+            "keys_per_s": round(migration["keys_moved"] / copy_s, 1),
+            "mb_per_s": round(migration["bytes_moved"] / 1e6 / copy_s, 2),
             "baseline": baseline, "during_migration": during,
         }
     finally:

@@ -47,6 +47,8 @@ class MigrationRecord:
     rate_keys_s: float = 0.0
     error: str | None = None
     lsn_floor: int | None = None
+    copy_started_at: float | None = None  # when the target's floor was raised (copy begins)
+    flipped_at: float | None = None
     fenced_epochs: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -75,6 +77,12 @@ class MigrationRecord:
             rate_keys_s=float(raw.get("rate_keys_s") or 0.0),
             error=raw.get("error"),
             lsn_floor=None if raw.get("lsn_floor") is None else int(raw["lsn_floor"]),
+            copy_started_at=_opt_float(raw.get("copy_started_at")),
+            flipped_at=_opt_float(raw.get("flipped_at")),
             fenced_epochs={str(k): int(v)
                            for k, v in dict(raw.get("fenced_epochs") or {}).items()},
         )
+
+
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]

@@ -156,6 +156,7 @@ class MigrationCommands:
         record.rate_keys_s = _number(c.get("rate_keys_s", record.rate_keys_s), "rate_keys_s")
         if c.get("lsn_floor") is not None:
             record.lsn_floor = int(_number(c["lsn_floor"], "lsn_floor"))
+            record.copy_started_at = _number(c.get("now", 0), "now")
         return {"migration": record.id}
 
     def set_state(self, m: ClusterMap, c: dict[str, Any]) -> Result:
@@ -198,6 +199,7 @@ class MigrationCommands:
         m.ring.version += 1
         target.state = SHARD_ACTIVE
         record.fenced_epochs = {str(k): int(v) for k, v in epochs.items()}
+        record.flipped_at = _number(c.get("now", 0), "now")
         record.state = CLEANING
         return {"migration": record.id, "ring_version": m.ring.version}
 

@@ -144,7 +144,7 @@ class MigrationDriver:
             floor = max(lsns, default=0) + FLOOR_GAP
             await self._call("POST", f"{target_url}/internal/migration/floor", {"lsn": floor})
             await self.coord.propose({"op": "migration_progress", "id": record.id,
-                                      "lsn_floor": floor})
+                                      "lsn_floor": floor, "now": time.time()})
             return
         # Idempotent: a new target primary has the floor already (from the snapshot).
         await self._call("POST", f"{target_url}/internal/migration/floor",
@@ -220,7 +220,7 @@ class MigrationDriver:
             answers = await asyncio.gather(*(fence(s) for s in record.sources))
             epochs = {s: int(a["epoch"]) for s, a in zip(record.sources, answers, strict=True)}
             await self.coord.propose({"op": "flip_migration", "id": record.id,
-                                      "epochs": epochs})
+                                      "epochs": epochs, "now": time.time()})
         except (ShardKVError, aiohttp.ClientError, TimeoutError) as exc:
             # Lift the fence and catch up again: a source changed primary, or the fence took
             # too long (the moving keys must not stay unwritable).

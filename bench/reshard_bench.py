@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -143,6 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main() -> None:

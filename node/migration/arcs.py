@@ -21,8 +21,9 @@ class MovingArcs:
     target: str
 
     def moves(self, key: bytes) -> bool:
-        return (shard_for_key(self.current, key) == self.source
-                and shard_for_key(self.target_ring, key) == self.target)
+        # The target ring first: most keys do not go to the target, one lookup decides.
+        return (shard_for_key(self.target_ring, key) == self.target
+                and shard_for_key(self.current, key) == self.source)
 
     def owned_by_source(self, key: bytes) -> bool:
         return shard_for_key(self.current, key) == self.source

@@ -32,7 +32,7 @@ from shardkv.client.coordinator_quorum import probe_quorum
 from shardkv.client.retry import ExponentialBackoff
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.errors import ShardKVError
-from shardkv.cluster.launcher import LocalCluster
+from shardkv.cluster.launcher import LocalCluster, http_get_json
 from shardkv.cluster.ring import shard_for_key
 
 pytestmark = [pytest.mark.integration]
@@ -121,6 +121,24 @@ async def restart_coordinators(cluster: LocalCluster, victims: list[str]) -> Non
     await wait_until(quorum, within=60, interval=0.3, what="the coordinators' quorum")
 
 
+async def caught_up_map(cluster: LocalCluster, version: int) -> ClusterMap:
+    """The map once every coordinator serves at least ``version`` and a leader is known."""
+    maps: list[ClusterMap] = []
+
+    def every_coordinator_caught_up() -> bool:
+        maps.clear()
+        for c in cluster.plan.coordinators:
+            status, body = http_get_json(f"{c.url}/v1/map")
+            if status != 200 or not isinstance(body, dict):
+                return False
+            maps.append(ClusterMap.from_dict(body))
+        return all(m.version >= version and m.leader for m in maps)
+
+    await wait_until(every_coordinator_caught_up, within=60, interval=0.3,
+                     what=f"every coordinator to serve map version {version}")
+    return max(maps, key=lambda m: m.version)
+
+
 async def test_shards_keep_serving_while_two_coordinators_are_down(
     local_cluster: LocalCluster,
 ) -> None:
@@ -145,6 +163,10 @@ async def test_shards_keep_serving_while_two_coordinators_are_down(
 
             await wait_until(no_quorum_reported, within=15, interval=0.5,
                              what="status to report no coordinator quorum")
+            for shard in before.shards.values():
+                primary_url = before.node_url(shard.primary or "")
+                status, body = http_get_json(f"{primary_url}/v1/replication")
+                assert status == 200 and body["lease_detail"]["source"] == "majority", body
             await load
         finally:
             await restart_coordinators(local_cluster, victims)
@@ -153,8 +175,9 @@ async def test_shards_keep_serving_while_two_coordinators_are_down(
             total = reg.ok + reg.failed
             assert total > 0
             assert reg.ok / total >= 0.99, (reg.key, reg.ok, reg.failed)
-        # The map is as it was, and every last acknowledged value is there.
-        after = ClusterMap.from_dict(current_map(local_cluster))
+        # The map is as it was (once the restarted ones have caught up from the log), and
+        # every last acknowledged value is there.
+        after = await caught_up_map(local_cluster, before.version)
         assert after.version == before.version
         assert {s: (v.primary, v.epoch) for s, v in after.shards.items()} == {
             s: (v.primary, v.epoch) for s, v in before.shards.items()}
@@ -214,7 +237,7 @@ async def test_failover_works_again_once_the_coordinators_are_back(
         key = key_of_shard(before, "s2", "fo-back-")
         await kv.put(key, b"before-failover")
         local_cluster.kill(before.shards["s2"].primary)
-        await kv.put(key + "x", b"after-failover")
+        await kv.put(key_of_shard(before, "s2", "fo-after-"), b"after-failover")
         after = kv.cluster_map
         assert after.shards["s2"].primary != before.shards["s2"].primary
         assert after.shards["s2"].epoch > before.shards["s2"].epoch

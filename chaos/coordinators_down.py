@@ -9,7 +9,8 @@ quorum) and must not split-brain when the coordinators return and fail it over. 
 checkers judge the history; ``availability_by_shard`` gives the answered fraction per shard
 and phase.
 
-Two fault names (registered in ``fault_catalog.py``, the scenario in ``scenarios.py``):
+Two fault names (registered in ``fault_catalog.py``) and a scenario for each (registered in
+``scenarios.py``: ``coordinators-down`` kills, ``coordinators-partitioned`` partitions):
 
 - ``coordinators-down-kill``: SIGKILL ``n // 2 + 1`` coordinators, leader first; restart them
   at the window's end;
@@ -117,22 +118,28 @@ def build(name: str, cut: ClusterUnderTest, kill: ProcessNemesis,
     return CoordinatorsDown(name, cut, partition(name), kill)
 
 
-def scenario() -> Scenario:
-    """The scenario (built on call: ``scenarios.py`` imports this module)."""
+def scenarios() -> dict[str, Scenario]:
+    """The two scenarios (built on call: ``scenarios.py`` imports this module): the kill
+    runs anywhere, the partition needs the loopback partition (root, iptables, cgroup2)."""
     from shardkv.chaos.cluster_under_test import ClusterShape
     from shardkv.chaos.scenarios import Scenario
     from shardkv.chaos.workloads.mix import WorkloadMix
 
-    return Scenario(
-        "coordinators-down", "kill, then separately partition, a majority of the "
-        "coordinators for 60 s, with a primary kill while they are down: the other shard "
-        "keeps serving, the orphaned one waits and fails over cleanly when they return",
-        (FaultSpec("coordinators-down-kill", targets="none"),
-         FaultSpec("coordinators-down-partition", targets="none")),
-        shape=ClusterShape("cluster", shards=2, replicas=3, coordinators=3),
-        mix=WorkloadMix({"register": 3, "counter": 2, "append": 1}),
-        duration_s=170.0, fault_s=(WINDOW_S, WINDOW_S), quiet_s=(10.0, 12.0),
-        settle_s=15.0)
+    common: dict[str, Any] = {
+        "shape": ClusterShape("cluster", shards=2, replicas=3, coordinators=3),
+        "mix": WorkloadMix({"register": 3, "counter": 2, "append": 1}),
+        "duration_s": 170.0, "fault_s": (WINDOW_S, WINDOW_S), "quiet_s": (10.0, 12.0),
+        "settle_s": 15.0}
+    what = ("for 60 s, with a primary kill while they are down: the other shard keeps "
+            "serving, the orphaned one waits and fails over cleanly when they return")
+    return {s.name: s for s in (
+        Scenario("coordinators-down", "SIGKILL a majority of the coordinators (the leader "
+                 "first) " + what, (FaultSpec("coordinators-down-kill", targets="none"),),
+                 **common),
+        Scenario("coordinators-partitioned", "isolate a majority of the coordinators (the "
+                 "leader first) " + what,
+                 (FaultSpec("coordinators-down-partition", targets="none"),), **common),
+    )}
 
 
 def availability_by_shard(ops: Iterable[Operation], events: Iterable[NemesisEvent],

@@ -199,7 +199,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                         "its upstream crashed, so clients hung until the end of the run"),
 )}
 
-SCENARIOS["coordinators-down"] = coordinators_down.scenario()  # issue 19
+SCENARIOS.update(coordinators_down.scenarios())  # issue 19
 
 
 def get_scenario(name: str) -> Scenario:

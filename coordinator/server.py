@@ -21,6 +21,7 @@ from aiohttp import web
 from pysyncobj import SyncObjConf
 from pysyncobj.syncobj import SyncObjException
 from shardkv.cluster.cluster_map import ClusterMap
+from shardkv.cluster.durable_file import ensure_dir
 from shardkv.cluster.errors import ShardKVError, Unavailable
 from shardkv.cluster.structured_log import log_fields
 from shardkv.coordinator import admin_api, failover_api, map_api, observability
@@ -72,7 +73,7 @@ class Coordinator:
     async def start(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        await asyncio.to_thread(os.makedirs, cfg.data_dir, exist_ok=True)
+        await asyncio.to_thread(ensure_dir, cfg.data_dir)
 
         def on_applied(cluster_map: ClusterMap, _result: dict[str, Any]) -> None:
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown

@@ -35,6 +35,7 @@ from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ROLE_NONE, ClusterMap
 from shardkv.cluster.control_messages import HeartbeatRequest, RegisterRequest
+from shardkv.cluster.durable_file import ensure_dir, write_atomically
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
 from shardkv.node.clock import NODE_CLOCK
 
@@ -76,17 +77,7 @@ OnChange = Callable[[Placement, ClusterMap], Awaitable[None] | None]
 
 
 def _write_durably(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(path, (text + "\n").encode("utf-8"))
 
 
 def _read_text(path: str) -> str | None:
@@ -208,7 +199,7 @@ class CoordinatorLink:
     # -- registration --------------------------------------------------------------------
 
     async def _register_until_done(self) -> Placement:
-        await asyncio.to_thread(os.makedirs, self.data_dir, exist_ok=True)
+        await asyncio.to_thread(ensure_dir, self.data_dir)
         id_path = os.path.join(self.data_dir, NODE_ID_FILE)
         token_path = os.path.join(self.data_dir, NODE_TOKEN_FILE)
         self.node_id = self.wanted_node_id or await asyncio.to_thread(_read_text, id_path)

@@ -24,6 +24,7 @@ from itertools import islice
 from pathlib import Path
 
 import aiosqlite
+from shardkv.cluster.durable_file import ensure_dir
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.storage.engines.engine import (
     Engine,
@@ -87,7 +88,7 @@ class SqliteEngine(Engine):
     async def open(
         cls, directory: Path, *, flush_entries: int = 1000, flush_interval_s: float = 0.05
     ) -> SqliteEngine:
-        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(ensure_dir, directory)  # its entry durable in the parent
         path = directory / DB_FILE
         conn = await aiosqlite.connect(path, isolation_level=None)
         try:

@@ -48,7 +48,7 @@ class CoordinatorsDown:
     """One window: a coordinator majority down by ``outage`` (a kill or a partition nemesis),
     and one primary killed by ``kill`` part-way through."""
 
-    def __init__(self, name: str, cut: ClusterUnderTest, outage: Nemesis,
+    def __init__(self, name: str, cut: ClusterUnderTest, outage: Nemesis | ProcessNemesis,
                  kill: ProcessNemesis, *, primary_kill_after_s: float = PRIMARY_KILL_AFTER_S,
                  ) -> None:
         self.name = name

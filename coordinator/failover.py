@@ -276,7 +276,9 @@ async def switchover(
         deadline = started + catch_up_s
         while True:
             position = await probe_over_http(session, target, target_url)
-            if position is not None and position.lsn >= fenced_lsn:
+            # ... and no longer bound by a lease granted to the old primary (the fence
+            # released it), or its new epoch could not be served for a whole grant.
+            if position is not None and position.lsn >= fenced_lsn and not position.promised_s:
                 break
             if time.monotonic() > deadline:
                 raise Unavailable(f"{target} did not catch up to lsn {fenced_lsn} within "

@@ -94,6 +94,11 @@ class LeasePromise:
         self.grants += 1
         return True
 
+    def release(self, epoch: int) -> None:
+        """The primary of ``epoch`` gave its lease up (fenced): the promise is void."""
+        if epoch == self.epoch:
+            self._until = NEVER
+
     def blocking_s(self, epoch: int) -> float:
         """Seconds until this node may act for a primary of ``epoch`` (0: free now)."""
         if epoch <= self.epoch:

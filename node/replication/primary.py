@@ -105,6 +105,7 @@ class ReplicationPrimary:
         self._monotonic_clock = monotonic_clock
         self._on_newer_epoch = on_newer_epoch
         self._on_grant = on_grant  # a replica granted a lease (majority_lease.py)
+        self._releasing = False  # fenced: ask no grants, tell replicas their promise is void
         self._local_durable = wal.durable_lsn
         self._progress: dict[str, ReplicaProgress] = {}
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -389,11 +390,20 @@ class ReplicationPrimary:
             if not progress.wakeup.is_set():
                 await ws.send_bytes(proto.encode(
                     proto.HEARTBEAT, primary_lsn=self.wal.last_lsn,
-                    commit_lsn=self._majority_lsn, ts=self._clock(), lq=self._lease_query()))
+                    commit_lsn=self._majority_lsn, ts=self._clock(), lq=self._lease_query(),
+                    release=self._releasing))
 
     def _lease_query(self) -> float | None:
         """The send time a replica's grant is counted from (None: no lease wanted)."""
-        return self._monotonic_clock() if self._on_grant is not None else None
+        if self._on_grant is None or self._releasing:
+            return None
+        return self._monotonic_clock()
+
+    def release_leases(self, releasing: bool = True) -> None:
+        """Fenced for a switchover: the node has given its lease up, so the replicas may
+        drop their promise (the next heartbeat says so) and follow the successor at once;
+        ``False`` when the switchover is abandoned."""
+        self._releasing = releasing
 
     async def _next_batch(self, lsn: int) -> list[WalEntry] | None:
         """Up to a frame's worth of entries from ``lsn``: from the tail if it has them, else

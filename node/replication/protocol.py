@@ -23,6 +23,8 @@ primary -> replica
                   gaps. ``lq``: the primary's monotonic send time, asking for a lease grant.
     ``heartbeat`` ``{primary_lsn, commit_lsn, ts, lq}``: sent when idle, so a replica can tell
                   an idle shard (fresh) from a dead stream (stale), and renews the grants.
+                  ``release`` (true): this primary is fenced and holds no lease; the
+                  replica's promise to its epoch is void.
     ``error``     ``{error, message, ...}`` (the error body of ``cluster/errors.py``), then
                   the primary closes: ``STALE_EPOCH`` when one side's epoch is older.
 

@@ -366,7 +366,9 @@ class ReplicationReplica:
                                  message.get("ts"))
         elif kind == proto.HEARTBEAT:
             self.commit_lsn = max(self.commit_lsn, proto.need_int(message, "commit_lsn"))
-            if proto.lease_query(message) is not None and self.promise is not None:
+            if self.promise is not None and message.get("release") is True:
+                self.promise.release(self.epoch)  # fenced primary: it holds no lease now
+            elif proto.lease_query(message) is not None and self.promise is not None:
                 await ws.send_bytes(self._ack(message))
             self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at,
                                  message.get("ts"))

@@ -258,7 +258,8 @@ class NodeReplication:
         if primary is None:
             raise Unavailable("not primary any more")
         await primary.commit_gate(entry)
-        await self._lease_gate()
+        if not self.fenced:  # fenced: the lease was given up; a majority commit is fenced
+            await self._lease_gate()  # by the replicas' epochs on its own
 
     async def _local_gate(self, entry: WalEntry) -> None:
         primary = self.primary
@@ -353,12 +354,19 @@ class NodeReplication:
                              epoch=store.epoch)
         self.fenced = True
         self.server.ctx.role = "fenced"  # new writes: NOT_PRIMARY, clients retry elsewhere
+        # Give the lease up and let the replicas drop their promise, so the target need not
+        # wait a whole grant (majority_lease.py); in-flight writes still commit by majority.
+        self.lease.revoke()
+        self.primary.release_leases()
         return {"last_lsn": store.last_lsn, "epoch": store.epoch}
 
     def unfence(self) -> UnfenceAnswer:
         """The switchover was abandoned: take writes again."""
         if self.primary is not None and self.fenced:
             self.fenced = False
+            self.primary.release_leases(False)
+            self.lease.majority.begin(self.epoch, self.server.ctx.node_id or "node",
+                                      self.members)
             self.server.ctx.role = ROLE_PRIMARY
         return {"fenced": self.fenced}
 

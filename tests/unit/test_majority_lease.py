@@ -120,6 +120,16 @@ def test_the_promise_blocks_a_newer_epoch_until_it_runs_out() -> None:
     assert b.promise.to_dict()["epoch"] == 2
 
 
+def test_a_fenced_primarys_release_voids_the_promise_to_its_epoch_only() -> None:
+    real = RealTime()
+    b = Node("b", real)
+    assert b.promise.grant(1)
+    b.promise.release(0)  # another epoch's release changes nothing
+    assert b.promise.blocking_s(2) > 0
+    b.promise.release(1)
+    assert b.promise.blocking_s(2) == 0 and b.promise.grant(2)
+
+
 def test_a_restarted_node_keeps_a_promise_it_may_have_made() -> None:
     real = RealTime()
     b = Node("b", real)

@@ -159,3 +159,36 @@ def availability_by_shard(ops: Iterable[Operation], events: Iterable[NemesisEven
                             "fraction": round(a / t, 4) if t else None}
                     for phase, (a, t) in sorted(phases.items())}
             for shard, phases in sorted(counts.items())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shardkv.chaos.coordinators_down RUN_DIR``: the per-shard table of a run
+    (its ring rebuilt from the scenario's shard count: the default ring every cluster starts
+    with)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from shardkv.chaos.history import load_history
+    from shardkv.cluster.cluster_map import RingSpec
+    from shardkv.cluster.ring import shard_for_key
+
+    run_dir = Path((argv if argv is not None else sys.argv[1:])[0])
+    shards = int(json.loads((run_dir / "scenario.json").read_text())["shape"]["shards"])
+    ring = RingSpec.from_dict({"version": 1, "shards": {f"s{i}": 1
+                                                        for i in range(1, shards + 1)}})
+    history = load_history(run_dir / "history.jsonl")
+    ops = history.operations()
+    end = max((op.call for op in ops), default=0.0) + 1.0
+    table = availability_by_shard(ops, history.nemesis,
+                                  lambda key: shard_for_key(ring, key.encode()), end)
+    print(json.dumps(table, indent=2))
+    for shard, phases in table.items():
+        for phase, cell in phases.items():
+            print(f"{shard:<4} {phase:<32} {cell['answered']:>7}/{cell['total']:<7} "
+                  f"{cell['fraction']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

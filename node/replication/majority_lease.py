@@ -135,6 +135,10 @@ class MajorityLease:
         self._grants: dict[str, float] = {}
         self._revoked = True
         self.established = False
+        # ``expires_at`` as last computed: a read checks the clock against it and recomputes
+        # only when it has passed (a read is one comparison; a grant recomputes). A cached
+        # value can only be too early (a self-count that became possible since), never late.
+        self._expiry = NEVER
 
     def begin(self, epoch: int, node_id: str, members: Collection[str]) -> None:
         """This node is primary of ``epoch`` now: forget every earlier grant."""
@@ -142,14 +146,17 @@ class MajorityLease:
         self._grants.clear()
         self._revoked = False
         self.established = False
+        self._expiry = self.expires_at()
 
     def set_members(self, members: Collection[str]) -> None:
         self.members = members
+        self._expiry = self.expires_at()
 
     def revoke(self) -> None:
         """Deposed or stepping down: nothing counts until the next ``begin``."""
         self._revoked = True
         self._grants.clear()
+        self._expiry = NEVER
 
     def granted(self, node_id: str, sent_at: float) -> None:
         """``node_id`` granted a lease in answer to the frame sent at ``sent_at`` (our
@@ -159,6 +166,7 @@ class MajorityLease:
         until = sent_at + self.usable_s
         if until > self._grants.get(node_id, NEVER):
             self._grants[node_id] = until
+            self._expiry = self.expires_at()
 
     def expires_at(self) -> float:
         """When the majority lease runs out on this clock (-inf: not held)."""
@@ -174,10 +182,13 @@ class MajorityLease:
 
     @property
     def valid(self) -> bool:
-        if self._clock() < self.expires_at():
-            self.established = True
-            return True
-        return False
+        now = self._clock()
+        if now >= self._expiry:
+            self._expiry = self.expires_at()
+            if now >= self._expiry:
+                return False
+        self.established = True
+        return True
 
     def grantors(self) -> list[str]:
         now = self._clock()

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,49 @@ def test_shard_add_wait_on_a_local_cluster(tmp_path: Path) -> None:
     finally:
         down = shardkv("down", "--dir", d)
     assert down.returncode == 0
+
+
+def test_a_killed_cli_leaves_the_migration_running(tmp_path: Path) -> None:
+    """The migration lives in the coordinators' map: SIGKILL of ``shard add --wait`` in the
+    middle of the copy changes nothing, and ``rebalance status`` later shows it done."""
+    d = str(tmp_path / "kv")
+    env = {"SHARDKV_MIGRATION_BATCH_KEYS": "40", "SHARDKV_MIGRATION_BATCH_PAUSE_S": "0.2"}
+    os.environ.update(env)  # the cluster's processes inherit the slow copy
+    try:
+        up = shardkv("up", "--dir", d, "--shards", "2", "--replicas", "1", "--coordinators",
+                     "1", "--engine", "memory", "--fsync", "never", "--detach")
+    finally:
+        for name in env:
+            os.environ.pop(name, None)
+    assert up.returncode == 0, up.stderr
+    try:
+        rows = "\n".join(json.dumps({"key": f"bulk:{i}", "value": f"b{i}"})
+                         for i in range(6000))
+        (tmp_path / "rows.jsonl").write_text(rows + "\n")
+        assert shardkv("load", "--dir", d, str(tmp_path / "rows.jsonl")).returncode == 0
+        cli = subprocess.Popen([sys.executable, "-m", "shardkv.cluster.cli", "shard", "add",
+                                "--dir", d, "--wait"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 90
+        while True:
+            listing = json.loads(shardkv("rebalance", "status", "--dir", d, "--json").stdout)
+            running = listing["migration"]
+            if running and running["state"] == "copying" and running["keys_moved"] > 0:
+                break
+            assert running or not listing["migrations"], "finished before the kill"
+            assert time.monotonic() < deadline, listing
+            time.sleep(0.3)
+        cli.kill()
+        cli.wait()
+        while True:
+            listing = json.loads(shardkv("rebalance", "status", "--dir", d, "--json").stdout)
+            if listing["migration"] is None:
+                break
+            assert time.monotonic() < deadline + 60, listing
+            time.sleep(0.5)
+        assert listing["migrations"][0]["state"] == "done", listing
+        scanned = shardkv("scan", "--dir", d, "--prefix", "bulk:", "--limit", "10000",
+                          "--json")
+        assert scanned.returncode == 0 and scanned.stdout.count("bulk:") == 6000
+    finally:
+        assert shardkv("down", "--dir", d).returncode == 0

@@ -166,3 +166,51 @@ async def test_add_a_shard_under_write_load(cluster: LocalCluster) -> None:
     assert held["s3"]
     assert len(set(held["s1"]) | set(held["s2"]) | set(held["s3"])) == sum(
         len(v) for v in held.values())
+
+
+async def test_a_retry_that_crosses_the_flip_is_not_applied_twice(tmp_path: Path) -> None:
+    """Exactly-once sessions move with the keys: an incr applied on the old owner, retried
+    (same client id and seq) on the new owner after the flip, is answered from its session
+    record and not applied again."""
+    plan = ClusterPlan.new(tmp_path, shards=2, replicas=1, coordinators=1, engine="memory",
+                           fsync="never")
+    cluster = LocalCluster(tmp_path, plan)
+    try:
+        cluster.start()
+        cluster.wait_ready(CLUSTER_READY_TIMEOUT_S)
+        coordinator = plan.coordinators[0].url
+        before = ClusterMap.from_dict(current_map(cluster))
+        target_ring = ClusterMap.from_dict(current_map(cluster))
+        target_ring.ring.shards = {**before.ring.shards, "s3": 1}
+        key = next(f"counter:{i}" for i in range(10_000)
+                   if shard_for_key(target_ring, f"counter:{i}".encode()) == "s3")
+        source = shard_for_key(before, key.encode())
+        stamp = {"client_id": b"retry-across-flip", "seq": 7}
+        async with aiohttp.ClientSession() as session:
+            old_owner = NodeConnection(before.primary_of(source).url, session)
+            try:
+                first = await old_owner.call("incr", {"key": key, "delta": 5, **stamp}, 10.0)
+            finally:
+                await old_owner.close()
+        assert first["value"] == 5
+
+        status, body = await asyncio.to_thread(send, "POST", f"{coordinator}/admin/shards",
+                                               {"shard": "s3"})
+        assert status == 202, body
+        start_shard_members(cluster, "s3")
+        record = await wait_finished(coordinator, body["migration"])
+        assert record["state"] == "done", record
+
+        after = ClusterMap.from_dict(current_map(cluster))
+        assert shard_for_key(after, key.encode()) == "s3"
+        async with aiohttp.ClientSession() as session:
+            new_owner = NodeConnection(after.primary_of("s3").url, session)
+            try:
+                retried = await new_owner.call("incr", {"key": key, "delta": 5, **stamp}, 10.0)
+                current = await new_owner.call("get", {"key": key}, 10.0)
+            finally:
+                await new_owner.close()
+        assert retried["value"] == 5, retried  # the recorded answer, not a second increment
+        assert int(current["value"]) == 5
+    finally:
+        cluster.stop()

@@ -90,6 +90,6 @@ def run_verify(data_dir: Path, *, as_json: bool) -> int:
 
 
 COMMANDS = [
-    ("node", "run a storage node (or: shardkv node verify --data-dir DIR)", add_arguments,
-     run),
+    ("node", "run a storage node (or: shardkv node verify --data-dir DIR; "
+     "shardkv node start|stop|restart ID for a cluster from `shardkv up`)", add_arguments, run),
 ]

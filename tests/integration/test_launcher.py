@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from shardkv.cluster.launcher import ClusterPlan, LocalCluster
-from shardkv.cluster.local_processes import pid_alive, stop_described
+from shardkv.cluster.local_processes import pid_alive, port_is_free, stop_described
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +35,10 @@ def test_up_detach_commands_and_down(tmp_path: Path) -> None:
         assert sorted(described) == ["coordinators", "nodes"]
         assert len(described["coordinators"]) == 3 and len(described["nodes"]) == 6
         for entry in described["coordinators"]:
-            assert sorted(entry) == ["id", "pid", "url"] and pid_alive(entry["pid"])
+            assert sorted(entry) == ["id", "pid", "state", "url"] and pid_alive(entry["pid"])
         for entry in described["nodes"]:
-            assert sorted(entry) == ["data_dir", "id", "pid", "url"]
+            assert sorted(entry) == ["data_dir", "id", "pid", "state", "url"]
+            assert entry["state"] == "running"
             assert pid_alive(entry["pid"]) and Path(entry["data_dir"]).is_dir()
         pids = [e["pid"] for e in described["coordinators"] + described["nodes"]]
         launcher_pid = int((directory / "launcher.pid").read_text())
@@ -112,7 +114,7 @@ def test_the_plan_and_cluster_json_shape(tmp_path: Path) -> None:
     assert ClusterPlan.load(tmp_path / "launcher.json") == plan
     described = LocalCluster(tmp_path, plan).describe()
     assert sorted(described) == ["coordinators", "nodes"]
-    assert sorted(described["nodes"][0]) == ["data_dir", "id", "pid", "url"]
+    assert sorted(described["nodes"][0]) == ["data_dir", "id", "pid", "state", "url"]
 
 
 def test_down_never_signals_a_process_that_is_not_ours(tmp_path: Path) -> None:
@@ -127,3 +129,52 @@ def test_down_never_signals_a_process_that_is_not_ours(tmp_path: Path) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_up_right_after_down_five_times(tmp_path: Path) -> None:
+    """`down` then `up` with no wait, five times: `down` returns once every process has exited
+    and its ports can be bound, and `up` checks ports as the servers bind them (TIME-WAIT is
+    no obstacle). A second `up` on a running cluster refuses, once, saying how to stop it."""
+    directory = tmp_path / "cl"
+    at = ("--dir", str(directory))
+    shape = ("--shards", "1", "--replicas", "3", "--coordinators", "1", "--fsync", "never")
+    try:
+        for round_ in range(5):
+            up = shardkv("up", *at, *shape, "--detach")
+            assert up.returncode == 0, f"round {round_}: {up.stderr}{up.stdout}"
+            assert shardkv("put", *at, "k", f"v{round_}").returncode == 0
+            assert shardkv("get", *at, "k").stdout == f"v{round_}\n"
+            again = shardkv("up", *at, *shape, "--detach")
+            assert again.returncode == 1
+            assert again.stderr.count("already running") == 1, again.stderr
+            plan = json.loads((directory / "launcher.json").read_text())
+            down = shardkv("down", *at)
+            assert down.returncode == 0 and "ports released" in down.stdout, down.stderr
+            ports = [e["port"] for e in plan["coordinators"] + plan["nodes"]]
+            assert all(port_is_free(p) for p in ports)
+    finally:
+        shardkv("down", *at)
+
+
+def test_a_failed_up_says_this_runs_reason_once(tmp_path: Path) -> None:
+    directory = tmp_path / "cl"
+    at = ("--dir", str(directory))
+    shape = ("--shards", "1", "--replicas", "1", "--coordinators", "1", "--fsync", "never")
+    assert shardkv("up", *at, *shape, "--detach").returncode == 0
+    assert shardkv("down", *at).returncode == 0
+    plan = json.loads((directory / "launcher.json").read_text())
+    # Another program listens on the node's port: the next `up` must say exactly that.
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", plan["nodes"][0]["port"]))
+    squatter.listen()
+    try:
+        up = shardkv("up", *at, *shape, "--detach")
+    finally:
+        squatter.close()
+        shardkv("down", *at)
+    assert up.returncode == 1
+    assert up.stderr.count("ports in use by another program") == 1, up.stderr
+    assert f"n1:{plan['nodes'][0]['port']}" in up.stderr
+    assert str(directory / "logs" / "launcher.log") in up.stderr
+    assert "exited" not in up.stderr  # nothing from the previous run's log

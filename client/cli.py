@@ -71,8 +71,8 @@ def resolve_target(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "backslashreplace")
+def _text(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
 
 
 def _item_json(key: str, item: Item | None) -> dict[str, Any]:
@@ -228,15 +228,26 @@ async def _load(kv: Client, args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not await asyncio.to_thread(path.is_file):
         raise UsageError(f"{path} is not a file")
+    bar = not (args.json or args.quiet)
+
+    def skipped(problem: str) -> None:  # each skipped line, as it is found
+        print(f"{chr(10) if bar else ''}skipped {path}:{problem}", file=sys.stderr)
+
     report = await load_file(kv, path, fmt=args.format, batch_size=args.batch,
                              concurrency=args.concurrency, ttl=args.ttl,
-                             progress=None if args.json or args.quiet else sys.stderr)
+                             progress=sys.stderr if bar else None, on_skip=skipped)
     if args.json:
         _print_json(report)
     else:
         print(f"loaded {report['loaded']} keys in {report['seconds']:.2f}s "
-              f"({report['rate']:.0f} keys/s); {report['skipped']} lines skipped")
-    return 0 if not report["errors"] else 1
+              f"({report['rate']:.0f} keys/s); {report['skipped']} lines skipped"
+              + (" (listed on stderr)" if report["skipped"] else ""))
+    if report["errors"] or report["failed"]:
+        return 1
+    if args.strict and report["skipped"]:
+        print(f"shardkv load: --strict: {report['skipped']} lines skipped", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _with_client(runner: Runner, args: argparse.Namespace) -> int:
@@ -368,6 +379,8 @@ def _args_load(p: argparse.ArgumentParser) -> None:
                    help="batches in flight (default 8)")
     p.add_argument("--ttl", type=float, default=None, metavar="SECONDS")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 if any line was skipped (each is named on stderr either way)")
 
 
 COMMANDS = [

@@ -39,6 +39,7 @@ from shardkv.cluster.limits import (
     as_ttl,
     as_value,
     as_version,
+    limits_dict,
 )
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
 from shardkv.node.storage.write_plan import CheckedOp
@@ -389,6 +390,7 @@ async def _ping(ctx: NodeContext, args: Args) -> dict[str, Any]:
         "lsn": None if store is None else store.last_lsn,
         "epoch": None if store is None else store.epoch,
         "role": ctx.role,
+        "limits": limits_dict(ctx.limits),
     }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import HttpVersion11, web
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge
-from shardkv.cluster.limits import MAX_FRAME_BYTES
+from shardkv.cluster.limits import MAX_FRAME_BYTES, limits_dict
 from shardkv.cluster.wire import JSON, MSGPACK, from_json, pack, to_json, unpack
 from shardkv.node.api.operations import OPERATIONS, NodeContext, client_error, execute
 from shardkv.node.config import NodeConfig
@@ -304,6 +304,7 @@ class RestApi:
             "listen": config.listen,
             "coordinators": list(config.coordinators),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "limits": limits_dict(self.ctx.limits),
         })
 
     async def metrics_text(self, request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from shardkv.client.async_client import COORDINATORS_ENV, Client
+from shardkv.client.async_client import COORDINATORS_ENV, Client, coordinators_in
 from shardkv.client.bulk_load import load_file
 from shardkv.client.cluster_status import collect_status, explain_key, render_status
 from shardkv.client.values import Item
@@ -56,15 +56,12 @@ def resolve_target(args: argparse.Namespace) -> dict[str, Any]:
     env = os.environ.get(COORDINATORS_ENV, "").strip()
     if env:
         return {"coordinators": [u.strip() for u in env.split(",") if u.strip()]}
-    cluster_file = Path(args.dir) / "cluster.json"
-    if cluster_file.is_file():
-        try:
-            described = json.loads(cluster_file.read_text())
-            urls = [c["url"] for c in described.get("coordinators", [])]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{cluster_file} is not a valid cluster file: {exc}") from None
-        if urls:
-            return {"coordinators": urls}
+    try:
+        urls = coordinators_in(Path(args.dir))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if urls:
+        return {"coordinators": urls}
     raise UsageError(
         f"where is the cluster? pass --coordinator URL, set {COORDINATORS_ENV}, "
         f"run `shardkv up --dir {args.dir}` first, or use --node URL for a standalone node"

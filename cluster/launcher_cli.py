@@ -232,8 +232,8 @@ def run_down(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"dir": str(directory), "stopped_pids": signalled}))
     elif signalled:
-        print(f"stopped the cluster in {directory} ({len(signalled)} processes signalled; "
-              f"all exited, ports released)")
+        print(f"stopped the cluster in {directory} ({len(signalled)} processes; all exited, "
+              f"ports released)")
     else:
         print(f"nothing running in {directory}")
     return 0

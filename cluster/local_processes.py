@@ -184,27 +184,31 @@ def stop_described(directory: Path, grace: float = STOP_GRACE_S) -> list[int]:
     bound again, so an ``up`` right after it starts cleanly.
 
     The launcher (if one runs) is asked first, since it stops its children in order; any
-    process still alive afterwards is signalled directly. Returns the pids signalled."""
-    signalled: list[int] = []
+    process still alive afterwards is signalled directly. Returns the pids of the processes it
+    stopped (the launcher first, if one ran)."""
+    cluster_file = directory / "cluster.json"
+
+    def named_alive() -> list[int]:
+        pids: list[int] = []
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            described = json.loads(cluster_file.read_text())
+            for entry in described.get("nodes", []) + described.get("coordinators", []):
+                pid = entry.get("pid")
+                if isinstance(pid, int) and pid_alive(pid) and is_shardkv_process(pid):
+                    pids.append(pid)
+        return pids
+
+    signalled = named_alive()  # stopped by the launcher, or below if it could not
     pid_file = directory / "launcher.pid"
     if pid_file.is_file():
         with contextlib.suppress(ValueError, ProcessLookupError):
             launcher_pid = int(pid_file.read_text().strip())
             if pid_alive(launcher_pid) and is_shardkv_process(launcher_pid):
                 os.kill(launcher_pid, signal.SIGTERM)
-                signalled.append(launcher_pid)
+                signalled.insert(0, launcher_pid)
                 wait_gone([launcher_pid], grace + 5.0)
-    pids: list[int] = []
-    cluster_file = directory / "cluster.json"
-    if cluster_file.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            described = json.loads(cluster_file.read_text())
-            for entry in described.get("nodes", []) + described.get("coordinators", []):
-                pid = entry.get("pid")
-                if isinstance(pid, int) and pid_alive(pid) and is_shardkv_process(pid):
-                    pids.append(pid)
-    terminate_pids(pids, grace)
-    signalled.extend(pids)
+    # Whatever the launcher did not stop (or a launcher that is gone left behind).
+    terminate_pids([p for p in dict.fromkeys(signalled + named_alive()) if pid_alive(p)], grace)
     if signalled:
         wait_ports_free(described_ports(directory))
     for name in ("cluster.json", "launcher.pid"):

@@ -28,6 +28,7 @@ import aiohttp
 from shardkv.client.connection import ConnectionFailed, NodePool
 from shardkv.client.retry import ExponentialBackoff, Retry
 from shardkv.client.routing import Route, Router
+from shardkv.client.unreachable import raise_naming_the_shard
 from shardkv.cluster.errors import (
     InvalidArgument,
     NotPrimary,
@@ -174,11 +175,11 @@ class Executor:
                 raise
             except ShardKVError as error:
                 if not error.retryable or (not idempotent and _maybe_executed(error)):
-                    raise
+                    raise_naming_the_shard(error, self.router, target)
                 failures += 1
                 delay = self.retry.delay_for(error, failures, ends_at - loop.time())
                 if delay is None:
-                    raise
+                    raise_naming_the_shard(error, self.router, target)
                 if isinstance(error, ConnectionFailed):
                     await self._refresh_quietly()
                 await asyncio.sleep(delay)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shardkv.client import SyncClient
+from shardkv.cluster.errors import Unavailable
 from shardkv.cluster.local_processes import pid_alive
 
 pytestmark = pytest.mark.integration
@@ -129,6 +131,13 @@ def test_status_explains_two_of_three_down(cluster_dir: str) -> None:
         read = shardkv("get", *at, "probe", "--timeout", "2")
         assert read.returncode == 1
         assert f"UNAVAILABLE: {shard_id}: no primary" in read.stderr, read.stderr
+        # The library names the shard and its primary too, not only a socket error.
+        urls = [c["url"] for c in json.loads(
+            (Path(cluster_dir) / "cluster.json").read_text())["coordinators"]]
+        with SyncClient(urls, timeout=2) as kv, pytest.raises(Unavailable) as caught:
+            kv.get("probe")
+        assert caught.value.details.get("shard") == shard_id
+        assert f"shard {shard_id}: its primary {gone[0]}" in caught.value.message
     finally:
         for node in gone:
             shardkv("node", "start", node, *at)

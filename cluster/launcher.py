@@ -334,9 +334,13 @@ class LocalCluster:
     def restart_dead(self) -> list[str]:
         """Restart every process that has exited (``--supervise``) unless it was stopped on
         purpose; returns their ids."""
-        restarted = self.dead()
-        for process_id in restarted:
-            self.restart(process_id)
+        restarted = []
+        for process_id in self.dead():
+            try:
+                self.restart(process_id)
+            except LaunchError:
+                continue  # its port is still held: try again on the next round
+            restarted.append(process_id)
         return restarted
 
     def spec(self, process_id: str) -> ProcessSpec:

@@ -146,14 +146,16 @@ def run_foreground(directory: Path, args: argparse.Namespace) -> int:
                 print(line, flush=True)
             reported &= set(cluster.dead())
             if supervise:
-                for pid in cluster.restart_dead():
-                    print(f"restarted {pid} (restart #{cluster.restarts[pid]})", flush=True)
-            else:
-                for pid in set(cluster.dead()) - reported:
-                    reported.add(pid)
-                    print(f"{pid} exited (not restarted: `shardkv node start {pid}` or "
-                          f"--supervise); log: {directory / 'logs' / (pid + '.log')}",
+                for process_id in cluster.restart_dead():
+                    print(f"restarted {process_id} (restart #{cluster.restarts[process_id]})",
                           flush=True)
+            else:
+                for process_id in sorted(set(cluster.dead()) - reported):
+                    reported.add(process_id)
+                    spec = cluster.spec(process_id)
+                    print(f"{spec.kind} {process_id} exited (not restarted: `shardkv "
+                          f"{spec.kind} start {process_id}`, or --supervise); log: "
+                          f"{cluster.log_path(spec)}", flush=True)
     except LaunchError as exc:
         print(f"shardkv up: {exc}", file=sys.stderr, flush=True)
         failed_mark.write_text(f"{exc}\n")

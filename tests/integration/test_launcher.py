@@ -3,8 +3,10 @@ leaving no process behind; and the launcher's supervision (restart of a killed n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -178,3 +180,36 @@ def test_a_failed_up_says_this_runs_reason_once(tmp_path: Path) -> None:
     assert f"n1:{plan['nodes'][0]['port']}" in up.stderr
     assert str(directory / "logs" / "launcher.log") in up.stderr
     assert "exited" not in up.stderr  # nothing from the previous run's log
+
+
+def test_foreground_up_supervises_by_default(tmp_path: Path) -> None:
+    """`shardkv up` in the foreground restarts a node that dies, unless --no-supervise."""
+    directory = tmp_path / "cl"
+    env = {k: v for k, v in os.environ.items() if k != "SHARDKV_COORDINATORS"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "shardkv.cluster.cli", "up", "--dir", str(directory),
+         "--shards", "1", "--replicas", "1", "--coordinators", "1", "--fsync", "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert launcher.stdout is not None
+        lines = []
+        for line in launcher.stdout:
+            lines.append(line)
+            if line.startswith("supervising"):
+                break
+        assert lines and lines[-1].startswith("supervising"), "".join(lines)
+        first = json.loads((directory / "cluster.json").read_text())["nodes"][0]["pid"]
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        pid = first
+        while pid == first and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with contextlib.suppress(ValueError, OSError):
+                pid = json.loads((directory / "cluster.json").read_text())["nodes"][0]["pid"]
+        assert pid != first and pid_alive(pid)
+        assert launcher.stdout.readline().startswith("restarted n1")
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(60)
+    assert launcher.returncode == 0
+    assert not (directory / "cluster.json").exists()

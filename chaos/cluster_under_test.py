@@ -32,13 +32,12 @@ from typing import Any, Literal
 from shardkv.chaos.container_cluster import ContainerCluster
 from shardkv.chaos.nemesis.delay_proxy import DelayProxy
 from shardkv.cluster.launcher import (
-    HOST,
     ClusterPlan,
     LocalCluster,
     ProcessSpec,
     http_get_json,
 )
-from shardkv.cluster.local_processes import free_port
+from shardkv.cluster.local_processes import HOST, free_port
 
 log = logging.getLogger(__name__)
 

@@ -150,7 +150,8 @@ async def explain_key(kv: Client, key: str | bytes) -> str | None:
         return None
     for shard in status["shards"]:
         if shard["shard"] == shard_id:
-            return shard.get("reason")
+            reason = shard.get("reason")
+            return str(reason) if reason is not None else None
     return None
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from shardkv.client.executor import Executor
@@ -122,7 +122,8 @@ class Commands:
         """Seconds left before ``key`` expires (None: it never does). NotFound if absent."""
         raw = as_key(key)
         body = await self._executor.call("ttl", {"key": raw}, keys=[raw], budget=timeout)
-        return body.get("ttl")
+        ttl = body.get("ttl")
+        return None if ttl is None else float(ttl)
 
     async def mget(
         self,
@@ -164,7 +165,7 @@ class Commands:
         limit: int | None = None,
         page_size: int = DEFAULT_SCAN_PAGE,
         timeout: float | None = None,
-    ) -> AsyncIterator[KeyItem]:
+    ) -> AsyncGenerator[KeyItem, None]:
         """Keys with ``prefix`` (or in ``[start, end)``), in key order across all shards,
         fetched page by page: ``async for item in kv.scan(prefix="user:")``. Each page is a
         strong read of one shard; the scan as a whole is not a snapshot (writes made while it
@@ -373,13 +374,14 @@ class Commands:
         keys = [e["key"] for e in wire_ops]
         if not self.same_shard(keys):
             raise InvalidArgument("batch keys span several shards; a batch is atomic per shard")
-        return await self._executor.call(
+        result: dict[str, Any] = await self._executor.call(
             "batch",
             _write_args({"ops": wire_ops}, write_concern),
             keys=keys,
             idempotent=False,
             budget=timeout,
         )
+        return result
 
     def same_shard(self, keys: Sequence[Key]) -> bool:
         """Whether all ``keys`` live in one shard under the current map (local, no I/O)."""
@@ -446,4 +448,5 @@ class Commands:
     async def ping(self, url: str, *, timeout: float | None = None) -> dict[str, Any]:
         """``{"lsn", "epoch", "role"}`` of the node at ``url`` (status, health checks)."""
         budget = self._executor.timeout if timeout is None else timeout
-        return await self._executor.pool(url).call("ping", {}, budget)
+        answer: dict[str, Any] = await self._executor.pool(url).call("ping", {}, budget)
+        return answer

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 from shardkv.client.executor import Executor
@@ -25,7 +25,7 @@ from shardkv.client.values import KeyItem
 
 async def shard_pages(
     executor: Executor, shard: str, base: dict[str, Any], page_size: int, budget: float | None
-) -> AsyncIterator[list[KeyItem]]:
+) -> AsyncGenerator[list[KeyItem], None]:
     """The pages of one shard's part of the scan, following the node's cursor."""
     cursor: bytes | None = None
     while True:
@@ -50,6 +50,11 @@ def key_type_of(*asked: object) -> KeyType:
         else "text"
 
 
+def _raw_key(item: KeyItem) -> bytes:
+    """The key as the node sent it (pages hold bytes keys; the heap orders by them)."""
+    return item.key if isinstance(item.key, bytes) else item.key.encode("utf-8")
+
+
 def _as_caller_key(item: KeyItem, key_type: KeyType) -> KeyItem:
     if key_type == "bytes" or not isinstance(item.key, bytes):
         return item
@@ -66,7 +71,7 @@ async def merged_scan(
     page_size: int,
     budget: float | None,
     key_type: KeyType = "text",
-) -> AsyncIterator[KeyItem]:
+) -> AsyncGenerator[KeyItem, None]:
     """Items of every shard in key order, at most ``limit`` of them, keys as ``key_type``."""
     if limit == 0:
         return
@@ -81,7 +86,7 @@ async def merged_scan(
         page = await anext(streams[s], None)
         buffers[s] = page or []
         if buffers[s]:
-            heapq.heappush(heap, (bytes(buffers[s][0].key), s, 0))
+            heapq.heappush(heap, (_raw_key(buffers[s][0]), s, 0))
 
     try:
         await asyncio.gather(*(refill(s) for s in range(len(streams))))
@@ -93,7 +98,7 @@ async def merged_scan(
             if limit is not None and emitted >= limit:
                 return
             if pos + 1 < len(buffers[s]):
-                heapq.heappush(heap, (bytes(buffers[s][pos + 1].key), s, pos + 1))
+                heapq.heappush(heap, (_raw_key(buffers[s][pos + 1]), s, pos + 1))
             else:
                 await refill(s)
     finally:

@@ -170,7 +170,7 @@ _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
 def error_from_dict(body: dict[str, Any]) -> ShardKVError:
     """Rebuild the typed exception from its wire form (unknown codes become INTERNAL)."""
     try:
-        code = ErrorCode(body.get("error"))
+        code = ErrorCode(str(body.get("error")))
     except ValueError:
         code = ErrorCode.INTERNAL
     details = {k: v for k, v in body.items() if k not in ("error", "message", "retryable")}

@@ -123,8 +123,9 @@ def test_status_explains_two_of_three_down(cluster_dir: str) -> None:
             assert shardkv("node", "stop", node, *at).returncode == 0
         text = shardkv("status", *at)
         assert text.returncode == 1
+        first, second = [m for m in members if m in gone]  # named in the map's member order
         assert (f"{shard_id}: no primary; 1 of 3 members alive; failover needs a majority (2): "
-                f"start {gone[0]} or {gone[1]} (`shardkv node start {gone[0]}`)") in text.stdout
+                f"start {first} or {second} (`shardkv node start {first}`)") in text.stdout
         st = status(cluster_dir)
         assert_consistent(st)
         assert not st["available"] and not shard_of(st, shard_id)["available"]

@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from shardkv.client.async_client import Client
+from shardkv.client.coordinator_quorum import probe_quorum
 from shardkv.client.routing import DIRECT_SHARD
 from shardkv.cluster.errors import ShardKVError
 
@@ -94,7 +95,13 @@ async def collect_status(kv: Client, *, within: float = 2.0) -> dict[str, Any]:
                             "available": up, "reason": reason}],
                 "healthy": up, "available": up, "degraded": [] if up else ["standalone"],
                 "problems": [reason] if reason else []}
-    cmap = await kv.refresh_map()
+    quorum = await probe_quorum(router.coordinators, within=within)
+    try:
+        cmap = await kv.refresh_map()
+    except ShardKVError:
+        if router.map is None:
+            raise
+        cmap = router.map  # no coordinator answers: the cached map still routes
     member_ids = sorted({m for s in cmap.shards.values() for m in s.members})
     probes = await asyncio.gather(
         *(_probe(kv, cmap.nodes[m].url, within) for m in member_ids if m in cmap.nodes)
@@ -136,7 +143,8 @@ async def collect_status(kv: Client, *, within: float = 2.0) -> dict[str, Any]:
             "coordinators": {cid: c.url for cid, c in sorted(cmap.coordinators.items())},
             "shards": shards, "available": available_all,
             "healthy": available_all and not degraded, "degraded": degraded,
-            "problems": problems}
+            "problems": problems, "coordinator_quorum": quorum.to_dict(),
+            "coordinators_line": quorum.line()}
 
 
 async def explain_key(kv: Client, key: str | bytes) -> str | None:
@@ -175,6 +183,8 @@ def render_status(status: dict[str, Any]) -> str:
     if status["mode"] == "cluster":
         lines.append(f"map version {status['map_version']}, ring version "
                      f"{status['ring_version']}, coordinator leader {status['leader'] or '?'}")
+        if status.get("coordinators_line"):
+            lines.append(status["coordinators_line"])
     for row in rows:
         cells = (cell.ljust(w) for cell, w in zip(row, widths, strict=True))
         lines.append("  ".join(cells).rstrip())

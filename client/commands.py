@@ -106,22 +106,20 @@ class Commands:
         args, eventual = self._read_args(consistency, max_staleness_ms, min_version)
         args["key"] = raw
         try:
-            body = await self._executor.call(
-                "get", args, keys=[raw], eventual=eventual, budget=timeout
-            )
+            body = await self._executor.call("get", args, eventual=eventual, budget=timeout)
         except NotFound:
             return None
         return Item.from_wire(body)
 
     async def exists(self, key: Key, *, timeout: float | None = None) -> bool:
         raw = as_key(key)
-        body = await self._executor.call("exists", {"key": raw}, keys=[raw], budget=timeout)
+        body = await self._executor.call("exists", {"key": raw}, budget=timeout)
         return bool(body["exists"])
 
     async def ttl(self, key: Key, *, timeout: float | None = None) -> float | None:
         """Seconds left before ``key`` expires (None: it never does). NotFound if absent."""
         raw = as_key(key)
-        body = await self._executor.call("ttl", {"key": raw}, keys=[raw], budget=timeout)
+        body = await self._executor.call("ttl", {"key": raw}, budget=timeout)
         ttl = body.get("ttl")
         return None if ttl is None else float(ttl)
 
@@ -147,7 +145,6 @@ class Commands:
             body = await self._executor.call(
                 "mget",
                 {**base, "keys": part_keys},
-                keys=part_keys,
                 eventual=eventual,
                 budget=timeout,
             )
@@ -213,12 +210,9 @@ class Commands:
             args["if_absent"] = True
         if ttl is not None:
             args["ttl"] = as_ttl(ttl)
-        conditional = if_version is not None or if_absent
         body = await self._executor.call(
             "put",
             _write_args(args, write_concern),
-            keys=[raw],
-            idempotent=not conditional,
             budget=timeout,
         )
         return int(body["version"])
@@ -239,8 +233,6 @@ class Commands:
         body = await self._executor.call(
             "delete",
             _write_args(args, write_concern),
-            keys=[raw],
-            idempotent=if_version is None,
             budget=timeout,
         )
         version = body.get("version")
@@ -255,15 +247,14 @@ class Commands:
         timeout: float | None = None,
     ) -> int:
         """Add ``delta`` to the counter under ``key`` (absent = 0); returns the new value.
-        Never retried once it may have been applied: a lost answer is raised, not doubled."""
+        Retried after a lost answer only because the shard deduplicates it (the client's
+        write session): it is applied once, or ``OutcomeUnknown`` says it may have been."""
         raw = as_key(key)
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise InvalidArgument(f"delta must be an integer, not {type(delta).__name__}")
         body = await self._executor.call(
             "incr",
             _write_args({"key": raw, "delta": delta}, write_concern),
-            keys=[raw],
-            idempotent=False,
             budget=timeout,
         )
         return int(body["value"])
@@ -272,7 +263,7 @@ class Commands:
         """Make ``key`` expire in ``ttl`` seconds; returns the new version."""
         raw = as_key(key)
         body = await self._executor.call(
-            "expire", {"key": raw, "ttl": as_ttl(ttl)}, keys=[raw], budget=timeout
+            "expire", {"key": raw, "ttl": as_ttl(ttl)}, budget=timeout
         )
         return int(body["version"])
 
@@ -297,11 +288,9 @@ class Commands:
         _write_args(extra, write_concern)
 
         async def part(indexes: list[int]) -> list[int]:
-            part_keys = [raw_keys[i] for i in indexes]
             body = await self._executor.call(
                 "mput",
                 {**extra, "items": [[raw_keys[i], values[i]] for i in indexes]},
-                keys=part_keys,
                 budget=timeout,
             )
             return [int(body["version"])] * len(indexes)
@@ -328,7 +317,7 @@ class Commands:
         async def part(indexes: list[int]) -> list[int]:
             part_keys = [raw_keys[i] for i in indexes]
             body = await self._executor.call(
-                "mdelete", {**extra, "keys": part_keys}, keys=part_keys, budget=timeout
+                "mdelete", {**extra, "keys": part_keys}, budget=timeout
             )
             # The count is per part: credit it to the part's first key, zero to the rest.
             return [int(body["deleted"])] + [0] * (len(indexes) - 1)
@@ -377,8 +366,6 @@ class Commands:
         result: dict[str, Any] = await self._executor.call(
             "batch",
             _write_args({"ops": wire_ops}, write_concern),
-            keys=keys,
-            idempotent=False,
             budget=timeout,
         )
         return result

@@ -135,7 +135,8 @@ class SyncCommands:
         timeout: float | None = None,
     ) -> int:
         """Add ``delta`` to the counter under ``key`` (absent = 0); returns the new value.
-        Never retried once it may have been applied: a lost answer is raised, not doubled."""
+        Retried after a lost answer only because the shard deduplicates it (the client's
+        write session): it is applied once, or ``OutcomeUnknown`` says it may have been."""
         return self._run(
             self._client.incr(key, delta, write_concern=write_concern, timeout=timeout)
         )

@@ -9,8 +9,6 @@ then says which members are alive and which to start.
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 from shardkv.client.connection import ConnectionFailed
 from shardkv.client.routing import Router
 from shardkv.cluster.errors import ShardKVError
@@ -36,12 +34,5 @@ def name_the_shard(error: ShardKVError, router: Router, shard: str | None) -> Sh
                f"which are) [{error.message}]")
     named = ConnectionFailed(message, maybe_executed=error.maybe_executed,
                              **{**error.details, "shard": shard, "primary": info.primary})
+    named.__cause__ = error
     return named
-
-
-def raise_naming_the_shard(error: ShardKVError, router: Router, shard: str | None) -> NoReturn:
-    """Raise ``error``, or in its place (chained to it) the same error with the shard named."""
-    named = name_the_shard(error, router, shard)
-    if named is error:
-        raise error
-    raise named from error

@@ -29,6 +29,7 @@ from shardkv.cluster.settings import (
     url_list,
 )
 from shardkv.cluster.timing import TIMING_SETTINGS, TimingContract
+from shardkv.node.storage.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S
 
 __all__ = ["ENGINES", "FSYNC_POLICIES", "ConfigError", "NodeConfig", "load_config",
            "parse_listen"]
@@ -58,6 +59,10 @@ class NodeConfig:
     # little behind (fewer: less disk; more: fewer replicas reseeded from a snapshot).
     wal_segment_bytes: int = 64 << 20
     retain_wal_entries: int = 100_000
+    # Client sessions (exactly-once writes, docs/exactly-once.md): how long a client's last
+    # write is remembered, and how many clients a shard remembers at most.
+    session_ttl_s: float = DEFAULT_SESSION_TTL_S
+    max_sessions: int = DEFAULT_MAX_SESSIONS
     # Requests one rpc connection may have in flight before the node stops reading from it
     # (TCP backpressure then slows the client down instead of the node queueing without bound).
     max_inflight_per_connection: int = 1024
@@ -90,6 +95,8 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("snapshot_wal_bytes", "SHARDKV_SNAPSHOT_WAL_BYTES"),
     Setting("wal_segment_bytes", "SHARDKV_WAL_SEGMENT_BYTES"),
     Setting("retain_wal_entries", "SHARDKV_RETAIN_WAL_ENTRIES"),
+    Setting("session_ttl_s", "SHARDKV_SESSION_TTL_S"),
+    Setting("max_sessions", "SHARDKV_MAX_SESSIONS"),
     Setting("max_inflight_per_connection", "SHARDKV_MAX_INFLIGHT_PER_CONNECTION"),
     Setting("shutdown_grace_s", "SHARDKV_SHUTDOWN_GRACE_S"),
     Setting("log_level", "SHARDKV_LOG_LEVEL"),
@@ -148,6 +155,10 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
                                minimum=4096, maximum=1 << 32),
         retain_wal_entries=integer("retain_wal_entries", values.get("retain_wal_entries",
                                                                   100_000), minimum=0),
+        session_ttl_s=number("session_ttl_s", values.get("session_ttl_s",
+                                                         DEFAULT_SESSION_TTL_S), minimum=1.0),
+        max_sessions=integer("max_sessions", values.get("max_sessions", DEFAULT_MAX_SESSIONS),
+                             minimum=1, maximum=10_000_000),
         max_inflight_per_connection=integer(
             "max_inflight_per_connection", values.get("max_inflight_per_connection", 1024),
             minimum=1, maximum=1 << 16),

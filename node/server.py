@@ -159,6 +159,8 @@ class NodeServer:
                            segment_bytes=config.wal_segment_bytes,
                            on_sync=self.metrics.on_wal_sync),
             retain_wal_entries=config.retain_wal_entries,
+            session_ttl_s=config.session_ttl_s,
+            max_sessions=config.max_sessions,
             limits=self.ctx.limits,
             snapshot_wal_bytes=config.snapshot_wal_bytes,
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from eventually import eventually
-from shardkv.cluster.errors import Unavailable
+from shardkv.cluster.errors import OutcomeUnknown, Unavailable
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
@@ -83,7 +83,7 @@ async def test_a_refusing_gate_fails_pending_writes_and_truncation_recovers(
     assert head is not None and head.version == head_lsn  # committed, applied, visible
     # what a stepping-down primary does: drop what was never committed, then follow
     late = asyncio.create_task(put_with(store, "majority", b"late"))
-    with pytest.raises(Unavailable):
+    with pytest.raises(OutcomeUnknown):  # ordered and logged: its fate is not ours to say
         await asyncio.wait_for(late, 5)
     await store.barrier()
     await store.truncate_log_after(store.applied_lsn)

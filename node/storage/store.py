@@ -451,11 +451,17 @@ class Store:
         return BatchResult(version, tuple(_fill(plan.results, version)))
 
     def _submit(self, mutations: list[Mutation]) -> asyncio.Future[int]:
+        self._snapshotter.guard.check()  # DISK_FULL before the WAL could meet ENOSPC
         applied = self._pipeline.submit(mutations)
         self._snapshotter.note_logged(self._pipeline.take_logged_bytes())
         return applied
 
     # ------------------------------------------------------------------------ maintenance
+
+    @property
+    def snapshotter(self) -> Snapshotter:
+        """Snapshots, log retention and the low-disk guard (``snapshots/snapshotter.py``)."""
+        return self._snapshotter
 
     async def snapshot_now(self) -> SnapshotMeta:
         """Take a snapshot at the applied LSN now (writes continue meanwhile)."""
@@ -487,6 +493,7 @@ class Store:
             wal_bytes_since_snapshot=snap.bytes_since,
             snapshots_taken=snap.taken,
             expired_swept=self._sweeper.swept,
+            disk=snap.disk_usage(),
             recovery=self._recovery,
             wal=self._wal.stats(),
         )

@@ -48,6 +48,16 @@ class NodeConfig:
     # little behind (fewer: less disk; more: fewer replicas reseeded from a snapshot).
     wal_segment_bytes: int = 64 << 20
     retain_wal_entries: int = 100_000
+    # Disk use (node/storage/snapshots/retention.py, disk_guard.py): the WAL tail kept behind
+    # a snapshot in bytes (None: the larger of 64 MiB and the last snapshot, capped by the
+    # disk), a snapshot once WAL since the last reaches ratio x its size (at least the
+    # minimum), snapshots kept, and the free-space floor under which writes are refused
+    # (None: 5% of the disk, at most 256 MiB; 0: off).
+    retain_wal_bytes: int | None = None
+    snapshot_wal_ratio: float = 4.0
+    snapshot_min_wal_bytes: int = 16 << 20
+    keep_snapshots: int = 2
+    low_disk_bytes: int | None = None
     # Requests one rpc connection may have in flight before the node stops reading from it
     # (TCP backpressure then slows the client down instead of the node queueing without bound).
     max_inflight_per_connection: int = 1024
@@ -99,6 +109,13 @@ def _float(name: str, raw: object, *, minimum: float) -> float:
     if not value >= minimum or value == float("inf"):
         raise ConfigError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
     return value
+
+
+def _auto_int(name: str, raw: object) -> int | None:
+    """A byte count, or None for "auto" (unset, or the word ``auto``)."""
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() == "auto"):
+        return None
+    return _int(name, raw, minimum=0)
 
 
 def parse_listen(raw: object) -> tuple[str, int]:
@@ -159,6 +176,11 @@ _KEYS: dict[str, str] = {
     "snapshot_wal_bytes": "SHARDKV_SNAPSHOT_WAL_BYTES",
     "wal_segment_bytes": "SHARDKV_WAL_SEGMENT_BYTES",
     "retain_wal_entries": "SHARDKV_RETAIN_WAL_ENTRIES",
+    "retain_wal_bytes": "SHARDKV_RETAIN_WAL_BYTES",
+    "snapshot_wal_ratio": "SHARDKV_SNAPSHOT_WAL_RATIO",
+    "snapshot_min_wal_bytes": "SHARDKV_SNAPSHOT_MIN_WAL_BYTES",
+    "keep_snapshots": "SHARDKV_KEEP_SNAPSHOTS",
+    "low_disk_bytes": "SHARDKV_LOW_DISK_BYTES",
     "max_inflight_per_connection": "SHARDKV_MAX_INFLIGHT_PER_CONNECTION",
     "shutdown_grace_s": "SHARDKV_SHUTDOWN_GRACE_S",
     "log_level": "SHARDKV_LOG_LEVEL",
@@ -254,6 +276,14 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
                                minimum=4096, maximum=1 << 32),
         retain_wal_entries=_int("retain_wal_entries", values.get("retain_wal_entries",
                                                                   100_000), minimum=0),
+        retain_wal_bytes=_auto_int("retain_wal_bytes", values.get("retain_wal_bytes")),
+        snapshot_wal_ratio=_float("snapshot_wal_ratio", values.get("snapshot_wal_ratio", 4.0),
+                                  minimum=0.0),
+        snapshot_min_wal_bytes=_int("snapshot_min_wal_bytes",
+                                    values.get("snapshot_min_wal_bytes", 16 << 20), minimum=0),
+        keep_snapshots=_int("keep_snapshots", values.get("keep_snapshots", 2), minimum=1,
+                            maximum=1000),
+        low_disk_bytes=_auto_int("low_disk_bytes", values.get("low_disk_bytes")),
         max_inflight_per_connection=_int(
             "max_inflight_per_connection", values.get("max_inflight_per_connection", 1024),
             minimum=1, maximum=1 << 16),

@@ -493,7 +493,6 @@ class Store:
             wal_bytes_since_snapshot=snap.bytes_since,
             snapshots_taken=snap.taken,
             expired_swept=self._sweeper.swept,
-            disk=snap.disk_usage(),
             recovery=self._recovery,
             wal=self._wal.stats(),
         )

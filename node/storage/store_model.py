@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shardkv.cluster.limits import Limits
-from shardkv.node.storage.disk_usage import DiskUsage
 from shardkv.node.wal.write_ahead_log import WalOptions, WalStats
 
 ENGINES = ("memory", "sqlite")
@@ -165,4 +164,3 @@ class StoreStats:
     expired_swept: int
     recovery: RecoveryReport
     wal: WalStats
-    disk: DiskUsage | None = None

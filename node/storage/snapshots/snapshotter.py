@@ -23,10 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shardkv.cluster.errors import InvalidArgument
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.storage.disk_guard import DiskGuard, auto_low_disk_bytes
 from shardkv.node.storage.disk_usage import DiskUsage, free_bytes, measure
 from shardkv.node.storage.engines.engine import Engine
+from shardkv.node.storage.engines.sqlite import SqliteEngine
+from shardkv.node.storage.engines.sqlite_compaction import CompactionReport
 from shardkv.node.storage.snapshots.retention import (
     SegmentExtent,
     SnapshotTrigger,
@@ -84,6 +87,9 @@ class Snapshotter:
         self.bytes_since = 0
         self.running = False
         self.last_report: SnapshotReport | None = None
+        self.compacting = False
+        self.compactions = 0
+        self.last_compaction: CompactionReport | None = None
         self._trigger = SnapshotTrigger(
             config.snapshot_wal_bytes, config.snapshot_wal_ratio, config.snapshot_min_wal_bytes
         )
@@ -183,6 +189,24 @@ class Snapshotter:
         extents = [SegmentExtent(first, size) for first, size in self._wal.segment_extents()]
         cut = wal_cut_lsn(extents, self._wal.last_lsn, snapshot_lsn, entries, budget)
         return await self._wal.remove_before(cut) if cut > 1 else 0
+
+    async def compact(self) -> CompactionReport:
+        """Give the SQLite engine's free pages back (``engines/sqlite_compaction.py``); under
+        the snapshot lock, so no snapshot reads the database while it is rebuilt."""
+        if not isinstance(self._engine, SqliteEngine):
+            raise InvalidArgument(
+                f"compact applies to the sqlite engine; this node runs {self._engine.name!r}, "
+                "whose disk use is the WAL and snapshots (take a snapshot instead)"
+            )
+        async with self._lock:
+            self.compacting = True
+            try:
+                report = await self._engine.compact()
+            finally:
+                self.compacting = False
+        self.compactions += 1
+        self.last_compaction = report
+        return report
 
     def installed(self, meta: SnapshotMeta) -> None:
         """A snapshot received from elsewhere became the state."""

@@ -41,6 +41,7 @@ from shardkv.cluster.limits import (
     as_version,
 )
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
+from shardkv.node.storage.disk_report import disk_summary
 from shardkv.node.storage.write_plan import CheckedOp
 
 if TYPE_CHECKING:
@@ -389,6 +390,7 @@ async def _ping(ctx: NodeContext, args: Args) -> dict[str, Any]:
         "lsn": None if store is None else store.last_lsn,
         "epoch": None if store is None else store.epoch,
         "role": ctx.role,
+        "disk": None if store is None else disk_summary(store),
     }
 
 

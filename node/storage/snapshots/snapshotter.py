@@ -95,6 +95,7 @@ class Snapshotter:
         )
         self._hard_trim = False
         self._low_disk_at = float("-inf")
+        self._skipped_for_room = False
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -117,8 +118,30 @@ class Snapshotter:
             self._start(reason)
 
     def _start(self, reason: str) -> None:
-        if not self._closed and (self._task is None or self._task.done()):
-            self._task = asyncio.create_task(self._take_logged(reason), name="snapshot")
+        if self._closed or (self._task is not None and not self._task.done()):
+            return
+        if not self._fits():
+            return
+        self._task = asyncio.create_task(self._take_logged(reason), name="snapshot")
+
+    def _fits(self) -> bool:
+        """Whether a background snapshot would stay above the disk floor while written. Its
+        size is at most the last one plus what was logged since (or, with none yet, the
+        whole log): a snapshot that cannot fit would only fail with ENOSPC halfway and eat
+        the room the WAL needs meanwhile."""
+        if not self.guard.low_bytes:
+            return True
+        estimate = (self.latest_bytes + self.bytes_since if self.latest is not None
+                    else self._wal.stats().bytes)
+        if self.guard.free_estimate - estimate * 5 // 4 >= self.guard.low_bytes:
+            return True
+        if not self._skipped_for_room:
+            logger.warning("snapshot skipped: it would not fit above the disk floor",
+                           extra=log_fields(estimate_bytes=estimate,
+                                            free_bytes=self.guard.free_estimate,
+                                            floor_bytes=self.guard.low_bytes))
+        self._skipped_for_room = True
+        return False
 
     def _on_low_disk(self) -> None:
         """The guard saw free space under twice its floor: snapshot and drop the whole log
@@ -156,6 +179,7 @@ class Snapshotter:
     async def _take_locked(self, reason: str) -> tuple[SnapshotMeta, SnapshotReport]:
         started = time.perf_counter()
         hard, self._hard_trim = self._hard_trim, False
+        self._skipped_for_room = False
         self.bytes_since = 0
         view = await self._engine.snapshot_view()
         meta = await write_snapshot(self._config.snapshot_dir, view.lsn, self._epoch(), view.rows)

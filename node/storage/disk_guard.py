@@ -64,7 +64,7 @@ class DiskGuard:
         self._read_at = float("-inf")
         self.refused = 0
         self.refusing = False
-        self._refresh()
+        self._refresh(notify=False)  # the owner is still being built: no callback yet
 
     @property
     def free_estimate(self) -> int:
@@ -73,11 +73,11 @@ class DiskGuard:
     def note_logged(self, nbytes: int) -> None:
         self._logged_since += nbytes
 
-    def _refresh(self) -> None:
+    def _refresh(self, *, notify: bool = True) -> None:
         self._free, _total = self._read_free(self.path)
         self._logged_since = 0
         self._read_at = self._clock()
-        if self.low_bytes and self._free < 2 * self.low_bytes:
+        if notify and self.low_bytes and self._free < 2 * self.low_bytes:
             self._on_low()
 
     def check(self) -> None:

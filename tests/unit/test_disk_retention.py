@@ -187,6 +187,21 @@ async def test_low_disk_refuses_writes_and_keeps_data(engine_name: str, tmp_path
         await store.close()
 
 
+async def test_a_store_opened_on_a_full_disk_serves_reads_and_refuses_writes(
+    engine_name: str, tmp_path: Path
+) -> None:
+    store = await Store.open(config_for(engine_name, tmp_path))
+    await store.put(b"a", b"1")
+    await store.close()
+    store = await Store.open(config_for(engine_name, tmp_path, low_disk_bytes=1 << 62))
+    try:
+        assert (await store.get(b"a")).value == b"1"
+        with pytest.raises(DiskFull):
+            await store.put(b"b", b"2")
+    finally:
+        await store.close()
+
+
 async def test_snapshot_report_and_keep_snapshots(engine_name: str, tmp_path: Path) -> None:
     store = await Store.open(config_for(engine_name, tmp_path, keep_snapshots=1))
     try:

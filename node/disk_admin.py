@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from shardkv.cluster.cluster_token import cluster_token
 from shardkv.cluster.errors import ShardKVError, Unauthorized, Unavailable
-from shardkv.node.api.rest import encode_response, error_response
+from shardkv.cluster.http_body import error_response, respond
 from shardkv.node.storage.disk_report import disk_report
 
 if TYPE_CHECKING:
@@ -66,19 +66,19 @@ class DiskAdmin:
         return store
 
     async def disk(self, request: web.Request) -> web.StreamResponse:
-        return encode_response(request, disk_report(self._serving()))
+        return respond(request, disk_report(self._serving()))
 
     async def snapshot(self, request: web.Request) -> web.StreamResponse:
         authorize_admin(request.headers.get("Authorization"))
         _meta, report = await self._serving().snapshotter.take_report("admin")
         self._metrics.maintenance.labels("snapshot").inc()
-        return encode_response(request, report.to_dict())
+        return respond(request, report.to_dict())
 
     async def compact(self, request: web.Request) -> web.StreamResponse:
         authorize_admin(request.headers.get("Authorization"))
         report = await self._serving().snapshotter.compact()
         self._metrics.maintenance.labels("compact").inc()
-        return encode_response(request, report.to_dict())
+        return respond(request, report.to_dict())
 
     @staticmethod
     def _coded(handler: Callable) -> Callable:

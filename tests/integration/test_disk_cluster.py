@@ -5,12 +5,14 @@ byte budget: four clients overwrite 5,000 keys of 200 bytes with ``mput`` batche
 ``OVERWRITE_S`` seconds while one replica is down. Every running member's data directory
 stays under a bound stated from the settings; the replica that was down comes back, finds
 the log it needs trimmed, installs a snapshot and converges; ``shardkv status`` shows each
-member's disk. The by-hand, minutes-long version is ``bench/disk_bench.py``.
+member's disk. By hand, ``SHARDKV_DISK_SOAK_S=180`` runs it for minutes over the issue's
+20,000 keys; ``bench/disk_bench.py`` measures disk over time and throughput.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,13 +35,15 @@ from bench.disk_workload import OverwriteSpec, overwrite, sample_disk  # noqa: E
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
-OVERWRITE_S = 20.0
+# By hand, minutes and the issue's full key space: SHARDKV_DISK_SOAK_S=180 pytest THIS_FILE -s
+SOAK_S = float(os.environ.get("SHARDKV_DISK_SOAK_S", "0"))
+OVERWRITE_S = SOAK_S or 20.0
 SEGMENT = 1 * MiB
 RETAIN = 2 * MiB
 SNAPSHOT_MIN = 2 * MiB
 # 5,000 keys (1 MB live) instead of the issue's 20,000, so that the seconds CI can spare
 # still log many times the live data: the case the bound is about.
-KEYS = 5_000
+KEYS = 20_000 if SOAK_S else 5_000
 NODE_ENV = {"SHARDKV_WAL_SEGMENT_BYTES": str(SEGMENT), "SHARDKV_RETAIN_WAL_BYTES": str(RETAIN),
             "SHARDKV_SNAPSHOT_MIN_WAL_BYTES": str(SNAPSHOT_MIN),
             "SHARDKV_WRITE_TIMEOUT_S": "5"}

@@ -27,6 +27,7 @@ async def _probe(kv: Client, url: str, within: float) -> dict[str, Any]:
         "lsn": answer.get("lsn"),
         "epoch": answer.get("epoch"),
         "actual_role": answer.get("role"),
+        "disk": answer.get("disk"),  # {"used_bytes", "free_bytes"}; None from older nodes
     }
 
 
@@ -163,9 +164,28 @@ async def explain_key(kv: Client, key: str | bytes) -> str | None:
     return None
 
 
+def _disk_cell(disk: dict[str, Any] | None) -> str:
+    """``used/free`` in binary units, or ``-`` when the member did not say."""
+    if not isinstance(disk, dict):
+        return "-"
+    return f"{_size(disk.get('used_bytes'))}/{_size(disk.get('free_bytes'))} free"
+
+
+def _size(n: object) -> str:
+    if not isinstance(n, int):
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}TiB"
+
+
 def render_status(status: dict[str, Any]) -> str:
     """The status as an aligned text table."""
-    header = ("SHARD", "NODE", "ROLE", "ACTUAL", "EPOCH", "LSN", "LAG", "HEALTH", "URL")
+    header = ("SHARD", "NODE", "ROLE", "ACTUAL", "EPOCH", "LSN", "LAG", "DISK", "HEALTH",
+              "URL")
     rows: list[tuple[str, ...]] = [header]
     for shard in status["shards"]:
         for m in shard["members"]:
@@ -174,6 +194,7 @@ def render_status(status: dict[str, Any]) -> str:
                 str(m.get("epoch") if m.get("epoch") is not None else "-"),
                 str(m.get("lsn") if m.get("lsn") is not None else "-"),
                 str(m["lag"] if m.get("lag") is not None else "-"),
+                _disk_cell(m.get("disk")),
                 m["health"] if m.get("map_status") in (None, "up")
                 else f"{m['health']}/{m['map_status']}",
                 m.get("url") or "-",

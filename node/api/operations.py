@@ -43,6 +43,7 @@ from shardkv.cluster.limits import (
 )
 from shardkv.cluster.ops import OPS, OpSpec
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
+from shardkv.node.storage.disk_report import disk_summary
 from shardkv.node.storage.sessions import Session, check_user_key, parse_session
 from shardkv.node.storage.write_plan import CheckedOp
 
@@ -405,6 +406,7 @@ async def _ping(ctx: NodeContext, args: Args) -> dict[str, Any]:
         "epoch": None if store is None else store.epoch,
         "role": ctx.role,
         "limits": limits_dict(ctx.limits),
+        "disk": None if store is None else disk_summary(store),
     }
 
 

@@ -27,6 +27,7 @@ class ErrorCode(enum.StrEnum):
     TOO_STALE = "TOO_STALE"
     UNAVAILABLE = "UNAVAILABLE"
     UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
     TIMEOUT = "TIMEOUT"
     UNKNOWN_OP = "UNKNOWN_OP"
     STALE_EPOCH = "STALE_EPOCH"
@@ -40,6 +41,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_OP: 400,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_PRIMARY: 421,
     ErrorCode.STALE_MAP: 421,
     ErrorCode.STALE_EPOCH: 409,
@@ -139,6 +141,13 @@ class Unauthorized(ShardKVError):
     code = ErrorCode.UNAUTHORIZED
 
 
+class Forbidden(ShardKVError):
+    """Authenticated, but not as someone allowed to do this (another node's id, a full
+    shard)."""
+
+    code = ErrorCode.FORBIDDEN
+
+
 class Timeout(ShardKVError):
     code = ErrorCode.TIMEOUT
 
@@ -161,6 +170,7 @@ _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
         TooStale,
         Unavailable,
         Unauthorized,
+        Forbidden,
         Timeout,
         InternalError,
     )

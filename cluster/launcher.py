@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shardkv.cluster.cluster_credentials import TOKEN_FILE, ClusterCredentials
+
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 10.0
@@ -196,6 +198,14 @@ class LocalCluster:
         self.plan = plan
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = {}
+        # Set by ``secure()`` (``shardkv up`` does), or found in the directory on a restart.
+        self.credentials: ClusterCredentials | None = None
+
+    def secure(self) -> ClusterCredentials:
+        """Generate (or reuse) the cluster credential and Raft password in the directory;
+        every process started from now on gets them (cluster/cluster_credentials.py)."""
+        self.credentials = ClusterCredentials.for_directory(self.directory)
+        return self.credentials
 
     # -- files -----------------------------------------------------------------------------
 
@@ -230,6 +240,10 @@ class LocalCluster:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.setdefault("SHARDKV_LOG_FORMAT", "json")
+        if self.credentials is None and (self.directory / TOKEN_FILE).is_file():
+            self.secure()
+        if self.credentials is not None:
+            env.update(self.credentials.environment())
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 self.plan.argv(spec), stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 
+from shardkv.cluster.cluster_token import cluster_token
 from shardkv.cluster.structured_log import log_fields, setup_logging
 from shardkv.coordinator.config import (
     ConfigError,
@@ -72,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         replication_factor=args.replication_factor,
         raft_password=os.environ.get("SHARDKV_RAFT_PASSWORD") or None,
         admin_token=os.environ.get("SHARDKV_ADMIN_TOKEN") or None,
+        cluster_token=cluster_token(),
         commit_timeout=args.commit_timeout,
         join=args.join,
         timings=RaftTimings.from_env(),

@@ -23,6 +23,7 @@ from shardkv.coordinator.http_io import (
     respond,
     wants_msgpack,
 )
+from shardkv.coordinator.peer_guard import registering_as
 
 REGISTER_FIELDS = {"url", "labels", "shard", "node_id", "token"}
 HEARTBEAT_FIELDS = {"lsn", "epoch", "role", "map_version", "ring_version"}
@@ -67,6 +68,8 @@ async def register_node(request: web.Request) -> web.StreamResponse:
     coord = coordinator_of(request)
     body = await read_object(request)
     only_fields(body, REGISTER_FIELDS)
+    if "node_id" in body:
+        registering_as(request, body["node_id"])
     command = {"op": "register_node", **body}
     result = await coord.propose(command)
     answer = dict(result)

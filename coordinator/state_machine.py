@@ -214,8 +214,14 @@ class MapStateMachine:
                 node_id = f"n{self.next_node_number}"
             self.next_node_number += 1
         node_id = _need_id(node_id, "node id")
-        if token is not None:
-            self.tokens[token] = node_id
+        claimed = [t for t, n in self.tokens.items() if n == node_id]
+        if node_id in m.nodes and claimed and token not in claimed:
+            # The id belongs to the node that first registered it (its token lives in its
+            # data directory): nobody else re-points or re-registers it.
+            raise Rejected(ErrorCode.FORBIDDEN,
+                           f"node {node_id} is registered with another registration token; "
+                           "remove it (DELETE /admin/nodes/{id}) before reusing its id",
+                           node_id=node_id)
         node = m.nodes.get(node_id)
         if node is None:
             node = NodeInfo(url=url, labels=labels)
@@ -226,6 +232,12 @@ class MapStateMachine:
                 node.status = NODE_UP
         if node.shard is None and node.status == NODE_UP:
             target = wanted_shard or placement.choose_shard(m, node)
+            if target is not None and len(m.shards[target].members) >= m.replication_factor:
+                raise Rejected(
+                    ErrorCode.FORBIDDEN,
+                    f"shard {target} already has its {m.replication_factor} members; a node "
+                    "joins a full shard only by an admin action (drain or remove one first)",
+                    shard=target, members=list(m.shards[target].members))
             if target is not None:
                 self._join(m, node_id, target)
         elif wanted_shard is not None and node.shard != wanted_shard:
@@ -234,6 +246,8 @@ class MapStateMachine:
                 f"node {node_id} already serves shard {node.shard}; drain it before moving it",
                 node_id=node_id, shard=node.shard,
             )
+        if token is not None:  # last: a refused registration records nothing
+            self.tokens[token] = node_id
         shard = m.shards.get(node.shard) if node.shard else None
         return {"node_id": node_id, "shard": node.shard, "role": node.role,
                 "epoch": shard.epoch if shard else 0}

@@ -15,6 +15,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from shardkv.cluster.cluster_token import MissingCredential, cluster_token, require_credentials
 from shardkv.node.config import ENGINES, FSYNC_POLICIES, ConfigError, load_config
 
 
@@ -59,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     flags["coordinator"] = args.coordinator
     try:
         config = load_config(flags, os.environ, args.config)
-    except ConfigError as exc:
+        if not config.standalone:
+            require_credentials("node", config.listen_host, token=cluster_token())
+    except (ConfigError, MissingCredential) as exc:
         print(f"shardkv node: configuration error: {exc}", file=sys.stderr)
         return 2
     from shardkv.node.server import run_node  # the server's imports are only needed here

@@ -26,6 +26,7 @@ from shardkv.node.api.rest import RestApi
 from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
 from shardkv.node.config import NodeConfig
 from shardkv.node.membership.cluster_membership import ClusterMembership
+from shardkv.node.membership.internal_guard import InternalGuard
 from shardkv.node.metrics import NodeMetrics
 from shardkv.node.replication.shard_role import NodeReplication
 from shardkv.node.storage.store import Store
@@ -80,8 +81,9 @@ class NodeServer:
 
     def _build_app(self) -> web.Application:
         # The largest legitimate body is a 32 MiB batch; aiohttp refuses more before reading.
+        self.guard = InternalGuard(self.config.listen_host)
         app = web.Application(client_max_size=MAX_FRAME_BYTES + (1 << 20),
-                              middlewares=[_internal_errors])
+                              middlewares=[_internal_errors, self.guard.middleware])
         rest = RestApi(self.config, self.ctx, self.metrics, lambda: self.state,
                        self._started_at)
         app.add_routes(rest.routes())

@@ -34,7 +34,9 @@ import aiohttp
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ROLE_NONE, ClusterMap
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
+from shardkv.cluster.peer_auth import UNREGISTERED_NODE, node_principal, signed_headers
 from shardkv.node.clock import NODE_CLOCK
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,9 @@ OnChange = Callable[[Placement, ClusterMap], Awaitable[None] | None]
 
 def _write_durably(path: str, text: str) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    # 0600: the registration token is what proves this node owns its id.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(text + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -185,6 +189,9 @@ class CoordinatorLink:
         headers = {"Accept": wire.MSGPACK}
         if data is not None:
             headers["Content-Type"] = wire.MSGPACK
+        if method != "GET":  # registration and heartbeats prove who sends them
+            principal = node_principal(self.node_id) if self.node_id else UNREGISTERED_NODE
+            headers.update(signed_headers(method, URL(url).raw_path_qs, data or b"", principal))
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.request_timeout_s)
         async with self._session.request(method, url, data=data, headers=headers,
                                          timeout=timeout) as resp:

@@ -6,6 +6,8 @@
 - ``GET /v1/digest``: SHA-256 over every (key, value, version) in key order at one applied
   LSN, so a test or an operator can check that the members of a shard converged;
 - ``POST /admin/replication/fence`` and ``/unfence``: a planned switchover, node side;
+- who may call these: ``node/membership/internal_guard.py`` (signed requests) and
+  ``stream_auth.py`` (the stream's challenge-response);
 - test-only (``SHARDKV_TEST_ADMIN=1``): the failpoint routes, the clock routes
   (``node/testing/clock_admin.py``) and ``POST /admin/replication/compact`` (snapshot now, dropping
   the log behind it).
@@ -23,8 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from shardkv.cluster import wire
-from shardkv.cluster.cluster_token import check_auth
-from shardkv.cluster.errors import InvalidArgument, NotPrimary, ShardKVError, Unavailable
+from shardkv.cluster.errors import (
+    InvalidArgument,
+    NotPrimary,
+    ShardKVError,
+    Unauthorized,
+    Unavailable,
+)
+from shardkv.node.replication import stream_auth
 from shardkv.node.testing import clock_admin, failpoints
 
 if TYPE_CHECKING:
@@ -59,7 +67,23 @@ class ReplicationEndpoints:
             error = NotPrimary("this node is not the primary",
                                primary=self.replication.server.ctx.primary)
             return _respond(request, error.to_dict(), error.http_status)
-        return await primary.serve(request)
+        guard = self.replication.server.guard
+        if guard.open:
+            return await primary.serve(request)
+        if guard.verifier is None:
+            error = Unauthorized("replication is closed: this node has no cluster credential")
+            return _respond(request, error.to_dict(), error.http_status)
+        secret = guard.verifier.secret
+        primary_id = self.replication.server.ctx.node_id or "node"
+
+        async def authenticate(ws: web.WebSocketResponse, req: web.Request) -> str:
+            try:
+                return await stream_auth.authenticate_replica(ws, req, primary_id, secret)
+            except ShardKVError:
+                guard.refused += 1
+                raise
+
+        return await primary.serve(request, authenticate)
 
     async def status(self, request: web.Request) -> web.StreamResponse:
         return _respond(request, self.replication.status())
@@ -78,7 +102,6 @@ class ReplicationEndpoints:
         raise Unavailable("the state kept changing; try the digest again when writes pause")
 
     async def fence(self, request: web.Request) -> web.StreamResponse:
-        check_auth(request.headers.get("Authorization"))
         body = await _read_body(request)
         epoch = body.get("epoch")
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
@@ -86,7 +109,6 @@ class ReplicationEndpoints:
         return _respond(request, self.replication.fence(epoch))
 
     async def unfence(self, request: web.Request) -> web.StreamResponse:
-        check_auth(request.headers.get("Authorization"))
         await _read_body(request)
         return _respond(request, self.replication.unfence())
 

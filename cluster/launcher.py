@@ -175,9 +175,11 @@ def write_json_atomically(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def http_get_json(url: str, timeout: float = 1.0) -> tuple[int, Any]:
+def http_get_json(url: str, timeout: float = 1.0,
+                  headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """(status, decoded JSON or None); status 0 when nothing answered."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    request = urllib.request.Request(url, headers={"Accept": "application/json",
+                                                   **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")

@@ -146,14 +146,14 @@ class CoordinatorConfig:
             raise ConfigError("--init-shards must be between 1 and 4096")
         if not 1 <= self.replication_factor <= 7:
             raise ConfigError("--replication-factor must be between 1 and 7")
+        if host in ("0.0.0.0", "::"):
+            raise ConfigError(
+                "--raft must name the internal interface to bind, not a wildcard address"
+            )
         listen_host, _ = parse_host_port(self.listen, "--listen")
         try:  # any group size: a lone member on the network still unpickles what it gets
             require_credentials("coordinator", listen_host, token=self.cluster_token,
                                 raft_password=self.raft_password, raft_host=host)
         except MissingCredential as exc:
             raise ConfigError(str(exc)) from None
-        if host in ("0.0.0.0", "::"):
-            raise ConfigError(
-                "--raft must name the internal interface to bind, not a wildcard address"
-            )
         self.timings.validate()

@@ -27,7 +27,7 @@ from shardkv.cluster.peer_auth import (
 )
 from shardkv.coordinator.http_io import Handler, coordinator_of
 
-PRINCIPAL_KEY = "principal"
+PRINCIPAL_KEY = web.RequestKey("principal", str)
 
 
 def _guarded(path: str) -> bool:

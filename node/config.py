@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shardkv.cluster.limits import DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE_BYTES
+from shardkv.cluster.limits import (
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+    HARD_MAX_VALUE_BYTES,
+    MAX_FRAME_BYTES,
+)
+from shardkv.node.api.limits import ConnectionLimits
 
 ENGINES = ("memory", "sqlite")
 FSYNC_POLICIES = ("always", "interval", "never")
@@ -54,6 +60,21 @@ class NodeConfig:
     # How long a graceful stop waits for requests in flight before closing connections.
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
+    # Resource bounds against a client that is slow, greedy or hostile (node/api/limits.py).
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    max_connections: int = 4096
+    max_connections_per_address: int = 256
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+    max_pending_frame_bytes: int = 128 << 20
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            max_connections=self.max_connections,
+            max_connections_per_address=self.max_connections_per_address,
+            header_timeout_s=self.header_timeout_s, idle_timeout_s=self.idle_timeout_s,
+            max_pending_frame_bytes=self.max_pending_frame_bytes)
 
     @property
     def listen(self) -> str:
@@ -162,6 +183,12 @@ _KEYS: dict[str, str] = {
     "max_inflight_per_connection": "SHARDKV_MAX_INFLIGHT_PER_CONNECTION",
     "shutdown_grace_s": "SHARDKV_SHUTDOWN_GRACE_S",
     "log_level": "SHARDKV_LOG_LEVEL",
+    "max_answer_bytes": "SHARDKV_MAX_ANSWER_BYTES",
+    "max_connections": "SHARDKV_MAX_CONNECTIONS",
+    "max_connections_per_address": "SHARDKV_MAX_CONNECTIONS_PER_ADDRESS",
+    "header_timeout_s": "SHARDKV_HEADER_TIMEOUT_S",
+    "idle_timeout_s": "SHARDKV_IDLE_TIMEOUT_S",
+    "max_pending_frame_bytes": "SHARDKV_MAX_PENDING_FRAME_BYTES",
 }
 
 
@@ -260,4 +287,17 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
         shutdown_grace_s=_float("shutdown_grace_s", values.get("shutdown_grace_s", 10.0),
                                 minimum=0.0),
         log_level=log_level,
+        max_answer_bytes=_int("max_answer_bytes", values.get(
+            "max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES), minimum=1 << 16,
+            maximum=MAX_FRAME_BYTES),
+        max_connections=_int("max_connections", values.get("max_connections", 4096),
+                             minimum=1),
+        max_connections_per_address=_int("max_connections_per_address", values.get(
+            "max_connections_per_address", 256), minimum=1),
+        header_timeout_s=_float("header_timeout_s", values.get("header_timeout_s", 10.0),
+                                minimum=0.1),
+        idle_timeout_s=_float("idle_timeout_s", values.get("idle_timeout_s", 75.0),
+                              minimum=0.1),
+        max_pending_frame_bytes=_int("max_pending_frame_bytes", values.get(
+            "max_pending_frame_bytes", 128 << 20), minimum=MAX_FRAME_BYTES),
     )

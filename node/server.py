@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
+from shardkv.node.api.limits import ConnectionGate, LimitedSite
 from shardkv.node.api.operations import NodeContext
 from shardkv.node.api.rest import RestApi
 from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
@@ -55,7 +56,8 @@ class NodeServer:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.metrics = NodeMetrics()
-        self.ctx = NodeContext(limits=Limits(max_value_bytes=config.max_value_bytes),
+        self.ctx = NodeContext(limits=Limits(max_value_bytes=config.max_value_bytes,
+                                             max_answer_bytes=config.max_answer_bytes),
                                node_id=config.node_id)
         self.state = "starting"
         self.url: str | None = None
@@ -67,6 +69,7 @@ class NodeServer:
             lambda: sum(c.inflight for c in self._connections))
         self.on_ready: list[Hook] = []
         self.on_stop: list[Hook] = []
+        self.gate = ConnectionGate(config.connection_limits, registry=self.metrics.registry)
         self.app = self._build_app()
         self.membership: ClusterMembership | None = None
         if not config.standalone:
@@ -83,7 +86,8 @@ class NodeServer:
         # The largest legitimate body is a 32 MiB batch; aiohttp refuses more before reading.
         self.guard = InternalGuard(self.config.listen_host)
         app = web.Application(client_max_size=MAX_FRAME_BYTES + (1 << 20),
-                              middlewares=[_internal_errors, self.guard.middleware])
+                              middlewares=[_internal_errors, self.gate.middleware,
+                                           self.guard.middleware])
         rest = RestApi(self.config, self.ctx, self.metrics, lambda: self.state,
                        self._started_at)
         app.add_routes(rest.routes())
@@ -97,6 +101,8 @@ class NodeServer:
         await ws.prepare(request)
         connection = RpcConnection(ws, self.ctx, self.metrics,
                                    self.config.max_inflight_per_connection)
+        transport = request.transport
+        connection.on_message = lambda: self.gate.delivered(transport)
         self._connections.add(connection)
         self.metrics.rpc_connections.inc()
         try:
@@ -123,9 +129,10 @@ class NodeServer:
         # client still sends so that it can read the answer; 10 s by default, which also
         # holds up a graceful stop. One second is plenty on the networks a node lives on.
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                               shutdown_timeout=config.shutdown_grace_s, lingering_time=1.0)
+                               shutdown_timeout=config.shutdown_grace_s, lingering_time=1.0,
+                               keepalive_timeout=config.connection_limits.idle_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, config.listen_host, config.listen_port)
+        site = LimitedSite(runner, config.listen_host, config.listen_port, self.gate)
         try:
             await site.start()
         except OSError as exc:

@@ -22,7 +22,7 @@ from shardkv.cluster.errors import ShardKVError, Unauthorized
 from shardkv.cluster.peer_auth import COORDINATOR, OPERATOR, PeerVerifier, require_principal
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PRINCIPAL_KEY = "principal"
+PRINCIPAL_KEY = web.RequestKey("principal", str)
 
 
 def is_internal(path: str) -> bool:

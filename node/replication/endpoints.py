@@ -68,7 +68,9 @@ class ReplicationEndpoints:
                                primary=self.replication.server.ctx.primary)
             return _respond(request, error.to_dict(), error.http_status)
         guard = self.replication.server.guard
-        if guard.open:
+        gate = self.replication.server.gate
+        if guard.open:  # a loopback development cluster: nothing to authenticate
+            gate.exempt(request.transport)
             return await primary.serve(request)
         if guard.verifier is None:
             error = Unauthorized("replication is closed: this node has no cluster credential")
@@ -78,10 +80,12 @@ class ReplicationEndpoints:
 
         async def authenticate(ws: web.WebSocketResponse, req: web.Request) -> str:
             try:
-                return await stream_auth.authenticate_replica(ws, req, primary_id, secret)
+                replica_id = await stream_auth.authenticate_replica(ws, req, primary_id, secret)
             except ShardKVError:
                 guard.refused += 1
                 raise
+            gate.exempt(req.transport)  # a member's stream: its acks are not a stranger's
+            return replica_id
 
         return await primary.serve(request, authenticate)
 

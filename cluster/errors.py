@@ -69,6 +69,9 @@ class ShardKVError(Exception):
     VERSION_MISMATCH) so a client can act without parsing the message."""
 
     code: ErrorCode = ErrorCode.INTERNAL
+    # None: as the code says. False: this error is final here even though its code is one a
+    # client usually retries (a node whose disk failed: go elsewhere, not here again).
+    retry_here: bool | None = None
 
     def __init__(self, message: str = "", **details: Any) -> None:
         super().__init__(message or self.code.value)
@@ -77,6 +80,8 @@ class ShardKVError(Exception):
 
     @property
     def retryable(self) -> bool:
+        if self.retry_here is not None:
+            return self.retry_here
         return self.code in RETRYABLE
 
     @property
@@ -137,6 +142,13 @@ class Unavailable(ShardKVError):
     code = ErrorCode.UNAVAILABLE
 
 
+class StorageFailed(Unavailable):
+    """This node's disk failed (its log refuses writes until it recovers): not retryable on
+    this node; a client goes elsewhere or reports it."""
+
+    retry_here = False
+
+
 class Unauthorized(ShardKVError):
     code = ErrorCode.UNAUTHORIZED
 
@@ -184,4 +196,7 @@ def error_from_dict(body: dict[str, Any]) -> ShardKVError:
     except ValueError:
         code = ErrorCode.INTERNAL
     details = {k: v for k, v in body.items() if k not in ("error", "message", "retryable")}
-    return _BY_CODE[code](str(body.get("message", code.value)), **details)
+    error = _BY_CODE[code](str(body.get("message", code.value)), **details)
+    if body.get("retryable") is False and code in RETRYABLE:
+        error.retry_here = False
+    return error

@@ -33,6 +33,7 @@ from shardkv.node.replication.shard_role import NodeReplication
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
 from shardkv.node.wal.write_ahead_log import WalOptions
+from shardkv.node.write_failure import EXIT_RECOVER, WriteFailureMonitor
 
 logger = logging.getLogger("shardkv.node")
 
@@ -67,6 +68,9 @@ class NodeServer:
         self._runner: web.AppRunner | None = None
         self.metrics.rpc_inflight.set_function(
             lambda: sum(c.inflight for c in self._connections))
+        self.exit_code = 0
+        self.exit_requested = asyncio.Event()
+        self._failure_watch: asyncio.Task[None] | None = None
         self.on_ready: list[Hook] = []
         self.on_stop: list[Hook] = []
         self.gate = ConnectionGate(config.connection_limits, registry=self.metrics.registry)
@@ -155,6 +159,11 @@ class NodeServer:
             await hook(self)
         self.state = "ready"
         self.metrics.ready.set(1)
+        monitor = WriteFailureMonitor(
+            config.data_dir, min(config.wal_segment_bytes, 64 << 20),
+            lambda: self.store.write_failure if self.store is not None else None,
+            self._write_failed, lambda: self.request_exit(EXIT_RECOVER))
+        self._failure_watch = asyncio.create_task(monitor.run(), name="write-failure-watch")
         logger.info("ready", extra=log_fields(url=self.url, role=self.ctx.role))
 
     async def _open_store(self) -> None:
@@ -198,10 +207,22 @@ class NodeServer:
                              replayed_entries=recovery.replayed_entries),
         )
 
+    def _write_failed(self, reason: str) -> None:
+        if self.state == "ready":
+            self.state = "failed"
+            self.metrics.ready.set(0)
+
+    def request_exit(self, code: int) -> None:
+        """Ask ``serve`` to stop the node gracefully and exit with ``code``."""
+        self.exit_code = code
+        self.exit_requested.set()
+
     async def stop(self) -> None:
         """Graceful stop (idempotent): see the module docstring for the order."""
         if self.state == "stopped":
             return
+        if self._failure_watch is not None:
+            self._failure_watch.cancel()
         self.state = "stopping"
         self.metrics.ready.set(0)
         logger.info("stopping", extra=log_fields(url=self.url,
@@ -217,7 +238,10 @@ class NodeServer:
         store, self.store = self.store, None
         self.ctx.store = None
         if store is not None:
-            await store.close()  # the store logs its own "store closed" with the final LSN
+            try:
+                await store.close()  # the store logs its own "store closed" with the LSN
+            except Exception:  # a failed disk may refuse the last flush: recovery redoes it
+                logger.exception("closing the store failed")
         self.state = "stopped"
 
 
@@ -274,10 +298,14 @@ async def serve(config: NodeConfig) -> int:
             logger.error("%s", exc)
             await node.stop()
             return 1
-        await stop.wait()
+        exiting = asyncio.ensure_future(node.exit_requested.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({exiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        exiting.cancel()
+        stopping.cancel()
         await node.stop()
-        logger.info("stopped", extra=log_fields(url=node.url))
-        return 0
+        logger.info("stopped", extra=log_fields(url=node.url, exit_code=node.exit_code))
+        return node.exit_code
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)

@@ -283,7 +283,9 @@ class RestApi:
         store = self.ctx.store
         state = self._state()
         if state != "ready" or store is None:
-            return web.json_response({"status": state, "role": self.ctx.role}, status=503)
+            failure = store.write_failure if store is not None else None
+            return web.json_response({"status": state, "role": self.ctx.role,
+                                      "write_failure": failure}, status=503)
         return web.json_response({"status": "ready", "role": self.ctx.role,
                                   "lsn": store.last_lsn, "epoch": store.epoch})
 
@@ -298,6 +300,7 @@ class RestApi:
             "epoch": None if store is None else store.epoch,
             "last_lsn": None if store is None else store.last_lsn,
             "keys": None if store is None else store.key_count,
+            "write_failure": None if store is None else store.write_failure,
             "engine": config.engine,
             "fsync": config.fsync,
             "data_dir": str(config.data_dir),

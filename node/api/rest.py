@@ -282,10 +282,11 @@ class RestApi:
     async def ready(self, request: web.Request) -> web.Response:
         store = self.ctx.store
         state = self._state()
-        if state != "ready" or store is None:
-            failure = store.write_failure if store is not None else None
-            return web.json_response({"status": state, "role": self.ctx.role,
-                                      "write_failure": failure}, status=503)
+        failure = store.write_failure if store is not None else None
+        if state != "ready" or store is None or failure is not None:
+            return web.json_response({"status": "failed" if failure else state,
+                                      "role": self.ctx.role, "write_failure": failure},
+                                     status=503)
         return web.json_response({"status": "ready", "role": self.ctx.role,
                                   "lsn": store.last_lsn, "epoch": store.epoch})
 

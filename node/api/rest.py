@@ -101,7 +101,8 @@ def _parse_etag(header: str, name: str) -> int:
     text = header.strip()
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() then refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise InvalidArgument(f'{name} must be one version in quotes, like "12"; got {header!r}')
     return int(text)
 

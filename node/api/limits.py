@@ -112,6 +112,7 @@ class _GatedProtocol(asyncio.Protocol):
         self.address = ""
         self.pending = 0
         self.request_seen = False
+        self._head_tail = b""
         self.exempt = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -149,6 +150,12 @@ class _GatedProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.inner is None:
             return
+        if not self.request_seen:
+            # The end of the first request's headers, seen here rather than when a handler
+            # runs: a node resumed after a pause must not cut requests already received.
+            tail = self._head_tail + data[:4096]
+            self.request_seen = b"\r\n\r\n" in tail
+            self._head_tail = tail[-3:]
         if not self.exempt:
             self.pending += len(data)
             self.gate.pending_bytes += len(data)

@@ -110,6 +110,17 @@ async def set_ring(request: web.Request) -> web.StreamResponse:
     return respond(request, result)
 
 
+async def add_member(request: web.Request) -> web.StreamResponse:
+    """``{"node": id}``: a registered spare joins the shard, even beyond the replication
+    factor (the explicit admin action a registration cannot stand in for)."""
+    coord = coordinator_of(request)
+    body = await read_object(request)
+    only_fields(body, {"node"})
+    result = await coord.propose({"op": "add_member", "shard": request.match_info["shard"],
+                                  **body})
+    return respond(request, result)
+
+
 async def drain_node(request: web.Request) -> web.StreamResponse:
     coord = coordinator_of(request)
     await read_object(request, allow_empty=True)
@@ -175,6 +186,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/admin/shards", list_shards)
     r.add_post("/admin/shards", add_shard)
     r.add_post("/admin/shards/{shard}/primary", set_primary)
+    r.add_post("/admin/shards/{shard}/members", add_member)
     r.add_put("/admin/ring", set_ring)
     r.add_post("/admin/nodes/{node_id}/drain", drain_node)
     r.add_post("/admin/nodes/{node_id}/status", set_node_status)

@@ -156,6 +156,7 @@ class MapStateMachine:
             "set_ring": self._set_ring,
             "set_node_status": self._set_node_status,
             "drain_node": self._drain_node,
+            "add_member": self._add_member,
             "remove_node": self._remove_node,
         }
 
@@ -331,6 +332,26 @@ class MapStateMachine:
         if status == NODE_UP and node.shard is None:
             self._fill_holes(m)  # an undrained node is a spare again: it may fill a hole
         return {"node": node_id, "status": status, "shard": node.shard}
+
+    def _add_member(self, m: ClusterMap, c: dict[str, Any]) -> Result:
+        """The admin's way to give a shard a member beyond its replication factor (a
+        registration never does): a registered spare joins the shard as a replica."""
+        shard_id = _need_id(c.get("shard"), "shard")
+        node_id = _need_id(c.get("node"), "node")
+        if shard_id not in m.shards:
+            raise Rejected(ErrorCode.NOT_FOUND, f"no shard {shard_id!r}")
+        node = m.nodes.get(node_id)
+        if node is None:
+            raise Rejected(ErrorCode.NOT_FOUND, f"no node {node_id!r}; it registers first")
+        if node.shard == shard_id:
+            return {"_changed": False, "shard": shard_id, "node": node_id,
+                    "members": list(m.shards[shard_id].members)}
+        if node.shard is not None:
+            raise _invalid(f"node {node_id} serves shard {node.shard}; drain it first")
+        if node.status != NODE_UP:
+            raise _invalid(f"node {node_id} is {node.status}, not up")
+        self._join(m, node_id, shard_id)
+        return {"shard": shard_id, "node": node_id, "members": list(m.shards[shard_id].members)}
 
     def _drain_node(self, m: ClusterMap, c: dict[str, Any]) -> Result:
         node_id = _need_id(c.get("node"), "node")

@@ -215,3 +215,14 @@ def test_a_shard_never_gets_more_members_than_its_replication_factor() -> None:
     assert "c" * 32 not in m.snapshot()["tokens"]
     spare = register(m, 9003, token="d" * 32)  # no shard asked: a spare, not a member
     assert spare["shard"] is None and len(m.current.shards["s1"].members) == 2
+
+
+def test_only_an_admin_adds_a_member_beyond_the_replication_factor() -> None:
+    m = booted(1, 1)
+    register(m, 9000, shard="s1", token="a" * 32)
+    spare = register(m, 9001, token="b" * 32)
+    assert spare["shard"] is None
+    result = ok(m, op="add_member", shard="s1", node=spare["node_id"])
+    assert result["members"] == ["n1", spare["node_id"]]
+    assert m.current.nodes[spare["node_id"]].role == "replica"
+    refused(m, "NOT_FOUND", op="add_member", shard="s9", node=spare["node_id"])

@@ -167,3 +167,38 @@ def test_a_coordinator_with_network_raft_and_no_password_refuses(tmp_path: Path,
                      "--data-dir", str(tmp_path / "c"), *peers], tmp_path)
     assert done.returncode == 2
     assert "SHARDKV_RAFT_PASSWORD" in done.stderr and "unpickle" in done.stderr
+
+
+async def test_failover_and_rejoin_work_with_authentication(secure_cluster: LocalCluster
+                                                            ) -> None:
+    """The credential does not get in the cluster's own way: the primary of s1 is killed, a
+    replica is promoted (signed heartbeats stop, the detector fails it over), the survivors
+    re-authenticate to the new primary, writes go on; the old primary restarts, proves
+    itself, and rejoins as a replica with the same data."""
+    old_primary, _ = _primary_of(secure_cluster)
+    secure_cluster.kill(old_primary)
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while _primary_of(secure_cluster)[0] == old_primary:
+            assert asyncio.get_running_loop().time() < deadline, "no failover"
+            await asyncio.sleep(0.2)
+        await _workload(secure_cluster, "failover")
+    finally:
+        secure_cluster.restart(old_primary)
+    url = secure_cluster.spec(old_primary).url
+    deadline = asyncio.get_running_loop().time() + 60
+
+    def rejoined() -> bool:
+        try:
+            ready = http("GET", f"{url}/v1/replication")
+        except OSError:
+            return False
+        return ready.status == 200 and ready.body.get("role") == "replica" and bool(
+            (ready.body.get("follower") or {}).get("connected"))
+
+    while not await asyncio.to_thread(rejoined):
+        assert asyncio.get_running_loop().time() < deadline, "the old primary did not rejoin"
+        await asyncio.sleep(0.2)
+    state = await asyncio.to_thread(state_of, secure_cluster)
+    members = state["map"]["shards"]["s1"]["members"]
+    assert len({state["data"][m] for m in members}) == 1, "the members did not converge"

@@ -9,6 +9,7 @@ measurements.
 
     nice python -m bench.auth_overhead                 # ~2 min on 2 cores
     nice python -m bench.auth_overhead --rounds 3 --duration 2 --json out.json
+    nice python -m bench.auth_overhead --control     # A/A: both without auth (noise floor)
 
 Prints a table and, with ``--json``, writes the rows (and every round) as JSON.
 """
@@ -47,12 +48,15 @@ def _measure(cluster: LocalCluster, workload: str, in_flight: int, duration: flo
     return result["ops"] / duration
 
 
-def run(rounds: int, duration: float, in_flight: int, fsync: str) -> dict[str, Any]:
+def run(rounds: int, duration: float, in_flight: int, fsync: str,
+        control: bool = False) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="shardkv-auth-bench-"))
     clusters: dict[str, LocalCluster] = {}
     samples: dict[tuple[str, str], list[float]] = {}
     try:
-        for label, secure in (("auth on", True), ("auth off", False)):
+        # --control: an A/A run, both clusters without the credential, to see how far apart
+        # two identical clusters measure on this machine (the noise floor of the A/B figure).
+        for label, secure in (("auth on", not control), ("auth off", False)):
             clusters[label] = _start(work / label.replace(" ", "-"), secure, fsync)
             asyncio.run(_preload({"coordinators": clusters[label].plan.coordinator_urls()}))
         for r in range(rounds):
@@ -72,7 +76,8 @@ def run(rounds: int, duration: float, in_flight: int, fsync: str) -> dict[str, A
         rows.append({"workload": workload, "in_flight": in_flight, "auth_on_ops": round(on),
                      "auth_off_ops": round(off), "ratio": round(on / off, 3),
                      "overhead_pct": round((1 - on / off) * 100, 1)})
-    return {"rounds": rounds, "duration_s": duration, "fsync": fsync, "rows": rows,
+    return {"rounds": rounds, "duration_s": duration, "fsync": fsync, "control": control,
+            "rows": rows,
             "samples": {f"{label}/{workload}": values
                         for (label, workload), values in samples.items()}}
 
@@ -93,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--fsync", default="always", choices=("always", "interval", "never"))
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--control", action="store_true",
+                        help="A/A: both clusters without the credential (the noise floor)")
     args = parser.parse_args(argv)
-    report = run(args.rounds, args.duration, args.in_flight, args.fsync)
+    report = run(args.rounds, args.duration, args.in_flight, args.fsync, args.control)
     print(table(report))
     print(json.dumps(report["rows"]))
     if args.json:

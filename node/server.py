@@ -211,6 +211,9 @@ class NodeServer:
         if self.state == "ready":
             self.state = "failed"
             self.metrics.ready.set(0)
+        link = self.membership.link if self.membership is not None else None
+        if link is not None:  # a primary that cannot write should be failed over, not waited on
+            link.stop_heartbeats()
 
     def request_exit(self, code: int) -> None:
         """Ask ``serve`` to stop the node gracefully and exit with ``code``."""

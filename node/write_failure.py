@@ -7,7 +7,8 @@ the files. ``WriteFailureMonitor`` makes that visible and automatic:
 - the node turns not-ready (``/ready`` 503, ``"status": "failed"``) and says why in
   ``/ready`` and ``/v1/status`` (``write_failure``); writes are answered ``UNAVAILABLE``
   with ``retryable: false`` (``StorageFailed``), so a client does not hammer this node;
-  reads go on being served;
+  reads go on being served; a clustered node stops heartbeating, so that the coordinator
+  fails its shard over to a replica instead of waiting for this disk;
 - it probes the data directory until a write and an fsync succeed there again with room
   for a WAL segment, then stops gracefully and exits with ``EXIT_RECOVER`` (75,
   EX_TEMPFAIL) so that its supervisor (``shardkv up --supervise``, Kubernetes, systemd)

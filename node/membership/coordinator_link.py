@@ -169,6 +169,14 @@ class CoordinatorLink:
         ]
         return placement
 
+    def stop_heartbeats(self) -> None:
+        """Go silent to the failure detector (this node cannot take writes any more): the
+        coordinator then fails its shard over instead of waiting for it. The map watch goes
+        on."""
+        for task in self._tasks:
+            if task.get_name() == "coordinator-heartbeat":
+                task.cancel()
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()

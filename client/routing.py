@@ -24,6 +24,7 @@ import random
 from dataclasses import dataclass
 
 import aiohttp
+from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import NODE_UP, ClusterMap
 from shardkv.cluster.errors import Unavailable
@@ -116,7 +117,7 @@ class Router:
             params = {"since": str(since), "timeout": str(int(wait))}
         timeout = aiohttp.ClientTimeout(total=wait + self._fetch_timeout)
         async with self._session.get(
-            f"{url}/v1/map",
+            url + routes.MAP,
             params=params,
             timeout=timeout,
             headers={"Accept": wire.JSON},

@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 from shardkv.cluster.errors import Unauthorized
@@ -31,12 +32,13 @@ class MissingCredential(ValueError):
     """A process on a non-loopback address was started without a credential it needs."""
 
 
-def cluster_token() -> str | None:
+def cluster_token(environ: Mapping[str, str] | None = None) -> str | None:
     """The cluster secret (environment first, then the file), or None when unset."""
-    token = os.environ.get(CLUSTER_TOKEN_ENV, "").strip()
+    environ = os.environ if environ is None else environ
+    token = environ.get(CLUSTER_TOKEN_ENV, "").strip()
     if token:
         return token
-    path = os.environ.get(CLUSTER_TOKEN_FILE_ENV, "").strip()
+    path = environ.get(CLUSTER_TOKEN_FILE_ENV, "").strip()
     if path:
         try:
             return Path(path).read_text().strip() or None

@@ -37,16 +37,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import SHARD_ACTIVE, ClusterMap
+from shardkv.cluster.control_messages import FenceRequest, position_from_status
 from shardkv.cluster.errors import InvalidArgument, NotFound, ShardKVError, Unavailable
 from shardkv.cluster.peer_auth import COORDINATOR, signed_headers
 from shardkv.cluster.structured_log import log_fields
+from shardkv.cluster.timing import DEFAULT_FAILOVER_TIMEOUT_S
 from shardkv.coordinator.liveness import UNKNOWN, Liveness
 
 logger = logging.getLogger("shardkv.coordinator.failover")
 
-DEFAULT_TIMEOUT_S = 3.0
+DEFAULT_TIMEOUT_S = DEFAULT_FAILOVER_TIMEOUT_S  # the timing contract, cluster/timing.py
 CHECK_INTERVAL_S = 0.2
 PROBE_TIMEOUT_S = 0.8
 
@@ -107,7 +110,7 @@ async def probe_over_http(session: aiohttp.ClientSession, node_id: str,
                           url: str) -> MemberPosition | None:
     """``GET {url}/v1/replication`` -> the member's (epoch, LSN); None if it does not answer."""
     try:
-        async with session.get(f"{url.rstrip('/')}/v1/replication",
+        async with session.get(routes.url_of(url, routes.REPLICATION_STATUS),
                                headers={"Accept": wire.MSGPACK},
                                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as resp:
             if resp.status != 200:
@@ -115,12 +118,8 @@ async def probe_over_http(session: aiohttp.ClientSession, node_id: str,
             body = wire.unpack(await resp.read())
     except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
         return None
-    if not isinstance(body, dict) or body.get("node") not in (None, node_id):
-        return None
-    try:
-        return MemberPosition(node_id, int(body["last_epoch"]), int(body["last_lsn"]))
-    except (KeyError, TypeError, ValueError):
-        return None
+    position = position_from_status(body, node_id)
+    return MemberPosition(node_id, *position) if position is not None else None
 
 
 @dataclass
@@ -238,8 +237,8 @@ async def switchover(
         target = min(positions, key=lambda p: (-p.epoch, -p.lsn, p.node_id)).node_id
     target_url = cluster_map.node_url(target) or ""
     started = time.monotonic()
-    fenced = await _node_call(session, old_url, "/admin/replication/fence",
-                              {"epoch": shard.epoch})
+    fence: FenceRequest = {"epoch": shard.epoch}
+    fenced = await _node_call(session, old_url, routes.FENCE, fence)
     fenced_lsn = int(fenced["last_lsn"])
     try:
         deadline = started + catch_up_s
@@ -255,8 +254,7 @@ async def switchover(
                                 "epoch": shard.epoch + 1})
     except BaseException:
         with contextlib.suppress(ShardKVError, aiohttp.ClientError, TimeoutError, OSError):
-            await _node_call(session, old_url, "/admin/replication/unfence",
-                             {"epoch": shard.epoch})
+            await _node_call(session, old_url, routes.UNFENCE, fence)
         raise
     pause = time.monotonic() - started
     logger.info("switchover done", extra=log_fields(
@@ -270,7 +268,7 @@ async def _node_call(session: aiohttp.ClientSession, url: str, path: str,
                      body: Mapping[str, Any]) -> dict[str, Any]:
     data = wire.pack(dict(body))
     try:
-        async with session.post(f"{url.rstrip('/')}{path}", data=data,
+        async with session.post(routes.url_of(url, path), data=data,
                                 headers={"Content-Type": wire.MSGPACK,
                                          "Accept": wire.MSGPACK,
                                          **signed_headers("POST", path, data, COORDINATOR)},

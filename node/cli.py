@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from shardkv.cluster.cluster_token import MissingCredential, cluster_token, require_credentials
-from shardkv.node.config import ENGINES, FSYNC_POLICIES, ConfigError, load_config
+from shardkv.cluster.settings import ConfigError, config_failed
+from shardkv.node.config import ENGINES, FSYNC_POLICIES, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(flags, os.environ, args.config)
         if not config.standalone:
             require_credentials("node", config.listen_host, token=cluster_token())
-    except (ConfigError, MissingCredential) as exc:
+    except ConfigError as exc:
+        return config_failed("shardkv node", exc)
+    except MissingCredential as exc:
         print(f"shardkv node: configuration error: {exc}", file=sys.stderr)
         return 2
     from shardkv.node.server import run_node  # the server's imports are only needed here

@@ -265,6 +265,8 @@ class ReplicationPrimary:
             if message["t"] != proto.HELLO:
                 raise InvalidArgument(f"expected hello, got {message['t']}")
             hello = proto.Hello.from_message(message)
+            version = proto.negotiate(proto.PROTOCOL_VERSION, hello.version,
+                                      peer=f"replica {hello.node}")
             if authenticated is not None and hello.node != authenticated:
                 raise Forbidden(f"authenticated as {authenticated}, said hello as {hello.node}")
             epoch = self._epoch()
@@ -286,10 +288,10 @@ class ReplicationPrimary:
             else:
                 start = resume.lsn
             await ws.send_bytes(proto.encode(proto.WELCOME, epoch=epoch, start_lsn=start,
-                                             primary_lsn=self.wal.last_lsn))
+                                             primary_lsn=self.wal.last_lsn, version=version))
             logger.info("replica attached", extra=log_fields(
                 replica=hello.node, start_lsn=start, replica_lsn=hello.last_lsn,
-                how=resume.kind.value, epoch=epoch))
+                how=resume.kind.value, epoch=epoch, protocol_version=version))
             return hello, start
 
     def _resume_point(self, hello: proto.Hello) -> proto.Resume:

@@ -278,6 +278,12 @@ class ReplicationReplica:
                 kind = message["t"]
             if kind != proto.WELCOME:
                 raise StreamEnded(f"expected welcome, got {kind}")
+            # The primary picked the session's version; it must be one this node speaks.
+            version = proto.version_of(message)
+            if proto.negotiate(proto.PROTOCOL_VERSION, version,
+                               peer=f"primary at {self.primary_url}") != version:
+                raise StreamEnded(f"primary at {self.primary_url} chose protocol version "
+                                  f"{version}, above this node's {proto.PROTOCOL_VERSION}")
             epoch = proto.need_int(message, "epoch")
             if epoch < self.epoch:
                 raise StaleEpoch(f"primary at {self.primary_url} is in epoch {epoch}, older "

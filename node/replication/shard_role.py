@@ -29,11 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shardkv.cluster.cluster_map import ROLE_PRIMARY, ROLE_REPLICA, ClusterMap
+from shardkv.cluster.control_messages import FenceAnswer, ReplicationStatus, UnfenceAnswer
 from shardkv.cluster.errors import (
     NotPrimary,
     ShardKVError,
@@ -43,7 +43,7 @@ from shardkv.cluster.errors import (
 )
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.replication.endpoints import ReplicationEndpoints
-from shardkv.node.replication.lease import PrimaryLease, lease_for
+from shardkv.node.replication.lease import PrimaryLease
 from shardkv.node.replication.metrics import ReplicationCollector
 from shardkv.node.replication.primary import ReplicationPrimary
 from shardkv.node.replication.replica import ReplicationReplica
@@ -58,17 +58,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("shardkv.node.replication")
 
-ENV_FAILOVER_TIMEOUT = "SHARDKV_FAILOVER_TIMEOUT_S"
-ENV_WRITE_TIMEOUT = "SHARDKV_WRITE_TIMEOUT_S"
-
-
 class NodeReplication:
     """See the module docstring. ``install()`` once, from ``NodeServer.__init__``."""
 
     def __init__(self, server: NodeServer) -> None:
         self.server = server
-        timeout = float(os.environ.get(ENV_FAILOVER_TIMEOUT) or 3.0)
-        self.lease = PrimaryLease(lease_for(timeout))
+        # The timing contract (cluster/timing.py) was validated with the node's config.
+        self.lease = PrimaryLease(server.config.timing.lease_s)
         self.primary: ReplicationPrimary | None = None
         self.replica: ReplicationReplica | None = None
         self.members: list[str] = []
@@ -88,7 +84,7 @@ class NodeReplication:
         server.ctx.read_guard = self.check_read
         server.metrics.registry.register(ReplicationCollector(self))
         if self.clustered:
-            server.ctx.write_timeout_s = float(os.environ.get(ENV_WRITE_TIMEOUT) or 5.0)
+            server.ctx.write_timeout_s = server.config.timing.write_timeout_s
         server.on_stop.insert(0, self._stop)
         if server.membership is not None:
             server.membership.listeners.append(self._on_placement)
@@ -297,10 +293,10 @@ class NodeReplication:
 
     # ---------------------------------------------------------------- state for endpoints
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ReplicationStatus:
         """What ``GET /v1/replication`` answers (and the failover probe reads)."""
         store = self.server.store
-        body: dict[str, Any] = {
+        body: ReplicationStatus = {
             "node": self.server.ctx.node_id,
             "role": self.server.ctx.role,
             "epoch": store.epoch if store else self.epoch,
@@ -320,7 +316,7 @@ class NodeReplication:
             body["follower"] = self.replica.stats()
         return body
 
-    def fence(self, epoch: int | None) -> dict[str, Any]:
+    def fence(self, epoch: int | None) -> FenceAnswer:
         """Planned switchover, step 1: take no new writes (in-flight ones still commit) and
         report the last LSN; the coordinator waits until the target holds it."""
         store = self._store()
@@ -333,7 +329,7 @@ class NodeReplication:
         self.server.ctx.role = "fenced"  # new writes: NOT_PRIMARY, clients retry elsewhere
         return {"last_lsn": store.last_lsn, "epoch": store.epoch}
 
-    def unfence(self) -> dict[str, Any]:
+    def unfence(self) -> UnfenceAnswer:
         """The switchover was abandoned: take writes again."""
         if self.primary is not None and self.fenced:
             self.fenced = False

@@ -28,6 +28,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardkv.cluster.durable_file import ensure_dir, fsync_dir, truncate_durably
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.wal.framing import DamageKind
 from shardkv.node.wal.segment import (
@@ -37,8 +38,6 @@ from shardkv.node.wal.segment import (
     SegmentScan,
     WalCorruption,
     create_segment,
-    ensure_dir,
-    fsync_dir,
     list_segment_files,
     scan_segment,
 )
@@ -164,11 +163,3 @@ def copy_aside(path: Path, aside: Path) -> bool:
                                                                error=str(exc)))
         return False
 
-
-def truncate_durably(path: Path, size: int) -> None:
-    os.truncate(path, size)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -49,7 +49,7 @@ class InternalGuard:
             principal = self.verifier.verify(request.method, request.raw_path,
                                              await request.read(),
                                              request.headers.get("Authorization"))
-            allowed = (OPERATOR, COORDINATOR)
+            allowed: tuple[str, ...] = (OPERATOR, COORDINATOR)
             if request.path == "/v1/digest":
                 allowed = (OPERATOR, COORDINATOR, "node:*")
             require_principal(principal, *allowed)

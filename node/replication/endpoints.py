@@ -74,8 +74,8 @@ class ReplicationEndpoints:
             gate.exempt(request.transport)
             return await primary.serve(request)
         if guard.verifier is None:
-            error = Unauthorized("replication is closed: this node has no cluster credential")
-            return error_response(request, error)
+            closed = Unauthorized("replication is closed: this node has no cluster credential")
+            return error_response(request, closed)
         secret = guard.verifier.secret
         primary_id = self.replication.server.ctx.node_id or "node"
 

@@ -24,6 +24,7 @@ from shardkv.cluster.cluster_token import (
     RAFT_PASSWORD_ENV,
     new_secret,
 )
+from shardkv.cluster.durable_file import ensure_dir, write_atomically
 
 TOKEN_FILE = "cluster.token"
 RAFT_PASSWORD_FILE = "raft.password"
@@ -38,14 +39,8 @@ def _read_or_create(path: Path) -> str:
     except FileNotFoundError:
         pass
     secret = new_secret()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w") as f:
-        f.write(secret + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    ensure_dir(path.parent)
+    write_atomically(path, (secret + "\n").encode(), mode=0o600)
     return secret
 
 
@@ -61,10 +56,8 @@ class ClusterCredentials:
         token_file = directory / TOKEN_FILE
         token = environ.get(CLUSTER_TOKEN_ENV, "").strip()
         if token:
-            token_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(fd, "w") as f:
-                f.write(token + "\n")
+            ensure_dir(directory)
+            write_atomically(token_file, (token + "\n").encode(), mode=0o600)
         else:
             token = _read_or_create(token_file)
         password = environ.get(RAFT_PASSWORD_ENV, "").strip() or _read_or_create(

@@ -79,9 +79,8 @@ OnChange = Callable[[Placement, ClusterMap], Awaitable[None] | None]
 
 
 def _write_durably(path: str, text: str) -> None:
-    write_atomically(path, (text + "\n").encode("utf-8"))
-    # The registration token is what proves this node owns its id: owner-only.
-    os.chmod(path, 0o600)
+    # Owner-only: the registration token is what proves this node owns its id.
+    write_atomically(path, (text + "\n").encode("utf-8"), mode=0o600)
 
 
 def _read_text(path: str) -> str | None:

@@ -23,12 +23,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardkv.cluster.durable_file import ensure_dir, fsync_dir, truncate_durably
+from shardkv.cluster.durable_file import (
+    ensure_dir,
+    fsync_dir,
+    install,
+    sync_file,
+    truncate_durably,
+)
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.wal.framing import DamageKind
 from shardkv.node.wal.segment import (
@@ -152,8 +157,8 @@ def copy_aside(path: Path, aside: Path) -> bool:
     try:
         shutil.copyfile(path, tmp)
         with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, aside)
+            sync_file(f)
+        install(tmp, aside)
         return True
     except OSError as exc:
         with contextlib.suppress(OSError):

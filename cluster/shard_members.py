@@ -11,9 +11,9 @@ from shardkv.cluster.launcher import (
     ClusterPlan,
     LocalCluster,
     ProcessSpec,
-    pick_free_port,
     write_json_atomically,
 )
+from shardkv.cluster.local_processes import free_port
 
 
 def _next_node_number(plan: ClusterPlan) -> int:
@@ -29,10 +29,7 @@ def plan_shard_members(plan: ClusterPlan, directory: Path, shard: str,
     first = _next_node_number(plan)
     specs = []
     for i in range(count):
-        port = pick_free_port()
-        while port in taken:
-            port = pick_free_port()
-        taken.add(port)
+        port = free_port(taken=taken)
         node_id = f"n{first + i}"
         specs.append(ProcessSpec("node", node_id, port, str(directory / "nodes" / node_id),
                                  shard=shard))

@@ -1,10 +1,13 @@
 """``shardkv shard add|remove|weight`` and ``shardkv rebalance status|abort``: online
 migrations from the command line (docs/resharding.md).
 
-The admin token comes from ``SHARDKV_ADMIN_TOKEN``; the coordinators from ``--coordinator``,
-``SHARDKV_COORDINATORS`` or ``DIR/cluster.json``. On a cluster started by ``shardkv up``
-(``DIR/launcher.json`` exists), ``shard add`` also starts the new shard's members (the
-cluster's replication factor) as processes and records them in ``cluster.json``.
+The admin token comes from ``SHARDKV_ADMIN_TOKEN``; without one, requests are signed as the
+operator with the cluster credential (``SHARDKV_CLUSTER_TOKEN[_FILE]``, or the
+``DIR/cluster.token`` that ``shardkv up`` generated). The coordinators come from
+``--coordinator``, ``SHARDKV_COORDINATORS`` or ``DIR/cluster.json``. On a cluster started
+by ``shardkv up`` (``DIR/launcher.json`` exists), ``shard add`` also starts the new shard's
+members (the cluster's replication factor) as processes and records them in
+``cluster.json``.
 
 ``--wait`` follows the migration with a progress line (keys, MB/s, ETA) on stderr and exits
 0 once it is ``done``, 1 with the reason if it ends ``aborted`` or ``failed``. Interrupting
@@ -24,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from shardkv.client.cli import add_target_arguments, resolve_target
+from shardkv.cluster.cluster_credentials import TOKEN_FILE
+from shardkv.cluster.cluster_token import ADMIN_TOKEN_ENV, CLUSTER_TOKEN_FILE_ENV, cluster_token
+from shardkv.cluster.peer_auth import OPERATOR, signed_headers
 
-ADMIN_TOKEN_ENV = "SHARDKV_ADMIN_TOKEN"
 FINISHED = ("done", "aborted", "failed")
 
 
@@ -39,13 +44,15 @@ class AdminError(Exception):
 
 def _admin(urls: list[str], method: str, path: str, body: Any = None) -> Any:
     """One admin call, tried on each coordinator until one answers."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    token = os.environ.get(ADMIN_TOKEN_ENV)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
     data = None if body is None else json.dumps(body).encode()
     last: Exception | None = None
     for url in urls:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        token = os.environ.get(ADMIN_TOKEN_ENV)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        else:  # signed per request (a signature is good once)
+            headers.update(signed_headers(method, path, data or b"", OPERATOR))
         request = urllib.request.Request(f"{url}{path}", data=data, method=method,
                                          headers=headers)
         try:
@@ -63,6 +70,10 @@ def _admin(urls: list[str], method: str, path: str, body: Any = None) -> Any:
 
 
 def _coordinators(args: argparse.Namespace) -> list[str]:
+    token_file = Path(args.dir) / TOKEN_FILE
+    if cluster_token() is None and token_file.is_file():
+        # A cluster from ``shardkv up``: sign with the credential it generated.
+        os.environ[CLUSTER_TOKEN_FILE_ENV] = str(token_file.resolve())
     target = resolve_target(args)
     if "coordinators" not in target:
         raise AdminError(0, {"error": "INVALID_ARGUMENT",

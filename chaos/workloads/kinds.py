@@ -73,6 +73,7 @@ async def routed_get(
 
 class Workload(Protocol):
     name: str
+    model: str  # the linearizability model of its keys (a name of chaos.models.MODELS)
 
     def keys(self) -> list[str]: ...
 
@@ -99,6 +100,7 @@ class RegisterWorkload:
     """Linearizable registers: reads, unique writes, and CAS at the last version seen."""
 
     name = "register"
+    model = "versioned-register"
 
     def __init__(self, ctx: Context, *, key_count: int = 3, prefix: str = "reg") -> None:
         self.ctx = ctx
@@ -122,7 +124,8 @@ class RegisterWorkload:
                                               names=self.ctx.names)
                 return replace(decode_text(item), node=node)
 
-            seen = await rec.record(process, "read", key, None, read, consistency="strong")
+            seen = await rec.record(process, "read", key, None, read, model=self.model,
+                             consistency="strong")
             if seen is not None and seen.version is not None:
                 self._learn(key, seen.version)
             return
@@ -132,13 +135,14 @@ class RegisterWorkload:
             async def write() -> Outcome:
                 return Outcome(None, await client.put(key, value, timeout=timeout))
 
-            done = await rec.record(process, "write", key, value, write)
+            done = await rec.record(process, "write", key, value, write, model=self.model)
         else:
             async def cas() -> Outcome:
                 version = await client.put(key, value, if_version=expected, timeout=timeout)
                 return Outcome(None, version)
 
-            done = await rec.record(process, "cas", key, [expected, value], cas)
+            done = await rec.record(process, "cas", key, [expected, value], cas,
+                                  model=self.model)
         if done is not None and done.version is not None:
             self._learn(key, done.version)
 
@@ -157,6 +161,7 @@ class AppendWorkload:
     quadratically with the run's length. Retired keys still get their final read."""
 
     name = "append"
+    model = "append"
 
     def __init__(self, ctx: Context, *, key_count: int = 2, prefix: str = "app",
                  max_elements: int = 200) -> None:
@@ -195,7 +200,8 @@ class AppendWorkload:
             item, node = await routed_get(client, key, budget_s=timeout, names=self.ctx.names)
             return replace(decode_list(item), node=node)
 
-        await self.ctx.recorder.record(process, "read", key, None, read, consistency="strong")
+        await self.ctx.recorder.record(process, "read", key, None, read, model=self.model,
+                                       consistency="strong")
 
     async def _append(self, client: Client, process: Process, key: str) -> None:
         timeout = self.ctx.timeout
@@ -210,7 +216,7 @@ class AppendWorkload:
             item = await client.update(key, grow, timeout=timeout)
             return Outcome(None, None if item is None else item.version)
 
-        await rec.record(process, "append", key, element, append)
+        await rec.record(process, "append", key, element, append, model=self.model)
 
 
 class EventualReadWorkload:
@@ -218,6 +224,7 @@ class EventualReadWorkload:
     not linearizability)."""
 
     name = "eventual"
+    model = "versioned-register"  # the register keys (eventual reads: staleness only)
 
     def __init__(self, ctx: Context, registers: RegisterWorkload, *,
                  bound_ms: int = 1000) -> None:
@@ -241,7 +248,7 @@ class EventualReadWorkload:
                                           max_staleness_ms=bound, names=self.ctx.names)
             return replace(decode_text(item), node=node)
 
-        await self.ctx.recorder.record(process, "read", key, None, read,
+        await self.ctx.recorder.record(process, "read", key, None, read, model=self.model,
                                        consistency="eventual", max_staleness_ms=bound)
 
 
@@ -249,6 +256,7 @@ class CounterWorkload:
     """``incr`` with small positive deltas and strong reads: no increment lost or doubled."""
 
     name = "counter"
+    model = "counter"
 
     def __init__(self, ctx: Context, *, key_count: int = 2, prefix: str = "ctr") -> None:
         self.ctx = ctx
@@ -270,11 +278,12 @@ class CounterWorkload:
                                               names=self.ctx.names)
                 return replace(decode_count(item), node=node)
 
-            await rec.record(process, "read", key, None, read, consistency="strong")
+            await rec.record(process, "read", key, None, read, model=self.model,
+                             consistency="strong")
             return
         delta = rng.randint(1, 3)
 
         async def incr() -> Outcome:
             return Outcome(await client.incr(key, delta, timeout=timeout), None)
 
-        await rec.record(process, "incr", key, delta, incr)
+        await rec.record(process, "incr", key, delta, incr, model=self.model)

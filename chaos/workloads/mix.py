@@ -128,7 +128,8 @@ async def final_reads(
 
             while True:
                 seen = await recorder.record(process, "read", key, None, read,
-                                             consistency="strong", final=True)
+                                             model=workload.model, consistency="strong",
+                                             final=True)
                 if seen is not None:
                     unread.pop(key, None)
                     break

@@ -106,16 +106,18 @@ class Recorder:
         value: Any,
         call: Callable[[], Awaitable[Outcome]],
         *,
+        model: str,
         consistency: str | None = None,
         max_staleness_ms: float | None = None,
         final: bool = False,
     ) -> Outcome | None:
         """Invoke, run ``call``, complete; returns the outcome, or None if it failed.
+        ``model`` is the specification the operation is checked under (the workload's).
         Cancellation (the run ending) leaves the operation open: the history treats an
         invoke without completion as info, which is exactly what it is."""
         index = self.history.invoke(
             process.id, f, key, value, consistency=consistency,
-            max_staleness_ms=max_staleness_ms, final=final,
+            max_staleness_ms=max_staleness_ms, final=final, model=model,
         )
         try:
             outcome = await call()

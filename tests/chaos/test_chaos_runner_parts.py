@@ -51,9 +51,10 @@ async def test_recorder_retires_a_process_after_info() -> None:
     async def lost() -> Outcome:
         raise Timeout("no answer")
 
-    assert await recorder.record(process, "write", "k", "v1", ok) == Outcome(None, 7)
+    done = await recorder.record(process, "write", "k", "v1", ok, model="register")
+    assert done == Outcome(None, 7)
     assert process.id == first
-    assert await recorder.record(process, "write", "k", "v2", lost) is None
+    assert await recorder.record(process, "write", "k", "v2", lost, model="register") is None
     assert process.id != first  # the next operation runs under a fresh process
     ops = history.operations()
     assert [(o.type, o.version, o.error) for o in ops] == [

@@ -107,6 +107,14 @@ class Report:
     def exit_status(self) -> int:
         return {"ok": 0, "anomaly": 1, "unknown": 2}[self.verdict]
 
+    def failing(self) -> set[str]:
+        """The names of the checkers that found an anomaly (``linearizability`` for any
+        illegal model)."""
+        out = {c.name for c in self.checks if c.verdict == "anomaly"}
+        if any(r.verdict == "illegal" for r in self.linearizability):
+            out.add("linearizability")
+        return out
+
     def check(self, name: str) -> CheckResult:
         return next(c for c in self.checks if c.name == name)
 

@@ -52,16 +52,19 @@ def decode_count(item: Item | None) -> Outcome:
 async def routed_get(
     client: Client, key: str, *, budget_s: float, consistency: str = "strong",
     max_staleness_ms: int | None = None, names: dict[str, str] | None = None,
+    anywhere: bool = False,
 ) -> tuple[Item | None, str | None]:
     """``client.get`` that also says which member answered (its node id from ``names``, a
     URL otherwise): the last route the executor tried is the one that answered. A stale
-    eventual read is then traced to a node, not only to a time."""
+    eventual read is then traced to a node, not only to a time. ``anywhere`` routes a strong
+    read as an eventual one (to any member; a replica redirects it to the primary unless it
+    runs the ``replica-strong-reads`` negative control)."""
     served: list[str] = []
     args, eventual = client._read_args(consistency, max_staleness_ms, None)
     raw = as_key(key)
     args["key"] = raw
     try:
-        body = await client._executor.call("get", args, keys=[raw], eventual=eventual,
+        body = await client._executor.call("get", args, keys=[raw], eventual=eventual or anywhere,
                                            budget=budget_s,
                                            on_route=lambda route: served.append(route.url))
     except NotFound:
@@ -90,6 +93,7 @@ class Context:
     recorder: Recorder
     timeout: float = 2.0
     names: dict[str, str] = field(default_factory=dict)  # member URL -> node id
+    strong_reads_anywhere: bool = False  # see WorkloadMix.strong_reads_anywhere
     _serial: itertools.count = field(default_factory=itertools.count)
 
     def unique(self, process: Process) -> str:
@@ -121,7 +125,8 @@ class RegisterWorkload:
         if roll < 0.5:
             async def read() -> Outcome:
                 item, node = await routed_get(client, key, budget_s=timeout,
-                                              names=self.ctx.names)
+                                              names=self.ctx.names,
+                                              anywhere=self.ctx.strong_reads_anywhere)
                 return replace(decode_text(item), node=node)
 
             seen = await rec.record(process, "read", key, None, read, model=self.model,

@@ -1,0 +1,59 @@
+"""The client users run (retries on) under planned switchovers with held acknowledgements.
+
+``switchover-retries``: register (CAS) and counter workloads through the default client while
+the coordinator switches the primary over with every replica's acknowledgements withheld,
+delayed or dropped (issue 18's repro, as a nemesis). The right outcome is no anomaly: every
+increment the client reports applied exactly once (the counter checker is exact), every CAS
+reported as it happened.
+
+DEPENDS ON exactly-once writes (issue 18, branch ``exactly-once``): until they are merged, the
+old primary answers ``UNAVAILABLE`` for writes it had already shipped, the client retries them
+on the new primary, and they apply twice (seed 3, 30 s, before exactly-once: counters
+``doubled-increment`` and linearizability illegal on a counter and a register key). The test
+asserts the right thing and is marked ``xfail`` (not strict, since a short run may miss the
+window) until then; remove the marker when exactly-once is on main.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from chaos_runs import run_and_explain
+from shardkv.chaos.scenarios import SCENARIOS
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(180)]
+
+SEED = 3
+DURATION_S = 20.0
+
+
+@pytest.mark.xfail(reason="needs exactly-once writes (issue 18, branch exactly-once): "
+                          "retried writes apply twice across a switchover", strict=False)
+async def test_default_client_under_switchovers_has_no_anomaly(tmp_path: Path) -> None:
+    scenario = SCENARIOS["switchover-retries"]
+    assert scenario.mix.retries == "default"
+    report, facts = await run_and_explain(scenario, SEED, DURATION_S, tmp_path / "run")
+    explain = f"{facts['summary']}\nreproduce: {facts['reproduce']}"
+    assert facts["faults_started"] == ["switchover"], explain
+    assert facts["ok_operations"] > 500, explain
+    assert report.exit_status == 0, explain
+
+
+async def test_switchover_nemesis_moves_the_primary_with_acks_held(tmp_path: Path) -> None:
+    """Independent of exactly-once: the nemesis does what it says (a retries-off run, whose
+    verdict is asserted separately by the soak)."""
+    from shardkv.chaos.history import load_history
+
+    scenario = SCENARIOS["switchover"]
+    report, facts = await run_and_explain(scenario, SEED, 12.0, tmp_path / "run")
+    explain = f"{facts['summary']}\nreproduce: {facts['reproduce']}"
+    starts = [e for e in load_history(tmp_path / "run" / "history.jsonl").nemesis
+              if e.action == "start" and e.fault == "switchover"]
+    assert starts, explain
+    for event in starts:
+        for shard, done in event.detail["switchovers"].items():
+            assert done["status"] == 200, (shard, done, explain)
+            assert done["answer"]["primary"] != done["answer"]["old_primary"], explain
+            assert len(done["acks_held_on"]) == 2, explain
+    assert report.exit_status in (0, 1), explain

@@ -82,7 +82,8 @@ def test_every_scenario_has_a_schedule_that_replays() -> None:
         b = generate_schedule(7, scenario.duration_s, scenario.faults, nodes,
                               quiet_s=scenario.quiet_s, fault_s=scenario.fault_s)
         assert a == b, scenario.name
-        assert a.faults, f"{scenario.name} schedules no fault in {scenario.duration_s} s"
+        if scenario.faults:  # control-counters needs none: its bug is in every increment
+            assert a.faults, f"{scenario.name} schedules no fault in {scenario.duration_s} s"
         assert {f.fault for f in a.faults} <= {f.name for f in scenario.faults}
 
 

@@ -41,12 +41,12 @@ async def test_default_client_under_switchovers_has_no_anomaly(tmp_path: Path) -
 
 
 async def test_switchover_nemesis_moves_the_primary_with_acks_held(tmp_path: Path) -> None:
-    """Independent of exactly-once: the nemesis does what it says (a retries-off run, whose
-    verdict is asserted separately by the soak)."""
+    """Independent of exactly-once: the nemesis does what it says, and with a client that
+    never retries (every ambiguous outcome recorded as info) the history is clean."""
     from shardkv.chaos.history import load_history
 
     scenario = SCENARIOS["switchover"]
-    report, facts = await run_and_explain(scenario, SEED, 12.0, tmp_path / "run")
+    report, facts = await run_and_explain(scenario, SEED, DURATION_S, tmp_path / "run")
     explain = f"{facts['summary']}\nreproduce: {facts['reproduce']}"
     starts = [e for e in load_history(tmp_path / "run" / "history.jsonl").nemesis
               if e.action == "start" and e.fault == "switchover"]
@@ -56,4 +56,4 @@ async def test_switchover_nemesis_moves_the_primary_with_acks_held(tmp_path: Pat
             assert done["status"] == 200, (shard, done, explain)
             assert done["answer"]["primary"] != done["answer"]["old_primary"], explain
             assert len(done["acks_held_on"]) == 2, explain
-    assert report.exit_status in (0, 1), explain
+    assert report.exit_status == 0, explain

@@ -22,6 +22,9 @@ switch                     what the node does wrong                      checker
 ``double-apply-incr``      every ``DOUBLE_EVERY``-th increment is        counters
                            applied twice (as a retried increment would
                            be without deduplication)
+``replica-drops-entries``  a replica applies the entries it receives     convergence
+                           from the ``DROP_FROM``-th on as no-ops (same
+                           LSN, no mutations) and acknowledges them
 =========================  ============================================  ==================
 
 Hooks in node code are one line each, behind ``if negative_controls.ENABLED:`` (an empty
@@ -31,6 +34,7 @@ frozenset unless armed) and marked ``TEST ONLY``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -42,9 +46,10 @@ logger = logging.getLogger(__name__)
 ENV_CONTROLS = "SHARDKV_NEGATIVE_CONTROLS"
 ENV_TEST_ADMIN = "SHARDKV_TEST_ADMIN"
 KNOWN = frozenset({"ack-before-wal-write", "replica-strong-reads", "skip-staleness-check",
-                   "double-apply-incr"})
+                   "double-apply-incr", "replica-drops-entries"})
 WAL_DELAY_S = 1.5
 DOUBLE_EVERY = 10
+DROP_FROM = 100
 
 
 def parse(spec: str, *, test_admin: bool) -> frozenset[str]:
@@ -68,6 +73,7 @@ def parse(spec: str, *, test_admin: bool) -> frozenset[str]:
 ENABLED: frozenset[str] = parse(os.environ.get(ENV_CONTROLS, ""),
                                 test_admin=os.environ.get(ENV_TEST_ADMIN) == "1")
 _incrs = itertools.count(1)
+_replicated = itertools.count(1)
 
 
 def on(name: str) -> bool:
@@ -100,3 +106,13 @@ def incr_delta(delta: int) -> int:
     if "double-apply-incr" in ENABLED and next(_incrs) % DOUBLE_EVERY == 0:
         return 2 * delta
     return delta
+
+
+def replica_entry(entry: Any) -> Any:
+    """``replica-drops-entries``: from the ``DROP_FROM``-th replicated entry on, entries lose
+    their mutations (their LSNs stay, so the log has no gap and nothing downstream notices;
+    the replica's data silently stops changing)."""
+    if ("replica-drops-entries" in ENABLED and getattr(entry, "mutations", ())
+            and next(_replicated) >= DROP_FROM):
+        return dataclasses.replace(entry, mutations=())
+    return entry

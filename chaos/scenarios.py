@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shardkv.chaos import coordinators_down
 from shardkv.chaos.cluster_under_test import ClusterShape
 from shardkv.chaos.nemesis.schedule import FaultSpec
 from shardkv.chaos.workloads.mix import WorkloadMix
@@ -288,6 +289,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     *FAILOVER_SCENARIOS,
     *NEGATIVE_CONTROLS,
 )}
+
+SCENARIOS.update(coordinators_down.scenarios())  # issue 19
 
 
 def get_scenario(name: str) -> Scenario:

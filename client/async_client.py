@@ -15,6 +15,7 @@ from shardkv.client.commands import Commands
 from shardkv.client.executor import DEFAULT_MAX_HOPS, DEFAULT_TIMEOUT, Executor
 from shardkv.client.retry import Retry
 from shardkv.client.routing import Router
+from shardkv.client.write_sessions import WriteSessions
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.limits import Limits
 
@@ -42,6 +43,7 @@ class Client(Commands):
         limits: Limits | None = None,
         watch_map: bool = True,
         connect_timeout: float = 2.0,
+        exactly_once: bool = True,
     ) -> None:
         if isinstance(coordinators, str):
             coordinators = [u.strip() for u in coordinators.split(",") if u.strip()]
@@ -62,6 +64,10 @@ class Client(Commands):
         self._limits = limits or Limits()
         self._watch_map = watch_map
         self._connect_timeout = connect_timeout
+        # Stamp every write with a session the shard deduplicates (docs/exactly-once.md).
+        # False only for comparisons (bench/dedup_bench.py): writes are then not retried
+        # once they may have been sent.
+        self._exactly_once = exactly_once
         self._session: aiohttp.ClientSession | None = None
         self._router: Router | None = None
         self._executor_instance: Executor | None = None
@@ -88,6 +94,7 @@ class Client(Commands):
             max_hops=self._max_hops,
             pool_size=self._pool_size,
             connect_timeout=self._connect_timeout,
+            sessions=WriteSessions() if self._exactly_once else None,
         )
         self._started = True
         try:

@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from shardkv.client.async_client import Client
+from shardkv.client.coordinator_quorum import probe_quorum
 from shardkv.client.routing import DIRECT_SHARD
 from shardkv.cluster.errors import ShardKVError
 
@@ -41,7 +42,13 @@ async def collect_status(kv: Client, *, within: float = 2.0) -> dict[str, Any]:
                 "shards": [{"shard": DIRECT_SHARD, "epoch": probe.get("epoch"),
                             "primary": "standalone", "members": [member]}],
                 "healthy": probe["health"] == "ok"}
-    cmap = await kv.refresh_map()
+    quorum = await probe_quorum(router.coordinators, within=within)
+    try:
+        cmap = await kv.refresh_map()
+    except ShardKVError:
+        if router.map is None:
+            raise
+        cmap = router.map  # no coordinator answers: the cached map still routes
     member_ids = sorted({m for s in cmap.shards.values() for m in s.members})
     probes = await asyncio.gather(
         *(_probe(kv, cmap.nodes[m].url, within) for m in member_ids if m in cmap.nodes)
@@ -75,7 +82,8 @@ async def collect_status(kv: Client, *, within: float = 2.0) -> dict[str, Any]:
     return {"mode": "cluster", "map_version": cmap.version, "leader": cmap.leader,
             "ring_version": cmap.ring.version,
             "coordinators": {cid: c.url for cid, c in sorted(cmap.coordinators.items())},
-            "shards": shards, "healthy": healthy and bool(shards), "degraded": degraded}
+            "shards": shards, "healthy": healthy and bool(shards), "degraded": degraded,
+            "coordinator_quorum": quorum.to_dict(), "coordinators_line": quorum.line()}
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -97,6 +105,8 @@ def render_status(status: dict[str, Any]) -> str:
     if status["mode"] == "cluster":
         lines.append(f"map version {status['map_version']}, ring version "
                      f"{status['ring_version']}, coordinator leader {status['leader'] or '?'}")
+        if status.get("coordinators_line"):
+            lines.append(status["coordinators_line"])
     for row in rows:
         cells = (cell.ljust(w) for cell, w in zip(row, widths, strict=True))
         lines.append("  ".join(cells).rstrip())

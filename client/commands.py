@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from shardkv.client.executor import Executor
@@ -100,23 +100,22 @@ class Commands:
         args, eventual = self._read_args(consistency, max_staleness_ms, min_version)
         args["key"] = raw
         try:
-            body = await self._executor.call(
-                "get", args, keys=[raw], eventual=eventual, budget=timeout
-            )
+            body = await self._executor.call("get", args, eventual=eventual, budget=timeout)
         except NotFound:
             return None
         return Item.from_wire(body)
 
     async def exists(self, key: Key, *, timeout: float | None = None) -> bool:
         raw = as_key(key)
-        body = await self._executor.call("exists", {"key": raw}, keys=[raw], budget=timeout)
+        body = await self._executor.call("exists", {"key": raw}, budget=timeout)
         return bool(body["exists"])
 
     async def ttl(self, key: Key, *, timeout: float | None = None) -> float | None:
         """Seconds left before ``key`` expires (None: it never does). NotFound if absent."""
         raw = as_key(key)
-        body = await self._executor.call("ttl", {"key": raw}, keys=[raw], budget=timeout)
-        return body.get("ttl")
+        body = await self._executor.call("ttl", {"key": raw}, budget=timeout)
+        ttl = body.get("ttl")
+        return None if ttl is None else float(ttl)
 
     async def mget(
         self,
@@ -139,7 +138,6 @@ class Commands:
             body = await self._executor.call(
                 "mget",
                 {**base, "keys": part_keys},
-                keys=part_keys,
                 eventual=eventual,
                 budget=timeout,
             )
@@ -156,7 +154,7 @@ class Commands:
         limit: int | None = None,
         page_size: int = DEFAULT_SCAN_PAGE,
         timeout: float | None = None,
-    ) -> AsyncIterator[KeyItem]:
+    ) -> AsyncGenerator[KeyItem, None]:
         """Keys with ``prefix`` (or in ``[start, end)``), in key order across all shards,
         fetched page by page: ``async for item in kv.scan(prefix="user:")``. Each page is a
         strong read of one shard; the scan as a whole is not a snapshot (writes made while it
@@ -202,12 +200,9 @@ class Commands:
             args["if_absent"] = True
         if ttl is not None:
             args["ttl"] = as_ttl(ttl)
-        conditional = if_version is not None or if_absent
         body = await self._executor.call(
             "put",
             _write_args(args, write_concern),
-            keys=[raw],
-            idempotent=not conditional,
             budget=timeout,
         )
         return int(body["version"])
@@ -228,8 +223,6 @@ class Commands:
         body = await self._executor.call(
             "delete",
             _write_args(args, write_concern),
-            keys=[raw],
-            idempotent=if_version is None,
             budget=timeout,
         )
         version = body.get("version")
@@ -244,15 +237,14 @@ class Commands:
         timeout: float | None = None,
     ) -> int:
         """Add ``delta`` to the counter under ``key`` (absent = 0); returns the new value.
-        Never retried once it may have been applied: a lost answer is raised, not doubled."""
+        Retried after a lost answer only because the shard deduplicates it (the client's
+        write session): it is applied once, or ``OutcomeUnknown`` says it may have been."""
         raw = as_key(key)
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise InvalidArgument(f"delta must be an integer, not {type(delta).__name__}")
         body = await self._executor.call(
             "incr",
             _write_args({"key": raw, "delta": delta}, write_concern),
-            keys=[raw],
-            idempotent=False,
             budget=timeout,
         )
         return int(body["value"])
@@ -261,7 +253,7 @@ class Commands:
         """Make ``key`` expire in ``ttl`` seconds; returns the new version."""
         raw = as_key(key)
         body = await self._executor.call(
-            "expire", {"key": raw, "ttl": as_ttl(ttl)}, keys=[raw], budget=timeout
+            "expire", {"key": raw, "ttl": as_ttl(ttl)}, budget=timeout
         )
         return int(body["version"])
 
@@ -284,11 +276,9 @@ class Commands:
         _write_args(extra, write_concern)
 
         async def part(indexes: list[int]) -> list[int]:
-            part_keys = [raw_keys[i] for i in indexes]
             body = await self._executor.call(
                 "mput",
                 {**extra, "items": [[raw_keys[i], values[i]] for i in indexes]},
-                keys=part_keys,
                 budget=timeout,
             )
             return [int(body["version"])] * len(indexes)
@@ -311,7 +301,7 @@ class Commands:
         async def part(indexes: list[int]) -> list[int]:
             part_keys = [raw_keys[i] for i in indexes]
             body = await self._executor.call(
-                "mdelete", {**extra, "keys": part_keys}, keys=part_keys, budget=timeout
+                "mdelete", {**extra, "keys": part_keys}, budget=timeout
             )
             # The count is per part: credit it to the part's first key, zero to the rest.
             return [int(body["deleted"])] + [0] * (len(indexes) - 1)
@@ -349,13 +339,12 @@ class Commands:
         keys = [e["key"] for e in wire_ops]
         if not self.same_shard(keys):
             raise InvalidArgument("batch keys span several shards; a batch is atomic per shard")
-        return await self._executor.call(
+        result: dict[str, Any] = await self._executor.call(
             "batch",
             _write_args({"ops": wire_ops}, write_concern),
-            keys=keys,
-            idempotent=False,
             budget=timeout,
         )
+        return result
 
     def same_shard(self, keys: Sequence[Key]) -> bool:
         """Whether all ``keys`` live in one shard under the current map (local, no I/O)."""
@@ -422,4 +411,5 @@ class Commands:
     async def ping(self, url: str, *, timeout: float | None = None) -> dict[str, Any]:
         """``{"lsn", "epoch", "role"}`` of the node at ``url`` (status, health checks)."""
         budget = self._executor.timeout if timeout is None else timeout
-        return await self._executor.pool(url).call("ping", {}, budget)
+        answer: dict[str, Any] = await self._executor.pool(url).call("ping", {}, budget)
+        return answer

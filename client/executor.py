@@ -1,19 +1,27 @@
 """Running one request to completion: route, send, and decide what a failure means.
 
+What an op is comes from its spec (``cluster/ops.py``): the keys it routes by, whether it
+writes, whether it is idempotent (writes are not, unless their spec says so). Every write is
+stamped with a client session (``client_id``/``seq``, ``write_sessions.py``) that the shard
+deduplicates, so a write that may already have been applied can be sent again safely: the
+shard answers the original result (docs/exactly-once.md).
+
 Three kinds of failure, three answers (redis-py's tree):
 
 - **Redirects** (``NOT_PRIMARY``, ``STALE_MAP``, ``STALE_EPOCH``): the node said "not me";
   the request was not executed. Refresh the map and go again, at most ``max_hops`` (16) times.
   If the map has not changed yet (the coordinator is still failing the shard over), wait a
   jittered backoff before the next hop.
-- **Transient** (``UNAVAILABLE``, ``TIMEOUT``, a broken connection): retried under the
-  ``Retry`` policy, but only when that cannot apply a write twice: a request that may have
-  reached the node is retried only if the operation is idempotent (a plain put, a delete, a
-  read). An ``incr`` or a compare-and-swap whose outcome is unknown is reported, never guessed.
+- **Transient** (``UNAVAILABLE``, ``TIMEOUT``, ``OUTCOME_UNKNOWN``, a broken connection):
+  retried under the ``Retry`` policy when that cannot apply a write twice: always for reads
+  and stamped writes; for an unstamped write (sessions turned off) only if nothing was sent.
 - **Definite answers** (``NOT_FOUND``, ``VERSION_MISMATCH``, ``INVALID_ARGUMENT``, ...):
-  raised at once.
+  raised at once. For a stamped write a definite answer after a lost one is still the truth:
+  the shard answered it from the first attempt's record if that attempt was applied.
 
-``TOO_STALE`` on an eventual read moves on to the next replica, then to the primary.
+A write that gives up after an attempt that may have been applied raises ``OutcomeUnknown``
+("it may have happened"), never the last transient error, which a caller could read as "not
+done". ``TOO_STALE`` on an eventual read moves on to the next replica, then to the primary.
 Everything runs under one deadline: the caller's ``timeout`` bounds all attempts and sleeps.
 """
 
@@ -28,9 +36,11 @@ import aiohttp
 from shardkv.client.connection import ConnectionFailed, NodePool
 from shardkv.client.retry import ExponentialBackoff, Retry
 from shardkv.client.routing import Route, Router
+from shardkv.client.write_sessions import WriteSessions
 from shardkv.cluster.errors import (
     InvalidArgument,
     NotPrimary,
+    OutcomeUnknown,
     ShardKVError,
     StaleEpoch,
     StaleMap,
@@ -38,6 +48,8 @@ from shardkv.cluster.errors import (
     TooStale,
     Unavailable,
 )
+from shardkv.cluster.limits import as_key
+from shardkv.cluster.ops import OpSpec, spec_of
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_HOPS = 16
@@ -51,11 +63,23 @@ class Regroup(Exception):
 
 
 def _maybe_executed(error: BaseException) -> bool:
+    """Whether the failed attempt may have been applied (its outcome is unknown)."""
     if isinstance(error, ConnectionFailed):
         return error.maybe_executed
-    if isinstance(error, Timeout):
-        return True
-    return False
+    return isinstance(error, Timeout | OutcomeUnknown)
+
+
+def _gave_up(op: str, error: ShardKVError, uncertain: bool) -> ShardKVError:
+    """The error to raise when a write stops: if an attempt may have been applied and the
+    last error does not settle it, say so (OUTCOME_UNKNOWN) instead of a transient error
+    that reads as "not done"."""
+    if not uncertain or isinstance(error, OutcomeUnknown) or not error.retryable:
+        return error
+    unknown = OutcomeUnknown(
+        f"{op}: gave up ({error.code.value}: {error.message}); an earlier attempt may have "
+        "been applied, so the write may have happened", cause=error.code.value)
+    unknown.__cause__ = error
+    return unknown
 
 
 class Executor:
@@ -71,8 +95,12 @@ class Executor:
         max_hops: int = DEFAULT_MAX_HOPS,
         pool_size: int = 1,
         connect_timeout: float = 2.0,
+        sessions: WriteSessions | None = None,
     ) -> None:
         self.router = router
+        # None turns write stamping off (``Client(exactly_once=False)``, the benchmark's
+        # baseline): writes are then retried only when the request was never sent.
+        self.sessions = sessions
         # The default is bounded by the call's deadline more than by the count: a failover
         # takes seconds, and a client that gives up after 200 ms of backoff would see it.
         self.retry = retry if retry is not None else Retry(retries=64)
@@ -119,17 +147,41 @@ class Executor:
         op: str,
         args: dict[str, Any],
         *,
-        keys: Sequence[bytes] = (),
+        keys: Sequence[bytes] | None = None,
         shard: str | None = None,
         eventual: bool = False,
-        idempotent: bool = True,
         budget: float | None = None,
         on_route: Callable[[Route], None] | None = None,
     ) -> Any:
-        """Run ``op`` on the shard that owns ``keys`` (all in one shard) or on ``shard``.
+        """Run ``op`` on the shard that owns its keys (all in one shard; by default the keys
+        its spec finds in ``args``) or on ``shard``.
 
-        ``ring_version`` is added to ``args`` from the map used for each attempt.
+        ``ring_version`` is added to ``args`` from the map used for each attempt; a write
+        gets its session stamp, the same for every attempt.
         """
+        spec = spec_of(op)
+        if keys is None and shard is None:
+            keys = [as_key(k) for k in spec.keys_of(args)]
+        if spec.writes and self.sessions is not None:
+            with self.sessions.stamp() as stamp:
+                return await self._run(spec, {**args, **stamp}, keys or (), shard, eventual,
+                                       budget, on_route, retry_safe=True)
+        return await self._run(spec, args, keys or (), shard, eventual, budget, on_route,
+                               retry_safe=spec.idempotent)
+
+    async def _run(
+        self,
+        spec: OpSpec,
+        args: dict[str, Any],
+        keys: Sequence[bytes],
+        shard: str | None,
+        eventual: bool,
+        budget: float | None,
+        on_route: Callable[[Route], None] | None,
+        *,
+        retry_safe: bool,
+    ) -> Any:
+        op = spec.name
         loop = asyncio.get_running_loop()
         if budget is None:
             budget = self.timeout
@@ -138,11 +190,13 @@ class Executor:
         ends_at = loop.time() + budget
         failures = 0
         hops = 0
+        uncertain = False  # an attempt of this write may have been applied
         self.retry.backoff.reset()
         while True:
             remaining = ends_at - loop.time()
             if remaining <= 0:
-                raise Timeout(f"{op} did not complete within {budget:.3f}s")
+                raise _gave_up(op, Timeout(f"{op} did not complete within {budget:.3f}s"),
+                               uncertain)
             seen_version = self.router.version
             try:
                 target = self._target_shard(keys, shard)
@@ -151,12 +205,18 @@ class Executor:
                     if eventual
                     else [self.router.primary(target)]
                 )
+            except Regroup:
+                if uncertain:  # re-split parts would carry new stamps: not safe to resend
+                    split = _gave_up(op, Unavailable("the shard map split this request's keys"),
+                                     uncertain)
+                    raise split  # noqa: B904 (_gave_up chains the cause itself)
+                raise
             except Unavailable as error:
                 # No map or no primary yet: the same as a node being unavailable.
                 failures += 1
                 delay = self.retry.delay_for(error, failures, remaining)
                 if delay is None:
-                    raise
+                    raise _gave_up(op, error, uncertain)  # noqa: B904 (chained inside)
                 await self._refresh_quietly()
                 await asyncio.sleep(delay)
                 continue
@@ -168,18 +228,18 @@ class Executor:
                 hops += 1
                 self.hops += 1
                 if hops > self.max_hops:
-                    raise
+                    raise _gave_up(op, error, uncertain)  # noqa: B904 (chained inside)
                 await self._after_redirect(error, seen_version, hops, ends_at - loop.time())
-            except Regroup:
-                raise
             except ShardKVError as error:
-                if not error.retryable or (not idempotent and _maybe_executed(error)):
-                    raise
+                maybe = spec.writes and _maybe_executed(error)
+                uncertain = uncertain or maybe
+                if not error.retryable or (maybe and not retry_safe):
+                    raise _gave_up(op, error, uncertain)  # noqa: B904 (chained inside)
                 failures += 1
                 delay = self.retry.delay_for(error, failures, ends_at - loop.time())
                 if delay is None:
-                    raise
-                if isinstance(error, ConnectionFailed):
+                    raise _gave_up(op, error, uncertain)  # noqa: B904 (chained inside)
+                if isinstance(error, ConnectionFailed | OutcomeUnknown):
                     await self._refresh_quietly()
                 await asyncio.sleep(delay)
 

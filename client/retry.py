@@ -19,6 +19,7 @@ from typing import Protocol, TypeVar
 
 from shardkv.cluster.errors import (
     NotPrimary,
+    OutcomeUnknown,
     StaleEpoch,
     StaleMap,
     Timeout,
@@ -130,6 +131,7 @@ class DecorrelatedJitterBackoff:
 # they are listed so that a bare Retry around any call does the right thing.
 DEFAULT_SUPPORTED_ERRORS: tuple[type[BaseException], ...] = (
     Unavailable,
+    OutcomeUnknown,
     Timeout,
     NotPrimary,
     StaleMap,

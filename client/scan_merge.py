@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from shardkv.client.executor import Executor
@@ -22,7 +22,7 @@ from shardkv.client.values import KeyItem
 
 async def shard_pages(
     executor: Executor, shard: str, base: dict[str, Any], page_size: int, budget: float | None
-) -> AsyncIterator[list[KeyItem]]:
+) -> AsyncGenerator[list[KeyItem], None]:
     """The pages of one shard's part of the scan, following the node's cursor."""
     cursor: bytes | None = None
     while True:
@@ -44,7 +44,7 @@ async def merged_scan(
     limit: int | None,
     page_size: int,
     budget: float | None,
-) -> AsyncIterator[KeyItem]:
+) -> AsyncGenerator[KeyItem, None]:
     """Items of every shard in key order, at most ``limit`` of them."""
     if limit == 0:
         return

@@ -5,23 +5,22 @@ call is submitted with ``run_coroutine_threadsafe`` and waited for. So threads s
 of pipelined connections (many threads, one socket per node, requests interleaved) instead of
 each opening its own, and the logic is the async client's, not a copy of it.
 
-The blocking methods are generated from ``Commands`` so the two clients cannot drift: a new
-operation added to the mixin appears here with the same name, signature and docstring.
+The blocking methods are ``SyncCommands`` (``client/sync_commands.py``), generated from
+``Commands`` by ``scripts/gen_sync_client.py`` and checked in, so type checkers and editors see
+them; a test fails when an async operation has no blocking twin with the same signature.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, TypeVar
 
 from shardkv.client.async_client import Client
-from shardkv.client.commands import Commands
+from shardkv.client.sync_commands import SyncCommands
 from shardkv.client.values import KeyItem
 from shardkv.cluster.cluster_map import ClusterMap
 
@@ -30,7 +29,7 @@ T = TypeVar("T")
 _STOP_TIMEOUT = 5.0
 
 
-class SyncClient:
+class SyncClient(SyncCommands):
     """Blocking twin of ``Client`` (same constructor arguments)."""
 
     def __init__(self, coordinators: list[str] | str | None = None, **options: Any) -> None:
@@ -95,7 +94,7 @@ class SyncClient:
         try:
             while True:
                 try:
-                    yield self._run(anext(iterator))
+                    yield self._run(_next_of(iterator))
                 except StopAsyncIteration:
                     return
         finally:
@@ -113,19 +112,11 @@ class SyncClient:
         return self._run(self._client.refresh_map())
 
 
+async def _next_of(iterator: AsyncIterator[T]) -> T:
+    """``anext`` as a coroutine (``run_coroutine_threadsafe`` takes only coroutines)."""
+    return await anext(iterator)
+
+
 async def _call_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a plain (non-async) method on the client loop, where the router lives."""
     return fn(*args, **kwargs)
-
-
-def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def call(self: SyncClient, *args: Any, **kwargs: Any) -> Any:
-        return self._run(getattr(self._client, name)(*args, **kwargs))
-
-    return call
-
-
-for _name, _method in inspect.getmembers(Commands, inspect.iscoroutinefunction):
-    if not _name.startswith("_") and not hasattr(SyncClient, _name):
-        setattr(SyncClient, _name, _blocking(_name, _method))

@@ -27,7 +27,8 @@ def json(obj: Any) -> bytes:
 
 def msgpack(obj: Any) -> bytes:
     """A msgpack document as a value (bytes stay bytes)."""
-    return _msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = _msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def decode_text(raw: bytes) -> str:

@@ -31,6 +31,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_OP = "UNKNOWN_OP"
     STALE_EPOCH = "STALE_EPOCH"
     INTERNAL = "INTERNAL"
+    OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -47,6 +48,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.OUTCOME_UNKNOWN: 503,
 }
 
 RETRYABLE: frozenset[ErrorCode] = frozenset(
@@ -57,6 +59,7 @@ RETRYABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.UNAVAILABLE,
         ErrorCode.TIMEOUT,
         ErrorCode.STALE_EPOCH,
+        ErrorCode.OUTCOME_UNKNOWN,
     }
 )
 
@@ -147,6 +150,16 @@ class InternalError(ShardKVError):
     code = ErrorCode.INTERNAL
 
 
+class OutcomeUnknown(ShardKVError):
+    """A write that may or may not have been applied: its entry was ordered (and possibly
+    shipped to replicas) before the node lost the right to commit it, or the client lost the
+    answer. Never a definite failure. Retrying is safe for a write that carries a client
+    session (``client_id``/``seq``): the shard answers the original result if it applied it.
+    The client raises it, after retrying within its deadline, to say "this may have happened"."""
+
+    code = ErrorCode.OUTCOME_UNKNOWN
+
+
 _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
     cls.code: cls
     for cls in (
@@ -163,6 +176,7 @@ _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
         Unauthorized,
         Timeout,
         InternalError,
+        OutcomeUnknown,
     )
 }
 
@@ -170,7 +184,7 @@ _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
 def error_from_dict(body: dict[str, Any]) -> ShardKVError:
     """Rebuild the typed exception from its wire form (unknown codes become INTERNAL)."""
     try:
-        code = ErrorCode(body.get("error"))
+        code = ErrorCode(str(body.get("error")))
     except ValueError:
         code = ErrorCode.INTERNAL
     details = {k: v for k, v in body.items() if k not in ("error", "message", "retryable")}

@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shardkv.cluster.durable_file import write_atomically
+
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 10.0
@@ -164,13 +166,7 @@ class ClusterPlan:
 
 def write_json_atomically(path: Path, obj: Any) -> None:
     """Write, fsync and rename: a reader never sees half a file, a crash never leaves one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_atomically(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 def http_get_json(url: str, timeout: float = 1.0) -> tuple[int, Any]:

@@ -91,4 +91,5 @@ def shard_for_key(cluster_map: ClusterMap | RingSpec, key: bytes) -> str:
     spec = cluster_map.ring if isinstance(cluster_map, ClusterMap) else cluster_map
     if not spec.shards:
         raise Unavailable("the cluster has no shards yet (not bootstrapped)")
-    return ring_for(spec).get_node(_to_bytes(key))
+    owner: str = ring_for(spec).get_node(_to_bytes(key))
+    return owner

@@ -19,7 +19,8 @@ JSON = "application/json"
 
 def pack(obj: Any) -> bytes:
     """Encode with msgpack (bytes stay bytes, str stays str)."""
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes, *, max_bytes: int | None = None) -> Any:
@@ -68,12 +69,19 @@ def from_json(data: bytes) -> Any:
     return json.loads(data)
 
 
-def wants_json(accept: str | None, content_type: str | None = None) -> bool:
-    """Whether a response should be JSON: the client asked for it in Accept, or sent JSON
-    and did not ask for msgpack."""
+def wants_json(accept: str | None, content_type: str | None = None, *,
+               default: bool = True) -> bool:
+    """Whether a response should be JSON (else msgpack): the client asked for one in Accept;
+    otherwise the format it sent; otherwise ``default``. The one negotiation rule of every
+    server (``cluster/http_body.py``)."""
     accept = (accept or "").lower()
     if MSGPACK in accept:
         return False
     if JSON in accept:
         return True
-    return JSON in (content_type or "").lower()
+    content_type = (content_type or "").lower()
+    if MSGPACK in content_type:
+        return False
+    if JSON in content_type:
+        return True
+    return default

@@ -4,7 +4,8 @@
         --peers c2=127.0.0.1:7101,c3=127.0.0.1:7102 --data-dir data/c1 \\
         [--init-shards 2 --replication-factor 3]
 
-Secrets come from the environment, never from flags (flags show in ``ps``):
+Settings come from ``--config FILE``, the environment and flags (``coordinator/config.py``).
+Secrets come from the environment or the file, never from flags (flags show in ``ps``):
 ``SHARDKV_RAFT_PASSWORD`` (peers authenticate and encrypt Raft traffic with it) and
 ``SHARDKV_ADMIN_TOKEN`` (bearer token of the admin API). SIGTERM/SIGINT stop cleanly.
 """
@@ -17,65 +18,54 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 
+from shardkv.cluster.settings import ConfigError, config_failed
 from shardkv.cluster.structured_log import log_fields, setup_logging
-from shardkv.coordinator.config import (
-    ConfigError,
-    CoordinatorConfig,
-    RaftTimings,
-    parse_peers,
-)
+from shardkv.coordinator.config import CoordinatorConfig, load_coordinator_config
 from shardkv.coordinator.durable_journal import JournalCorrupted
 
 log = logging.getLogger("shardkv.coordinator")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    parser.add_argument("--id", default=env("SHARDKV_COORDINATOR_ID"), help="this member's id")
-    parser.add_argument("--listen", default=env("SHARDKV_LISTEN", "127.0.0.1:7000"),
-                        help="HTTP HOST:PORT (map, nodes, admin)")
-    parser.add_argument("--raft", default=env("SHARDKV_RAFT_ADDR"),
-                        help="Raft HOST:PORT; bind it to the internal network only")
-    parser.add_argument("--peers", default=env("SHARDKV_PEERS", ""),
-                        help="other members: ID=HOST:PORT,... (their Raft addresses)")
-    parser.add_argument("--peer-urls", default=env("SHARDKV_PEER_URLS", ""),
-                        help="optional ID=URL,... of the other members' HTTP APIs (learned "
-                             "from the map otherwise)")
-    parser.add_argument("--advertise-url", default=env("SHARDKV_ADVERTISE_URL"),
-                        help="the URL others use to reach this member's HTTP API")
-    parser.add_argument("--data-dir", default=env("SHARDKV_DATA_DIR"), help="Raft journal dir")
+    # Defaults live in coordinator/config.py: a flag left unset (None) lets the file or the
+    # environment decide.
+    parser.add_argument("--config", metavar="FILE", help="TOML file (a [coordinator] table or "
+                        "the top level, and [timing]); the environment and flags override it")
+    parser.add_argument("--id", help="this member's id (SHARDKV_COORDINATOR_ID)")
+    parser.add_argument("--listen", help="HTTP HOST:PORT (map, nodes, admin); SHARDKV_LISTEN, "
+                        "default 127.0.0.1:7000")
+    parser.add_argument("--raft", help="Raft HOST:PORT; bind it to the internal network only "
+                        "(SHARDKV_RAFT_ADDR)")
+    parser.add_argument("--peers", help="other members: ID=HOST:PORT,... (their Raft "
+                        "addresses; SHARDKV_PEERS)")
+    parser.add_argument("--peer-urls", help="optional ID=URL,... of the other members' HTTP "
+                        "APIs (learned from the map otherwise; SHARDKV_PEER_URLS)")
+    parser.add_argument("--advertise-url", help="the URL others use to reach this member's "
+                        "HTTP API (SHARDKV_ADVERTISE_URL)")
+    parser.add_argument("--data-dir", help="Raft journal dir (SHARDKV_DATA_DIR)")
     parser.add_argument("--init-shards", type=int, default=None,
                         help="bootstrap this many shards on first start (idempotent)")
-    parser.add_argument("--replication-factor", type=int, default=1,
-                        help="members per shard, the primary counted")
-    parser.add_argument("--join", action="store_true",
+    parser.add_argument("--replication-factor", type=int, default=None,
+                        help="members per shard, the primary counted (default 1)")
+    parser.add_argument("--join", action="store_true", default=None,
                         help="join a running group: --peers names every current member, and "
                              "an admin adds this one (POST /admin/coordinators)")
-    parser.add_argument("--commit-timeout", type=float, default=5.0,
-                        help="seconds to wait for a map change to commit")
+    parser.add_argument("--commit-timeout", type=float, default=None,
+                        help="seconds to wait for a map change to commit (default 5)")
 
 
-def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
-    missing = [name for name in ("id", "raft", "data_dir") if not getattr(args, name)]
-    if missing:
-        raise ConfigError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
-    return CoordinatorConfig(
-        id=args.id,
-        listen=args.listen,
-        raft=args.raft,
-        data_dir=args.data_dir,
-        peers=parse_peers(args.peers),
-        peer_urls=parse_peers(args.peer_urls, "--peer-urls"),
-        advertise_url=args.advertise_url,
-        init_shards=args.init_shards,
-        replication_factor=args.replication_factor,
-        raft_password=os.environ.get("SHARDKV_RAFT_PASSWORD") or None,
-        admin_token=os.environ.get("SHARDKV_ADMIN_TOKEN") or None,
-        commit_timeout=args.commit_timeout,
-        join=args.join,
-        timings=RaftTimings.from_env(),
-    )
+_FLAG_KEYS = ("id", "listen", "raft", "peers", "peer_urls", "advertise_url", "data_dir",
+              "init_shards", "replication_factor", "join", "commit_timeout")
+
+
+def config_from_args(args: argparse.Namespace,
+                     environ: Mapping[str, str] | None = None) -> CoordinatorConfig:
+    """The validated config from parsed flags over the environment and the config file."""
+    flags = {key: getattr(args, key, None) for key in _FLAG_KEYS}
+    return load_coordinator_config(flags, os.environ if environ is None else environ,
+                                   getattr(args, "config", None))
 
 
 async def serve(config: CoordinatorConfig) -> None:
@@ -96,10 +86,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("coordinator")
     try:
         config = config_from_args(args)
-        config.validate()
     except ConfigError as exc:
-        print(f"shardkv coordinator: {exc}", file=sys.stderr)
-        return 2
+        return config_failed("shardkv coordinator", exc)
     try:
         asyncio.run(serve(config))
     except JournalCorrupted as exc:

@@ -1,19 +1,26 @@
-"""Coordinator configuration: flags, then ``SHARDKV_*`` environment, then defaults.
+"""Coordinator configuration: its settings on the shared model (``cluster/settings.py``).
 
+Sources, lowest precedence first: a TOML file (``--config FILE``; a ``[coordinator]`` table or
+the top level, with the shared ``[timing]`` table beneath), ``SHARDKV_*`` environment, flags.
 Validated once at start with messages that name the offending setting, so a typo in
 ``--peers`` fails at launch rather than as a Raft group that never elects. Raft timings are
 configurable (tests run elections in a few hundred milliseconds; production keeps the
-defaults, which tolerate GC pauses and slow disks).
+defaults, which tolerate GC pauses and slow disks). Secrets (the Raft password, the admin
+token) come from the environment or the file, never from flags (flags show in ``ps``).
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from shardkv.cluster.settings import ConfigError, Setting, flag, integer, merge_sources, number
+from shardkv.cluster.timing import TIMING_SETTINGS, TimingContract
 
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message says which and why."""
+__all__ = ["ConfigError", "CoordinatorConfig", "RaftTimings", "load_coordinator_config",
+           "parse_host_port", "parse_peers"]
 
 
 def parse_host_port(value: str, what: str) -> tuple[str, int]:
@@ -42,14 +49,36 @@ def parse_peers(value: str | None, what: str = "--peers") -> dict[str, str]:
     return peers
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+# config key -> RaftTimings attribute; the environment variable is SHARDKV_ + the key.
+_RAFT_TIMING_KEYS = {
+    "raft_election_min_s": "election_min",
+    "raft_election_max_s": "election_max",
+    "raft_heartbeat_s": "append_entries_period",
+    "raft_connection_timeout_s": "connection_timeout",
+    "raft_connection_retry_s": "connection_retry",
+    "raft_leader_fallback_s": "leader_fallback",
+    "raft_compaction_entries": "compaction_min_entries",
+    "raft_compaction_s": "compaction_min_time",
+}
+
+COORDINATOR_SETTINGS: tuple[Setting, ...] = (
+    Setting("id", "SHARDKV_COORDINATOR_ID"),
+    Setting("listen", "SHARDKV_LISTEN"),
+    Setting("raft", "SHARDKV_RAFT_ADDR"),
+    Setting("peers", "SHARDKV_PEERS"),
+    Setting("peer_urls", "SHARDKV_PEER_URLS"),
+    Setting("advertise_url", "SHARDKV_ADVERTISE_URL"),
+    Setting("data_dir", "SHARDKV_DATA_DIR"),
+    Setting("init_shards"),
+    Setting("replication_factor"),
+    Setting("join"),
+    Setting("commit_timeout"),
+    Setting("raft_password", "SHARDKV_RAFT_PASSWORD", flag=False),
+    Setting("admin_token", "SHARDKV_ADMIN_TOKEN", flag=False),
+    *(Setting(key, "SHARDKV_" + key.upper()) for key in _RAFT_TIMING_KEYS),
+    *TIMING_SETTINGS,
+)
+DEFAULT_LISTEN = "127.0.0.1:7000"
 
 
 @dataclass(slots=True)
@@ -66,18 +95,16 @@ class RaftTimings:
     compaction_min_time: float = 300.0
 
     @classmethod
-    def from_env(cls) -> RaftTimings:
+    def from_values(cls, values: Mapping[str, Any]) -> RaftTimings:
+        """From merged raw settings (keys of ``RAFT_TIMING_SETTINGS``)."""
         t = cls()
-        t.election_min = _env_float("SHARDKV_RAFT_ELECTION_MIN_S", t.election_min)
-        t.election_max = _env_float("SHARDKV_RAFT_ELECTION_MAX_S", t.election_max)
-        t.append_entries_period = _env_float("SHARDKV_RAFT_HEARTBEAT_S", t.append_entries_period)
-        t.connection_timeout = _env_float("SHARDKV_RAFT_CONNECTION_TIMEOUT_S",
-                                          t.connection_timeout)
-        t.connection_retry = _env_float("SHARDKV_RAFT_CONNECTION_RETRY_S", t.connection_retry)
-        t.leader_fallback = _env_float("SHARDKV_RAFT_LEADER_FALLBACK_S", t.leader_fallback)
-        t.compaction_min_entries = int(_env_float("SHARDKV_RAFT_COMPACTION_ENTRIES",
-                                                  t.compaction_min_entries))
-        t.compaction_min_time = _env_float("SHARDKV_RAFT_COMPACTION_S", t.compaction_min_time)
+        for key, attribute in _RAFT_TIMING_KEYS.items():
+            if values.get(key) is not None:
+                default = getattr(t, attribute)
+                if isinstance(default, int):
+                    setattr(t, attribute, integer(key, values[key], minimum=1))
+                else:
+                    setattr(t, attribute, number(key, values[key], minimum=0.0))
         return t
 
     def validate(self) -> None:
@@ -110,6 +137,7 @@ class CoordinatorConfig:
     dead_s: float = 10.0
     grace_s: float = 10.0
     timings: RaftTimings = field(default_factory=RaftTimings)
+    timing: TimingContract = field(default_factory=TimingContract)
 
     @property
     def url(self) -> str:
@@ -152,3 +180,53 @@ class CoordinatorConfig:
                 "--raft must name the internal interface to bind, not a wildcard address"
             )
         self.timings.validate()
+
+
+def load_coordinator_config(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_file: Path | str | None = None,
+) -> CoordinatorConfig:
+    """Merge file < environment < flags (``None`` flags are unset) and validate the result.
+
+    Raises ``ConfigError`` with a message that names the setting and what was wrong.
+    """
+    values = merge_sources(COORDINATOR_SETTINGS, "coordinator", flags, environ, config_file)
+    missing = [name for name in ("id", "raft", "data_dir") if not values.get(name)]
+    if missing:
+        raise ConfigError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
+
+    def optional(key: str) -> str | None:
+        raw = values.get(key)
+        return str(raw).strip() or None if raw is not None else None
+
+    init_shards = values.get("init_shards")
+    config = CoordinatorConfig(
+        id=str(values["id"]).strip(),
+        listen=str(values.get("listen", DEFAULT_LISTEN)).strip(),
+        raft=str(values["raft"]).strip(),
+        data_dir=str(values["data_dir"]),
+        peers=parse_peers(_joined(values.get("peers"))),
+        peer_urls=parse_peers(_joined(values.get("peer_urls")), "--peer-urls"),
+        advertise_url=optional("advertise_url"),
+        init_shards=integer("--init-shards", init_shards, minimum=-(1 << 31))
+        if init_shards is not None else None,
+        replication_factor=integer("--replication-factor", values.get("replication_factor", 1),
+                                   minimum=-(1 << 31)),
+        raft_password=optional("raft_password"),
+        admin_token=optional("admin_token"),
+        commit_timeout=number("--commit-timeout", values.get("commit_timeout", 5.0),
+                              minimum=0.001),
+        join=flag("--join", values.get("join", False)),
+        timings=RaftTimings.from_values(values),
+        timing=TimingContract.from_values(values),
+    )
+    config.validate()
+    return config
+
+
+def _joined(raw: object) -> str:
+    """``a=1,b=2`` from the environment or a flag, or a TOML list of ``a=1`` items."""
+    if isinstance(raw, list | tuple):
+        return ",".join(str(item) for item in raw)
+    return "" if raw is None else str(raw)

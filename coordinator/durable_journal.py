@@ -32,6 +32,7 @@ from typing import Any
 
 import crc32c
 from shardkv.cluster import wire
+from shardkv.cluster.durable_file import fdatasync, fsync_dir, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +56,6 @@ def fail_stop(what: str, exc: BaseException) -> None:
 
 class JournalCorrupted(Exception):
     """A record other than the last one is damaged: refuse to start rather than lose data."""
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_durably(path: str, data: bytes) -> None:
-    """Temporary name, fsync, rename, fsync the directory."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path))
 
 
 def frame(payload: bytes) -> bytes:
@@ -114,7 +96,7 @@ class DurableJournal:
 
     def _open(self) -> Any:
         if not os.path.exists(self.path):
-            write_file_durably(self.path, MAGIC)
+            write_atomically(self.path, MAGIC)
         with open(self.path, "rb") as f:
             data = f.read()
         if not data.startswith(MAGIC):
@@ -133,14 +115,14 @@ class DurableJournal:
             self.offsets.append(offset)
             self.entries.append((payload[_ENTRY.size :], index, term))
             offset = next_offset
-        f = open(self.path, "r+b")
-        f.seek(0, os.SEEK_END)
-        if f.tell() < len(MAGIC):
-            f.seek(0)
-            f.truncate()
-            f.write(MAGIC)
-            self._sync(f)
-        return f
+        journal = open(self.path, "r+b")  # kept open: the journal's handle
+        journal.seek(0, os.SEEK_END)
+        if journal.tell() < len(MAGIC):
+            journal.seek(0)
+            journal.truncate()
+            journal.write(MAGIC)
+            self._sync(journal)
+        return journal
 
     def _repair_tail(self, data: bytes, offset: int) -> None:
         """A bad record at ``offset``: torn tail if nothing valid can follow it, else fatal."""
@@ -168,7 +150,7 @@ class DurableJournal:
     def _sync(self, f: Any) -> None:
         f.flush()
         if self.sync:
-            os.fdatasync(f.fileno())
+            fdatasync(f.fileno())
 
     # -- pysyncobj's Journal interface --------------------------------------------------
 
@@ -239,7 +221,7 @@ class DurableJournal:
             offsets.append(len(body))
             body += frame(_ENTRY.pack(idx, term) + command)
         self._file.close()
-        write_file_durably(self.path, bytes(body))
+        write_atomically(self.path, bytes(body))
         self._file = open(self.path, "r+b")
         self.entries, self.offsets = list(kept), offsets
 
@@ -286,7 +268,7 @@ class DurableJournal:
 
     def _store_meta(self) -> None:
         try:
-            write_file_durably(self.meta_path, frame(wire.pack(self.meta)))
+            write_atomically(self.meta_path, frame(wire.pack(self.meta)))
         except OSError as exc:
             fail_stop("storing term and vote", exc)
         self._meta_dirty = False

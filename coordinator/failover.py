@@ -16,6 +16,9 @@ change never looks like every node dying). Then:
    unavailable, never silently rolled back.
 3. **Pick** the answering member with the highest (epoch, LSN) (ties: the lowest id, so two
    leaders in a row decide the same).
+   Nor while the old primary may still hold a lease from its shard's majority: replicas
+   report the lease they granted (``promise``), and with ``n // 2`` of them still bound the
+   primary is alive to its shard (``still_leased``); the best candidate must be unbound.
 4. **Promote** through Raft: ``set_primary(shard, node, epoch + 1)``. The epoch raise is the
    fencing token: replicas refuse an older epoch's stream, and the old primary, whose lease
    ran out before ``timeout_s`` (``node/replication/lease.py``),
@@ -37,16 +40,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import SHARD_ACTIVE, ClusterMap
 from shardkv.cluster.cluster_token import auth_headers
+from shardkv.cluster.control_messages import FenceRequest, position_from_status
 from shardkv.cluster.errors import InvalidArgument, NotFound, ShardKVError, Unavailable
 from shardkv.cluster.structured_log import log_fields
+from shardkv.cluster.timing import DEFAULT_FAILOVER_TIMEOUT_S
 from shardkv.coordinator.liveness import UNKNOWN, Liveness
 
 logger = logging.getLogger("shardkv.coordinator.failover")
 
-DEFAULT_TIMEOUT_S = 3.0
+DEFAULT_TIMEOUT_S = DEFAULT_FAILOVER_TIMEOUT_S  # the timing contract, cluster/timing.py
 CHECK_INTERVAL_S = 0.2
 PROBE_TIMEOUT_S = 0.8
 
@@ -61,6 +67,7 @@ class MemberPosition:
     node_id: str
     epoch: int
     lsn: int
+    promised_s: float = 0.0  # lease still granted to the current primary's epoch (or older)
 
     @property
     def rank(self) -> tuple[int, int]:
@@ -87,12 +94,26 @@ def choose_successor(
     shard: str, members: list[str], old_primary: str | None, epoch: int,
     positions: list[MemberPosition],
 ) -> Promotion | None:
-    """Steps 2 and 3: the promotion to make, or None when too few members answered."""
+    """Steps 2 and 3: the promotion to make, or None when too few members answered, or when
+    the old primary may still hold a majority lease (``still_leased``)."""
     answered = [p for p in positions if p.node_id in members and p.node_id != old_primary]
     if not answered or len(answered) < replicas_needed(len(members)):
         return None
     best = min(answered, key=lambda p: (-p.epoch, -p.lsn, p.node_id))
+    if still_leased(len(members), answered) or best.promised_s > 0:
+        return None
     return Promotion(shard, old_primary, best.node_id, epoch + 1, tuple(answered))
+
+
+def still_leased(members: int, answered: list[MemberPosition]) -> bool:
+    """Whether the old primary may still hold a lease granted by its shard's majority: it
+    needs ``members // 2`` grants besides its own, and a replica that answers with a promise
+    still running may be one of them (``node/replication/majority_lease.py``). Then the
+    primary is alive to its shard (only the coordinators lost it), or its lease will run out
+    within one grant: either way, not now. The replicas' promise is what makes a promotion
+    safe even without this check (they will not follow the new epoch before it runs out);
+    the check keeps the coordinators from deposing a primary that its shard still serves."""
+    return members >= 2 and sum(1 for p in answered if p.promised_s > 0) >= members // 2
 
 
 def primary_is_dead(liveness: Liveness, node_id: str, timeout_s: float) -> bool:
@@ -107,7 +128,7 @@ async def probe_over_http(session: aiohttp.ClientSession, node_id: str,
                           url: str) -> MemberPosition | None:
     """``GET {url}/v1/replication`` -> the member's (epoch, LSN); None if it does not answer."""
     try:
-        async with session.get(f"{url.rstrip('/')}/v1/replication",
+        async with session.get(routes.url_of(url, routes.REPLICATION_STATUS),
                                headers={"Accept": wire.MSGPACK},
                                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as resp:
             if resp.status != 200:
@@ -115,12 +136,21 @@ async def probe_over_http(session: aiohttp.ClientSession, node_id: str,
             body = wire.unpack(await resp.read())
     except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
         return None
-    if not isinstance(body, dict) or body.get("node") not in (None, node_id):
+    position = position_from_status(body, node_id)
+    if position is None:
         return None
-    try:
-        return MemberPosition(node_id, int(body["last_epoch"]), int(body["last_lsn"]))
-    except (KeyError, TypeError, ValueError):
-        return None
+    return MemberPosition(node_id, *position, promised_s=promise_left_s(body))
+
+
+def promise_left_s(body: Mapping[str, Any]) -> float:
+    """Seconds left on the lease a member granted (0 when none, or an older node)."""
+    promise = body.get("promise")
+    if not isinstance(promise, dict):
+        return 0.0
+    left = promise.get("remaining_s")
+    if isinstance(left, bool) or not isinstance(left, int | float):
+        return 0.0
+    return max(0.0, float(left))
 
 
 @dataclass
@@ -176,7 +206,8 @@ class FailureDetector:
                                      positions)
         if promotion is None:
             self.refused += 1
-            logger.warning("primary is dead but too few replicas answer to promote safely",
+            logger.warning("primary is dead to the coordinators but too few replicas answer, "
+                           "or its shard still grants it a lease: not promoting now",
                            extra=log_fields(shard=shard_id, primary=shard.primary,
                                             answered=[p.node_id for p in positions],
                                             members=shard.members))
@@ -238,14 +269,16 @@ async def switchover(
         target = min(positions, key=lambda p: (-p.epoch, -p.lsn, p.node_id)).node_id
     target_url = cluster_map.node_url(target) or ""
     started = time.monotonic()
-    fenced = await _node_call(session, old_url, "/admin/replication/fence",
-                              {"epoch": shard.epoch})
+    fence: FenceRequest = {"epoch": shard.epoch}
+    fenced = await _node_call(session, old_url, routes.FENCE, fence)
     fenced_lsn = int(fenced["last_lsn"])
     try:
         deadline = started + catch_up_s
         while True:
             position = await probe_over_http(session, target, target_url)
-            if position is not None and position.lsn >= fenced_lsn:
+            # ... and no longer bound by a lease granted to the old primary (the fence
+            # released it), or its new epoch could not be served for a whole grant.
+            if position is not None and position.lsn >= fenced_lsn and not position.promised_s:
                 break
             if time.monotonic() > deadline:
                 raise Unavailable(f"{target} did not catch up to lsn {fenced_lsn} within "
@@ -255,8 +288,7 @@ async def switchover(
                                 "epoch": shard.epoch + 1})
     except BaseException:
         with contextlib.suppress(ShardKVError, aiohttp.ClientError, TimeoutError, OSError):
-            await _node_call(session, old_url, "/admin/replication/unfence",
-                             {"epoch": shard.epoch})
+            await _node_call(session, old_url, routes.UNFENCE, fence)
         raise
     pause = time.monotonic() - started
     logger.info("switchover done", extra=log_fields(
@@ -269,7 +301,7 @@ async def switchover(
 async def _node_call(session: aiohttp.ClientSession, url: str, path: str,
                      body: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        async with session.post(f"{url.rstrip('/')}{path}", data=wire.pack(dict(body)),
+        async with session.post(routes.url_of(url, path), data=wire.pack(dict(body)),
                                 headers={"Content-Type": wire.MSGPACK,
                                          "Accept": wire.MSGPACK, **auth_headers()},
                                 timeout=aiohttp.ClientTimeout(total=5.0)) as resp:

@@ -1,22 +1,23 @@
 """Failover in the coordinator process: the leader-only detector task and the admin routes.
 
-``install(coord)`` registers the failure detector (``coordinator/failover.py``) as a leader
-task, so exactly one coordinator acts on liveness at a time and a new leader starts with the
-liveness grace period, and adds:
+``FailoverService(coord)``, owned by the ``Coordinator`` as its ``failover`` attribute,
+registers the failure detector (``coordinator/failover.py``) as a leader task, so exactly one
+coordinator acts on liveness at a time and a new leader starts with the liveness grace
+period, and keeps the detector's counters across terms. ``add_routes`` adds:
 
 - ``POST /admin/shards/{shard}/failover`` ``{"target"?: node, "catch_up_s"?: s}``: planned
   switchover (fence, catch up, promote); answers the new primary, the epoch and the pause;
 - ``GET /admin/failover``: the detector's counters and the measured failover durations.
 
-The failover timeout is ``SHARDKV_FAILOVER_TIMEOUT_S`` (default 3 s); a node's lease must be
-shorter (``node/replication/lease.py`` derives it from the same value).
+The failover timeout is the timing contract's ``failover_timeout_s`` (``cluster/timing.py``,
+``SHARDKV_FAILOVER_TIMEOUT_S``, default 3 s), validated with the coordinator's config; a
+node's lease is derived from the same setting.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -25,8 +26,8 @@ from prometheus_client.registry import Collector
 from shardkv.cluster.errors import InvalidArgument, NotPrimary
 from shardkv.coordinator import observability
 from shardkv.coordinator.failover import (
-    DEFAULT_TIMEOUT_S,
     FailureDetector,
+    MemberPosition,
     probe_over_http,
     switchover,
 )
@@ -38,40 +39,37 @@ from shardkv.coordinator.http_io import (
     respond,
 )
 
-ENV_TIMEOUT = "SHARDKV_FAILOVER_TIMEOUT_S"
+if TYPE_CHECKING:
+    from shardkv.coordinator.server import Coordinator
 
 
-def failover_timeout_s() -> float:
-    raw = os.environ.get(ENV_TIMEOUT)
-    if not raw:
-        return DEFAULT_TIMEOUT_S
-    value = float(raw)
-    if not 0.2 <= value <= 600:
-        raise ValueError(f"{ENV_TIMEOUT} must be between 0.2 and 600 seconds, got {raw}")
-    return value
+class FailoverService:
+    """The failure detector's home in one coordinator: started as a leader task, its
+    counters kept across this member's terms as leader (for ``/admin/failover``)."""
 
+    def __init__(self, coord: Coordinator) -> None:
+        self.coord = coord
+        self.detector: FailureDetector | None = None
+        coord.leader_task_factories.append(self._run_detector)
 
-def install(coord: Any) -> None:
-    """Register the leader task; ``add_routes`` is called from ``build_app``."""
-    state: dict[str, Any] = {"detector": None}
-    coord.failover_state = state
+    @property
+    def timeout_s(self) -> float:
+        return self.coord.config.timing.failover_timeout_s
 
-    async def run_detector(c: Any) -> None:
+    async def _run_detector(self, coord: Coordinator) -> None:
         async with aiohttp.ClientSession() as session:
 
-            async def probe(node_id: str, url: str) -> Any:
+            async def probe(node_id: str, url: str) -> MemberPosition | None:
                 return await probe_over_http(session, node_id, url)
 
-            detector = FailureDetector(lambda: c.watch.current, c.liveness, c.propose, probe,
-                                       timeout_s=failover_timeout_s())
-            previous = state.get("detector")
+            detector = FailureDetector(lambda: coord.watch.current, coord.liveness,
+                                       coord.propose, probe, timeout_s=self.timeout_s)
+            previous = self.detector
             if previous is not None:  # keep the history across terms of this member
                 detector.durations_s = previous.durations_s
                 detector.failovers = previous.failovers
-            state["detector"] = detector
+            self.detector = detector
             await detector.run()
-
-    coord.leader_task_factories.append(run_detector)
 
 
 async def planned_failover(request: web.Request) -> web.StreamResponse:
@@ -99,10 +97,10 @@ async def planned_failover(request: web.Request) -> web.StreamResponse:
 
 async def failover_status(request: web.Request) -> web.StreamResponse:
     coord = coordinator_of(request)
-    detector = getattr(coord, "failover_state", {}).get("detector")
+    detector = coord.failover.detector
     return respond(request, {
         "leader": coord.is_leader(),
-        "timeout_s": failover_timeout_s(),
+        "timeout_s": coord.failover.timeout_s,
         "failovers": detector.failovers if detector else 0,
         "refused": detector.refused if detector else 0,
         "durations_s": [round(d, 3) for d in detector.durations_s] if detector else [],
@@ -112,11 +110,11 @@ async def failover_status(request: web.Request) -> web.StreamResponse:
 class FailoverCollector(Collector):
     """``shardkv_failovers_total`` and ``shardkv_failovers_refused_total`` (leader only)."""
 
-    def __init__(self, coord: Any) -> None:
+    def __init__(self, coord: Coordinator) -> None:
         self.coord = coord
 
     def collect(self) -> Iterator[Metric]:
-        detector = getattr(self.coord, "failover_state", {}).get("detector")
+        detector = self.coord.failover.detector
         if detector is None or not self.coord.is_leader():
             return
         yield CounterMetricFamily("shardkv_failovers", "Primaries replaced after dying.",

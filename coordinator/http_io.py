@@ -1,17 +1,17 @@
-"""Request bodies in, responses and error values out, for the coordinator's HTTP API.
+"""The coordinator's HTTP plumbing: the app key, field checks, and errors as values.
 
-Bodies are JSON or msgpack (by Content-Type); answers are JSON unless the request's Accept
-asks for msgpack. Every failure leaves as ``{"error", "message", "retryable", ...}`` with the
+Bodies and answers go through the shared ``cluster/http_body.py`` (one negotiation rule for
+every server). Every failure leaves as ``{"error", "message", "retryable", ...}`` with the
 status of cluster/errors.py: a malformed request is refused before anything is proposed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from shardkv.cluster import wire
 from shardkv.cluster.errors import (
     ErrorCode,
     InternalError,
@@ -19,55 +19,32 @@ from shardkv.cluster.errors import (
     ShardKVError,
     error_from_dict,
 )
+from shardkv.cluster.http_body import answers_json, error_response, read_object, respond
+
+if TYPE_CHECKING:
+    from shardkv.coordinator.server import Coordinator
+
+__all__ = ["COORDINATOR_KEY", "MAX_BODY", "coordinator_of", "error_response",
+           "errors_as_values", "only_fields", "raise_for_result", "read_object", "respond",
+           "wants_msgpack"]
 
 MAX_BODY = 1 << 20
 
-# The Coordinator serving a request (typed loosely here to keep this module import-light).
-COORDINATOR_KEY: web.AppKey[Any] = web.AppKey("coordinator", object)
+# The Coordinator serving a request (imported for type checking only: server.py imports this).
+COORDINATOR_KEY: web.AppKey[Coordinator] = web.AppKey("coordinator")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def coordinator_of(request: web.Request) -> Any:
+def coordinator_of(request: web.Request) -> Coordinator:
     return request.app[COORDINATOR_KEY]
 
 
-def respond(request: web.Request, body: Any, status: int = 200,
-            headers: dict[str, str] | None = None) -> web.Response:
-    if not wants_msgpack(request):
-        return web.Response(body=wire.to_json(body), status=status,
-                            content_type=wire.JSON, headers=headers)
-    return web.Response(body=wire.pack(body), status=status, content_type=wire.MSGPACK,
-                        headers=headers)
-
-
 def wants_msgpack(request: web.Request) -> bool:
-    return wire.MSGPACK in (request.headers.get("Accept") or "").lower()
+    return not answers_json(request)
 
 
-def error_response(request: web.Request, exc: ShardKVError) -> web.Response:
-    return respond(request, exc.to_dict(), status=exc.http_status)
-
-
-async def read_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    """The request body as a dict (JSON or msgpack); INVALID_ARGUMENT if it is not one."""
-    raw = await request.read()
-    if not raw:
-        if allow_empty:
-            return {}
-        raise InvalidArgument("the request needs a body (a JSON object)")
-    content_type = (request.headers.get("Content-Type") or "").lower()
-    try:
-        body = wire.unpack(raw) if wire.MSGPACK in content_type else wire.from_json(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        kind = "msgpack" if wire.MSGPACK in content_type else "JSON"
-        raise InvalidArgument(f"the body is not valid {kind}: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument(f"the body must be an object, not {type(body).__name__}")
-    return body
-
-
-def only_fields(body: dict[str, Any], allowed: set[str]) -> None:
+def only_fields(body: dict[str, Any], allowed: AbstractSet[str]) -> None:
     """Refuse unknown fields: a typo must not silently become a default."""
     unknown = sorted(set(body) - allowed)
     if unknown:

@@ -162,7 +162,7 @@ class LocalGroup:
             leaders = {v.get("leader") for v in views if v}
             if len(leaders) == 1 and None not in leaders and all(v and v["ready"] for v in views):
                 leader_id = leaders.pop()
-                leader = self.member(leader_id)
+                leader = self.member(str(leader_id))
                 view = views[candidates.index(leader)] if leader in candidates else None
                 if view and view.get("is_leader"):
                     return leader

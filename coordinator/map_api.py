@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 from aiohttp import web
+from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
+from shardkv.cluster.control_messages import HEARTBEAT_FIELDS, REGISTER_FIELDS
 from shardkv.cluster.errors import InvalidArgument, NotFound, NotPrimary, Unavailable
 from shardkv.coordinator.http_io import (
     coordinator_of,
@@ -23,9 +25,6 @@ from shardkv.coordinator.http_io import (
     respond,
     wants_msgpack,
 )
-
-REGISTER_FIELDS = {"url", "labels", "shard", "node_id", "token"}
-HEARTBEAT_FIELDS = {"lsn", "epoch", "role", "map_version", "ring_version"}
 
 
 def _int_param(request: web.Request, name: str, default: float | None) -> float | None:
@@ -113,6 +112,6 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/map", get_map)
-    app.router.add_post("/v1/nodes/register", register_node)
-    app.router.add_post("/v1/nodes/{node_id}/heartbeat", heartbeat)
+    app.router.add_get(routes.MAP, get_map)
+    app.router.add_post(routes.NODE_REGISTER, register_node)
+    app.router.add_post(routes.NODE_HEARTBEAT, heartbeat)

@@ -29,14 +29,9 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ClusterMap
+from shardkv.cluster.durable_file import fsync_dir, fsync_fd, sync_file
 from shardkv.cluster.errors import Timeout, Unavailable
-from shardkv.coordinator.durable_journal import (
-    DurableJournal,
-    JournalCorrupted,
-    frame,
-    fsync_dir,
-    read_frame,
-)
+from shardkv.coordinator.durable_journal import DurableJournal, JournalCorrupted, frame, read_frame
 from shardkv.coordinator.state_machine import MapStateMachine
 
 log = logging.getLogger(__name__)
@@ -105,8 +100,7 @@ def snapshot_writer(machine: MapStateMachine) -> Callable[[str, Any], None]:
         }
         with open(tmp_path, "wb") as f:
             f.write(frame(wire.pack(body)))
-            f.flush()
-            os.fsync(f.fileno())
+            sync_file(f)
 
     return write
 
@@ -123,7 +117,7 @@ def snapshot_reader(
             data = f.read()
             # A snapshot installed by the leader arrives unsynced; pysyncobj clears the
             # journal right after this returns, so make the snapshot durable first.
-            os.fsync(f.fileno())
+            fsync_fd(f.fileno())
         fsync_dir(os.path.dirname(path))
         framed = read_frame(data, 0)
         if framed is None:
@@ -197,9 +191,11 @@ class RaftBridge:
         future: asyncio.Future[int] = self.loop.create_future()
 
         def callback(_result: Any, error: int) -> None:
-            self.loop.call_soon_threadsafe(
-                lambda: future.done() or future.set_result(error)
-            )
+            def settle() -> None:
+                if not future.done():
+                    future.set_result(error)
+
+            self.loop.call_soon_threadsafe(settle)
 
         change(addr, callback=callback)
         try:

@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
 from pysyncobj import SyncObjConf
 from pysyncobj.syncobj import SyncObjException
 from shardkv.cluster.cluster_map import ClusterMap
+from shardkv.cluster.durable_file import ensure_dir
 from shardkv.cluster.errors import ShardKVError, Unavailable
 from shardkv.cluster.structured_log import log_fields
 from shardkv.coordinator import admin_api, failover_api, map_api, observability
@@ -63,16 +64,16 @@ class Coordinator:
         # Work that only the leader does (the failure detector of the replication layer):
         # each factory is started when this member becomes leader and cancelled when it
         # stops being leader, so at most one coordinator acts on liveness at a time.
-        self.leader_task_factories: list[Callable[[Coordinator], Awaitable[None]]] = []
+        self.leader_task_factories: list[Callable[[Coordinator], Coroutine[Any, Any, None]]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
-        failover_api.install(self)  # the failure detector runs as a leader task
+        self.failover = failover_api.FailoverService(self)  # detector: a leader task
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        await asyncio.to_thread(os.makedirs, cfg.data_dir, exist_ok=True)
+        await asyncio.to_thread(ensure_dir, cfg.data_dir)
 
         def on_applied(cluster_map: ClusterMap, _result: dict[str, Any]) -> None:
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
@@ -130,8 +131,8 @@ class Coordinator:
         except BaseException:
             await asyncio.to_thread(raft.destroy_synchronous)
             raise
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        addresses = self._runner.addresses
+        self.http_port = int(addresses[0][1]) if addresses else port
         if port == 0 and not cfg.advertise_url:
             cfg.advertise_url = f"http://{host}:{self.http_port}"
         self._tasks = [

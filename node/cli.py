@@ -15,7 +15,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from shardkv.node.config import ENGINES, FSYNC_POLICIES, ConfigError, load_config
+from shardkv.cluster.settings import ConfigError, config_failed
+from shardkv.node.config import ENGINES, FSYNC_POLICIES, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(flags, os.environ, args.config)
     except ConfigError as exc:
-        print(f"shardkv node: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return config_failed("shardkv node", exc)
     from shardkv.node.server import run_node  # the server's imports are only needed here
 
     return run_node(config)

@@ -65,6 +65,13 @@ class _StoreCollector(Collector):
              stats.snapshots_taken),
             ("shardkv_expired_swept", "Expired keys deleted by the TTL sweeper since start.",
              stats.expired_swept),
+            ("shardkv_client_sessions", "Client sessions this primary deduplicates writes "
+             "for (0 on a replica).", stats.sessions),
+            ("shardkv_dedup_hits", "Retried writes answered from their session record "
+             "since start (not applied again).", stats.dedup_hits),
+            ("shardkv_sessions_evicted", "Live client sessions dropped by the max_sessions "
+             "bound since start (their retries are no longer recognised).",
+             stats.sessions_evicted),
         ]
         for name, help_text, value in gauges:
             yield GaugeMetricFamily(name, help_text, value=float(value))

@@ -30,6 +30,7 @@ from shardkv.node.metrics import NodeMetrics
 from shardkv.node.replication.shard_role import NodeReplication
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
+from shardkv.node.wal.model import FsyncPolicy
 from shardkv.node.wal.write_ahead_log import WalOptions
 
 logger = logging.getLogger("shardkv.node")
@@ -153,10 +154,13 @@ class NodeServer:
         store_config = StoreConfig(
             data_dir=config.data_dir,
             engine=config.engine,
-            wal=WalOptions(fsync=config.fsync, fsync_interval_ms=config.fsync_interval_ms,
+            wal=WalOptions(fsync=FsyncPolicy(config.fsync),
+                           fsync_interval_ms=config.fsync_interval_ms,
                            segment_bytes=config.wal_segment_bytes,
                            on_sync=self.metrics.on_wal_sync),
             retain_wal_entries=config.retain_wal_entries,
+            session_ttl_s=config.session_ttl_s,
+            max_sessions=config.max_sessions,
             limits=self.ctx.limits,
             snapshot_wal_bytes=config.snapshot_wal_bytes,
         )

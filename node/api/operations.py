@@ -40,7 +40,9 @@ from shardkv.cluster.limits import (
     as_value,
     as_version,
 )
+from shardkv.cluster.ops import OPS, OpSpec
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
+from shardkv.node.storage.sessions import Session, check_user_key, parse_session
 from shardkv.node.storage.write_plan import CheckedOp
 from shardkv.node.testing import negative_controls
 
@@ -86,12 +88,17 @@ class NodeContext:
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One op: its handler, the argument names it accepts, and whether it writes."""
+    """One op: its spec (``cluster/ops.py``: arguments, keys, write or not) and its handler.
+    ``allowed`` and ``writes`` are copied from the spec for the hot path."""
 
-    name: str
+    spec: OpSpec
     handler: Handler
     allowed: frozenset[str]
     writes: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,6 +175,13 @@ def _check_read_options(ctx: NodeContext, store: Store, args: Args) -> None:
         ctx.read_guard(args)
 
 
+def _session(args: Args) -> Session | None:
+    """The write's client session (``client_id`` + ``seq``), or None for an unstamped write."""
+    if "seq" not in args and "client_id" not in args:
+        return None
+    return parse_session(args.get("client_id"), args.get("seq"))
+
+
 def _check_write_concern(args: Args) -> None:
     w = args.get("w")
     if w is not None and w not in WRITE_CONCERNS:
@@ -210,7 +224,7 @@ async def _put(ctx: NodeContext, args: Args) -> dict[str, Any]:
     ttl = as_ttl(args.get("ttl"))
     _check_write_concern(args)
     version = await ctx.serving_store().put(
-        key, value, if_version=if_version, if_absent=if_absent, ttl=ttl
+        key, value, if_version=if_version, if_absent=if_absent, ttl=ttl, session=_session(args)
     )
     return {"version": version}
 
@@ -219,7 +233,7 @@ async def _delete(ctx: NodeContext, args: Args) -> dict[str, Any]:
     key = _key(args)
     if_version = _opt_version(args, "if_version")
     _check_write_concern(args)
-    result = await ctx.serving_store().delete(key, if_version=if_version)
+    result = await ctx.serving_store().delete(key, if_version=if_version, session=_session(args))
     return {"deleted": result.deleted, "version": result.version}
 
 
@@ -231,7 +245,7 @@ async def _incr(ctx: NodeContext, args: Args) -> dict[str, Any]:
     _check_write_concern(args)
     if negative_controls.ENABLED:  # TEST ONLY (testing/negative_controls.py)
         delta = negative_controls.incr_delta(delta)
-    value, version = await ctx.serving_store().incr(key, delta)
+    value, version = await ctx.serving_store().incr(key, delta, session=_session(args))
     return {"value": value, "version": version}
 
 
@@ -271,7 +285,7 @@ async def _mput(ctx: NodeContext, args: Args) -> dict[str, Any]:
     _check_batch_size(ctx, len(items), size)
     ttl = as_ttl(args.get("ttl"))
     _check_write_concern(args)
-    version = await ctx.serving_store().mput(items, ttl=ttl)
+    version = await ctx.serving_store().mput(items, ttl=ttl, session=_session(args))
     return {"version": version}
 
 
@@ -280,7 +294,7 @@ async def _mdelete(ctx: NodeContext, args: Args) -> dict[str, Any]:
     if not keys:
         raise InvalidArgument("keys must not be empty")
     _check_write_concern(args)
-    deleted, version = await ctx.serving_store().mdelete(keys)
+    deleted, version = await ctx.serving_store().mdelete(keys, session=_session(args))
     return {"deleted": deleted, "version": version}
 
 
@@ -347,7 +361,7 @@ def parse_batch_ops(ctx: NodeContext, raw: object) -> list[CheckedOp]:
 async def _batch(ctx: NodeContext, args: Args) -> dict[str, Any]:
     ops = parse_batch_ops(ctx, _required(args, "ops"))
     _check_write_concern(args)
-    result = await ctx.serving_store().batch_checked(ops)
+    result = await ctx.serving_store().batch_checked(ops, session=_session(args))
     return {"version": result.version, "results": list(result.results)}
 
 
@@ -376,7 +390,7 @@ async def _expire(ctx: NodeContext, args: Args) -> dict[str, Any]:
     if ttl is None:
         raise InvalidArgument("ttl must be a positive number of seconds")
     _check_write_concern(args)
-    return {"version": await ctx.serving_store().expire(key, ttl)}
+    return {"version": await ctx.serving_store().expire(key, ttl, session=_session(args))}
 
 
 async def _ttl(ctx: NodeContext, args: Args) -> dict[str, Any]:
@@ -395,32 +409,36 @@ async def _ping(ctx: NodeContext, args: Args) -> dict[str, Any]:
     }
 
 
-_READ = frozenset({"consistency", "max_staleness_ms", "min_version", "ring_version"})
-_WRITE = frozenset({"w", "ring_version"})
-
-
-def _op(name: str, handler: Handler, args: set[str], *, writes: bool) -> Operation:
-    return Operation(name, handler, frozenset(args) | (_WRITE if writes else _READ), writes)
-
-
-OPERATIONS: dict[str, Operation] = {
-    op.name: op
-    for op in (
-        _op("get", _get, {"key"}, writes=False),
-        _op("exists", _exists, {"key"}, writes=False),
-        _op("put", _put, {"key", "value", "if_version", "if_absent", "ttl"}, writes=True),
-        _op("delete", _delete, {"key", "if_version"}, writes=True),
-        _op("incr", _incr, {"key", "delta"}, writes=True),
-        _op("mget", _mget, {"keys"}, writes=False),
-        _op("mput", _mput, {"items", "ttl"}, writes=True),
-        _op("mdelete", _mdelete, {"keys"}, writes=True),
-        _op("batch", _batch, {"ops"}, writes=True),
-        _op("scan", _scan, {"prefix", "start", "end", "cursor", "limit"}, writes=False),
-        _op("expire", _expire, {"key", "ttl"}, writes=True),
-        _op("ttl", _ttl, {"key"}, writes=False),
-        Operation("ping", _ping, frozenset(), writes=False),
-    )
+_HANDLERS: dict[str, Handler] = {
+    "get": _get,
+    "exists": _exists,
+    "put": _put,
+    "delete": _delete,
+    "incr": _incr,
+    "mget": _mget,
+    "mput": _mput,
+    "mdelete": _mdelete,
+    "batch": _batch,
+    "scan": _scan,
+    "expire": _expire,
+    "ttl": _ttl,
+    "ping": _ping,
 }
+
+
+def _build_table() -> dict[str, Operation]:
+    """Every spec of ``cluster/ops.py`` with its handler; a spec without a handler (or a
+    handler without a spec) is a bug caught at import, not a request answered wrongly."""
+    if set(_HANDLERS) != set(OPS):
+        raise RuntimeError(f"operation handlers {sorted(_HANDLERS)} do not match the specs "
+                           f"{sorted(OPS)}")
+    return {
+        name: Operation(spec, _HANDLERS[name], spec.arg_names, spec.writes)
+        for name, spec in OPS.items()
+    }
+
+
+OPERATIONS: dict[str, Operation] = _build_table()
 
 _EMPTY: Mapping[str, Any] = {}
 
@@ -459,8 +477,7 @@ async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
     if operation.writes and ctx.role != "primary":
         raise NotPrimary(f"this node is a {ctx.role}; writes go to the primary",
                          primary=ctx.primary)
-    if ctx.owns_key is not None:
-        _check_ownership(ctx.owns_key, args)
+    _check_keys(ctx.owns_key, operation.spec, args)
     if operation.writes:
         WRITE_CONCERN.set(args.get("w") or "majority")
         if ctx.write_timeout_s is not None:
@@ -475,22 +492,22 @@ async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
     return await operation.handler(ctx, args)
 
 
-def _check_ownership(owns_key: Callable[[bytes], None], args: Args) -> None:
-    """Every key a request names must belong to this node's shard (scans are answered with
-    what this shard holds and merged by the client, so they name no key)."""
+def _check_keys(owns_key: Callable[[bytes], None] | None, spec: OpSpec, args: Args) -> None:
+    """Every key a request names (the spec says which arguments carry keys) must be a user
+    key and, in a cluster, belong to this node's shard. Scans name no key: they are answered
+    with what this shard holds and merged by the client."""
     key = args.get("key")
-    if key is not None:
-        owns_key(as_key(key))
-    for listed in (args.get("keys"), args.get("items"), args.get("ops")):
-        if not isinstance(listed, list):
-            continue
-        for entry in listed:
-            if isinstance(entry, dict):
-                entry = entry.get("key")
-            elif isinstance(entry, list | tuple) and entry:
-                entry = entry[0]
-            if entry is not None:
-                owns_key(as_key(entry))
+    if key is not None and len(spec.key_args) == 1 and spec.key_args[0].name == "key":
+        checked = as_key(key)  # the common single-key case, without building a list
+        check_user_key(checked)
+        if owns_key is not None:
+            owns_key(checked)
+        return
+    for raw in spec.keys_of(args):
+        checked = as_key(raw)
+        check_user_key(checked)
+        if owns_key is not None:
+            owns_key(checked)
 
 
 def client_error(exc: BaseException, logger: Any) -> ShardKVError:

@@ -20,8 +20,9 @@ from typing import Any
 
 from aiohttp import HttpVersion11, web
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge
+from shardkv.cluster.http_body import error_response, respond
 from shardkv.cluster.limits import MAX_FRAME_BYTES
-from shardkv.cluster.wire import JSON, MSGPACK, from_json, pack, to_json, unpack
+from shardkv.cluster.wire import JSON, MSGPACK, from_json, unpack
 from shardkv.node.api.operations import OPERATIONS, NodeContext, client_error, execute
 from shardkv.node.config import NodeConfig
 from shardkv.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -32,35 +33,6 @@ logger = logging.getLogger("shardkv.node.rest")
 _GET_QUERY = frozenset({"consistency", "max_staleness_ms", "min_version", "ring_version"})
 _PUT_QUERY = frozenset({"ttl", "w", "ring_version"})
 _DELETE_QUERY = frozenset({"w", "ring_version"})
-
-
-def _answer_json(request: web.Request, *, default: bool) -> bool:
-    """JSON or msgpack for a response body: Accept decides, then the request's own
-    Content-Type, then ``default``."""
-    accept = request.headers.get("Accept", "").lower()
-    if MSGPACK in accept:
-        return False
-    if JSON in accept:
-        return True
-    content_type = request.headers.get("Content-Type", "").lower()
-    if MSGPACK in content_type:
-        return False
-    if JSON in content_type:
-        return True
-    return default
-
-
-def encode_response(request: web.Request, body: Any, *, status: int = 200,
-                    headers: dict[str, str] | None = None,
-                    default_json: bool = True) -> web.Response:
-    if _answer_json(request, default=default_json):
-        return web.Response(body=to_json(body), status=status, headers=headers,
-                            content_type=JSON)
-    return web.Response(body=pack(body), status=status, headers=headers, content_type=MSGPACK)
-
-
-def error_response(request: web.Request, error: ShardKVError) -> web.Response:
-    return encode_response(request, error.to_dict(), status=error.http_status)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -248,7 +220,7 @@ class RestApi:
             result = await self._run(request, "put", args)
         except ShardKVError as error:
             return error_response(request, error)
-        return encode_response(request, result, headers={"ETag": f'"{result["version"]}"'})
+        return respond(request, result, headers={"ETag": f'"{result["version"]}"'})
 
     async def delete_key(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -260,7 +232,7 @@ class RestApi:
             result = await self._run(request, "delete", args)
         except ShardKVError as error:
             return error_response(request, error)
-        return encode_response(request, result)
+        return respond(request, result)
 
     async def empty_key(self, request: web.Request) -> web.StreamResponse:
         return error_response(request, InvalidArgument("key must not be empty"))
@@ -274,7 +246,7 @@ class RestApi:
             result = await self._run(request, "batch", args)
         except ShardKVError as error:
             return error_response(request, error)
-        return encode_response(request, result, default_json=False)
+        return respond(request, result, default_json=False)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

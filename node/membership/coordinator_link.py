@@ -31,8 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ROLE_NONE, ClusterMap
+from shardkv.cluster.control_messages import HeartbeatRequest, RegisterRequest
+from shardkv.cluster.durable_file import ensure_dir, write_atomically
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
 from shardkv.node.clock import NODE_CLOCK
 
@@ -74,17 +77,7 @@ OnChange = Callable[[Placement, ClusterMap], Awaitable[None] | None]
 
 
 def _write_durably(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(path, (text + "\n").encode("utf-8"))
 
 
 def _read_text(path: str) -> str | None:
@@ -201,13 +194,12 @@ class CoordinatorLink:
         ordered = [self.leader_url] if self.leader_url else []
         start = self._next_url % len(self.urls)
         ordered += self.urls[start:] + self.urls[:start] + learned
-        seen: set[str] = set()
-        return [u for u in ordered if u and not (u in seen or seen.add(u))]
+        return list(dict.fromkeys(u for u in ordered if u))  # first occurrence of each
 
     # -- registration --------------------------------------------------------------------
 
     async def _register_until_done(self) -> Placement:
-        await asyncio.to_thread(os.makedirs, self.data_dir, exist_ok=True)
+        await asyncio.to_thread(ensure_dir, self.data_dir)
         id_path = os.path.join(self.data_dir, NODE_ID_FILE)
         token_path = os.path.join(self.data_dir, NODE_TOKEN_FILE)
         self.node_id = self.wanted_node_id or await asyncio.to_thread(_read_text, id_path)
@@ -215,8 +207,8 @@ class CoordinatorLink:
         if token is None:
             token = secrets.token_hex(16)
             await asyncio.to_thread(_write_durably, token_path, token)
-        body: dict[str, Any] = {"url": self.advertise_url, "labels": self.labels,
-                                "token": token}
+        body: RegisterRequest = {"url": self.advertise_url, "labels": self.labels,
+                                 "token": token}
         if self.node_id:
             body["node_id"] = self.node_id
         if self.shard:
@@ -225,7 +217,8 @@ class CoordinatorLink:
         while True:
             for url in self._candidates():
                 try:
-                    status, answer = await self._call("POST", f"{url}/v1/nodes/register", body)
+                    status, answer = await self._call("POST", url + routes.NODE_REGISTER,
+                                                      dict(body))
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     log.debug("register: %s unreachable: %s", url, exc)
                     continue
@@ -278,7 +271,7 @@ class CoordinatorLink:
             try:
                 status, answer = await self._call(
                     "GET",
-                    f"{url}/v1/map?since={self.cluster_map.version}"
+                    f"{url}{routes.MAP}?since={self.cluster_map.version}"
                     f"&timeout={self.watch_timeout_s}",
                     timeout_s=self.watch_timeout_s + self.request_timeout_s,
                 )
@@ -308,7 +301,7 @@ class CoordinatorLink:
         """Fetch the map now (a node that got STALE_MAP-like hints can force a refresh)."""
         for url in self._candidates():
             try:
-                status, answer = await self._call("GET", f"{url}/v1/map")
+                status, answer = await self._call("GET", url + routes.MAP)
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 continue
             if status == 200 and isinstance(answer, dict):
@@ -320,8 +313,11 @@ class CoordinatorLink:
 
     async def heartbeat_once(self) -> dict[str, Any]:
         """Send one heartbeat to the leader (following 421 hints); its answer."""
+        if self.node_id is None:
+            raise Unavailable("not registered yet: no node id to heartbeat as")
+        node_id = self.node_id
         status_body = dict(self.status())
-        body = {
+        body: HeartbeatRequest = {
             "lsn": int(status_body.get("lsn", 0)),
             "epoch": int(status_body.get("epoch", 0)),
             "role": str(status_body.get("role", "")),
@@ -333,7 +329,7 @@ class CoordinatorLink:
             sent_at = self._clock()
             try:
                 status, answer = await self._call(
-                    "POST", f"{url}/v1/nodes/{self.node_id}/heartbeat", body,
+                    "POST", url + routes.node_heartbeat(node_id), dict(body),
                     timeout_s=self.heartbeat_timeout_s)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 last_error = Unavailable(f"{url}: {exc}")

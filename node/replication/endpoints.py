@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from shardkv.cluster import wire
+from shardkv.cluster import internal_routes as routes
 from shardkv.cluster.cluster_token import check_auth
 from shardkv.cluster.errors import InvalidArgument, NotPrimary, ShardKVError, Unavailable
+from shardkv.cluster.http_body import error_response, read_object, respond
 from shardkv.node.testing import clock_admin, failpoints
 
 if TYPE_CHECKING:
@@ -40,29 +41,29 @@ class ReplicationEndpoints:
         self.replication = replication
 
     def routes(self) -> list[web.RouteDef]:
-        routes = [
-            web.get("/v1/replicate", self.replicate),
-            web.get("/v1/replication", _coded(self.status)),
-            web.get("/v1/digest", _coded(self.digest)),
-            web.post("/admin/replication/fence", _coded(self.fence)),
-            web.post("/admin/replication/unfence", _coded(self.unfence)),
+        table = [
+            web.get(routes.REPLICATE, self.replicate),
+            web.get(routes.REPLICATION_STATUS, _coded(self.status)),
+            web.get(routes.DIGEST, _coded(self.digest)),
+            web.post(routes.FENCE, _coded(self.fence)),
+            web.post(routes.UNFENCE, _coded(self.unfence)),
             *failpoints.admin_routes(),
             *clock_admin.admin_routes(),
         ]
         if failpoints.test_admin_enabled():
-            routes.append(web.post("/admin/replication/compact", _coded(self.compact)))
-        return routes
+            table.append(web.post(routes.COMPACT, _coded(self.compact)))
+        return table
 
     async def replicate(self, request: web.Request) -> web.StreamResponse:
         primary = self.replication.primary
         if primary is None:  # a fenced primary still streams: its target is catching up
             error = NotPrimary("this node is not the primary",
                                primary=self.replication.server.ctx.primary)
-            return _respond(request, error.to_dict(), error.http_status)
+            return error_response(request, error)
         return await primary.serve(request)
 
     async def status(self, request: web.Request) -> web.StreamResponse:
-        return _respond(request, self.replication.status())
+        return respond(request, dict(self.replication.status()))
 
     async def digest(self, request: web.Request) -> web.StreamResponse:
         """At an applied LSN that did not move while the digest was computed (retried until
@@ -72,28 +73,28 @@ class ReplicationEndpoints:
             before = store.applied_lsn
             digest, keys = await digest_of(store)
             if store.applied_lsn == before:
-                return _respond(request, {"digest": digest, "keys": keys, "applied_lsn": before,
+                return respond(request, {"digest": digest, "keys": keys, "applied_lsn": before,
                                           "last_lsn": store.wal.last_lsn})
             await asyncio.sleep(0.02)
         raise Unavailable("the state kept changing; try the digest again when writes pause")
 
     async def fence(self, request: web.Request) -> web.StreamResponse:
         check_auth(request.headers.get("Authorization"))
-        body = await _read_body(request)
+        body = await read_object(request, allow_empty=True)
         epoch = body.get("epoch")
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
             raise InvalidArgument("epoch must be an integer")
-        return _respond(request, self.replication.fence(epoch))
+        return respond(request, dict(self.replication.fence(epoch)))
 
     async def unfence(self, request: web.Request) -> web.StreamResponse:
         check_auth(request.headers.get("Authorization"))
-        await _read_body(request)
-        return _respond(request, self.replication.unfence())
+        await read_object(request, allow_empty=True)
+        return respond(request, dict(self.replication.unfence()))
 
     async def compact(self, request: web.Request) -> web.StreamResponse:
         store = self._store()
         meta = await store.snapshot_now()
-        return _respond(request, {"snapshot_lsn": meta.lsn, "first_lsn": store.wal.first_lsn})
+        return respond(request, {"snapshot_lsn": meta.lsn, "first_lsn": store.wal.first_lsn})
 
     def _store(self) -> Store:
         store = self.replication.server.store
@@ -119,30 +120,11 @@ async def digest_of(store: Store) -> tuple[str, int]:
         cursor = page.cursor
 
 
-async def _read_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        body = wire.unpack(raw) if request.content_type == wire.MSGPACK else wire.from_json(raw)
-    except ValueError as exc:
-        raise InvalidArgument(f"unreadable body: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("the body must be a map")
-    return body
-
-
-def _respond(request: web.Request, body: dict[str, Any], status: int = 200) -> web.Response:
-    if wire.MSGPACK in request.headers.get("Accept", ""):
-        return web.Response(body=wire.pack(body), status=status, content_type=wire.MSGPACK)
-    return web.Response(body=wire.to_json(body), status=status, content_type=wire.JSON)
-
-
 def _coded(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except ShardKVError as exc:
-            return _respond(request, exc.to_dict(), exc.http_status)
+            return error_response(request, exc)
 
     return wrapped

@@ -22,6 +22,9 @@ T = 3 s, rho = 5 % and a 300 ms margin that is about 2.43 s.
 Nothing here relies on the two clocks agreeing on the time of day, only on their rates; and
 the lease is the second fence, not the only one: replicas that follow a newer epoch refuse
 the old primary's stream, so without a majority it could not commit a write anyway.
+
+``lease_for`` and the settings it depends on are the timing contract in ``cluster/timing.py``,
+shared with the coordinator.
 """
 
 from __future__ import annotations
@@ -30,27 +33,10 @@ import asyncio
 from collections.abc import Callable
 
 from shardkv.cluster.errors import Unavailable
+from shardkv.cluster.timing import lease_for
 from shardkv.node.clock import NODE_CLOCK
 
-DEFAULT_FAILOVER_TIMEOUT_S = 3.0
-DEFAULT_CLOCK_DRIFT = 0.05
-DEFAULT_MARGIN_S = 0.3
-
-
-def lease_for(
-    failover_timeout_s: float = DEFAULT_FAILOVER_TIMEOUT_S,
-    *,
-    drift: float = DEFAULT_CLOCK_DRIFT,
-    margin_s: float = DEFAULT_MARGIN_S,
-) -> float:
-    """The longest safe lease for a failover timeout (see the module docstring)."""
-    if not 0 <= drift < 1:
-        raise ValueError(f"drift must be in [0, 1), got {drift}")
-    lease = (failover_timeout_s * (1 - drift) - margin_s) / (1 + drift)
-    if lease <= 0:
-        raise ValueError(f"failover timeout {failover_timeout_s}s is too short for a lease "
-                         f"with drift {drift} and margin {margin_s}s")
-    return lease
+__all__ = ["PrimaryLease", "lease_for"]
 
 
 class PrimaryLease:

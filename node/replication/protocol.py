@@ -4,21 +4,27 @@ One WebSocket per replica, opened by the replica to its primary, binary msgpack 
 a map with a type ``t``:
 
 replica -> primary
-    ``hello``  ``{node, epoch, last_lsn, last_epoch, want_snapshot}``: who I am, the epoch I
-               believe in, and my log's last entry (LSN and the epoch it was written in).
-    ``ack``    ``{lsn}``: everything up to ``lsn`` is durable in my WAL (and applied).
+    ``hello``  ``{node, epoch, last_lsn, last_epoch, want_snapshot, version}``: who I am, the
+               epoch I believe in, my log's last entry (LSN and the epoch it was written
+               in), and my protocol version (``cluster/replication_hello.py``).
+    ``ack``    ``{lsn, lq?}``: everything up to ``lsn`` is durable in my WAL (and applied);
+               with ``lq`` it also grants the primary a lease for the frame sent at ``lq``
+               (``majority_lease.py``). Sent for heartbeats that carry ``lq`` too.
 
 primary -> replica
-    ``welcome``   ``{epoch, start_lsn, primary_lsn}``: the logs match; entries from
-                  ``start_lsn`` follow.
+    ``welcome``   ``{epoch, start_lsn, primary_lsn, version}``: the logs match; entries from
+                  ``start_lsn`` follow, in protocol ``version`` (N and N-1 interoperate).
     ``truncate``  ``{lsn, epoch}``: your log diverges from mine after ``lsn``; drop the rest
                   and say hello again.
     ``snapshot``  ``{lsn, epoch, size}`` then ``chunk`` ``{data}`` frames and ``snapshot_end``:
                   you are behind my oldest retained entry (or cannot roll back); install this
                   snapshot, then entries from ``lsn + 1`` follow.
-    ``entries``   ``{entries: [WalEntry wire forms], primary_lsn, ts}``, in LSN order, no gaps.
-    ``heartbeat`` ``{primary_lsn, commit_lsn, ts}``: sent when idle, so a replica can tell an
-                  idle shard (fresh) from a dead stream (stale).
+    ``entries``   ``{entries: [WalEntry wire forms], primary_lsn, ts, lq}``, in LSN order, no
+                  gaps. ``lq``: the primary's monotonic send time, asking for a lease grant.
+    ``heartbeat`` ``{primary_lsn, commit_lsn, ts, lq}``: sent when idle, so a replica can tell
+                  an idle shard (fresh) from a dead stream (stale), and renews the grants.
+                  ``release`` (true): this primary is fenced and holds no lease; the
+                  replica's promise to its epoch is void.
     ``error``     ``{error, message, ...}`` (the error body of ``cluster/errors.py``), then
                   the primary closes: ``STALE_EPOCH`` when one side's epoch is older.
 
@@ -39,17 +45,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shardkv.cluster import wire
+from shardkv.cluster import internal_routes, wire
 from shardkv.cluster.errors import InvalidArgument
+
+# The hello and the version rule are shared contracts (cluster/); re-exported for the stream.
+from shardkv.cluster.replication_hello import HELLO
+from shardkv.cluster.replication_hello import PROTOCOL_VERSION as PROTOCOL_VERSION
+from shardkv.cluster.replication_hello import Hello as Hello
+from shardkv.cluster.replication_hello import need_int as need_int
+from shardkv.cluster.replication_hello import negotiate as negotiate
+from shardkv.cluster.replication_hello import version_of as version_of
 from shardkv.node.wal.record import WalEntry
 
-PATH = "/v1/replicate"
+PATH = internal_routes.REPLICATE
 
 MAX_FRAME_BYTES = 32 << 20
 MAX_ENTRIES_PER_FRAME = 512
 MAX_BYTES_PER_FRAME = 4 << 20
 
-HELLO = "hello"
 ACK = "ack"
 WELCOME = "welcome"
 TRUNCATE = "truncate"
@@ -81,17 +94,21 @@ def decode(frame: bytes) -> dict[str, Any]:
     return message
 
 
-def need_int(message: dict[str, Any], name: str) -> int:
-    value = message.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgument(f"{message.get('t')}.{name} must be a non-negative integer, "
-                              f"got {value!r}")
-    return value
+def encode_entries(entries: list[WalEntry], primary_lsn: int, ts: float,
+                   lq: float | None = None) -> bytes:
+    fields: dict[str, Any] = {"entries": [e.to_wire() for e in entries],
+                              "primary_lsn": primary_lsn, "ts": ts}
+    if lq is not None:
+        fields["lq"] = lq
+    return encode(ENTRIES, **fields)
 
 
-def encode_entries(entries: list[WalEntry], primary_lsn: int, ts: float) -> bytes:
-    return encode(ENTRIES, entries=[e.to_wire() for e in entries], primary_lsn=primary_lsn,
-                  ts=ts)
+def lease_query(message: dict[str, Any]) -> float | None:
+    """The primary's send time ``lq`` a frame asks a lease grant for (None: not asked)."""
+    lq = message.get("lq")
+    if isinstance(lq, int | float) and not isinstance(lq, bool):
+        return float(lq)
+    return None
 
 
 def decode_entries(message: dict[str, Any]) -> list[WalEntry]:
@@ -106,27 +123,6 @@ def decode_entries(message: dict[str, Any]) -> list[WalEntry]:
         if after.lsn != before.lsn + 1 or after.epoch < before.epoch:
             raise InvalidArgument(f"entries out of order: {before.lsn} then {after.lsn}")
     return entries
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    node: str
-    epoch: int
-    last_lsn: int
-    last_epoch: int
-    want_snapshot: bool = False
-
-    def encode(self) -> bytes:
-        return encode(HELLO, node=self.node, epoch=self.epoch, last_lsn=self.last_lsn,
-                      last_epoch=self.last_epoch, want_snapshot=self.want_snapshot)
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> Hello:
-        node = message.get("node")
-        if not isinstance(node, str) or not node or len(node) > 128:
-            raise InvalidArgument("hello.node must be a node id")
-        return cls(node, need_int(message, "epoch"), need_int(message, "last_lsn"),
-                   need_int(message, "last_epoch"), bool(message.get("want_snapshot")))
 
 
 class ResumeKind(enum.StrEnum):

@@ -22,17 +22,16 @@ gap (loud, never silently wrong), and the node is reseeded.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from shardkv.cluster.durable_file import ensure_dir, install
 from shardkv.node.storage.engines.engine import Engine, SnapshotRow
 from shardkv.node.storage.snapshots.snapshot import SnapshotMeta, read_snapshot, snapshot_name
 from shardkv.node.storage.snapshots.transfer import receive_snapshot
 from shardkv.node.testing import failpoints, negative_controls
 from shardkv.node.wal.record import WalEntry
-from shardkv.node.wal.segment import ensure_dir, fsync_dir
 from shardkv.node.wal.write_ahead_log import WriteAheadLog
 
 if TYPE_CHECKING:
@@ -166,8 +165,7 @@ async def stage_and_install(
 
 def _move_into_place(staged: Path, final: Path) -> None:
     ensure_dir(final.parent)
-    os.replace(staged, final)
-    fsync_dir(final.parent)
+    install(staged, final)
 
 
 def snapshot_rows(meta: SnapshotMeta) -> Iterator[SnapshotRow]:

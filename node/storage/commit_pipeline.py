@@ -33,7 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from shardkv.cluster.errors import Unavailable
+from shardkv.cluster.errors import OutcomeUnknown, Unavailable
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.storage.engines.engine import Engine, StoredItem
 from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
@@ -220,7 +220,10 @@ class CommitPipeline:
             "write pipeline failed; the store no longer accepts writes",
             extra=log_fields(error=repr(exc), last_lsn=self.last_lsn),
         )
-        error = Unavailable(f"the write could not be committed: {exc!r}")
+        # Every entry still queued was ordered, is in the local log and may have been shipped:
+        # a new primary may yet commit it. Never a definite failure (docs/protocol.md).
+        error = OutcomeUnknown(f"the write was ordered but this node can no longer commit "
+                               f"it ({exc!r}); it may or may not be applied")
         while self._queue:
             head = self._queue.popleft()
             if not head.applied.done():

@@ -15,6 +15,7 @@ from shardkv.cluster.errors import InvalidArgument
 from shardkv.cluster.limits import MAX_KEY_BYTES, MAX_SCAN_LIMIT
 from shardkv.node.storage.compression import decode_value
 from shardkv.node.storage.engines.engine import Engine, StoredItem
+from shardkv.node.storage.sessions import is_reserved
 from shardkv.node.storage.store_model import Item, ScanPage
 from shardkv.node.storage.write_plan import live
 
@@ -86,7 +87,9 @@ async def scan_page(engine: Engine, key_range: KeyRange, limit: int, now: float)
     while len(items) < limit:
         want = limit - len(items)
         rows = await engine.scan(low, key_range.end, want)
-        items.extend((key, to_item(stored)) for key, stored in rows if live(stored, now))
+        # Session records (the node's reserved keys) are state, not data: never listed.
+        items.extend((key, to_item(stored)) for key, stored in rows
+                     if live(stored, now) and not is_reserved(key))
         if len(rows) < want:
             return ScanPage(items, None)
         low = next_cursor(rows[-1][0])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shardkv.cluster.limits import Limits
+from shardkv.node.storage.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S
 from shardkv.node.wal.write_ahead_log import WalOptions, WalStats
 
 ENGINES = ("memory", "sqlite")
@@ -90,6 +91,10 @@ class StoreConfig:
     epoch: int = 1
     sqlite_flush_entries: int = 1000
     sqlite_flush_interval_s: float = 0.05
+    # Client sessions (exactly-once writes, sessions.py): how long a client's last write is
+    # remembered, and how many clients at most.
+    session_ttl_s: float = DEFAULT_SESSION_TTL_S
+    max_sessions: int = DEFAULT_MAX_SESSIONS
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -104,6 +109,10 @@ class StoreConfig:
             raise ValueError("ttl_sweep_interval_s must not be negative")
         if self.epoch < 0:
             raise ValueError("epoch must not be negative")
+        if self.session_ttl_s <= 0:
+            raise ValueError("session_ttl_s must be positive")
+        if self.max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
 
     @property
     def wal_dir(self) -> Path:
@@ -148,3 +157,8 @@ class StoreStats:
     expired_swept: int
     recovery: RecoveryReport
     wal: WalStats
+    # Client sessions (sessions.py): sessions in the primary's cache (0 on a replica),
+    # retries answered from a record, and live sessions pushed out by the count bound.
+    sessions: int = 0
+    dedup_hits: int = 0
+    sessions_evicted: int = 0

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from shardkv.cluster.errors import InvalidArgument, TooLarge, VersionMismatch
+from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge, VersionMismatch
 from shardkv.cluster.limits import Limits, as_key, as_ttl, as_value, as_version
 from shardkv.node.storage.compression import decode_value, encode_value
 from shardkv.node.storage.engines.engine import StoredItem
+from shardkv.node.storage.sessions import Outcome
 from shardkv.node.storage.store_model import BatchOp
 from shardkv.node.wal.record import Mutation, MutationKind
 
@@ -157,6 +158,21 @@ def is_blind(ops: Sequence[CheckedOp]) -> bool:
         if op.op != "put" or op.if_version is not None or op.if_absent:
             return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a write decided under the Store's lock: the mutations to log (maybe none), the
+    answer's payload (the part that is not the version), or a definite error. A stamped
+    write logs its outcome in its session record either way (sessions.py)."""
+
+    mutations: list[Mutation]
+    payload: Any = None
+    error: ShardKVError | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(self.payload, self.error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardkv.cluster.durable_file import ensure_dir, fsync_dir, truncate_durably
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.wal.framing import DamageKind
 from shardkv.node.wal.segment import (
@@ -36,8 +36,6 @@ from shardkv.node.wal.segment import (
     SegmentScan,
     WalCorruption,
     create_segment,
-    ensure_dir,
-    fsync_dir,
     list_segment_files,
     scan_segment,
 )
@@ -141,11 +139,3 @@ def repair_tail(scan: SegmentScan) -> None:
         ),
     )
 
-
-def truncate_durably(path: Path, size: int) -> None:
-    os.truncate(path, size)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

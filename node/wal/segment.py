@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import msgpack
+from shardkv.cluster.durable_file import fsync_fd, install
 from shardkv.node.wal.framing import (
     HEADER_SIZE,
     DamageKind,
@@ -118,32 +119,6 @@ class SegmentHeader:
         return bool(self.flags & FLAG_RESTART)
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make renames, creations and deletions in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def ensure_dir(directory: Path) -> None:
-    """Create ``directory`` (and missing parents) durably: each new directory's entry is
-    fsynced into its parent, or a crash could lose a whole directory of fsynced files."""
-    missing: list[Path] = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        path.mkdir(exist_ok=True)
-        fsync_dir(path.parent)
-
-
-def fdatasync(fd: int) -> None:
-    (getattr(os, "fdatasync", None) or os.fsync)(fd)
-
-
 def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -160,11 +135,10 @@ def create_segment(directory: Path, header: SegmentHeader) -> tuple[Path, int, i
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(fd, frame)
-        os.fsync(fd)
+        fsync_fd(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(directory)
+    install(tmp, path)
     return path, len(frame), crc
 
 

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardkv.node.wal.segment import SegmentHeader, create_segment, fdatasync, write_all
+from shardkv.cluster.durable_file import fdatasync
+from shardkv.node.wal.segment import SegmentHeader, create_segment, write_all
 
 
 @dataclass(frozen=True, slots=True)

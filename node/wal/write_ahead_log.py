@@ -39,6 +39,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from shardkv.cluster.durable_file import ensure_dir, fsync_dir, truncate_durably
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.testing import failpoints, negative_controls
 from shardkv.node.wal.framing import RecordType, encode_frame
@@ -52,7 +53,7 @@ from shardkv.node.wal.model import (
     WalStats,
 )
 from shardkv.node.wal.record import WalEntry
-from shardkv.node.wal.recovery import recover_log, truncate_durably
+from shardkv.node.wal.recovery import recover_log
 from shardkv.node.wal.segment import (
     CHECKPOINT_BYTES,
     FLAG_RESTART,
@@ -62,8 +63,6 @@ from shardkv.node.wal.segment import (
     check_entry,
     create_segment,
     encode_entry,
-    ensure_dir,
-    fsync_dir,
     read_segment_entries,
     scan_segment,
 )

@@ -227,9 +227,11 @@ async def test_a_member_without_the_raft_password_learns_nothing(tmp_path: Any) 
     g.start_all()
     try:
         leader = await g.wait_leader(among=g.members[:2])
-        await register(leader, 9601)
-        await wait_map(g.members[1], lambda m: "n1" in m["nodes"])
-        await asyncio.sleep(1.0)  # several heartbeat periods
+        # Several commits the leader sends to every member, the intruder included, each
+        # seen by the other follower (instead of sleeping "several heartbeat periods").
+        for port in (9601, 9602, 9603):
+            node_id = (await register(leader, port))["node_id"]
+            await wait_map(g.members[1], lambda m, n=node_id: n in m["nodes"])
         status, ready = await call("GET", f"{intruder.url}/ready")
         assert status == 503 and ready["leader"] is None and ready["map_version"] == 0
     finally:

@@ -174,8 +174,8 @@ async def test_no_acknowledged_write_is_lost_across_sigkill(
         assert writer.stderr is not None
         try:
             already = sum(1 for r in _records(acks) if r["kind"] != "batch_intent")
-            await _wait_for_acks(acks, already + 50, writer)
-            await asyncio.sleep(rng.uniform(0.0, 0.5))
+            # SIGKILL at a random point of the load: after 50 to 400 more acknowledged writes.
+            await _wait_for_acks(acks, already + rng.randint(50, 400), writer)
             node.kill()
             async with asyncio.timeout(30):
                 errors = await writer.stderr.read()

@@ -184,16 +184,29 @@ async def test_backpressure_bound_still_answers_everything(node_factory, rpc_con
     assert sorted(a[2]["value"] for a in answers) == list(range(1, 301))
 
 
-async def test_answers_come_back_in_completion_order(node, rpc_connect) -> None:
-    """A durable write (fsync) does not hold up a read sent after it on the same socket."""
+async def test_answers_come_back_in_completion_order(node_factory, rpc_connect, http) -> None:
+    """A durable write does not hold up a read sent after it on the same socket: with the
+    write's fsync held (failpoint ``wal_before_sync=pause``), the read is answered while the
+    write still waits; a connection that answered in request order would never answer it."""
+    node = node_factory(fsync="always", env={"SHARDKV_TEST_ADMIN": "1"})
     rpc = await rpc_connect(node.rpc_url)
     await rpc.call("put", key=b"k", value=b"v")
-    await rpc.send([1, "mput", {"items": [[f"big:{i}".encode(), b"x" * 10_000]
-                                          for i in range(200)]}])
-    await rpc.send([2, "get", {"key": b"k"}])
-    first, second = await rpc.receive(), await rpc.receive()
-    assert {first[0], second[0]} == {1, 2}
-    assert first[1] == second[1] == "ok"
+
+    async def failpoint(action: bytes) -> None:
+        async with http.put(f"{node.url}/admin/failpoints/wal_before_sync",
+                            data=action) as resp:
+            assert resp.status == 200, await resp.text()
+
+    await failpoint(b"pause")
+    try:
+        await rpc.send([1, "put", {"key": b"held", "value": b"x" * 10_000}])
+        await rpc.send([2, "get", {"key": b"k"}])
+        first = await asyncio.wait_for(rpc.receive(), 10)
+        assert first[0] == 2 and first[1] == "ok"  # the read, while the write is held
+    finally:
+        await failpoint(b"off")
+    second = await asyncio.wait_for(rpc.receive(), 10)
+    assert second[0] == 1 and second[1] == "ok"
 
 
 def _metric(text: str, name: str) -> float:

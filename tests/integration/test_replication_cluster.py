@@ -19,7 +19,7 @@ import json
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,15 @@ class Shard:
         return await until(same, within, "all members to hold the same state")
 
 
+def async_value(condition: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
+    """A plain condition as the awaitable check ``until`` polls."""
+
+    async def check() -> Any:
+        return condition()
+
+    return check
+
+
 async def until(check: Any, within: float, what: str) -> Any:
     deadline = time.monotonic() + within
     while True:
@@ -157,7 +166,10 @@ async def kill_primary_under_load(shard: Shard, kv: Client, round_no: int,
 
     writers = [asyncio.create_task(writer(w)) for w in range(4)]
     try:
-        await asyncio.sleep(random.uniform(0.3, 0.8))  # under load, at a random moment
+        # Under load, at a random moment: after a random number of acknowledged writes.
+        kill_after = len(acknowledged) + random.randint(50, 300)
+        await until(async_value(lambda: len(acknowledged) >= kill_after), 60,
+                    f"{kill_after} acknowledged writes before the kill")
         old_id, old, _ = await shard.primary()
         killed_at = time.monotonic()
         old.kill()
@@ -201,10 +213,11 @@ async def test_majority_writes_survive_primary_kills(shard: Shard, tmp_path: Pat
     report = {"failover_s": failover_s, "writes_resumed_s": resumed_s,
               "acknowledged_writes": len(acknowledged)}
     (tmp_path / "failover_seconds.json").write_text(json.dumps(report))
+    # Printed, not asserted: how fast is bench/replication_bench.py --failovers; the 15 s
+    # deadlines in kill_primary_under_load bound "never".
     print(f"\nfailover after SIGKILL: {[round(s, 2) for s in failover_s]} s "
           f"(median {statistics.median(failover_s):.2f}); writes resumed after "
           f"{[round(s, 2) for s in resumed_s]} s; {len(acknowledged)} acknowledged writes")
-    assert max(failover_s) < 5.0
 
 
 async def test_paused_old_primary_acknowledges_nothing_and_rejoins(shard: Shard) -> None:
@@ -365,12 +378,15 @@ async def test_planned_switchover_loses_nothing(shard: Shard) -> None:
                 i += 1
 
         writers = [asyncio.create_task(writer(w)) for w in range(3)]
-        await asyncio.sleep(0.5)
+        await until(async_value(lambda: len(acknowledged) >= 100), 60,
+                    "100 acknowledged writes before the switchover")
         async with shard.http.post(f"{shard.coordinator_url}/admin/shards/s1/failover",
                                    json={"target": target}) as resp:
             assert resp.status == 200, await resp.text()
             done = await resp.json()
-        await asyncio.sleep(0.5)
+        after_switch = len(acknowledged) + 100
+        await until(async_value(lambda: len(acknowledged) >= after_switch), 60,
+                    "100 writes acknowledged by the new primary")
         stop.set()
         await asyncio.gather(*writers)
         keys = list(acknowledged)
@@ -379,7 +395,6 @@ async def test_planned_switchover_loses_nothing(shard: Shard) -> None:
             items = await kv.mget(chunk)
             assert [i.value if i else None for i in items] == [acknowledged[k] for k in chunk]
     assert done["primary"] == target and done["old_primary"] == old_id
-    assert done["pause_ms"] < 2000
     print(f"\nplanned switchover: pause {done['pause_ms']} ms at lsn {done['fenced_lsn']}, "
           f"{len(acknowledged)} acknowledged writes")
     assert (await shard.map()).shards["s1"].primary == target

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
+from eventually import eventually
 from shardkv.client.connection import ConnectionFailed, NodeConnection, NodePool, rpc_url
 from shardkv.cluster import wire
 from shardkv.cluster.errors import NotFound, Timeout
@@ -24,6 +25,7 @@ class EchoServer:
     url: str = ""
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
     connections: int = 0
+    received: list[str] = field(default_factory=list)  # ops, in arrival order
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -44,6 +46,7 @@ class EchoServer:
 
         async for msg in ws:
             request_id, op, args = wire.unpack(msg.data)
+            self.received.append(op)
             if op != "hang":
                 task = asyncio.create_task(answer(request_id, op, args))
                 tasks.add(task)
@@ -105,7 +108,7 @@ async def test_a_dropped_socket_fails_requests_in_flight_and_reconnects(
 ) -> None:
     conn = NodeConnection(server.url, session)
     slow = asyncio.create_task(conn.call("echo", {"value": 1, "delay": 10}, 20.0))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: "echo" in server.received, what="the server to hold the echo")
     with pytest.raises(ConnectionFailed):
         await conn.call("drop", {}, 5.0)
     with pytest.raises(ConnectionFailed) as caught:

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 from aiohttp import web
-from shardkv.client.connection import ConnectionFailed
 from shardkv.client.executor import Executor
 from shardkv.client.retry import NoBackoff, Retry
 from shardkv.client.routing import Router
+from shardkv.client.write_sessions import WriteSessions
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ClusterMap
-from shardkv.cluster.errors import NotPrimary, ShardKVError, TooStale
+from shardkv.cluster.errors import NotPrimary, OutcomeUnknown, ShardKVError, TooStale
 
 # A behaviour gets (op, args, how many times this op was seen) and returns the result, raises
 # a ShardKVError to answer with it, or returns DROP to close the socket without answering.
@@ -92,24 +92,27 @@ async def test_redirects_stop_after_the_hop_cap(serve, session) -> None:
     await executor.close()
 
 
-async def test_unknown_outcome_is_retried_only_for_idempotent_ops(serve, session) -> None:
+async def test_a_lost_answer_is_retried_only_for_stamped_writes(serve, session) -> None:
     def drop_first(op: str, args: dict, n: int) -> object:
         if n == 1:
             return DROP
         return {"version": 9, "value": 1}
 
     server = await serve(drop_first)
+    # Writes are non-idempotent by their spec: without a session stamp (sessions off), a
+    # write that may have reached the node is reported as possibly applied, never resent.
     executor = direct_executor(session, server.url)
-    # A plain put may be sent again: the same value written twice is the same state.
-    assert await executor.call("put", {"key": b"k", "value": b"v"}, keys=[b"k"]) == {
-        "version": 9, "value": 1}
-    assert server.seen["put"] == 2
-    # An incr may not: the node may have applied it before the socket broke.
-    with pytest.raises(ConnectionFailed) as caught:
-        await executor.call("incr", {"key": b"c"}, keys=[b"c"], idempotent=False)
-    assert caught.value.maybe_executed
+    with pytest.raises(OutcomeUnknown) as caught:
+        await executor.call("incr", {"key": b"c"})
+    assert caught.value.details["cause"] == "UNAVAILABLE"
     assert server.seen["incr"] == 1
     await executor.close()
+    # With a session stamp the node deduplicates, so the executor sends it again, with the
+    # same client_id and seq.
+    stamped = direct_executor(session, server.url, sessions=WriteSessions(prefix=b"t"))
+    assert await stamped.call("put", {"key": b"k", "value": b"v"}) == {"version": 9, "value": 1}
+    assert server.seen["put"] == 2
+    await stamped.close()
 
 
 async def test_eventual_reads_fall_back_from_a_stale_replica(serve, session) -> None:

@@ -16,14 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from shardkv.cluster.errors import InvalidArgument
+from shardkv.cluster.timing import DEFAULT_CLOCK_DRIFT
+from shardkv.cluster.timing import DEFAULT_LEASE_MARGIN_S as DEFAULT_MARGIN_S
 from shardkv.node.clock import NODE_CLOCK, NodeClock
 from shardkv.node.membership.coordinator_link import CoordinatorLink
-from shardkv.node.replication.lease import (
-    DEFAULT_CLOCK_DRIFT,
-    DEFAULT_MARGIN_S,
-    PrimaryLease,
-    lease_for,
-)
+from shardkv.node.replication.lease import PrimaryLease, lease_for
 from shardkv.node.replication.primary import ReplicationPrimary
 from shardkv.node.replication.replica import ReplicationReplica
 from shardkv.node.storage.store import Store, StoreConfig

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from eventually import eventually
 from shardkv.node.replication import protocol as proto
 from shardkv.node.replication.primary import ReplicationPrimary
 from shardkv.node.replication.replica import ReplicationReplica
@@ -29,14 +30,6 @@ from shardkv.node.wal.segment_writer import GroupResult, SegmentWriter
 from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions, WriteAheadLog
 
 OPTIONS = WalOptions(fsync=FsyncPolicy.ALWAYS)
-
-
-async def until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 @dataclass
@@ -175,7 +168,7 @@ async def test_a_retarget_lets_the_frame_in_hand_finish_and_be_acknowledged(
     replica.retarget(primary.url, 2)  # while the frame's append is in progress
     gated[0].release.set()
     assert await asyncio.wait_for(writing, 10) == 1  # r1's acknowledgement made the majority
-    await until(lambda: replica.handshakes == 2)
+    await eventually(lambda: replica.handshakes == 2)
     assert gated[0].cancelled == 0 and replica.target.applied_lsn == 1
 
 
@@ -196,7 +189,7 @@ async def test_a_sender_that_fails_ends_the_session_and_the_replica_resumes(
 
     monkeypatch.setattr(primary.repl, "_next_batch", compacted_once)
     assert await asyncio.wait_for(primary.put(b"b", b"2"), 10) == 2
-    await until(lambda: replica.target.applied_lsn == 2)
+    await eventually(lambda: replica.target.applied_lsn == 2)
     assert failed == [2] and replica.handshakes == 2
 
 
@@ -206,5 +199,5 @@ async def test_closing_the_primary_ends_every_session(
     replicas = [await make_replica(name, primary.url) for name in ("r1", "r2")]
     await primary.put(b"a", b"1")
     await primary.repl.close("deposed")
-    await until(lambda: not any(r.connected for r in replicas))
-    await until(lambda: not any(p["connected"] for p in primary.repl.replicas()))
+    await eventually(lambda: not any(r.connected for r in replicas))
+    await eventually(lambda: not any(p["connected"] for p in primary.repl.replicas()))

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from eventually import eventually
 from shardkv.cluster.errors import Timeout, Unavailable
 from shardkv.node.replication import protocol as proto
 from shardkv.node.replication import replica as replication_replica
@@ -29,14 +30,6 @@ from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
 from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions, WriteAheadLog
 
 FAST = WalOptions(fsync=FsyncPolicy.NEVER, segment_bytes=4096)
-
-
-async def until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 async def digest(engine: MemoryEngine) -> str:
@@ -138,10 +131,10 @@ async def test_two_replicas_converge_and_majority_commits(make_primary, make_rep
     await primary.write(300)
     assert primary.repl.majority_lsn >= 300
     for r in replicas:
-        await until(lambda r=r: r.target.applied_lsn == 300)
+        await eventually(lambda r=r: r.target.applied_lsn == 300)
         assert await digest(r.target.engine) == await digest(primary.engine)
     stats = {s["node"]: s for s in primary.repl.replicas()}
-    await until(lambda: all(s["acked_lsn"] == 300 for s in primary.repl.replicas()))
+    await eventually(lambda: all(s["acked_lsn"] == 300 for s in primary.repl.replicas()))
     assert set(stats) == {"r1", "r2"} and all(s["connected"] for s in stats.values())
 
 
@@ -214,7 +207,7 @@ async def test_a_stuck_replica_never_blocks_writes(make_primary, make_replica) -
     assert primary.repl.majority_lsn == 200 and slow.target.applied_lsn == 0
     # Released, the slow one catches up from the WAL files: the tail holds only 16 entries.
     stuck_target[0].release.set()
-    await until(lambda: slow.target.applied_lsn == 200)
+    await eventually(lambda: slow.target.applied_lsn == 200)
     assert await digest(slow.target.engine) == await digest(primary.engine)
 
 
@@ -223,7 +216,7 @@ async def test_late_replica_catches_up_from_the_wal(make_primary, make_replica) 
     await primary.write(40, commit=False)
     replica = await make_replica("r1", primary.url)
     replica.start()
-    await until(lambda: replica.target.applied_lsn == 40)
+    await eventually(lambda: replica.target.applied_lsn == 40)
     await primary.repl.wait_for_majority(40, 10)
 
 
@@ -235,9 +228,9 @@ async def test_far_behind_replica_bootstraps_from_a_snapshot(make_primary, make_
     assert primary.wal.first_lsn > 1
     replica = await make_replica("r1", primary.url)
     replica.start()
-    await until(lambda: replica.target.applied_lsn == 300)
+    await eventually(lambda: replica.target.applied_lsn == 300)
     await primary.write(10)
-    await until(lambda: replica.target.applied_lsn == 310)
+    await eventually(lambda: replica.target.applied_lsn == 310)
     assert replica.snapshots_installed == 1
     assert await digest(replica.target.engine) == await digest(primary.engine)
 
@@ -257,7 +250,7 @@ async def test_old_primary_drops_its_unacknowledged_suffix(make_primary, make_re
     primary.epoch = 2
     await primary.write(3, commit=False)  # 11..13 in epoch 2
     replica.start()
-    await until(lambda: replica.target.applied_lsn == 13)
+    await eventually(lambda: replica.target.applied_lsn == 13)
     assert replica.truncations == 1 and replica.snapshots_installed == 0
     assert [e.epoch for e in replica.target.wal.read_from(11)] == [2, 2, 2]
     assert await digest(replica.target.engine) == await digest(primary.engine)
@@ -275,9 +268,9 @@ async def test_diverged_applied_suffix_is_replaced_by_a_snapshot(
     await replica.target.append([WalEntry(lsn, 1, (Mutation(MutationKind.PUT, b"x%d" % lsn,
                                                             b"y"),), 0.0) for lsn in (1, 2, 3)])
     replica.start()
-    await until(lambda: replica.snapshots_installed == 1)
+    await eventually(lambda: replica.snapshots_installed == 1)
     await primary.write(2, commit=False)
-    await until(lambda: replica.target.applied_lsn == 7)
+    await eventually(lambda: replica.target.applied_lsn == 7)
     assert await digest(replica.target.engine) == await digest(primary.engine)
 
 
@@ -287,9 +280,9 @@ async def test_newer_epoch_fences_the_primary(make_primary, make_replica) -> Non
     await primary.write(2, commit=False)
     replica = await make_replica("r1", primary.url, epoch=5)
     replica.start()
-    await until(lambda: bool(newer))
+    await eventually(lambda: bool(newer))
     assert newer[0] == 5 and replica.target.applied_lsn == 0
-    await until(lambda: replica.last_error is not None and "StaleEpoch" in replica.last_error)
+    await eventually(lambda: replica.last_error is not None and "StaleEpoch" in replica.last_error)
 
 
 async def test_replica_reconnects_and_resumes(make_primary, make_replica) -> None:
@@ -297,12 +290,12 @@ async def test_replica_reconnects_and_resumes(make_primary, make_replica) -> Non
     replica = await make_replica("r1", primary.url)
     replica.start()
     await primary.write(20)
-    await until(lambda: replica.target.applied_lsn == 20)
+    await eventually(lambda: replica.target.applied_lsn == 20)
     replica.retarget(primary.url, 2)  # a new epoch: a fresh handshake
     primary.epoch = 2
-    await until(lambda: replica.handshakes >= 2)
+    await eventually(lambda: replica.handshakes >= 2)
     await primary.write(5)
-    await until(lambda: replica.target.applied_lsn == 25)
+    await eventually(lambda: replica.target.applied_lsn == 25)
     assert replica.snapshots_installed == 0 and replica.truncations == 0
 
 
@@ -311,10 +304,10 @@ async def test_staleness_follows_heartbeats_not_writes(make_primary, make_replic
     replica = await make_replica("r1", primary.url)
     replica.start()
     await primary.write(3)
-    await until(lambda: replica.target.applied_lsn == 3)
+    await eventually(lambda: replica.target.applied_lsn == 3)
     # Idle: heartbeats keep it fresh (every 20 ms here), so a 1 s bound is always met.
     first = replica._fresh_at
-    await until(lambda: replica._fresh_at != first)
+    await eventually(lambda: replica._fresh_at != first)
     assert replica.is_fresh_within(1000)
 
 
@@ -350,7 +343,7 @@ async def test_cluster_token_guards_the_stream(make_primary, make_replica, monke
         assert refused.value.status == 401
     replica = await make_replica("r1", primary.url)  # sends the token from the environment
     replica.start()
-    await until(lambda: replica.target.applied_lsn == 3)
+    await eventually(lambda: replica.target.applied_lsn == 3)
 
 
 @pytest.fixture
@@ -376,13 +369,13 @@ async def test_a_retarget_is_followed_while_connecting_to_a_silent_primary(
     the map names it, not when its connection attempt gives up."""
     replica = await make_replica("r1", silent_host)
     replica.start()
-    await until(lambda: replica.reconnects == 0 and not replica.connected, 1.0)
+    await eventually(lambda: replica.reconnects == 0 and not replica.connected, within_s=1.0)
     primary = await make_primary()
     primary.epoch = 2
     replica.retarget(primary.url, 2)
     await primary.write(3)
     # Well inside the connect timeout: the retarget itself ended the attempt.
-    await until(lambda: replica.target.applied_lsn == 3,
+    await eventually(lambda: replica.target.applied_lsn == 3,
                 within_s=replication_replica.CONNECT_TIMEOUT_S * 0.5)
     assert replica.handshakes == 1
 
@@ -393,6 +386,24 @@ async def test_a_connection_attempt_to_a_silent_primary_is_bounded(
     monkeypatch.setattr(replication_replica, "CONNECT_TIMEOUT_S", 0.2)
     replica = await make_replica("r1", silent_host)
     replica.start()
-    await until(lambda: replica.reconnects >= 2, within_s=5.0)
+    await eventually(lambda: replica.reconnects >= 2, within_s=5.0)
     assert replica.last_error is not None and "no connection" in replica.last_error
     assert replica.handshakes == 0
+
+
+async def test_a_primary_answers_each_hello_by_its_version(make_primary) -> None:
+    """The protocol version rule over a real websocket: a replica one version behind is
+    welcomed in its version; one two versions ahead gets an error frame saying why."""
+    n = proto.PROTOCOL_VERSION
+    primary = await make_primary()
+    await primary.write(2, commit=False)
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(primary.url + proto.PATH) as ws:
+            await ws.send_bytes(proto.Hello("r1", 1, 0, 0, version=n - 1).encode())
+            welcome = proto.decode((await ws.receive()).data)
+            assert (welcome["t"], welcome["version"]) == (proto.WELCOME, n - 1)
+        async with session.ws_connect(primary.url + proto.PATH) as ws:
+            await ws.send_bytes(proto.Hello("r2", 1, 0, 0, version=n + 2).encode())
+            error = proto.decode((await ws.receive()).data)
+            assert error["t"] == proto.ERROR and error["error"] == "INVALID_ARGUMENT"
+            assert "upgrade one version at a time" in error["message"]

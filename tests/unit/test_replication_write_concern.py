@@ -7,7 +7,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from shardkv.cluster.errors import Unavailable
+from eventually import eventually
+from shardkv.cluster.errors import OutcomeUnknown, Unavailable
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
@@ -20,9 +21,11 @@ class Gate:
 
     def __init__(self) -> None:
         self.open = asyncio.Event()
+        self.arrived: list[int] = []
         self.passed: list[int] = []
 
     async def __call__(self, entry: WalEntry) -> None:
+        self.arrived.append(entry.lsn)
         await self.open.wait()
         self.passed.append(entry.lsn)
 
@@ -48,11 +51,11 @@ async def test_one_passes_the_local_gate_majority_waits(store: Store) -> None:
     one = await asyncio.wait_for(asyncio.create_task(put_with(store, "one", b"a")), 5)
     assert local.passed == [one] and majority.passed == []
     waiting = asyncio.create_task(put_with(store, "majority", b"b"))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(majority.arrived) == 1)  # logged and held at the majority gate
     assert not waiting.done() and await store.get(b"b") is None  # not visible: not committed
     # An entry under "one" behind a majority entry waits for it: the log is applied in order.
     behind = asyncio.create_task(put_with(store, "one", b"c"))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(published) == 3)  # logged and shipped, held behind "b"
     assert not behind.done()
     majority.open.set()
     lsn_b, lsn_c = await asyncio.wait_for(asyncio.gather(waiting, behind), 5)
@@ -66,18 +69,21 @@ async def test_a_refusing_gate_fails_pending_writes_and_truncation_recovers(
     await store.put(b"kept", b"1")
     shut = Gate()
     store.set_commit_gate(shut)
-    pending = asyncio.create_task(put_with(store, "majority", b"lost"))
-    await asyncio.sleep(0.05)
+    pending = asyncio.create_task(put_with(store, "majority", b"head"))
+    await eventually(lambda: len(shut.arrived) == 1)
 
     async def refuse(entry: WalEntry) -> None:
         raise Unavailable("deposed")
 
     store.set_commit_gate(refuse)
     shut.open.set()  # the head entry is already waiting on the old gate: it passes it
-    await asyncio.wait_for(asyncio.gather(pending, return_exceptions=True), 5)
+    head_lsn = await asyncio.wait_for(pending, 5)
+    assert shut.passed == [head_lsn]
+    head = await store.get(b"head")
+    assert head is not None and head.version == head_lsn  # committed, applied, visible
     # what a stepping-down primary does: drop what was never committed, then follow
     late = asyncio.create_task(put_with(store, "majority", b"late"))
-    with pytest.raises(Unavailable):
+    with pytest.raises(OutcomeUnknown):  # ordered and logged: its fate is not ours to say
         await asyncio.wait_for(late, 5)
     await store.barrier()
     await store.truncate_log_after(store.applied_lsn)
@@ -85,6 +91,7 @@ async def test_a_refusing_gate_fails_pending_writes_and_truncation_recovers(
     assert store.wal.last_lsn == store.applied_lsn
     assert await store.get(b"late") is None
     assert (await store.get(b"kept")) is not None
+    assert (await store.get(b"head")) is not None  # committed before the gate changed: kept
     assert await put_with(store, "majority", b"after") == store.applied_lsn
 
 

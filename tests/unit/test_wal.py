@@ -9,11 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from eventually import eventually
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shardkv.node.wal import segment_writer
@@ -40,14 +39,6 @@ def entry(lsn: int, epoch: int = 1, size: int = 64) -> WalEntry:
 
 def lsns(wal: WriteAheadLog, start: int = 1) -> list[int]:
     return [e.lsn for e in wal.read_from(start)]
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.005)
 
 
 async def test_fresh_log_is_empty_and_takes_lsn_1(tmp_path: Path) -> None:
@@ -167,7 +158,7 @@ async def test_interval_policy_acknowledges_after_write_and_syncs_later(tmp_path
     wal = await WriteAheadLog.open(tmp_path, options)
     await wal.append_many([entry(i) for i in range(1, 11)])
     assert lsns(wal) == list(range(1, 11))  # readable once acknowledged
-    await wait_until(lambda: wal.durable_lsn == 10)
+    await eventually(lambda: wal.durable_lsn == 10)
     assert sum(synced) == 10
     await wal.close()
 

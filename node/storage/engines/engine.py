@@ -43,7 +43,7 @@ class SnapshotView(NamedTuple):
     in key order exactly as it was at that LSN, even while later entries are applied."""
 
     lsn: int
-    count: int
+    count: int  # type: ignore[assignment]  # a field named like tuple.count, by design
     rows: AsyncIterator[SnapshotRow]
 
 

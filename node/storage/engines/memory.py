@@ -24,6 +24,7 @@ import gc
 import heapq
 from collections.abc import AsyncIterator, Iterable, Sequence
 from itertools import islice
+from typing import cast
 
 from shardkv.node.storage.engines.engine import (
     Engine,
@@ -96,7 +97,7 @@ class MemoryEngine(Engine):
         if old is not None and old[_EXPIRES_AT] is not None:
             self._expiring -= 1
         self._items[key] = row
-        expires_at = row[_EXPIRES_AT]
+        expires_at = cast(float | None, row[_EXPIRES_AT])
         if expires_at is not None:
             self._expiring += 1
             heapq.heappush(self._expiry_heap, (expires_at, key))

@@ -1,12 +1,15 @@
 """The SQLite engine: state larger than memory, in one table, applied in batched transactions.
 
-Durability comes from the node's own WAL, so SQLite runs with ``synchronous=OFF`` (no fsync)
-in WAL journal mode. What makes that safe is the ``meta`` table: the LSN of the last applied
-entry is written in the same transaction as the data it describes, so after any crash the
-database is exactly the state at its recorded ``applied_lsn`` (SQLite's own journal keeps a
-transaction atomic even unsynced, short of losing the disk's cache), and the Store replays the
-WAL from there. A power loss can roll the database back to an older LSN; the WAL still holds
-everything after it, because WAL segments are only removed behind a synced snapshot.
+Durability comes from the node's own WAL, so SQLite runs in WAL journal mode with
+``synchronous=NORMAL``: commits are not fsynced (the node's WAL already holds them), but SQLite
+syncs its log before every checkpoint into the database file, which is what keeps the file
+*consistent* after a power loss. ``synchronous=OFF`` would save those few syncs and, as SQLite
+documents, may leave a corrupt database after a power loss, not just an old one. The ``meta``
+table holds the LSN of the last applied entry, written in the same transaction as the data it
+describes, so after any crash the database is exactly the state at its recorded
+``applied_lsn``, and the Store replays the WAL from there. A power loss can roll the database
+back to an older LSN; the WAL still holds everything after it, because WAL segments are only
+removed behind a synced snapshot.
 
 Applying one transaction per entry would cost a commit per write, so applied entries are
 buffered in memory (``_pending``: key -> newest item, or None for a delete) and flushed in one
@@ -24,6 +27,7 @@ from itertools import islice
 from pathlib import Path
 
 import aiosqlite
+from shardkv.cluster.durable_file import ensure_dir
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.storage.engines.engine import (
     Engine,
@@ -87,19 +91,19 @@ class SqliteEngine(Engine):
     async def open(
         cls, directory: Path, *, flush_entries: int = 1000, flush_interval_s: float = 0.05
     ) -> SqliteEngine:
-        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(ensure_dir, directory)  # its entry durable in the parent
         path = directory / DB_FILE
         conn = await aiosqlite.connect(path, isolation_level=None)
         try:
             await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=OFF")
+            await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.execute("PRAGMA temp_store=MEMORY")
             for statement in _SCHEMA:
                 await conn.execute(statement)
             engine = cls(conn, path, flush_entries, flush_interval_s)
             engine._applied_lsn = engine._committed_lsn = await _read_meta(conn)
             async with conn.execute("SELECT COUNT(*) FROM kv") as cursor:
-                engine._committed_count = (await cursor.fetchone())[0]
+                engine._committed_count = _count_of(await cursor.fetchone())
         except BaseException:
             await conn.close()
             raise
@@ -228,7 +232,8 @@ class SqliteEngine(Engine):
         overlay = self._overlay_in_range(start, end)
         # Every overlay key can hide at most one table row, so reading limit + len(overlay)
         # rows guarantees the first `limit` rows of the merged view are among them.
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[bytes | int] = []
         if start is not None:
             clauses.append("key >= ?")
             params.append(start)
@@ -243,7 +248,8 @@ class SqliteEngine(Engine):
             params,
         ) as cursor:
             rows = await cursor.fetchall()
-        merged = {bytes(row[0]): _row_item(row[1:]) for row in rows}
+        merged: dict[bytes, StoredItem | None] = {bytes(row[0]): _row_item(row[1:])
+                                                  for row in rows}
         merged.update(overlay)
         live = sorted((k, v) for k, v in merged.items() if v is not None)
         return live[:limit]
@@ -275,7 +281,7 @@ class SqliteEngine(Engine):
                 await reader.execute("BEGIN")
                 lsn = await _read_meta(reader)
                 async with reader.execute("SELECT COUNT(*) FROM kv") as cursor:
-                    count = (await cursor.fetchone())[0]
+                    count = _count_of(await cursor.fetchone())
         except BaseException:
             await reader.close()
             raise
@@ -366,3 +372,12 @@ def _chunks(items: list[bytes], size: int) -> Iterable[list[bytes]]:
 
 def _take(iterator: Iterator[SnapshotRow], count: int) -> list[SnapshotRow]:
     return list(islice(iterator, count))
+
+
+def _count_of(row: Sequence[object] | None) -> int:
+    """The value of a ``SELECT COUNT(*)`` row (which SQLite always returns)."""
+    if row is None:
+        raise RuntimeError("SELECT COUNT(*) returned no row")
+    count = row[0]
+    assert isinstance(count, int)
+    return count

@@ -33,8 +33,8 @@ from typing import BinaryIO
 import msgpack
 import zstandard
 from crc32c import crc32c
+from shardkv.cluster.durable_file import ensure_dir, fsync_dir, install, sync_file
 from shardkv.cluster.structured_log import log_fields
-from shardkv.node.wal.segment import ensure_dir, fsync_dir
 
 log = logging.getLogger("shardkv.node.storage.snapshots.snapshot")
 
@@ -146,11 +146,9 @@ def _finish(
     f.write(_TRAILER.pack(_END_MAGIC, count, body.length, body.crc, crc32c(header)))
     f.seek(0)
     f.write(header)
-    f.flush()
-    os.fsync(f.fileno())
+    sync_file(f)
     f.close()
-    os.replace(f.name, path)
-    fsync_dir(path.parent)
+    install(f.name, path)
 
 
 def _discard(f: BinaryIO, tmp: Path) -> None:

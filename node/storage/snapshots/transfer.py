@@ -10,18 +10,17 @@ name (``remove_old_snapshots`` later clears the temporary).
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from shardkv.cluster.durable_file import ensure_dir, install, sync_file
 from shardkv.node.storage.snapshots.snapshot import (
     SnapshotCorrupt,
     SnapshotMeta,
     check_snapshot,
     snapshot_name,
 )
-from shardkv.node.wal.segment import ensure_dir, fsync_dir
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 
@@ -60,14 +59,12 @@ async def receive_snapshot(directory: Path, lsn: int, chunks: AsyncIterable[byte
 
 
 def _flush_and_close(f: BinaryIO) -> None:
-    f.flush()
-    os.fsync(f.fileno())
+    sync_file(f)
     f.close()
 
 
 def _install(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
+    install(tmp, final)
 
 
 def _discard(f: BinaryIO, tmp: Path) -> None:

@@ -131,6 +131,8 @@ class NodeReplication:
             elif placement.role == ROLE_REPLICA and shard is not None:
                 url = cluster_map.node_url(shard.primary) if shard.primary else None
                 await self._become_replica(url, placement.epoch)
+                if self.replica is not None:
+                    self.replica.primary_id = shard.primary
             else:
                 await self._step_down("no role in the map")
                 await self._stop_following()

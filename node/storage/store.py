@@ -199,6 +199,11 @@ class Store:
         return self._engine.key_count
 
     @property
+    def write_failure(self) -> str | None:
+        """Why the log refuses writes (an I/O error: a full disk, a failed fsync), or None."""
+        return self._pipeline.failure
+
+    @property
     def wal(self) -> WriteAheadLog:
         """The log itself, for the replication stream (read_from) and a rejoining replica."""
         return self._wal
@@ -579,11 +584,17 @@ class Store:
         self._sessions.reset(rows)
 
     def _submit(self, mutations: list[Mutation]) -> asyncio.Future[int]:
+        self._snapshotter.guard.check()  # DISK_FULL before the WAL could meet ENOSPC
         applied = self._pipeline.submit(mutations)
         self._snapshotter.note_logged(self._pipeline.take_logged_bytes())
         return applied
 
     # ------------------------------------------------------------------------ maintenance
+
+    @property
+    def snapshotter(self) -> Snapshotter:
+        """Snapshots, log retention and the low-disk guard (``snapshots/snapshotter.py``)."""
+        return self._snapshotter
 
     async def snapshot_now(self) -> SnapshotMeta:
         """Take a snapshot at the applied LSN now (writes continue meanwhile)."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from shardkv.chaos.nemesis.failpoint import http_put_text
 from shardkv.chaos.nemesis.fault import NemesisError
+from shardkv.cluster.cluster_token import auth_headers
 
 ACK_FAILPOINT = "replica_before_ack"
 
@@ -35,7 +36,8 @@ ACK_FAILPOINT = "replica_before_ack"
 def http_post_json(url: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
     """(status, decoded JSON or text); status 0 when nothing answered. Blocking."""
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              **auth_headers()})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")

@@ -6,8 +6,9 @@ admin endpoints (``node/disk_admin.py``) with ``SHARDKV_ADMIN_TOKEN`` as the bea
 when it is set, else signed with the cluster credential (the environment's, or the one
 ``shardkv up`` wrote into the cluster directory); while the call runs, a progress line
 every second says how long it has run and what the node reports (to stderr, so ``--json``
-output stays one document). ``disk`` prints the node's ``GET /v1/disk``. Exit status: 0 done, 1 the node refused or failed, 2 a
-mistake in the command (unknown id, no cluster.json).
+output stays one document). ``disk`` prints the node's ``GET /v1/disk``. Exit status: 0
+done, 1 the node refused or failed, 2 a mistake in the command (unknown id, no
+cluster.json).
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ from shardkv.node.storage.disk_report import disk_summary
 from shardkv.node.storage.scan_cursor import next_cursor
 from shardkv.node.storage.sessions import Session, check_user_key, parse_session
 from shardkv.node.storage.write_plan import CheckedOp
+from shardkv.node.testing import negative_controls
 
 if TYPE_CHECKING:
     from shardkv.node.storage.store import Store
@@ -252,6 +253,8 @@ async def _incr(ctx: NodeContext, args: Args) -> dict[str, Any]:
     if isinstance(delta, bool) or not isinstance(delta, int) or not -(2**63) <= delta < 2**63:
         raise InvalidArgument(f"delta must be a 64-bit integer, got {delta!r}")
     _check_write_concern(args)
+    if negative_controls.ENABLED:  # TEST ONLY (testing/negative_controls.py)
+        delta = negative_controls.incr_delta(delta)
     value, version = await ctx.serving_store().incr(key, delta, session=_session(args))
     return {"value": value, "version": version}
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from shardkv.chaos import coordinators_down
 from shardkv.chaos.cluster_under_test import ClusterUnderTest, http_json
+from shardkv.chaos.nemesis import reshard
 from shardkv.chaos.nemesis.by_role import RoleTargeted
 from shardkv.chaos.nemesis.clock_skew import ClockNemesis
 from shardkv.chaos.nemesis.combined import Combined
@@ -206,6 +207,9 @@ class FaultCatalog:
     def _one(self, name: str) -> Nemesis:
         if name in coordinators_down.FAULTS:  # issue 19: chaos/coordinators_down.py
             return coordinators_down.build(name, self.cut, self.kill, self._partition_or_none())
+        if name in reshard.FAULTS:  # issue 12: chaos/nemesis/reshard.py
+            return reshard.build(name, self.cut, {"kill": self.kill, "pause": self.pause},
+                                 self.network, self._partition_or_none())
         if name in NETWORK_FAULTS:
             return self._network_fault(name)
         if name == "kill-node" or name == "kill-minority":

@@ -12,6 +12,11 @@ shardkv's versions are shard LSNs: they grow with every write, but a key's next 
 not predictable (other keys of the shard consume LSNs). The versioned register therefore
 checks that versions strictly grow along the linearization, that reads see exactly the version
 of the write they follow, and that a compare-and-swap succeeds only at its expected version.
+One exception: an online migration re-stamps every key it moves with a version of the target
+shard, at least ``MIGRATION_VERSION_GAP`` (2^32) above any version the key had on its source
+(docs/resharding.md, "Target floor"); a read may see the current value under such a
+version, which becomes the key's version. A smaller jump with the same value stays illegal (a
+write applied twice looks like that).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ def _hashable(value: Any) -> Hashable:
 
 
 _READ_ONLY = frozenset({"read"})
+MIGRATION_VERSION_GAP = 1 << 32  # docs/resharding.md: the target's floor above its sources
 
 
 def _relevant(op: Operation) -> bool:
@@ -133,6 +139,8 @@ class VersionedRegisterModel:
                 if op.version is None or op.version <= floor:
                     return op.version is None, state
                 return True, (value, op.version, op.version)
+            if op.version is not None and op.version >= version + MIGRATION_VERSION_GAP:
+                return True, (value, op.version, op.version)  # moved by a migration
             return op.version is None or op.version == version, state
         if f in ("write", "delete", "cas"):
             if f == "cas":

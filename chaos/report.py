@@ -185,6 +185,7 @@ def analyze(
     slack_ms: float = 0.0,
     time_budget_s: float | None = 30.0,
     meta: Mapping[str, Any] | None = None,
+    extra_checks: list[CheckResult] | None = None,
 ) -> Report:
     ops = history.operations()
     checks = [
@@ -194,6 +195,7 @@ def analyze(
     ]
     if digests is not None:
         checks.append(check_convergence(digests))
+    checks.extend(extra_checks or ())  # checks of the live cluster (ownership)
     checks.append(check_availability(ops, history.nemesis))
     info = {"operations": len(ops), "nemesis_events": len(history.nemesis), **dict(meta or {})}
     return Report(check_linearizable(ops, time_budget_s=time_budget_s), checks, info)

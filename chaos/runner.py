@@ -43,6 +43,7 @@ from shardkv.chaos.nemesis.loopback_partition import (
     loopback_partition_available,
 )
 from shardkv.chaos.nemesis.schedule import Schedule, generate_schedule, run_schedule
+from shardkv.chaos.ownership_probe import check_run_ownership
 from shardkv.chaos.report import Report, analyze, write_report
 from shardkv.chaos.scenarios import Scenario
 from shardkv.chaos.workloads.kinds import Context
@@ -133,6 +134,7 @@ async def run_scenario(opts: RunOptions) -> Report:
         raise RunAborted(f"the cluster cannot be set up: {exc}") from exc
     network: LoopbackNetwork | ContainerNetwork | None = None
     digests: dict[str, dict[str, Any]] | None = None
+    final_map: dict[str, Any] | None = None  # for the ownership check, after the stop
     recorder = Recorder(history)
     started = time.monotonic()
     meta: dict[str, Any] = {"scenario": scenario.name, "seed": opts.seed,
@@ -205,6 +207,7 @@ async def run_scenario(opts: RunOptions) -> Report:
             record.notes.append(f"convergence not checked: {why}")
         else:  # kept for `shardkv chaos check --digests`
             (out / "digests.json").write_text(json.dumps(digests, indent=2) + "\n")
+        final_map = None if cut.standalone else await cut.cluster_map()
         wal = nemeses.get("wal-damage")
         if wal is not None:
             meta["wal_damage"] = getattr(getattr(wal, "inner", wal), "outcomes", [])
@@ -230,9 +233,11 @@ async def run_scenario(opts: RunOptions) -> Report:
         meta["restarts"] = cluster["restarts"]
     if record.notes:
         meta["notes"] = record.notes
+    extra = [] if final_map is None or cut.in_containers else [await check_run_ownership(
+        final_map, cut.data_dir_of, scenario.shape.engine, history)]  # issue 12
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     report = analyze(history, digests=digests, slack_ms=opts.slack_ms,
-                     time_budget_s=opts.budget_s, meta=meta)
+                     time_budget_s=opts.budget_s, meta=meta, extra_checks=extra)
     summary = write_report(report, history, out)
     (out / "scenario.json").write_text(json.dumps(scenario.to_json(), indent=2) + "\n")
     log.info("chaos run finished: %s", summary.splitlines()[0])

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shardkv.chaos import coordinators_down
+from shardkv.chaos import coordinators_down, reshard_scenarios
 from shardkv.chaos.cluster_under_test import ClusterShape
 from shardkv.chaos.nemesis.schedule import FaultSpec
 from shardkv.chaos.workloads.mix import WorkloadMix
@@ -291,6 +291,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 SCENARIOS.update(coordinators_down.scenarios())  # issue 19
+SCENARIOS.update(reshard_scenarios.scenarios())  # issue 12
 
 
 def get_scenario(name: str) -> Scenario:

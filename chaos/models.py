@@ -13,10 +13,12 @@ not predictable (other keys of the shard consume LSNs). The versioned register t
 checks that versions strictly grow along the linearization, that reads see exactly the version
 of the write they follow, and that a compare-and-swap succeeds only at its expected version.
 One exception: an online migration re-stamps every key it moves with a version of the target
-shard, at least ``MIGRATION_VERSION_GAP`` (2^32) above any version the key had on its source
-(docs/resharding.md, "Target floor"); a read may see the current value under such a
-version, which becomes the key's version. A smaller jump with the same value stays illegal (a
-write applied twice looks like that).
+shard, above a floor ``J`` = (the sources' highest LSN) + 2^32 (docs/resharding.md, "Target
+floor"), so the moved key's version lands in a higher block of ``MIGRATION_VERSION_GAP``
+(2^32) versions than any version it had on its source. A read may see the current value
+under a version of a higher block, which becomes the key's version. A jump within the same
+block with the same value stays illegal (a write applied twice looks like that). The rule
+assumes no source gets within a migration's writes of a block boundary (4 billion writes).
 """
 
 from __future__ import annotations
@@ -139,7 +141,8 @@ class VersionedRegisterModel:
                 if op.version is None or op.version <= floor:
                     return op.version is None, state
                 return True, (value, op.version, op.version)
-            if op.version is not None and op.version >= version + MIGRATION_VERSION_GAP:
+            if (op.version is not None
+                    and op.version // MIGRATION_VERSION_GAP > version // MIGRATION_VERSION_GAP):
                 return True, (value, op.version, op.version)  # moved by a migration
             return op.version is None or op.version == version, state
         if f in ("write", "delete", "cas"):

@@ -141,6 +141,7 @@ class ShardAdd:
             return {"refused": {"status": status, "answer": answer},
                     "resolved_targets": ["none"]}
         self._migration, self._shard = str(answer["migration"]), str(answer["shard"])
+        self.cut.plan.shards += 1  # the launcher's readiness counts the map's shards
         started = await self._start_members(self._shard)
         detail: dict[str, Any] = {"migration": self._migration, "shard": self._shard,
                                   "started_nodes": started}
@@ -193,6 +194,8 @@ class ShardAdd:
             detail["migration"] = self._migration
             detail["shard"] = self._shard
             detail.update(await self._wait_finished(self._migration))
+            if detail["state"] in ("failed", "aborted"):
+                self.cut.plan.shards -= 1  # the half-filled shard leaves the map
             self._migration = None
         return detail
 

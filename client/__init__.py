@@ -3,6 +3,7 @@
 from shardkv.client import values
 from shardkv.client.async_client import COORDINATORS_ENV, Client
 from shardkv.client.connection import ConnectionFailed
+from shardkv.client.key_watch import WatchEvent
 from shardkv.client.multi_key import MultiKeyError
 from shardkv.client.retry import (
     ConstantBackoff,
@@ -14,12 +15,14 @@ from shardkv.client.retry import (
 from shardkv.client.sync_client import SyncClient
 from shardkv.client.values import DeleteResult, Item, KeyItem
 from shardkv.cluster.errors import (
+    Compacted,
     ErrorCode,
     InternalError,
     InvalidArgument,
     NotFound,
     NotPrimary,
     ShardKVError,
+    SlowConsumer,
     StaleEpoch,
     StaleMap,
     Timeout,
@@ -34,6 +37,7 @@ from shardkv.cluster.errors import (
 __all__ = [
     "COORDINATORS_ENV",
     "Client",
+    "Compacted",
     "ConnectionFailed",
     "ConstantBackoff",
     "DecorrelatedJitterBackoff",
@@ -50,6 +54,7 @@ __all__ = [
     "NotPrimary",
     "Retry",
     "ShardKVError",
+    "SlowConsumer",
     "StaleEpoch",
     "StaleMap",
     "SyncClient",
@@ -60,5 +65,6 @@ __all__ = [
     "Unavailable",
     "UnknownOp",
     "VersionMismatch",
+    "WatchEvent",
     "values",
 ]

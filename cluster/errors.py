@@ -32,6 +32,8 @@ class ErrorCode(enum.StrEnum):
     STALE_EPOCH = "STALE_EPOCH"
     INTERNAL = "INTERNAL"
     OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+    COMPACTED = "COMPACTED"
+    SLOW_CONSUMER = "SLOW_CONSUMER"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -49,6 +51,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TIMEOUT: 504,
     ErrorCode.INTERNAL: 500,
     ErrorCode.OUTCOME_UNKNOWN: 503,
+    ErrorCode.COMPACTED: 410,
+    ErrorCode.SLOW_CONSUMER: 503,
 }
 
 RETRYABLE: frozenset[ErrorCode] = frozenset(
@@ -60,6 +64,7 @@ RETRYABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.TIMEOUT,
         ErrorCode.STALE_EPOCH,
         ErrorCode.OUTCOME_UNKNOWN,
+        ErrorCode.SLOW_CONSUMER,
     }
 )
 
@@ -160,6 +165,20 @@ class OutcomeUnknown(ShardKVError):
     code = ErrorCode.OUTCOME_UNKNOWN
 
 
+class Compacted(ShardKVError):
+    """A watch asked for history the shard's log no longer holds (removed behind a snapshot).
+    ``compact_version`` in the details is the oldest ``start_version`` the shard can serve."""
+
+    code = ErrorCode.COMPACTED
+
+
+class SlowConsumer(ShardKVError):
+    """A watch fell further behind than its bounded buffer on the node; it was cut off. The
+    client library resumes it from its last version (the node reads the rest from its log)."""
+
+    code = ErrorCode.SLOW_CONSUMER
+
+
 _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
     cls.code: cls
     for cls in (
@@ -177,6 +196,8 @@ _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
         Timeout,
         InternalError,
         OutcomeUnknown,
+        Compacted,
+        SlowConsumer,
     )
 }
 

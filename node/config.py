@@ -66,6 +66,12 @@ class NodeConfig:
     # Requests one rpc connection may have in flight before the node stops reading from it
     # (TCP backpressure then slows the client down instead of the node queueing without bound).
     max_inflight_per_connection: int = 1024
+    # Key watches (docs/watch.md): each watch's live buffer on the node, in events and bytes
+    # (a watcher further behind is cut off with SLOW_CONSUMER and resumes from the log), and
+    # how long one frame may wait for a client that stopped reading before it is dropped.
+    watch_buffer_events: int = 10_000
+    watch_buffer_bytes: int = 16 << 20
+    watch_send_timeout_s: float = 30.0
     # How long a graceful stop waits for requests in flight before closing connections.
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
@@ -98,6 +104,9 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("session_ttl_s", "SHARDKV_SESSION_TTL_S"),
     Setting("max_sessions", "SHARDKV_MAX_SESSIONS"),
     Setting("max_inflight_per_connection", "SHARDKV_MAX_INFLIGHT_PER_CONNECTION"),
+    Setting("watch_buffer_events", "SHARDKV_WATCH_BUFFER_EVENTS"),
+    Setting("watch_buffer_bytes", "SHARDKV_WATCH_BUFFER_BYTES"),
+    Setting("watch_send_timeout_s", "SHARDKV_WATCH_SEND_TIMEOUT_S"),
     Setting("shutdown_grace_s", "SHARDKV_SHUTDOWN_GRACE_S"),
     Setting("log_level", "SHARDKV_LOG_LEVEL"),
     *TIMING_SETTINGS,
@@ -162,6 +171,14 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
         max_inflight_per_connection=integer(
             "max_inflight_per_connection", values.get("max_inflight_per_connection", 1024),
             minimum=1, maximum=1 << 16),
+        watch_buffer_events=integer("watch_buffer_events",
+                                    values.get("watch_buffer_events", 10_000),
+                                    minimum=16, maximum=10_000_000),
+        watch_buffer_bytes=integer("watch_buffer_bytes", values.get("watch_buffer_bytes",
+                                                                    16 << 20),
+                                   minimum=1 << 16, maximum=1 << 32),
+        watch_send_timeout_s=number("watch_send_timeout_s",
+                                    values.get("watch_send_timeout_s", 30.0), minimum=0.1),
         shutdown_grace_s=number("shutdown_grace_s", values.get("shutdown_grace_s", 10.0),
                                 minimum=0.0),
         log_level=log_level,

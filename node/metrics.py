@@ -108,6 +108,12 @@ class NodeMetrics:
                                   "decoded as [id, op, args].", registry=r)
         self.recovery_seconds = Gauge("shardkv_recovery_duration_seconds", "Time the last "
                                       "start spent recovering the store.", registry=r)
+        self.watch_sessions = Gauge("shardkv_watch_sessions", "Open /v1/watch WebSockets.",
+                                    registry=r)
+        self.watch_events = Counter("shardkv_watch_events", "Events sent to watches "
+                                    "(counted when a watch ends).", registry=r)
+        self.watch_slow_consumers = Counter("shardkv_watch_slow_consumers", "Watches cut "
+                                            "off with SLOW_CONSUMER.", registry=r)
         self.ready = Gauge("shardkv_ready", "1 while the node serves its role.", registry=r)
         ProcessCollector(namespace="shardkv", registry=r)
         self._latency_children: dict[str, Any] = {}

@@ -32,6 +32,7 @@ from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
 from shardkv.node.wal.model import FsyncPolicy
 from shardkv.node.wal.write_ahead_log import WalOptions
+from shardkv.node.watch.watch_session import WatchSession
 
 logger = logging.getLogger("shardkv.node")
 
@@ -86,7 +87,8 @@ class NodeServer:
         rest = RestApi(self.config, self.ctx, self.metrics, lambda: self.state,
                        self._started_at)
         app.add_routes(rest.routes())
-        app.add_routes([web.get("/v1/rpc", self._rpc)])
+        # /v1/watch is a client endpoint like /v1/rpc, and is authenticated the same way.
+        app.add_routes([web.get("/v1/rpc", self._rpc), web.get("/v1/watch", self._watch)])
         app.on_shutdown.append(self._drain_connections)
         return app
 
@@ -105,7 +107,37 @@ class NodeServer:
             self.metrics.rpc_connections.dec()
         return ws
 
+    async def _watch(self, request: web.Request) -> web.StreamResponse:
+        """A key watch (node/watch/watch_session.py)."""
+        ws = web.WebSocketResponse(max_msg_size=1 << 20, compress=False, autoping=True,
+                                   heartbeat=30.0)
+        await ws.prepare(request)
+        config = self.config
+        session = WatchSession(ws, self.ctx, self._shard_name,
+                               max_events=config.watch_buffer_events,
+                               max_bytes=config.watch_buffer_bytes,
+                               send_timeout_s=config.watch_send_timeout_s)
+        self.metrics.watch_sessions.inc()
+        try:
+            await session.serve()
+        finally:
+            self.metrics.watch_sessions.dec()
+            self.metrics.watch_events.inc(session.events_sent)
+            if session.slow_consumer:
+                self.metrics.watch_slow_consumers.inc()
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    def _shard_name(self) -> str:
+        """The shard this node serves, as watch events name it."""
+        membership = self.membership
+        shard = membership.shard if membership is not None else None
+        return shard or self.config.shard or "default"
+
     async def _drain_connections(self, app: web.Application) -> None:
+        if self.store is not None:  # watches end first: they would wait for writes forever
+            self.store.watch_hub.reset(self.store.applied_lsn, "the node is stopping")
         connections = list(self._connections)
         if connections:
             await asyncio.gather(

@@ -82,13 +82,16 @@ class Subscriber:
             self.closed_reason = reason
         self._wakeup.set()
 
-    def take(self) -> list[Batch]:
-        """Everything buffered, oldest first; the buffer is empty after."""
+    def take(self) -> tuple[list[Batch], int]:
+        """Everything buffered, oldest first, and the LSN it covers (every matching event
+        up to it is in the batches); the buffer is empty after. Only that LSN, once the
+        batches are sent, may be reported as progress: ``covered`` may already be ahead,
+        with events still buffered."""
         batches = list(self._batches)
         self._batches.clear()
         self._events = self._bytes = 0
         self._wakeup.clear()
-        return batches
+        return batches, self.covered
 
     async def wait(self, within: float) -> None:
         """Until something was offered or the watch was closed, or ``within`` seconds."""

@@ -11,8 +11,11 @@ following is gone: :meth:`reset` ends them all and they resume (or learn ``COMPA
 
 from __future__ import annotations
 
-from shardkv.node.wal.record import WalEntry
-from shardkv.node.watch.subscriber import Subscriber
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the store imports the hub; the subscriber imports storage code
+    from shardkv.node.wal.record import WalEntry
+    from shardkv.node.watch.subscriber import Subscriber
 
 DEFAULT_MAX_WATCHES = 1024
 

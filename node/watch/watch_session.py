@@ -185,10 +185,13 @@ class WatchSession:
 
     async def _send_live(self, request: WatchRequest, subscriber: Subscriber, store: Store,
                          sent: int) -> None:
+        """Live events, and progress: only an LSN whose events were all sent (``safe``) is
+        ever reported, since the client resumes from it."""
         shard = self._shard()
         interval = request.progress_interval_s
-        await self._send({"type": "progress", "shard": shard, "version": subscriber.covered})
-        reported = subscriber.covered
+        safe = sent
+        await self._send({"type": "progress", "shard": shard, "version": safe})
+        reported = safe
         next_progress = time.monotonic() + interval
         while True:
             if subscriber.closed_reason is not None:
@@ -198,16 +201,16 @@ class WatchSession:
                     f"the watch fell more than {self.max_events} events or "
                     f"{self.max_bytes} bytes behind; resume from version {sent}", version=sent)
             self._serving_store()
-            batches = subscriber.take()
+            batches, covered = subscriber.take()
             if batches:
                 await self._send_batches(shard, batches)
                 sent = batches[-1].version
+            safe = covered
             now = time.monotonic()
             if now >= next_progress:
-                if subscriber.covered > sent or subscriber.covered == reported:
-                    await self._send({"type": "progress", "shard": shard,
-                                      "version": subscriber.covered})
-                reported = subscriber.covered
+                if safe > sent or safe == reported:  # news, or idle: say so
+                    await self._send({"type": "progress", "shard": shard, "version": safe})
+                reported = safe
                 next_progress = now + interval
             await subscriber.wait(max(0.0, next_progress - time.monotonic()))
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import aiohttp
@@ -204,3 +206,23 @@ def test_sync_client_watch_is_a_blocking_iterator(node) -> None:
         event = next(events)
         events.close()
         assert (event.type, event.key, event.version) == ("put", b"sync:1", version)
+
+
+def test_cli_watch_prints_one_json_object_a_line(node) -> None:
+    with SyncClient(nodes=[node.url]) as kv:
+        v1 = kv.put("cli:a", b"one")
+        kv.put("elsewhere", b"x")
+        v2 = kv.delete("cli:a").version
+    done = subprocess.run(
+        [sys.executable, "-m", "shardkv.cluster.cli", "watch", "--node", node.url,
+         "--prefix", "cli:", "--from", "0", "--json", "--count", "2"],
+        capture_output=True, text=True, timeout=DEADLINE_S)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines == [
+        {"type": "put", "key": "cli:a", "value": "one", "version": v1, "shard": "default"},
+        {"type": "delete", "key": "cli:a", "version": v2, "shard": "default"}]
+    usage = subprocess.run(
+        [sys.executable, "-m", "shardkv.cluster.cli", "watch", "--node", node.url],
+        capture_output=True, text=True, timeout=DEADLINE_S)
+    assert usage.returncode == 2 and "watch what?" in usage.stderr

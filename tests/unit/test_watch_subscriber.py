@@ -27,13 +27,14 @@ async def test_live_events_in_order_after_the_boundary_only() -> None:
     hub.publish(put(7, b"b1"))  # not watched, but covered
     hub.publish(put(8, b"a2"))
     hub.publish(put(8, b"a2"))  # offered twice: taken once
-    batches = sub.take()
+    batches, covered = sub.take()
+    assert covered == 8
     assert [(b.version, [e["key"] for e in b.events]) for b in batches] == [
         (6, [b"a1"]), (8, [b"a2"])]
     assert sub.covered == 8 and hub.published_lsn == 8
-    assert sub.take() == []
+    assert sub.take() == ([], 8)
     hub.publish(put(9, b"b2"))
-    assert sub.take() == [] and sub.covered == 9
+    assert sub.take() == ([], 9)
 
 
 async def test_a_subscriber_ahead_of_the_hub_skips_what_it_already_has() -> None:
@@ -42,7 +43,7 @@ async def test_a_subscriber_ahead_of_the_hub_skips_what_it_already_has() -> None
     hub.subscribe(sub)
     for lsn in range(4, 9):
         hub.publish(put(lsn, b"a"))
-    assert [b.version for b in sub.take()] == [7, 8]
+    assert [b.version for b in sub.take()[0]] == [7, 8]
 
 
 async def test_overflow_drops_the_buffer_and_marks_the_subscriber() -> None:
@@ -53,7 +54,7 @@ async def test_overflow_drops_the_buffer_and_marks_the_subscriber() -> None:
         hub.publish(put(lsn, b"a"))
     assert not sub.overflowed and sub.buffered_events == 16
     hub.publish(put(17, b"a"))
-    assert sub.overflowed and sub.buffered_events == 0 and sub.take() == []
+    assert sub.overflowed and sub.buffered_events == 0 and sub.take()[0] == []
     hub.publish(put(18, b"a"))  # nothing more is buffered once overflowed
     assert sub.buffered_events == 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -32,13 +31,14 @@ from typing import Any, Literal
 
 from shardkv.chaos.container_cluster import ContainerCluster
 from shardkv.chaos.nemesis.delay_proxy import DelayProxy
+from shardkv.cluster.cluster_token import auth_headers
 from shardkv.cluster.launcher import (
-    HOST,
     ClusterPlan,
     LocalCluster,
     ProcessSpec,
     http_get_json,
 )
+from shardkv.cluster.local_processes import HOST, free_port
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,6 @@ Topology = Literal["cluster", "standalone"]
 
 # The launcher's blocking JSON GET: (status, body or None), 0 when nothing answered.
 http_json = http_get_json
-
-
-def free_port(host: str = HOST) -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class StandalonePlan(ClusterPlan):
@@ -293,7 +286,7 @@ class ClusterUnderTest:
             out[sid] = {}
             for member in shard.get("members") or []:
                 status, body = await asyncio.to_thread(
-                    http_json, f"{self.url_of(member)}/v1/digest", 5.0)
+                    http_json, f"{self.url_of(member)}/v1/digest", 5.0, auth_headers())
                 if status == 404:
                     return None, f"node {member} does not serve /v1/digest (404)"
                 if status != 200 or not isinstance(body, dict):

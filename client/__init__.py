@@ -16,6 +16,7 @@ from shardkv.client.sync_client import SyncClient
 from shardkv.client.values import DeleteResult, Item, KeyItem
 from shardkv.cluster.errors import (
     Compacted,
+    DiskFull,
     ErrorCode,
     InternalError,
     InvalidArgument,
@@ -42,6 +43,7 @@ __all__ = [
     "ConstantBackoff",
     "DecorrelatedJitterBackoff",
     "DeleteResult",
+    "DiskFull",
     "ErrorCode",
     "ExponentialBackoff",
     "InternalError",

@@ -23,8 +23,16 @@ from pysyncobj.syncobj import SyncObjException
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.durable_file import ensure_dir
 from shardkv.cluster.errors import ShardKVError, Unavailable
+from shardkv.cluster.peer_auth import PeerVerifier
 from shardkv.cluster.structured_log import log_fields
-from shardkv.coordinator import admin_api, failover_api, map_api, observability
+from shardkv.coordinator import (
+    admin_api,
+    failover_api,
+    map_api,
+    migration_api,
+    migration_driver,
+    observability,
+)
 from shardkv.coordinator.config import CoordinatorConfig, parse_host_port
 from shardkv.coordinator.http_io import (
     COORDINATOR_KEY,
@@ -34,6 +42,7 @@ from shardkv.coordinator.http_io import (
 )
 from shardkv.coordinator.liveness import Liveness
 from shardkv.coordinator.map_watch import MapWatch
+from shardkv.coordinator.peer_guard import peer_guard
 from shardkv.coordinator.raft_bridge import (
     DurableJournalPath,
     MapRaft,
@@ -55,6 +64,7 @@ class Coordinator:
         self.liveness = Liveness(config.suspect_s, config.dead_s, config.grace_s)
         self.raft_ids = {config.raft: config.id} | {addr: cid for cid, addr in config.peers.items()}
         self.bridge: RaftBridge | None = None
+        self.peer_verifier = PeerVerifier(config.cluster_token) if config.cluster_token else None
         self.ready_flag = False
         self.led_term: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,6 +77,7 @@ class Coordinator:
         self.leader_task_factories: list[Callable[[Coordinator], Coroutine[Any, Any, None]]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
         self.failover = failover_api.FailoverService(self)  # detector: a leader task
+        migration_driver.install(self)  # online migrations are driven by the leader
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -148,15 +159,18 @@ class Coordinator:
                 data_dir=cfg.data_dir, peers=cfg.peers,
                 raft_encrypted=bool(cfg.raft_password),
                 admin_auth=bool(cfg.admin_token),
+                cluster_auth=self.peer_verifier is not None,
             ),
         )
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_as_values], client_max_size=MAX_BODY)
+        app = web.Application(middlewares=[errors_as_values, peer_guard],
+                              client_max_size=MAX_BODY)
         app[COORDINATOR_KEY] = self
         map_api.add_routes(app)
         admin_api.add_routes(app)
         failover_api.add_routes(app)
+        migration_api.add_routes(app)
         observability.add_routes(app)
         return app
 

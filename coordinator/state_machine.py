@@ -36,6 +36,7 @@ from shardkv.cluster.cluster_map import (
 from shardkv.cluster.errors import ErrorCode
 from shardkv.cluster.ring import HASH_FUNCTIONS
 from shardkv.coordinator import placement
+from shardkv.coordinator.migration_commands import MigrationCommands, refuse_while_migrating
 
 MAX_SHARDS = 4096
 MAX_REPLICATION_FACTOR = 7
@@ -156,7 +157,9 @@ class MapStateMachine:
             "set_ring": self._set_ring,
             "set_node_status": self._set_node_status,
             "drain_node": self._drain_node,
+            "add_member": self._add_member,
             "remove_node": self._remove_node,
+            **MigrationCommands(self).handlers(),
         }
 
     # -- handlers (each mutates the draft map it is given) --------------------------------
@@ -214,8 +217,14 @@ class MapStateMachine:
                 node_id = f"n{self.next_node_number}"
             self.next_node_number += 1
         node_id = _need_id(node_id, "node id")
-        if token is not None:
-            self.tokens[token] = node_id
+        claimed = [t for t, n in self.tokens.items() if n == node_id]
+        if node_id in m.nodes and claimed and token not in claimed:
+            # The id belongs to the node that first registered it (its token lives in its
+            # data directory): nobody else re-points or re-registers it.
+            raise Rejected(ErrorCode.FORBIDDEN,
+                           f"node {node_id} is registered with another registration token; "
+                           "remove it (DELETE /admin/nodes/{id}) before reusing its id",
+                           node_id=node_id)
         node = m.nodes.get(node_id)
         if node is None:
             node = NodeInfo(url=url, labels=labels)
@@ -226,6 +235,12 @@ class MapStateMachine:
                 node.status = NODE_UP
         if node.shard is None and node.status == NODE_UP:
             target = wanted_shard or placement.choose_shard(m, node)
+            if target is not None and len(m.shards[target].members) >= m.replication_factor:
+                raise Rejected(
+                    ErrorCode.FORBIDDEN,
+                    f"shard {target} already has its {m.replication_factor} members; a node "
+                    "joins a full shard only by an admin action (drain or remove one first)",
+                    shard=target, members=list(m.shards[target].members))
             if target is not None:
                 self._join(m, node_id, target)
         elif wanted_shard is not None and node.shard != wanted_shard:
@@ -234,6 +249,8 @@ class MapStateMachine:
                 f"node {node_id} already serves shard {node.shard}; drain it before moving it",
                 node_id=node_id, shard=node.shard,
             )
+        if token is not None:  # last: a refused registration records nothing
+            self.tokens[token] = node_id
         shard = m.shards.get(node.shard) if node.shard else None
         return {"node_id": node_id, "shard": node.shard, "role": node.role,
                 "epoch": shard.epoch if shard else 0}
@@ -276,6 +293,8 @@ class MapStateMachine:
         in_ring = c.get("in_ring", True)
         if not isinstance(in_ring, bool):
             raise _invalid("in_ring must be a boolean")
+        if in_ring:
+            refuse_while_migrating(m, "adding a shard to the ring")
         m.shards[shard_id] = ShardInfo()
         if in_ring:
             m.ring.shards[shard_id] = weight
@@ -299,6 +318,7 @@ class MapStateMachine:
             weights[sid] = _need_int(weight, f"weight of {sid}", 1, MAX_WEIGHT)
         if weights == m.ring.shards:
             return {"_changed": False, "ring_version": m.ring.version}
+        refuse_while_migrating(m, "changing the ring")
         m.ring.shards = weights
         m.ring.version += 1
         return {"ring_version": m.ring.version}
@@ -317,6 +337,26 @@ class MapStateMachine:
         if status == NODE_UP and node.shard is None:
             self._fill_holes(m)  # an undrained node is a spare again: it may fill a hole
         return {"node": node_id, "status": status, "shard": node.shard}
+
+    def _add_member(self, m: ClusterMap, c: dict[str, Any]) -> Result:
+        """The admin's way to give a shard a member beyond its replication factor (a
+        registration never does): a registered spare joins the shard as a replica."""
+        shard_id = _need_id(c.get("shard"), "shard")
+        node_id = _need_id(c.get("node"), "node")
+        if shard_id not in m.shards:
+            raise Rejected(ErrorCode.NOT_FOUND, f"no shard {shard_id!r}")
+        node = m.nodes.get(node_id)
+        if node is None:
+            raise Rejected(ErrorCode.NOT_FOUND, f"no node {node_id!r}; it registers first")
+        if node.shard == shard_id:
+            return {"_changed": False, "shard": shard_id, "node": node_id,
+                    "members": list(m.shards[shard_id].members)}
+        if node.shard is not None:
+            raise _invalid(f"node {node_id} serves shard {node.shard}; drain it first")
+        if node.status != NODE_UP:
+            raise _invalid(f"node {node_id} is {node.status}, not up")
+        self._join(m, node_id, shard_id)
+        return {"shard": shard_id, "node": node_id, "members": list(m.shards[shard_id].members)}
 
     def _drain_node(self, m: ClusterMap, c: dict[str, Any]) -> Result:
         node_id = _need_id(c.get("node"), "node")

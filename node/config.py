@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shardkv.cluster.limits import DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE_BYTES
+from shardkv.cluster.limits import (
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+    HARD_MAX_VALUE_BYTES,
+    MAX_FRAME_BYTES,
+)
 from shardkv.cluster.settings import (
     ConfigError,
     Setting,
@@ -29,6 +34,7 @@ from shardkv.cluster.settings import (
     url_list,
 )
 from shardkv.cluster.timing import TIMING_SETTINGS, TimingContract
+from shardkv.node.api.limits import ConnectionLimits
 from shardkv.node.storage.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S
 
 __all__ = ["ENGINES", "FSYNC_POLICIES", "ConfigError", "NodeConfig", "load_config",
@@ -59,6 +65,16 @@ class NodeConfig:
     # little behind (fewer: less disk; more: fewer replicas reseeded from a snapshot).
     wal_segment_bytes: int = 64 << 20
     retain_wal_entries: int = 100_000
+    # Disk use (node/storage/snapshots/retention.py, disk_guard.py): the WAL tail kept behind
+    # a snapshot in bytes (None: the larger of 64 MiB and the last snapshot, capped by the
+    # disk), a snapshot once WAL since the last reaches ratio x its size (at least the
+    # minimum), snapshots kept, and the free-space floor under which writes are refused
+    # (None: 5% of the disk, at most 256 MiB; 0: off).
+    retain_wal_bytes: int | None = None
+    snapshot_wal_ratio: float = 4.0
+    snapshot_min_wal_bytes: int = 16 << 20
+    keep_snapshots: int = 2
+    low_disk_bytes: int | None = None
     # Client sessions (exactly-once writes, docs/exactly-once.md): how long a client's last
     # write is remembered, and how many clients a shard remembers at most.
     session_ttl_s: float = DEFAULT_SESSION_TTL_S
@@ -76,6 +92,21 @@ class NodeConfig:
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
     timing: TimingContract = field(default_factory=TimingContract)
+    # Resource bounds against a client that is slow, greedy or hostile (node/api/limits.py).
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    max_connections: int = 4096
+    max_connections_per_address: int = 256
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+    max_pending_frame_bytes: int = 128 << 20
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            max_connections=self.max_connections,
+            max_connections_per_address=self.max_connections_per_address,
+            header_timeout_s=self.header_timeout_s, idle_timeout_s=self.idle_timeout_s,
+            max_pending_frame_bytes=self.max_pending_frame_bytes)
 
     @property
     def listen(self) -> str:
@@ -101,6 +132,11 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("snapshot_wal_bytes", "SHARDKV_SNAPSHOT_WAL_BYTES"),
     Setting("wal_segment_bytes", "SHARDKV_WAL_SEGMENT_BYTES"),
     Setting("retain_wal_entries", "SHARDKV_RETAIN_WAL_ENTRIES"),
+    Setting("retain_wal_bytes", "SHARDKV_RETAIN_WAL_BYTES"),
+    Setting("snapshot_wal_ratio", "SHARDKV_SNAPSHOT_WAL_RATIO"),
+    Setting("snapshot_min_wal_bytes", "SHARDKV_SNAPSHOT_MIN_WAL_BYTES"),
+    Setting("keep_snapshots", "SHARDKV_KEEP_SNAPSHOTS"),
+    Setting("low_disk_bytes", "SHARDKV_LOW_DISK_BYTES"),
     Setting("session_ttl_s", "SHARDKV_SESSION_TTL_S"),
     Setting("max_sessions", "SHARDKV_MAX_SESSIONS"),
     Setting("max_inflight_per_connection", "SHARDKV_MAX_INFLIGHT_PER_CONNECTION"),
@@ -109,6 +145,12 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("watch_send_timeout_s", "SHARDKV_WATCH_SEND_TIMEOUT_S"),
     Setting("shutdown_grace_s", "SHARDKV_SHUTDOWN_GRACE_S"),
     Setting("log_level", "SHARDKV_LOG_LEVEL"),
+    Setting("max_answer_bytes", "SHARDKV_MAX_ANSWER_BYTES"),
+    Setting("max_connections", "SHARDKV_MAX_CONNECTIONS"),
+    Setting("max_connections_per_address", "SHARDKV_MAX_CONNECTIONS_PER_ADDRESS"),
+    Setting("header_timeout_s", "SHARDKV_HEADER_TIMEOUT_S"),
+    Setting("idle_timeout_s", "SHARDKV_IDLE_TIMEOUT_S"),
+    Setting("max_pending_frame_bytes", "SHARDKV_MAX_PENDING_FRAME_BYTES"),
     *TIMING_SETTINGS,
 )
 
@@ -123,6 +165,13 @@ def load_config(
     Raises ``ConfigError`` with a message that names the setting and what was wrong.
     """
     return build_config(merge_sources(NODE_SETTINGS, "node", flags, environ, config_file))
+
+
+def _auto_bytes(name: str, raw: object) -> int | None:
+    """A byte count, or None for "auto" (unset, or the word ``auto``)."""
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() == "auto"):
+        return None
+    return integer(name, raw, minimum=0)
 
 
 def build_config(values: Mapping[str, Any]) -> NodeConfig:
@@ -164,6 +213,15 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
                                minimum=4096, maximum=1 << 32),
         retain_wal_entries=integer("retain_wal_entries", values.get("retain_wal_entries",
                                                                   100_000), minimum=0),
+        retain_wal_bytes=_auto_bytes("retain_wal_bytes", values.get("retain_wal_bytes")),
+        snapshot_wal_ratio=number("snapshot_wal_ratio", values.get("snapshot_wal_ratio", 4.0),
+                                  minimum=0.0),
+        snapshot_min_wal_bytes=integer("snapshot_min_wal_bytes",
+                                       values.get("snapshot_min_wal_bytes", 16 << 20),
+                                       minimum=0),
+        keep_snapshots=integer("keep_snapshots", values.get("keep_snapshots", 2), minimum=1,
+                               maximum=1000),
+        low_disk_bytes=_auto_bytes("low_disk_bytes", values.get("low_disk_bytes")),
         session_ttl_s=number("session_ttl_s", values.get("session_ttl_s",
                                                          DEFAULT_SESSION_TTL_S), minimum=1.0),
         max_sessions=integer("max_sessions", values.get("max_sessions", DEFAULT_MAX_SESSIONS),
@@ -183,4 +241,17 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
                                 minimum=0.0),
         log_level=log_level,
         timing=TimingContract.from_values(values),
+        max_answer_bytes=integer("max_answer_bytes", values.get(
+            "max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES), minimum=1 << 16,
+            maximum=MAX_FRAME_BYTES),
+        max_connections=integer("max_connections", values.get("max_connections", 4096),
+                                minimum=1),
+        max_connections_per_address=integer("max_connections_per_address", values.get(
+            "max_connections_per_address", 256), minimum=1),
+        header_timeout_s=number("header_timeout_s", values.get("header_timeout_s", 10.0),
+                                minimum=0.1),
+        idle_timeout_s=number("idle_timeout_s", values.get("idle_timeout_s", 75.0),
+                              minimum=0.1),
+        max_pending_frame_bytes=integer("max_pending_frame_bytes", values.get(
+            "max_pending_frame_bytes", 128 << 20), minimum=MAX_FRAME_BYTES),
     )

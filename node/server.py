@@ -21,18 +21,24 @@ from typing import Any
 from aiohttp import web
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
+from shardkv.node.api.limits import ConnectionGate, LimitedSite
 from shardkv.node.api.operations import NodeContext
 from shardkv.node.api.rest import RestApi
 from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
 from shardkv.node.config import NodeConfig
+from shardkv.node.disk_admin import DiskAdmin
 from shardkv.node.membership.cluster_membership import ClusterMembership
+from shardkv.node.membership.internal_guard import InternalGuard
 from shardkv.node.metrics import NodeMetrics
+from shardkv.node.migration import MigrationService
 from shardkv.node.replication.shard_role import NodeReplication
+from shardkv.node.storage.disk_report import disk_report
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
 from shardkv.node.wal.model import FsyncPolicy
 from shardkv.node.wal.write_ahead_log import WalOptions
 from shardkv.node.watch.watch_session import WatchSession
+from shardkv.node.write_failure import EXIT_RECOVER, WriteFailureMonitor
 
 logger = logging.getLogger("shardkv.node")
 
@@ -56,7 +62,8 @@ class NodeServer:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.metrics = NodeMetrics()
-        self.ctx = NodeContext(limits=Limits(max_value_bytes=config.max_value_bytes),
+        self.ctx = NodeContext(limits=Limits(max_value_bytes=config.max_value_bytes,
+                                             max_answer_bytes=config.max_answer_bytes),
                                node_id=config.node_id)
         self.state = "starting"
         self.url: str | None = None
@@ -66,8 +73,12 @@ class NodeServer:
         self._runner: web.AppRunner | None = None
         self.metrics.rpc_inflight.set_function(
             lambda: sum(c.inflight for c in self._connections))
+        self.exit_code = 0
+        self.exit_requested = asyncio.Event()
+        self._failure_watch: asyncio.Task[None] | None = None
         self.on_ready: list[Hook] = []
         self.on_stop: list[Hook] = []
+        self.gate = ConnectionGate(config.connection_limits, registry=self.metrics.registry)
         self.app = self._build_app()
         self.membership: ClusterMembership | None = None
         if not config.standalone:
@@ -77,18 +88,27 @@ class NodeServer:
         # gate, replica reads and fencing, driven by the membership's placements.
         self.replication = NodeReplication(self)
         self.replication.install()
+        # Online resharding (node/migration/): routes, the write fence, export and import.
+        self.migration: MigrationService | None = None
+        if self.membership is not None:
+            self.migration = MigrationService(self)
+            self.migration.install()
 
     # -- the app ---------------------------------------------------------------------------
 
     def _build_app(self) -> web.Application:
         # The largest legitimate body is a 32 MiB batch; aiohttp refuses more before reading.
+        self.guard = InternalGuard(self.config.listen_host)
         app = web.Application(client_max_size=MAX_FRAME_BYTES + (1 << 20),
-                              middlewares=[_internal_errors])
+                              middlewares=[_internal_errors, self.gate.middleware,
+                                           self.guard.middleware])
         rest = RestApi(self.config, self.ctx, self.metrics, lambda: self.state,
                        self._started_at)
         app.add_routes(rest.routes())
-        # /v1/watch is a client endpoint like /v1/rpc, and is authenticated the same way.
+        # /v1/watch is a client endpoint like /v1/rpc: the same guard (not cluster-internal)
+        # and the same connection limits apply to it.
         app.add_routes([web.get("/v1/rpc", self._rpc), web.get("/v1/watch", self._watch)])
+        app.add_routes(DiskAdmin(lambda: self.store, self.metrics).routes())
         app.on_shutdown.append(self._drain_connections)
         return app
 
@@ -98,6 +118,8 @@ class NodeServer:
         await ws.prepare(request)
         connection = RpcConnection(ws, self.ctx, self.metrics,
                                    self.config.max_inflight_per_connection)
+        transport = request.transport
+        connection.on_message = lambda: self.gate.delivered(transport)
         self._connections.add(connection)
         self.metrics.rpc_connections.inc()
         try:
@@ -154,9 +176,10 @@ class NodeServer:
         # client still sends so that it can read the answer; 10 s by default, which also
         # holds up a graceful stop. One second is plenty on the networks a node lives on.
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                               shutdown_timeout=config.shutdown_grace_s, lingering_time=1.0)
+                               shutdown_timeout=config.shutdown_grace_s, lingering_time=1.0,
+                               keepalive_timeout=config.connection_limits.idle_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, config.listen_host, config.listen_port)
+        site = LimitedSite(runner, config.listen_host, config.listen_port, self.gate)
         try:
             await site.start()
         except OSError as exc:
@@ -179,6 +202,11 @@ class NodeServer:
             await hook(self)
         self.state = "ready"
         self.metrics.ready.set(1)
+        monitor = WriteFailureMonitor(
+            config.data_dir, min(config.wal_segment_bytes, 64 << 20),
+            lambda: self.store.write_failure if self.store is not None else None,
+            self._write_failed, lambda: self.request_exit(EXIT_RECOVER))
+        self._failure_watch = asyncio.create_task(monitor.run(), name="write-failure-watch")
         logger.info("ready", extra=log_fields(url=self.url, role=self.ctx.role))
 
     async def _open_store(self) -> None:
@@ -195,6 +223,11 @@ class NodeServer:
             max_sessions=config.max_sessions,
             limits=self.ctx.limits,
             snapshot_wal_bytes=config.snapshot_wal_bytes,
+            retain_wal_bytes=config.retain_wal_bytes,
+            snapshot_wal_ratio=config.snapshot_wal_ratio,
+            snapshot_min_wal_bytes=config.snapshot_min_wal_bytes,
+            keep_snapshots=config.keep_snapshots,
+            low_disk_bytes=config.low_disk_bytes,
         )
         started = time.perf_counter()
         try:
@@ -214,6 +247,7 @@ class NodeServer:
         self.ctx.store = store
         self.metrics.recovery_seconds.set(seconds)
         self.metrics.watch_store(lambda: self.store.stats() if self.store else None)
+        self.metrics.watch_disk(lambda: disk_report(self.store) if self.store else None)
         stats = store.stats()
         recovery = stats.recovery
         logger.info(
@@ -225,10 +259,25 @@ class NodeServer:
                              replayed_entries=recovery.replayed_entries),
         )
 
+    def _write_failed(self, reason: str) -> None:
+        if self.state == "ready":
+            self.state = "failed"
+            self.metrics.ready.set(0)
+        link = self.membership.link if self.membership is not None else None
+        if link is not None:  # a primary that cannot write should be failed over, not waited on
+            link.stop_heartbeats()
+
+    def request_exit(self, code: int) -> None:
+        """Ask ``serve`` to stop the node gracefully and exit with ``code``."""
+        self.exit_code = code
+        self.exit_requested.set()
+
     async def stop(self) -> None:
         """Graceful stop (idempotent): see the module docstring for the order."""
         if self.state == "stopped":
             return
+        if self._failure_watch is not None:
+            self._failure_watch.cancel()
         self.state = "stopping"
         self.metrics.ready.set(0)
         logger.info("stopping", extra=log_fields(url=self.url,
@@ -244,7 +293,10 @@ class NodeServer:
         store, self.store = self.store, None
         self.ctx.store = None
         if store is not None:
-            await store.close()  # the store logs its own "store closed" with the final LSN
+            try:
+                await store.close()  # the store logs its own "store closed" with the LSN
+            except Exception:  # a failed disk may refuse the last flush: recovery redoes it
+                logger.exception("closing the store failed")
         self.state = "stopped"
 
 
@@ -301,10 +353,14 @@ async def serve(config: NodeConfig) -> int:
             logger.error("%s", exc)
             await node.stop()
             return 1
-        await stop.wait()
+        exiting = asyncio.ensure_future(node.exit_requested.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({exiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        exiting.cancel()
+        stopping.cancel()
         await node.stop()
-        logger.info("stopped", extra=log_fields(url=node.url))
-        return 0
+        logger.info("stopped", extra=log_fields(url=node.url, exit_code=node.exit_code))
+        return node.exit_code
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import HttpVersion11, web
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge
 from shardkv.cluster.http_body import error_response, respond
-from shardkv.cluster.limits import MAX_FRAME_BYTES
+from shardkv.cluster.limits import MAX_FRAME_BYTES, limits_dict
 from shardkv.cluster.wire import JSON, MSGPACK, from_json, unpack
 from shardkv.node.api.operations import OPERATIONS, NodeContext, client_error, execute
 from shardkv.node.config import NodeConfig
@@ -73,7 +73,8 @@ def _parse_etag(header: str, name: str) -> int:
     text = header.strip()
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() then refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise InvalidArgument(f'{name} must be one version in quotes, like "12"; got {header!r}')
     return int(text)
 
@@ -254,8 +255,11 @@ class RestApi:
     async def ready(self, request: web.Request) -> web.Response:
         store = self.ctx.store
         state = self._state()
-        if state != "ready" or store is None:
-            return web.json_response({"status": state, "role": self.ctx.role}, status=503)
+        failure = store.write_failure if store is not None else None
+        if state != "ready" or store is None or failure is not None:
+            return web.json_response({"status": "failed" if failure else state,
+                                      "role": self.ctx.role, "write_failure": failure},
+                                     status=503)
         return web.json_response({"status": "ready", "role": self.ctx.role,
                                   "lsn": store.last_lsn, "epoch": store.epoch})
 
@@ -270,12 +274,14 @@ class RestApi:
             "epoch": None if store is None else store.epoch,
             "last_lsn": None if store is None else store.last_lsn,
             "keys": None if store is None else store.key_count,
+            "write_failure": None if store is None else store.write_failure,
             "engine": config.engine,
             "fsync": config.fsync,
             "data_dir": str(config.data_dir),
             "listen": config.listen,
             "coordinators": list(config.coordinators),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "limits": limits_dict(self.ctx.limits),
         })
 
     async def metrics_text(self, request: web.Request) -> web.Response:

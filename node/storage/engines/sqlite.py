@@ -36,6 +36,7 @@ from shardkv.node.storage.engines.engine import (
     StoredItem,
     check_apply_order,
 )
+from shardkv.node.storage.engines.sqlite_compaction import CompactionReport, vacuum
 from shardkv.node.wal.record import MutationKind, WalEntry
 
 logger = logging.getLogger(__name__)
@@ -303,6 +304,14 @@ class SqliteEngine(Engine):
         self._committed_lsn = lsn
         self._committed_count += delta
         self._flushing = {}
+
+    async def compact(self) -> CompactionReport:
+        """Return free pages to the file system (``sqlite_compaction.py``)."""
+        async with self._flush_lock:
+            await self._flush_locked()
+            report = await vacuum(self._conn, self._path)
+        logger.info("sqlite engine compacted", extra=log_fields(**report.to_dict()))
+        return report
 
     async def load(self, rows: Iterable[SnapshotRow], lsn: int) -> None:
         async with self._flush_lock:

@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def _coordinators(args: argparse.Namespace) -> list[str]:
     if "coordinators" not in target:
         raise AdminError(0, {"error": "INVALID_ARGUMENT",
                              "message": "shard commands need the coordinators, not --node"})
-    return target["coordinators"]
+    return [str(url) for url in target["coordinators"]]
 
 
 def progress_line(record: dict[str, Any]) -> str:
@@ -123,7 +124,7 @@ def _start_local_members(args: argparse.Namespace, shard: str) -> list[str]:
     return [spec.id for spec in start_shard_members(cluster, shard)]
 
 
-def _run(action: Any) -> Any:
+def _run(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             return action(args)

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
+from shardkv.node.api.events_feed import EventsFeed
 from shardkv.node.api.limits import ConnectionGate, LimitedSite
 from shardkv.node.api.operations import NodeContext
 from shardkv.node.api.rest import RestApi
@@ -108,6 +109,10 @@ class NodeServer:
         # /v1/watch is a client endpoint like /v1/rpc: the same guard (not cluster-internal)
         # and the same connection limits apply to it.
         app.add_routes([web.get("/v1/rpc", self._rpc), web.get("/v1/watch", self._watch)])
+        # Storage and replication events at the subscriber's interval (docs/events.md).
+        self.events_feed = EventsFeed(lambda: self.store, self._replication_status,
+                                      self.config.node_id)
+        app.add_routes([web.get("/v1/events", self.events_feed.handle)])
         app.add_routes(DiskAdmin(lambda: self.store, self.metrics).routes())
         app.on_shutdown.append(self._drain_connections)
         return app
@@ -150,6 +155,10 @@ class NodeServer:
             if not ws.closed:
                 await ws.close()
         return ws
+
+    def _replication_status(self) -> dict[str, Any] | None:
+        replication = getattr(self, "replication", None)  # built after the app
+        return None if replication is None else dict(replication.status())
 
     def _shard_name(self) -> str:
         """The shard this node serves, as watch events name it."""

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 
 import pytest
 from cluster_fixtures import local_cluster_fixture, wait_until  # noqa: F401
@@ -80,3 +83,17 @@ async def test_prefix_watch_sees_every_acknowledged_write_once_across_a_primary_
         for key, order in per_key.items():
             assert order == sorted(order), f"{key!r} out of write order: {order}"
     local_cluster.restart_dead()
+
+
+def test_cli_events_follows_every_node_of_the_map(local_cluster: LocalCluster) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "shardkv.cluster.cli", "events", "--coordinator",
+         ",".join(local_cluster.plan.coordinator_urls()), "--interval-ms", "200",
+         "--categories", "replication", "--json", "--count", "30"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    nodes = {e["node"] for e in events if e["type"] == "replication.sample"}
+    assert len(nodes) >= 4, nodes  # 6 nodes feed at once; most show within 30 events
+    assert {e["role"] for e in events if e["type"] == "replication.sample"} >= {"primary",
+                                                                              "replica"}

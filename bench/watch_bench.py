@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -154,6 +155,9 @@ async def _drive(timeline: Timeline, watchers: int, writes: int, within: float,
         async with asyncio.timeout(within):
             for _ in range(watchers):
                 await ready.acquire()
+                failed = [t for t in tasks if t.done()]
+                if failed:
+                    raise RuntimeError(f"a watcher failed: {failed[0].exception()!r}")
         started = time.perf_counter()
         for i in range(writes):
             timeline.sent[i] = time.perf_counter()
@@ -182,6 +186,9 @@ def main() -> int:
     parser.add_argument("--no-etcd", action="store_true")
     args = parser.parse_args()
     results: dict[str, Any] = {"watchers": args.watchers, "writes": args.writes}
+    # Every watcher is one connection from this one address: lift the node's per-address
+    # bound (256 by default, node/api/limits.py) for this run's node only.
+    os.environ["SHARDKV_MAX_CONNECTIONS_PER_ADDRESS"] = str(args.watchers + 64)
     with tempfile.TemporaryDirectory(prefix="watch-bench-") as tmp:
         work = Path(tmp)
         with shardkv_node(work, fsync="always").start() as node:

@@ -102,7 +102,7 @@ async def run_shardkv(url: str, watchers: int, writes: int, within: float) -> di
                 elif frame["type"] == "error":
                     raise RuntimeError(f"watch failed: {frame}")
 
-    async with aiohttp.ClientSession() as session, \
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session, \
             Client(nodes=[url], exactly_once=False) as kv:
         async def put(key: bytes, value: bytes) -> None:
             await kv.put(key, value)
@@ -138,7 +138,7 @@ async def run_etcd(url: str, watchers: int, writes: int, within: float) -> dict[
                         value = base64.b64decode(event["kv"]["value"])
                         timeline.saw(n, int(value))
 
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         etcd = EtcdGatewayClient(url, aiohttp.ClientSession())
         try:
             return await _drive(timeline, watchers, writes, within, ready,

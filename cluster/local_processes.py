@@ -48,6 +48,9 @@ def stop_described(directory: Path, grace: float = STOP_GRACE_S) -> list[int]:
     The launcher (if one runs) is asked first, since it stops its children in order; any
     process still alive afterwards is signalled directly. Returns the pids signalled."""
     signalled: list[int] = []
+    # Read the pids before the launcher is asked to stop: it deletes cluster.json as it exits,
+    # and a process restarted by `shardkv restart --rolling` is not its child.
+    described_pids = _described_pids(directory)
     pid_file = directory / "launcher.pid"
     if pid_file.is_file():
         with contextlib.suppress(ValueError):
@@ -56,15 +59,7 @@ def stop_described(directory: Path, grace: float = STOP_GRACE_S) -> list[int]:
                 os.kill(launcher_pid, signal.SIGTERM)
                 signalled.append(launcher_pid)
                 _wait_gone([launcher_pid], grace + 5.0)
-    pids: list[int] = []
-    cluster_file = directory / "cluster.json"
-    if cluster_file.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            described = json.loads(cluster_file.read_text())
-            for entry in described.get("nodes", []) + described.get("coordinators", []):
-                pid = entry.get("pid")
-                if isinstance(pid, int) and pid_alive(pid) and is_shardkv_process(pid):
-                    pids.append(pid)
+    pids = [p for p in described_pids if pid_alive(p) and is_shardkv_process(p)]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -78,6 +73,20 @@ def stop_described(directory: Path, grace: float = STOP_GRACE_S) -> list[int]:
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
     return signalled
+
+
+def _described_pids(directory: Path) -> list[int]:
+    """The pids ``DIR/cluster.json`` names (empty when there is none or it is unreadable)."""
+    pids: list[int] = []
+    cluster_file = directory / "cluster.json"
+    if cluster_file.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            described = json.loads(cluster_file.read_text())
+            for entry in described.get("nodes", []) + described.get("coordinators", []):
+                pid = entry.get("pid")
+                if isinstance(pid, int):
+                    pids.append(pid)
+    return pids
 
 
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:

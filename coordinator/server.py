@@ -24,7 +24,14 @@ from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.durable_file import ensure_dir
 from shardkv.cluster.errors import ShardKVError, Unavailable
 from shardkv.cluster.structured_log import log_fields
-from shardkv.coordinator import admin_api, failover_api, map_api, observability
+from shardkv.coordinator import (
+    admin_api,
+    failover_api,
+    handoff_api,
+    leadership_transfer,
+    map_api,
+    observability,
+)
 from shardkv.coordinator.config import CoordinatorConfig, parse_host_port
 from shardkv.coordinator.http_io import (
     COORDINATOR_KEY,
@@ -157,10 +164,16 @@ class Coordinator:
         map_api.add_routes(app)
         admin_api.add_routes(app)
         failover_api.add_routes(app)
+        handoff_api.add_routes(app)
         observability.add_routes(app)
         return app
 
     async def stop(self) -> None:
+        if self.bridge is not None:
+            # A leader hands Raft leadership over first, so the group is not leaderless
+            # for an election timeout (coordinator/leadership_transfer.py).
+            with contextlib.suppress(Exception):
+                await leadership_transfer.transfer_leadership(self.bridge)
         self._cancel_leader_tasks()
         for task in self._tasks:
             task.cancel()

@@ -27,6 +27,8 @@ from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
 from shardkv.node.config import NodeConfig
 from shardkv.node.membership.cluster_membership import ClusterMembership
 from shardkv.node.metrics import NodeMetrics
+from shardkv.node.replication.handoff import PrimaryHandoff
+from shardkv.node.replication.readiness import catch_up_state
 from shardkv.node.replication.shard_role import NodeReplication
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
@@ -76,6 +78,11 @@ class NodeServer:
         # gate, replica reads and fencing, driven by the membership's placements.
         self.replication = NodeReplication(self)
         self.replication.install()
+        # Rolling restarts (docs/rolling-restarts.md): a stopping primary hands its shard to
+        # a replica first; a replica is ready only once caught up.
+        if self.membership is not None:
+            PrimaryHandoff(self).install()
+            self.ctx.catch_up = lambda: catch_up_state(self)
 
     # -- the app ---------------------------------------------------------------------------
 

@@ -77,6 +77,9 @@ class NodeContext:
     # staleness bound, a primary's lease), and how long a write may wait for its concern.
     read_guard: Callable[[Args], None] | None = None
     write_timeout_s: float | None = None
+    # Set by the server (node/replication/readiness.py): a replica's catch-up state, None on
+    # other roles; /ready is 503 while it is not caught up.
+    catch_up: Callable[[], dict[str, Any] | None] | None = None
 
     def serving_store(self) -> Store:
         store = self.store
@@ -403,6 +406,7 @@ async def _ping(ctx: NodeContext, args: Args) -> dict[str, Any]:
         "lsn": None if store is None else store.last_lsn,
         "epoch": None if store is None else store.epoch,
         "role": ctx.role,
+        "catch_up": None if ctx.catch_up is None else ctx.catch_up(),
     }
 
 

@@ -256,6 +256,11 @@ class RestApi:
         state = self._state()
         if state != "ready" or store is None:
             return web.json_response({"status": state, "role": self.ctx.role}, status=503)
+        catch_up = self.ctx.catch_up() if self.ctx.catch_up is not None else None
+        if catch_up is not None and not catch_up["caught_up"]:
+            return web.json_response({"status": catch_up["summary"], "role": self.ctx.role,
+                                      "lsn": store.last_lsn, "catch_up": catch_up},
+                                     status=503)
         return web.json_response({"status": "ready", "role": self.ctx.role,
                                   "lsn": store.last_lsn, "epoch": store.epoch})
 
@@ -276,6 +281,7 @@ class RestApi:
             "listen": config.listen,
             "coordinators": list(config.coordinators),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "catch_up": self.ctx.catch_up() if self.ctx.catch_up is not None else None,
         })
 
     async def metrics_text(self, request: web.Request) -> web.Response:

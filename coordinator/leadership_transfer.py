@@ -31,14 +31,19 @@ log = logging.getLogger("shardkv.coordinator.leadership")
 DEFAULT_WITHIN_S = 3.0
 
 
-def _request_on_raft_thread(raft: Any) -> threading.Event:
+def _request_on_raft_thread(raft: Any) -> tuple[threading.Event, Any]:
     """Ask for the transfer on the Raft thread's next tick; the event is set once asked
-    (``result`` on it holds pysyncobj's FAIL_REASON)."""
+    (``result`` on it holds pysyncobj's FAIL_REASON). Returns the event and the tick
+    callback, which the caller removes: pysyncobj runs tick callbacks under the lock that
+    ``removeOnTickCallback`` takes, so a callback removing itself deadlocks the Raft thread."""
     asked = threading.Event()
     asked.result = None  # type: ignore[attr-defined]
+    ran = threading.Event()
 
     def once() -> None:
-        raft.removeOnTickCallback(once)
+        if ran.is_set():
+            return
+        ran.set()
 
         def answered(_result: Any, error: int) -> None:
             asked.result = error  # type: ignore[attr-defined]
@@ -51,7 +56,7 @@ def _request_on_raft_thread(raft: Any) -> threading.Event:
             asked.set()
 
     raft.addOnTickCallback(once)
-    return asked
+    return asked, once
 
 
 async def transfer_leadership(bridge: RaftBridge, within_s: float = DEFAULT_WITHIN_S
@@ -67,8 +72,12 @@ async def transfer_leadership(bridge: RaftBridge, within_s: float = DEFAULT_WITH
     started = time.monotonic()
     deadline = started + within_s
     while time.monotonic() < deadline:
-        asked = _request_on_raft_thread(raft)
+        if not any(raft.isNodeConnected(n) for n in raft.otherNodes):
+            log.info("no other coordinator is connected; stopping as leader")
+            return None  # the whole group is stopping (`shardkv down`)
+        asked, callback = _request_on_raft_thread(raft)
         await asyncio.to_thread(asked.wait, max(0.1, deadline - time.monotonic()))
+        raft.removeOnTickCallback(callback)
         error = getattr(asked, "result", None)
         if error == FAIL_REASON.SUCCESS:
             # Sent: wait until another member leads (or the bound runs out).

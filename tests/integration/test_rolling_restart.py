@@ -24,7 +24,7 @@ from shardkv.cluster.process_control import OwnedProcesses
 from shardkv.cluster.rolling_restart import RollingRestart
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.write_load import WriteLoad, latency_summary  # noqa: E402
+from bench.write_load import WriteLoad, latency_summary
 
 pytestmark = pytest.mark.asyncio
 

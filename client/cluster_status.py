@@ -26,6 +26,8 @@ async def _probe(kv: Client, url: str, within: float) -> dict[str, Any]:
         "lsn": answer.get("lsn"),
         "epoch": answer.get("epoch"),
         "actual_role": answer.get("role"),
+        # A replica's own account of whether it has caught up (older nodes do not say).
+        "sync": (answer.get("catch_up") or {}).get("summary"),
     }
 
 
@@ -78,6 +80,16 @@ async def collect_status(kv: Client, *, within: float = 2.0) -> dict[str, Any]:
             "shards": shards, "healthy": healthy and bool(shards), "degraded": degraded}
 
 
+def _health(member: dict[str, Any]) -> str:
+    """ok, unreachable, ..., or "catching up (N entries behind)" for a replica not yet in
+    step with its primary; the map's status is added when it is not "up"."""
+    health = member["health"]
+    sync = member.get("sync")
+    if health == "ok" and sync and sync != "caught up":
+        health = sync
+    return health if member.get("status") in (None, "up") else f"{health}/{member['status']}"
+
+
 def render_status(status: dict[str, Any]) -> str:
     """The status as an aligned text table."""
     header = ("SHARD", "NODE", "ROLE", "ACTUAL", "EPOCH", "LSN", "LAG", "HEALTH", "URL")
@@ -89,7 +101,7 @@ def render_status(status: dict[str, Any]) -> str:
                 str(m.get("epoch") if m.get("epoch") is not None else "-"),
                 str(m.get("lsn") if m.get("lsn") is not None else "-"),
                 str(m["lag"] if m.get("lag") is not None else "-"),
-                m["health"] if m.get("status") in (None, "up") else f"{m['health']}/{m['status']}",
+                _health(m),
                 m.get("url") or "-",
             ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -49,6 +49,7 @@ class StepReport:
     ready_s: float
     exit_status: int | None
     new_primary: str | None = None
+    began_at: float = 0.0  # on the restart's clock (time.monotonic by default)
 
 
 @dataclass
@@ -132,7 +133,8 @@ class RollingRestart:
         done = self.clock()
         self.say(f"  {kind} {process_id}: stopped in {stopped - started:.2f}s (exit "
                  f"{status}), ready again after {done - stopped:.2f}s")
-        return StepReport(process_id, kind, shard, stopped - started, done - stopped, status)
+        return StepReport(process_id, kind, shard, stopped - started, done - stopped, status,
+                          began_at=started)
 
     def run(self) -> RollingReport:
         report = RollingReport()

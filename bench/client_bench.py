@@ -48,7 +48,7 @@ from typing import Any
 import aiohttp
 from shardkv.client import Client
 from shardkv.cluster.launcher import ClusterPlan, LocalCluster, http_get_json
-from shardkv.cluster.launcher import pick_free_port as free_port
+from shardkv.cluster.local_processes import free_port
 
 from bench.client_cells import Cell, medians, percentile, ratios, render, render_ratios
 from bench.etcd_cluster import etcd_cluster, leader_index, spawn_all, stop_all, wait_etcd

@@ -16,8 +16,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from shardkv.cluster.local_processes import free_port
+
 from bench.etcd_reference import MAX_TXN_OPS
-from bench.server_process import ServerProcess, free_port
+from bench.server_process import ServerProcess
 
 MEMBER_NAMES = ("e1", "e2", "e3")
 

@@ -18,9 +18,10 @@ import subprocess
 from pathlib import Path
 
 import aiohttp
+from shardkv.cluster.local_processes import free_port
 
 from bench.kv_protocol import RequestFailed
-from bench.server_process import ServerProcess, free_port
+from bench.server_process import ServerProcess
 
 # etcd refuses a txn of more than --max-txn-ops operations (128 by default); a batch of 100
 # puts fits.

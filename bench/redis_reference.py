@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from shardkv.cluster.local_processes import free_port
+
 from bench.client_cells import Cell
-from bench.server_process import free_port
 
 KEYSPACE = 10_000
 VALUE_SIZE = 100

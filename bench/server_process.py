@@ -8,10 +8,6 @@ and its pid for the CPU accounting of ``proc_stats``.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,17 +15,11 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from shardkv.cluster.local_processes import log_tail, spawn_logged, stop_children
+
 
 class ServerStartError(RuntimeError):
     """The server exited or never became ready; the message carries the tail of its log."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the OS picks it; the tiny race before the server
-    binds it is acceptable for a benchmark, and a failed start says so)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
@@ -63,16 +53,8 @@ class ServerProcess:
     def start(self, *, timeout_s: float = 30.0) -> ServerProcess:
         """Start the process and return once ``ready_url`` answers 200, or raise
         ``ServerStartError`` (the process is then stopped)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._env,
-                start_new_session=True,  # a Ctrl-C of the benchmark does not hit it first
-            )
+        # Its own session: a Ctrl-C of the benchmark does not hit it first.
+        self._proc = spawn_logged(self.argv, self.log_path, env=self._env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -94,23 +76,11 @@ class ServerProcess:
         proc, self._proc = self._proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        stop_children([proc], grace_s)
         return proc.returncode
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines) or "(no log)"
 
     def __enter__(self) -> ServerProcess:
         if self._proc is None:

@@ -7,7 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.server_process import ServerProcess, free_port
+from shardkv.cluster.local_processes import free_port
+
+from bench.server_process import ServerProcess
 
 
 def shardkv_node(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -33,12 +32,12 @@ from typing import Any, Literal
 from shardkv.chaos.container_cluster import ContainerCluster
 from shardkv.chaos.nemesis.delay_proxy import DelayProxy
 from shardkv.cluster.launcher import (
-    HOST,
     ClusterPlan,
     LocalCluster,
     ProcessSpec,
     http_get_json,
 )
+from shardkv.cluster.local_processes import HOST, free_port
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,6 @@ Topology = Literal["cluster", "standalone"]
 
 # The launcher's blocking JSON GET: (status, body or None), 0 when nothing answered.
 http_json = http_get_json
-
-
-def free_port(host: str = HOST) -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class StandalonePlan(ClusterPlan):

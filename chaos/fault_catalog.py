@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from shardkv.chaos import coordinators_down
 from shardkv.chaos.cluster_under_test import ClusterUnderTest, http_json
 from shardkv.chaos.nemesis.by_role import RoleTargeted
 from shardkv.chaos.nemesis.clock_skew import ClockNemesis
@@ -187,12 +188,20 @@ class FaultCatalog:
             return RoleTargeted(name, partition, self._coordinator_leader)
         return RoleTargeted(name, partition, self._ring_targets)
 
+    def _partition_or_none(self) -> Callable[[str], Nemesis] | None:
+        network = self.network
+        if not isinstance(network, LoopbackNetwork):
+            return None
+        return lambda name: LoopbackPartition(network, name)
+
     async def _ring_targets(self, targets: Sequence[str], params: dict[str, Any]
                             ) -> tuple[list[str], dict[str, Any]]:
         grudge = params.get("grudge") or {}
         return sorted(grudge) or list(self.cut.node_ids()), params
 
     def _one(self, name: str) -> Nemesis:
+        if name in coordinators_down.FAULTS:  # issue 19: chaos/coordinators_down.py
+            return coordinators_down.build(name, self.cut, self.kill, self._partition_or_none())
         if name in NETWORK_FAULTS:
             return self._network_fault(name)
         if name == "kill-node" or name == "kill-minority":

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shardkv.chaos import coordinators_down
 from shardkv.chaos.cluster_under_test import ClusterShape
 from shardkv.chaos.nemesis.schedule import FaultSpec
 from shardkv.chaos.workloads.mix import WorkloadMix
@@ -197,6 +198,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              regression="harness: the client-link proxy kept a half-open connection after "
                         "its upstream crashed, so clients hung until the end of the run"),
 )}
+
+SCENARIOS.update(coordinators_down.scenarios())  # issue 19
 
 
 def get_scenario(name: str) -> Scenario:

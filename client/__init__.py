@@ -14,6 +14,7 @@ from shardkv.client.retry import (
 from shardkv.client.sync_client import SyncClient
 from shardkv.client.values import DeleteResult, Item, KeyItem
 from shardkv.cluster.errors import (
+    DiskFull,
     ErrorCode,
     InternalError,
     InvalidArgument,
@@ -38,6 +39,7 @@ __all__ = [
     "ConstantBackoff",
     "DecorrelatedJitterBackoff",
     "DeleteResult",
+    "DiskFull",
     "ErrorCode",
     "ExponentialBackoff",
     "InternalError",

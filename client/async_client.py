@@ -1,13 +1,17 @@
 """``Client``: the asyncio client.
 
-Built from coordinator URLs (or ``SHARDKV_COORDINATORS``, comma-separated), or in direct mode
-from one standalone node URL. ``async with Client(...) as kv`` fetches the map, starts the map
+Built from coordinator URLs, or without any: then from ``SHARDKV_COORDINATORS``
+(comma-separated), then from the ``cluster.json`` of a local cluster (``$SHARDKV_DIR``, default
+``./.shardkv``, what ``shardkv up`` writes), the order the CLI uses. Or in direct mode from one
+standalone node URL. ``async with Client(...) as kv`` fetches the map, starts the map
 watch, and closes every connection on the way out.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from types import TracebackType
 
 import aiohttp
@@ -20,11 +24,28 @@ from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.limits import Limits
 
 COORDINATORS_ENV = "SHARDKV_COORDINATORS"
+DIR_ENV = "SHARDKV_DIR"
+DEFAULT_DIR = ".shardkv"
 
 
 def coordinators_from_env() -> list[str]:
+    """``$SHARDKV_COORDINATORS``, else the coordinators in ``$SHARDKV_DIR/cluster.json``."""
     raw = os.environ.get(COORDINATORS_ENV, "")
-    return [u.strip() for u in raw.split(",") if u.strip()]
+    urls = [u.strip() for u in raw.split(",") if u.strip()]
+    return urls or coordinators_in(Path(os.environ.get(DIR_ENV) or DEFAULT_DIR))
+
+
+def coordinators_in(directory: Path) -> list[str]:
+    """The coordinator URLs a local cluster's ``cluster.json`` lists ([] if there is none).
+    Raises ValueError for a file that is there but not a cluster file."""
+    cluster_file = directory / "cluster.json"
+    if not cluster_file.is_file():
+        return []
+    try:
+        described = json.loads(cluster_file.read_text())
+        return [str(c["url"]) for c in described.get("coordinators", [])]
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+        raise ValueError(f"{cluster_file} is not a valid cluster file: {exc}") from None
 
 
 class Client(Commands):
@@ -51,8 +72,9 @@ class Client(Commands):
             coordinators = coordinators_from_env()
         if not coordinators and not nodes:
             raise ValueError(
-                f"no coordinator URLs: pass them, or set {COORDINATORS_ENV}, "
-                "or use nodes=[url] for a standalone node"
+                f"no coordinator URLs: pass them, set {COORDINATORS_ENV}, start a local "
+                f"cluster with `shardkv up` (read from ./{DEFAULT_DIR}/cluster.json or "
+                f"${DIR_ENV}), or use nodes=[url] for a standalone node"
             )
         self._coordinators = list(coordinators or [])
         self._nodes = list(nodes) if nodes else None

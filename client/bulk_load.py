@@ -1,9 +1,11 @@
 """``shardkv load FILE``: bulk loading through the client's ``mput``.
 
-Lines are read in batches and each batch is one ``mput`` (split by shard, each part one atomic
-write, so a batch costs one WAL group per shard instead of one fsync per key); several batches
-are in flight at once. A malformed line is skipped and counted, never half-written: the
-report names the first few so the file can be fixed. A batch that fails is reported with its
+Lines are read in batches and each batch is one ``mput`` (the same path as the library's and
+the CLI's ``mput``: split by shard and into chunks under the node's limits, each chunk one
+atomic write, so a batch costs one WAL group per shard instead of one fsync per key); several
+batches are in flight at once. A malformed line is skipped, never half-written, and reported
+with its line number and reason through ``on_skip`` as it is found (the CLI prints each on
+stderr; ``--strict`` makes any skip fail the command). A batch that fails is reported with its
 keys' errors; the load goes on with the next batch.
 
 Formats: JSONL (``{"key": "...", "value": ...}`` per line: a string value is stored as UTF-8,
@@ -20,7 +22,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -128,8 +130,10 @@ async def load_file(
     concurrency: int = 8,
     ttl: float | None = None,
     progress: TextIO | None = None,
+    on_skip: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Load ``path`` into the cluster; returns a report (loaded, skipped, errors, rate)."""
+    """Load ``path`` into the cluster; returns a report (loaded, skipped, errors, rate).
+    ``on_skip`` hears ``"line N: reason"`` for every skipped line, as it is skipped."""
     if batch_size < 1 or concurrency < 1:
         raise ValueError("batch size and concurrency must be >= 1")
     fmt = detect_format(path, fmt)
@@ -171,6 +175,9 @@ async def load_file(
             if not chunk:
                 break
             batch = [r for r in chunk if r is not None]
+            if on_skip is not None:
+                for problem in problems[skipped:]:
+                    on_skip(problem)
             skipped += len(chunk) - len(batch)
             if batch:
                 await slots.acquire()

@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from shardkv.client.async_client import COORDINATORS_ENV, Client
+from shardkv.client.async_client import COORDINATORS_ENV, Client, coordinators_in
 from shardkv.client.bulk_load import load_file
-from shardkv.client.cluster_status import collect_status, render_status
+from shardkv.client.cluster_status import collect_status, explain_key, render_status
 from shardkv.client.values import Item
 from shardkv.cluster import wire
-from shardkv.cluster.errors import ShardKVError
+from shardkv.cluster.errors import ErrorCode, ShardKVError
 
 DEFAULT_DIR = ".shardkv"
 
@@ -56,23 +56,20 @@ def resolve_target(args: argparse.Namespace) -> dict[str, Any]:
     env = os.environ.get(COORDINATORS_ENV, "").strip()
     if env:
         return {"coordinators": [u.strip() for u in env.split(",") if u.strip()]}
-    cluster_file = Path(args.dir) / "cluster.json"
-    if cluster_file.is_file():
-        try:
-            described = json.loads(cluster_file.read_text())
-            urls = [c["url"] for c in described.get("coordinators", [])]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{cluster_file} is not a valid cluster file: {exc}") from None
-        if urls:
-            return {"coordinators": urls}
+    try:
+        urls = coordinators_in(Path(args.dir))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if urls:
+        return {"coordinators": urls}
     raise UsageError(
         f"where is the cluster? pass --coordinator URL, set {COORDINATORS_ENV}, "
         f"run `shardkv up --dir {args.dir}` first, or use --node URL for a standalone node"
     )
 
 
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "backslashreplace")
+def _text(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
 
 
 def _item_json(key: str, item: Item | None) -> dict[str, Any]:
@@ -186,28 +183,91 @@ async def _status(kv: Client, args: argparse.Namespace) -> int:
         _print_json(status)
     else:
         sys.stdout.write(render_status(status))
-    return 0 if status["healthy"] else 1
+    return 0 if status["available"] else 1
+
+
+async def _primary(kv: Client, args: argparse.Namespace) -> int:
+    """Which node is the primary of the shard that owns KEY (and its pid, for a cluster from
+    `shardkv up`): what a failover demo kills."""
+    cmap = await kv.refresh_map()
+    shard_id = kv.router.shard_of(args.key.encode("utf-8"))
+    primary = cmap.shards[shard_id].primary if shard_id in cmap.shards else None
+    node = cmap.nodes.get(primary) if primary else None
+    pid = _local_pid(Path(args.dir), primary) if primary else None
+    if args.json:
+        _print_json({"key": args.key, "shard": shard_id, "primary": primary,
+                     "url": node.url if node else None, "pid": pid})
+    elif primary is None:
+        print(f"shard {shard_id} of {args.key} has no primary", file=sys.stderr)
+    elif args.pid:
+        if pid is None:
+            raise UsageError(f"no pid for {primary}: not a cluster from `shardkv up` in "
+                             f"{args.dir}")
+        print(pid)
+    else:
+        print(primary)
+    return 0 if primary else 1
+
+
+def _local_pid(directory: Path, node_id: str) -> int | None:
+    """The pid of a node as DIR/cluster.json records it (None if not there)."""
+    try:
+        described = json.loads((directory / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for entry in described.get("nodes", []):
+        if entry.get("id") == node_id and isinstance(entry.get("pid"), int):
+            return int(entry["pid"])
+    return None
 
 
 async def _load(kv: Client, args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not await asyncio.to_thread(path.is_file):
         raise UsageError(f"{path} is not a file")
+    bar = not (args.json or args.quiet)
+
+    def skipped(problem: str) -> None:  # each skipped line, as it is found
+        print(f"{chr(10) if bar else ''}skipped {path}:{problem}", file=sys.stderr)
+
     report = await load_file(kv, path, fmt=args.format, batch_size=args.batch,
                              concurrency=args.concurrency, ttl=args.ttl,
-                             progress=None if args.json or args.quiet else sys.stderr)
+                             progress=sys.stderr if bar else None, on_skip=skipped)
     if args.json:
         _print_json(report)
     else:
         print(f"loaded {report['loaded']} keys in {report['seconds']:.2f}s "
-              f"({report['rate']:.0f} keys/s); {report['skipped']} lines skipped")
-    return 0 if not report["errors"] else 1
+              f"({report['rate']:.0f} keys/s); {report['skipped']} lines skipped"
+              + (" (listed on stderr)" if report["skipped"] else ""))
+    if report["errors"] or report["failed"]:
+        return 1
+    if args.strict and report["skipped"]:
+        print(f"shardkv load: --strict: {report['skipped']} lines skipped", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _with_client(runner: Runner, args: argparse.Namespace) -> int:
     target = resolve_target(args)
     async with Client(**target, timeout=args.timeout, watch_map=False) as kv:
-        return await runner(kv, args)
+        try:
+            return await runner(kv, args)
+        except ShardKVError as exc:
+            raise await _explained(kv, args, exc) from None
+
+
+async def _explained(kv: Client, args: argparse.Namespace, exc: ShardKVError) -> ShardKVError:
+    """An UNAVAILABLE (or TIMEOUT) for a key, with the owning shard and why it cannot serve
+    (from the map and a probe of its members) in place of a bare socket error."""
+    key = getattr(args, "key", None)
+    if exc.code not in (ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT) or key is None:
+        return exc
+    reason = await explain_key(kv, key)
+    if reason is None:
+        return exc
+    explained = type(exc)(f"{reason} (the client saw: {exc.message})", **exc.details)
+    explained.code = exc.code
+    return explained
 
 
 def _runner(runner: Runner) -> Callable[[argparse.Namespace], int]:
@@ -298,6 +358,13 @@ def _args_mput(p: argparse.ArgumentParser) -> None:
     _write_concern(p)
 
 
+def _args_primary(p: argparse.ArgumentParser) -> None:
+    add_target_arguments(p)
+    p.add_argument("key")
+    p.add_argument("--pid", action="store_true",
+                   help="print the primary's pid (a cluster from `shardkv up`)")
+
+
 def _args_load(p: argparse.ArgumentParser) -> None:
     add_target_arguments(p)
     p.add_argument("file", help="JSONL ({\"key\": ..., \"value\": ...} per line) or CSV "
@@ -309,11 +376,15 @@ def _args_load(p: argparse.ArgumentParser) -> None:
                    help="batches in flight (default 8)")
     p.add_argument("--ttl", type=float, default=None, metavar="SECONDS")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 if any line was skipped (each is named on stderr either way)")
 
 
 COMMANDS = [
     ("status", "shards, members, roles, LSN, lag and health as a table", _args_status,
      _runner(_status)),
+    ("primary", "which node is the primary for a key (--pid: its process id)",
+     _args_primary, _runner(_primary)),
     ("get", "read a key", _args_get, _runner(_get)),
     ("put", "write a key", _args_put, _runner(_put)),
     ("del", "delete a key", _args_del, _runner(_del)),

@@ -21,11 +21,17 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mappi
 from typing import Any, Literal
 
 from shardkv.client.executor import Executor
-from shardkv.client.multi_key import run_split
+from shardkv.client.multi_key import node_limits, run_split
 from shardkv.client.retry import DecorrelatedJitterBackoff
-from shardkv.client.scan_merge import merged_scan
+from shardkv.client.scan_merge import key_type_of, merged_scan
 from shardkv.client.values import DeleteResult, Item, KeyItem
-from shardkv.cluster.errors import InvalidArgument, NotFound, Timeout, VersionMismatch
+from shardkv.cluster.errors import (
+    InvalidArgument,
+    NotFound,
+    Timeout,
+    TooLarge,
+    VersionMismatch,
+)
 from shardkv.cluster.limits import (
     MAX_SCAN_LIMIT,
     Limits,
@@ -126,8 +132,9 @@ class Commands:
         min_version: int | None = None,
         timeout: float | None = None,
     ) -> list[Item | None]:
-        """Items in input order (None for absent keys), fetched from every shard at once.
-        Raises ``MultiKeyError`` with the partial results if some shard failed."""
+        """Items in input order (None for absent keys), any number of keys: each shard's share
+        goes in chunks under the node's limits, several at once (``multi_key``). Raises
+        ``MultiKeyError`` with the partial results if some chunk failed."""
         raw_keys = [as_key(k) for k in keys]
         if not raw_keys:
             return []
@@ -143,7 +150,8 @@ class Commands:
             )
             return [Item.from_wire(it) if it is not None else None for it in body["items"]]
 
-        return await run_split(self._executor.router, raw_keys, part)
+        limits = await node_limits(self._executor, self._limits)
+        return await run_split(self._executor.router, raw_keys, part, limits=limits)
 
     def scan(
         self,
@@ -158,7 +166,8 @@ class Commands:
         """Keys with ``prefix`` (or in ``[start, end)``), in key order across all shards,
         fetched page by page: ``async for item in kv.scan(prefix="user:")``. Each page is a
         strong read of one shard; the scan as a whole is not a snapshot (writes made while it
-        runs may or may not be seen)."""
+        runs may or may not be seen). Keys come as ``str`` unless you scan with a bytes
+        prefix or range (then ``bytes``), so they can be handed straight back to ``get``."""
         if prefix is not None and (start is not None or end is not None):
             raise InvalidArgument("scan takes a prefix or a start/end range, not both")
         if not 1 <= page_size <= MAX_SCAN_LIMIT:
@@ -174,7 +183,8 @@ class Commands:
             base["end"] = as_key(end)
         if limit is not None:
             page_size = max(1, min(page_size, limit))
-        return merged_scan(self._executor, base, limit, page_size, timeout)
+        return merged_scan(self._executor, base, limit, page_size, timeout,
+                           key_type_of(prefix, start, end))
 
 
     # -- writes ------------------------------------------------------------------------------
@@ -265,8 +275,10 @@ class Commands:
         write_concern: WriteConcern | None = None,
         timeout: float | None = None,
     ) -> list[int]:
-        """Store many items; each shard's part is one atomic write. Returns the version of
-        each item in input order (the version of the part that wrote it)."""
+        """Store any number of items. Atomicity holds per chunk within a shard: each shard's
+        share is cut into chunks under the node's operation and byte limits, and each chunk is
+        one atomic write (use ``batch`` for all-or-nothing). Returns the version of each item
+        in input order (the version of the chunk that wrote it)."""
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         raw_keys = [as_key(k) for k, _ in pairs]
         values = [as_value(v, self._limits) for _, v in pairs]
@@ -283,7 +295,10 @@ class Commands:
             )
             return [int(body["version"])] * len(indexes)
 
-        return await run_split(self._executor.router, raw_keys, part)
+        limits = await node_limits(self._executor, self._limits)
+        sizes = [len(k) + len(v) for k, v in zip(raw_keys, values, strict=True)]
+        return await run_split(self._executor.router, raw_keys, part, limits=limits,
+                               sizes=sizes)
 
     async def mdelete(
         self,
@@ -292,7 +307,8 @@ class Commands:
         write_concern: WriteConcern | None = None,
         timeout: float | None = None,
     ) -> int:
-        """Delete many keys; returns how many existed."""
+        """Delete any number of keys (in chunks under the node's limits, each chunk atomic
+        within its shard); returns how many existed."""
         raw_keys = [as_key(k) for k in keys]
         if not raw_keys:
             return 0
@@ -306,7 +322,9 @@ class Commands:
             # The count is per part: credit it to the part's first key, zero to the rest.
             return [int(body["deleted"])] + [0] * (len(indexes) - 1)
 
-        counts = await run_split(self._executor.router, raw_keys, part)
+        limits = await node_limits(self._executor, self._limits)
+        counts = await run_split(self._executor.router, raw_keys, part, limits=limits,
+                                 sizes=[len(k) for k in raw_keys])
         return sum(counts)
 
     async def batch(
@@ -336,6 +354,12 @@ class Commands:
             wire_ops.append(entry)
         if not wire_ops:
             raise InvalidArgument("a batch needs at least one op")
+        limits = await node_limits(self._executor, self._limits)
+        if len(wire_ops) > limits.max_batch_ops:
+            raise TooLarge(f"a batch is all or nothing, so it must fit one request: "
+                           f"{len(wire_ops)} operations, the node's limit is "
+                           f"{limits.max_batch_ops} (mput/mdelete take any number, atomic per "
+                           f"chunk)")
         keys = [e["key"] for e in wire_ops]
         if not self.same_shard(keys):
             raise InvalidArgument("batch keys span several shards; a batch is atomic per shard")

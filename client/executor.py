@@ -36,6 +36,7 @@ import aiohttp
 from shardkv.client.connection import ConnectionFailed, NodePool
 from shardkv.client.retry import ExponentialBackoff, Retry
 from shardkv.client.routing import Route, Router
+from shardkv.client.unreachable import name_the_shard
 from shardkv.client.write_sessions import WriteSessions
 from shardkv.cluster.errors import (
     InvalidArgument,
@@ -234,11 +235,13 @@ class Executor:
                 maybe = spec.writes and _maybe_executed(error)
                 uncertain = uncertain or maybe
                 if not error.retryable or (maybe and not retry_safe):
-                    raise _gave_up(op, error, uncertain)  # noqa: B904 (chained inside)
+                    raise _gave_up(op, name_the_shard(error, self.router, target),  # noqa: B904
+                                   uncertain)  # (chained inside)
                 failures += 1
                 delay = self.retry.delay_for(error, failures, ends_at - loop.time())
                 if delay is None:
-                    raise _gave_up(op, error, uncertain)  # noqa: B904 (chained inside)
+                    raise _gave_up(op, name_the_shard(error, self.router, target),  # noqa: B904
+                                   uncertain)  # (chained inside)
                 if isinstance(error, ConnectionFailed | OutcomeUnknown):
                     await self._refresh_quietly()
                 await asyncio.sleep(delay)

@@ -1,9 +1,21 @@
-"""Multi-key calls: split by shard, run the parts concurrently, answer in input order.
+"""Multi-key calls of any size: split by shard, then into chunks a node accepts, run with
+bounded concurrency, answer in input order.
 
-A multi-key call is not atomic across shards, so a part can fail while others succeed. That
-is reported, never swallowed: ``MultiKeyError`` carries the results that did arrive (in input
-order) and the error of each key that failed, and its code is the first failure's code so a
-caller who only checks ``retryable`` still does the right thing.
+A node takes at most ``max_batch_ops`` operations and ``max_batch_bytes`` bytes in one request
+(``cluster/limits.py``; each node reports its own in ``ping`` and ``/v1/status``, and the
+client learns them from the node rather than assuming them). So each shard's share of the keys
+is cut into chunks under both limits, in input order, and at most ``MAX_CHUNKS_IN_FLIGHT``
+chunks are in flight at once. redis-py users pass thousands of keys to MGET without a thought;
+here that just works.
+
+**Atomicity holds per chunk within a shard**: each chunk is one atomic write on its shard, but
+a call with more keys than fit one chunk, or keys on several shards, is not atomic as a whole.
+Use ``batch`` for all-or-nothing (it refuses more than one chunk's worth, and says so).
+
+A part can fail while others succeed. That is reported, never swallowed: ``MultiKeyError``
+carries the results that did arrive (in input order) and the error of each key that failed,
+and its code is the first failure's code so a caller who only checks ``retryable`` still does
+the right thing.
 
 When the ring changes under a call (a node answers STALE_MAP and the refreshed map owns the
 keys of a part differently), the part is split again along the new ring.
@@ -12,12 +24,14 @@ keys of a part differently), the part is split again along the new ring.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from shardkv.client.executor import Regroup
+from shardkv.client.executor import Executor, Regroup
 from shardkv.client.routing import Router
 from shardkv.cluster.errors import ErrorCode, ShardKVError
+from shardkv.cluster.limits import Limits
 
 T = TypeVar("T")
 
@@ -26,6 +40,58 @@ T = TypeVar("T")
 PartRunner = Callable[[list[int]], Awaitable[list[Any]]]
 
 MAX_REGROUPS = 16
+MAX_CHUNKS_IN_FLIGHT = 8
+# Room in a chunk for what travels beside each key and value (msgpack framing, arguments).
+PER_OP_OVERHEAD_BYTES = 64
+
+_learned: weakref.WeakKeyDictionary[Executor, Limits] = weakref.WeakKeyDictionary()
+
+
+async def node_limits(executor: Executor, fallback: Limits) -> Limits:
+    """The request limits the cluster's nodes enforce, asked of a node once per client (its
+    ``ping`` carries ``limits``) and remembered; ``fallback`` when no node says (an older
+    node, or none reachable: the call itself will then report why)."""
+    known = _learned.get(executor)
+    if known is not None:
+        return known
+    router = executor.router
+    try:
+        if router.direct:
+            url = router.direct_url or ""
+        else:
+            url = router.primary(router.shards()[0]).url
+        answer = await executor.pool(url).call("ping", {}, 2.0)
+        raw = answer.get("limits") or {}
+        learned = Limits(
+            max_value_bytes=int(raw["max_value_bytes"]),
+            max_batch_ops=int(raw["max_batch_ops"]),
+            max_batch_bytes=int(raw["max_batch_bytes"]),
+        )
+    except (ShardKVError, KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return fallback
+    _learned[executor] = learned
+    return learned
+
+
+def chunk_indexes(indexes: list[int], sizes: Sequence[int] | None,
+                  limits: Limits) -> list[list[int]]:
+    """``indexes`` cut, in order, into runs of at most ``max_batch_ops`` whose sizes (plus a
+    per-operation overhead) stay under ``max_batch_bytes``. A single item is never split: one
+    that alone exceeds the byte limit goes alone, and the node answers TOO_LARGE for it."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for i in indexes:
+        size = (sizes[i] if sizes is not None else 0) + PER_OP_OVERHEAD_BYTES
+        if current and (len(current) >= limits.max_batch_ops
+                        or current_bytes + size > limits.max_batch_bytes):
+            chunks.append(current)
+            current, current_bytes = [], 0
+        current.append(i)
+        current_bytes += size
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 class MultiKeyError(ShardKVError):
@@ -73,12 +139,24 @@ async def run_split(
     router: Router,
     keys: Sequence[bytes],
     run_part: PartRunner,
+    *,
+    limits: Limits | None = None,
+    sizes: Sequence[int] | None = None,
+    concurrency: int = MAX_CHUNKS_IN_FLIGHT,
 ) -> list[Any]:
-    """Run ``run_part`` once per shard, concurrently; results in input order.
+    """Run ``run_part`` once per chunk of each shard's keys (chunks under ``limits``, sized by
+    ``sizes[i]`` bytes for key i), at most ``concurrency`` at a time; results in input order.
 
     Raises ``MultiKeyError`` if any part failed (with the partial results); errors that are
     not ShardKVErrors (bugs, cancellation) propagate unchanged.
     """
+    limits = limits or Limits()
+    slots = asyncio.Semaphore(max(concurrency, 1))
+
+    async def bounded(part: list[int]) -> list[Any]:
+        async with slots:
+            return await run_part(part)
+
     results: list[Any] = [None] * len(keys)
     errors: dict[int, ShardKVError] = {}
     pending = list(range(len(keys)))
@@ -86,8 +164,9 @@ async def run_split(
         if not pending:
             break
         groups = group_by_shard(router, keys, pending)
-        parts = list(groups.values())
-        outcomes = await asyncio.gather(*(run_part(p) for p in parts), return_exceptions=True)
+        parts = [chunk for group in groups.values()
+                 for chunk in chunk_indexes(group, sizes, limits)]
+        outcomes = await asyncio.gather(*(bounded(p) for p in parts), return_exceptions=True)
         pending = []
         for part, outcome in zip(parts, outcomes, strict=True):
             if isinstance(outcome, Regroup):

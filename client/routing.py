@@ -11,6 +11,11 @@ coordinators stay off the data path. The map is cached and kept fresh two ways:
 Strong reads and writes go to the shard's primary. Eventual reads go to a replica chosen
 round-robin; the executor falls back to the next replica, then the primary, on ``TOO_STALE``.
 
+When no coordinator answers, the client keeps routing with its cached map (the shards'
+primaries keep serving without the coordinators, see ``docs/replication.md``): a failed
+fetch is remembered for ``MAP_RETRY_AFTER_FAILURE_S``, and refreshes asked for meanwhile fail
+at once with ``UNAVAILABLE`` instead of waiting on unreachable coordinators again.
+
 Direct mode (``nodes=[url]``) has no coordinator: a single standalone node owns every key.
 """
 
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DIRECT_SHARD = "direct"
 WATCH_POLL_SECONDS = 30.0  # how long one long-poll may hang before we ask again
+MAP_RETRY_AFTER_FAILURE_S = 1.0  # after no coordinator answered, refreshes fail fast this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,13 @@ class Router:
         self._rr = itertools.count(random.randrange(1 << 16))
         self._coordinator_rr = itertools.count(random.randrange(1 << 16))
         self.refreshes = 0  # fetches triggered by errors (observability, tests)
+        self._fetch_failed_at: float | None = None  # loop time of the last failed fetch
+        self.map_fetch_failures = 0
+
+    @property
+    def coordinators_reachable(self) -> bool:
+        """False since a fetch found no coordinator, until one answers again."""
+        return self._fetch_failed_at is None
 
     # -- the map -----------------------------------------------------------------------------
 
@@ -150,6 +163,13 @@ class Router:
         """Fetch the map now. Callers that arrive while a fetch is running share it."""
         if self.direct:
             raise RuntimeError("direct mode has no map to refresh")
+        failed_at = self._fetch_failed_at
+        now = asyncio.get_running_loop().time()
+        if (self._map is not None and failed_at is not None
+                and now - failed_at < MAP_RETRY_AFTER_FAILURE_S):
+            raise Unavailable("no coordinator answered a moment ago; routing with the cached "
+                              f"map (version {self._map.version})",
+                              cached_map_version=self._map.version)
         task = self._refreshing
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(self._do_refresh())
@@ -157,7 +177,13 @@ class Router:
         return await asyncio.shield(task)
 
     async def _do_refresh(self) -> ClusterMap:
-        fetched = await self._fetch_any()
+        try:
+            fetched = await self._fetch_any()
+        except Unavailable:
+            self._fetch_failed_at = asyncio.get_running_loop().time()
+            self.map_fetch_failures += 1
+            raise
+        self._fetch_failed_at = None
         await self._adopt(fetched)
         assert self._map is not None
         return self._map
@@ -184,6 +210,7 @@ class Router:
             try:
                 fetched = await self._fetch_from(url, self.version, WATCH_POLL_SECONDS)
                 failures = 0
+                self._fetch_failed_at = None
                 if fetched is not None:
                     await self._adopt(fetched)
                     # A coordinator that answers at once with an old map does not long-poll:

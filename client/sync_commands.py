@@ -70,8 +70,9 @@ class SyncCommands:
         min_version: int | None = None,
         timeout: float | None = None,
     ) -> list[Item | None]:
-        """Items in input order (None for absent keys), fetched from every shard at once.
-        Raises ``MultiKeyError`` with the partial results if some shard failed."""
+        """Items in input order (None for absent keys), any number of keys: each shard's share
+        goes in chunks under the node's limits, several at once (``multi_key``). Raises
+        ``MultiKeyError`` with the partial results if some chunk failed."""
         return self._run(
             self._client.mget(
                 keys,
@@ -152,8 +153,10 @@ class SyncCommands:
         write_concern: WriteConcern | None = None,
         timeout: float | None = None,
     ) -> list[int]:
-        """Store many items; each shard's part is one atomic write. Returns the version of
-        each item in input order (the version of the part that wrote it)."""
+        """Store any number of items. Atomicity holds per chunk within a shard: each shard's
+        share is cut into chunks under the node's operation and byte limits, and each chunk is
+        one atomic write (use ``batch`` for all-or-nothing). Returns the version of each item
+        in input order (the version of the chunk that wrote it)."""
         return self._run(
             self._client.mput(items, ttl=ttl, write_concern=write_concern, timeout=timeout)
         )
@@ -165,7 +168,8 @@ class SyncCommands:
         write_concern: WriteConcern | None = None,
         timeout: float | None = None,
     ) -> int:
-        """Delete many keys; returns how many existed."""
+        """Delete any number of keys (in chunks under the node's limits, each chunk atomic
+        within its shard); returns how many existed."""
         return self._run(self._client.mdelete(keys, write_concern=write_concern, timeout=timeout))
 
     def batch(

@@ -68,9 +68,10 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class KeyItem:
-    """One result of a scan: the key alongside the item."""
+    """One result of a scan: the key (``str`` or ``bytes``, as the scan was asked; see
+    ``scan_merge``) alongside the item."""
 
-    key: bytes
+    key: bytes | str
     value: bytes
     version: int
 

@@ -40,6 +40,15 @@ def _load_commands() -> list[Command]:
     return commands
 
 
+def _care_command(argv: list[str]) -> tuple[str, list[str]] | None:
+    """``(kind, rest)`` for ``node|coordinator start|stop|restart ...``: those act on a local
+    cluster's process by id, while ``shardkv node --flags`` runs a node."""
+    if len(argv) >= 2 and argv[0] in ("node", "coordinator") and argv[1] in (
+            "start", "stop", "restart"):
+        return argv[0], argv[1:]
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardkv",
@@ -55,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    care = _care_command(arguments)
+    if care is not None:  # `shardkv node|coordinator start|stop|restart ID`
+        from shardkv.cluster.launcher_control import run_care
+        return run_care(*care)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -43,6 +43,8 @@ class ReplicationStatus(TypedDict):
     lease: str
     lease_remaining_s: float | None
     fenced: bool
+    promise: NotRequired[dict[str, float | int]]  # the lease this node granted (epoch, left)
+    lease_detail: NotRequired[dict[str, object]]  # primary only: source, grantors
     commit_lsn: NotRequired[int]  # primary only
     replicas: NotRequired[list[dict[str, Any]]]  # primary only
     stream_reconnects: NotRequired[int]  # primary only

@@ -30,6 +30,7 @@ class ErrorCode(enum.StrEnum):
     TIMEOUT = "TIMEOUT"
     UNKNOWN_OP = "UNKNOWN_OP"
     STALE_EPOCH = "STALE_EPOCH"
+    DISK_FULL = "DISK_FULL"
     INTERNAL = "INTERNAL"
     OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
 
@@ -47,6 +48,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_STALE: 503,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,
+    ErrorCode.DISK_FULL: 507,
     ErrorCode.INTERNAL: 500,
     ErrorCode.OUTCOME_UNKNOWN: 503,
 }
@@ -146,6 +148,14 @@ class Timeout(ShardKVError):
     code = ErrorCode.TIMEOUT
 
 
+class DiskFull(ShardKVError):
+    """The node's disk is below its free-space floor: it refuses writes before the WAL could
+    meet ENOSPC. Not retryable: only an operator (more disk, fewer snapshots kept, a compact)
+    or deletes elsewhere change it. ``details`` name the directory and the bytes free."""
+
+    code = ErrorCode.DISK_FULL
+
+
 class InternalError(ShardKVError):
     code = ErrorCode.INTERNAL
 
@@ -175,6 +185,7 @@ _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
         Unavailable,
         Unauthorized,
         Timeout,
+        DiskFull,
         InternalError,
         OutcomeUnknown,
     )

@@ -26,11 +26,8 @@ to block, and plain ``subprocess``/``urllib`` keep it easy to reason about.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,31 +38,25 @@ from pathlib import Path
 from typing import Any
 
 from shardkv.cluster.durable_file import write_atomically
+from shardkv.cluster.local_processes import (
+    HOST,
+    STOP_GRACE_S,
+    free_port,
+    log_tail,
+    port_is_free,
+    spawn_logged,
+    stop_children,
+    wait_ports_free,
+)
 
-HOST = "127.0.0.1"
 READY_TIMEOUT_S = 90.0
-STOP_GRACE_S = 10.0
+# A process stopped on purpose (`shardkv node stop`) is "stopped"; one that died is "exited".
+RUNNING, STOPPED, EXITED = "running", "stopped", "exited"
 
 
 class LaunchError(Exception):
     """The cluster could not be started (a process died, readiness timed out): the message
     says which process and where its log is."""
-
-
-def pick_free_port(host: str = HOST) -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass
@@ -101,24 +92,19 @@ class ClusterPlan:
         if shards < 1 or replicas < 1 or coordinators < 1:
             raise ValueError("shards, replicas and coordinators must all be >= 1")
         plan = cls(shards=shards, replicas=replicas, engine=engine, fsync=fsync)
-        taken: set[int] = set()
-
-        def free_port() -> int:  # distinct within the plan, not only free right now
-            while (port := pick_free_port()) in taken:
-                pass
-            taken.add(port)
-            return port
-
+        taken: set[int] = set()  # ports distinct within the plan, not only free right now
         for i in range(1, coordinators + 1):
             cid = f"c{i}"
             plan.coordinators.append(ProcessSpec(
-                "coordinator", cid, free_port(), str(directory / "coordinators" / cid),
-                raft_port=free_port()))
+                "coordinator", cid, free_port(taken=taken),
+                str(directory / "coordinators" / cid),
+                raft_port=free_port(taken=taken)))
         for s in range(1, shards + 1):
             for r in range(1, replicas + 1):
                 nid = f"n{(s - 1) * replicas + r}"
                 plan.nodes.append(ProcessSpec(
-                    "node", nid, free_port(), str(directory / "nodes" / nid), shard=f"s{s}"))
+                    "node", nid, free_port(taken=taken), str(directory / "nodes" / nid),
+                    shard=f"s{s}"))
         return plan
 
     @classmethod
@@ -192,6 +178,8 @@ class LocalCluster:
         self.plan = plan
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = {}
+        self.stopped: set[str] = set()  # stopped on purpose: not restarted, not reported dead
+        self._log_offsets: dict[str, int] = {}  # where this run's part of each log begins
 
     # -- files -----------------------------------------------------------------------------
 
@@ -203,44 +191,57 @@ class LocalCluster:
         return self.directory / "logs" / f"{spec.id}.log"
 
     def describe(self) -> dict[str, Any]:
-        """cluster.json, exactly the shape of DESIGN.md."""
+        """cluster.json: the shape of DESIGN.md, plus each process's ``state`` (running,
+        stopped on purpose, or exited) so `shardkv node start` knows what to bring back."""
         return {
-            "coordinators": [{"id": c.id, "url": c.url, "pid": self._pid(c.id)}
-                             for c in self.plan.coordinators],
+            "coordinators": [{"id": c.id, "url": c.url, "pid": self._pid(c.id),
+                              "state": self.state(c.id)} for c in self.plan.coordinators],
             "nodes": [{"id": n.id, "url": n.url, "pid": self._pid(n.id),
-                       "data_dir": n.data_dir} for n in self.plan.nodes],
+                       "data_dir": n.data_dir, "state": self.state(n.id)}
+                      for n in self.plan.nodes],
         }
+
+    def state(self, process_id: str) -> str:
+        if process_id in self.stopped:
+            return STOPPED
+        proc = self.procs.get(process_id)
+        return RUNNING if proc is not None and proc.poll() is None else EXITED
 
     def write_cluster_file(self) -> None:
         write_json_atomically(self.cluster_file, self.describe())
 
     def _pid(self, process_id: str) -> int | None:
         proc = self.procs.get(process_id)
-        return proc.pid if proc is not None else None
+        if proc is None or process_id in self.stopped:
+            return None
+        return proc.pid
 
     # -- start -----------------------------------------------------------------------------
 
     def start_process(self, spec: ProcessSpec) -> subprocess.Popen[bytes]:
         Path(spec.data_dir).mkdir(parents=True, exist_ok=True)
         log_path = self.log_path(spec)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offsets[spec.id] = log_path.stat().st_size if log_path.exists() else 0
         env = dict(os.environ)
         env.setdefault("SHARDKV_LOG_FORMAT", "json")
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                self.plan.argv(spec), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env=env, start_new_session=True,
-            )
+        proc = spawn_logged(self.plan.argv(spec), log_path, env=env)
         self.procs[spec.id] = proc
+        self.stopped.discard(spec.id)
         return proc
 
     def prepare(self) -> None:
-        """Refuse to start over ports another process holds (a cluster started twice)."""
-        busy = [f"{s.id}:{p}" for s in self.plan.processes
-                for p in (s.port, s.raft_port) if p is not None and not port_is_free(p)]
+        """Refuse to start over ports another process listens on (a cluster started twice,
+        or some other program). Checked as our servers bind (SO_REUSEADDR), so the TIME-WAIT
+        left by a cluster just stopped is no obstacle; a port still held by a process that is
+        exiting gets a few seconds to be released."""
+        ports = {p: s.id for s in self.plan.processes
+                 for p in (s.port, s.raft_port) if p is not None}
+        busy = wait_ports_free([p for p in ports if not port_is_free(p)], timeout=5.0)
         if busy:
-            raise LaunchError(f"ports already in use: {', '.join(busy)} (another cluster in "
-                              f"{self.directory}? run `shardkv down --dir {self.directory}`)")
+            names = ", ".join(f"{ports[p]}:{p}" for p in sorted(busy))
+            raise LaunchError(f"ports in use by another program: {names} (check with "
+                              f"`ss -ltnp`; or start a new cluster elsewhere with "
+                              f"`shardkv up --dir OTHER_DIR`)")
 
     def start(self) -> None:
         """Start every process: the coordinators first, the nodes once the coordinators have
@@ -275,17 +276,13 @@ class LocalCluster:
     def _check_alive(self) -> None:
         for spec in self.plan.processes:
             proc = self.procs.get(spec.id)
-            if proc is not None and proc.poll() is not None:
-                tail = self.log_tail(spec)
+            if proc is not None and proc.poll() is not None and spec.id not in self.stopped:
                 raise LaunchError(f"{spec.kind} {spec.id} exited with status {proc.returncode}; "
-                                  f"log: {self.log_path(spec)}\n{tail}")
+                                  f"log: {self.log_path(spec)}\n{self.log_tail(spec)}")
 
     def log_tail(self, spec: ProcessSpec, lines: int = 8) -> str:
-        try:
-            text = self.log_path(spec).read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        """The end of this run's part of a process's log."""
+        return log_tail(self.log_path(spec), lines, since=self._log_offsets.get(spec.id, 0))
 
     def readiness(self) -> tuple[bool, str]:
         """Whether the whole cluster serves, and if not, the first thing that does not."""
@@ -327,13 +324,18 @@ class LocalCluster:
         raise LaunchError(f"the cluster was not ready after {timeout:.0f}s: {reason} "
                           f"(logs in {self.directory / 'logs'})")
 
-    # -- supervise -------------------------------------------------------------------------
+    # -- supervise and care ----------------------------------------------------------------
 
     def restart_dead(self) -> list[str]:
-        """Restart every process that has exited (``--supervise``); returns their ids."""
-        restarted = self.dead()
-        for process_id in restarted:
-            self.restart(process_id)
+        """Restart every process that has exited (``--supervise``) unless it was stopped on
+        purpose; returns their ids."""
+        restarted = []
+        for process_id in self.dead():
+            try:
+                self.restart(process_id)
+            except LaunchError:
+                continue  # its port is still held: try again on the next round
+            restarted.append(process_id)
         return restarted
 
     def spec(self, process_id: str) -> ProcessSpec:
@@ -358,13 +360,50 @@ class LocalCluster:
         proc = self.procs.get(process_id)
         if proc is not None and proc.poll() is None:
             raise LaunchError(f"{process_id} is still running (pid {proc.pid})")
-        new = self.start_process(self.spec(process_id))
+        spec = self.spec(process_id)
+        busy = wait_ports_free([p for p in (spec.port, spec.raft_port) if p is not None])
+        if busy:
+            raise LaunchError(f"cannot start {process_id}: port {busy[0]} is in use")
+        new = self.start_process(spec)
         self.restarts[process_id] = self.restarts.get(process_id, 0) + 1
         self.write_cluster_file()
         return new.pid
 
+    def stop_one(self, process_id: str, grace: float = STOP_GRACE_S) -> int | None:
+        """Stop one process on purpose (SIGTERM, then SIGKILL after ``grace``), wait until it
+        has exited and its ports are free, and remember it as stopped so supervision leaves it
+        down. Returns its exit status (None if it was not running)."""
+        spec = self.spec(process_id)
+        proc = self.procs.get(process_id)
+        status = None
+        if proc is not None:
+            was_running = proc.poll() is None
+            stop_children([proc], grace)
+            status = proc.returncode if was_running else None
+        self.stopped.add(process_id)
+        wait_ports_free([p for p in (spec.port, spec.raft_port) if p is not None])
+        self.write_cluster_file()
+        return status
+
+    def wait_answers(self, process_id: str, timeout: float = READY_TIMEOUT_S) -> None:
+        """Wait until one process answers ``/health`` (it may still be catching up)."""
+        spec = self.spec(process_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs.get(process_id)
+            if proc is None or proc.poll() is not None:
+                raise LaunchError(f"{spec.kind} {process_id} exited while starting; log: "
+                                  f"{self.log_path(spec)}\n{self.log_tail(spec)}")
+            if http_get_json(f"{spec.url}/health")[0] == 200:
+                return
+            time.sleep(0.1)
+        raise LaunchError(f"{process_id} did not answer /health within {timeout:.0f}s; "
+                          f"log: {self.log_path(spec)}")
+
     def dead(self) -> list[str]:
-        return [pid for pid, proc in self.procs.items() if proc.poll() is not None]
+        """Processes that exited without being stopped on purpose."""
+        return [pid for pid, proc in self.procs.items()
+                if proc.poll() is not None and pid not in self.stopped]
 
     # -- stop ------------------------------------------------------------------------------
 
@@ -378,7 +417,8 @@ class LocalCluster:
         return set()
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """SIGTERM everything, wait up to ``grace`` seconds, SIGKILL the rest, reap all."""
+        """SIGTERM everything, wait up to ``grace`` seconds, SIGKILL the rest, reap all, and
+        return once the cluster's ports can be bound again."""
         # Nodes first: they flush their stores while the coordinators still answer them.
         # Replicas before primaries: a stopping primary tries to hand its role to a replica
         # (docs/rolling-restarts.md); with its replicas gone it learns at once that none is
@@ -386,25 +426,8 @@ class LocalCluster:
         primaries = self.primaries()
         waves = [[s for s in self.plan.nodes if s.id not in primaries],
                  [s for s in self.plan.nodes if s.id in primaries], self.plan.coordinators]
-        deadline = time.monotonic() + grace
-        order = []
         for wave in waves:
-            procs = [self.procs[s.id] for s in wave if s.id in self.procs]
-            for proc in procs:
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(max(deadline - time.monotonic(), 0.0) / 2)
-            order += procs
-        for proc in order:
-            remaining = max(deadline - time.monotonic(), 0.0)
-            try:
-                proc.wait(remaining)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-        with contextlib.suppress(FileNotFoundError):
-            self.cluster_file.unlink()
+            stop_children([self.procs[s.id] for s in wave if s.id in self.procs], grace)
+        self.cluster_file.unlink(missing_ok=True)
+        wait_ports_free([p for s in self.plan.processes
+                         for p in (s.port, s.raft_port) if p is not None])

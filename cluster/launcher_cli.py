@@ -1,11 +1,19 @@
 """``shardkv up`` and ``shardkv down``: a whole cluster on this machine, one command each.
 
-``up`` runs in the foreground by default: it starts the cluster, prints the endpoints, and
-stops everything on Ctrl-C (or SIGTERM). ``--detach`` runs that same foreground launcher as a
-background process (its own session, its output in ``DIR/logs/launcher.log``) and returns once
-the cluster is ready, so ``--supervise`` works detached too. ``down`` asks the launcher to stop
-(it stops its processes in order) and then makes sure no process named in ``cluster.json``
-survives.
+``up`` runs in the foreground by default: it starts the cluster, prints the endpoints,
+restarts a process that dies (``--supervise``, the default in the foreground; ``--no-supervise``
+to watch crashes instead), and stops everything on Ctrl-C (or SIGTERM). ``--detach`` runs that
+same launcher as a background process (its own session, its output in
+``DIR/logs/launcher.log``) and returns once the cluster is ready; detached, supervision is off
+unless asked for, so a process you kill stays dead (as the failover demo needs). Either way the
+launcher serves ``shardkv node|coordinator start|stop|restart ID``.
+
+``down`` asks the launcher to stop (it stops its processes in order), makes sure no process
+named in ``cluster.json`` survives, and returns only once they have all exited and their ports
+can be bound again: ``up`` right after ``down`` always works.
+
+A failed ``up`` says why once: the launcher writes this run's reason to ``DIR/launcher.failed``
+and the detached parent prints that and the log path, not an old log's tail.
 """
 
 from __future__ import annotations
@@ -22,10 +30,17 @@ from pathlib import Path
 from types import FrameType
 
 from shardkv.cluster.launcher import READY_TIMEOUT_S, ClusterPlan, LaunchError, LocalCluster
-from shardkv.cluster.local_processes import is_shardkv_process, pid_alive, stop_described
+from shardkv.cluster.launcher_control import launcher_pid, serve_requests
+from shardkv.cluster.local_processes import (
+    is_shardkv_process,
+    log_tail,
+    pid_alive,
+    stop_described,
+)
 
 DEFAULT_DIR = ".shardkv"
 READY_MARK = "launcher.ready"
+FAILED_MARK = "launcher.failed"
 
 
 class _Stop(Exception):
@@ -43,8 +58,9 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fsync", choices=("always", "interval", "never"), default="always")
     parser.add_argument("--detach", action="store_true",
                         help="return once ready; stop later with `shardkv down`")
-    parser.add_argument("--supervise", action="store_true",
-                        help="restart a node or coordinator that dies")
+    parser.add_argument("--supervise", action=argparse.BooleanOptionalAction, default=None,
+                        help="restart a node or coordinator that dies (default: on in the "
+                        "foreground, off with --detach)")
     parser.add_argument("--timeout", type=float, default=READY_TIMEOUT_S,
                         help=f"seconds to wait for readiness (default {READY_TIMEOUT_S:.0f})")
     parser.add_argument("--json", action="store_true", help="print cluster.json once ready")
@@ -58,10 +74,7 @@ def add_down_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _running_pids(directory: Path) -> list[int]:
-    pids = []
-    pid_file = directory / "launcher.pid"
-    with contextlib.suppress(OSError, ValueError):
-        pids.append(int(pid_file.read_text().strip()))
+    pids = [pid] if (pid := launcher_pid(directory)) is not None else []
     with contextlib.suppress(OSError, ValueError):
         described = json.loads((directory / "cluster.json").read_text())
         for entry in described.get("coordinators", []) + described.get("nodes", []):
@@ -106,10 +119,13 @@ def run_foreground(directory: Path, args: argparse.Namespace) -> int:
     cluster = LocalCluster(directory, _plan_for(directory, args))
     pid_file = directory / "launcher.pid"
     ready_mark = directory / READY_MARK
+    failed_mark = directory / FAILED_MARK
+    supervise = args.supervise if args.supervise is not None else not args.launcher_child
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         ready_mark.unlink(missing_ok=True)
+        failed_mark.unlink(missing_ok=True)
         pid_file.write_text(f"{os.getpid()}\n")
         cluster.start()
         cluster.wait_ready(args.timeout)
@@ -119,20 +135,30 @@ def run_foreground(directory: Path, args: argparse.Namespace) -> int:
             print(render_endpoints(cluster), end="", flush=True)
             print("Ctrl-C stops the cluster." if not args.launcher_child
                   else f"`shardkv down --dir {directory}` stops the cluster.", flush=True)
+            print("supervising: a process that dies is restarted (--no-supervise to not)"
+                  if supervise else "not supervising: a process that dies stays down "
+                  "(`shardkv node start ID` brings it back)", flush=True)
         ready_mark.write_text("ready\n")
         reported: set[str] = set()
         while True:
-            time.sleep(0.5)
-            if args.supervise:
-                for pid in cluster.restart_dead():
-                    print(f"restarted {pid} (restart #{cluster.restarts[pid]})", flush=True)
+            time.sleep(0.2)
+            for line in serve_requests(cluster):
+                print(line, flush=True)
+            reported &= set(cluster.dead())
+            if supervise:
+                for process_id in cluster.restart_dead():
+                    print(f"restarted {process_id} (restart #{cluster.restarts[process_id]})",
+                          flush=True)
             else:
-                for pid in set(cluster.dead()) - reported:
-                    reported.add(pid)
-                    print(f"{pid} exited (not restarted: run with --supervise for that); "
-                          f"log: {directory / 'logs' / (pid + '.log')}", flush=True)
+                for process_id in sorted(set(cluster.dead()) - reported):
+                    reported.add(process_id)
+                    spec = cluster.spec(process_id)
+                    print(f"{spec.kind} {process_id} exited (not restarted: `shardkv "
+                          f"{spec.kind} start {process_id}`, or --supervise); log: "
+                          f"{cluster.log_path(spec)}", flush=True)
     except LaunchError as exc:
         print(f"shardkv up: {exc}", file=sys.stderr, flush=True)
+        failed_mark.write_text(f"{exc}\n")
         return 1
     except (KeyboardInterrupt, _Stop):
         print("stopping the cluster...", file=sys.stderr, flush=True)
@@ -148,14 +174,17 @@ def run_detached(directory: Path, args: argparse.Namespace) -> int:
     """Start the foreground launcher in the background and wait for its ready mark."""
     logs = directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    (directory / READY_MARK).unlink(missing_ok=True)
+    for mark in (READY_MARK, FAILED_MARK):
+        (directory / mark).unlink(missing_ok=True)
     argv = [sys.executable, "-m", "shardkv.cluster.cli", "up", "--dir", str(directory),
             "--shards", str(args.shards), "--replicas", str(args.replicas),
             "--coordinators", str(args.coordinators), "--engine", args.engine,
             "--fsync", args.fsync, "--timeout", str(args.timeout), "--launcher-child"]
     if args.supervise:
         argv.append("--supervise")
-    with (logs / "launcher.log").open("ab") as log:
+    launcher_log = logs / "launcher.log"
+    since = launcher_log.stat().st_size if launcher_log.exists() else 0
+    with launcher_log.open("ab") as log:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                  start_new_session=True)
     deadline = time.monotonic() + args.timeout + 15.0
@@ -170,9 +199,11 @@ def run_detached(directory: Path, args: argparse.Namespace) -> int:
                 print(f"launcher pid {child.pid}; `shardkv down --dir {directory}` stops it")
             return 0
         if child.poll() is not None:
-            tail = (logs / "launcher.log").read_text(errors="replace").splitlines()[-15:]
-            print("shardkv up: the cluster did not start:\n" + "\n".join(tail),
-                  file=sys.stderr)
+            failed = directory / FAILED_MARK
+            reason = (failed.read_text().strip() if failed.is_file()
+                      else log_tail(launcher_log, 15, since=since))
+            print(f"shardkv up: the cluster did not start: {reason}\n"
+                  f"launcher log: {launcher_log}", file=sys.stderr)
             return 1
         time.sleep(0.2)
     print("shardkv up: timed out waiting for the cluster; stopping it", file=sys.stderr)
@@ -203,7 +234,8 @@ def run_down(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"dir": str(directory), "stopped_pids": signalled}))
     elif signalled:
-        print(f"stopped the cluster in {directory} ({len(signalled)} processes signalled)")
+        print(f"stopped the cluster in {directory} ({len(signalled)} processes; all exited, "
+              f"ports released)")
     else:
         print(f"nothing running in {directory}")
     return 0

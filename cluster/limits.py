@@ -36,6 +36,13 @@ class Limits:
             )
 
 
+def limits_dict(limits: Limits) -> dict[str, int]:
+    """What a node reports of its limits (``ping``, ``/v1/status``), so a client splits its
+    multi-key calls under the node's real limits instead of a second hard-coded copy."""
+    return {"max_value_bytes": limits.max_value_bytes, "max_batch_ops": limits.max_batch_ops,
+            "max_batch_bytes": limits.max_batch_bytes}
+
+
 def as_key(key: object) -> bytes:
     """Normalize a key (``bytes`` or UTF-8 ``str``) to bytes and check its length.
 

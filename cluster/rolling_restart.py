@@ -14,8 +14,9 @@ Order (the same a StatefulSet follows with the chart's probes, docs/rolling-rest
    leader hands Raft leadership over first (``coordinator/leadership_transfer.py``). Each is
    waited for until it is ready and the group has a leader again.
 
-Processes are driven through ``ProcessControl``: ``LocalCluster`` (tests, benchmarks, the
-launcher itself) or the files of a detached cluster (``shardkv restart --rolling``).
+Processes are driven through ``ProcessControl`` (``cluster/process_control.py``): a
+``LocalCluster`` (tests, benchmarks) or the launcher of a cluster started by ``shardkv up``
+(``shardkv restart --rolling``).
 """
 
 from __future__ import annotations

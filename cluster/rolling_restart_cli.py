@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from shardkv.cluster.launcher import LaunchError
-from shardkv.cluster.process_control import DescribedProcesses
+from shardkv.cluster.process_control import LauncherProcesses
 from shardkv.cluster.rolling_restart import MEMBER_READY_TIMEOUT_S, RollingRestart
 
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
         (lambda line: print(line, flush=True))
     try:
-        control = DescribedProcesses(directory)
+        control = LauncherProcesses(directory)
         report = RollingRestart(control, say=say, ready_timeout_s=args.timeout).run()
     except LaunchError as exc:
         print(f"shardkv restart: {exc}", file=sys.stderr)

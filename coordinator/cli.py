@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [
-    ("coordinator", "run a coordinator (Raft-replicated cluster map)", add_arguments, run),
+    ("coordinator", "run a coordinator (Raft-replicated cluster map; or: shardkv coordinator "
+     "start|stop|restart ID for a cluster from `shardkv up`)", add_arguments, run),
 ]
 
 

@@ -16,6 +16,9 @@ change never looks like every node dying). Then:
    unavailable, never silently rolled back.
 3. **Pick** the answering member with the highest (epoch, LSN) (ties: the lowest id, so two
    leaders in a row decide the same).
+   Nor while the old primary may still hold a lease from its shard's majority: replicas
+   report the lease they granted (``promise``), and with ``n // 2`` of them still bound the
+   primary is alive to its shard (``still_leased``); the best candidate must be unbound.
 4. **Promote** through Raft: ``set_primary(shard, node, epoch + 1)``. The epoch raise is the
    fencing token: replicas refuse an older epoch's stream, and the old primary, whose lease
    ran out before ``timeout_s`` (``node/replication/lease.py``),
@@ -64,6 +67,7 @@ class MemberPosition:
     node_id: str
     epoch: int
     lsn: int
+    promised_s: float = 0.0  # lease still granted to the current primary's epoch (or older)
 
     @property
     def rank(self) -> tuple[int, int]:
@@ -90,12 +94,26 @@ def choose_successor(
     shard: str, members: list[str], old_primary: str | None, epoch: int,
     positions: list[MemberPosition],
 ) -> Promotion | None:
-    """Steps 2 and 3: the promotion to make, or None when too few members answered."""
+    """Steps 2 and 3: the promotion to make, or None when too few members answered, or when
+    the old primary may still hold a majority lease (``still_leased``)."""
     answered = [p for p in positions if p.node_id in members and p.node_id != old_primary]
     if not answered or len(answered) < replicas_needed(len(members)):
         return None
     best = min(answered, key=lambda p: (-p.epoch, -p.lsn, p.node_id))
+    if still_leased(len(members), answered) or best.promised_s > 0:
+        return None
     return Promotion(shard, old_primary, best.node_id, epoch + 1, tuple(answered))
+
+
+def still_leased(members: int, answered: list[MemberPosition]) -> bool:
+    """Whether the old primary may still hold a lease granted by its shard's majority: it
+    needs ``members // 2`` grants besides its own, and a replica that answers with a promise
+    still running may be one of them (``node/replication/majority_lease.py``). Then the
+    primary is alive to its shard (only the coordinators lost it), or its lease will run out
+    within one grant: either way, not now. The replicas' promise is what makes a promotion
+    safe even without this check (they will not follow the new epoch before it runs out);
+    the check keeps the coordinators from deposing a primary that its shard still serves."""
+    return members >= 2 and sum(1 for p in answered if p.promised_s > 0) >= members // 2
 
 
 def primary_is_dead(liveness: Liveness, node_id: str, timeout_s: float) -> bool:
@@ -119,7 +137,20 @@ async def probe_over_http(session: aiohttp.ClientSession, node_id: str,
     except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
         return None
     position = position_from_status(body, node_id)
-    return MemberPosition(node_id, *position) if position is not None else None
+    if position is None:
+        return None
+    return MemberPosition(node_id, *position, promised_s=promise_left_s(body))
+
+
+def promise_left_s(body: Mapping[str, Any]) -> float:
+    """Seconds left on the lease a member granted (0 when none, or an older node)."""
+    promise = body.get("promise")
+    if not isinstance(promise, dict):
+        return 0.0
+    left = promise.get("remaining_s")
+    if isinstance(left, bool) or not isinstance(left, int | float):
+        return 0.0
+    return max(0.0, float(left))
 
 
 @dataclass
@@ -175,7 +206,8 @@ class FailureDetector:
                                      positions)
         if promotion is None:
             self.refused += 1
-            logger.warning("primary is dead but too few replicas answer to promote safely",
+            logger.warning("primary is dead to the coordinators but too few replicas answer, "
+                           "or its shard still grants it a lease: not promoting now",
                            extra=log_fields(shard=shard_id, primary=shard.primary,
                                             answered=[p.node_id for p in positions],
                                             members=shard.members))
@@ -244,7 +276,9 @@ async def switchover(
         deadline = started + catch_up_s
         while True:
             position = await probe_over_http(session, target, target_url)
-            if position is not None and position.lsn >= fenced_lsn:
+            # ... and no longer bound by a lease granted to the old primary (the fence
+            # released it), or its new epoch could not be served for a whole grant.
+            if position is not None and position.lsn >= fenced_lsn and not position.promised_s:
                 break
             if time.monotonic() > deadline:
                 raise Unavailable(f"{target} did not catch up to lsn {fenced_lsn} within "

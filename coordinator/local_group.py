@@ -11,14 +11,16 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from shardkv.cluster.local_processes import free_port, spawn_logged, stop_children
 
 FAST_RAFT_ENV = {
     "SHARDKV_RAFT_ELECTION_MIN_S": "0.3",
@@ -28,12 +30,6 @@ FAST_RAFT_ENV = {
     "SHARDKV_RAFT_CONNECTION_RETRY_S": "0.3",
     "SHARDKV_RAFT_LEADER_FALLBACK_S": "1.5",
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -126,22 +122,16 @@ class LocalGroup:
     def start(self, member: CoordinatorProcess) -> None:
         os.makedirs(member.data_dir, exist_ok=True)
         member.log_path = os.path.join(self.base_dir, f"{member.id}.log")
-        log = open(member.log_path, "ab")
-        member.proc = subprocess.Popen(self.command(member), stdout=log, stderr=log,
-                                       env={**self.env, **member.env})
-        log.close()
+        member.proc = spawn_logged(self.command(member), Path(member.log_path),
+                                   env={**self.env, **member.env})
 
     def start_all(self) -> None:
         for member in self.members:
             self.start(member)
 
     def stop_all(self, sig: int = signal.SIGTERM) -> None:
-        for member in self.members:
-            if member.proc is not None and member.proc.poll() is None:
-                member.signal(signal.SIGCONT)  # a paused member must wake to die cleanly
-                member.signal(sig)
-        for member in self.members:
-            member.wait_exit()
+        """``sig`` to every member (a paused one is woken first), SIGKILL after 10 s."""
+        stop_children([m.proc for m in self.members if m.proc is not None], sig=sig)
 
     def ready_status(self, member: CoordinatorProcess) -> dict[str, Any] | None:
         try:

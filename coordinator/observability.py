@@ -73,6 +73,7 @@ async def ready(request: web.Request) -> web.StreamResponse:
         "leader": coord.leader_id() if coord.bridge else None,
         "leader_url": coord.leader_url() if coord.bridge else None,
         "is_leader": coord.is_leader(),
+        "has_quorum": coord.bridge.has_quorum() if coord.bridge else False,
         "map_version": coord.watch.current.version,
         "map_loaded": coord.watch.loaded,
     }

@@ -1,4 +1,5 @@
-"""``shardkv node``: run a storage node, or ``shardkv node verify`` a data directory.
+"""``shardkv node``: run a storage node, ``shardkv node verify`` a data directory, or
+``shardkv node snapshot|compact|disk ID`` a running one (``maintenance_cli.py``).
 
 Configuration mistakes exit 2 with one sentence on stderr (the same status argparse uses for
 a bad flag); a node that cannot start (port taken, corrupt WAL) exits 1; a graceful stop
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shardkv.cluster.settings import ConfigError, config_failed
+from shardkv.node import maintenance_cli
 from shardkv.node.config import ENGINES, FSYNC_POLICIES, load_config
 
 
@@ -40,22 +42,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", dest="node_id", metavar="ID", help="this node's id in the "
                         "cluster map")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    actions = parser.add_subparsers(dest="node_action", metavar="[verify]")
+    parser.add_argument("--keep-snapshots", metavar="N", help="snapshot files kept "
+                        "(default 2)")
+    parser.add_argument("--retain-wal-bytes", metavar="N|auto", help="WAL bytes kept behind "
+                        "a snapshot for lagging replicas (default auto: max(64 MiB, last "
+                        "snapshot), capped by free disk)")
+    parser.add_argument("--low-disk-bytes", metavar="N|auto", help="free space under which "
+                        "writes are refused with DISK_FULL (default auto: 5%% of the disk, at "
+                        "most 256 MiB; 0 turns it off)")
+    actions = parser.add_subparsers(dest="node_action",
+                                    metavar="[verify|snapshot|compact|disk]")
     verify = actions.add_parser("verify", help="check a (stopped) node's data directory: "
                                 "WAL checksums, segment order, snapshots",
                                 description="Check a node's data directory without changing "
                                 "it. Exit 0 if healthy, 1 if not.")
     verify.add_argument("--data-dir", dest="verify_data_dir", metavar="DIR", required=True)
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    maintenance_cli.add_actions(actions)
 
 
 _FLAG_KEYS = ("data_dir", "listen", "engine", "fsync", "fsync_interval_ms", "max_value_bytes",
-              "shard", "node_id", "log_level")
+              "shard", "node_id", "log_level", "keep_snapshots", "retain_wal_bytes",
+              "low_disk_bytes")
 
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "node_action", None) == "verify":
         return run_verify(Path(args.verify_data_dir), as_json=args.json)
+    if getattr(args, "node_action", None) in maintenance_cli.ACTIONS:
+        return maintenance_cli.run(args)
     flags: dict[str, Any] = {key: getattr(args, key, None) for key in _FLAG_KEYS}
     flags["coordinator"] = args.coordinator
     try:
@@ -90,6 +105,7 @@ def run_verify(data_dir: Path, *, as_json: bool) -> int:
 
 
 COMMANDS = [
-    ("node", "run a storage node (or: shardkv node verify --data-dir DIR)", add_arguments,
-     run),
+    ("node", "run a storage node (or: shardkv node verify --data-dir DIR; "
+     "shardkv node start|stop|restart ID for a cluster from `shardkv up`; "
+     "shardkv node snapshot|compact|disk ID)", add_arguments, run),
 ]

@@ -59,6 +59,16 @@ class NodeConfig:
     # little behind (fewer: less disk; more: fewer replicas reseeded from a snapshot).
     wal_segment_bytes: int = 64 << 20
     retain_wal_entries: int = 100_000
+    # Disk use (node/storage/snapshots/retention.py, disk_guard.py): the WAL tail kept behind
+    # a snapshot in bytes (None: the larger of 64 MiB and the last snapshot, capped by the
+    # disk), a snapshot once WAL since the last reaches ratio x its size (at least the
+    # minimum), snapshots kept, and the free-space floor under which writes are refused
+    # (None: 5% of the disk, at most 256 MiB; 0: off).
+    retain_wal_bytes: int | None = None
+    snapshot_wal_ratio: float = 4.0
+    snapshot_min_wal_bytes: int = 16 << 20
+    keep_snapshots: int = 2
+    low_disk_bytes: int | None = None
     # Client sessions (exactly-once writes, docs/exactly-once.md): how long a client's last
     # write is remembered, and how many clients a shard remembers at most.
     session_ttl_s: float = DEFAULT_SESSION_TTL_S
@@ -103,6 +113,11 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("snapshot_wal_bytes", "SHARDKV_SNAPSHOT_WAL_BYTES"),
     Setting("wal_segment_bytes", "SHARDKV_WAL_SEGMENT_BYTES"),
     Setting("retain_wal_entries", "SHARDKV_RETAIN_WAL_ENTRIES"),
+    Setting("retain_wal_bytes", "SHARDKV_RETAIN_WAL_BYTES"),
+    Setting("snapshot_wal_ratio", "SHARDKV_SNAPSHOT_WAL_RATIO"),
+    Setting("snapshot_min_wal_bytes", "SHARDKV_SNAPSHOT_MIN_WAL_BYTES"),
+    Setting("keep_snapshots", "SHARDKV_KEEP_SNAPSHOTS"),
+    Setting("low_disk_bytes", "SHARDKV_LOW_DISK_BYTES"),
     Setting("session_ttl_s", "SHARDKV_SESSION_TTL_S"),
     Setting("max_sessions", "SHARDKV_MAX_SESSIONS"),
     Setting("max_inflight_per_connection", "SHARDKV_MAX_INFLIGHT_PER_CONNECTION"),
@@ -125,6 +140,13 @@ def load_config(
     Raises ``ConfigError`` with a message that names the setting and what was wrong.
     """
     return build_config(merge_sources(NODE_SETTINGS, "node", flags, environ, config_file))
+
+
+def _auto_bytes(name: str, raw: object) -> int | None:
+    """A byte count, or None for "auto" (unset, or the word ``auto``)."""
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() == "auto"):
+        return None
+    return integer(name, raw, minimum=0)
 
 
 def build_config(values: Mapping[str, Any]) -> NodeConfig:
@@ -166,6 +188,15 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
                                minimum=4096, maximum=1 << 32),
         retain_wal_entries=integer("retain_wal_entries", values.get("retain_wal_entries",
                                                                   100_000), minimum=0),
+        retain_wal_bytes=_auto_bytes("retain_wal_bytes", values.get("retain_wal_bytes")),
+        snapshot_wal_ratio=number("snapshot_wal_ratio", values.get("snapshot_wal_ratio", 4.0),
+                                  minimum=0.0),
+        snapshot_min_wal_bytes=integer("snapshot_min_wal_bytes",
+                                       values.get("snapshot_min_wal_bytes", 16 << 20),
+                                       minimum=0),
+        keep_snapshots=integer("keep_snapshots", values.get("keep_snapshots", 2), minimum=1,
+                               maximum=1000),
+        low_disk_bytes=_auto_bytes("low_disk_bytes", values.get("low_disk_bytes")),
         session_ttl_s=number("session_ttl_s", values.get("session_ttl_s",
                                                          DEFAULT_SESSION_TTL_S), minimum=1.0),
         max_sessions=integer("max_sessions", values.get("max_sessions", DEFAULT_MAX_SESSIONS),

@@ -81,6 +81,48 @@ class _StoreCollector(Collector):
                                     value=float(stats.snapshot_age_s))
 
 
+class _DiskCollector(Collector):
+    """Disk use and its guards, from ``disk_report`` at scrape time (a few stat calls)."""
+
+    def __init__(self, report: Callable[[], dict[str, Any] | None]) -> None:
+        self._report = report
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        report = self._report()
+        if report is None:
+            return
+        by_kind = GaugeMetricFamily("shardkv_disk_bytes", "Bytes of the store's files on "
+                                    "disk, by kind.", labels=["kind"])
+        for kind in ("wal", "snapshot", "engine"):
+            by_kind.add_metric([kind], float(report[f"{kind}_bytes"]))
+        yield by_kind
+        wal, snap, guard = report["wal"], report["snapshot"], report["guard"]
+        gauges = [
+            ("shardkv_disk_free_bytes", "Free bytes on the file system of the data directory.",
+             report["free_bytes"]),
+            ("shardkv_disk_total_bytes", "Size of the file system of the data directory.",
+             report["total_bytes"]),
+            ("shardkv_disk_floor_bytes", "Free space under which writes are refused "
+             "(DISK_FULL); 0 when the guard is off.", guard["floor_bytes"]),
+            ("shardkv_disk_refusing_writes", "1 while writes are refused for lack of disk.",
+             int(guard["refusing"])),
+            ("shardkv_disk_refused_writes", "Writes refused with DISK_FULL since start.",
+             guard["refused"]),
+            ("shardkv_wal_retained_entries", "Entries the WAL holds.",
+             wal["retained_entries"]),
+            ("shardkv_wal_retained_bytes", "Bytes the WAL holds.", wal["retained_bytes"]),
+            ("shardkv_snapshot_bytes", "Size of the newest snapshot file.", snap["bytes"]),
+            ("shardkv_snapshot_running", "1 while a snapshot is being written.",
+             int(snap["running"])),
+            ("shardkv_compaction_running", "1 while the engine is being compacted.",
+             int(report["compaction"]["running"])),
+            ("shardkv_compactions", "Engine compactions since start.",
+             report["compaction"]["count"]),
+        ]
+        for name, help_text, value in gauges:
+            yield GaugeMetricFamily(name, help_text, value=float(value))
+
+
 class NodeMetrics:
     """Every metric one node exports. ``registry`` is what ``/metrics`` renders."""
 
@@ -108,16 +150,25 @@ class NodeMetrics:
                                   "decoded as [id, op, args].", registry=r)
         self.recovery_seconds = Gauge("shardkv_recovery_duration_seconds", "Time the last "
                                       "start spent recovering the store.", registry=r)
+        self.maintenance = Counter("shardkv_admin_maintenance", "Snapshots and compactions "
+                                   "asked for through the admin endpoints, by action.",
+                                   ["action"], registry=r)
         self.ready = Gauge("shardkv_ready", "1 while the node serves its role.", registry=r)
         ProcessCollector(namespace="shardkv", registry=r)
         self._latency_children: dict[str, Any] = {}
         self._op_children: dict[tuple[str, str], Any] = {}
         self._stats_source: Callable[[], StoreStats | None] = lambda: None
         r.register(_StoreCollector(lambda: self._stats_source()))
+        self._disk_source: Callable[[], dict[str, Any] | None] = lambda: None
+        r.register(_DiskCollector(lambda: self._disk_source()))
 
     def watch_store(self, stats: Callable[[], StoreStats | None]) -> None:
         """Export the store's figures, read from ``stats()`` at scrape time."""
         self._stats_source = stats
+
+    def watch_disk(self, report: Callable[[], dict[str, Any] | None]) -> None:
+        """Export disk use and guards, read from ``report()`` (``disk_report``) at scrape."""
+        self._disk_source = report
 
     def observe(self, op: str, outcome: str, seconds: float) -> None:
         """Count one served operation and its latency (hot path: cached label children)."""

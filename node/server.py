@@ -25,11 +25,13 @@ from shardkv.node.api.operations import NodeContext
 from shardkv.node.api.rest import RestApi
 from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
 from shardkv.node.config import NodeConfig
+from shardkv.node.disk_admin import DiskAdmin
 from shardkv.node.membership.cluster_membership import ClusterMembership
 from shardkv.node.metrics import NodeMetrics
 from shardkv.node.replication.handoff import PrimaryHandoff
 from shardkv.node.replication.readiness import catch_up_state
 from shardkv.node.replication.shard_role import NodeReplication
+from shardkv.node.storage.disk_report import disk_report
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
 from shardkv.node.wal.model import FsyncPolicy
@@ -94,6 +96,7 @@ class NodeServer:
                        self._started_at)
         app.add_routes(rest.routes())
         app.add_routes([web.get("/v1/rpc", self._rpc)])
+        app.add_routes(DiskAdmin(lambda: self.store, self.metrics).routes())
         app.on_shutdown.append(self._drain_connections)
         return app
 
@@ -170,6 +173,11 @@ class NodeServer:
             max_sessions=config.max_sessions,
             limits=self.ctx.limits,
             snapshot_wal_bytes=config.snapshot_wal_bytes,
+            retain_wal_bytes=config.retain_wal_bytes,
+            snapshot_wal_ratio=config.snapshot_wal_ratio,
+            snapshot_min_wal_bytes=config.snapshot_min_wal_bytes,
+            keep_snapshots=config.keep_snapshots,
+            low_disk_bytes=config.low_disk_bytes,
         )
         started = time.perf_counter()
         try:
@@ -189,6 +197,7 @@ class NodeServer:
         self.ctx.store = store
         self.metrics.recovery_seconds.set(seconds)
         self.metrics.watch_store(lambda: self.store.stats() if self.store else None)
+        self.metrics.watch_disk(lambda: disk_report(self.store) if self.store else None)
         stats = store.stats()
         recovery = stats.recovery
         logger.info(

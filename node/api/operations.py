@@ -39,9 +39,11 @@ from shardkv.cluster.limits import (
     as_ttl,
     as_value,
     as_version,
+    limits_dict,
 )
 from shardkv.cluster.ops import OPS, OpSpec
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
+from shardkv.node.storage.disk_report import disk_summary
 from shardkv.node.storage.sessions import Session, check_user_key, parse_session
 from shardkv.node.storage.write_plan import CheckedOp
 
@@ -406,6 +408,8 @@ async def _ping(ctx: NodeContext, args: Args) -> dict[str, Any]:
         "lsn": None if store is None else store.last_lsn,
         "epoch": None if store is None else store.epoch,
         "role": ctx.role,
+        "limits": limits_dict(ctx.limits),
+        "disk": None if store is None else disk_summary(store),
         "catch_up": None if ctx.catch_up is None else ctx.catch_up(),
     }
 

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import HttpVersion11, web
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge
 from shardkv.cluster.http_body import error_response, respond
-from shardkv.cluster.limits import MAX_FRAME_BYTES
+from shardkv.cluster.limits import MAX_FRAME_BYTES, limits_dict
 from shardkv.cluster.wire import JSON, MSGPACK, from_json, unpack
 from shardkv.node.api.operations import OPERATIONS, NodeContext, client_error, execute
 from shardkv.node.config import NodeConfig
@@ -281,6 +281,7 @@ class RestApi:
             "listen": config.listen,
             "coordinators": list(config.coordinators),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "limits": limits_dict(self.ctx.limits),
             "catch_up": self.ctx.catch_up() if self.ctx.catch_up is not None else None,
         })
 

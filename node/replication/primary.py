@@ -88,6 +88,7 @@ class ReplicationPrimary:
         clock: Callable[[], float] = NODE_CLOCK.wall,
         monotonic_clock: Callable[[], float] = NODE_CLOCK.monotonic,
         on_newer_epoch: Callable[[int], None] | None = None,
+        on_grant: Callable[[str, float], None] | None = None,
     ) -> None:
         self.wal = wal
         self.node_id = node_id
@@ -103,6 +104,8 @@ class ReplicationPrimary:
         self._clock = clock  # wall: the ts on frames, compared with entries' ts
         self._monotonic_clock = monotonic_clock
         self._on_newer_epoch = on_newer_epoch
+        self._on_grant = on_grant  # a replica granted a lease (majority_lease.py)
+        self._releasing = False  # fenced: ask no grants, tell replicas their promise is void
         self._local_durable = wal.durable_lsn
         self._progress: dict[str, ReplicaProgress] = {}
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -347,6 +350,9 @@ class ReplicationPrimary:
                 if message["t"] != proto.ACK:
                     raise InvalidArgument(f"expected ack, got {message['t']}")
                 lsn = proto.need_int(message, "lsn")
+                lq = proto.lease_query(message)
+                if lq is not None and self._on_grant is not None:
+                    self._on_grant(progress.node_id, lq)
                 if lsn > progress.acked_lsn:
                     progress.acked_lsn = min(lsn, progress.sent_lsn)
                     progress.last_ack_at = self._monotonic_clock()
@@ -372,7 +378,7 @@ class ReplicationPrimary:
                 if failpoints.ARMED:
                     await failpoints.hit("primary_before_send")
                 await ws.send_bytes(proto.encode_entries(batch, self.wal.last_lsn,
-                                                         self._clock()))
+                                                         self._clock(), self._lease_query()))
                 next_lsn = batch[-1].lsn + 1
                 progress.sent_lsn = batch[-1].lsn
                 continue
@@ -384,7 +390,20 @@ class ReplicationPrimary:
             if not progress.wakeup.is_set():
                 await ws.send_bytes(proto.encode(
                     proto.HEARTBEAT, primary_lsn=self.wal.last_lsn,
-                    commit_lsn=self._majority_lsn, ts=self._clock()))
+                    commit_lsn=self._majority_lsn, ts=self._clock(), lq=self._lease_query(),
+                    release=self._releasing))
+
+    def _lease_query(self) -> float | None:
+        """The send time a replica's grant is counted from (None: no lease wanted)."""
+        if self._on_grant is None or self._releasing:
+            return None
+        return self._monotonic_clock()
+
+    def release_leases(self, releasing: bool = True) -> None:
+        """Fenced for a switchover: the node has given its lease up, so the replicas may
+        drop their promise (the next heartbeat says so) and follow the successor at once;
+        ``False`` when the switchover is abandoned."""
+        self._releasing = releasing
 
     async def _next_batch(self, lsn: int) -> list[WalEntry] | None:
         """Up to a frame's worth of entries from ``lsn``: from the tail if it has them, else

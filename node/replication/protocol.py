@@ -7,7 +7,9 @@ replica -> primary
     ``hello``  ``{node, epoch, last_lsn, last_epoch, want_snapshot, version}``: who I am, the
                epoch I believe in, my log's last entry (LSN and the epoch it was written
                in), and my protocol version (``cluster/replication_hello.py``).
-    ``ack``    ``{lsn}``: everything up to ``lsn`` is durable in my WAL (and applied).
+    ``ack``    ``{lsn, lq?}``: everything up to ``lsn`` is durable in my WAL (and applied);
+               with ``lq`` it also grants the primary a lease for the frame sent at ``lq``
+               (``majority_lease.py``). Sent for heartbeats that carry ``lq`` too.
 
 primary -> replica
     ``welcome``   ``{epoch, start_lsn, primary_lsn, version}``: the logs match; entries from
@@ -17,9 +19,12 @@ primary -> replica
     ``snapshot``  ``{lsn, epoch, size}`` then ``chunk`` ``{data}`` frames and ``snapshot_end``:
                   you are behind my oldest retained entry (or cannot roll back); install this
                   snapshot, then entries from ``lsn + 1`` follow.
-    ``entries``   ``{entries: [WalEntry wire forms], primary_lsn, ts}``, in LSN order, no gaps.
-    ``heartbeat`` ``{primary_lsn, commit_lsn, ts}``: sent when idle, so a replica can tell an
-                  idle shard (fresh) from a dead stream (stale).
+    ``entries``   ``{entries: [WalEntry wire forms], primary_lsn, ts, lq}``, in LSN order, no
+                  gaps. ``lq``: the primary's monotonic send time, asking for a lease grant.
+    ``heartbeat`` ``{primary_lsn, commit_lsn, ts, lq}``: sent when idle, so a replica can tell
+                  an idle shard (fresh) from a dead stream (stale), and renews the grants.
+                  ``release`` (true): this primary is fenced and holds no lease; the
+                  replica's promise to its epoch is void.
     ``error``     ``{error, message, ...}`` (the error body of ``cluster/errors.py``), then
                   the primary closes: ``STALE_EPOCH`` when one side's epoch is older.
 
@@ -89,9 +94,21 @@ def decode(frame: bytes) -> dict[str, Any]:
     return message
 
 
-def encode_entries(entries: list[WalEntry], primary_lsn: int, ts: float) -> bytes:
-    return encode(ENTRIES, entries=[e.to_wire() for e in entries], primary_lsn=primary_lsn,
-                  ts=ts)
+def encode_entries(entries: list[WalEntry], primary_lsn: int, ts: float,
+                   lq: float | None = None) -> bytes:
+    fields: dict[str, Any] = {"entries": [e.to_wire() for e in entries],
+                              "primary_lsn": primary_lsn, "ts": ts}
+    if lq is not None:
+        fields["lq"] = lq
+    return encode(ENTRIES, **fields)
+
+
+def lease_query(message: dict[str, Any]) -> float | None:
+    """The primary's send time ``lq`` a frame asks a lease grant for (None: not asked)."""
+    lq = message.get("lq")
+    if isinstance(lq, int | float) and not isinstance(lq, bool):
+        return float(lq)
+    return None
 
 
 def decode_entries(message: dict[str, Any]) -> list[WalEntry]:

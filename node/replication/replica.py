@@ -37,6 +37,7 @@ from shardkv.cluster.errors import ErrorCode, InvalidArgument, StaleEpoch, error
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.clock import NODE_CLOCK
 from shardkv.node.replication import protocol as proto
+from shardkv.node.replication.majority_lease import LeasePromise
 from shardkv.node.replication.replica_log import CannotRollBack, ReplicaTarget
 from shardkv.node.testing import failpoints
 
@@ -65,8 +66,11 @@ class ReplicationReplica:
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = NODE_CLOCK.monotonic,
         wall_clock: Callable[[], float] = NODE_CLOCK.wall,
+        promise: LeasePromise | None = None,
     ) -> None:
         self.target = target
+        # Lease grants to the primary, and the promise they make (majority_lease.py).
+        self.promise = promise
         self._wall_clock = wall_clock
         self.node_id = node_id
         self.primary_url = primary_url
@@ -222,6 +226,10 @@ class ReplicationReplica:
         return connecting.result()  # raises what the connection attempt raised
 
     async def _follow(self, url: str) -> None:
+        if self.promise is not None:
+            # A lease granted to an older epoch's primary binds us: no hello to a newer one
+            # (it would count our acknowledgements) until that promise has run out.
+            await self.promise.wait_free_for(self.epoch)
         ws = await self._connect(url)
         if ws is None:
             return  # retargeted while connecting: the loop follows the new primary
@@ -271,6 +279,9 @@ class ReplicationReplica:
             if epoch < self.epoch:
                 raise StaleEpoch(f"primary at {self.primary_url} is in epoch {epoch}, older "
                                  f"than {self.epoch}")
+            if self.promise is not None and self.promise.blocking_s(epoch) > 0:
+                raise StreamEnded(f"a lease granted in epoch {self.promise.epoch} still runs; "
+                                  f"epoch {epoch} must wait for it")
             self.epoch = epoch
             start = proto.need_int(message, "start_lsn")
             if start != self.target.last_lsn + 1:
@@ -349,12 +360,16 @@ class ReplicationReplica:
                 await self._append(entries)
                 if failpoints.ARMED:
                     await failpoints.hit("replica_before_ack")
-                await ws.send_bytes(proto.encode(proto.ACK, lsn=self.target.last_lsn))
+                await ws.send_bytes(self._ack(message))
                 self._applied_up_to(self.target.applied_lsn)
             self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at,
                                  message.get("ts"))
         elif kind == proto.HEARTBEAT:
             self.commit_lsn = max(self.commit_lsn, proto.need_int(message, "commit_lsn"))
+            if self.promise is not None and message.get("release") is True:
+                self.promise.release(self.epoch)  # fenced primary: it holds no lease now
+            elif proto.lease_query(message) is not None and self.promise is not None:
+                await ws.send_bytes(self._ack(message))
             self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at,
                                  message.get("ts"))
         elif kind == proto.ERROR:
@@ -372,6 +387,14 @@ class ReplicationReplica:
         if failpoints.ARMED:
             await failpoints.hit("replica_before_apply")
         await self.target.append(entries)
+
+    def _ack(self, message: dict[str, Any]) -> bytes:
+        """The acknowledgement of ``message``; it grants a lease when the primary asked for
+        one and our promise allows it (the grant is made now, after the frame arrived)."""
+        lq = proto.lease_query(message)
+        if lq is not None and self.promise is not None and self.promise.grant(self.epoch):
+            return proto.encode(proto.ACK, lsn=self.target.last_lsn, lq=lq)
+        return proto.encode(proto.ACK, lsn=self.target.last_lsn)
 
     def stats(self) -> dict[str, Any]:
         return {

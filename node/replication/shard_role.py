@@ -44,6 +44,12 @@ from shardkv.cluster.errors import (
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.replication.endpoints import ReplicationEndpoints
 from shardkv.node.replication.lease import PrimaryLease
+from shardkv.node.replication.majority_lease import (
+    LeasePromise,
+    MajorityLease,
+    ShardLease,
+    usable_grant_s,
+)
 from shardkv.node.replication.metrics import ReplicationCollector
 from shardkv.node.replication.primary import ReplicationPrimary
 from shardkv.node.replication.replica import ReplicationReplica
@@ -64,7 +70,14 @@ class NodeReplication:
     def __init__(self, server: NodeServer) -> None:
         self.server = server
         # The timing contract (cluster/timing.py) was validated with the node's config.
-        self.lease = PrimaryLease(server.config.timing.lease_s)
+        timing = server.config.timing
+        # Leases from the shard's majority, the coordinator's as the alternative source
+        # (majority_lease.py); one promise per node, shared by its replica and primary sides.
+        self.promise = LeasePromise(timing.lease_s)
+        self.lease = ShardLease(
+            PrimaryLease(timing.lease_s),
+            MajorityLease(usable_grant_s(timing.lease_s, drift=timing.clock_drift,
+                                         margin_s=timing.lease_margin_s), self.promise))
         self.primary: ReplicationPrimary | None = None
         self.replica: ReplicationReplica | None = None
         self.members: list[str] = []
@@ -86,8 +99,17 @@ class NodeReplication:
         if self.clustered:
             server.ctx.write_timeout_s = server.config.timing.write_timeout_s
         server.on_stop.insert(0, self._stop)
+        if self.clustered:
+            server.on_ready.insert(0, self._keep_earlier_promise)
         if server.membership is not None:
             server.membership.listeners.append(self._on_placement)
+
+    async def _keep_earlier_promise(self, server: NodeServer) -> None:
+        """A node restarted with a log may have granted a lease just before it stopped; it
+        keeps that promise for a whole grant (majority_lease.py)."""
+        store = server.store
+        if store is not None and store.wal.last_lsn > 0:
+            self.promise.after_restart(store.epoch)
 
     # ------------------------------------------------------------------------------ roles
 
@@ -113,6 +135,7 @@ class NodeReplication:
                 await self._step_down("no role in the map")
                 await self._stop_following()
             self.epoch = max(self.epoch, placement.epoch)
+            self.lease.majority.set_members(self.members)
             if self.primary is not None:
                 self.primary.members_changed()
 
@@ -123,10 +146,12 @@ class NodeReplication:
         if epoch > store.epoch:
             store.epoch = epoch
         # Gate first, before any await: from here on no write is acknowledged ungated.
+        node_id = self.server.ctx.node_id or "node"
+        self.lease.majority.begin(epoch, node_id, self.members)
         primary = ReplicationPrimary(
-            store.wal, node_id=self.server.ctx.node_id or "node", epoch=lambda: store.epoch,
+            store.wal, node_id=node_id, epoch=lambda: store.epoch,
             members=lambda: self.members, snapshot_source=store.snapshot_now,
-            on_newer_epoch=self._saw_newer_epoch)
+            on_newer_epoch=self._saw_newer_epoch, on_grant=self.lease.majority.granted)
         old, self.primary = self.primary, primary
         self.fenced = False
         store.set_commit_gate(self._majority_gate, local_gate=self._local_gate,
@@ -161,7 +186,7 @@ class NodeReplication:
         if self.replica is None:
             self.replica = ReplicationReplica(
                 StoreReplicaTarget(store), node_id=self.server.ctx.node_id or "node",
-                primary_url=primary_url, epoch=epoch)
+                primary_url=primary_url, epoch=epoch, promise=self.promise)
             self.replica.start()
         else:
             self.replica.retarget(primary_url, epoch)
@@ -233,7 +258,8 @@ class NodeReplication:
         if primary is None:
             raise Unavailable("not primary any more")
         await primary.commit_gate(entry)
-        await self._lease_gate()
+        if not self.fenced:  # fenced: the lease was given up; a majority commit is fenced
+            await self._lease_gate()  # by the replicas' epochs on its own
 
     async def _local_gate(self, entry: WalEntry) -> None:
         primary = self.primary
@@ -305,7 +331,10 @@ class NodeReplication:
             "lease_remaining_s": None if not self.lease.valid else round(
                 min(self.lease.remaining_s, 1e9), 3),
             "fenced": self.fenced,
+            "promise": self.promise.to_dict(),
         }
+        if self.primary is not None:
+            body["lease_detail"] = self.lease.to_dict()
         if self.primary is not None:
             body["commit_lsn"] = self.primary.majority_lsn
             body["replicas"] = self.primary.replicas()
@@ -325,12 +354,19 @@ class NodeReplication:
                              epoch=store.epoch)
         self.fenced = True
         self.server.ctx.role = "fenced"  # new writes: NOT_PRIMARY, clients retry elsewhere
+        # Give the lease up and let the replicas drop their promise, so the target need not
+        # wait a whole grant (majority_lease.py); in-flight writes still commit by majority.
+        self.lease.revoke()
+        self.primary.release_leases()
         return {"last_lsn": store.last_lsn, "epoch": store.epoch}
 
     def unfence(self) -> UnfenceAnswer:
         """The switchover was abandoned: take writes again."""
         if self.primary is not None and self.fenced:
             self.fenced = False
+            self.primary.release_leases(False)
+            self.lease.majority.begin(self.epoch, self.server.ctx.node_id or "node",
+                                      self.members)
             self.server.ctx.role = ROLE_PRIMARY
         return {"fenced": self.fenced}
 

@@ -579,11 +579,17 @@ class Store:
         self._sessions.reset(rows)
 
     def _submit(self, mutations: list[Mutation]) -> asyncio.Future[int]:
+        self._snapshotter.guard.check()  # DISK_FULL before the WAL could meet ENOSPC
         applied = self._pipeline.submit(mutations)
         self._snapshotter.note_logged(self._pipeline.take_logged_bytes())
         return applied
 
     # ------------------------------------------------------------------------ maintenance
+
+    @property
+    def snapshotter(self) -> Snapshotter:
+        """Snapshots, log retention and the low-disk guard (``snapshots/snapshotter.py``)."""
+        return self._snapshotter
 
     async def snapshot_now(self) -> SnapshotMeta:
         """Take a snapshot at the applied LSN now (writes continue meanwhile)."""

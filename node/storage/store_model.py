@@ -75,6 +75,12 @@ class StoreConfig:
     ``snapshot_wal_bytes``: a snapshot is taken (in the background) once this many bytes have
     been logged since the last one. ``retain_wal_entries``: how much WAL tail is kept behind a
     snapshot, so replicas slightly behind can catch up from the log instead of a snapshot.
+    ``retain_wal_bytes`` bounds that tail in bytes too (None: sized from the last snapshot
+    and the disk, ``snapshots/retention.py``). ``snapshot_wal_ratio``: a snapshot is also due
+    once the bytes logged since the last one reach this multiple of its size (and at least
+    ``snapshot_min_wal_bytes``); 0 turns that rule off. ``low_disk_bytes``: below this much
+    free space the store refuses writes (DISK_FULL), and below twice it snapshots and trims
+    the log first (None: 5% of the disk, at most 256 MiB; 0 turns the guard off).
     ``ttl_sweep_interval_s``: 0 turns the sweeper off (a replica deletes expired keys only
     when its primary's deletes arrive)."""
 
@@ -86,6 +92,10 @@ class StoreConfig:
     snapshot_wal_bytes: int = 128 << 20
     keep_snapshots: int = 2
     retain_wal_entries: int = 100_000
+    retain_wal_bytes: int | None = None
+    snapshot_wal_ratio: float = 4.0
+    snapshot_min_wal_bytes: int = 16 << 20
+    low_disk_bytes: int | None = None
     ttl_sweep_interval_s: float = 1.0
     ttl_sweep_batch: int = 500
     epoch: int = 1
@@ -105,6 +115,12 @@ class StoreConfig:
             raise ValueError("keep_snapshots must be at least 1")
         if self.retain_wal_entries < 0:
             raise ValueError("retain_wal_entries must not be negative")
+        if self.retain_wal_bytes is not None and self.retain_wal_bytes < 0:
+            raise ValueError("retain_wal_bytes must not be negative")
+        if self.snapshot_wal_ratio < 0 or self.snapshot_min_wal_bytes < 0:
+            raise ValueError("snapshot_wal_ratio and snapshot_min_wal_bytes must not be negative")
+        if self.low_disk_bytes is not None and self.low_disk_bytes < 0:
+            raise ValueError("low_disk_bytes must not be negative")
         if self.ttl_sweep_interval_s < 0:
             raise ValueError("ttl_sweep_interval_s must not be negative")
         if self.epoch < 0:

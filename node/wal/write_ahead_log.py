@@ -520,6 +520,10 @@ class WriteAheadLog:
 
     # ----------------------------------------------------------------------------- the rest
 
+    def segment_extents(self) -> list[tuple[int, int]]:
+        """(first LSN, bytes) of each segment, oldest first: what byte retention weighs."""
+        return [(s.first_lsn, s.size) for s in self._segments]
+
     def stats(self) -> WalStats:
         return WalStats(
             segments=len(self._segments),

@@ -13,6 +13,7 @@ one the `shardkv` command accepts.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ NAMESPACE = "kv"
 # The chart's kubeVersion floor, and a recent release.
 KUBERNETES_VERSIONS = ("1.25.0", "1.34.0")
 # Custom resources have no schema in kubernetes-validate; they are checked by hand below.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 # Value sets the chart must render into valid objects.
 VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -41,7 +42,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "single": {"coordinators": {"replicas": 1}, "shards": 1, "replicasPerShard": 1},
     "large": {"coordinators": {"replicas": 5}, "shards": 4, "replicasPerShard": 5},
     "everything-optional": {
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "prom"}}},
         "networkPolicy": {"allowExternal": False},
         "coordinators": {"podAntiAffinityPreset": "hard", "startupProbe": {"enabled": True},
                          "nodeAffinityPreset": {"type": "hard", "key": "disk",
@@ -488,6 +490,29 @@ def test_service_monitor_scrapes_both_roles(chart: Any) -> None:
         == ["coordinator", "node"]
     for service in scraped:
         assert any(p["name"] == endpoint["port"] for p in service["spec"]["ports"])
+
+
+def test_disk_alert_rules_use_metrics_the_node_exports(chart: Any) -> None:
+    assert not of_kind(render(chart), "PrometheusRule")
+    (rule,) = of_kind(render(chart, VALUE_SETS["everything-optional"]), "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"ShardkvDiskLow", "ShardkvRefusingWritesDiskFull", "ShardkvDiskFillingUp"} <= set(
+        alerts)
+    from shardkv.node.metrics import NodeMetrics
+
+    # The names the rules query exist on a node's /metrics (with a store's disk watched).
+    metrics = NodeMetrics()
+    metrics.watch_disk(lambda: {
+        "wal_bytes": 1, "snapshot_bytes": 1, "engine_bytes": 1, "free_bytes": 1,
+        "total_bytes": 2, "wal": {"retained_entries": 1, "retained_bytes": 1},
+        "snapshot": {"bytes": 1, "running": False},
+        "guard": {"floor_bytes": 1, "refusing": False, "refused": 0},
+        "compaction": {"running": False, "count": 0}})
+    exported = metrics.render().decode()
+    for alert in alerts.values():
+        for name in re.findall(r"shardkv_[a-z_]+", alert["expr"]):
+            assert f"\n{name}" in exported or f"\n{name}{{" in exported, name
 
 
 def test_client_service_reaches_the_coordinators(chart: Any) -> None:

@@ -20,7 +20,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,16 +32,9 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from shardkv.cluster.local_processes import spawn_logged
 
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (for processes that need a fixed port up front;
-    prefer letting the process bind port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NodeProcess:
@@ -103,12 +95,9 @@ class NodeProcess:
         raise RuntimeError(f"the node could not bind a port; log:\n{self.log_text()}")
 
     def _spawn(self, port: int) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, "SHARDKV_LOG_FORMAT": "json", **self.env}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(port), stdout=log, stderr=log, env=env,
-                                         stdin=subprocess.DEVNULL)
+        self.proc = spawn_logged(self.command(port), self.log_path, env=env)
 
     def _wait_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

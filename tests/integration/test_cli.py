@@ -115,6 +115,11 @@ def test_load_jsonl_and_csv_with_progress(node, cli, tmp_path: Path) -> None:
     assert b"loaded 501 keys" in done.stdout
     assert b"1 lines skipped" in done.stdout
     assert b"100.0%" in done.stderr  # the progress bar reached the end
+    # Each skipped line is named, with its number and reason; --strict makes it fail.
+    assert f"skipped {jsonl}:line 11: ".encode() in done.stderr
+    strict = cli("load", *at, str(jsonl), "--strict", "--quiet")
+    assert strict.returncode == 1
+    assert strict.stderr.count(b"skipped ") == 1 and b"--strict: 1 lines" in strict.stderr
     assert ok("get", *at, "j:0499") == "v499\n"
     assert json.loads(ok("get", *at, "j:obj")) == {"nested": True}
 
@@ -123,6 +128,17 @@ def test_load_jsonl_and_csv_with_progress(node, cli, tmp_path: Path) -> None:
     report = json.loads(ok("load", *at, str(csv_file), "--json"))
     assert report["loaded"] == 100 and report["skipped"] == 0 and report["format"] == "csv"
     assert ok("get", *at, "c:9") == "81\n"
+
+
+def test_scan_gives_text_keys_for_text_and_bytes_for_bytes(node) -> None:
+    from shardkv.client import SyncClient
+
+    with SyncClient(nodes=[node.url]) as kv:
+        kv.mput({"tk:1": b"a", "tk:2": b"b"})
+        keys = [item.key for item in kv.scan("tk:")]
+        assert keys == ["tk:1", "tk:2"]
+        assert kv.get(keys[0]).value == b"a"  # a scanned key goes straight back to get
+        assert [item.key for item in kv.scan(b"tk:")] == [b"tk:1", b"tk:2"]
 
 
 def test_where_is_the_cluster(tmp_path: Path, cli) -> None:

@@ -13,9 +13,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import NodeFactory, NodeProcess, free_port
+from conftest import NodeFactory, NodeProcess
 from shardkv.chaos.nemesis.clock_skew import ClockNemesis
 from shardkv.chaos.nemesis.fault import NemesisError
+from shardkv.cluster.local_processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -13,8 +13,8 @@ import aiohttp
 import msgpack
 import pytest
 from eventually import eventually
+from shardkv.cluster.local_processes import free_port
 from shardkv.coordinator.config import CoordinatorConfig, RaftTimings
-from shardkv.coordinator.local_group import free_port
 from shardkv.coordinator.server import Coordinator
 
 pytestmark = pytest.mark.integration

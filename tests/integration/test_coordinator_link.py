@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from shardkv.cluster.cluster_map import ClusterMap
-from shardkv.coordinator.local_group import LocalGroup, free_port, http_json
+from shardkv.cluster.local_processes import free_port
+from shardkv.coordinator.local_group import LocalGroup, http_json
 from shardkv.node.membership.coordinator_link import CoordinatorLink, Placement
 
 pytestmark = pytest.mark.integration

@@ -3,8 +3,11 @@ leaving no process behind; and the launcher's supervision (restart of a killed n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from shardkv.cluster.launcher import ClusterPlan, LocalCluster
-from shardkv.cluster.local_processes import pid_alive, stop_described
+from shardkv.cluster.local_processes import pid_alive, port_is_free, stop_described
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +37,10 @@ def test_up_detach_commands_and_down(tmp_path: Path) -> None:
         assert sorted(described) == ["coordinators", "nodes"]
         assert len(described["coordinators"]) == 3 and len(described["nodes"]) == 6
         for entry in described["coordinators"]:
-            assert sorted(entry) == ["id", "pid", "url"] and pid_alive(entry["pid"])
+            assert sorted(entry) == ["id", "pid", "state", "url"] and pid_alive(entry["pid"])
         for entry in described["nodes"]:
-            assert sorted(entry) == ["data_dir", "id", "pid", "url"]
+            assert sorted(entry) == ["data_dir", "id", "pid", "state", "url"]
+            assert entry["state"] == "running"
             assert pid_alive(entry["pid"]) and Path(entry["data_dir"]).is_dir()
         pids = [e["pid"] for e in described["coordinators"] + described["nodes"]]
         launcher_pid = int((directory / "launcher.pid").read_text())
@@ -112,7 +116,7 @@ def test_the_plan_and_cluster_json_shape(tmp_path: Path) -> None:
     assert ClusterPlan.load(tmp_path / "launcher.json") == plan
     described = LocalCluster(tmp_path, plan).describe()
     assert sorted(described) == ["coordinators", "nodes"]
-    assert sorted(described["nodes"][0]) == ["data_dir", "id", "pid", "url"]
+    assert sorted(described["nodes"][0]) == ["data_dir", "id", "pid", "state", "url"]
 
 
 def test_down_never_signals_a_process_that_is_not_ours(tmp_path: Path) -> None:
@@ -127,3 +131,85 @@ def test_down_never_signals_a_process_that_is_not_ours(tmp_path: Path) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_up_right_after_down_five_times(tmp_path: Path) -> None:
+    """`down` then `up` with no wait, five times: `down` returns once every process has exited
+    and its ports can be bound, and `up` checks ports as the servers bind them (TIME-WAIT is
+    no obstacle). A second `up` on a running cluster refuses, once, saying how to stop it."""
+    directory = tmp_path / "cl"
+    at = ("--dir", str(directory))
+    shape = ("--shards", "1", "--replicas", "3", "--coordinators", "1", "--fsync", "never")
+    try:
+        for round_ in range(5):
+            up = shardkv("up", *at, *shape, "--detach")
+            assert up.returncode == 0, f"round {round_}: {up.stderr}{up.stdout}"
+            assert shardkv("put", *at, "k", f"v{round_}").returncode == 0
+            assert shardkv("get", *at, "k").stdout == f"v{round_}\n"
+            again = shardkv("up", *at, *shape, "--detach")
+            assert again.returncode == 1
+            assert again.stderr.count("already running") == 1, again.stderr
+            plan = json.loads((directory / "launcher.json").read_text())
+            down = shardkv("down", *at)
+            assert down.returncode == 0 and "ports released" in down.stdout, down.stderr
+            ports = [e["port"] for e in plan["coordinators"] + plan["nodes"]]
+            assert all(port_is_free(p) for p in ports)
+    finally:
+        shardkv("down", *at)
+
+
+def test_a_failed_up_says_this_runs_reason_once(tmp_path: Path) -> None:
+    directory = tmp_path / "cl"
+    at = ("--dir", str(directory))
+    shape = ("--shards", "1", "--replicas", "1", "--coordinators", "1", "--fsync", "never")
+    assert shardkv("up", *at, *shape, "--detach").returncode == 0
+    assert shardkv("down", *at).returncode == 0
+    plan = json.loads((directory / "launcher.json").read_text())
+    # Another program listens on the node's port: the next `up` must say exactly that.
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", plan["nodes"][0]["port"]))
+    squatter.listen()
+    try:
+        up = shardkv("up", *at, *shape, "--detach")
+    finally:
+        squatter.close()
+        shardkv("down", *at)
+    assert up.returncode == 1
+    assert up.stderr.count("ports in use by another program") == 1, up.stderr
+    assert f"n1:{plan['nodes'][0]['port']}" in up.stderr
+    assert str(directory / "logs" / "launcher.log") in up.stderr
+    assert "exited" not in up.stderr  # nothing from the previous run's log
+
+
+def test_foreground_up_supervises_by_default(tmp_path: Path) -> None:
+    """`shardkv up` in the foreground restarts a node that dies, unless --no-supervise."""
+    directory = tmp_path / "cl"
+    env = {k: v for k, v in os.environ.items() if k != "SHARDKV_COORDINATORS"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "shardkv.cluster.cli", "up", "--dir", str(directory),
+         "--shards", "1", "--replicas", "1", "--coordinators", "1", "--fsync", "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert launcher.stdout is not None
+        lines = []
+        for line in launcher.stdout:
+            lines.append(line)
+            if line.startswith("supervising"):
+                break
+        assert lines and lines[-1].startswith("supervising"), "".join(lines)
+        first = json.loads((directory / "cluster.json").read_text())["nodes"][0]["pid"]
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        pid = first
+        while pid == first and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with contextlib.suppress(ValueError, OSError):
+                pid = json.loads((directory / "cluster.json").read_text())["nodes"][0]["pid"]
+        assert pid != first and pid_alive(pid)
+        assert launcher.stdout.readline().startswith("restarted n1")
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(60)
+    assert launcher.returncode == 0
+    assert not (directory / "cluster.json").exists()

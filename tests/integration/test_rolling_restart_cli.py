@@ -1,7 +1,6 @@
-"""`shardkv restart --rolling` on a cluster started with `shardkv up --detach`, then
-`shardkv down` stops every process, the restarted ones included (their pids are not the
-launcher's children: they were read from cluster.json before the launcher was asked to stop).
-"""
+"""`shardkv restart --rolling` on a cluster started with `shardkv up --detach` (the launcher
+stops and starts each process on request, in the command's order), then `shardkv down` stops
+every process, the restarted ones included."""
 
 from __future__ import annotations
 

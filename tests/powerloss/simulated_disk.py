@@ -24,7 +24,7 @@ without a model of each. Files are identified by inode; the disk keeps a read-on
 on every inode it has seen, so an inode number cannot be reused by a new file mid-test.
 
 Not covered: syncs made in C (SQLite's own, which shardkv turns off anyway:
-``synchronous=OFF``), ``O_SYNC``/``O_DSYNC`` writes, ``os.sync``/``sync_file_range`` (none
+``synchronous=NORMAL``), ``O_SYNC``/``O_DSYNC`` writes, ``os.sync``/``sync_file_range`` (none
 are used), and writes racing a sync of the same file from another thread (the content read
 at sync time may include them). Linux only (``/proc/self/fd``).
 """

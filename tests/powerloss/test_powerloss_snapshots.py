@@ -34,7 +34,8 @@ async def test_a_snapshot_behind_a_compacted_log_survives_power_loss(
     (``snapshot._finish`` through ``durable_file.sync_file`` and ``install``), and the creation
     of the snapshot directory (``durable_file.ensure_dir``). The WAL segments behind the
     snapshot are deleted durably, so a snapshot lost to the page cache loses data. With the
-    SQLite engine its files (never fsynced: ``synchronous=OFF``) come back empty, so this also
+    SQLite engine its files (not fsynced per commit: ``synchronous=NORMAL``) come back empty, so
+    this also
     checks that recovery does not need them."""
     config = StoreConfig(
         data_dir=tmp_path / "node",

@@ -137,11 +137,9 @@ async def test_an_unanswered_request_times_out(
 async def test_connecting_to_nothing_fails_fast_and_was_not_executed(
     session: aiohttp.ClientSession,
 ) -> None:
-    import socket
+    from shardkv.cluster.local_processes import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     conn = NodeConnection(f"http://127.0.0.1:{port}", session)
     with pytest.raises(ConnectionFailed) as caught:
         await conn.call("echo", {"value": 1}, 2.0)

@@ -72,7 +72,9 @@ async def test_answer_shapes(ctx: NodeContext) -> None:
     assert await run(ctx, "mdelete", keys=[b"b", b"c", b"x"]) == {
         "deleted": 2, "version": batch["version"] + 1}
     ping = await run(ctx, "ping")
+    disk = ping.pop("disk")
     assert ping == {"lsn": batch["version"] + 1, "epoch": ctx.store.epoch, "role": "primary"}
+    assert disk["used_bytes"] > 0 and disk["free_bytes"] > 0
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,15 @@
 """The SQLite engine: state larger than memory, in one table, applied in batched transactions.
 
-Durability comes from the node's own WAL, so SQLite runs with ``synchronous=OFF`` (no fsync)
-in WAL journal mode. What makes that safe is the ``meta`` table: the LSN of the last applied
-entry is written in the same transaction as the data it describes, so after any crash the
-database is exactly the state at its recorded ``applied_lsn`` (SQLite's own journal keeps a
-transaction atomic even unsynced, short of losing the disk's cache), and the Store replays the
-WAL from there. A power loss can roll the database back to an older LSN; the WAL still holds
-everything after it, because WAL segments are only removed behind a synced snapshot.
+Durability comes from the node's own WAL, so SQLite runs in WAL journal mode with
+``synchronous=NORMAL``: commits are not fsynced (the node's WAL already holds them), but SQLite
+syncs its log before every checkpoint into the database file, which is what keeps the file
+*consistent* after a power loss. ``synchronous=OFF`` would save those few syncs and, as SQLite
+documents, may leave a corrupt database after a power loss, not just an old one. The ``meta``
+table holds the LSN of the last applied entry, written in the same transaction as the data it
+describes, so after any crash the database is exactly the state at its recorded
+``applied_lsn``, and the Store replays the WAL from there. A power loss can roll the database
+back to an older LSN; the WAL still holds everything after it, because WAL segments are only
+removed behind a synced snapshot.
 
 Applying one transaction per entry would cost a commit per write, so applied entries are
 buffered in memory (``_pending``: key -> newest item, or None for a delete) and flushed in one
@@ -33,6 +36,7 @@ from shardkv.node.storage.engines.engine import (
     StoredItem,
     check_apply_order,
 )
+from shardkv.node.storage.engines.sqlite_compaction import CompactionReport, vacuum
 from shardkv.node.wal.record import MutationKind, WalEntry
 
 logger = logging.getLogger(__name__)
@@ -93,7 +97,7 @@ class SqliteEngine(Engine):
         conn = await aiosqlite.connect(path, isolation_level=None)
         try:
             await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=OFF")
+            await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.execute("PRAGMA temp_store=MEMORY")
             for statement in _SCHEMA:
                 await conn.execute(statement)
@@ -300,6 +304,14 @@ class SqliteEngine(Engine):
         self._committed_lsn = lsn
         self._committed_count += delta
         self._flushing = {}
+
+    async def compact(self) -> CompactionReport:
+        """Return free pages to the file system (``sqlite_compaction.py``)."""
+        async with self._flush_lock:
+            await self._flush_locked()
+            report = await vacuum(self._conn, self._path)
+        logger.info("sqlite engine compacted", extra=log_fields(**report.to_dict()))
+        return report
 
     async def load(self, rows: Iterable[SnapshotRow], lsn: int) -> None:
         async with self._flush_lock:

@@ -3,6 +3,8 @@
 ``shardkv chaos list`` prints the pinned scenarios. ``shardkv chaos run --scenario NAME
 --duration 60s --seed N --out DIR`` starts a cluster (local processes; containers with
 ``--docker``), runs the scenario and writes its report (see ``chaos.runner``).
+``shardkv chaos soak --hours H --out DIR`` cycles every scenario with fresh seeds and writes
+one summary table (``chaos.soak``).
 ``shardkv chaos check DIR/history.jsonl --out DIR2`` runs every checker again over a saved
 history (after a checker fix, or with another staleness slack).
 The exit status is the report's: 0 ok, 1 anomaly, 2 unknown (or the run could not be done).
@@ -74,6 +76,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_p.add_argument("--keep-data", action="store_true",
                        help="keep DIR/cluster (data dirs and logs) even when the run is ok")
     run_p.set_defaults(_chaos_run=run_run)
+    soak_p = sub.add_parser("soak", help="cycle every scenario with fresh seeds for hours; "
+                            "keep failing runs, write a summary table")
+    soak_p.add_argument("--hours", type=float, required=True, help="how long to soak")
+    soak_p.add_argument("--scenarios", nargs="+", metavar="NAME",
+                        help="scenarios to cycle (default: every one but the negative "
+                             "controls)")
+    soak_p.add_argument("--seed", type=int, help="seed of the soak (scenario order and every "
+                        "run's seed; default: from the clock, printed)")
+    soak_p.add_argument("--run-duration", type=parse_duration, default=60.0,
+                        help="faults per run (default 60s)")
+    soak_p.add_argument("--out", type=Path, required=True,
+                        help="directory for soak.md, soak.html, soak.json and failing runs")
+    soak_p.set_defaults(_chaos_run=run_soak)
     check = sub.add_parser("check", help="check a recorded history.jsonl and write a report")
     check.add_argument("history", type=Path, help="a history.jsonl written by a chaos run")
     check.add_argument("--out", type=Path, help="write report.json, summary.txt and "
@@ -103,6 +118,32 @@ def run_check(args: Any) -> int:
     else:
         print(write_report(report, history, out))
     return report.exit_status
+
+
+def run_soak(args: Any) -> int:
+    import time
+
+    from shardkv.chaos.soak import SoakOptions, default_scenarios, soak
+
+    if args.hours <= 0:
+        print("shardkv chaos soak: --hours must be > 0", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else int(time.time())
+    opts = SoakOptions(args.hours, args.out, args.scenarios or default_scenarios(), seed,
+                       run_s=args.run_duration)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    print(f"shardkv chaos soak: seed {seed} (replay the whole soak with --seed {seed})")
+    try:
+        rows = asyncio.run(_interruptible(soak(opts)))
+    except ValueError as exc:
+        print(f"shardkv chaos soak: {exc}", file=sys.stderr)
+        return 2
+    except asyncio.CancelledError:
+        print(f"shardkv chaos soak: interrupted; table so far in {args.out / 'soak.md'}",
+              file=sys.stderr)
+        return 130
+    print((args.out / "soak.md").read_text(), end="")
+    return 0 if all(r.verdict in ("ok", "aborted") for r in rows) else 1
 
 
 def run_list(args: Any) -> int:

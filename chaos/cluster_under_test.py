@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from shardkv.chaos.container_cluster import ContainerCluster
 from shardkv.chaos.nemesis.delay_proxy import DelayProxy
+from shardkv.cluster.cluster_token import auth_headers
 from shardkv.cluster.launcher import (
     ClusterPlan,
     LocalCluster,
@@ -285,7 +286,7 @@ class ClusterUnderTest:
             out[sid] = {}
             for member in shard.get("members") or []:
                 status, body = await asyncio.to_thread(
-                    http_json, f"{self.url_of(member)}/v1/digest", 5.0)
+                    http_json, f"{self.url_of(member)}/v1/digest", 5.0, auth_headers())
                 if status == 404:
                     return None, f"node {member} does not serve /v1/digest (404)"
                 if status != 200 or not isinstance(body, dict):

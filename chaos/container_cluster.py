@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shardkv.cluster.cluster_token import CLUSTER_TOKEN_ENV
 from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster, ProcessSpec
 
 DEFAULT_IMAGE = os.environ.get("SHARDKV_IMAGE", "shardkv:dev")
@@ -218,6 +219,9 @@ class ContainerCluster(LocalCluster):
         super().__init__(directory, plan)
         self.plan: ContainerPlan = plan
         self.raft_password = os.urandom(16).hex()
+        # Containers listen on a network address: they need the cluster credential. The
+        # harness in this process uses it too (digests, failpoints), through the environment.
+        os.environ.setdefault(CLUSTER_TOKEN_ENV, os.urandom(24).hex())
 
     # -- the network -----------------------------------------------------------------------
 

@@ -35,11 +35,13 @@ from shardkv.chaos.nemesis.loopback_partition import (
     LoopbackPartition,
 )
 from shardkv.chaos.nemesis.process import ProcessNemesis
+from shardkv.chaos.nemesis.switchover import Switchover
 
 # Clock faults and the ClockNemesis mode each one plays; a drift is aimed at a primary (the
 # lease is the primary's), bumps and strobes at any node (a replica's staleness, TTLs).
 CLOCK_FAULTS = {"clock-bump": "bump", "clock-drift": "drift", "clock-strobe": "strobe"}
 NETWORK_FAULTS = frozenset({"partition-node", "partition-primary", "partition-replica",
+                            "isolate-primary",
                             "partition-coordinator-leader", "partition-ring", "packet-loss",
                             "clock-drift-isolated-primary"})
 
@@ -180,6 +182,8 @@ class FaultCatalog:
         partition = LoopbackPartition(self.network, name)
         if name == "partition-node":
             return RoleTargeted(name, partition, self._as_given)
+        if name == "isolate-primary":  # from everyone, coordinators too: a failover follows
+            return RoleTargeted(name, partition, self._primary_of_target)
         if name == "partition-primary":
             return RoleTargeted(name, partition, self._primary_from_replicas)
         if name == "partition-replica":
@@ -226,6 +230,11 @@ class FaultCatalog:
             resolve = (self._primary_of_target if name == "failpoint-primary"
                        else self._replica_of_target)
             return RoleTargeted(name, failpoint, resolve)
+        if name == "switchover":
+            if self.cut.standalone:
+                raise NemesisError("switchover needs coordinators and replicas")
+            switch = Switchover(url_of=self.cut.url_of, cluster_map=self.cut.cluster_map)
+            return RoleTargeted(name, switch, self._primary_of_target)
         if name in CLOCK_FAULTS:
             mode = CLOCK_FAULTS[name]
             clock = _WithParams(ClockNemesis(url_of=self.cut.url_of, seed=self.seed, name=name),

@@ -86,6 +86,9 @@ class Event:
     error: str | None = None
     final: bool = False
     node: str | None = None  # the member that answered, when the client could tell
+    # The sequential specification the operation must be checked under (a name of
+    # ``models.MODELS``), given by the workload that generated it: never inferred.
+    model: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -98,7 +101,7 @@ class Event:
             "value": encode_value(self.value),
             "time": self.time,
         }
-        for name in ("version", "consistency", "max_staleness_ms", "error", "node"):
+        for name in ("version", "consistency", "max_staleness_ms", "error", "node", "model"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         if self.final:
@@ -123,6 +126,7 @@ class Event:
             error=raw.get("error"),
             final=bool(raw.get("final", False)),
             node=raw.get("node"),
+            model=raw.get("model"),
         )
 
 
@@ -183,6 +187,7 @@ class Operation:
     final: bool = False
     completed_at: float | None = None
     node: str | None = None
+    model: str | None = None  # from the invoke (the workload's model), see Event.model
 
     @property
     def latency(self) -> float | None:
@@ -219,6 +224,7 @@ class Operation:
             "version": self.version,
             "error": self.error,
             "node": self.node,
+            "model": self.model,
         }
 
 
@@ -250,6 +256,7 @@ class History:
         consistency: str | None = None,
         max_staleness_ms: float | None = None,
         final: bool = False,
+        model: str | None = None,
     ) -> int:
         event = Event(
             index=next(self._counter),
@@ -262,6 +269,7 @@ class History:
             consistency=consistency,
             max_staleness_ms=max_staleness_ms,
             final=final,
+            model=model,
         )
         self.events.append(event)
         self._open[event.index] = event
@@ -295,6 +303,7 @@ class History:
                 error=error,
                 final=inv.final,
                 node=node,
+                model=inv.model,
             )
         )
 
@@ -346,6 +355,7 @@ def pair_operations(events: Iterable[Event]) -> list[Operation]:
                 final=inv.final,
                 completed_at=None if done is None else done.time,
                 node=None if done is None else done.node,
+                model=inv.model,
             )
         )
 
@@ -375,7 +385,7 @@ def _renumber(op: Operation, new_id: int) -> Operation:
     return Operation(
         new_id, op.process, op.f, op.key, op.value, op.type, op.call, op.ret, op.output,
         op.version, op.consistency, op.max_staleness_ms, op.error, op.final, op.completed_at,
-        op.node,
+        op.node, op.model,
     )
 
 

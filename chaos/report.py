@@ -1,8 +1,8 @@
 """Run every checker over a history and write what a person and a CI job need.
 
-``analyze`` checks a history: linearizability of strong operations per key (the model chosen
-from what was done to the key: ``incr`` -> counter, ``append`` -> append list, ``add`` -> set,
-otherwise shardkv's versioned register), lost writes, staleness of eventual reads, counters,
+``analyze`` checks a history: linearizability of strong operations per key (under the model
+each operation carries, recorded by the workload that generated it: never guessed from the
+key or from what happened to it), lost writes, staleness of eventual reads, counters,
 convergence (when digests are given), and availability figures. ``write_report`` writes
 ``DIR/report.json``, ``DIR/summary.txt`` (also returned, for stdout), ``DIR/history.jsonl``
 and ``DIR/timeline.html``. The run's exit status is :attr:`Report.exit_status`: non-zero on any
@@ -30,8 +30,11 @@ from shardkv.chaos.models import MODELS, OPERATIONS, Model
 from shardkv.chaos.timeline import render_timeline
 
 
-def model_for(fs: set[str]) -> Model:
-    """The sequential specification for a key, from the operations done to it."""
+def legacy_model_for(fs: set[str]) -> Model:
+    """The model a history written before operations carried theirs was checked under,
+    inferred from what was done to the key. Only for such old files: an operation recorded
+    since names its model (``Operation.model``), and a key that saw only final reads must be
+    checked under its workload's model, which no inference can recover."""
     if "incr" in fs:
         return MODELS["counter"]
     if "append" in fs:
@@ -41,17 +44,44 @@ def model_for(fs: set[str]) -> Model:
     return MODELS["versioned-register"]
 
 
+def models_of(ops: list[Operation]) -> dict[Any, str]:
+    """The model of every key, from its operations' ``model`` (the workload that generated
+    them). ValueError when one key's operations name two models (a workload bug: two
+    workloads sharing a key under different specifications) or an unknown model. Keys whose
+    operations name none (histories recorded before the field existed) fall back to
+    :func:`legacy_model_for`."""
+    named: dict[Any, set[str]] = defaultdict(set)
+    fs_by_key: dict[Any, set[str]] = defaultdict(set)
+    for op in ops:
+        fs_by_key[op.key].add(op.f)
+        if op.model is not None:
+            named[op.key].add(op.model)
+    out: dict[Any, str] = {}
+    for key, fs in fs_by_key.items():
+        names = named.get(key)
+        if not names:
+            out[key] = legacy_model_for(fs).name
+            continue
+        if len(names) > 1:
+            raise ValueError(f"key {key!r} has operations recorded under models "
+                             f"{sorted(names)}: one key, one specification")
+        (name,) = names
+        if name not in MODELS:
+            raise ValueError(f"key {key!r}: unknown model {name!r} (known: {sorted(MODELS)})")
+        out[key] = name
+    return out
+
+
 def check_linearizable(
     ops: list[Operation], *, time_budget_s: float | None = 30.0
 ) -> list[LinearizabilityResult]:
-    """Strong operations only (eventual reads are checked for staleness instead)."""
+    """Strong operations only (eventual reads are checked for staleness instead), each key
+    under the model its workload recorded."""
     strong = [op for op in ops if op.consistency != "eventual"]
-    fs_by_key: dict[Any, set[str]] = defaultdict(set)
-    for op in strong:
-        fs_by_key[op.key].add(op.f)
+    model_of_key = models_of(strong)
     groups: dict[str, list[Operation]] = defaultdict(list)
     for op in strong:
-        name = model_for(fs_by_key[op.key]).name
+        name = model_of_key[op.key]
         if op.f in OPERATIONS[name]:
             groups[name].append(op)
     return [
@@ -76,6 +106,14 @@ class Report:
     @property
     def exit_status(self) -> int:
         return {"ok": 0, "anomaly": 1, "unknown": 2}[self.verdict]
+
+    def failing(self) -> set[str]:
+        """The names of the checkers that found an anomaly (``linearizability`` for any
+        illegal model)."""
+        out = {c.name for c in self.checks if c.verdict == "anomaly"}
+        if any(r.verdict == "illegal" for r in self.linearizability):
+            out.add("linearizability")
+        return out
 
     def check(self, name: str) -> CheckResult:
         return next(c for c in self.checks if c.name == name)

@@ -53,6 +53,7 @@ from shardkv.cluster.launcher import LaunchError
 log = logging.getLogger(__name__)
 
 TEST_ADMIN_ENV = "SHARDKV_TEST_ADMIN"
+CONTROLS_ENV = "SHARDKV_NEGATIVE_CONTROLS"  # node/testing/negative_controls.py
 _RUN_NUMBERS = itertools.count(1)  # runs of one process differ even with the same seed
 
 
@@ -140,9 +141,15 @@ async def run_scenario(opts: RunOptions) -> Report:
     # Node failpoints are armed, and clocks skewed, over admin endpoints that only exist in a
     # node started with SHARDKV_TEST_ADMIN=1; the launcher passes this process's environment
     # on (to containers too).
-    saved_admin = os.environ.get(TEST_ADMIN_ENV)
-    if any(f.name.startswith(("failpoint", "clock")) for f in scenario.faults):
+    saved_env = {name: os.environ.get(name) for name in (TEST_ADMIN_ENV, CONTROLS_ENV)}
+    control = scenario.negative_control
+    if control is not None or any(f.name.startswith(("failpoint", "clock", "switchover"))
+                                  for f in scenario.faults):
         os.environ[TEST_ADMIN_ENV] = "1"
+    if control is not None:  # a deliberate node bug, armed on every node of this run only
+        os.environ[CONTROLS_ENV] = control.switch
+        meta["negative_control"] = {"switch": control.switch,
+                                    "must_fail": list(control.must_fail)}
     try:
         network = await _network_for(cut, scenario, run_id)
         try:
@@ -172,8 +179,9 @@ async def run_scenario(opts: RunOptions) -> Report:
         ctx = Context(recorder, timeout=opts.op_timeout_s, names=names)
         workloads = scenario.mix.build(ctx)
         stop = asyncio.Event()
-        async with workload_client(endpoints, direct=direct,
-                                   timeout=opts.op_timeout_s) as client:
+        meta["client_retries"] = scenario.mix.retries
+        async with workload_client(endpoints, direct=direct, timeout=opts.op_timeout_s,
+                                   retries=scenario.mix.retries) as client:
             driver = asyncio.create_task(
                 run_workloads(scenario.mix, workloads, client, recorder, stop, seed=opts.seed))
             faults_from = time.monotonic()  # the schedule's time 0
@@ -201,10 +209,11 @@ async def run_scenario(opts: RunOptions) -> Report:
         if wal is not None:
             meta["wal_damage"] = getattr(getattr(wal, "inner", wal), "outcomes", [])
     finally:
-        if saved_admin is None:
-            os.environ.pop(TEST_ADMIN_ENV, None)
-        else:
-            os.environ[TEST_ADMIN_ENV] = saved_admin
+        for name, saved in saved_env.items():
+            if saved is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved
         if network is not None:
             await network.destroy()
         cluster = cut.describe()

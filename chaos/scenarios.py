@@ -19,6 +19,9 @@ Fault names (what :mod:`shardkv.chaos.fault_catalog` builds):
 - ``wal-damage``: crash, damage the WAL, restart: repaired or refused, never corrupt data;
 - ``failpoint-primary``, ``failpoint-replica``: arm a node failpoint (``params``: ``failpoint``
   and ``action``, e.g. ``1*crash`` or ``sleep(1500)``); crashed nodes restart at the end;
+- ``switchover``: a planned switchover (``POST /admin/shards/{id}/failover``) while every
+  replica's acknowledgements are held (``params``: ``acks`` = ``pause``, ``sleep(MS)`` or
+  ``error``, ``hold_s``); ``isolate-primary``: a primary cut off from every process;
 - ``clock-bump``, ``clock-strobe`` (any node), ``clock-drift`` (a primary): skew a node's clock
   through its test clock (``offset_ms``, ``rate``, ``period_ms``; drawn from the seed when not
   given); ``clock-drift-isolated-primary``: a primary's clock runs at ``{"clock": {"rate":
@@ -40,6 +43,17 @@ STANDALONE_FAULTS = frozenset({"kill-node", "kill-primary", "kill-primaries", "p
 
 
 @dataclass(frozen=True)
+class NegativeControl:
+    """A deliberate node bug (``node/testing/negative_controls.py``) the run arms on every
+    node, and the checkers it must make fail: exactly these, no other. A lost acknowledged
+    write or a doubled increment is also, by definition, a non-linearizable history, so
+    those controls name linearizability too."""
+
+    switch: str
+    must_fail: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -51,6 +65,7 @@ class Scenario:
     quiet_s: tuple[float, float] = (3.0, 6.0)
     settle_s: float = 5.0
     regression: str | None = None  # the bug this scenario pins, for the README table
+    negative_control: NegativeControl | None = None
 
     def with_topology(self, topology: str) -> Scenario:
         """The same scenario on another topology (``standalone``: one node, direct mode).
@@ -64,9 +79,8 @@ class Scenario:
                                  f"{', '.join(unsupported)}")
             shape = replace(self.shape, topology="standalone", shards=1, replicas=1,
                             coordinators=0)
-            mix = WorkloadMix({k: v for k, v in self.mix.workers.items() if k != "eventual"},
-                              self.mix.pace_s, self.mix.staleness_bound_ms,
-                              self.mix.register_keys)
+            mix = replace(self.mix, workers={k: v for k, v in self.mix.workers.items()
+                                             if k != "eventual"})
             faults = tuple(
                 replace(f, params={**f.params, "mode": "garbage"}) if f.name == "wal-damage"
                 else f for f in self.faults)
@@ -87,6 +101,10 @@ class Scenario:
             "fault_s": list(self.fault_s),
             "quiet_s": list(self.quiet_s),
             "regression": self.regression,
+            "negative_control": None if self.negative_control is None else {
+                "switch": self.negative_control.switch,
+                "must_fail": list(self.negative_control.must_fail)},
+            "retries": self.mix.retries,
         }
 
 
@@ -115,6 +133,77 @@ _ALL_FAULTS = (
     FaultSpec("packet-loss", params={"probability": 0.2}),
     FaultSpec("wal-damage", params={"mode": "bitflip"}),
     *_FAILPOINT_FAULTS[:2],
+)
+
+STANDALONE = ClusterShape("standalone", shards=1, replicas=1, coordinators=0)
+
+# Every way a primary changes, for the incr and CAS workloads (issue 18): a planned switchover
+# while the replicas' acknowledgements are withheld, delayed or dropped, and the unplanned
+# failovers (SIGKILL, SIGSTOP past the failover timeout, isolation from every process).
+_SWITCHOVERS = (
+    FaultSpec("switchover", params={"acks": "pause", "hold_s": 0.5}),
+    FaultSpec("switchover", params={"acks": "sleep(1500)", "hold_s": 0.5}),
+    FaultSpec("switchover", params={"acks": "error", "hold_s": 0.5}),
+)
+_FAILOVERS = (
+    *_SWITCHOVERS,
+    FaultSpec("kill-primary"),
+    FaultSpec("pause-primary"),
+    FaultSpec("isolate-primary"),
+)
+_INCR_CAS = WorkloadMix({"register": 3, "counter": 3})
+
+
+def _failovers(name: str, faults: tuple[FaultSpec, ...], what: str, retries: str) -> Scenario:
+    client = ("the default client (retries on)" if retries == "default"
+              else "a client that never retries")
+    return Scenario(name, f"{what} under incr and CAS workloads, {client}", faults,
+                    shape=ONE_SHARD, mix=replace(_INCR_CAS, retries=retries),
+                    fault_s=(4.0, 7.0), quiet_s=(3.0, 5.0))
+
+
+FAILOVER_SCENARIOS: tuple[Scenario, ...] = (
+    _failovers("switchover", _SWITCHOVERS, "planned switchovers while replica acks are "
+               "withheld, delayed or dropped", "off"),
+    _failovers("switchover-retries", _SWITCHOVERS, "planned switchovers while replica acks "
+               "are withheld, delayed or dropped", "default"),
+    _failovers("failovers-incr-cas", _FAILOVERS, "every kind of primary change (switchover "
+               "with held acks, kill, pause, isolation)", "off"),
+    _failovers("failovers-incr-cas-retries", _FAILOVERS, "every kind of primary change "
+               "(switchover with held acks, kill, pause, isolation)", "default"),
+)
+
+
+def _control(name: str, switch: str, must_fail: tuple[str, ...], description: str,
+             faults: tuple[FaultSpec, ...], shape: ClusterShape, mix: WorkloadMix) -> Scenario:
+    """A negative-control scenario: short, one deliberate bug, the checkers it must fail."""
+    return Scenario(name, f"negative control ({switch}): {description}", faults, shape=shape,
+                    mix=mix, duration_s=15.0, fault_s=(3.0, 4.0), quiet_s=(3.0, 4.0),
+                    settle_s=3.0, negative_control=NegativeControl(switch, must_fail))
+
+
+NEGATIVE_CONTROLS: tuple[Scenario, ...] = (
+    _control("control-lost-writes", "ack-before-wal-write", ("lost-writes", "linearizability"),
+             "one node acknowledges WAL groups before writing them and is SIGKILLed",
+             (FaultSpec("kill-node"),), STANDALONE, WorkloadMix({"register": 3})),
+    _control("control-linearizability", "replica-strong-reads", ("linearizability",),
+             "replicas answer strong reads from their own state (one applies 400 ms late); "
+             "the workload sends strong reads to any member",
+             (FaultSpec("failpoint-replica", params={"failpoint": "replica_before_apply",
+                                                     "action": "sleep(400)"}),),
+             ONE_SHARD, WorkloadMix({"register": 3}, strong_reads_anywhere=True)),
+    _control("control-staleness", "skip-staleness-check", ("staleness",),
+             "replicas answer bounded eventual reads however far behind (one applies 1.5 s "
+             "late)",
+             (FaultSpec("failpoint-replica", params={"failpoint": "replica_before_apply",
+                                                     "action": "sleep(1500)"}),),
+             ONE_SHARD, WorkloadMix({"register": 2, "eventual": 4})),
+    _control("control-convergence", "replica-drops-entries", ("convergence",),
+             "replicas silently stop applying what they receive (entries become no-ops)",
+             (), ONE_SHARD, WorkloadMix({"register": 3})),
+    _control("control-counters", "double-apply-incr", ("counters", "linearizability"),
+             "every tenth increment is applied twice",
+             (), STANDALONE, WorkloadMix({"counter": 3})),
 )
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -192,11 +281,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "tails, pauses and client-link partitions (what runs without coordinators)",
              (FaultSpec("kill-node"), FaultSpec("partition-node"), FaultSpec("pause-node"),
               FaultSpec("wal-damage", params={"mode": "garbage"})),
-             shape=ClusterShape("standalone", shards=1, replicas=1, coordinators=0),
+             shape=STANDALONE,
              mix=WorkloadMix({"register": 3, "append": 2, "counter": 2}),
              duration_s=60.0, fault_s=(2.0, 5.0), quiet_s=(2.0, 4.0),
              regression="harness: the client-link proxy kept a half-open connection after "
                         "its upstream crashed, so clients hung until the end of the run"),
+    *FAILOVER_SCENARIOS,
+    *NEGATIVE_CONTROLS,
 )}
 
 SCENARIOS.update(coordinators_down.scenarios())  # issue 19

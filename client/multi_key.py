@@ -18,7 +18,9 @@ and its code is the first failure's code so a caller who only checks ``retryable
 the right thing.
 
 When the ring changes under a call (a node answers STALE_MAP and the refreshed map owns the
-keys of a part differently), the part is split again along the new ring.
+keys of a part differently), the part is split again along the new ring. A part whose answer
+would pass the node's answer cap (``TOO_LARGE``: an ``mget`` of large values; the node refuses
+before building it) is cut in two and each half asked again.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, TypeVar
 
 from shardkv.client.executor import Executor, Regroup
 from shardkv.client.routing import Router
-from shardkv.cluster.errors import ErrorCode, ShardKVError
+from shardkv.cluster.errors import ErrorCode, ShardKVError, TooLarge
 from shardkv.cluster.limits import Limits
 
 T = TypeVar("T")
@@ -160,17 +162,25 @@ async def run_split(
     results: list[Any] = [None] * len(keys)
     errors: dict[int, ShardKVError] = {}
     pending = list(range(len(keys)))
+    halves: list[list[int]] = []  # parts whose answer was too large, cut in two
     for _ in range(MAX_REGROUPS):
-        if not pending:
+        if not pending and not halves:
             break
         groups = group_by_shard(router, keys, pending)
         parts = [chunk for group in groups.values()
-                 for chunk in chunk_indexes(group, sizes, limits)]
+                 for chunk in chunk_indexes(group, sizes, limits)] + halves
         outcomes = await asyncio.gather(*(bounded(p) for p in parts), return_exceptions=True)
-        pending = []
+        pending, halves = [], []
         for part, outcome in zip(parts, outcomes, strict=True):
             if isinstance(outcome, Regroup):
                 pending.extend(part)
+            elif (isinstance(outcome, ShardKVError) and outcome.code is ErrorCode.TOO_LARGE
+                  and len(part) > 1):
+                # The request fitted but the answer did not (an mget of large values: the
+                # node caps an answer's bytes and refuses before building it, so nothing was
+                # done): the same keys in two smaller parts.
+                middle = len(part) // 2
+                halves.extend((part[:middle], part[middle:]))
             elif isinstance(outcome, ShardKVError):
                 for i in part:
                     errors[i] = outcome
@@ -182,6 +192,10 @@ async def run_split(
         pending.sort()
     for i in pending:  # the ring kept moving under us: report, do not loop forever
         errors[i] = ShardKVError("the ring changed too often during the call")
+    for part in halves:
+        for i in part:
+            errors[i] = TooLarge(f"the answer stayed over the node's byte cap after "
+                                 f"{MAX_REGROUPS} splits")
     if errors:
         codes = sorted({e.code.value for e in errors.values()})
         raise MultiKeyError(

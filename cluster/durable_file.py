@@ -17,6 +17,7 @@ Every function looks ``os.fsync``/``os.fdatasync`` up at call time, so the power
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import IO, Any
@@ -72,10 +73,15 @@ def install(tmp: PathLike, final: PathLike) -> None:
     fsync_dir(Path(final).parent)
 
 
-def write_atomically(path: PathLike, data: bytes, *, tmp_suffix: str = TMP_SUFFIX) -> None:
-    """Replace ``path`` with ``data``: temporary name, fsync, rename, directory fsync."""
+def write_atomically(path: PathLike, data: bytes, *, tmp_suffix: str = TMP_SUFFIX,
+                     mode: int = 0o666) -> None:
+    """Replace ``path`` with ``data``: temporary name, fsync, rename, directory fsync.
+    ``mode`` (before the umask) applies from creation on: 0o600 keeps a secret private even
+    in its temporary file."""
     tmp = os.fspath(path) + tmp_suffix
-    with open(tmp, "wb") as f:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover would keep its old mode
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
         f.write(data)
         sync_file(f)
     install(tmp, path)

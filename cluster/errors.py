@@ -27,6 +27,7 @@ class ErrorCode(enum.StrEnum):
     TOO_STALE = "TOO_STALE"
     UNAVAILABLE = "UNAVAILABLE"
     UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
     TIMEOUT = "TIMEOUT"
     UNKNOWN_OP = "UNKNOWN_OP"
     STALE_EPOCH = "STALE_EPOCH"
@@ -42,6 +43,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_OP: 400,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_PRIMARY: 421,
     ErrorCode.STALE_MAP: 421,
     ErrorCode.STALE_EPOCH: 409,
@@ -72,6 +74,9 @@ class ShardKVError(Exception):
     VERSION_MISMATCH) so a client can act without parsing the message."""
 
     code: ErrorCode = ErrorCode.INTERNAL
+    # None: as the code says. False: this error is final here even though its code is one a
+    # client usually retries (a node whose disk failed: go elsewhere, not here again).
+    retry_here: bool | None = None
 
     def __init__(self, message: str = "", **details: Any) -> None:
         super().__init__(message or self.code.value)
@@ -80,6 +85,8 @@ class ShardKVError(Exception):
 
     @property
     def retryable(self) -> bool:
+        if self.retry_here is not None:
+            return self.retry_here
         return self.code in RETRYABLE
 
     @property
@@ -140,8 +147,22 @@ class Unavailable(ShardKVError):
     code = ErrorCode.UNAVAILABLE
 
 
+class StorageFailed(Unavailable):
+    """This node's disk failed (its log refuses writes until it recovers): not retryable on
+    this node; a client goes elsewhere or reports it."""
+
+    retry_here = False
+
+
 class Unauthorized(ShardKVError):
     code = ErrorCode.UNAUTHORIZED
+
+
+class Forbidden(ShardKVError):
+    """Authenticated, but not as someone allowed to do this (another node's id, a full
+    shard)."""
+
+    code = ErrorCode.FORBIDDEN
 
 
 class Timeout(ShardKVError):
@@ -184,6 +205,7 @@ _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
         TooStale,
         Unavailable,
         Unauthorized,
+        Forbidden,
         Timeout,
         DiskFull,
         InternalError,
@@ -199,4 +221,7 @@ def error_from_dict(body: dict[str, Any]) -> ShardKVError:
     except ValueError:
         code = ErrorCode.INTERNAL
     details = {k: v for k, v in body.items() if k not in ("error", "message", "retryable")}
-    return _BY_CODE[code](str(body.get("message", code.value)), **details)
+    error = _BY_CODE[code](str(body.get("message", code.value)), **details)
+    if body.get("retryable") is False and code in RETRYABLE:
+        error.retry_here = False
+    return error

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shardkv.cluster.cluster_credentials import TOKEN_FILE, ClusterCredentials
 from shardkv.cluster.durable_file import write_atomically
 from shardkv.cluster.local_processes import (
     HOST,
@@ -155,9 +156,11 @@ def write_json_atomically(path: Path, obj: Any) -> None:
     write_atomically(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
-def http_get_json(url: str, timeout: float = 1.0) -> tuple[int, Any]:
+def http_get_json(url: str, timeout: float = 1.0,
+                  headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """(status, decoded JSON or None); status 0 when nothing answered."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    request = urllib.request.Request(url, headers={"Accept": "application/json",
+                                                   **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -180,6 +183,14 @@ class LocalCluster:
         self.restarts: dict[str, int] = {}
         self.stopped: set[str] = set()  # stopped on purpose: not restarted, not reported dead
         self._log_offsets: dict[str, int] = {}  # where this run's part of each log begins
+        # Set by ``secure()`` (``shardkv up`` does), or found in the directory on a restart.
+        self.credentials: ClusterCredentials | None = None
+
+    def secure(self) -> ClusterCredentials:
+        """Generate (or reuse) the cluster credential and Raft password in the directory;
+        every process started from now on gets them (cluster/cluster_credentials.py)."""
+        self.credentials = ClusterCredentials.for_directory(self.directory)
+        return self.credentials
 
     # -- files -----------------------------------------------------------------------------
 
@@ -224,6 +235,10 @@ class LocalCluster:
         self._log_offsets[spec.id] = log_path.stat().st_size if log_path.exists() else 0
         env = dict(os.environ)
         env.setdefault("SHARDKV_LOG_FORMAT", "json")
+        if self.credentials is None and (self.directory / TOKEN_FILE).is_file():
+            self.secure()
+        if self.credentials is not None:
+            env.update(self.credentials.environment())
         proc = spawn_logged(self.plan.argv(spec), log_path, env=env)
         self.procs[spec.id] = proc
         self.stopped.discard(spec.id)

@@ -127,6 +127,7 @@ def run_foreground(directory: Path, args: argparse.Namespace) -> int:
         ready_mark.unlink(missing_ok=True)
         failed_mark.unlink(missing_ok=True)
         pid_file.write_text(f"{os.getpid()}\n")
+        cluster.secure()  # secure by default: a credential in DIR/cluster.token, mode 0600
         cluster.start()
         cluster.wait_ready(args.timeout)
         if args.json:

@@ -16,6 +16,8 @@ HARD_MAX_VALUE_BYTES = 16 << 20  # 16 MiB: the configurable limit can never exce
 MAX_BATCH_OPS = 1000
 MAX_BATCH_BYTES = 16 << 20
 MAX_FRAME_BYTES = 32 << 20  # an rpc frame or request body; larger is refused unread
+# The most one answer (mget, scan page) may carry; over it, TOO_LARGE naming the cap.
+DEFAULT_MAX_ANSWER_BYTES = 16 << 20
 MAX_SCAN_LIMIT = 10_000
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 
@@ -27,6 +29,7 @@ class Limits:
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     max_batch_ops: int = MAX_BATCH_OPS
     max_batch_bytes: int = MAX_BATCH_BYTES
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_value_bytes <= HARD_MAX_VALUE_BYTES:

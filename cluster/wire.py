@@ -64,9 +64,30 @@ def to_json(obj: Any) -> bytes:
     return json.dumps(_jsonable(obj), separators=(",", ":")).encode("utf-8")
 
 
+MAX_JSON_DEPTH = 64
+
+
 def from_json(data: bytes) -> Any:
-    """Decode JSON; raises ``ValueError`` on malformed input."""
-    return json.loads(data)
+    """Decode JSON; raises ``ValueError`` on malformed input, and on nesting deeper than
+    ``MAX_JSON_DEPTH`` (no request of ours nests that deep; Python's decoder would otherwise
+    raise RecursionError, or hand the handlers a structure they recurse into)."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    _check_depth(value)
+    return value
+
+
+def _check_depth(value: Any) -> None:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 def wants_json(accept: str | None, content_type: str | None = None, *,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shardkv.cluster.cluster_token import MissingCredential, cluster_token, require_credentials
 from shardkv.cluster.settings import ConfigError, Setting, flag, integer, merge_sources, number
 from shardkv.cluster.timing import TIMING_SETTINGS, TimingContract
 
@@ -131,6 +132,8 @@ class CoordinatorConfig:
     replication_factor: int = 1
     raft_password: str | None = None
     admin_token: str | None = None
+    # The cluster credential (cluster/cluster_token.py); None runs open, loopback only.
+    cluster_token: str | None = None
     commit_timeout: float = 5.0
     watch_timeout_max: float = 60.0
     suspect_s: float = 3.0
@@ -170,15 +173,16 @@ class CoordinatorConfig:
             raise ConfigError("--init-shards must be between 1 and 4096")
         if not 1 <= self.replication_factor <= 7:
             raise ConfigError("--replication-factor must be between 1 and 7")
-        if self.group_size > 1 and not self.raft_password and host not in ("127.0.0.1", "::1"):
-            raise ConfigError(
-                "a multi-coordinator group on a non-loopback Raft address needs "
-                "SHARDKV_RAFT_PASSWORD (peers authenticate and encrypt with it)"
-            )
         if host in ("0.0.0.0", "::"):
             raise ConfigError(
                 "--raft must name the internal interface to bind, not a wildcard address"
             )
+        listen_host, _ = parse_host_port(self.listen, "--listen")
+        try:  # any group size: a lone member on the network still unpickles what it gets
+            require_credentials("coordinator", listen_host, token=self.cluster_token,
+                                raft_password=self.raft_password, raft_host=host)
+        except MissingCredential as exc:
+            raise ConfigError(str(exc)) from None
         self.timings.validate()
 
 
@@ -215,6 +219,7 @@ def load_coordinator_config(
                                    minimum=-(1 << 31)),
         raft_password=optional("raft_password"),
         admin_token=optional("admin_token"),
+        cluster_token=cluster_token(environ),
         commit_timeout=number("--commit-timeout", values.get("commit_timeout", 5.0),
                               minimum=0.001),
         join=flag("--join", values.get("join", False)),

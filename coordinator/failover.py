@@ -43,9 +43,9 @@ import aiohttp
 from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import SHARD_ACTIVE, ClusterMap
-from shardkv.cluster.cluster_token import auth_headers
 from shardkv.cluster.control_messages import FenceRequest, position_from_status
 from shardkv.cluster.errors import InvalidArgument, NotFound, ShardKVError, Unavailable
+from shardkv.cluster.peer_auth import COORDINATOR, signed_headers
 from shardkv.cluster.structured_log import log_fields
 from shardkv.cluster.timing import DEFAULT_FAILOVER_TIMEOUT_S
 from shardkv.coordinator.liveness import UNKNOWN, Liveness
@@ -300,10 +300,12 @@ async def switchover(
 
 async def _node_call(session: aiohttp.ClientSession, url: str, path: str,
                      body: Mapping[str, Any]) -> dict[str, Any]:
+    data = wire.pack(dict(body))
     try:
-        async with session.post(routes.url_of(url, path), data=wire.pack(dict(body)),
+        async with session.post(routes.url_of(url, path), data=data,
                                 headers={"Content-Type": wire.MSGPACK,
-                                         "Accept": wire.MSGPACK, **auth_headers()},
+                                         "Accept": wire.MSGPACK,
+                                         **signed_headers("POST", path, data, COORDINATOR)},
                                 timeout=aiohttp.ClientTimeout(total=5.0)) as resp:
             answer = wire.unpack(await resp.read()) if resp.content_length != 0 else {}
             status = resp.status

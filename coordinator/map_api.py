@@ -25,6 +25,7 @@ from shardkv.coordinator.http_io import (
     respond,
     wants_msgpack,
 )
+from shardkv.coordinator.peer_guard import registering_as
 
 
 def _int_param(request: web.Request, name: str, default: float | None) -> float | None:
@@ -66,6 +67,8 @@ async def register_node(request: web.Request) -> web.StreamResponse:
     coord = coordinator_of(request)
     body = await read_object(request)
     only_fields(body, REGISTER_FIELDS)
+    if "node_id" in body:
+        registering_as(request, body["node_id"])
     command = {"op": "register_node", **body}
     result = await coord.propose(command)
     answer = dict(result)

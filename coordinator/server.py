@@ -23,6 +23,7 @@ from pysyncobj.syncobj import SyncObjException
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.durable_file import ensure_dir
 from shardkv.cluster.errors import ShardKVError, Unavailable
+from shardkv.cluster.peer_auth import PeerVerifier
 from shardkv.cluster.structured_log import log_fields
 from shardkv.coordinator import (
     admin_api,
@@ -41,6 +42,7 @@ from shardkv.coordinator.http_io import (
 )
 from shardkv.coordinator.liveness import Liveness
 from shardkv.coordinator.map_watch import MapWatch
+from shardkv.coordinator.peer_guard import peer_guard
 from shardkv.coordinator.raft_bridge import (
     DurableJournalPath,
     MapRaft,
@@ -62,6 +64,7 @@ class Coordinator:
         self.liveness = Liveness(config.suspect_s, config.dead_s, config.grace_s)
         self.raft_ids = {config.raft: config.id} | {addr: cid for cid, addr in config.peers.items()}
         self.bridge: RaftBridge | None = None
+        self.peer_verifier = PeerVerifier(config.cluster_token) if config.cluster_token else None
         self.ready_flag = False
         self.led_term: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -155,11 +158,13 @@ class Coordinator:
                 data_dir=cfg.data_dir, peers=cfg.peers,
                 raft_encrypted=bool(cfg.raft_password),
                 admin_auth=bool(cfg.admin_token),
+                cluster_auth=self.peer_verifier is not None,
             ),
         )
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_as_values], client_max_size=MAX_BODY)
+        app = web.Application(middlewares=[errors_as_values, peer_guard],
+                              client_max_size=MAX_BODY)
         app[COORDINATOR_KEY] = self
         map_api.add_routes(app)
         admin_api.add_routes(app)

@@ -156,6 +156,7 @@ class MapStateMachine:
             "set_ring": self._set_ring,
             "set_node_status": self._set_node_status,
             "drain_node": self._drain_node,
+            "add_member": self._add_member,
             "remove_node": self._remove_node,
         }
 
@@ -214,8 +215,14 @@ class MapStateMachine:
                 node_id = f"n{self.next_node_number}"
             self.next_node_number += 1
         node_id = _need_id(node_id, "node id")
-        if token is not None:
-            self.tokens[token] = node_id
+        claimed = [t for t, n in self.tokens.items() if n == node_id]
+        if node_id in m.nodes and claimed and token not in claimed:
+            # The id belongs to the node that first registered it (its token lives in its
+            # data directory): nobody else re-points or re-registers it.
+            raise Rejected(ErrorCode.FORBIDDEN,
+                           f"node {node_id} is registered with another registration token; "
+                           "remove it (DELETE /admin/nodes/{id}) before reusing its id",
+                           node_id=node_id)
         node = m.nodes.get(node_id)
         if node is None:
             node = NodeInfo(url=url, labels=labels)
@@ -226,6 +233,12 @@ class MapStateMachine:
                 node.status = NODE_UP
         if node.shard is None and node.status == NODE_UP:
             target = wanted_shard or placement.choose_shard(m, node)
+            if target is not None and len(m.shards[target].members) >= m.replication_factor:
+                raise Rejected(
+                    ErrorCode.FORBIDDEN,
+                    f"shard {target} already has its {m.replication_factor} members; a node "
+                    "joins a full shard only by an admin action (drain or remove one first)",
+                    shard=target, members=list(m.shards[target].members))
             if target is not None:
                 self._join(m, node_id, target)
         elif wanted_shard is not None and node.shard != wanted_shard:
@@ -234,6 +247,8 @@ class MapStateMachine:
                 f"node {node_id} already serves shard {node.shard}; drain it before moving it",
                 node_id=node_id, shard=node.shard,
             )
+        if token is not None:  # last: a refused registration records nothing
+            self.tokens[token] = node_id
         shard = m.shards.get(node.shard) if node.shard else None
         return {"node_id": node_id, "shard": node.shard, "role": node.role,
                 "epoch": shard.epoch if shard else 0}
@@ -317,6 +332,26 @@ class MapStateMachine:
         if status == NODE_UP and node.shard is None:
             self._fill_holes(m)  # an undrained node is a spare again: it may fill a hole
         return {"node": node_id, "status": status, "shard": node.shard}
+
+    def _add_member(self, m: ClusterMap, c: dict[str, Any]) -> Result:
+        """The admin's way to give a shard a member beyond its replication factor (a
+        registration never does): a registered spare joins the shard as a replica."""
+        shard_id = _need_id(c.get("shard"), "shard")
+        node_id = _need_id(c.get("node"), "node")
+        if shard_id not in m.shards:
+            raise Rejected(ErrorCode.NOT_FOUND, f"no shard {shard_id!r}")
+        node = m.nodes.get(node_id)
+        if node is None:
+            raise Rejected(ErrorCode.NOT_FOUND, f"no node {node_id!r}; it registers first")
+        if node.shard == shard_id:
+            return {"_changed": False, "shard": shard_id, "node": node_id,
+                    "members": list(m.shards[shard_id].members)}
+        if node.shard is not None:
+            raise _invalid(f"node {node_id} serves shard {node.shard}; drain it first")
+        if node.status != NODE_UP:
+            raise _invalid(f"node {node_id} is {node.status}, not up")
+        self._join(m, node_id, shard_id)
+        return {"shard": shard_id, "node": node_id, "members": list(m.shards[shard_id].members)}
 
     def _drain_node(self, m: ClusterMap, c: dict[str, Any]) -> Result:
         node_id = _need_id(c.get("node"), "node")

@@ -16,6 +16,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from shardkv.cluster.cluster_token import MissingCredential, cluster_token, require_credentials
 from shardkv.cluster.settings import ConfigError, config_failed
 from shardkv.node import maintenance_cli
 from shardkv.node.config import ENGINES, FSYNC_POLICIES, load_config
@@ -58,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "it. Exit 0 if healthy, 1 if not.")
     verify.add_argument("--data-dir", dest="verify_data_dir", metavar="DIR", required=True)
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--allow-torn-tail", action="store_true",
+                        help="accept a damaged last record (recovery drops it) as healthy")
     maintenance_cli.add_actions(actions)
 
 
@@ -68,15 +71,21 @@ _FLAG_KEYS = ("data_dir", "listen", "engine", "fsync", "fsync_interval_ms", "max
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "node_action", None) == "verify":
-        return run_verify(Path(args.verify_data_dir), as_json=args.json)
+        return run_verify(Path(args.verify_data_dir), as_json=args.json,
+                          allow_torn_tail=args.allow_torn_tail)
     if getattr(args, "node_action", None) in maintenance_cli.ACTIONS:
         return maintenance_cli.run(args)
     flags: dict[str, Any] = {key: getattr(args, key, None) for key in _FLAG_KEYS}
     flags["coordinator"] = args.coordinator
     try:
         config = load_config(flags, os.environ, args.config)
+        if not config.standalone:
+            require_credentials("node", config.listen_host, token=cluster_token())
     except ConfigError as exc:
         return config_failed("shardkv node", exc)
+    except MissingCredential as exc:
+        print(f"shardkv node: configuration error: {exc}", file=sys.stderr)
+        return 2
     from shardkv.node.server import run_node  # the server's imports are only needed here
 
     return run_node(config)
@@ -90,13 +99,13 @@ def _jsonable(report: Any) -> Any:
     return report
 
 
-def run_verify(data_dir: Path, *, as_json: bool) -> int:
+def run_verify(data_dir: Path, *, as_json: bool, allow_torn_tail: bool = False) -> int:
     from shardkv.node.storage.data_verify import verify_data_dir
 
     if not data_dir.is_dir():
         print(f"shardkv node verify: {data_dir} is not a directory", file=sys.stderr)
         return 2
-    report = verify_data_dir(data_dir)
+    report = verify_data_dir(data_dir, allow_torn_tail=allow_torn_tail)
     if as_json:
         print(json.dumps(_jsonable(report), indent=2, default=str))
     else:

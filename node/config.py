@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shardkv.cluster.limits import DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE_BYTES
+from shardkv.cluster.limits import (
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+    HARD_MAX_VALUE_BYTES,
+    MAX_FRAME_BYTES,
+)
 from shardkv.cluster.settings import (
     ConfigError,
     Setting,
@@ -29,6 +34,7 @@ from shardkv.cluster.settings import (
     url_list,
 )
 from shardkv.cluster.timing import TIMING_SETTINGS, TimingContract
+from shardkv.node.api.limits import ConnectionLimits
 from shardkv.node.storage.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S
 
 __all__ = ["ENGINES", "FSYNC_POLICIES", "ConfigError", "NodeConfig", "load_config",
@@ -88,6 +94,21 @@ class NodeConfig:
     ready_max_staleness_ms: float = 2000.0
     log_level: str = "info"
     timing: TimingContract = field(default_factory=TimingContract)
+    # Resource bounds against a client that is slow, greedy or hostile (node/api/limits.py).
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    max_connections: int = 4096
+    max_connections_per_address: int = 256
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+    max_pending_frame_bytes: int = 128 << 20
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            max_connections=self.max_connections,
+            max_connections_per_address=self.max_connections_per_address,
+            header_timeout_s=self.header_timeout_s, idle_timeout_s=self.idle_timeout_s,
+            max_pending_frame_bytes=self.max_pending_frame_bytes)
 
     @property
     def listen(self) -> str:
@@ -126,6 +147,12 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("ready_max_lag_entries", "SHARDKV_READY_MAX_LAG_ENTRIES"),
     Setting("ready_max_staleness_ms", "SHARDKV_READY_MAX_STALENESS_MS"),
     Setting("log_level", "SHARDKV_LOG_LEVEL"),
+    Setting("max_answer_bytes", "SHARDKV_MAX_ANSWER_BYTES"),
+    Setting("max_connections", "SHARDKV_MAX_CONNECTIONS"),
+    Setting("max_connections_per_address", "SHARDKV_MAX_CONNECTIONS_PER_ADDRESS"),
+    Setting("header_timeout_s", "SHARDKV_HEADER_TIMEOUT_S"),
+    Setting("idle_timeout_s", "SHARDKV_IDLE_TIMEOUT_S"),
+    Setting("max_pending_frame_bytes", "SHARDKV_MAX_PENDING_FRAME_BYTES"),
     *TIMING_SETTINGS,
 )
 
@@ -215,4 +242,17 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
                                       minimum=1.0),
         log_level=log_level,
         timing=TimingContract.from_values(values),
+        max_answer_bytes=integer("max_answer_bytes", values.get(
+            "max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES), minimum=1 << 16,
+            maximum=MAX_FRAME_BYTES),
+        max_connections=integer("max_connections", values.get("max_connections", 4096),
+                                minimum=1),
+        max_connections_per_address=integer("max_connections_per_address", values.get(
+            "max_connections_per_address", 256), minimum=1),
+        header_timeout_s=number("header_timeout_s", values.get("header_timeout_s", 10.0),
+                                minimum=0.1),
+        idle_timeout_s=number("idle_timeout_s", values.get("idle_timeout_s", 75.0),
+                              minimum=0.1),
+        max_pending_frame_bytes=integer("max_pending_frame_bytes", values.get(
+            "max_pending_frame_bytes", 128 << 20), minimum=MAX_FRAME_BYTES),
     )

@@ -7,44 +7,24 @@
 - ``POST /admin/compact``: the SQLite engine gives its free pages back (VACUUM); the
   answer is the before/after report. INVALID_ARGUMENT on the memory engine.
 
-Admin calls are authorized by :func:`authorize_admin`, the one place to change when the
-cluster-wide auth lands: the operator's ``SHARDKV_ADMIN_TOKEN`` (what the coordinator's
-``/admin/`` routes take) or the cluster's own ``SHARDKV_CLUSTER_TOKEN``; with neither set,
-nothing is checked, as on the coordinator.
+The ``/admin/`` routes are authorized by the node's internal guard
+(``node/membership/internal_guard.py``), as every other ``/admin/`` route: a request signed
+with the cluster credential, or the operator's ``SHARDKV_ADMIN_TOKEN`` as a bearer token.
 """
 
 from __future__ import annotations
 
-import hmac
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from shardkv.cluster.cluster_token import cluster_token
-from shardkv.cluster.errors import ShardKVError, Unauthorized, Unavailable
+from shardkv.cluster.errors import ShardKVError, Unavailable
 from shardkv.cluster.http_body import error_response, respond
 from shardkv.node.storage.disk_report import disk_report
 
 if TYPE_CHECKING:
     from shardkv.node.metrics import NodeMetrics
     from shardkv.node.storage.store import Store
-
-ADMIN_TOKEN_ENV = "SHARDKV_ADMIN_TOKEN"
-
-
-def authorize_admin(header: str | None) -> None:
-    """Raise ``Unauthorized`` unless ``header`` is ``Bearer <admin or cluster token>`` (when
-    either is set); compared in constant time."""
-    accepted = [t for t in (os.environ.get(ADMIN_TOKEN_ENV) or None, cluster_token()) if t]
-    if not accepted:
-        return
-    scheme, _, given = (header or "").partition(" ")
-    given_bytes = given.strip().encode()
-    if scheme.lower() != "bearer" or not any(
-        hmac.compare_digest(given_bytes, token.encode()) for token in accepted
-    ):
-        raise Unauthorized("node admin endpoints need 'Authorization: Bearer <admin token>'")
 
 
 class DiskAdmin:
@@ -69,13 +49,11 @@ class DiskAdmin:
         return respond(request, disk_report(self._serving()))
 
     async def snapshot(self, request: web.Request) -> web.StreamResponse:
-        authorize_admin(request.headers.get("Authorization"))
         _meta, report = await self._serving().snapshotter.take_report("admin")
         self._metrics.maintenance.labels("snapshot").inc()
         return respond(request, report.to_dict())
 
     async def compact(self, request: web.Request) -> web.StreamResponse:
-        authorize_admin(request.headers.get("Authorization"))
         report = await self._serving().snapshotter.compact()
         self._metrics.maintenance.labels("compact").inc()
         return respond(request, report.to_dict())

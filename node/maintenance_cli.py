@@ -3,10 +3,12 @@
 The node is named by its id in a local cluster's ``cluster.json`` (``shardkv up``; ``--dir``,
 default ``.shardkv``) or given by ``--url``. ``snapshot`` and ``compact`` call the node's
 admin endpoints (``node/disk_admin.py``) with ``SHARDKV_ADMIN_TOKEN`` as the bearer token
-when it is set; while the call runs, a progress line every second says how long it has run
-and what the node reports (to stderr, so ``--json`` output stays one document). ``disk``
-prints the node's ``GET /v1/disk``. Exit status: 0 done, 1 the node refused or failed, 2 a
-mistake in the command (unknown id, no cluster.json).
+when it is set, else signed with the cluster credential (the environment's, or the one
+``shardkv up`` wrote into the cluster directory); while the call runs, a progress line
+every second says how long it has run and what the node reports (to stderr, so ``--json``
+output stays one document). ``disk`` prints the node's ``GET /v1/disk``. Exit status: 0
+done, 1 the node refused or failed, 2 a mistake in the command (unknown id, no
+cluster.json).
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from shardkv.cluster.cluster_credentials import TOKEN_FILE
+from shardkv.cluster.cluster_token import ADMIN_TOKEN_ENV, CLUSTER_TOKEN_FILE_ENV, cluster_token
+from shardkv.cluster.peer_auth import OPERATOR, signed_headers
+from yarl import URL
 
 ACTIONS = {
     "snapshot": ("POST", "/admin/snapshot", "take a snapshot now and trim the WAL behind it"),
@@ -67,14 +73,18 @@ def node_url(target: str | None, url: str | None, directory: Path) -> str:
     raise UsageError(f"no node {target!r} in {described} (nodes: {known})")
 
 
-def _headers() -> dict[str, str]:
-    token = os.environ.get("SHARDKV_ADMIN_TOKEN")
-    return {"Authorization": f"Bearer {token}", "Accept": "application/json"} if token else {
-        "Accept": "application/json"}
+def _headers(method: str, path: str) -> dict[str, str]:
+    """The operator's admin token as a bearer token when set; otherwise a request signed with
+    the cluster credential (``SHARDKV_CLUSTER_TOKEN[_FILE]``); neither on an open cluster."""
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    auth = ({"Authorization": f"Bearer {token}"} if token
+            else signed_headers(method, path, b"", OPERATOR))
+    return {**auth, "Accept": "application/json"}
 
 
 async def _call(session: aiohttp.ClientSession, method: str, url: str) -> tuple[int, Any]:
-    async with session.request(method, url, headers=_headers()) as resp:
+    headers = _headers(method, URL(url).raw_path_qs)
+    async with session.request(method, url, headers=headers) as resp:
         raw = await resp.read()
         try:
             return resp.status, json.loads(raw) if raw else {}
@@ -113,6 +123,14 @@ async def run_action(action: str, base: str, within_s: float) -> tuple[int, Any]
                 await asyncio.gather(ticker, return_exceptions=True)
 
 
+def _use_local_credential(directory: Path) -> None:
+    """On a cluster from ``shardkv up``, sign with the credential it generated
+    (``DIR/cluster.token``) unless the environment names one."""
+    token_file = directory / TOKEN_FILE
+    if cluster_token() is None and token_file.is_file():
+        os.environ[CLUSTER_TOKEN_FILE_ENV] = str(token_file)
+
+
 def _render(action: str, body: dict[str, Any]) -> str:
     if action == "snapshot":
         return (f"snapshot at lsn {body['lsn']}: {body['keys']} keys, {body['bytes']} bytes in "
@@ -132,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"shardkv node {action}: {exc}", file=sys.stderr)
         return 2
+    _use_local_credential(Path(args.dir))
     try:
         status, body = asyncio.run(run_action(action, base, args.timeout))
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -21,12 +21,14 @@ from typing import Any
 from aiohttp import web
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
+from shardkv.node.api.limits import ConnectionGate, LimitedSite
 from shardkv.node.api.operations import NodeContext
 from shardkv.node.api.rest import RestApi
 from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
 from shardkv.node.config import NodeConfig
 from shardkv.node.disk_admin import DiskAdmin
 from shardkv.node.membership.cluster_membership import ClusterMembership
+from shardkv.node.membership.internal_guard import InternalGuard
 from shardkv.node.metrics import NodeMetrics
 from shardkv.node.replication.handoff import PrimaryHandoff
 from shardkv.node.replication.readiness import catch_up_state
@@ -36,6 +38,7 @@ from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
 from shardkv.node.wal.model import FsyncPolicy
 from shardkv.node.wal.write_ahead_log import WalOptions
+from shardkv.node.write_failure import EXIT_RECOVER, WriteFailureMonitor
 
 logger = logging.getLogger("shardkv.node")
 
@@ -59,7 +62,8 @@ class NodeServer:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.metrics = NodeMetrics()
-        self.ctx = NodeContext(limits=Limits(max_value_bytes=config.max_value_bytes),
+        self.ctx = NodeContext(limits=Limits(max_value_bytes=config.max_value_bytes,
+                                             max_answer_bytes=config.max_answer_bytes),
                                node_id=config.node_id)
         self.state = "starting"
         self.url: str | None = None
@@ -69,8 +73,12 @@ class NodeServer:
         self._runner: web.AppRunner | None = None
         self.metrics.rpc_inflight.set_function(
             lambda: sum(c.inflight for c in self._connections))
+        self.exit_code = 0
+        self.exit_requested = asyncio.Event()
+        self._failure_watch: asyncio.Task[None] | None = None
         self.on_ready: list[Hook] = []
         self.on_stop: list[Hook] = []
+        self.gate = ConnectionGate(config.connection_limits, registry=self.metrics.registry)
         self.app = self._build_app()
         self.membership: ClusterMembership | None = None
         if not config.standalone:
@@ -90,8 +98,10 @@ class NodeServer:
 
     def _build_app(self) -> web.Application:
         # The largest legitimate body is a 32 MiB batch; aiohttp refuses more before reading.
+        self.guard = InternalGuard(self.config.listen_host)
         app = web.Application(client_max_size=MAX_FRAME_BYTES + (1 << 20),
-                              middlewares=[_internal_errors])
+                              middlewares=[_internal_errors, self.gate.middleware,
+                                           self.guard.middleware])
         rest = RestApi(self.config, self.ctx, self.metrics, lambda: self.state,
                        self._started_at)
         app.add_routes(rest.routes())
@@ -106,6 +116,8 @@ class NodeServer:
         await ws.prepare(request)
         connection = RpcConnection(ws, self.ctx, self.metrics,
                                    self.config.max_inflight_per_connection)
+        transport = request.transport
+        connection.on_message = lambda: self.gate.delivered(transport)
         self._connections.add(connection)
         self.metrics.rpc_connections.inc()
         try:
@@ -132,9 +144,10 @@ class NodeServer:
         # client still sends so that it can read the answer; 10 s by default, which also
         # holds up a graceful stop. One second is plenty on the networks a node lives on.
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                               shutdown_timeout=config.shutdown_grace_s, lingering_time=1.0)
+                               shutdown_timeout=config.shutdown_grace_s, lingering_time=1.0,
+                               keepalive_timeout=config.connection_limits.idle_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, config.listen_host, config.listen_port)
+        site = LimitedSite(runner, config.listen_host, config.listen_port, self.gate)
         try:
             await site.start()
         except OSError as exc:
@@ -157,6 +170,11 @@ class NodeServer:
             await hook(self)
         self.state = "ready"
         self.metrics.ready.set(1)
+        monitor = WriteFailureMonitor(
+            config.data_dir, min(config.wal_segment_bytes, 64 << 20),
+            lambda: self.store.write_failure if self.store is not None else None,
+            self._write_failed, lambda: self.request_exit(EXIT_RECOVER))
+        self._failure_watch = asyncio.create_task(monitor.run(), name="write-failure-watch")
         logger.info("ready", extra=log_fields(url=self.url, role=self.ctx.role))
 
     async def _open_store(self) -> None:
@@ -209,10 +227,25 @@ class NodeServer:
                              replayed_entries=recovery.replayed_entries),
         )
 
+    def _write_failed(self, reason: str) -> None:
+        if self.state == "ready":
+            self.state = "failed"
+            self.metrics.ready.set(0)
+        link = self.membership.link if self.membership is not None else None
+        if link is not None:  # a primary that cannot write should be failed over, not waited on
+            link.stop_heartbeats()
+
+    def request_exit(self, code: int) -> None:
+        """Ask ``serve`` to stop the node gracefully and exit with ``code``."""
+        self.exit_code = code
+        self.exit_requested.set()
+
     async def stop(self) -> None:
         """Graceful stop (idempotent): see the module docstring for the order."""
         if self.state == "stopped":
             return
+        if self._failure_watch is not None:
+            self._failure_watch.cancel()
         self.state = "stopping"
         self.metrics.ready.set(0)
         logger.info("stopping", extra=log_fields(url=self.url,
@@ -228,7 +261,10 @@ class NodeServer:
         store, self.store = self.store, None
         self.ctx.store = None
         if store is not None:
-            await store.close()  # the store logs its own "store closed" with the final LSN
+            try:
+                await store.close()  # the store logs its own "store closed" with the LSN
+            except Exception:  # a failed disk may refuse the last flush: recovery redoes it
+                logger.exception("closing the store failed")
         self.state = "stopped"
 
 
@@ -285,10 +321,14 @@ async def serve(config: NodeConfig) -> int:
             logger.error("%s", exc)
             await node.stop()
             return 1
-        await stop.wait()
+        exiting = asyncio.ensure_future(node.exit_requested.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({exiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        exiting.cancel()
+        stopping.cancel()
         await node.stop()
-        logger.info("stopped", extra=log_fields(url=node.url))
-        return 0
+        logger.info("stopped", extra=log_fields(url=node.url, exit_code=node.exit_code))
+        return node.exit_code
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)

@@ -3,7 +3,11 @@
 After every fault is healed and the cluster has settled, the runner reads every key it wrote
 with a strong read (operations marked ``final``). Then, per key:
 
-- register keys (``write``/``cas``/``delete``): the final version must be at least the version
+- register keys (``write``/``cas``/``delete``): an acknowledged write that began after
+  another had been acknowledged must have a higher version (versions of a key only grow); a
+  lower one means the node no longer had the earlier write when it ran the later (it was
+  forgotten, even if the final version is higher again: a node that lost its tail hands the
+  lost versions out again). The final version must be at least the version
   of every acknowledged write, since versions only grow. An equal version must carry that
   write's value (else the data was corrupted). An absent key is explained only by a delete,
   acknowledged with a higher version or of unknown outcome. A final value no write produced is
@@ -17,6 +21,7 @@ A key with acknowledged writes and no successful final read is ``unknown``, not 
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -75,6 +80,7 @@ def _check_register(
     result: CheckResult, key: Any, writes: list[Operation], final: Operation
 ) -> None:
     acked = [w for w in writes if w.type == "ok" and w.version is not None]
+    _check_versions_grow(result, key, acked)
     newest = max(acked, key=lambda w: w.version or 0, default=None)
     if final.output is None:  # absent
         if newest is None:
@@ -113,6 +119,29 @@ def _check_register(
             "phantom-value", key,
             f"final value {final.output!r} was never written", final=final.to_json(),
         )
+
+
+def _check_versions_grow(result: CheckResult, key: Any, acked: list[Operation]) -> None:
+    """W2 invoked after W1 was acknowledged got a lower version than W1: W1 was forgotten."""
+    by_ret = sorted(acked, key=lambda w: w.ret)
+    rets = [w.ret for w in by_ret]
+    best: list[Operation] = []  # best[i]: the highest-version write among by_ret[: i + 1]
+    for w in by_ret:
+        best.append(w if not best or (w.version or 0) > (best[-1].version or 0) else best[-1])
+    reported = 0
+    for later in sorted(acked, key=lambda w: w.call):
+        i = bisect.bisect_left(rets, later.call)
+        if i == 0:
+            continue
+        earlier = best[i - 1]
+        if (later.version or 0) <= (earlier.version or 0) and reported < 20:
+            reported += 1
+            result.anomaly(
+                "lost-write", key,
+                f"{earlier.describe()} was acknowledged before {later.describe()} began, "
+                f"which got version {later.version}: the node had forgotten the first",
+                write=earlier.to_json(), later=later.to_json(),
+            )
 
 
 def _check_collection(

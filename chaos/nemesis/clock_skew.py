@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shardkv.chaos.nemesis.fault import NemesisError
+from shardkv.cluster.cluster_token import auth_headers
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def http_json_request(method: str, url: str, body: dict[str, Any] | None = None,
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json",
-                                              "Accept": "application/json"})
+                                              "Accept": "application/json", **auth_headers()})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, _decoded(resp.read())

@@ -22,12 +22,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from shardkv.chaos.nemesis.fault import NemesisError
+from shardkv.cluster.cluster_token import auth_headers
 
 
 def http_put_text(url: str, body: str, timeout: float = 2.0) -> tuple[int, str]:
     """(status, body); 0 when nothing answered. Blocking: call in a thread."""
     request = urllib.request.Request(url, data=body.encode(), method="PUT",
-                                     headers={"Content-Type": "text/plain"})
+                                     headers={"Content-Type": "text/plain", **auth_headers()})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.read().decode("utf-8", "replace")

@@ -52,16 +52,19 @@ def decode_count(item: Item | None) -> Outcome:
 async def routed_get(
     client: Client, key: str, *, budget_s: float, consistency: str = "strong",
     max_staleness_ms: int | None = None, names: dict[str, str] | None = None,
+    anywhere: bool = False,
 ) -> tuple[Item | None, str | None]:
     """``client.get`` that also says which member answered (its node id from ``names``, a
     URL otherwise): the last route the executor tried is the one that answered. A stale
-    eventual read is then traced to a node, not only to a time."""
+    eventual read is then traced to a node, not only to a time. ``anywhere`` routes a strong
+    read as an eventual one (to any member; a replica redirects it to the primary unless it
+    runs the ``replica-strong-reads`` negative control)."""
     served: list[str] = []
     args, eventual = client._read_args(consistency, max_staleness_ms, None)
     raw = as_key(key)
     args["key"] = raw
     try:
-        body = await client._executor.call("get", args, keys=[raw], eventual=eventual,
+        body = await client._executor.call("get", args, keys=[raw], eventual=eventual or anywhere,
                                            budget=budget_s,
                                            on_route=lambda route: served.append(route.url))
     except NotFound:
@@ -73,6 +76,7 @@ async def routed_get(
 
 class Workload(Protocol):
     name: str
+    model: str  # the linearizability model of its keys (a name of chaos.models.MODELS)
 
     def keys(self) -> list[str]: ...
 
@@ -89,6 +93,7 @@ class Context:
     recorder: Recorder
     timeout: float = 2.0
     names: dict[str, str] = field(default_factory=dict)  # member URL -> node id
+    strong_reads_anywhere: bool = False  # see WorkloadMix.strong_reads_anywhere
     _serial: itertools.count = field(default_factory=itertools.count)
 
     def unique(self, process: Process) -> str:
@@ -99,6 +104,7 @@ class RegisterWorkload:
     """Linearizable registers: reads, unique writes, and CAS at the last version seen."""
 
     name = "register"
+    model = "versioned-register"
 
     def __init__(self, ctx: Context, *, key_count: int = 3, prefix: str = "reg") -> None:
         self.ctx = ctx
@@ -119,10 +125,12 @@ class RegisterWorkload:
         if roll < 0.5:
             async def read() -> Outcome:
                 item, node = await routed_get(client, key, budget_s=timeout,
-                                              names=self.ctx.names)
+                                              names=self.ctx.names,
+                                              anywhere=self.ctx.strong_reads_anywhere)
                 return replace(decode_text(item), node=node)
 
-            seen = await rec.record(process, "read", key, None, read, consistency="strong")
+            seen = await rec.record(process, "read", key, None, read, model=self.model,
+                             consistency="strong")
             if seen is not None and seen.version is not None:
                 self._learn(key, seen.version)
             return
@@ -132,13 +140,14 @@ class RegisterWorkload:
             async def write() -> Outcome:
                 return Outcome(None, await client.put(key, value, timeout=timeout))
 
-            done = await rec.record(process, "write", key, value, write)
+            done = await rec.record(process, "write", key, value, write, model=self.model)
         else:
             async def cas() -> Outcome:
                 version = await client.put(key, value, if_version=expected, timeout=timeout)
                 return Outcome(None, version)
 
-            done = await rec.record(process, "cas", key, [expected, value], cas)
+            done = await rec.record(process, "cas", key, [expected, value], cas,
+                                  model=self.model)
         if done is not None and done.version is not None:
             self._learn(key, done.version)
 
@@ -157,6 +166,7 @@ class AppendWorkload:
     quadratically with the run's length. Retired keys still get their final read."""
 
     name = "append"
+    model = "append"
 
     def __init__(self, ctx: Context, *, key_count: int = 2, prefix: str = "app",
                  max_elements: int = 200) -> None:
@@ -195,7 +205,8 @@ class AppendWorkload:
             item, node = await routed_get(client, key, budget_s=timeout, names=self.ctx.names)
             return replace(decode_list(item), node=node)
 
-        await self.ctx.recorder.record(process, "read", key, None, read, consistency="strong")
+        await self.ctx.recorder.record(process, "read", key, None, read, model=self.model,
+                                       consistency="strong")
 
     async def _append(self, client: Client, process: Process, key: str) -> None:
         timeout = self.ctx.timeout
@@ -210,7 +221,7 @@ class AppendWorkload:
             item = await client.update(key, grow, timeout=timeout)
             return Outcome(None, None if item is None else item.version)
 
-        await rec.record(process, "append", key, element, append)
+        await rec.record(process, "append", key, element, append, model=self.model)
 
 
 class EventualReadWorkload:
@@ -218,6 +229,7 @@ class EventualReadWorkload:
     not linearizability)."""
 
     name = "eventual"
+    model = "versioned-register"  # the register keys (eventual reads: staleness only)
 
     def __init__(self, ctx: Context, registers: RegisterWorkload, *,
                  bound_ms: int = 1000) -> None:
@@ -241,7 +253,7 @@ class EventualReadWorkload:
                                           max_staleness_ms=bound, names=self.ctx.names)
             return replace(decode_text(item), node=node)
 
-        await self.ctx.recorder.record(process, "read", key, None, read,
+        await self.ctx.recorder.record(process, "read", key, None, read, model=self.model,
                                        consistency="eventual", max_staleness_ms=bound)
 
 
@@ -249,6 +261,7 @@ class CounterWorkload:
     """``incr`` with small positive deltas and strong reads: no increment lost or doubled."""
 
     name = "counter"
+    model = "counter"
 
     def __init__(self, ctx: Context, *, key_count: int = 2, prefix: str = "ctr") -> None:
         self.ctx = ctx
@@ -270,11 +283,12 @@ class CounterWorkload:
                                               names=self.ctx.names)
                 return replace(decode_count(item), node=node)
 
-            await rec.record(process, "read", key, None, read, consistency="strong")
+            await rec.record(process, "read", key, None, read, model=self.model,
+                             consistency="strong")
             return
         delta = rng.randint(1, 3)
 
         async def incr() -> Outcome:
             return Outcome(await client.incr(key, delta, timeout=timeout), None)
 
-        await rec.record(process, "incr", key, delta, incr)
+        await rec.record(process, "incr", key, delta, incr, model=self.model)

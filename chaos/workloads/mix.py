@@ -44,11 +44,18 @@ class WorkloadMix:
     pace_s: float = 0.01
     staleness_bound_ms: int = 1000
     register_keys: int = 3
+    # "off": Retry(retries=0), every outcome as the node gave it; "default": the client
+    # users run, retries on (see recorder.workload_client).
+    retries: str = "off"
+    # Send strong reads to any member, as eventual reads are (a replica that obeys the rules
+    # redirects them to the primary): only for the linearizability negative control.
+    strong_reads_anywhere: bool = False
 
     def build(self, ctx: Context) -> dict[str, Workload]:
         unknown = sorted(set(self.workers) - set(WORKLOADS))
         if unknown:
             raise ValueError(f"unknown workloads {unknown}; known: {', '.join(WORKLOADS)}")
+        ctx.strong_reads_anywhere = self.strong_reads_anywhere
         registers = RegisterWorkload(ctx, key_count=self.register_keys)
         built: dict[str, Workload] = {
             "register": registers,
@@ -128,7 +135,8 @@ async def final_reads(
 
             while True:
                 seen = await recorder.record(process, "read", key, None, read,
-                                             consistency="strong", final=True)
+                                             model=workload.model, consistency="strong",
+                                             final=True)
                 if seen is not None:
                     unread.pop(key, None)
                     break

@@ -71,10 +71,26 @@ class Outcome:
     node: str | None = None  # which member answered (reads), when known
 
 
-def workload_client(endpoints: list[str], *, direct: bool, timeout: float) -> Client:
-    """A client that never retries on its own (see the module docstring), with a short
-    per-call timeout so a partition produces ``info`` operations rather than a stuck worker."""
-    retry = Retry(NoBackoff(), retries=0)
+RETRY_MODES = ("off", "default")
+
+
+def workload_client(endpoints: list[str], *, direct: bool, timeout: float,
+                    retries: str = "off") -> Client:
+    """The workloads' client, with a short per-call timeout so a partition produces ``info``
+    operations rather than a stuck worker.
+
+    ``retries="off"``: the client never retries on its own (see the module docstring).
+    ``retries="default"``: the client users run, with its default retry policy. Its outcomes
+    are recorded as it reports them: a retried write that the client reports ``ok`` must have
+    happened once, and a definite refusal must mean it did not happen at all; when the system
+    breaks that promise (a retry applied twice) the checkers see it, which is the point."""
+    if retries not in RETRY_MODES:
+        raise ValueError(f"retries must be one of {RETRY_MODES}, not {retries!r}")
+    retry = Retry(NoBackoff(), retries=0) if retries == "off" else None
+    if retry is None:
+        if direct:
+            return Client(nodes=endpoints, timeout=timeout, connect_timeout=timeout)
+        return Client(endpoints, timeout=timeout, connect_timeout=timeout)
     if direct:
         return Client(nodes=endpoints, timeout=timeout, retry=retry, connect_timeout=timeout)
     return Client(endpoints, timeout=timeout, retry=retry, connect_timeout=timeout)
@@ -106,16 +122,18 @@ class Recorder:
         value: Any,
         call: Callable[[], Awaitable[Outcome]],
         *,
+        model: str,
         consistency: str | None = None,
         max_staleness_ms: float | None = None,
         final: bool = False,
     ) -> Outcome | None:
         """Invoke, run ``call``, complete; returns the outcome, or None if it failed.
+        ``model`` is the specification the operation is checked under (the workload's).
         Cancellation (the run ending) leaves the operation open: the history treats an
         invoke without completion as info, which is exactly what it is."""
         index = self.history.invoke(
             process.id, f, key, value, consistency=consistency,
-            max_staleness_ms=max_staleness_ms, final=final,
+            max_staleness_ms=max_staleness_ms, final=final, model=model,
         )
         try:
             outcome = await call()

@@ -44,8 +44,10 @@ from shardkv.cluster.limits import (
 from shardkv.cluster.ops import OPS, OpSpec
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
 from shardkv.node.storage.disk_report import disk_summary
+from shardkv.node.storage.scan_cursor import next_cursor
 from shardkv.node.storage.sessions import Session, check_user_key, parse_session
 from shardkv.node.storage.write_plan import CheckedOp
+from shardkv.node.testing import negative_controls
 
 if TYPE_CHECKING:
     from shardkv.node.storage.store import Store
@@ -247,16 +249,39 @@ async def _incr(ctx: NodeContext, args: Args) -> dict[str, Any]:
     if isinstance(delta, bool) or not isinstance(delta, int) or not -(2**63) <= delta < 2**63:
         raise InvalidArgument(f"delta must be a 64-bit integer, got {delta!r}")
     _check_write_concern(args)
+    if negative_controls.ENABLED:  # TEST ONLY (testing/negative_controls.py)
+        delta = negative_controls.incr_delta(delta)
     value, version = await ctx.serving_store().incr(key, delta, session=_session(args))
     return {"value": value, "version": version}
 
 
+ANSWER_ITEM_OVERHEAD = 32  # msgpack framing and the version, per item, roughly
+MGET_CHUNK = 64
+
+
+def _too_large_answer(ctx: NodeContext, what: str) -> TooLarge:
+    cap = ctx.limits.max_answer_bytes
+    return TooLarge(f"{what} would answer more than {cap} bytes (max_answer_bytes); ask for "
+                    "fewer keys at a time", max_answer_bytes=cap)
+
+
 async def _mget(ctx: NodeContext, args: Args) -> dict[str, Any]:
+    """Read in small chunks and stop as soon as the answer would pass the byte cap: the same
+    1 MiB key asked 1,000 times is refused after 16, never built into a 1 GiB answer."""
     keys = _key_list(args, "keys", ctx.limits.max_batch_ops)
     store = ctx.serving_store()
     _check_read_options(ctx, store, args)
-    items = await store.mget(keys)
-    return {"items": [None if it is None else _item_body(it) for it in items]}
+    cap = ctx.limits.max_answer_bytes
+    size = 0
+    items: list[Any] = []
+    for i in range(0, len(keys), MGET_CHUNK):
+        chunk = keys[i:i + MGET_CHUNK]
+        for key, it in zip(chunk, await store.mget(chunk), strict=True):
+            size += len(key) + ANSWER_ITEM_OVERHEAD + (len(it.value) if it is not None else 0)
+            if size > cap:
+                raise _too_large_answer(ctx, f"mget of {len(keys)} keys")
+            items.append(None if it is None else _item_body(it))
+    return {"items": items}
 
 
 def _check_batch_size(ctx: NodeContext, count: int, payload_bytes: int) -> None:
@@ -379,11 +404,32 @@ async def _scan(ctx: NodeContext, args: Args) -> dict[str, Any]:
         raise InvalidArgument(f"limit must be an integer in [1, {MAX_SCAN_LIMIT}], got {limit!r}")
     store = ctx.serving_store()
     _check_read_options(ctx, store, args)
-    page = await store.scan(prefix=prefix, start=start, end=end, cursor=cursor, limit=limit)
-    return {
-        "items": [[key, item.value, item.version] for key, item in page.items],
-        "cursor": page.cursor,
-    }
+    return await _scan_by_bytes(ctx, store, prefix, start, end, cursor, limit)
+
+
+SCAN_CHUNK = 100
+
+
+async def _scan_by_bytes(ctx: NodeContext, store: Store, prefix: bytes | None,
+                         start: bytes | None, end: bytes | None, cursor: bytes | None,
+                         limit: int) -> dict[str, Any]:
+    """A page of at most ``limit`` items and at most ``max_answer_bytes`` (at least one item,
+    which is at most a value and a key): read in chunks, stopping early with a cursor."""
+    cap = ctx.limits.max_answer_bytes
+    size = 0
+    items: list[list[Any]] = []
+    while len(items) < limit:
+        want = min(SCAN_CHUNK, limit - len(items))
+        page = await store.scan(prefix=prefix, start=start, end=end, cursor=cursor, limit=want)
+        for key, item in page.items:
+            size += len(key) + len(item.value) + ANSWER_ITEM_OVERHEAD
+            if size > cap and items:
+                return {"items": items, "cursor": next_cursor(items[-1][0])}
+            items.append([key, item.value, item.version])
+        cursor = page.cursor
+        if cursor is None:
+            break
+    return {"items": items, "cursor": cursor}
 
 
 async def _expire(ctx: NodeContext, args: Args) -> dict[str, Any]:

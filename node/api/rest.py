@@ -73,7 +73,8 @@ def _parse_etag(header: str, name: str) -> int:
     text = header.strip()
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() then refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise InvalidArgument(f'{name} must be one version in quotes, like "12"; got {header!r}')
     return int(text)
 
@@ -254,8 +255,11 @@ class RestApi:
     async def ready(self, request: web.Request) -> web.Response:
         store = self.ctx.store
         state = self._state()
-        if state != "ready" or store is None:
-            return web.json_response({"status": state, "role": self.ctx.role}, status=503)
+        failure = store.write_failure if store is not None else None
+        if state != "ready" or store is None or failure is not None:
+            return web.json_response({"status": "failed" if failure else state,
+                                      "role": self.ctx.role, "write_failure": failure},
+                                     status=503)
         catch_up = self.ctx.catch_up() if self.ctx.catch_up is not None else None
         if catch_up is not None and not catch_up["caught_up"]:
             return web.json_response({"status": catch_up["summary"], "role": self.ctx.role,
@@ -275,6 +279,7 @@ class RestApi:
             "epoch": None if store is None else store.epoch,
             "last_lsn": None if store is None else store.last_lsn,
             "keys": None if store is None else store.key_count,
+            "write_failure": None if store is None else store.write_failure,
             "engine": config.engine,
             "fsync": config.fsync,
             "data_dir": str(config.data_dir),

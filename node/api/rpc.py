@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -120,6 +121,8 @@ class RpcConnection:
     def __init__(self, ws: web.WebSocketResponse, ctx: NodeContext, metrics: NodeMetrics,
                  max_inflight: int) -> None:
         self.ws = ws
+        # Told of every message read (the node's ConnectionGate: its bytes are now delivered).
+        self.on_message: Callable[[], None] | None = None
         self._output = _coalesce_writes(ws)
         self.ctx = ctx
         self.metrics = metrics
@@ -136,6 +139,8 @@ class RpcConnection:
         """Read until the peer closes (or the node drains this connection)."""
         ws = self.ws
         async for msg in ws:
+            if self.on_message is not None:
+                self.on_message()
             if msg.type is WSMsgType.BINARY:
                 await self._slots.acquire()
                 self._dispatch(msg.data)

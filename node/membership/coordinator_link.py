@@ -37,7 +37,9 @@ from shardkv.cluster.cluster_map import ROLE_NONE, ClusterMap
 from shardkv.cluster.control_messages import HeartbeatRequest, RegisterRequest
 from shardkv.cluster.durable_file import ensure_dir, write_atomically
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
+from shardkv.cluster.peer_auth import UNREGISTERED_NODE, node_principal, signed_headers
 from shardkv.node.clock import NODE_CLOCK
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,8 @@ OnChange = Callable[[Placement, ClusterMap], Awaitable[None] | None]
 
 
 def _write_durably(path: str, text: str) -> None:
-    write_atomically(path, (text + "\n").encode("utf-8"))
+    # Owner-only: the registration token is what proves this node owns its id.
+    write_atomically(path, (text + "\n").encode("utf-8"), mode=0o600)
 
 
 def _read_text(path: str) -> str | None:
@@ -158,6 +161,14 @@ class CoordinatorLink:
         ]
         return placement
 
+    def stop_heartbeats(self) -> None:
+        """Go silent to the failure detector (this node cannot take writes any more): the
+        coordinator then fails its shard over instead of waiting for it. The map watch goes
+        on."""
+        for task in self._tasks:
+            if task.get_name() == "coordinator-heartbeat":
+                task.cancel()
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -178,6 +189,9 @@ class CoordinatorLink:
         headers = {"Accept": wire.MSGPACK}
         if data is not None:
             headers["Content-Type"] = wire.MSGPACK
+        if method != "GET":  # registration and heartbeats prove who sends them
+            principal = node_principal(self.node_id) if self.node_id else UNREGISTERED_NODE
+            headers.update(signed_headers(method, URL(url).raw_path_qs, data or b"", principal))
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.request_timeout_s)
         async with self._session.request(method, url, data=data, headers=headers,
                                          timeout=timeout) as resp:

@@ -6,6 +6,8 @@
 - ``GET /v1/digest``: SHA-256 over every (key, value, version) in key order at one applied
   LSN, so a test or an operator can check that the members of a shard converged;
 - ``POST /admin/replication/fence`` and ``/unfence``: a planned switchover, node side;
+- who may call these: ``node/membership/internal_guard.py`` (signed requests) and
+  ``stream_auth.py`` (the stream's challenge-response);
 - test-only (``SHARDKV_TEST_ADMIN=1``): the failpoint routes, the clock routes
   (``node/testing/clock_admin.py``) and ``POST /admin/replication/compact`` (snapshot now, dropping
   the log behind it).
@@ -23,9 +25,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from shardkv.cluster import internal_routes as routes
-from shardkv.cluster.cluster_token import check_auth
-from shardkv.cluster.errors import InvalidArgument, NotPrimary, ShardKVError, Unavailable
+from shardkv.cluster.errors import (
+    InvalidArgument,
+    NotPrimary,
+    ShardKVError,
+    Unauthorized,
+    Unavailable,
+)
 from shardkv.cluster.http_body import error_response, read_object, respond
+from shardkv.node.replication import stream_auth
 from shardkv.node.testing import clock_admin, failpoints
 
 if TYPE_CHECKING:
@@ -60,7 +68,27 @@ class ReplicationEndpoints:
             error = NotPrimary("this node is not the primary",
                                primary=self.replication.server.ctx.primary)
             return error_response(request, error)
-        return await primary.serve(request)
+        guard = self.replication.server.guard
+        gate = self.replication.server.gate
+        if guard.open:  # a loopback development cluster: nothing to authenticate
+            gate.exempt(request.transport)
+            return await primary.serve(request)
+        if guard.verifier is None:
+            closed = Unauthorized("replication is closed: this node has no cluster credential")
+            return error_response(request, closed)
+        secret = guard.verifier.secret
+        primary_id = self.replication.server.ctx.node_id or "node"
+
+        async def authenticate(ws: web.WebSocketResponse, req: web.Request) -> str:
+            try:
+                replica_id = await stream_auth.authenticate_replica(ws, req, primary_id, secret)
+            except ShardKVError:
+                guard.refused += 1
+                raise
+            gate.exempt(req.transport)  # a member's stream: its acks are not a stranger's
+            return replica_id
+
+        return await primary.serve(request, authenticate)
 
     async def status(self, request: web.Request) -> web.StreamResponse:
         return respond(request, dict(self.replication.status()))
@@ -79,7 +107,6 @@ class ReplicationEndpoints:
         raise Unavailable("the state kept changing; try the digest again when writes pause")
 
     async def fence(self, request: web.Request) -> web.StreamResponse:
-        check_auth(request.headers.get("Authorization"))
         body = await read_object(request, allow_empty=True)
         epoch = body.get("epoch")
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
@@ -87,7 +114,6 @@ class ReplicationEndpoints:
         return respond(request, dict(self.replication.fence(epoch)))
 
     async def unfence(self, request: web.Request) -> web.StreamResponse:
-        check_auth(request.headers.get("Authorization"))
         await read_object(request, allow_empty=True)
         return respond(request, dict(self.replication.unfence()))
 

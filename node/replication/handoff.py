@@ -27,7 +27,7 @@ import aiohttp
 from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ROLE_PRIMARY
-from shardkv.cluster.cluster_token import auth_headers
+from shardkv.cluster.peer_auth import node_principal, signed_headers
 from shardkv.cluster.structured_log import log_fields
 
 if TYPE_CHECKING:
@@ -57,12 +57,14 @@ async def _ask_leader(session: aiohttp.ClientSession, candidates: list[str], nod
             continue
         tried.add(url)
         remaining = max(0.1, deadline - time.monotonic())
+        path = routes.node_handoff(node_id)
+        body = wire.pack({"catch_up_s": round(catch_up_s, 3)})
         try:
             async with session.post(
-                routes.url_of(url, routes.node_handoff(node_id)),
-                data=wire.pack({"catch_up_s": round(catch_up_s, 3)}),
+                routes.url_of(url, path), data=body,
                 headers={"Content-Type": wire.MSGPACK, "Accept": wire.MSGPACK,
-                         **auth_headers()},
+                         # Signed as this node: only it may hand its own role over.
+                         **signed_headers("POST", path, body, node_principal(node_id))},
                 timeout=aiohttp.ClientTimeout(total=remaining),
             ) as resp:
                 raw = await resp.read()

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from shardkv.cluster.cluster_token import check_auth
 from shardkv.cluster.errors import (
+    Forbidden,
     InvalidArgument,
     ShardKVError,
     StaleEpoch,
@@ -53,6 +53,7 @@ from shardkv.node.wal.write_ahead_log import LsnCompacted, WriteAheadLog
 logger = logging.getLogger(__name__)
 
 SnapshotSource = Callable[[], Awaitable[SnapshotMeta]]
+StreamAuthenticator = Callable[[web.WebSocketResponse, web.Request], Awaitable[str]]
 SNAPSHOT_CHUNK_BYTES = 1 << 20
 
 
@@ -206,12 +207,10 @@ class ReplicationPrimary:
 
     # -------------------------------------------------------------------------- serving
 
-    async def serve(self, request: web.Request) -> web.StreamResponse:
-        """The ``/v1/replicate`` handler: one replica's whole session."""
-        try:
-            check_auth(request.headers.get("Authorization"))
-        except ShardKVError as exc:
-            return web.json_response(exc.to_dict(), status=exc.http_status)
+    async def serve(self, request: web.Request,
+                    authenticate: StreamAuthenticator | None = None) -> web.StreamResponse:
+        """The ``/v1/replicate`` handler: one replica's whole session. ``authenticate``
+        (``stream_auth.py``) runs first and names the replica the session is for."""
         ws = web.WebSocketResponse(max_msg_size=proto.MAX_FRAME_BYTES, compress=False,
                                    heartbeat=max(1.0, self.heartbeat_s * 20))
         await ws.prepare(request)
@@ -220,7 +219,8 @@ class ReplicationPrimary:
         try:
             if self._closed is not None:
                 raise Unavailable(f"not primary any more: {self._closed}")
-            hello, start = await self._handshake(ws)
+            authenticated = await authenticate(ws, request) if authenticate else None
+            hello, start = await self._handshake(ws, authenticated)
             progress = self._progress.setdefault(hello.node, ReplicaProgress(hello.node))
             if progress.connections:
                 self.reconnects += 1
@@ -256,9 +256,11 @@ class ReplicationPrimary:
             return None
         raise InvalidArgument("replication frames are binary msgpack")
 
-    async def _handshake(self, ws: web.WebSocketResponse) -> tuple[proto.Hello, int]:
+    async def _handshake(self, ws: web.WebSocketResponse,
+                         authenticated: str | None = None) -> tuple[proto.Hello, int]:
         """Hellos until the logs match; a snapshot is sent here when needed. Returns the
-        hello and the first LSN to stream."""
+        hello and the first LSN to stream. Each hello must name ``authenticated`` (when
+        the stream was authenticated): acks count for that member only."""
         while True:
             message = await self._receive(ws)
             if message is None:
@@ -268,6 +270,8 @@ class ReplicationPrimary:
             hello = proto.Hello.from_message(message)
             version = proto.negotiate(proto.PROTOCOL_VERSION, hello.version,
                                       peer=f"replica {hello.node}")
+            if authenticated is not None and hello.node != authenticated:
+                raise Forbidden(f"authenticated as {authenticated}, said hello as {hello.node}")
             epoch = self._epoch()
             if hello.epoch > epoch:
                 if self._on_newer_epoch is not None:

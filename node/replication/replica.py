@@ -32,11 +32,19 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-from shardkv.cluster.cluster_token import auth_headers
-from shardkv.cluster.errors import ErrorCode, InvalidArgument, StaleEpoch, error_from_dict
+from shardkv.cluster.cluster_token import cluster_token
+from shardkv.cluster.errors import (
+    ErrorCode,
+    Forbidden,
+    InvalidArgument,
+    StaleEpoch,
+    Unauthorized,
+    error_from_dict,
+)
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.clock import NODE_CLOCK
 from shardkv.node.replication import protocol as proto
+from shardkv.node.replication import stream_auth
 from shardkv.node.replication.majority_lease import LeasePromise
 from shardkv.node.replication.replica_log import CannotRollBack, ReplicaTarget
 from shardkv.node.testing import failpoints
@@ -74,6 +82,9 @@ class ReplicationReplica:
         self._wall_clock = wall_clock
         self.node_id = node_id
         self.primary_url = primary_url
+        # The primary's node id per the map: the stream's server must prove it is that node.
+        self.primary_id: str | None = None
+        self._nonce = ""
         self.epoch = epoch
         self._session = session
         self._own_session = session is None
@@ -177,6 +188,7 @@ class ReplicationReplica:
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError, StreamEnded, InvalidArgument,
+                    Unauthorized, Forbidden,
                     StaleEpoch, CannotRollBack) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.info("replication stream ended", extra=log_fields(
@@ -205,9 +217,10 @@ class ReplicationReplica:
         once)."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        self._nonce = stream_auth.new_nonce()
         connecting = asyncio.ensure_future(self._session.ws_connect(
             url.rstrip("/") + proto.PATH, max_msg_size=proto.MAX_FRAME_BYTES, compress=0,
-            autoping=True, headers=auth_headers(),
+            autoping=True, headers=stream_auth.claim_headers(self.node_id, self._nonce),
             timeout=aiohttp.ClientWSTimeout(ws_close=2.0), heartbeat=None))
         retarget = asyncio.ensure_future(self._retarget.wait())
         try:
@@ -234,6 +247,10 @@ class ReplicationReplica:
         if ws is None:
             return  # retargeted while connecting: the loop follows the new primary
         async with ws:
+            secret = cluster_token()
+            if secret is not None:  # the primary proves itself before we prove anything
+                await stream_auth.prove_to_primary(ws, self.node_id, self._nonce,
+                                                   self.primary_id, secret)
             stream = _Frames(ws)
             await self._handshake(ws, stream)
             self.connected = True

@@ -30,7 +30,7 @@ from shardkv.cluster.durable_file import ensure_dir, install
 from shardkv.node.storage.engines.engine import Engine, SnapshotRow
 from shardkv.node.storage.snapshots.snapshot import SnapshotMeta, read_snapshot, snapshot_name
 from shardkv.node.storage.snapshots.transfer import receive_snapshot
-from shardkv.node.testing import failpoints
+from shardkv.node.testing import failpoints, negative_controls
 from shardkv.node.wal.record import WalEntry
 from shardkv.node.wal.write_ahead_log import WriteAheadLog
 
@@ -128,6 +128,8 @@ class StoreReplicaTarget:
             store.epoch = entries[-1].epoch
         applied = None
         for entry in entries:
+            if negative_controls.ENABLED:  # TEST ONLY (testing/negative_controls.py)
+                entry = negative_controls.replica_entry(entry)
             applied = store.submit_replicated(entry)
         if applied is not None:
             await applied

@@ -54,7 +54,7 @@ from shardkv.node.replication.metrics import ReplicationCollector
 from shardkv.node.replication.primary import ReplicationPrimary
 from shardkv.node.replication.replica import ReplicationReplica
 from shardkv.node.replication.replica_log import StoreReplicaTarget
-from shardkv.node.testing import failpoints
+from shardkv.node.testing import failpoints, negative_controls
 from shardkv.node.wal.record import WalEntry
 
 if TYPE_CHECKING:
@@ -131,6 +131,8 @@ class NodeReplication:
             elif placement.role == ROLE_REPLICA and shard is not None:
                 url = cluster_map.node_url(shard.primary) if shard.primary else None
                 await self._become_replica(url, placement.epoch)
+                if self.replica is not None:
+                    self.replica.primary_id = shard.primary
             else:
                 await self._step_down("no role in the map")
                 await self._stop_following()
@@ -300,10 +302,10 @@ class NodeReplication:
                                    "replaced, so it cannot vouch for max_staleness_ms",
                                    lease_state=self.lease.state)
             return
-        if not eventual:
+        if not eventual and not negative_controls.on("replica-strong-reads"):  # TEST ONLY
             raise NotPrimary(f"this node is a {ctx.role}; strong reads go to the primary",
                              primary=ctx.primary)
-        if bound is not None:
+        if bound is not None and not negative_controls.on("skip-staleness-check"):  # TEST ONLY
             replica = self.replica if ctx.role == ROLE_REPLICA else None
             staleness = None if replica is None else replica.staleness_ms()
             if staleness is None or staleness > bound:

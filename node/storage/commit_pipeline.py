@@ -33,7 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from shardkv.cluster.errors import OutcomeUnknown, Unavailable
+from shardkv.cluster.errors import OutcomeUnknown, StorageFailed, Unavailable
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.storage.engines.engine import Engine, StoredItem
 from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
@@ -100,6 +100,12 @@ class CommitPipeline:
     def failed(self) -> bool:
         return self._failure is not None
 
+    @property
+    def failure(self) -> str | None:
+        """Why writes are refused (for /v1/status), or None."""
+        return None if self._failure is None else f"{type(self._failure).__name__}: " \
+            f"{self._failure}"
+
     def take_logged_bytes(self) -> int:
         """Approximate bytes logged since the last call (what snapshot scheduling counts)."""
         logged, self._logged_bytes = self._logged_bytes, 0
@@ -109,9 +115,9 @@ class CommitPipeline:
         if self._closing:
             raise Unavailable("the store is closing")
         if self._failure is not None:
-            raise Unavailable(
-                f"the store stopped accepting writes after a log failure: {self._failure!r}"
-            )
+            raise StorageFailed(
+                f"the store stopped accepting writes after a log failure: {self._failure!r}",
+                node_failed=True)
 
     async def current(self, key: bytes) -> StoredItem | None:
         """The key's newest state in write order (applied or not), for condition checks.

@@ -101,11 +101,17 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify_data_dir(data_dir: Path) -> VerifyReport:
-    """Check ``data_dir`` without modifying it. Blocking (reads every file)."""
+def verify_data_dir(data_dir: Path, *, allow_torn_tail: bool = False) -> VerifyReport:
+    """Check ``data_dir`` without modifying it. Blocking (reads every file).
+
+    A damaged last record (whole, but its checksum fails) is an error unless
+    ``allow_torn_tail``: recovery would drop it, and on a standalone node or after a ``w=one``
+    write nobody else may hold it (a torn write and a bit flip in an acknowledged record look
+    the same). A short last record or zeros (an interrupted write, never acknowledged) is
+    only a warning."""
     data_dir = Path(data_dir)
     report = VerifyReport(str(data_dir))
-    base = _verify_wal(data_dir / WAL_DIR, report)
+    base = _verify_wal(data_dir / WAL_DIR, report, allow_torn_tail)
     newest_valid = _verify_snapshots(data_dir / SNAPSHOT_DIR, report)
     if base is not None and base > newest_valid:
         report.error(
@@ -124,7 +130,8 @@ def verify_data_dir(data_dir: Path) -> VerifyReport:
     return report
 
 
-def _verify_wal(wal_dir: Path, report: VerifyReport) -> int | None:
+def _verify_wal(wal_dir: Path, report: VerifyReport, allow_torn_tail: bool = False
+                ) -> int | None:
     """Check the segments; returns the LSN the log starts after (None without a log)."""
     if not wal_dir.is_dir():
         report.warn(wal_dir, None, "no WAL directory (a node that never started?)")
@@ -168,12 +175,13 @@ def _verify_wal(wal_dir: Path, report: VerifyReport) -> int | None:
         if damage is None:
             _decode_entries(scan, report)
         elif index == len(scans) - 1 and damage.kind is DamageKind.TORN:
-            report.warn(
-                scan.path,
-                damage.offset,
-                f"torn tail, {scan.file_size - damage.offset} bytes (truncated at next start): "
-                f"{damage.reason}",
-            )
+            message = (f"torn tail, {scan.file_size - damage.offset} bytes (truncated at next "
+                       f"start): {damage.reason}")
+            if allow_torn_tail or not _whole_record_damaged(damage.reason):
+                report.warn(scan.path, damage.offset, message)
+            else:
+                report.error(scan.path, damage.offset, message + "; the last record would be "
+                             "dropped (--allow-torn-tail accepts that)")
         else:
             report.error(scan.path, damage.offset, damage.reason)
     report.last_lsn = scans[-1].last_lsn
@@ -181,6 +189,13 @@ def _verify_wal(wal_dir: Path, report: VerifyReport) -> int | None:
     base = scans[0].first_lsn - 1
     report.first_lsn = base + 1 if report.last_lsn > base else 0
     return base
+
+
+def _whole_record_damaged(reason: str) -> bool:
+    """A last record of full length whose checksum fails (``segment.py`` reclassifies it as a
+    torn tail): it may be a bit flip in an acknowledged write. A short record or zeros is an
+    interrupted write, which was never acknowledged."""
+    return reason.endswith("(nothing intact follows)")
 
 
 def _decode_entries(scan: SegmentScan, report: VerifyReport) -> None:

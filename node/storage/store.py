@@ -199,6 +199,11 @@ class Store:
         return self._engine.key_count
 
     @property
+    def write_failure(self) -> str | None:
+        """Why the log refuses writes (an I/O error: a full disk, a failed fsync), or None."""
+        return self._pipeline.failure
+
+    @property
     def wal(self) -> WriteAheadLog:
         """The log itself, for the replication stream (read_from) and a rejoining replica."""
         return self._wal

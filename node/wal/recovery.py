@@ -20,13 +20,20 @@ files are deleted: they were never part of the log).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardkv.cluster.durable_file import ensure_dir, fsync_dir, truncate_durably
+from shardkv.cluster.durable_file import (
+    ensure_dir,
+    fsync_dir,
+    install,
+    sync_file,
+    truncate_durably,
+)
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.wal.framing import DamageKind
 from shardkv.node.wal.segment import (
@@ -123,8 +130,7 @@ def repair_tail(scan: SegmentScan) -> None:
         f.seek(damage.offset)
         partial = bool(f.read().strip(b"\x00"))
     aside = scan.path.with_name(f"{scan.path.name}.broken-{damage.offset}")
-    if not aside.exists():
-        shutil.copyfile(scan.path, aside)
+    copied = copy_aside(scan.path, aside)
     truncate_durably(scan.path, damage.offset)
     log.warning(
         "WAL torn tail repaired: truncated the newest segment",
@@ -135,7 +141,30 @@ def repair_tail(scan: SegmentScan) -> None:
             dropped_records=1 if partial else 0,
             reason=damage.reason,
             last_lsn=scan.last_lsn,
-            copy=str(aside),
+            copy=str(aside) if copied else None,
         ),
     )
+
+
+def copy_aside(path: Path, aside: Path) -> bool:
+    """Copy ``path`` to ``aside`` through a temporary name and a rename, so that a copy
+    that exists is whole. On a full disk the copy is skipped with a warning (the truncation
+    itself needs no space, and a node that cannot start helps nobody). True when a whole
+    copy exists afterwards."""
+    if aside.exists() and aside.stat().st_size == path.stat().st_size:
+        return True
+    tmp = aside.with_name(aside.name + ".tmp")
+    try:
+        shutil.copyfile(path, tmp)
+        with open(tmp, "rb+") as f:
+            sync_file(f)
+        install(tmp, aside)
+        return True
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        log.warning("WAL torn tail: no room to keep a copy of the damaged segment; "
+                    "truncating without one", extra=log_fields(path=str(path),
+                                                               error=str(exc)))
+        return False
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from shardkv.cluster.durable_file import ensure_dir, fsync_dir, truncate_durably
 from shardkv.cluster.structured_log import log_fields
-from shardkv.node.testing import failpoints
+from shardkv.node.testing import failpoints, negative_controls
 from shardkv.node.wal.framing import RecordType, encode_frame
 from shardkv.node.wal.group_placement import GroupPlacement
 from shardkv.node.wal.model import (
@@ -341,6 +341,8 @@ class WriteAheadLog:
         parts = [item.frame if isinstance(item, _Append) else item for item in items]
         if failpoints.ARMED:  # a group ordered (and shipped to replicas), not yet durable here
             await failpoints.hit("wal_before_sync")
+        if negative_controls.ENABLED:  # TEST ONLY (testing/negative_controls.py)
+            await negative_controls.ack_before_wal_write(appends, lambda: self._queue)
         if self._placement.in_loop(parts):
             result = self._writer_io.write_group(parts, sync)
         else:

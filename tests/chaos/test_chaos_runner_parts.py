@@ -51,9 +51,10 @@ async def test_recorder_retires_a_process_after_info() -> None:
     async def lost() -> Outcome:
         raise Timeout("no answer")
 
-    assert await recorder.record(process, "write", "k", "v1", ok) == Outcome(None, 7)
+    done = await recorder.record(process, "write", "k", "v1", ok, model="register")
+    assert done == Outcome(None, 7)
     assert process.id == first
-    assert await recorder.record(process, "write", "k", "v2", lost) is None
+    assert await recorder.record(process, "write", "k", "v2", lost, model="register") is None
     assert process.id != first  # the next operation runs under a fresh process
     ops = history.operations()
     assert [(o.type, o.version, o.error) for o in ops] == [
@@ -81,7 +82,8 @@ def test_every_scenario_has_a_schedule_that_replays() -> None:
         b = generate_schedule(7, scenario.duration_s, scenario.faults, nodes,
                               quiet_s=scenario.quiet_s, fault_s=scenario.fault_s)
         assert a == b, scenario.name
-        assert a.faults, f"{scenario.name} schedules no fault in {scenario.duration_s} s"
+        if scenario.faults:  # control-counters needs none: its bug is in every increment
+            assert a.faults, f"{scenario.name} schedules no fault in {scenario.duration_s} s"
         assert {f.fault for f in a.faults} <= {f.name for f in scenario.faults}
 
 

@@ -23,6 +23,7 @@ NODE_PORT = 7100
 COORDINATOR_PORT = 7000
 RAFT_PORT = 7001
 RAFT_PASSWORD = "container-test-raft-password"
+CLUSTER_TOKEN = "container-test-cluster-token-0123456789"
 
 # What the chart's securityContext asks of every container.
 POD_LIKE: dict[str, Any] = {
@@ -154,6 +155,7 @@ def start_coordinator_group(start_container: Callable[..., RunningContainer], ne
     env = {
         "SHARDKV_COORDINATOR_MEMBERS": ",".join(f"{name}={name}" for name in names),
         "SHARDKV_RAFT_PASSWORD": RAFT_PASSWORD,
+        "SHARDKV_CLUSTER_TOKEN": CLUSTER_TOKEN,
         "SHARDKV_HTTP_PORT": str(COORDINATOR_PORT),
         "SHARDKV_RAFT_PORT": str(RAFT_PORT),
         "SHARDKV_HEALTH_URL": f"http://127.0.0.1:{COORDINATOR_PORT}/health",
@@ -185,7 +187,8 @@ def start_node(start_container: Callable[..., RunningContainer], network: Any, n
     through ``SHARDKV_ADVERTISE_URL`` instead: a container reconnected to the network may get
     a new address, and a socket bound to the old one would never be reached again."""
     listen = f"0.0.0.0:{NODE_PORT}" if advertise else f"{name}:{NODE_PORT}"
-    node_env = {"SHARDKV_HEALTH_URL": f"http://127.0.0.1:{NODE_PORT}/health" if advertise
+    node_env = {"SHARDKV_CLUSTER_TOKEN": CLUSTER_TOKEN,
+                "SHARDKV_HEALTH_URL": f"http://127.0.0.1:{NODE_PORT}/health" if advertise
                 else f"http://{name}:{NODE_PORT}/health", **(env or {})}
     if advertise:
         node_env["SHARDKV_ADVERTISE_URL"] = f"http://{name}:{NODE_PORT}"

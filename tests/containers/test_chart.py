@@ -432,7 +432,7 @@ def test_every_container_runs_non_root_on_a_read_only_root(chart: Any) -> None:
 def test_credentials_come_from_a_secret(chart: Any) -> None:
     objects = render(chart)
     (secret,) = of_kind(objects, "Secret")
-    assert set(secret["data"]) == {"admin-token", "raft-password"}
+    assert set(secret["data"]) == {"admin-token", "raft-password", "cluster-token"}
     import base64
     for value in secret["data"].values():
         assert len(base64.b64decode(value)) >= 32  # generated at random
@@ -441,6 +441,19 @@ def test_credentials_come_from_a_secret(chart: Any) -> None:
                           ("SHARDKV_RAFT_PASSWORD", "raft-password")):
         ref = env[variable]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": secret["metadata"]["name"], "key": key}
+
+    # The cluster credential is a file in every coordinator and node, never an env value.
+    for sts in of_kind(objects, "StatefulSet"):
+        spec = sts["spec"]["template"]["spec"]
+        c = container(sts)
+        env = {e["name"]: e for e in c["env"]}
+        path = env["SHARDKV_CLUSTER_TOKEN_FILE"]["value"]
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert path.startswith(mounts["cluster-token"] + "/")
+        volume = {v["name"]: v for v in spec["volumes"]}["cluster-token"]["secret"]
+        assert volume["secretName"] == secret["metadata"]["name"]
+        assert volume["defaultMode"] == 0o400
+        assert volume["items"] == [{"key": "cluster-token", "path": "cluster-token"}]
 
     given = render(chart, {"auth": {"adminToken": "a" * 20, "raftPassword": "r" * 20}})
     (secret,) = of_kind(given, "Secret")

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 from container_harness import (
+    CLUSTER_TOKEN,
     COORDINATOR_PORT,
     NODE_PORT,
     POD_LIKE,
@@ -133,9 +134,11 @@ asyncio.run(main())
 FETCH_JSON = """
 import json, sys, urllib.request
 out = {}
-for url in json.loads(sys.argv[1])["urls"]:
+args = json.loads(sys.argv[1])
+for url in args["urls"]:
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:
+        request = urllib.request.Request(url, headers=args.get("headers") or {})
+        with urllib.request.urlopen(request, timeout=3) as response:
             out[url] = json.loads(response.read())
     except Exception:
         out[url] = None
@@ -195,7 +198,8 @@ class Cluster:
     def node_json(self, names: list[str], path: str) -> dict[str, Any]:
         """``GET path`` on each node from inside the network: name -> answer (None if down)."""
         answers = self.run(FETCH_JSON, timeout=30,
-                           urls=[f"http://{name}:{NODE_PORT}{path}" for name in names])
+                           urls=[f"http://{name}:{NODE_PORT}{path}" for name in names],
+                           headers={"Authorization": f"Bearer {CLUSTER_TOKEN}"})
         return {name: answers[f"http://{name}:{NODE_PORT}{path}"] for name in names}
 
     def dump_logs(self) -> None:

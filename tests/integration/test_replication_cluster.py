@@ -450,10 +450,18 @@ async def test_replicas_are_added_and_removed_online(shard: Shard,
     async with patient_client(shard) as kv:
         for i in range(200):
             await kv.put(f"online-{i}", b"x")
+        # The shard has its replication factor of members: a newcomer registers as a spare,
+        # and only an admin makes it a fourth member.
         newcomer = await asyncio.to_thread(
-            node_factory, extra_args=["--coordinator", shard.coordinator_url, "--shard", "s1"],
-            env=NODE_ENV)
+            node_factory, extra_args=["--coordinator", shard.coordinator_url], env=NODE_ENV)
         shard.nodes.append(newcomer)
+        cluster_map = await shard.map()
+        (newcomer_id,) = [n for n, info in cluster_map.nodes.items()
+                          if info.url == newcomer.url]
+        assert cluster_map.nodes[newcomer_id].shard is None
+        async with shard.http.post(f"{shard.coordinator_url}/admin/shards/s1/members",
+                                   json={"node": newcomer_id}) as resp:
+            assert resp.status == 200, await resp.text()
 
         async def four_members() -> bool:
             return len((await shard.map()).shards["s1"].members) == 4

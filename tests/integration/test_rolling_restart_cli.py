@@ -34,7 +34,11 @@ def test_rolling_restart_of_a_detached_cluster_then_down(tmp_path: Path) -> None
         kinds = [s["kind"] for s in report["steps"]]
         assert kinds == ["replica", "replica", "primary", "coordinator", "coordinator",
                          "coordinator leader"]
-        assert report["steps"][2]["new_primary"] not in (None, report["steps"][2]["process"])
+        primary_step = report["steps"][2]
+        assert primary_step["new_primary"] not in (None, primary_step["process"])
+        # `shardkv up` is secured: the handoff request was signed as the node itself.
+        log = (directory / "logs" / f"{primary_step['process']}.log").read_text()
+        assert "handed the primary role over" in log, log[-2000:]
         assert "shard s1: replicas" in rolled.stderr and "rolling restart done" in rolled.stderr
         after = json.loads((directory / "cluster.json").read_text())
         old_pids = {e["id"]: e["pid"] for e in before["nodes"] + before["coordinators"]}

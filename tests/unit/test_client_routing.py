@@ -12,7 +12,7 @@ from shardkv.client.executor import Regroup
 from shardkv.client.multi_key import MultiKeyError, group_by_shard, run_split
 from shardkv.client.routing import DIRECT_SHARD, Router
 from shardkv.cluster.cluster_map import ClusterMap
-from shardkv.cluster.errors import Unavailable, VersionMismatch
+from shardkv.cluster.errors import TooLarge, Unavailable, VersionMismatch
 from shardkv.cluster.ring import shard_for_key
 
 
@@ -196,3 +196,42 @@ async def test_run_split_regroups_after_a_ring_change(session: aiohttp.ClientSes
     assert results == [router.shard_of(k) for k in keys]
     assert set(results) == {"s1", "s2", "s3"}
     assert calls >= 4  # one failed round (1-2 parts) then three parts on the new ring
+
+
+async def test_run_split_halves_a_part_whose_answer_is_over_the_cap(
+    session: aiohttp.ClientSession,
+) -> None:
+    """An mget of large values: the node refuses an answer over its byte cap (TOO_LARGE,
+    nothing done); the client asks again in halves until each answer fits."""
+    router = router_with(session, make_map())
+    keys = [f"k{i}".encode() for i in range(40)]
+    value_bytes = 1_000
+    answer_cap = 4_500  # at most 4 values per answer
+    asked: list[int] = []
+
+    async def part(indexes: list[int]) -> list[bytes]:
+        asked.append(len(indexes))
+        if len(indexes) * value_bytes > answer_cap:
+            raise TooLarge("answer over the cap", max_answer_bytes=answer_cap)
+        return [keys[i] * 2 for i in indexes]
+
+    results = await run_split(router, keys, part)
+    assert results == [k * 2 for k in keys]
+    assert max(asked) > 4 and min(asked) <= 4  # it asked big first, then split
+
+
+async def test_run_split_gives_up_on_a_single_key_over_the_cap(
+    session: aiohttp.ClientSession,
+) -> None:
+    router = router_with(session, make_map())
+    keys = [b"huge", b"small"]
+
+    async def part(indexes: list[int]) -> list[bytes]:
+        if any(keys[i] == b"huge" for i in indexes):
+            raise TooLarge("answer over the cap")
+        return [keys[i] for i in indexes]
+
+    with pytest.raises(MultiKeyError) as caught:
+        await run_split(router, keys, part)
+    assert set(caught.value.errors) == {0}
+    assert caught.value.results[1] == b"small"

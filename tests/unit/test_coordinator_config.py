@@ -71,3 +71,28 @@ def test_missing_required_flags_and_bad_timings() -> None:
     with pytest.raises(ConfigError, match="heartbeat"):
         RaftTimings(election_min=0.5, election_max=0.4).validate()
     assert parse_peers("") == {}
+
+
+def test_a_lone_coordinator_on_a_routable_raft_address_needs_a_password(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group of one unpickles network input as much as a group of three."""
+    monkeypatch.delenv("SHARDKV_RAFT_PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match="unpickle"):
+        parse(["--id", "c1", "--raft", "10.0.0.5:7100", "--data-dir", "/tmp/x"])
+    monkeypatch.setenv("SHARDKV_RAFT_PASSWORD", "p" * 20)
+    assert parse(["--id", "c1", "--raft", "10.0.0.5:7100", "--data-dir", "/tmp/x"]).raft_password
+
+
+def test_a_routable_listen_address_needs_the_cluster_credential(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SHARDKV_CLUSTER_TOKEN", "SHARDKV_CLUSTER_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    argv = ["--id", "c1", "--listen", "10.0.0.5:7000", "--raft", "127.0.0.1:7100",
+            "--data-dir", "/tmp/x"]
+    with pytest.raises(ConfigError, match="cluster credential"):
+        parse(argv)
+    monkeypatch.setenv("SHARDKV_CLUSTER_TOKEN", "short")
+    with pytest.raises(ConfigError, match="too short"):
+        parse(argv)
+    monkeypatch.setenv("SHARDKV_CLUSTER_TOKEN", "t" * 32)
+    assert parse(argv).cluster_token == "t" * 32

@@ -191,3 +191,38 @@ def test_replicas_applying_the_same_log_agree_and_snapshots_restore() -> None:
     assert c.snapshot() == a.snapshot()
     nxt = {"op": "register_node", "url": "http://late:1"}
     assert c.apply(nxt) == a.apply(nxt)
+
+
+def test_a_node_id_belongs_to_the_token_that_first_registered_it() -> None:
+    m = booted(1, 3)
+    register(m, 9000, node_id="n1", token="a" * 32)
+    register(m, 9000, node_id="n1", token="a" * 32)  # the same node again: fine
+    before = m.snapshot()
+    refused(m, "FORBIDDEN", op="register_node", url="http://10.9.9.9:1", node_id="n1",
+            token="b" * 32)
+    refused(m, "FORBIDDEN", op="register_node", url="http://10.9.9.9:1", node_id="n1")
+    assert m.snapshot()["tokens"] == before["tokens"]
+    assert m.current.nodes["n1"].url == "http://127.0.0.1:9000"
+
+
+def test_a_shard_never_gets_more_members_than_its_replication_factor() -> None:
+    m = booted(1, 2)
+    register(m, 9000, shard="s1", token="a" * 32)
+    register(m, 9001, shard="s1", token="b" * 32)
+    result = refused(m, "FORBIDDEN", op="register_node", url="http://127.0.0.1:9002",
+                     shard="s1", token="c" * 32)
+    assert result["shard"] == "s1" and len(result["members"]) == 2
+    assert "c" * 32 not in m.snapshot()["tokens"]
+    spare = register(m, 9003, token="d" * 32)  # no shard asked: a spare, not a member
+    assert spare["shard"] is None and len(m.current.shards["s1"].members) == 2
+
+
+def test_only_an_admin_adds_a_member_beyond_the_replication_factor() -> None:
+    m = booted(1, 1)
+    register(m, 9000, shard="s1", token="a" * 32)
+    spare = register(m, 9001, token="b" * 32)
+    assert spare["shard"] is None
+    result = ok(m, op="add_member", shard="s1", node=spare["node_id"])
+    assert result["members"] == ["n1", spare["node_id"]]
+    assert m.current.nodes[spare["node_id"]].role == "replica"
+    refused(m, "NOT_FOUND", op="add_member", shard="s9", node=spare["node_id"])

@@ -142,3 +142,39 @@ async def test_leftovers_are_warnings(tmp_path: Path) -> None:
     report = verify_data_dir(root)
     assert report.healthy
     assert sorted(p.severity for p in report.problems) == ["warning", "warning"]
+
+
+async def test_a_bit_flip_in_the_last_record_fails_unless_allowed(tmp_path: Path) -> None:
+    """Recovery would drop that record (it cannot be told from a torn write), and on a
+    standalone node it may have been acknowledged: verify says so, exit 1."""
+    root = await make_data_dir(tmp_path)
+    last = segments(root)[-1]
+    offset = [f.offset for f in read_frames(io.BytesIO(last.read_bytes()))][-1]
+    data = bytearray(last.read_bytes())
+    data[offset + HEADER_SIZE] ^= 0x01
+    last.write_bytes(bytes(data))
+    report = verify_data_dir(root)
+    assert not report.healthy
+    (error,) = [p for p in report.problems if p.severity == "error"]
+    assert (error.path, error.offset) == (str(last), offset)
+    assert "--allow-torn-tail" in error.message
+    allowed = verify_data_dir(root, allow_torn_tail=True)
+    assert allowed.healthy and [p.severity for p in allowed.problems] == ["warning"]
+
+
+def test_node_verify_exits_1_on_a_damaged_last_record(tmp_path: Path) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    root = asyncio.run(make_data_dir(tmp_path / "d"))
+    last = segments(root)[-1]
+    offset = [f.offset for f in read_frames(io.BytesIO(last.read_bytes()))][-1]
+    data = bytearray(last.read_bytes())
+    data[offset + HEADER_SIZE] ^= 0x01
+    last.write_bytes(bytes(data))
+    base = [sys.executable, "-m", "shardkv.cluster.cli", "node", "verify", "--data-dir",
+            str(root)]
+    assert subprocess.run(base, capture_output=True, timeout=60).returncode == 1
+    assert subprocess.run([*base, "--allow-torn-tail"], capture_output=True,
+                          timeout=60).returncode == 0

@@ -18,9 +18,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 from eventually import eventually
+from shardkv.cluster import wire
 from shardkv.cluster.errors import Timeout, Unavailable
 from shardkv.node.replication import protocol as proto
 from shardkv.node.replication import replica as replication_replica
+from shardkv.node.replication import stream_auth
 from shardkv.node.replication.primary import ReplicationPrimary
 from shardkv.node.replication.replica import ReplicationReplica
 from shardkv.node.replication.replica_log import EngineReplicaLog
@@ -74,7 +76,8 @@ class Primary:
 async def make_primary(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Primary]]]:
     made: list[Primary] = []
 
-    async def make(members: Sequence[str] = ("p", "r1", "r2"), **options: object) -> Primary:
+    async def make(members: Sequence[str] = ("p", "r1", "r2"), secret: str | None = None,
+                   **options: object) -> Primary:
         wal = await WriteAheadLog.open(tmp_path / "p" / "wal", FAST)
         engine = await MemoryEngine.open()
         holder: dict[str, Primary] = {}
@@ -83,7 +86,16 @@ async def make_primary(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
             members=lambda: holder["p"].members,
             snapshot_source=lambda: holder["p"].snapshot(), heartbeat_s=0.02, **options)
         app = web.Application()
-        app.router.add_get(proto.PATH, repl.serve)
+        if secret is None:
+            app.router.add_get(proto.PATH, repl.serve)
+        else:
+            async def authenticate(ws: web.WebSocketResponse, request: web.Request) -> str:
+                return await stream_auth.authenticate_replica(ws, request, "p", secret)
+
+            async def serve(request: web.Request) -> web.StreamResponse:
+                return await repl.serve(request, authenticate)
+
+            app.router.add_get(proto.PATH, serve)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -333,17 +345,99 @@ def test_staleness_is_measured_from_when_the_primary_lsn_was_applied() -> None:
     assert replica.staleness_ms() == pytest.approx(2750)
 
 
-async def test_cluster_token_guards_the_stream(make_primary, make_replica, monkeypatch) -> None:
-    monkeypatch.setenv("SHARDKV_CLUSTER_TOKEN", "s3cret-token")
-    primary = await make_primary()
+SECRET = "0123456789abcdef" * 4
+
+
+async def _stranger_session(url: str, claim: str, proof: str) -> tuple[dict, list[dict]]:
+    """Open the stream as ``claim`` with a made-up proof; the primary's auth frame and what
+    followed it."""
+    nonce = stream_auth.new_nonce()
+    frames = []
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            url + proto.PATH, headers=stream_auth.claim_headers(claim, nonce)) as ws:
+        first = wire.unpack((await ws.receive(timeout=5)).data)
+        await ws.send_bytes(wire.pack({"t": "auth", "proof": proof}))
+        await ws.send_bytes(proto.Hello(claim, 999, 0, 0, False).encode())
+        await ws.send_bytes(proto.encode(proto.ACK, lsn=10**9))
+        while True:
+            msg = await ws.receive(timeout=5)
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                return first, frames
+            frames.append(wire.unpack(msg.data))
+
+
+async def test_a_stranger_cannot_stream_ack_or_depose(make_primary, monkeypatch) -> None:
+    """Without the key for node:r1 a stranger gets no entry, its acks and its epoch-999
+    hello count for nothing."""
+    monkeypatch.setenv("SHARDKV_CLUSTER_TOKEN", SECRET)
+    deposed: list[int] = []
+    primary = await make_primary(secret=SECRET, on_newer_epoch=deposed.append)
     await primary.write(3, commit=False)
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            await session.ws_connect(primary.url + proto.PATH)
-        assert refused.value.status == 401
-    replica = await make_replica("r1", primary.url)  # sends the token from the environment
+    first, after = await _stranger_session(primary.url, "r1", "00" * 32)
+    assert first["t"] == "auth" and first["node"] == "p"
+    assert [f["t"] for f in after] == [proto.ERROR]
+    assert after[0]["error"] == "UNAUTHORIZED"
+    assert deposed == []
+    assert primary.repl.majority_lsn < 3  # no ack counted for r1
+
+
+async def test_replicas_that_prove_themselves_follow(make_primary, make_replica,
+                                                     monkeypatch) -> None:
+    monkeypatch.setenv("SHARDKV_CLUSTER_TOKEN", SECRET)
+    primary = await make_primary(secret=SECRET)
+    await primary.write(3, commit=False)
+    replica = await make_replica("r1", primary.url)
+    replica.primary_id = "p"
     replica.start()
     await eventually(lambda: replica.target.applied_lsn == 3)
+
+
+async def test_a_replica_never_proves_itself_to_a_server_that_is_not_the_primary(
+        make_primary, make_replica, monkeypatch) -> None:
+    """The map names "q" as primary; the server at the URL is "p" (with a good key for p):
+    the replica hangs up without sending a proof or a hello."""
+    monkeypatch.setenv("SHARDKV_CLUSTER_TOKEN", SECRET)
+    primary = await make_primary(secret=SECRET)
+    await primary.write(2, commit=False)
+    replica = await make_replica("r1", primary.url)
+    replica.primary_id = "q"
+    replica.start()
+    await eventually(lambda: replica.reconnects >= 2)
+    assert replica.handshakes == 0 and replica.target.applied_lsn == 0
+    assert "FORBIDDEN" in (replica.last_error or "") or "Forbidden" in (replica.last_error or "")
+
+
+async def test_a_forged_primary_gets_no_proof_and_installs_nothing(make_replica,
+                                                                  monkeypatch) -> None:
+    """A server without the key answers at the primary's address with a made-up proof and
+    then a truncate: the replica sends nothing after its opening headers."""
+    monkeypatch.setenv("SHARDKV_CLUSTER_TOKEN", SECRET)
+    received: list[bytes] = []
+
+    async def forged(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_bytes(wire.pack({"t": "auth", "node": "p",
+                                       "nonce": stream_auth.new_nonce(), "proof": "ab" * 32}))
+        await ws.send_bytes(proto.encode(proto.TRUNCATE, lsn=0, epoch=99))
+        async for msg in ws:
+            received.append(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get(proto.PATH, forged)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        replica = await make_replica("r1", f"http://127.0.0.1:{runner.addresses[0][1]}")
+        replica.primary_id = "p"
+        replica.start()
+        await eventually(lambda: replica.reconnects >= 2)
+        assert received == [] and replica.truncations == 0 and replica.handshakes == 0
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture

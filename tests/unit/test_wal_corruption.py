@@ -245,3 +245,34 @@ async def test_every_byte_of_the_newest_segment_follows_the_rule(
             with pytest.raises(WalCorruption) as caught:
                 await WriteAheadLog.open(directory)
             assert (caught.value.path, caught.value.offset) == (segment, owner), position
+
+
+def test_the_torn_tail_copy_is_whole_or_absent(tmp_path, monkeypatch) -> None:
+    """Written to a temporary name and renamed; when the copy fails (a full disk) it is
+    skipped, leaving neither a partial copy nor a temporary file behind."""
+    import errno
+    import shutil
+
+    from shardkv.node.wal import recovery
+
+    segment = tmp_path / "00000001.wal"
+    segment.write_bytes(b"x" * 5000)
+    aside = tmp_path / "00000001.wal.broken-100"
+    assert recovery.copy_aside(segment, aside)
+    assert aside.read_bytes() == segment.read_bytes()
+    assert not list(tmp_path.glob("*.tmp"))
+
+    aside.unlink()
+    aside.write_bytes(b"")  # what an interrupted copy left before this fix: redone
+    assert recovery.copy_aside(segment, aside) and aside.stat().st_size == 5000
+
+    aside.unlink()
+
+    def full_disk(src, dst, *a, **k):  # type: ignore[no-untyped-def]
+        with open(dst, "wb") as f:
+            f.write(b"x" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    assert not recovery.copy_aside(segment, aside)
+    assert not aside.exists() and not list(tmp_path.glob("*.tmp"))

@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shardkv.cluster.launcher_cli",
     "shardkv.cluster.rolling_restart_cli",
     "shardkv.client.cli",
+    "shardkv.client.reshard_cli",
     "shardkv.chaos.cli",
 )
 

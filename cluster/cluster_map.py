@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardkv.cluster import wire
+from shardkv.cluster.migration_record import MigrationRecord
 
 DEFAULT_HASH = "md5"
 DEFAULT_VNODES = 160
@@ -37,7 +38,8 @@ ROLE_REPLICA = "replica"
 ROLE_NONE = "none"  # registered but not (yet) placed, or drained
 
 SHARD_ACTIVE = "active"
-SHARD_STATES = frozenset({SHARD_ACTIVE, "migrating", "retiring"})
+SHARD_MIGRATING = "migrating"  # receiving keys in a migration, not yet in the ring
+SHARD_STATES = frozenset({SHARD_ACTIVE, SHARD_MIGRATING, "retiring"})
 
 
 @dataclass(slots=True)
@@ -155,6 +157,9 @@ class ClusterMap:
     shards: dict[str, ShardInfo] = field(default_factory=dict)
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
     coordinators: dict[str, CoordinatorInfo] = field(default_factory=dict)
+    # The running migration (docs/resharding.md) and the last few finished ones.
+    migration: MigrationRecord | None = None
+    migrations: list[MigrationRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +170,8 @@ class ClusterMap:
             "shards": {sid: s.to_dict() for sid, s in sorted(self.shards.items())},
             "nodes": {nid: n.to_dict() for nid, n in sorted(self.nodes.items())},
             "coordinators": {cid: c.to_dict() for cid, c in sorted(self.coordinators.items())},
+            "migration": None if self.migration is None else self.migration.to_dict(),
+            "migrations": [m.to_dict() for m in self.migrations],
         }
 
     @classmethod
@@ -184,6 +191,9 @@ class ClusterMap:
                 str(k): CoordinatorInfo.from_dict(v)
                 for k, v in dict(raw.get("coordinators") or {}).items()
             },
+            migration=None if not raw.get("migration")
+            else MigrationRecord.from_dict(raw["migration"]),
+            migrations=[MigrationRecord.from_dict(m) for m in raw.get("migrations") or []],
         )
 
     def copy(self) -> ClusterMap:
@@ -212,6 +222,11 @@ class ClusterMap:
         if shard is None or shard.primary is None:
             return None
         return self.nodes.get(shard.primary)
+
+    def find_migration(self, migration_id: str) -> MigrationRecord | None:
+        if self.migration is not None and self.migration.id == migration_id:
+            return self.migration
+        return next((m for m in self.migrations if m.id == migration_id), None)
 
     def node_url(self, node_id: str) -> str | None:
         node = self.nodes.get(node_id)

@@ -20,6 +20,8 @@ from shardkv.coordinator.http_io import (
     read_object,
     respond,
 )
+from shardkv.coordinator.migration_api import begin_add
+from shardkv.coordinator.ring_change_guard import refuse_ring_change_over_data
 
 
 async def _from_leader(request: web.Request, leader_url: str) -> web.Response | None:
@@ -75,8 +77,10 @@ async def list_shards(request: web.Request) -> web.StreamResponse:
 
 
 async def add_shard(request: web.Request) -> web.StreamResponse:
-    """``{"shard"?: id, "weight"?: n, "in_ring"?: bool}`` adds one shard; on a cluster with
-    no shards, ``{"count": N, "replication_factor": R}`` bootstraps N shards instead."""
+    """``{"shard"?: id, "weight"?: n}`` starts an online migration that adds one shard to
+    the ring (202); ``{"in_ring": false}`` adds a shard outside the ring (201, nothing
+    moves); on a cluster with no shards, ``{"count": N, "replication_factor": R}``
+    bootstraps N shards instead."""
     coord = coordinator_of(request)
     body = await read_object(request, allow_empty=True)
     if "count" in body:
@@ -86,6 +90,12 @@ async def add_shard(request: web.Request) -> web.StreamResponse:
         for name in ("hash", "vnodes"):
             if name in body:
                 command[name] = body[name]
+    elif body.get("in_ring", True) is not False:
+        # Into the ring: an online migration moves the keys that change owner (202: it runs
+        # on; GET /admin/migrations/{id} follows it).
+        body.pop("in_ring", None)
+        result = await begin_add(coord, body)
+        return respond(request, result, status=202)
     else:
         only_fields(body, {"shard", "weight", "in_ring"})
         command = {"op": "add_shard", **body}
@@ -106,6 +116,10 @@ async def set_ring(request: web.Request) -> web.StreamResponse:
     coord = coordinator_of(request)
     body = await read_object(request)
     only_fields(body, {"shards", "expected_version"})
+    current = coord.watch.current
+    wanted = body.get("shards")
+    if isinstance(wanted, dict) and wanted != current.ring.shards:
+        await refuse_ring_change_over_data(current, "changing the ring")
     result = await coord.propose({"op": "set_ring", **body})
     return respond(request, result)
 

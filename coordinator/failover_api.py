@@ -23,7 +23,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
-from shardkv.cluster.errors import InvalidArgument, NotPrimary
+from shardkv.cluster.errors import InvalidArgument, NotPrimary, Unavailable
 from shardkv.coordinator import observability
 from shardkv.coordinator.failover import (
     FailureDetector,
@@ -74,6 +74,11 @@ class FailoverService:
 
 async def planned_failover(request: web.Request) -> web.StreamResponse:
     coord = coordinator_of(request)
+    if coord.bridge is None or not coord.bridge.has_quorum():
+        # Said at once rather than redirected to a leader this member last heard of, which
+        # may be the very coordinator that is down.
+        raise Unavailable("the coordinator group has no quorum: a switchover waits for it "
+                          "(the shards keep serving meanwhile)", outcome="not_applied")
     if not coord.is_leader():
         raise NotPrimary("switchovers are run by the coordinator leader",
                          leader=coord.leader_id(), leader_url=coord.leader_url())

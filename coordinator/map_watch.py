@@ -64,6 +64,8 @@ class MapWatch:
                 shards=cluster_map.shards,
                 nodes=cluster_map.nodes,
                 coordinators=cluster_map.coordinators,
+                migration=cluster_map.migration,
+                migrations=cluster_map.migrations,
             )
             body = served.to_json() if fmt == "json" else served.to_msgpack()
             if cluster_map is self.current:

@@ -60,7 +60,10 @@ def choose_shard(cluster_map: ClusterMap, node: NodeInfo) -> str | None:
     chosen: str | None = None
     for order, shard_id in enumerate(shard_order(cluster_map)):
         shard = cluster_map.shards[shard_id]
-        if shard.state != "active" or len(shard.members) >= cluster_map.replication_factor:
+        # A shard receiving a migration fills up like any other (it needs its members before
+        # the flip); a retiring one takes no one.
+        if (shard.state not in ("active", "migrating")
+                or len(shard.members) >= cluster_map.replication_factor):
             continue
         score = (len(shard.members), _label_conflicts(cluster_map, shard.members, node), order)
         if best is None or score < best:

@@ -31,6 +31,8 @@ from shardkv.coordinator import (
     handoff_api,
     leadership_transfer,
     map_api,
+    migration_api,
+    migration_driver,
     observability,
 )
 from shardkv.coordinator.config import CoordinatorConfig, parse_host_port
@@ -77,6 +79,7 @@ class Coordinator:
         self.leader_task_factories: list[Callable[[Coordinator], Coroutine[Any, Any, None]]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
         self.failover = failover_api.FailoverService(self)  # detector: a leader task
+        migration_driver.install(self)  # online migrations are driven by the leader
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -170,6 +173,7 @@ class Coordinator:
         admin_api.add_routes(app)
         failover_api.add_routes(app)
         handoff_api.add_routes(app)
+        migration_api.add_routes(app)
         observability.add_routes(app)
         return app
 

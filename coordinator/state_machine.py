@@ -36,6 +36,7 @@ from shardkv.cluster.cluster_map import (
 from shardkv.cluster.errors import ErrorCode
 from shardkv.cluster.ring import HASH_FUNCTIONS
 from shardkv.coordinator import placement
+from shardkv.coordinator.migration_commands import MigrationCommands, refuse_while_migrating
 
 MAX_SHARDS = 4096
 MAX_REPLICATION_FACTOR = 7
@@ -158,6 +159,7 @@ class MapStateMachine:
             "drain_node": self._drain_node,
             "add_member": self._add_member,
             "remove_node": self._remove_node,
+            **MigrationCommands(self).handlers(),
         }
 
     # -- handlers (each mutates the draft map it is given) --------------------------------
@@ -291,6 +293,8 @@ class MapStateMachine:
         in_ring = c.get("in_ring", True)
         if not isinstance(in_ring, bool):
             raise _invalid("in_ring must be a boolean")
+        if in_ring:
+            refuse_while_migrating(m, "adding a shard to the ring")
         m.shards[shard_id] = ShardInfo()
         if in_ring:
             m.ring.shards[shard_id] = weight
@@ -314,6 +318,7 @@ class MapStateMachine:
             weights[sid] = _need_int(weight, f"weight of {sid}", 1, MAX_WEIGHT)
         if weights == m.ring.shards:
             return {"_changed": False, "ring_version": m.ring.version}
+        refuse_while_migrating(m, "changing the ring")
         m.ring.shards = weights
         m.ring.version += 1
         return {"ring_version": m.ring.version}

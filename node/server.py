@@ -30,6 +30,7 @@ from shardkv.node.disk_admin import DiskAdmin
 from shardkv.node.membership.cluster_membership import ClusterMembership
 from shardkv.node.membership.internal_guard import InternalGuard
 from shardkv.node.metrics import NodeMetrics
+from shardkv.node.migration import MigrationService
 from shardkv.node.replication.handoff import PrimaryHandoff
 from shardkv.node.replication.readiness import catch_up_state
 from shardkv.node.replication.shard_role import NodeReplication
@@ -88,6 +89,11 @@ class NodeServer:
         # gate, replica reads and fencing, driven by the membership's placements.
         self.replication = NodeReplication(self)
         self.replication.install()
+        # Online resharding (node/migration/): routes, the write fence, export and import.
+        self.migration: MigrationService | None = None
+        if self.membership is not None:
+            self.migration = MigrationService(self)
+            self.migration.install()
         # Rolling restarts (docs/rolling-restarts.md): a stopping primary hands its shard to
         # a replica first; a replica is ready only once caught up.
         if self.membership is not None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shardkv.cluster.errors import (
     InternalError,
@@ -59,6 +59,11 @@ CONSISTENCY_LEVELS = ("strong", "eventual")
 WRITE_CONCERNS = ("majority", "one")
 
 
+class WriteFence(Protocol):
+    def enter(self, keys: Iterable[bytes], writes: bool) -> bool: ...
+    def leave(self) -> None: ...
+
+
 @dataclass(slots=True)
 class NodeContext:
     """What an operation needs from the node serving it.
@@ -81,6 +86,8 @@ class NodeContext:
     # staleness bound, a primary's lease), and how long a write may wait for its concern.
     read_guard: Callable[[Args], None] | None = None
     write_timeout_s: float | None = None
+    # Set by node/migration: refuses requests for fenced moving arcs, counts writes in flight.
+    write_fence: WriteFence | None = None
     # Set by the server (node/replication/readiness.py): a replica's catch-up state, None on
     # other roles; /ready is 503 while it is not caught up.
     catch_up: Callable[[], dict[str, Any] | None] | None = None
@@ -529,18 +536,30 @@ async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
         raise NotPrimary(f"this node is a {ctx.role}; writes go to the primary",
                          primary=ctx.primary)
     _check_keys(ctx.owns_key, operation.spec, args)
-    if operation.writes:
-        WRITE_CONCERN.set(args.get("w") or "majority")
-        if ctx.write_timeout_s is not None:
+    if ctx.write_fence is not None:
+        fence = ctx.write_fence
+        if fence.enter((as_key(k) for k in operation.spec.keys_of(args)), operation.writes):
             try:
-                async with asyncio.timeout(ctx.write_timeout_s):
-                    return await operation.handler(ctx, args)
-            except TimeoutError:
-                raise Timeout(
-                    f"the write did not reach its write concern within {ctx.write_timeout_s}s "
-                    "(it was not acknowledged; it may still be applied later)"
-                ) from None
+                return await _write(ctx, operation, args)
+            finally:
+                fence.leave()
+    if operation.writes:
+        return await _write(ctx, operation, args)
     return await operation.handler(ctx, args)
+
+
+async def _write(ctx: NodeContext, operation: Operation, args: Args) -> Any:
+    WRITE_CONCERN.set(args.get("w") or "majority")
+    if ctx.write_timeout_s is None:
+        return await operation.handler(ctx, args)
+    try:
+        async with asyncio.timeout(ctx.write_timeout_s):
+            return await operation.handler(ctx, args)
+    except TimeoutError:
+        raise Timeout(
+            f"the write did not reach its write concern within {ctx.write_timeout_s}s "
+            "(it was not acknowledged; it may still be applied later)"
+        ) from None
 
 
 def _check_keys(owns_key: Callable[[bytes], None] | None, spec: OpSpec, args: Args) -> None:

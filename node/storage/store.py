@@ -42,7 +42,7 @@ from shardkv.cluster.limits import MAX_SCAN_LIMIT, as_key, as_ttl, as_value
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.clock import NODE_CLOCK
 from shardkv.node.storage.commit_pipeline import CommitGate, CommitPipeline
-from shardkv.node.storage.engines.engine import Engine
+from shardkv.node.storage.engines.engine import Engine, SnapshotView
 from shardkv.node.storage.recovery import recover
 from shardkv.node.storage.scan_cursor import (
     check_limit,
@@ -588,6 +588,25 @@ class Store:
         applied = self._pipeline.submit(mutations)
         self._snapshotter.note_logged(self._pipeline.take_logged_bytes())
         return applied
+
+    # ------------------------------------------------------------------------- migration
+
+    async def consistent_view(self) -> SnapshotView:
+        """A consistent view of every row at ``applied_lsn`` (what a snapshot reads; writes
+        go on meanwhile): an online migration streams the moving keys from it."""
+        return await self._engine.snapshot_view()
+
+    async def write_imported(self, mutations: list[Mutation]) -> int:
+        """Order ``mutations`` (keys moving in from another shard, with their absolute
+        expiry) as one entry of this shard's log; returns its LSN once it is applied under
+        the current write concern. The caller decides what to import; nothing is checked.
+        Imported session rows (exactly-once records moving with their writes) are not in
+        the primary's session cache: it is rebuilt before the next stamped write."""
+        async with self._lock:  # ordered after any conditional write that already read
+            self._pipeline.check_writable()
+            self._sessions.stale = True
+            applied = self._submit(mutations)
+        return await applied
 
     # ------------------------------------------------------------------------ maintenance
 

@@ -20,6 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+import aiohttp
 import pytest
 from cluster_fixtures import (  # noqa: F401
     current_map,
@@ -111,6 +112,24 @@ def kill_coordinator_majority(cluster: LocalCluster, cmap: ClusterMap) -> list[s
     return victims
 
 
+async def control_plane_changes_fail_fast(cluster: LocalCluster, victims: list[str]) -> None:
+    """What needs the coordinators says so at once: a ring change and a failover asked of the
+    surviving coordinator get a clear refusal naming the missing quorum, not a hang (the
+    client's timeout here is a bound on "never answers", far above a refusal's time)."""
+    survivor = next(c for c in cluster.plan.coordinators if c.id not in victims)
+    timeout = aiohttp.ClientTimeout(total=15)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        for method, path, body in (("POST", "/admin/shards", {}),
+                                   ("POST", "/admin/shards/s1/failover", {})):
+            async with http.request(method, f"{survivor.url}{path}", json=body,
+                                    headers={"Accept": "application/json"}) as resp:
+                answer = await resp.json(content_type=None)
+                assert resp.status == 503, (path, resp.status, answer)
+                assert answer["error"] == "UNAVAILABLE", (path, answer)
+                assert "quorum" in answer["message"] or "leader" in answer["message"], (
+                    path, answer)
+
+
 async def restart_coordinators(cluster: LocalCluster, victims: list[str]) -> None:
     for victim in victims:
         cluster.restart(victim)
@@ -163,6 +182,7 @@ async def test_shards_keep_serving_while_two_coordinators_are_down(
 
             await wait_until(no_quorum_reported, within=15, interval=0.5,
                              what="status to report no coordinator quorum")
+            await control_plane_changes_fail_fast(local_cluster, victims)
             for shard in before.shards.values():
                 primary_url = before.node_url(shard.primary or "")
                 status, body = http_get_json(f"{primary_url}/v1/replication")

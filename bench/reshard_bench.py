@@ -1,0 +1,171 @@
+"""Online resharding, 2 -> 3 shards (issue 12): how fast keys move, and what the foreground
+load feels meanwhile.
+
+A local cluster (1 coordinator, 2 shards x ``--replicas`` members, ``--engine``, fsync
+``--fsync``) is loaded with ``--keys`` keys of ``--value-bytes`` bytes. Then, side by side in
+one run: a foreground load of gets and puts (``--concurrency`` in flight, half each) runs for
+``--baseline-s`` seconds without a migration, then again while ``POST /admin/shards`` adds
+s3 (its members started as processes) until the migration is ``done``. Reported: keys and MB
+moved per second of copy (from the target's floor to the flip), time to ``done`` and its
+phases (waiting for the new members to start, copy to flip, cleaning), foreground get/put
+p50/p99 in both phases, and failed foreground operations (retries within the deadline are
+not failures).
+
+    nice python -m bench.reshard_bench --keys 100000            # a few minutes here
+    nice python -m bench.reshard_bench --keys 1000000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from shardkv.client import Client
+from shardkv.cluster.launcher import ClusterPlan, LocalCluster
+from shardkv.cluster.shard_members import start_shard_members
+
+
+def _admin(method: str, url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", "Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _pct(samples: list[float], q: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+
+class Foreground:
+    """Gets and puts on the loaded keys, latencies recorded per op."""
+
+    def __init__(self, kv: Client, keys: int, value: bytes, concurrency: int) -> None:
+        self.kv, self.keys, self.value, self.concurrency = kv, keys, value, concurrency
+        self.lat: dict[str, list[float]] = {"get": [], "put": []}
+        self.failed = 0
+        self._stop = asyncio.Event()
+
+    async def _worker(self, seed: int) -> None:
+        rng = random.Random(seed)
+        while not self._stop.is_set():
+            key = f"k{rng.randrange(self.keys):09d}"
+            op = "get" if rng.random() < 0.5 else "put"
+            started = time.perf_counter()
+            try:
+                if op == "get":
+                    await self.kv.get(key)
+                else:
+                    await self.kv.put(key, self.value)
+            except Exception:
+                self.failed += 1
+                continue
+            self.lat[op].append(time.perf_counter() - started)
+
+    async def run_until(self, done: Any) -> dict[str, Any]:
+        self._stop.clear()
+        self.lat = {"get": [], "put": []}
+        self.failed = 0
+        workers = [asyncio.create_task(self._worker(i)) for i in range(self.concurrency)]
+        started = time.monotonic()
+        await done()
+        self._stop.set()
+        await asyncio.gather(*workers)
+        elapsed = time.monotonic() - started
+        return {
+            "seconds": round(elapsed, 2), "failed": self.failed,
+            **{f"{op}_{name}_ms": _pct(lat, q) for op, lat in self.lat.items()
+               for name, q in (("p50", 0.5), ("p99", 0.99))},
+            "ops_s": round(sum(len(v) for v in self.lat.values()) / elapsed, 1),
+        }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    directory = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
+    plan = ClusterPlan.new(directory, shards=2, replicas=args.replicas, coordinators=1,
+                           engine=args.engine, fsync=args.fsync)
+    cluster = LocalCluster(directory, plan)
+    cluster.start()
+    try:
+        cluster.wait_ready(120)
+        coordinator = plan.coordinators[0].url
+        value = b"v" * args.value_bytes
+        async with Client([coordinator], timeout=30.0) as kv:
+            loaded = time.monotonic()
+            batch = 500
+            for start in range(0, args.keys, batch):
+                await kv.mput({f"k{i:09d}": value
+                               for i in range(start, min(start + batch, args.keys))})
+            load_s = time.monotonic() - loaded
+            fg = Foreground(kv, args.keys, value, args.concurrency)
+            baseline = await fg.run_until(lambda: asyncio.sleep(args.baseline_s))
+
+            migration: dict[str, Any] = {}
+
+            async def migrate() -> None:
+                answer = await asyncio.to_thread(_admin, "POST", f"{coordinator}/admin/shards",
+                                                 {"shard": "s3"})
+                start_shard_members(cluster, "s3")
+                while True:
+                    record = await asyncio.to_thread(
+                        _admin, "GET", f"{coordinator}/admin/migrations/{answer['migration']}")
+                    if record["state"] in ("done", "aborted", "failed"):
+                        migration.update(record)
+                        return
+                    await asyncio.sleep(0.2)
+
+            during = await fg.run_until(migrate)
+        took = migration["finished_at"] - migration["started_at"]
+        copy_s = migration["flipped_at"] - migration["copy_started_at"]
+        return {
+            "keys": args.keys, "value_bytes": args.value_bytes, "engine": args.engine,
+            "fsync": args.fsync, "replicas": args.replicas, "load_s": round(load_s, 1),
+            "migration_state": migration["state"], "keys_moved": migration["keys_moved"],
+            "mb_moved": round(migration["bytes_moved"] / 1e6, 2),
+            "time_to_done_s": round(took, 2),
+            "waiting_for_members_s": round(migration["copy_started_at"]
+                                           - migration["started_at"], 2),
+            "copy_to_flip_s": round(copy_s, 2),
+            "cleaning_s": round(migration["finished_at"] - migration["flipped_at"], 2),
+            "keys_per_s": round(migration["keys_moved"] / copy_s, 1),
+            "mb_per_s": round(migration["bytes_moved"] / 1e6 / copy_s, 2),
+            "baseline": baseline, "during_migration": during,
+        }
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--engine", choices=("memory", "sqlite"), default="memory")
+    parser.add_argument("--fsync", choices=("always", "interval", "never"), default="always")
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--baseline-s", type=float, default=10.0)
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The coordinator leader's migration driver: moves the running migration forward.
+
+Stateless by design (docs/resharding.md, "Resume"): each round reads the record from the map
+and asks the nodes where they are, so a new leader simply starts driving. Rounds:
+
+- ``copying``/``catching_up``: wait for the target shard's primary; raise its LSN floor once
+  (recorded in the map); make every source primary export to it (a new attempt when the
+  source primary changed or its export failed); publish progress about once a second; when
+  every source is in its log tail and close behind, commit ``flipping``.
+- ``flipping``: ask every source primary to fence and ship to its end; with all the epochs,
+  propose the flip (refused if a source changed primary: back to ``copying``).
+- ``cleaning``: have every source primary delete what it no longer owns; then ``done``.
+
+An export that keeps failing, or a target without a primary, ends the migration ``failed``
+(before the flip) after ``GIVE_UP_S``; an operator may abort before the flip at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from shardkv.cluster import wire
+from shardkv.cluster.cluster_map import ClusterMap
+from shardkv.cluster.cluster_token import auth_headers
+from shardkv.cluster.errors import ShardKVError, StaleEpoch, error_from_dict
+from shardkv.cluster.migration_record import (
+    CATCHING_UP,
+    CLEANING,
+    COPYING,
+    DONE,
+    FAILED,
+    FLIPPING,
+    MigrationRecord,
+)
+from shardkv.cluster.structured_log import log_fields
+
+logger = logging.getLogger(__name__)
+
+ROUND_S = 0.2
+PROGRESS_EVERY_S = 1.0
+FLIP_LAG_ENTRIES = 2000
+FLOOR_GAP = 2**32
+GIVE_UP_S = 120.0
+FENCE_TIMEOUT_S = 45.0
+
+
+class MigrationDriver:
+    def __init__(self, coord: Any, session: aiohttp.ClientSession) -> None:
+        self.coord = coord
+        self.session = session
+        self._attempts: dict[tuple[str, str], str] = {}  # (migration, source) -> attempt
+        self._exported_to: dict[tuple[str, str], tuple[str, str]] = {}
+        self._counter = itertools.count(1)
+        self._last_progress = 0.0
+        self._trouble_since: float | None = None
+        self._last_keys = (0, time.monotonic())
+
+    async def run(self) -> None:
+        while True:
+            record = self.coord.watch.current.migration
+            if record is not None:
+                try:
+                    await self.step(self.coord.watch.current, record)
+                except ShardKVError as exc:
+                    logger.info("migration round: %s", exc, extra=log_fields(
+                        migration=record.id, state=record.state, error=exc.code.value))
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    logger.info("migration round: %r", exc, extra=log_fields(
+                        migration=record.id, state=record.state))
+                except Exception:  # a bug must not stop the driver for good
+                    logger.exception("migration round failed", extra=log_fields(
+                        migration=record.id, state=record.state))
+            await asyncio.sleep(ROUND_S)
+
+    async def step(self, m: ClusterMap, record: MigrationRecord) -> None:
+        if record.state in (COPYING, CATCHING_UP):
+            await self._copy(m, record)
+        elif record.state == FLIPPING:
+            await self._flip(m, record)
+        elif record.state == CLEANING:
+            await self._clean(m, record)
+
+    # -- node calls ----------------------------------------------------------------------
+
+    async def _call(self, method: str, url: str, body: dict[str, Any] | None = None,
+                    timeout_s: float = 10.0) -> Any:
+        headers = {"Accept": wire.MSGPACK, **auth_headers()}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = wire.MSGPACK
+            data = wire.pack(body)
+        async with self.session.request(method, url, data=data, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            raw = await resp.read()
+            if not raw:
+                answer = None
+            elif wire.MSGPACK in (resp.content_type or ""):
+                answer = wire.unpack(raw)
+            else:
+                answer = wire.from_json(raw)
+            if resp.status != 200:
+                if isinstance(answer, dict) and "error" in answer:
+                    raise error_from_dict(answer)
+                raise ShardKVError(f"{url} answered {resp.status}")
+            return answer
+
+    def _primary_url(self, m: ClusterMap, shard: str) -> str | None:
+        node = m.primary_of(shard)
+        return node.url if node else None
+
+    def _trouble(self) -> bool:
+        """Start or continue the clock of a stuck migration; True once it ran out."""
+        now = time.monotonic()
+        if self._trouble_since is None:
+            self._trouble_since = now
+        return now - self._trouble_since > GIVE_UP_S
+
+    async def _fail(self, record: MigrationRecord, error: str) -> None:
+        logger.warning("migration failed", extra=log_fields(migration=record.id, error=error))
+        await self.coord.propose({"op": "abort_migration", "id": record.id, "state": FAILED,
+                                  "error": error, "now": time.time()})
+
+    # -- copying -------------------------------------------------------------------------
+
+    async def _copy(self, m: ClusterMap, record: MigrationRecord) -> None:
+        target_url = self._primary_url(m, record.target)
+        if target_url is None:
+            if self._trouble():
+                await self._fail(record, f"target shard {record.target} has no primary")
+            return
+        if record.lsn_floor is None:
+            lsns = []
+            for source in record.sources:
+                url = self._primary_url(m, source)
+                if url is None:
+                    return
+                status = await self._call("GET", f"{url}/v1/status")
+                lsns.append(int(status.get("last_lsn") or 0))
+            floor = max(lsns, default=0) + FLOOR_GAP
+            await self._call("POST", f"{target_url}/internal/migration/floor", {"lsn": floor})
+            await self.coord.propose({"op": "migration_progress", "id": record.id,
+                                      "lsn_floor": floor, "now": time.time()})
+            return
+        # Idempotent: a new target primary has the floor already (from the snapshot).
+        await self._call("POST", f"{target_url}/internal/migration/floor",
+                         {"lsn": record.lsn_floor})
+        statuses = []
+        for source in record.sources:
+            status = await self._export(m, record, source, target_url)
+            if status is None:
+                return
+            statuses.append(status)
+        failed = [s for s in statuses if s.get("phase") == "failed"]
+        if failed:
+            if self._trouble():
+                await self._fail(record, f"export keeps failing: {failed[0].get('error')}")
+            return
+        self._trouble_since = None
+        await self._publish_progress(record, statuses)
+        caught_up = all(s.get("phase") == "tail" and
+                        s["applied_lsn"] - s["shipped_lsn"] < FLIP_LAG_ENTRIES for s in statuses)
+        if caught_up:
+            await self.coord.propose({"op": "migration_state", "id": record.id,
+                                      "state": FLIPPING, "now": time.time()})
+
+    async def _export(self, m: ClusterMap, record: MigrationRecord, source: str,
+                      target_url: str) -> dict[str, Any] | None:
+        url = self._primary_url(m, source)
+        if url is None:
+            return None
+        key = (record.id, source)
+        status = await self._call("GET", f"{url}/internal/migration/export")
+        placed = (url, target_url)
+        attempt = self._attempts.get(key)
+        fresh = (attempt is None or self._exported_to.get(key) != placed
+                 or status.get("attempt") != attempt or status.get("phase") == "failed")
+        if fresh:
+            attempt = f"{self.coord.config.id}-{next(self._counter)}"
+            self._attempts[key] = attempt
+            self._exported_to[key] = placed
+            logger.info("export started", extra=log_fields(
+                migration=record.id, source=source, attempt=attempt, target=target_url))
+            status = await self._call("POST", f"{url}/internal/migration/export",
+                                      {"id": record.id, "attempt": attempt,
+                                       "target_url": target_url})
+        return status
+
+    async def _publish_progress(self, record: MigrationRecord,
+                                statuses: list[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_EVERY_S:
+            return
+        keys = sum(int(s.get("keys_sent") or 0) for s in statuses)
+        size = sum(int(s.get("bytes_sent") or 0) for s in statuses)
+        last_keys, last_at = self._last_keys
+        rate = max(0.0, (keys - last_keys) / max(now - last_at, 1e-3))
+        self._last_keys = (keys, now)
+        self._last_progress = now
+        total = sum(int(s.get("snapshot_keys") or 0) for s in statuses)
+        await self.coord.propose({"op": "migration_progress", "id": record.id,
+                                  "keys_moved": keys, "bytes_moved": size,
+                                  "keys_total": total, "rate_keys_s": round(rate, 1)})
+
+    # -- flipping ------------------------------------------------------------------------
+
+    async def _flip(self, m: ClusterMap, record: MigrationRecord) -> None:
+        async def fence(source: str) -> dict[str, Any]:
+            url = self._primary_url(m, source)
+            if url is None:
+                raise StaleEpoch(f"source shard {source} has no primary")
+            return await self._call("POST", f"{url}/internal/migration/fence",
+                                    {"id": record.id, "map_version": m.version},
+                                    timeout_s=FENCE_TIMEOUT_S)
+        try:
+            answers = await asyncio.gather(*(fence(s) for s in record.sources))
+            epochs = {s: int(a["epoch"]) for s, a in zip(record.sources, answers, strict=True)}
+            await self.coord.propose({"op": "flip_migration", "id": record.id,
+                                      "epochs": epochs, "now": time.time()})
+        except (ShardKVError, aiohttp.ClientError, TimeoutError) as exc:
+            # Lift the fence and catch up again: a source changed primary, or the fence took
+            # too long (the moving keys must not stay unwritable).
+            logger.info("fence failed; back to copying: %r", exc, extra=log_fields(
+                migration=record.id))
+            await self.coord.propose({"op": "migration_state", "id": record.id,
+                                      "state": COPYING, "now": time.time()})
+            return
+        keys = sum(int(a.get("keys_sent") or 0) for a in answers)
+        size = sum(int(a.get("bytes_sent") or 0) for a in answers)
+        logger.info("ring flipped", extra=log_fields(migration=record.id, keys=keys))
+        await self.coord.propose({"op": "migration_progress", "id": record.id,
+                                  "keys_moved": keys, "bytes_moved": size})
+
+    # -- cleaning ------------------------------------------------------------------------
+
+    async def _clean(self, m: ClusterMap, record: MigrationRecord) -> None:
+        done = True
+        for source in record.sources:
+            url = self._primary_url(m, source)
+            if url is None:
+                return
+            status = await self._call("POST", f"{url}/internal/migration/clean",
+                                      {"id": record.id, "ring_version": m.ring.version})
+            done = done and bool(status.get("done"))
+        if done:
+            await self.coord.propose({"op": "migration_state", "id": record.id,
+                                      "state": DONE, "now": time.time()})
+
+
+def install(coord: Any) -> None:
+    """Run the driver as a leader task (started and cancelled with leadership)."""
+    async def run_driver(c: Any) -> None:
+        async with aiohttp.ClientSession() as session:
+            await MigrationDriver(c, session).run()
+
+    coord.leader_task_factories.append(run_driver)

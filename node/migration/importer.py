@@ -1,0 +1,140 @@
+"""The target primary's side of a migration: write what the sources send, newest wins.
+
+Records arrive as ``[kind, key, value, compressed, expires_at, source_version]`` (kind
+``"put"`` or ``"del"``), first from a source's consistent view, then from its WAL tail. The
+importer remembers, per key, the source version it last wrote, and skips a record that is not
+newer: an export that restarts, or a tail entry the view already contained, changes nothing.
+Each batch becomes one entry of this shard's WAL (write concern ``majority`` by default), so
+the target's replicas hold it before the batch is acknowledged to the source.
+
+Every imported version must be below this shard's next LSN (its floor was raised above the
+sources' LSNs): a record at or above it would get a version that is not greater than the one
+it had, so the batch is refused and the migration fails instead.
+
+A new export attempt from a source first deletes what an earlier attempt from that source
+left here (keys the current ring gives to that source): keys deleted on the source between
+two attempts must not survive on the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardkv.cluster.errors import InvalidArgument, StaleEpoch, VersionMismatch
+from shardkv.cluster.limits import as_key
+from shardkv.node.migration.arcs import MovingArcs
+from shardkv.node.storage.sessions import SESSION_PREFIX, seq_and_time_of
+from shardkv.node.storage.store import Store
+from shardkv.node.wal.record import Mutation, MutationKind
+
+WIPE_PAGE = 500
+
+
+@dataclass(slots=True)
+class SourceStream:
+    attempt: str
+    arcs: MovingArcs
+    versions: dict[bytes, int] = field(default_factory=dict)
+    keys: int = 0
+    bytes: int = 0
+
+
+class ArcImporter:
+    """One per node; holds the streams of the migration in progress (one per source)."""
+
+    def __init__(self) -> None:
+        self.migration_id: str | None = None
+        self.streams: dict[str, SourceStream] = {}
+        self.session_seqs: dict[bytes, int] = {}  # session key -> highest seq imported
+
+    async def begin(self, store: Store, migration_id: str, attempt: str,
+                    arcs: MovingArcs) -> int:
+        """Start (or restart) the stream from ``arcs.source``; returns how many leftover keys
+        of an earlier attempt were deleted."""
+        if self.migration_id != migration_id:
+            self.migration_id, self.streams, self.session_seqs = migration_id, {}, {}
+        stream = self.streams.get(arcs.source)
+        if stream is not None and stream.attempt == attempt:
+            return 0
+        self.streams[arcs.source] = SourceStream(attempt, arcs)
+        return await _wipe_from(store, arcs)
+
+    async def apply(self, store: Store, migration_id: str, source: str, attempt: str,
+                    records: list[Any]) -> dict[str, int]:
+        stream = self.streams.get(source)
+        if self.migration_id != migration_id or stream is None or stream.attempt != attempt:
+            raise StaleEpoch(f"no import stream {migration_id}/{source}/{attempt} here; begin "
+                             f"again", source=source)
+        next_lsn = store.last_lsn + 1
+        mutations: list[Mutation] = []
+        written = 0
+        for record in records:
+            kind, key, value, compressed, expires_at, version = _parse(record)
+            if version >= next_lsn:
+                raise VersionMismatch(
+                    f"imported version {version} is not below this shard's next LSN "
+                    f"{next_lsn}: the LSN floor is too low", version=version)
+            if key.startswith(SESSION_PREFIX):
+                # Sessions come from every source: the highest seq of a client wins.
+                seq = seq_and_time_of(value)[0] if kind == "put" else -1
+                if seq <= self.session_seqs.get(key, -1):
+                    continue
+                self.session_seqs[key] = seq
+            elif version <= stream.versions.get(key, -1):
+                continue
+            stream.versions[key] = version
+            if kind == "put":
+                mutations.append(Mutation(MutationKind.PUT, key, value, compressed, expires_at))
+                written += len(key) + len(value)
+            else:
+                mutations.append(Mutation(MutationKind.DELETE, key))
+        lsn = store.last_lsn
+        if mutations:
+            lsn = await store.write_imported(mutations)
+        stream.keys += len(mutations)
+        stream.bytes += written
+        return {"applied": len(mutations), "lsn": lsn}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "migration": self.migration_id,
+            "sources": {s: {"attempt": st.attempt, "keys": st.keys, "bytes": st.bytes}
+                        for s, st in sorted(self.streams.items())},
+        }
+
+
+def _parse(record: Any) -> tuple[str, bytes, bytes, bool, float | None, int]:
+    if not isinstance(record, list | tuple) or len(record) != 6:
+        raise InvalidArgument("an import record is [kind, key, value, compressed, expires_at, "
+                              "version]")
+    kind, key, value, compressed, expires_at, version = record
+    if kind not in ("put", "del"):
+        raise InvalidArgument(f"import record kind must be put or del, got {kind!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise InvalidArgument("import record version must be a non-negative integer")
+    if not isinstance(value, bytes | bytearray) or (
+            expires_at is not None and not isinstance(expires_at, int | float)):
+        raise InvalidArgument("import record value must be bytes, expires_at a number or nil")
+    if not isinstance(key, bytes | bytearray | str) or not key:
+        raise InvalidArgument("import record key must be non-empty bytes")
+    raw_key = key.encode() if isinstance(key, str) else bytes(key)
+    if not raw_key.startswith(SESSION_PREFIX):
+        raw_key = as_key(raw_key)
+    return kind, raw_key, bytes(value), bool(compressed), expires_at, version
+
+
+async def _wipe_from(store: Store, arcs: MovingArcs) -> int:
+    """Delete every key here that the current ring gives to ``arcs.source`` (through the
+    WAL, so the replicas delete them too)."""
+    deleted = 0
+    cursor: bytes | None = None
+    while True:
+        page = await store.scan(cursor=cursor, limit=WIPE_PAGE)
+        doomed = [key for key, _ in page.items if arcs.owned_by_source(key)]
+        if doomed:
+            count, _ = await store.mdelete(doomed)
+            deleted += count
+        if page.cursor is None:
+            return deleted
+        cursor = page.cursor

@@ -1,0 +1,268 @@
+"""A node's part in online migrations: routes, and the state that follows the map.
+
+Routes (cluster credential; msgpack or JSON bodies; only a primary acts):
+
+- ``POST /internal/migration/floor`` ``{lsn}``: raise this (empty, target) shard's LSN floor.
+- ``POST /internal/migration/import/begin`` and ``POST /internal/migration/import``: the
+  target side of a source's stream (see importer.py); ``GET /internal/migration/import``.
+- ``POST /internal/migration/export`` ``{id, attempt, target_url}``: start (or keep) the
+  export of this source shard's moving arcs; ``GET /internal/migration/export``: progress.
+- ``POST /internal/migration/fence`` ``{id, map_version}``: once this node's map shows the
+  fence, wait for the writes in flight, drain the pipeline, ship the log up to its applied
+  end ``F`` and answer ``{fenced_lsn: F, epoch}``.
+- ``POST /internal/migration/clean`` ``{id}``: start deleting moved keys (after the flip);
+  ``GET /internal/migration/clean``: progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from shardkv.cluster import wire
+from shardkv.cluster.cluster_map import ClusterMap, RingSpec
+from shardkv.cluster.cluster_token import check_auth
+from shardkv.cluster.errors import (
+    InvalidArgument,
+    NotFound,
+    NotPrimary,
+    ShardKVError,
+    Timeout,
+    Unavailable,
+)
+from shardkv.cluster.limits import MAX_FRAME_BYTES
+from shardkv.cluster.ring import shard_for_key
+from shardkv.node.membership.coordinator_link import Placement
+from shardkv.node.migration.arcs import MovingArcs, target_spec
+from shardkv.node.migration.cleaner import MovedKeyCleaner
+from shardkv.node.migration.exporter import ArcExport
+from shardkv.node.migration.fence import ArcFence
+from shardkv.node.migration.floor import raise_lsn_floor
+from shardkv.node.migration.importer import ArcImporter
+from shardkv.node.storage.store import Store
+
+if TYPE_CHECKING:
+    from shardkv.node.server import NodeServer
+
+FENCE_WAIT_S = 10.0
+SHIP_WAIT_S = 20.0
+
+
+class MigrationService:
+    def __init__(self, server: NodeServer) -> None:
+        self.server = server
+        self.fence = ArcFence()
+        self.importer = ArcImporter()
+        self.export: ArcExport | None = None
+        self.cleaner: MovedKeyCleaner | None = None
+        self.cluster_map: ClusterMap | None = None
+        self.shard: str | None = None
+        self._map_changed = asyncio.Event()
+
+    def install(self) -> None:
+        assert self.server.membership is not None
+        self.server.membership.listeners.append(self._on_map)
+        self.server.ctx.write_fence = self.fence
+        self.server.on_stop.append(self._stop)
+        self.server.app.add_routes([
+            web.post("/internal/migration/floor", self._coded(self.floor)),
+            web.post("/internal/migration/import/begin", self._coded(self.import_begin)),
+            web.post("/internal/migration/import", self._coded(self.import_batch)),
+            web.get("/internal/migration/import", self._coded(self.import_status)),
+            web.post("/internal/migration/export", self._coded(self.export_start)),
+            web.get("/internal/migration/export", self._coded(self.export_status)),
+            web.post("/internal/migration/fence", self._coded(self.fence_and_ship)),
+            web.post("/internal/migration/clean", self._coded(self.clean_start)),
+            web.get("/internal/migration/clean", self._coded(self.clean_status)),
+        ])
+
+    async def _on_map(self, placement: Placement, cluster_map: ClusterMap) -> None:
+        self.cluster_map, self.shard = cluster_map, placement.shard
+        self.fence.follow(cluster_map, placement.shard)
+        record = cluster_map.migration
+        if self.export is not None and (
+                placement.role != "primary" or record is None
+                or record.id != self.export.migration_id or record.state == "cleaning"):
+            export, self.export = self.export, None
+            await export.stop()
+        self._map_changed.set()
+        self._map_changed = asyncio.Event()
+
+    async def _stop(self, server: NodeServer) -> None:
+        for task in (self.export, self.cleaner):
+            if task is not None:
+                await task.stop()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _coded(self, handler: Any) -> Any:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                check_auth(request.headers.get("Authorization"))
+                body = await _read_body(request)
+                answer = await handler(body)
+            except ShardKVError as exc:
+                return _respond(request, exc.to_dict(), exc.http_status)
+            return _respond(request, answer, 200)
+        return wrapped
+
+    def _primary_store(self) -> Store:
+        ctx = self.server.ctx
+        if ctx.role != "primary":
+            raise NotPrimary(f"this node is a {ctx.role}; migration work goes to the primary",
+                             primary=ctx.primary)
+        return ctx.serving_store()
+
+    # -- target side ---------------------------------------------------------------------
+
+    async def floor(self, body: dict[str, Any]) -> dict[str, Any]:
+        lsn = body.get("lsn")
+        if isinstance(lsn, bool) or not isinstance(lsn, int) or lsn < 1:
+            raise InvalidArgument("lsn must be a positive integer")
+        store = self._primary_store()
+        return {"lsn": await raise_lsn_floor(store, lsn), "epoch": store.epoch}
+
+    async def import_begin(self, body: dict[str, Any]) -> dict[str, Any]:
+        store = self._primary_store()
+        wiped = await self.importer.begin(store, _text(body, "id"), _text(body, "attempt"),
+                                          _arcs(body))
+        return {"wiped": wiped, "lsn": store.last_lsn}
+
+    async def import_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        store = self._primary_store()
+        records = body.get("records")
+        if not isinstance(records, list):
+            raise InvalidArgument("records must be a list")
+        return await self.importer.apply(store, _text(body, "id"), _text(body, "source"),
+                                         _text(body, "attempt"), records)
+
+    async def import_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.importer.status()
+
+    # -- source side ---------------------------------------------------------------------
+
+    def _record(self, migration_id: str) -> Any:
+        record = self.cluster_map.migration if self.cluster_map else None
+        if record is None or record.id != migration_id:
+            raise NotFound(f"this node's map has no running migration {migration_id!r} "
+                           f"(map version {self.fence.map_version})")
+        return record
+
+    async def export_start(self, body: dict[str, Any]) -> dict[str, Any]:
+        store = self._primary_store()
+        migration_id, attempt = _text(body, "id"), _text(body, "attempt")
+        target_url = _text(body, "target_url")
+        record = self._record(migration_id)
+        if self.shard not in record.sources:
+            raise InvalidArgument(f"shard {self.shard} is not a source of {migration_id}")
+        current = self.export
+        if current is not None and current.attempt == attempt and current.running:
+            return current.status()
+        if current is not None:
+            await current.stop()
+        assert self.cluster_map is not None and self.shard is not None
+        arcs = MovingArcs(self.cluster_map.ring,
+                          target_spec(self.cluster_map.ring, record.target_ring),
+                          self.shard, record.target)
+        self.export = ArcExport(store, migration_id, attempt, arcs, target_url)
+        self.export.start()
+        return self.export.status()
+
+    async def export_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {} if self.export is None else self.export.status()
+
+    async def fence_and_ship(self, body: dict[str, Any]) -> dict[str, Any]:
+        migration_id = _text(body, "id")
+        wanted = body.get("map_version", 0)
+        deadline = time.monotonic() + FENCE_WAIT_S
+        while not (self.fence.fenced and self.fence.map_version >= wanted):
+            if time.monotonic() > deadline:
+                raise Timeout("this node has not seen the fence in its map yet")
+            changed = self._map_changed
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await changed.wait()
+            except TimeoutError:
+                continue
+        store = self._primary_store()
+        export = self.export
+        if export is None or export.migration_id != migration_id or not export.running:
+            raise Unavailable("no export of this migration runs here; start it again")
+        try:
+            # Bounded: the moving keys are unwritable meanwhile; a shard that cannot commit
+            # (no majority) fails the fence, and the coordinator lifts it.
+            async with asyncio.timeout(SHIP_WAIT_S):
+                await self.fence.drained(FENCE_WAIT_S)
+                await store.barrier()
+                fenced_lsn = store.applied_lsn
+                await export.ship_until(fenced_lsn, SHIP_WAIT_S)
+        except TimeoutError:
+            raise Timeout("the fence could not drain and ship in time") from None
+        return {"fenced_lsn": fenced_lsn, "epoch": store.epoch, **export.status()}
+
+    async def clean_start(self, body: dict[str, Any]) -> dict[str, Any]:
+        migration_id = _text(body, "id")
+        store = self._primary_store()
+        ring_version = body.get("ring_version", 0)
+        known = self.cluster_map.ring.version if self.cluster_map else 0
+        if not isinstance(ring_version, int) or known < ring_version:
+            raise Unavailable(f"this node knows ring version {known}, not {ring_version} yet")
+        cleaner = self.cleaner
+        if cleaner is not None and cleaner.migration_id == migration_id and (
+                cleaner.running or cleaner.done):
+            return cleaner.status()
+        if cleaner is not None:
+            await cleaner.stop()
+        self.cleaner = MovedKeyCleaner(store, migration_id, self._owns)
+        self.cleaner.start()
+        return self.cleaner.status()
+
+    async def clean_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {} if self.cleaner is None else self.cleaner.status()
+
+    def _owns(self, key: bytes) -> bool:
+        cluster_map = self.cluster_map
+        if cluster_map is None or self.shard is None or not cluster_map.ring.shards:
+            return True
+        return shard_for_key(cluster_map, key) == self.shard
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= 512:
+        raise InvalidArgument(f"{name} must be a non-empty string")
+    return value
+
+
+def _arcs(body: dict[str, Any]) -> MovingArcs:
+    ring, target_ring = body.get("ring"), body.get("target_ring")
+    if not isinstance(ring, dict) or not isinstance(target_ring, dict):
+        raise InvalidArgument("ring and target_ring must be ring objects")
+    return MovingArcs(RingSpec.from_dict(ring), RingSpec.from_dict(target_ring),
+                      _text(body, "source"), _text(body, "target"))
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    if request.method == "GET":
+        return {}
+    raw = await request.content.read(MAX_FRAME_BYTES + 1)
+    if len(raw) > MAX_FRAME_BYTES:
+        raise InvalidArgument("the body is too large")
+    if not raw:
+        return {}
+    content_type = (request.headers.get("Content-Type") or "").lower()
+    try:
+        body = wire.unpack(raw) if wire.MSGPACK in content_type else wire.from_json(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"the body cannot be decoded: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("the body must be an object")
+    return body
+
+
+def _respond(request: web.Request, body: Any, status: int) -> web.Response:
+    if wire.MSGPACK in (request.headers.get("Accept") or "").lower():
+        return web.Response(body=wire.pack(body), status=status, content_type=wire.MSGPACK)
+    return web.Response(body=wire.to_json(body), status=status, content_type=wire.JSON)

@@ -90,6 +90,14 @@ class NodeConfig:
     watch_send_timeout_s: float = 30.0
     # How long a graceful stop waits for requests in flight before closing connections.
     shutdown_grace_s: float = 10.0
+    # Graceful handoff on SIGTERM (node/replication/handoff.py): how long a primary waits for
+    # the coordinator leader to switch its shard to a replica before it stops anyway; 0
+    # turns the handoff off. Keep it below the orchestrator's grace period (Kubernetes: 30 s).
+    handoff_timeout_s: float = 8.0
+    # Readiness of a replica (node/replication/readiness.py): caught up with its primary
+    # within this many entries and this staleness.
+    ready_max_lag_entries: int = 1000
+    ready_max_staleness_ms: float = 2000.0
     log_level: str = "info"
     timing: TimingContract = field(default_factory=TimingContract)
     # Resource bounds against a client that is slow, greedy or hostile (node/api/limits.py).
@@ -144,6 +152,9 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("watch_buffer_bytes", "SHARDKV_WATCH_BUFFER_BYTES"),
     Setting("watch_send_timeout_s", "SHARDKV_WATCH_SEND_TIMEOUT_S"),
     Setting("shutdown_grace_s", "SHARDKV_SHUTDOWN_GRACE_S"),
+    Setting("handoff_timeout_s", "SHARDKV_HANDOFF_TIMEOUT_S"),
+    Setting("ready_max_lag_entries", "SHARDKV_READY_MAX_LAG_ENTRIES"),
+    Setting("ready_max_staleness_ms", "SHARDKV_READY_MAX_STALENESS_MS"),
     Setting("log_level", "SHARDKV_LOG_LEVEL"),
     Setting("max_answer_bytes", "SHARDKV_MAX_ANSWER_BYTES"),
     Setting("max_connections", "SHARDKV_MAX_CONNECTIONS"),
@@ -239,6 +250,13 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
                                     values.get("watch_send_timeout_s", 30.0), minimum=0.1),
         shutdown_grace_s=number("shutdown_grace_s", values.get("shutdown_grace_s", 10.0),
                                 minimum=0.0),
+        handoff_timeout_s=number("handoff_timeout_s", values.get("handoff_timeout_s", 8.0),
+                                 minimum=0.0, maximum=600.0),
+        ready_max_lag_entries=integer("ready_max_lag_entries",
+                                      values.get("ready_max_lag_entries", 1000), minimum=0),
+        ready_max_staleness_ms=number("ready_max_staleness_ms",
+                                      values.get("ready_max_staleness_ms", 2000.0),
+                                      minimum=1.0),
         log_level=log_level,
         timing=TimingContract.from_values(values),
         max_answer_bytes=integer("max_answer_bytes", values.get(

@@ -32,6 +32,8 @@ from shardkv.node.membership.cluster_membership import ClusterMembership
 from shardkv.node.membership.internal_guard import InternalGuard
 from shardkv.node.metrics import NodeMetrics
 from shardkv.node.migration import MigrationService
+from shardkv.node.replication.handoff import PrimaryHandoff
+from shardkv.node.replication.readiness import catch_up_state
 from shardkv.node.replication.shard_role import NodeReplication
 from shardkv.node.storage.disk_report import disk_report
 from shardkv.node.storage.store import Store
@@ -94,6 +96,11 @@ class NodeServer:
         if self.membership is not None:
             self.migration = MigrationService(self)
             self.migration.install()
+        # Rolling restarts (docs/rolling-restarts.md): a stopping primary hands its shard to
+        # a replica first; a replica is ready only once caught up.
+        if self.membership is not None:
+            PrimaryHandoff(self).install()
+            self.ctx.catch_up = lambda: catch_up_state(self)
 
     # -- the app ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ Packages by concept (each ``__init__`` is that concept's public face):
 
 Top-level modules are the process itself: ``server`` (assembly), ``config``, ``cli``,
 ``clock``, ``metrics``, and what a node does about its disk (``disk_admin``,
-``maintenance_cli``, ``write_failure``). Layering: ``wal`` and ``storage`` never import ``replication``,
-``membership`` or ``api`` (checked by the import contracts in ``scripts/test``).
+``maintenance_cli``, ``write_failure``). Layering: ``wal`` and ``storage`` never import
+``replication``, ``membership`` or ``api`` (checked by the import contracts in
+``scripts/test``).
 """

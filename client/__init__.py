@@ -3,6 +3,7 @@
 from shardkv.client import values
 from shardkv.client.async_client import COORDINATORS_ENV, Client
 from shardkv.client.connection import ConnectionFailed
+from shardkv.client.key_watch import WatchEvent
 from shardkv.client.multi_key import MultiKeyError
 from shardkv.client.retry import (
     ConstantBackoff,
@@ -14,6 +15,7 @@ from shardkv.client.retry import (
 from shardkv.client.sync_client import SyncClient
 from shardkv.client.values import DeleteResult, Item, KeyItem
 from shardkv.cluster.errors import (
+    Compacted,
     DiskFull,
     ErrorCode,
     InternalError,
@@ -21,6 +23,7 @@ from shardkv.cluster.errors import (
     NotFound,
     NotPrimary,
     ShardKVError,
+    SlowConsumer,
     StaleEpoch,
     StaleMap,
     Timeout,
@@ -35,6 +38,7 @@ from shardkv.cluster.errors import (
 __all__ = [
     "COORDINATORS_ENV",
     "Client",
+    "Compacted",
     "ConnectionFailed",
     "ConstantBackoff",
     "DecorrelatedJitterBackoff",
@@ -52,6 +56,7 @@ __all__ = [
     "NotPrimary",
     "Retry",
     "ShardKVError",
+    "SlowConsumer",
     "StaleEpoch",
     "StaleMap",
     "SyncClient",
@@ -62,5 +67,6 @@ __all__ = [
     "Unavailable",
     "UnknownOp",
     "VersionMismatch",
+    "WatchEvent",
     "values",
 ]

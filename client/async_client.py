@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 from shardkv.client.commands import Commands
 from shardkv.client.executor import DEFAULT_MAX_HOPS, DEFAULT_TIMEOUT, Executor
+from shardkv.client.key_watch import WatchEvent, merged_watch, start_versions, watch_request
 from shardkv.client.retry import Retry
 from shardkv.client.routing import Router
 from shardkv.client.write_sessions import WriteSessions
@@ -172,3 +175,38 @@ class Client(Commands):
 
     async def refresh_map(self) -> ClusterMap:
         return await self.router.refresh()
+
+    # -- following changes -------------------------------------------------------------------
+
+    def watch(
+        self,
+        key: Any = None,
+        *,
+        prefix: Any = None,
+        start: Any = None,
+        end: Any = None,
+        start_version: int | Mapping[str, int] | None = None,
+        values: bool = True,
+        progress: bool = False,
+        progress_interval_ms: int | None = None,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Changes to ``key``, to keys with ``prefix``, or to keys in ``[start, end)``, as
+        they commit: ``async for event in kv.watch(prefix="user:")``.
+
+        Each event is a :class:`WatchEvent` (``put``, ``delete``, ``expire``) whose
+        ``version`` is its shard's LSN; per key they come in write order. ``start_version``
+        (one number for every shard, or a map shard -> version) replays every write after
+        it first; a shard that no longer holds that history raises ``Compacted``
+        (``details["compact_version"]``). The watch resumes by itself across dropped
+        connections and failovers from the last version it delivered per shard. With
+        ``progress=True`` it also yields ``progress`` marks (caught up to ``version`` of
+        ``shard``). A prefix or range watch follows every shard (docs/watch.md)."""
+        request = watch_request(key, prefix, start, end, values, progress_interval_ms)
+        router = self.router
+        if key is not None:
+            shards = [router.shard_of(request["key"])]
+        else:
+            shards = router.shards()
+        starts = start_versions(shards, start_version)
+        assert self._session is not None
+        return merged_watch(router, self._session, shards, request, starts, progress=progress)

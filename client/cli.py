@@ -1,4 +1,5 @@
-"""The data commands of ``shardkv``: status, get, put, del, incr, scan, mget, mput, load.
+"""The data commands of ``shardkv``: status, get, put, del, incr, scan, mget, mput, load,
+watch.
 
 Where the cluster is, in order: ``--node URL`` (one standalone node, no coordinator),
 ``--coordinator URL[,URL]``, ``SHARDKV_COORDINATORS``, then the coordinators listed in
@@ -247,6 +248,33 @@ async def _load(kv: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _watch(kv: Client, args: argparse.Namespace) -> int:
+    """Print events as they commit, one a line, until interrupted (or ``--count``)."""
+    if args.key is not None and (args.prefix is not None or args.start is not None):
+        raise UsageError("watch takes a KEY, --prefix, or --start/--end, not several")
+    if args.key is None and args.prefix is None and args.start is None:
+        raise UsageError("watch what? give a KEY, --prefix P (--prefix '' for every key), "
+                         "or --start/--end")
+    shown = 0
+    stream = kv.watch(args.key, prefix=args.prefix, start=args.start, end=args.end,
+                      start_version=args.from_version, values=not args.no_values)
+    try:
+        async for event in stream:
+            if args.json:
+                _print_json(event.to_json())
+            else:
+                value = "" if event.value is None else "=" + _text(event.value)
+                sys.stdout.write(f"{event.type} {_text(event.key or b'')}{value} "
+                                 f"@{event.version} ({event.shard})\n")
+            sys.stdout.flush()
+            shown += 1
+            if args.count is not None and shown >= args.count:
+                break
+    finally:
+        await stream.aclose()
+    return 0
+
+
 async def _with_client(runner: Runner, args: argparse.Namespace) -> int:
     target = resolve_target(args)
     async with Client(**target, timeout=args.timeout, watch_map=False) as kv:
@@ -274,6 +302,8 @@ def _runner(runner: Runner) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             return asyncio.run(_with_client(runner, args))
+        except KeyboardInterrupt:
+            return 0  # how a watch is ended
         except UsageError as exc:
             print(f"shardkv {args.command}: {exc}", file=sys.stderr)
             return 2
@@ -380,6 +410,19 @@ def _args_load(p: argparse.ArgumentParser) -> None:
                    help="exit 1 if any line was skipped (each is named on stderr either way)")
 
 
+def _args_watch(p: argparse.ArgumentParser) -> None:
+    add_target_arguments(p)
+    p.add_argument("key", nargs="?", default=None, help="watch this one key")
+    p.add_argument("--prefix", default=None, help="watch the keys with this prefix")
+    p.add_argument("--start", default=None, help="first key of a range (inclusive)")
+    p.add_argument("--end", default=None, help="end of the range (exclusive)")
+    p.add_argument("--from", dest="from_version", type=int, default=None, metavar="V",
+                   help="replay every write after version V first (per shard)")
+    p.add_argument("--no-values", action="store_true", help="events without values")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="exit after N events (default: until interrupted)")
+
+
 COMMANDS = [
     ("status", "shards, members, roles, LSN, lag and health as a table", _args_status,
      _runner(_status)),
@@ -393,4 +436,6 @@ COMMANDS = [
     ("mget", "read many keys", _args_mget, _runner(_mget)),
     ("mput", "write many KEY=VALUE pairs", _args_mput, _runner(_mput)),
     ("load", "bulk load a JSONL or CSV file (progress on stderr)", _args_load, _runner(_load)),
+    ("watch", "print changes to a key, prefix or range as they commit (one a line)",
+     _args_watch, _runner(_watch)),
 ]

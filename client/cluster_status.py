@@ -27,6 +27,8 @@ async def _probe(kv: Client, url: str, within: float) -> dict[str, Any]:
         "lsn": answer.get("lsn"),
         "epoch": answer.get("epoch"),
         "actual_role": answer.get("role"),
+        # A replica's own account of whether it has caught up (older nodes do not say).
+        "sync": (answer.get("catch_up") or {}).get("summary"),
         "disk": answer.get("disk"),  # {"used_bytes", "free_bytes"}; None from older nodes
     }
 
@@ -182,6 +184,17 @@ def _size(n: object) -> str:
     return f"{value:.1f}TiB"
 
 
+def _health(member: dict[str, Any]) -> str:
+    """ok, unreachable, ..., or "catching up (N entries behind)" for a replica not yet in
+    step with its primary; the map's status is added when it is not "up"."""
+    health = member["health"]
+    sync = member.get("sync")
+    if health == "ok" and sync and sync != "caught up":
+        health = sync
+    status = member.get("map_status")
+    return health if status in (None, "up") else f"{health}/{status}"
+
+
 def render_status(status: dict[str, Any]) -> str:
     """The status as an aligned text table."""
     header = ("SHARD", "NODE", "ROLE", "ACTUAL", "EPOCH", "LSN", "LAG", "DISK", "HEALTH",
@@ -195,8 +208,7 @@ def render_status(status: dict[str, Any]) -> str:
                 str(m.get("lsn") if m.get("lsn") is not None else "-"),
                 str(m["lag"] if m.get("lag") is not None else "-"),
                 _disk_cell(m.get("disk")),
-                m["health"] if m.get("map_status") in (None, "up")
-                else f"{m['health']}/{m['map_status']}",
+                _health(m),
                 m.get("url") or "-",
             ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

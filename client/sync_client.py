@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, TypeVar
 
 from shardkv.client.async_client import Client
+from shardkv.client.key_watch import WatchEvent
 from shardkv.client.sync_commands import SyncCommands
 from shardkv.client.values import KeyItem
 from shardkv.cluster.cluster_map import ClusterMap
@@ -90,7 +91,14 @@ class SyncClient(SyncCommands):
 
     def scan(self, prefix: Any = None, **options: Any) -> Iterator[KeyItem]:
         """``Commands.scan``, as a blocking iterator (pages are fetched on the client loop)."""
-        iterator = self._run(_call_sync(self._client.scan, prefix, **options))
+        return self._blocking(self._run(_call_sync(self._client.scan, prefix, **options)))
+
+    def watch(self, key: Any = None, **options: Any) -> Iterator[WatchEvent]:
+        """``Client.watch``, as a blocking iterator (the watch runs on the client loop)."""
+        return self._blocking(self._run(_call_sync(self._client.watch, key, **options)))
+
+    def _blocking(self, iterator: AsyncGenerator[T, None]) -> Iterator[T]:
+        """Drive an async generator of the client loop from this thread, closing it there."""
         try:
             while True:
                 try:

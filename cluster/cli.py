@@ -19,8 +19,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shardkv.node.cli",
     "shardkv.coordinator.cli",
     "shardkv.cluster.launcher_cli",
+    "shardkv.cluster.rolling_restart_cli",
     "shardkv.client.cli",
     "shardkv.client.reshard_cli",
+    "shardkv.client.events_cli",
     "shardkv.chaos.cli",
 )
 

@@ -34,6 +34,8 @@ class ErrorCode(enum.StrEnum):
     DISK_FULL = "DISK_FULL"
     INTERNAL = "INTERNAL"
     OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+    COMPACTED = "COMPACTED"
+    SLOW_CONSUMER = "SLOW_CONSUMER"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -53,6 +55,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.DISK_FULL: 507,
     ErrorCode.INTERNAL: 500,
     ErrorCode.OUTCOME_UNKNOWN: 503,
+    ErrorCode.COMPACTED: 410,
+    ErrorCode.SLOW_CONSUMER: 503,
 }
 
 RETRYABLE: frozenset[ErrorCode] = frozenset(
@@ -64,6 +68,7 @@ RETRYABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.TIMEOUT,
         ErrorCode.STALE_EPOCH,
         ErrorCode.OUTCOME_UNKNOWN,
+        ErrorCode.SLOW_CONSUMER,
     }
 )
 
@@ -191,6 +196,20 @@ class OutcomeUnknown(ShardKVError):
     code = ErrorCode.OUTCOME_UNKNOWN
 
 
+class Compacted(ShardKVError):
+    """A watch asked for history the shard's log no longer holds (removed behind a snapshot).
+    ``compact_version`` in the details is the oldest ``start_version`` the shard can serve."""
+
+    code = ErrorCode.COMPACTED
+
+
+class SlowConsumer(ShardKVError):
+    """A watch fell further behind than its bounded buffer on the node; it was cut off. The
+    client library resumes it from its last version (the node reads the rest from its log)."""
+
+    code = ErrorCode.SLOW_CONSUMER
+
+
 _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
     cls.code: cls
     for cls in (
@@ -210,6 +229,8 @@ _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
         DiskFull,
         InternalError,
         OutcomeUnknown,
+        Compacted,
+        SlowConsumer,
     )
 }
 

@@ -24,11 +24,17 @@ COMPACT: Final = "/admin/replication/compact"  # tests only: snapshot now
 MAP: Final = "/v1/map"
 NODE_REGISTER: Final = "/v1/nodes/register"
 NODE_HEARTBEAT: Final = "/v1/nodes/{node_id}/heartbeat"  # aiohttp route pattern
+NODE_HANDOFF: Final = "/v1/nodes/{node_id}/handoff"  # a stopping primary asks for a switchover
 
 
 def node_heartbeat(node_id: str) -> str:
     """``NODE_HEARTBEAT`` for one node (its id quoted as a path segment)."""
     return NODE_HEARTBEAT.format(node_id=quote(node_id, safe=""))
+
+
+def node_handoff(node_id: str) -> str:
+    """``NODE_HANDOFF`` for one node (its id quoted as a path segment)."""
+    return NODE_HANDOFF.format(node_id=quote(node_id, safe=""))
 
 
 def url_of(base: str, path: str) -> str:

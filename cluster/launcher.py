@@ -422,13 +422,27 @@ class LocalCluster:
 
     # -- stop ------------------------------------------------------------------------------
 
+    def primaries(self) -> set[str]:
+        """The nodes the map names primary now (empty when no coordinator answers)."""
+        for c in self.plan.coordinators:
+            status, cmap = http_get_json(f"{c.url}/v1/map")
+            if status == 200 and isinstance(cmap, dict):
+                return {s.get("primary") for s in (cmap.get("shards") or {}).values()
+                        if s.get("primary")}
+        return set()
+
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM everything, wait up to ``grace`` seconds, SIGKILL the rest, reap all, and
         return once the cluster's ports can be bound again."""
         # Nodes first: they flush their stores while the coordinators still answer them.
-        order = [self.procs[s.id] for s in self.plan.nodes + self.plan.coordinators
-                 if s.id in self.procs]
-        stop_children(order, grace)
+        # Replicas before primaries: a stopping primary tries to hand its role to a replica
+        # (docs/rolling-restarts.md); with its replicas gone it learns at once that none is
+        # eligible, instead of handing off to a member that is itself stopping.
+        primaries = self.primaries()
+        waves = [[s for s in self.plan.nodes if s.id not in primaries],
+                 [s for s in self.plan.nodes if s.id in primaries], self.plan.coordinators]
+        for wave in waves:
+            stop_children([self.procs[s.id] for s in wave if s.id in self.procs], grace)
         self.cluster_file.unlink(missing_ok=True)
         wait_ports_free([p for s in self.plan.processes
                          for p in (s.port, s.raft_port) if p is not None])

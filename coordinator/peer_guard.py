@@ -4,7 +4,8 @@
   ``node:<id>`` after) or an operator; a node signed as ``node:<x>`` may only register ``x``.
   The state machine then checks the node's registration token (``state_machine.py``), so
   an existing id cannot be re-pointed by anyone but the node that first claimed it.
-- ``POST /v1/nodes/{id}/heartbeat``: only ``node:<id>``.
+- ``POST /v1/nodes/{id}/heartbeat`` and ``POST /v1/nodes/{id}/handoff`` (a stopping primary
+  asks for a switchover, ``handoff_api.py``): only ``node:<id>``.
 - ``/admin/...``: the admin token (``SHARDKV_ADMIN_TOKEN``) when set, or the cluster
   credential as ``operator`` or ``coordinator``.
 - Everything else (the map, health, metrics, the dashboard) is readable by anyone.
@@ -33,7 +34,7 @@ PRINCIPAL_KEY = web.RequestKey("principal", str)
 def _guarded(path: str) -> bool:
     return path.startswith("/admin/") or (
         path.startswith("/v1/nodes/") and (path == "/v1/nodes/register"
-                                           or path.endswith("/heartbeat")))
+                                           or path.endswith(("/heartbeat", "/handoff"))))
 
 
 @web.middleware
@@ -66,7 +67,8 @@ async def peer_guard(request: web.Request, handler: Handler) -> web.StreamRespon
         else:
             node_id = request.match_info.get("node_id", "")
             if principal != node_principal(node_id):
-                raise Forbidden(f"only node {node_id} may heartbeat as itself, not {principal}")
+                raise Forbidden(f"only node {node_id} may make this call for itself, not "
+                                f"{principal}")
     request[PRINCIPAL_KEY] = principal
     return await handler(request)
 

@@ -28,6 +28,8 @@ from shardkv.cluster.structured_log import log_fields
 from shardkv.coordinator import (
     admin_api,
     failover_api,
+    handoff_api,
+    leadership_transfer,
     map_api,
     migration_api,
     migration_driver,
@@ -170,11 +172,17 @@ class Coordinator:
         map_api.add_routes(app)
         admin_api.add_routes(app)
         failover_api.add_routes(app)
+        handoff_api.add_routes(app)
         migration_api.add_routes(app)
         observability.add_routes(app)
         return app
 
     async def stop(self) -> None:
+        if self.bridge is not None:
+            # A leader hands Raft leadership over first, so the group is not leaderless
+            # for an election timeout (coordinator/leadership_transfer.py).
+            with contextlib.suppress(Exception):
+                await leadership_transfer.transfer_leadership(self.bridge)
         self._cancel_leader_tasks()
         for task in self._tasks:
             task.cancel()

@@ -82,8 +82,22 @@ class NodeConfig:
     # Requests one rpc connection may have in flight before the node stops reading from it
     # (TCP backpressure then slows the client down instead of the node queueing without bound).
     max_inflight_per_connection: int = 1024
+    # Key watches (docs/watch.md): each watch's live buffer on the node, in events and bytes
+    # (a watcher further behind is cut off with SLOW_CONSUMER and resumes from the log), and
+    # how long one frame may wait for a client that stopped reading before it is dropped.
+    watch_buffer_events: int = 10_000
+    watch_buffer_bytes: int = 16 << 20
+    watch_send_timeout_s: float = 30.0
     # How long a graceful stop waits for requests in flight before closing connections.
     shutdown_grace_s: float = 10.0
+    # Graceful handoff on SIGTERM (node/replication/handoff.py): how long a primary waits for
+    # the coordinator leader to switch its shard to a replica before it stops anyway; 0
+    # turns the handoff off. Keep it below the orchestrator's grace period (Kubernetes: 30 s).
+    handoff_timeout_s: float = 8.0
+    # Readiness of a replica (node/replication/readiness.py): caught up with its primary
+    # within this many entries and this staleness.
+    ready_max_lag_entries: int = 1000
+    ready_max_staleness_ms: float = 2000.0
     log_level: str = "info"
     timing: TimingContract = field(default_factory=TimingContract)
     # Resource bounds against a client that is slow, greedy or hostile (node/api/limits.py).
@@ -134,7 +148,13 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("session_ttl_s", "SHARDKV_SESSION_TTL_S"),
     Setting("max_sessions", "SHARDKV_MAX_SESSIONS"),
     Setting("max_inflight_per_connection", "SHARDKV_MAX_INFLIGHT_PER_CONNECTION"),
+    Setting("watch_buffer_events", "SHARDKV_WATCH_BUFFER_EVENTS"),
+    Setting("watch_buffer_bytes", "SHARDKV_WATCH_BUFFER_BYTES"),
+    Setting("watch_send_timeout_s", "SHARDKV_WATCH_SEND_TIMEOUT_S"),
     Setting("shutdown_grace_s", "SHARDKV_SHUTDOWN_GRACE_S"),
+    Setting("handoff_timeout_s", "SHARDKV_HANDOFF_TIMEOUT_S"),
+    Setting("ready_max_lag_entries", "SHARDKV_READY_MAX_LAG_ENTRIES"),
+    Setting("ready_max_staleness_ms", "SHARDKV_READY_MAX_STALENESS_MS"),
     Setting("log_level", "SHARDKV_LOG_LEVEL"),
     Setting("max_answer_bytes", "SHARDKV_MAX_ANSWER_BYTES"),
     Setting("max_connections", "SHARDKV_MAX_CONNECTIONS"),
@@ -220,8 +240,23 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
         max_inflight_per_connection=integer(
             "max_inflight_per_connection", values.get("max_inflight_per_connection", 1024),
             minimum=1, maximum=1 << 16),
+        watch_buffer_events=integer("watch_buffer_events",
+                                    values.get("watch_buffer_events", 10_000),
+                                    minimum=16, maximum=10_000_000),
+        watch_buffer_bytes=integer("watch_buffer_bytes", values.get("watch_buffer_bytes",
+                                                                    16 << 20),
+                                   minimum=1 << 16, maximum=1 << 32),
+        watch_send_timeout_s=number("watch_send_timeout_s",
+                                    values.get("watch_send_timeout_s", 30.0), minimum=0.1),
         shutdown_grace_s=number("shutdown_grace_s", values.get("shutdown_grace_s", 10.0),
                                 minimum=0.0),
+        handoff_timeout_s=number("handoff_timeout_s", values.get("handoff_timeout_s", 8.0),
+                                 minimum=0.0, maximum=600.0),
+        ready_max_lag_entries=integer("ready_max_lag_entries",
+                                      values.get("ready_max_lag_entries", 1000), minimum=0),
+        ready_max_staleness_ms=number("ready_max_staleness_ms",
+                                      values.get("ready_max_staleness_ms", 2000.0),
+                                      minimum=1.0),
         log_level=log_level,
         timing=TimingContract.from_values(values),
         max_answer_bytes=integer("max_answer_bytes", values.get(

@@ -150,6 +150,12 @@ class NodeMetrics:
                                   "decoded as [id, op, args].", registry=r)
         self.recovery_seconds = Gauge("shardkv_recovery_duration_seconds", "Time the last "
                                       "start spent recovering the store.", registry=r)
+        self.watch_sessions = Gauge("shardkv_watch_sessions", "Open /v1/watch WebSockets.",
+                                    registry=r)
+        self.watch_events = Counter("shardkv_watch_events", "Events sent to watches "
+                                    "(counted when a watch ends).", registry=r)
+        self.watch_slow_consumers = Counter("shardkv_watch_slow_consumers", "Watches cut "
+                                            "off with SLOW_CONSUMER.", registry=r)
         self.maintenance = Counter("shardkv_admin_maintenance", "Snapshots and compactions "
                                    "asked for through the admin endpoints, by action.",
                                    ["action"], registry=r)

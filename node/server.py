@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
+from shardkv.node.api.events_feed import EventsFeed
 from shardkv.node.api.limits import ConnectionGate, LimitedSite
 from shardkv.node.api.operations import NodeContext
 from shardkv.node.api.rest import RestApi
@@ -31,12 +32,15 @@ from shardkv.node.membership.cluster_membership import ClusterMembership
 from shardkv.node.membership.internal_guard import InternalGuard
 from shardkv.node.metrics import NodeMetrics
 from shardkv.node.migration import MigrationService
+from shardkv.node.replication.handoff import PrimaryHandoff
+from shardkv.node.replication.readiness import catch_up_state
 from shardkv.node.replication.shard_role import NodeReplication
 from shardkv.node.storage.disk_report import disk_report
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
 from shardkv.node.wal.model import FsyncPolicy
 from shardkv.node.wal.write_ahead_log import WalOptions
+from shardkv.node.watch.watch_session import WatchSession
 from shardkv.node.write_failure import EXIT_RECOVER, WriteFailureMonitor
 
 logger = logging.getLogger("shardkv.node")
@@ -92,6 +96,11 @@ class NodeServer:
         if self.membership is not None:
             self.migration = MigrationService(self)
             self.migration.install()
+        # Rolling restarts (docs/rolling-restarts.md): a stopping primary hands its shard to
+        # a replica first; a replica is ready only once caught up.
+        if self.membership is not None:
+            PrimaryHandoff(self).install()
+            self.ctx.catch_up = lambda: catch_up_state(self)
 
     # -- the app ---------------------------------------------------------------------------
 
@@ -104,7 +113,13 @@ class NodeServer:
         rest = RestApi(self.config, self.ctx, self.metrics, lambda: self.state,
                        self._started_at)
         app.add_routes(rest.routes())
-        app.add_routes([web.get("/v1/rpc", self._rpc)])
+        # /v1/watch is a client endpoint like /v1/rpc: the same guard (not cluster-internal)
+        # and the same connection limits apply to it.
+        app.add_routes([web.get("/v1/rpc", self._rpc), web.get("/v1/watch", self._watch)])
+        # Storage and replication events at the subscriber's interval (docs/events.md).
+        self.events_feed = EventsFeed(lambda: self.store, self._replication_status,
+                                      self.config.node_id)
+        app.add_routes([web.get("/v1/events", self.events_feed.handle)])
         app.add_routes(DiskAdmin(lambda: self.store, self.metrics).routes())
         app.on_shutdown.append(self._drain_connections)
         return app
@@ -126,7 +141,41 @@ class NodeServer:
             self.metrics.rpc_connections.dec()
         return ws
 
+    async def _watch(self, request: web.Request) -> web.StreamResponse:
+        """A key watch (node/watch/watch_session.py)."""
+        ws = web.WebSocketResponse(max_msg_size=1 << 20, compress=False, autoping=True,
+                                   heartbeat=30.0)
+        await ws.prepare(request)
+        config = self.config
+        session = WatchSession(ws, self.ctx, self._shard_name,
+                               max_events=config.watch_buffer_events,
+                               max_bytes=config.watch_buffer_bytes,
+                               send_timeout_s=config.watch_send_timeout_s)
+        self.metrics.watch_sessions.inc()
+        try:
+            await session.serve()
+        finally:
+            self.metrics.watch_sessions.dec()
+            self.metrics.watch_events.inc(session.events_sent)
+            if session.slow_consumer:
+                self.metrics.watch_slow_consumers.inc()
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    def _replication_status(self) -> dict[str, Any] | None:
+        replication = getattr(self, "replication", None)  # built after the app
+        return None if replication is None else dict(replication.status())
+
+    def _shard_name(self) -> str:
+        """The shard this node serves, as watch events name it."""
+        membership = self.membership
+        shard = membership.shard if membership is not None else None
+        return shard or self.config.shard or "default"
+
     async def _drain_connections(self, app: web.Application) -> None:
+        if self.store is not None:  # watches end first: they would wait for writes forever
+            self.store.watch_hub.reset(self.store.applied_lsn, "the node is stopping")
         connections = list(self._connections)
         if connections:
             await asyncio.gather(

@@ -88,6 +88,9 @@ class NodeContext:
     write_timeout_s: float | None = None
     # Set by node/migration: refuses requests for fenced moving arcs, counts writes in flight.
     write_fence: WriteFence | None = None
+    # Set by the server (node/replication/readiness.py): a replica's catch-up state, None on
+    # other roles; /ready is 503 while it is not caught up.
+    catch_up: Callable[[], dict[str, Any] | None] | None = None
 
     def serving_store(self) -> Store:
         store = self.store
@@ -460,6 +463,7 @@ async def _ping(ctx: NodeContext, args: Args) -> dict[str, Any]:
         "role": ctx.role,
         "limits": limits_dict(ctx.limits),
         "disk": None if store is None else disk_summary(store),
+        "catch_up": None if ctx.catch_up is None else ctx.catch_up(),
     }
 
 

@@ -260,6 +260,11 @@ class RestApi:
             return web.json_response({"status": "failed" if failure else state,
                                       "role": self.ctx.role, "write_failure": failure},
                                      status=503)
+        catch_up = self.ctx.catch_up() if self.ctx.catch_up is not None else None
+        if catch_up is not None and not catch_up["caught_up"]:
+            return web.json_response({"status": catch_up["summary"], "role": self.ctx.role,
+                                      "lsn": store.last_lsn, "catch_up": catch_up},
+                                     status=503)
         return web.json_response({"status": "ready", "role": self.ctx.role,
                                   "lsn": store.last_lsn, "epoch": store.epoch})
 
@@ -282,6 +287,7 @@ class RestApi:
             "coordinators": list(config.coordinators),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "limits": limits_dict(self.ctx.limits),
+            "catch_up": self.ctx.catch_up() if self.ctx.catch_up is not None else None,
         })
 
     async def metrics_text(self, request: web.Request) -> web.Response:

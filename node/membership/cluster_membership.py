@@ -47,6 +47,11 @@ class ClusterMembership:
         self._shard: str | None = None
         self._map: ClusterMap | None = None
 
+    @property
+    def shard(self) -> str | None:
+        """The shard the map places this node in (None before it joined)."""
+        return self._shard
+
     def install(self) -> None:
         """Hook into the server's lifecycle: join after the store opens, leave on stop."""
         self.server.on_ready.append(self._join)

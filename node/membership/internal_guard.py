@@ -4,8 +4,8 @@
 ``/v1/digest`` need a cluster signature (``cluster/peer_auth.py``) from a coordinator or an
 operator (a node may also ask for a digest). The replication stream authenticates inside
 the stream, both ways (``node/replication/stream_auth.py``). The data API (``/v1/kv``,
-``/v1/batch``, ``/v1/rpc``) and the probes (``/health``, ``/ready``, ``/metrics``,
-``/v1/status``, ``/v1/replication``) are not cluster-internal.
+``/v1/batch``, ``/v1/rpc``, ``/v1/watch``) and the probes (``/health``, ``/ready``, ``/metrics``,
+``/v1/status``, ``/v1/replication``, ``/v1/events``) are not cluster-internal.
 
 Without a cluster credential, a node on a loopback address runs these routes open (a
 development cluster on one machine); on any other address they are closed (a standalone

@@ -80,6 +80,9 @@ class CommitPipeline:
         # Called with each entry as it is ordered (the replication stream ships it at once,
         # in parallel with the local fsync).
         self.on_submit: Callable[[WalEntry], None] | None = None
+        # Called with each entry right after it is applied, in LSN order with no await in
+        # between (the watch hub: node/watch/watch_hub.py). It must not raise or block.
+        self.on_apply: Callable[[WalEntry], None] | None = None
         self.last_lsn = max(wal.last_lsn, engine.applied_lsn)
         # key -> (lsn of the newest in-flight write of it, that write's mutation). The state
         # after the write (a StoredItem, or None for a delete) is built only when a
@@ -210,6 +213,11 @@ class CommitPipeline:
                 return
             queue.popleft()
             self._forget(head.entry)
+            if self.on_apply is not None:
+                try:
+                    self.on_apply(head.entry)
+                except Exception:
+                    logger.exception("an apply listener failed; the write stands")
             if not head.applied.done():
                 head.applied.set_result(head.entry.lsn)
 

@@ -90,6 +90,7 @@ from shardkv.node.storage.write_plan import (
 )
 from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
 from shardkv.node.wal.write_ahead_log import WriteAheadLog
+from shardkv.node.watch.watch_hub import WatchHub
 
 __all__ = [
     "BatchOp",
@@ -130,6 +131,9 @@ class Store:
         self._pipeline = CommitPipeline(
             wal, engine, epoch=max(config.epoch, wal.last_epoch), clock=clock
         )
+        # Watches see each entry once applied (node/watch/): served from here and the WAL.
+        self.watch_hub = WatchHub(engine.applied_lsn)
+        self._pipeline.on_apply = self.watch_hub.publish
         self._snapshotter = Snapshotter(
             config, engine, wal, epoch=lambda: self._pipeline.epoch, latest=snapshot
         )
@@ -163,6 +167,7 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        self.watch_hub.reset(self.applied_lsn, "the node is stopping")
         await self._sweeper.stop()
         await self._snapshotter.close()
         await self._pipeline.close()
@@ -256,6 +261,7 @@ class Store:
             await self._wal.restart_at(meta.lsn + 1, meta.epoch)
             await self._engine.load(read_snapshot(meta.path), meta.lsn)
             self._pipeline.reset(meta.lsn, meta.epoch)
+            self.watch_hub.reset(meta.lsn, "the state was replaced by a snapshot")
             self._sessions.stale = True
             self._snapshotter.installed(meta)
 

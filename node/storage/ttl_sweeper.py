@@ -83,7 +83,8 @@ class TtlSweeper:
             ]
             if not doomed:
                 return 0
-            applied = self._submit([Mutation(MutationKind.DELETE, key) for key in doomed])
+            applied = self._submit([Mutation(MutationKind.DELETE, key, expired=True)
+                                    for key in doomed])
         await applied
         return len(doomed)
 

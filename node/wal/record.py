@@ -24,21 +24,28 @@ class MutationKind(enum.IntEnum):
 @dataclass(frozen=True, slots=True)
 class Mutation:
     """One key's change. ``value`` is stored as encoded by ``shardkv.node.storage.compression``
-    (``compressed`` says whether it is zstd); ``expires_at`` is Unix time in seconds."""
+    (``compressed`` says whether it is zstd); ``expires_at`` is Unix time in seconds.
+    ``expired`` marks a delete written by the TTL sweeper (a watch reports it as ``expire``);
+    it is on the wire only when set, so every older record reads back unchanged."""
 
     kind: MutationKind
     key: bytes
     value: bytes = b""
     compressed: bool = False
     expires_at: float | None = None
+    expired: bool = False
 
     def to_wire(self) -> list[Any]:
-        return [int(self.kind), self.key, self.value, self.compressed, self.expires_at]
+        wire = [int(self.kind), self.key, self.value, self.compressed, self.expires_at]
+        if self.expired:
+            wire.append(True)
+        return wire
 
     @classmethod
     def from_wire(cls, raw: list[Any]) -> Mutation:
-        kind, key, value, compressed, expires_at = raw
-        return cls(MutationKind(kind), bytes(key), bytes(value), bool(compressed), expires_at)
+        kind, key, value, compressed, expires_at, *rest = raw
+        return cls(MutationKind(kind), bytes(key), bytes(value), bool(compressed), expires_at,
+                   bool(rest and rest[0]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -378,7 +378,12 @@ def test_disruption_budgets_keep_majorities(chart: Any, coordinators: int,
     by_shard = {s["metadata"]["name"]: s for s in node_sts(objects)}
     assert set(budgets) == set(by_shard)
     for name, pdb in budgets.items():
-        assert pdb["spec"]["minAvailable"] == majority(per_shard)
+        # Storage shards: one member at a time (a replica counts as down until caught up).
+        if per_shard > 1:
+            assert pdb["spec"] == {**pdb["spec"], "maxUnavailable": 1}
+            assert "minAvailable" not in pdb["spec"]
+        else:
+            assert pdb["spec"]["minAvailable"] == majority(per_shard)
         assert pdb["spec"]["selector"]["matchLabels"] == \
             by_shard[name]["spec"]["selector"]["matchLabels"]
 
@@ -608,3 +613,16 @@ def test_helm_test_script_imports_what_it_uses(monkeypatch: pytest.MonkeyPatch) 
     owners = {module.shard_for_key(cluster_map, f"helm-test/{i}".encode()) for i in range(64)}
     assert owners == {"s1", "s2"}
     assert cluster_map.primary_of("s2").url == "http://n2:7100"
+
+
+def test_nodes_hand_off_within_their_grace_period(chart: Any) -> None:
+    """A stopping primary hands its role over (SHARDKV_HANDOFF_TIMEOUT_S), then drains for
+    up to 10 s: both must fit in the pod's grace period, or the kubelet kills it mid-way."""
+    for values, handoff in (({}, "8"), ({"nodes": {"handoffTimeoutSeconds": 4}}, "4")):
+        for sts in node_sts(render(chart, values)):
+            pod = sts["spec"]["template"]["spec"]
+            env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+            assert env["SHARDKV_HANDOFF_TIMEOUT_S"] == handoff
+            assert float(handoff) + 10 < pod["terminationGracePeriodSeconds"]
+            probe = pod["containers"][0]["readinessProbe"]["httpGet"]
+            assert probe == {"path": "/ready", "port": "http"}

@@ -73,6 +73,7 @@ async def test_answer_shapes(ctx: NodeContext) -> None:
         "deleted": 2, "version": batch["version"] + 1}
     ping = await run(ctx, "ping")
     disk = ping.pop("disk")
+    assert ping.pop("catch_up") is None  # a replica's catch-up state; None on a primary
     limits = ping.pop("limits")
     assert ping == {"lsn": batch["version"] + 1, "epoch": ctx.store.epoch, "role": "primary"}
     assert limits["max_batch_ops"] == 1000 and limits["max_value_bytes"] > 0

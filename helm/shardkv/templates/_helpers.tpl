@@ -160,6 +160,9 @@ maxUnavailable wins when set; else minAvailable, defaulting to a majority of the
 maxUnavailable: {{ .pdb.maxUnavailable }}
 {{- else if not (eq (toString .pdb.minAvailable) "") }}
 minAvailable: {{ .pdb.minAvailable }}
+{{- else if and .oneAtATime (gt (int .members) 1) }}
+{{- /* Storage shards: one member down or not caught up (not Ready) at a time. */}}
+maxUnavailable: 1
 {{- else }}
 minAvailable: {{ include "shardkv.majority" .members }}
 {{- end }}

@@ -1,0 +1,49 @@
+"""The first frame of a ``/v1/watch`` session: what to watch and from where, checked.
+
+A bad request gets ``INVALID_ARGUMENT`` and changes nothing (no subscription is made)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shardkv.cluster.errors import InvalidArgument
+from shardkv.node.watch.watch_filter import WatchFilter
+
+MIN_PROGRESS_INTERVAL_MS = 50
+MAX_PROGRESS_INTERVAL_MS = 600_000
+DEFAULT_PROGRESS_INTERVAL_MS = 1_000
+
+_FIELDS = {"key", "prefix", "start", "end", "start_version", "values", "progress_interval_ms"}
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRequest:
+    watch: WatchFilter
+    start_version: int | None
+    values: bool
+    progress_interval_s: float
+
+    @classmethod
+    def parse(cls, raw: Any) -> WatchRequest:
+        if not isinstance(raw, dict):
+            raise InvalidArgument("the first watch frame must be a map of options")
+        unknown = set(raw) - _FIELDS
+        if unknown:
+            raise InvalidArgument(f"unknown watch options: {sorted(map(str, unknown))}")
+        watch = WatchFilter.parse(key=raw.get("key"), prefix=raw.get("prefix"),
+                                  start=raw.get("start"), end=raw.get("end"))
+        start_version = raw.get("start_version")
+        if start_version is not None and (
+                type(start_version) is not int or start_version < 0):
+            raise InvalidArgument("start_version must be a non-negative integer")
+        values = raw.get("values", True)
+        if type(values) is not bool:
+            raise InvalidArgument("values must be true or false")
+        interval = raw.get("progress_interval_ms", DEFAULT_PROGRESS_INTERVAL_MS)
+        if type(interval) is not int or not (
+                MIN_PROGRESS_INTERVAL_MS <= interval <= MAX_PROGRESS_INTERVAL_MS):
+            raise InvalidArgument(
+                f"progress_interval_ms must be an integer from {MIN_PROGRESS_INTERVAL_MS} "
+                f"to {MAX_PROGRESS_INTERVAL_MS}")
+        return cls(watch, start_version, values, interval / 1000)

@@ -1,0 +1,267 @@
+"""One ``GET /v1/watch`` WebSocket: the request, the history from the WAL, then live events.
+
+The client's first frame is the request (``watch_request.py``): binary msgpack, or a JSON
+text frame (a browser), and every frame the node sends back is in the same format. Frames:
+
+- ``{"type": "created", "shard", "version", "start_version", "compact_version"}``: the
+  watch exists; history runs from ``start_version`` (exclusive) to ``version``.
+- ``{"type": "events", "shard", "version", "events": [...]}``: whole entries, in LSN order
+  (an entry's events are never split across frames, so ``version`` is a safe resume point).
+- ``{"type": "progress", "shard", "version"}``: every write of this shard up to ``version``
+  that the watch matches has been sent (sent once history is done, then at the interval).
+- ``{"type": "error", "error", "message", "retryable", ...}``, then the node closes:
+  ``INVALID_ARGUMENT``, ``COMPACTED`` (``compact_version``), ``SLOW_CONSUMER``,
+  ``NOT_PRIMARY``, ``UNAVAILABLE``.
+
+History and live meet at the LSN the hub last published when the watch subscribed (see
+``watch_hub.py``), so nothing is sent twice or skipped. Only the primary serves watches for
+now: what it has applied is committed by the shard's majority (replica watches within a
+staleness bound are future work, docs/watch.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from shardkv.cluster.errors import (
+    Compacted,
+    InvalidArgument,
+    NotPrimary,
+    ShardKVError,
+    SlowConsumer,
+    Unavailable,
+)
+from shardkv.cluster.wire import pack, to_json, unpack
+from shardkv.node.api.operations import NodeContext
+from shardkv.node.storage.store import Store
+from shardkv.node.wal.model import LsnCompacted
+from shardkv.node.wal.record import WalEntry
+from shardkv.node.watch.subscriber import Batch, Subscriber
+from shardkv.node.watch.watch_filter import entry_events, events_size
+from shardkv.node.watch.watch_request import WatchRequest
+
+logger = logging.getLogger("shardkv.node.watch")
+
+REQUEST_TIMEOUT_S = 10.0
+HISTORY_CHUNK = 512           # entries read from the log per thread hop
+FRAME_EVENTS = 512            # events per frame at most (whole entries, so may be exceeded)
+FRAME_BYTES = 1 << 20
+
+
+class WatchSession:
+    def __init__(self, ws: web.WebSocketResponse, ctx: NodeContext, shard: Callable[[], str],
+                 *, max_events: int, max_bytes: int, send_timeout_s: float) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self._shard = shard
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.send_timeout_s = send_timeout_s
+        self.json = False
+        self.events_sent = 0
+        self.slow_consumer = False
+        self._subscriber: Subscriber | None = None
+
+    async def serve(self) -> None:
+        try:
+            request = WatchRequest.parse(await self._read_request())
+            await self._run(request, self._serving_store())
+        except ShardKVError as error:
+            self.slow_consumer = isinstance(error, SlowConsumer)
+            await self._send({"type": "error", **error.to_dict()})
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass  # the peer stopped reading or went away; it resumes from its last version
+        finally:
+            self._unsubscribe()
+
+    # -- request ---------------------------------------------------------------------------
+
+    async def _read_request(self) -> Any:
+        try:
+            msg = await self.ws.receive(timeout=REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            raise InvalidArgument("no watch request within "
+                                  f"{REQUEST_TIMEOUT_S:.0f}s of connecting") from None
+        if msg.type is WSMsgType.TEXT:
+            self.json = True
+            try:
+                return json.loads(msg.data)
+            except ValueError:
+                raise InvalidArgument("the watch request is not valid JSON") from None
+        if msg.type is WSMsgType.BINARY:
+            try:
+                return unpack(msg.data, max_bytes=1 << 16)
+            except Exception:
+                raise InvalidArgument("the watch request is not valid msgpack") from None
+        raise ConnectionError("the peer closed before sending a watch request")
+
+    def _serving_store(self) -> Store:
+        store = self.ctx.store
+        if store is None:
+            raise Unavailable("the node is not serving (recovering or stopping)")
+        if self.ctx.role != "primary":
+            raise NotPrimary("watches are served by the shard's primary",
+                             primary=self.ctx.primary)
+        return store
+
+    # -- the stream ------------------------------------------------------------------------
+
+    async def _run(self, request: WatchRequest, store: Store) -> None:
+        shard = self._shard()
+        hub = store.watch_hub
+        wanted = request.start_version
+        if wanted is not None and wanted > store.last_lsn:
+            raise InvalidArgument(f"start_version {wanted} is in the future: the shard's "
+                                  f"last version is {store.last_lsn}", version=store.last_lsn)
+        oldest = _oldest_version(store)
+        if wanted is not None and wanted < oldest:
+            raise Compacted(f"history before version {oldest} was compacted",
+                            compact_version=oldest)
+        # No await from here to subscribe(): the hub's LSN is exactly where history ends.
+        start = hub.published_lsn if wanted is None else wanted
+        subscriber = self._subscribe(store, request, start)
+        await self._send({"type": "created", "shard": shard, "version": subscriber.after,
+                          "start_version": start, "compact_version": oldest})
+        sent = start
+        while sent < subscriber.after:
+            sent = await self._send_history(store, request, sent, subscriber.after)
+            if subscriber.overflowed:  # history took long enough to overflow: follow again
+                self._unsubscribe()
+                subscriber = self._subscribe(store, request, sent)
+        reader = asyncio.create_task(self._read_until_closed(subscriber))
+        try:
+            await self._send_live(request, subscriber, store, sent)
+        finally:
+            reader.cancel()
+
+    def _subscribe(self, store: Store, request: WatchRequest, start: int) -> Subscriber:
+        hub = store.watch_hub
+        if self._subscriber is None and len(hub) >= hub.max_watches:
+            raise Unavailable(f"this node serves {hub.max_watches} watches already")
+        subscriber = Subscriber(request.watch, self._shard(), request.values,
+                                after=max(start, hub.published_lsn),
+                                max_events=self.max_events, max_bytes=self.max_bytes)
+        hub.subscribe(subscriber)
+        self._subscriber = subscriber
+        return subscriber
+
+    def _unsubscribe(self) -> None:
+        subscriber, self._subscriber = self._subscriber, None
+        store = self.ctx.store
+        if subscriber is not None and store is not None:
+            store.watch_hub.unsubscribe(subscriber)
+
+    async def _send_history(self, store: Store, request: WatchRequest, after: int,
+                            upto: int) -> int:
+        """Send the matching events of entries ``after < lsn <= upto`` from the log."""
+        shard = self._shard()
+        try:
+            entries = await asyncio.to_thread(store.wal.read_from, after + 1)
+            while True:
+                chunk = await asyncio.to_thread(_take, entries, HISTORY_CHUNK, upto)
+                batches = []
+                for entry in chunk:
+                    events = entry_events(entry, request.watch, shard, values=request.values)
+                    if events:
+                        batches.append(Batch(entry.lsn, events, events_size(events)))
+                await self._send_batches(shard, batches)
+                if chunk:
+                    after = chunk[-1].lsn
+                if len(chunk) < HISTORY_CHUNK:
+                    break
+            if after < upto:
+                raise Unavailable(f"the log ended at {after}, before {upto}; retry")
+        except LsnCompacted as exc:
+            raise Compacted(f"history was compacted while being read: {exc}",
+                            compact_version=_oldest_version(store)) from None
+        return upto
+
+    async def _send_live(self, request: WatchRequest, subscriber: Subscriber, store: Store,
+                         sent: int) -> None:
+        """Live events, and progress: only an LSN whose events were all sent (``safe``) is
+        ever reported, since the client resumes from it."""
+        shard = self._shard()
+        interval = request.progress_interval_s
+        safe = sent
+        await self._send({"type": "progress", "shard": shard, "version": safe})
+        reported = safe
+        next_progress = time.monotonic() + interval
+        while True:
+            if subscriber.closed_reason is not None:
+                raise Unavailable(f"the watch ended on the node: {subscriber.closed_reason}")
+            if subscriber.overflowed:
+                raise SlowConsumer(
+                    f"the watch fell more than {self.max_events} events or "
+                    f"{self.max_bytes} bytes behind; resume from version {sent}", version=sent)
+            self._serving_store()
+            batches, covered = subscriber.take()
+            if batches:
+                await self._send_batches(shard, batches)
+                sent = batches[-1].version
+            safe = covered
+            now = time.monotonic()
+            if now >= next_progress:
+                if safe > sent or safe == reported:  # news, or idle: say so
+                    await self._send({"type": "progress", "shard": shard, "version": safe})
+                reported = safe
+                next_progress = now + interval
+            await subscriber.wait(max(0.0, next_progress - time.monotonic()))
+
+    async def _read_until_closed(self, subscriber: Subscriber) -> None:
+        """Read (and ignore) what the client sends, so its close is seen at once."""
+        with contextlib.suppress(Exception):
+            async for _ in self.ws:
+                pass
+        subscriber.close("the client closed the watch")
+
+    # -- frames ----------------------------------------------------------------------------
+
+    async def _send_batches(self, shard: str, batches: list[Batch]) -> None:
+        events: list[dict[str, Any]] = []
+        size = 0
+        for batch in batches:
+            events.extend(batch.events)
+            size += batch.size
+            if len(events) >= FRAME_EVENTS or size >= FRAME_BYTES:
+                await self._send_events(shard, batch.version, events)
+                events, size = [], 0
+        if events:
+            await self._send_events(shard, batches[-1].version, events)
+
+    async def _send_events(self, shard: str, version: int, events: list[dict[str, Any]]) -> None:
+        await self._send({"type": "events", "shard": shard, "version": version,
+                          "events": events})
+        self.events_sent += len(events)
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        if self.ws.closed:
+            raise ConnectionError("the watch connection is closed")
+        if self.json:
+            await asyncio.wait_for(self.ws.send_str(to_json(frame).decode()),
+                                   self.send_timeout_s)
+        else:
+            await asyncio.wait_for(self.ws.send_bytes(pack(frame)), self.send_timeout_s)
+
+
+def _oldest_version(store: Store) -> int:
+    """The smallest start_version the log can serve: everything after it is still there."""
+    first = store.wal.first_lsn
+    return first - 1 if first else store.wal.last_lsn
+
+
+def _take(entries: Iterator[WalEntry], limit: int, upto: int) -> list[WalEntry]:
+    chunk: list[WalEntry] = []
+    for entry in entries:
+        if entry.lsn > upto:
+            break
+        chunk.append(entry)
+        if len(chunk) >= limit:
+            break
+    return chunk

@@ -90,3 +90,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.section(f"skips not in tests/allowed_skips.txt: {where}", red=True)
         for test, reason in unexpected:
             terminalreporter.write_line(f"{test}: {reason}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _environment_restored_per_module() -> Any:
+    """Whatever a test module puts into ``os.environ`` (the chaos harness run in-process sets
+    the cluster credential for its containers, CLI commands called in-process point at a
+    cluster's token file) is gone before the next module: every process a later test starts
+    inherits the environment, and a stray credential makes an open test cluster a secured
+    one. Module scope, so a module-scoped fixture's own settings live as long as it does."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -45,6 +45,7 @@ from container_harness import (
     start_node,
     wait_until,
 )
+from shardkv.cluster.peer_auth import OPERATOR, signed_headers
 from shardkv.coordinator.local_group import FAST_RAFT_ENV
 
 SHARDS = ("s1", "s2")
@@ -411,8 +412,11 @@ def test_map_changes_commit_after_the_coordinator_leader_is_killed(cluster: Clus
     shard_url = f"{cluster.coordinator_url(through)}/admin/shards"
 
     def added() -> bool:
-        answer = http("POST", shard_url, json.dumps({"shard": "s3", "in_ring": False}).encode(),
-                      headers={"Content-Type": "application/json"}, timeout=10)
+        body = json.dumps({"shard": "s3", "in_ring": False}).encode()
+        # Admin calls are signed with the cluster credential (the cluster runs secured).
+        auth = signed_headers("POST", "/admin/shards", body, OPERATOR, secret=CLUSTER_TOKEN)
+        answer = http("POST", shard_url, body,
+                      headers={"Content-Type": "application/json", **auth}, timeout=10)
         # A retry of an attempt that committed but timed out finds the shard there.
         return answer.status == 201 or "s3" in cluster.cluster_map(elected)["shards"]
 

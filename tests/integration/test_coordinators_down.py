@@ -253,9 +253,16 @@ async def test_failover_works_again_once_the_coordinators_are_back(
 ) -> None:
     retry = Retry(ExponentialBackoff(base=0.05, cap=0.5), retries=400)
     async with Client(local_cluster.plan.coordinator_urls(), retry=retry, timeout=60) as kv:
+        key = key_of_shard(kv.cluster_map, "s2", "fo-back-")
+        await kv.put(key, b"before-failover")  # the shard has a primary again by now...
+        await kv.refresh_map()
+
+        async def s2_has_primary() -> bool:  # ...and the client's map says which one
+            await kv.refresh_map()
+            return kv.cluster_map.shards["s2"].primary is not None
+
+        await wait_until(s2_has_primary, within=60, interval=0.3, what="a primary for s2")
         before = kv.cluster_map.copy()
-        key = key_of_shard(before, "s2", "fo-back-")
-        await kv.put(key, b"before-failover")
         local_cluster.kill(before.shards["s2"].primary)
         await kv.put(key_of_shard(before, "s2", "fo-after-"), b"after-failover")
         after = kv.cluster_map

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-PARTS = ("node", "coordinator", "client", "cluster", "chaos")
+PARTS = ("node", "coordinator", "client", "cluster", "chaos", "backup")
 
 
 def namespaced_packages() -> list[str]:

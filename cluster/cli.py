@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shardkv.client.reshard_cli",
     "shardkv.client.events_cli",
     "shardkv.chaos.cli",
+    "shardkv.backup.cli",
 )
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[Any], int]]

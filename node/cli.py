@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--low-disk-bytes", metavar="N|auto", help="free space under which "
                         "writes are refused with DISK_FULL (default auto: 5%% of the disk, at "
                         "most 256 MiB; 0 turns it off)")
+    parser.add_argument("--archive-to", metavar="DIR|s3://BUCKET/PREFIX", help="copy the "
+                        "committed WAL there continuously, for point-in-time restore "
+                        "(SHARDKV_ARCHIVE_TO; docs/backup.md)")
     actions = parser.add_subparsers(dest="node_action",
                                     metavar="[verify|snapshot|compact|disk]")
     verify = actions.add_parser("verify", help="check a (stopped) node's data directory: "
@@ -66,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 _FLAG_KEYS = ("data_dir", "listen", "engine", "fsync", "fsync_interval_ms", "max_value_bytes",
               "shard", "node_id", "log_level", "keep_snapshots", "retain_wal_bytes",
-              "low_disk_bytes")
+              "low_disk_bytes", "archive_to")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -107,6 +107,10 @@ class NodeConfig:
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 75.0
     max_pending_frame_bytes: int = 128 << 20
+    # Continuous WAL archiving (docs/backup.md): where the committed log is copied (a
+    # directory or s3://bucket/prefix; None: off) and how often (the recovery point).
+    archive_to: str | None = None
+    archive_interval_s: float = 10.0
 
     @property
     def connection_limits(self) -> ConnectionLimits:
@@ -162,6 +166,8 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("header_timeout_s", "SHARDKV_HEADER_TIMEOUT_S"),
     Setting("idle_timeout_s", "SHARDKV_IDLE_TIMEOUT_S"),
     Setting("max_pending_frame_bytes", "SHARDKV_MAX_PENDING_FRAME_BYTES"),
+    Setting("archive_to", "SHARDKV_ARCHIVE_TO"),
+    Setting("archive_interval_s", "SHARDKV_ARCHIVE_INTERVAL_S"),
     *TIMING_SETTINGS,
 )
 
@@ -272,4 +278,8 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
                               minimum=0.1),
         max_pending_frame_bytes=integer("max_pending_frame_bytes", values.get(
             "max_pending_frame_bytes", 128 << 20), minimum=MAX_FRAME_BYTES),
+        archive_to=text("archive_to", values["archive_to"]) if values.get("archive_to")
+        else None,
+        archive_interval_s=number("archive_interval_s", values.get("archive_interval_s", 10.0),
+                                  minimum=0.05, maximum=3600.0),
     )

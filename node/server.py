@@ -26,6 +26,7 @@ from shardkv.node.api.limits import ConnectionGate, LimitedSite
 from shardkv.node.api.operations import NodeContext
 from shardkv.node.api.rest import RestApi
 from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
+from shardkv.node.backup import BackupExport, WalArchiver
 from shardkv.node.config import NodeConfig
 from shardkv.node.disk_admin import DiskAdmin
 from shardkv.node.membership.cluster_membership import ClusterMembership
@@ -101,6 +102,9 @@ class NodeServer:
         if self.membership is not None:
             PrimaryHandoff(self).install()
             self.ctx.catch_up = lambda: catch_up_state(self)
+        # Continuous WAL archiving for point-in-time restore (docs/backup.md).
+        if config.archive_to:
+            WalArchiver(self, config.archive_to, config.archive_interval_s).install()
 
     # -- the app ---------------------------------------------------------------------------
 
@@ -121,6 +125,7 @@ class NodeServer:
                                       self.config.node_id)
         app.add_routes([web.get("/v1/events", self.events_feed.handle)])
         app.add_routes(DiskAdmin(lambda: self.store, self.metrics).routes())
+        app.add_routes(BackupExport(lambda: self.store, self._backup_identity).routes())
         app.on_shutdown.append(self._drain_connections)
         return app
 
@@ -166,6 +171,12 @@ class NodeServer:
     def _replication_status(self) -> dict[str, Any] | None:
         replication = getattr(self, "replication", None)  # built after the app
         return None if replication is None else dict(replication.status())
+
+    def _backup_identity(self) -> dict[str, Any]:
+        """Who answers a backup export (node/backup/export.py)."""
+        return {"shard": self._shard_name(), "role": self.ctx.role,
+                "node": self.ctx.node_id or self.config.node_id or self.url or "",
+                "ring_version": self.ctx.ring_version}
 
     def _shard_name(self) -> str:
         """The shard this node serves, as watch events name it."""

@@ -58,7 +58,7 @@ base_id="$(docker image inspect --format '{{.Id}}' "$BASE" 2>/dev/null || echo "
 source_hash="$(
   {
     printf '%s\n' "$base_id"
-    find node coordinator client cluster chaos -type f -not -path '*/__pycache__/*' -print0 \
+    find node coordinator client cluster chaos backup -type f -not -path '*/__pycache__/*' -print0 \
       | LC_ALL=C sort -z | xargs -0 sha256sum
     sha256sum pyproject.toml README.md Dockerfile .dockerignore "$0"
   } | sha256sum | cut -c1-16
@@ -104,7 +104,7 @@ import pathlib, sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 missing = [
     "shardkv." + ".".join(init.parent.parts)
-    for part in ("node", "coordinator", "client", "cluster", "chaos")
+    for part in ("node", "coordinator", "client", "cluster", "chaos", "backup")
     for init in sorted(pathlib.Path(part).rglob("__init__.py"))
     if "_root" not in init.parts
     and "shardkv/" + init.parent.as_posix() + "/__init__.py" not in names

@@ -99,6 +99,9 @@ class Snapshotter:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # Set by WAL archiving (node/backup/wal_archiver.py): entries from this LSN on are
+        # not archived yet, so a (soft) trim keeps them.
+        self.hold_before: Callable[[], int] | None = None
         low = config.low_disk_bytes
         if low is None:
             low = auto_low_disk_bytes(free_bytes(config.data_dir)[1])
@@ -212,6 +215,8 @@ class Snapshotter:
                                    self.guard.low_bytes)
         extents = [SegmentExtent(first, size) for first, size in self._wal.segment_extents()]
         cut = wal_cut_lsn(extents, self._wal.last_lsn, snapshot_lsn, entries, budget)
+        if self.hold_before is not None and not hard:
+            cut = min(cut, self.hold_before())
         return await self._wal.remove_before(cut) if cut > 1 else 0
 
     async def compact(self) -> CompactionReport:

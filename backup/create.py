@@ -1,0 +1,202 @@
+"""``shardkv backup create``: an online, consistent backup of the whole cluster.
+
+1. The map at a recorded version (refused while a resharding runs: its keys are in two
+   shards at once until the flip).
+2. For every shard, one member's rows at one LSN, streamed from its
+   ``GET /admin/backup/export`` (``node/backup/export.py``) into a zstd (and optionally
+   AES-256-GCM) file in the destination; a healthy replica is asked first so the primary is
+   not slowed, the primary only when no replica answers. Writes go on meanwhile.
+3. The map again: if the ring changed meanwhile, the backup is void.
+4. The manifest, last: its presence makes the backup complete.
+
+On any failure every object this backup wrote is removed and the error names the cause
+(an unreachable or full destination, a member that stopped mid-stream, ...).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from shardkv.backup.cluster_access import admin_headers, fetch_map
+from shardkv.backup.progress import ProgressLine
+from shardkv.backup.repository.destination import Destination
+from shardkv.backup.repository.encryption import key_id
+from shardkv.backup.repository.errors import BackupError
+from shardkv.backup.repository.manifest import (
+    BACKUPS_PREFIX,
+    Manifest,
+    ShardBackup,
+    manifest_name,
+    new_backup_id,
+    shard_file_name,
+)
+from shardkv.backup.repository.record_stream import RecordWriter
+
+EXPORT_PATH = "/admin/backup/export"
+READ_BYTES = 256 << 10
+EXPORT_TIMEOUT_S = 60.0
+RUNNING_MIGRATION_STATES = ("copying", "catching_up", "flipping", "cleaning")
+
+
+class MemberFailed(BackupError):
+    """One member could not deliver its rows; another member of the shard may."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    node: str
+    url: str
+    role: str
+
+
+def candidates(cluster_map: dict[str, Any], shard: str) -> list[Candidate]:
+    """The shard's members to read from, best first: replicas that are up, the primary
+    after them, members the map does not show as up last."""
+    info = cluster_map["shards"][shard]
+    primary = info.get("primary")
+    nodes = cluster_map.get("nodes", {})
+    ranked = []
+    for node_id in info.get("members", []):
+        node = nodes.get(node_id) or {}
+        if not node.get("url"):
+            continue
+        up = node.get("status", "up") == "up"
+        is_primary = node_id == primary
+        ranked.append(((not up, is_primary, node_id),
+                       Candidate(node_id, node["url"], "primary" if is_primary else "replica")))
+    return [c for _, c in sorted(ranked, key=lambda item: item[0])]
+
+
+class _ExportStream:
+    """One member's export, decoded as it arrives."""
+
+    def __init__(self, url: str) -> None:
+        request = urllib.request.Request(f"{url.rstrip('/')}{EXPORT_PATH}",
+                                         headers=admin_headers("GET", EXPORT_PATH))
+        try:
+            self._resp = urllib.request.urlopen(request, timeout=EXPORT_TIMEOUT_S)
+        except urllib.error.HTTPError as exc:
+            raise MemberFailed(f"{url} refused the export ({exc.code}): "
+                              f"{exc.read()[:300].decode(errors='replace')}") from None
+        except OSError as exc:
+            raise MemberFailed(f"{url} did not answer: {exc}") from None
+        self._unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=64 << 20)
+        self.header: dict[str, Any] | None = None
+        self.trailer: dict[str, Any] | None = None
+        self.url = url
+
+    def rows(self) -> Any:
+        try:
+            while chunk := self._resp.read(READ_BYTES):
+                self._unpacker.feed(chunk)
+                for obj in self._unpacker:
+                    if self.header is None:
+                        if not isinstance(obj, dict) or "lsn" not in obj:
+                            raise MemberFailed(f"{self.url}: the export has no header")
+                        self.header = obj
+                    elif isinstance(obj, dict):
+                        self.trailer = obj
+                    else:
+                        yield obj
+        except OSError as exc:
+            raise MemberFailed(f"{self.url}: the export stream broke: {exc}") from None
+        finally:
+            self._resp.close()
+        if self.trailer is None or not self.trailer.get("end"):
+            raise MemberFailed(f"{self.url}: the export stream was cut before its end")
+
+
+def backup_shard(dest: Destination, backup_id: str, shard: str, member: Candidate,
+                 key: bytes | None, progress: ProgressLine) -> ShardBackup:
+    name = shard_file_name(backup_id, shard, key is not None)
+    stream = _ExportStream(member.url)
+    writer = RecordWriter(dest, name, key)
+    label = f"backup {shard} from {member.node} ({member.role})"
+    started = time.monotonic()
+    keys = 0
+    try:
+        for row in stream.rows():
+            writer.write(row)
+            keys += 1
+            if keys % 2048 == 0:
+                progress.update(label, keys, writer.raw_bytes, started)
+        assert stream.header is not None and stream.trailer is not None
+        if stream.trailer.get("count") != keys:
+            raise MemberFailed(f"{member.url}: the export sent {keys} rows, its trailer says "
+                              f"{stream.trailer.get('count')}")
+    except BaseException:
+        writer.abort()
+        raise
+    stored = writer.close()
+    progress.done(label, keys, stored.raw_bytes, started)
+    header = stream.header
+    return ShardBackup(shard=shard, lsn=int(header["lsn"]), epoch=int(header["epoch"]),
+                       node=member.node, role=str(header.get("role") or member.role),
+                       taken_at=float(header["taken_at"]), keys=keys, file=stored)
+
+
+def _ring_version(cluster_map: dict[str, Any]) -> int:
+    return int((cluster_map.get("ring") or {}).get("version", 0))
+
+
+def _check_no_migration(cluster_map: dict[str, Any]) -> None:
+    record = cluster_map.get("migration")
+    if isinstance(record, dict) and record.get("state") in RUNNING_MIGRATION_STATES:
+        raise BackupError(f"a resharding ({record.get('id')}) is in progress: back up once "
+                          "it has finished (`shardkv rebalance status`)")
+
+
+def create_backup(urls: list[str], dest: Destination, key: bytes | None,
+                  progress: ProgressLine) -> Manifest:
+    created_at = time.time()
+    cluster_map = fetch_map(urls)
+    _check_no_migration(cluster_map)
+    if not cluster_map.get("shards"):
+        raise BackupError("the cluster map has no shards yet")
+    backup_id = new_backup_id(created_at)
+    try:
+        shards: dict[str, ShardBackup] = {}
+        for shard in sorted(cluster_map["shards"]):
+            shards[shard] = _backup_one(dest, backup_id, cluster_map, shard, key, progress)
+        after = fetch_map(urls)
+        _check_no_migration(after)
+        if _ring_version(after) != _ring_version(cluster_map):
+            raise BackupError(f"the ring changed during the backup (version "
+                              f"{_ring_version(cluster_map)} -> {_ring_version(after)}); "
+                              "run it again")
+        manifest = Manifest(backup_id=backup_id, created_at=created_at,
+                            finished_at=time.time(), map_version=int(cluster_map["version"]),
+                            ring=dict(cluster_map.get("ring") or {}),
+                            cluster_map=cluster_map, shards=shards,
+                            key_id=None if key is None else key_id(key))
+        dest.put_bytes(manifest_name(backup_id), manifest.to_json())
+    except BaseException:
+        progress.end()
+        _remove_partial(dest, backup_id)
+        raise
+    return manifest
+
+
+def _backup_one(dest: Destination, backup_id: str, cluster_map: dict[str, Any], shard: str,
+                key: bytes | None, progress: ProgressLine) -> ShardBackup:
+    errors = []
+    for member in candidates(cluster_map, shard):
+        try:
+            return backup_shard(dest, backup_id, shard, member, key, progress)
+        except MemberFailed as exc:  # destination trouble propagates: no member helps there
+            progress.note(f"backup {shard}: {exc}; trying another member")
+            errors.append(str(exc))
+    raise BackupError(f"no member of shard {shard} could be backed up: " + "; ".join(errors))
+
+
+def _remove_partial(dest: Destination, backup_id: str) -> None:
+    try:
+        for info in dest.list(f"{BACKUPS_PREFIX}{backup_id}/"):
+            dest.delete(info.name)
+    except BackupError:
+        pass  # the destination is gone: nothing we wrote there can be read as complete

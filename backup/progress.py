@@ -1,0 +1,49 @@
+"""The progress line the backup tools show on stderr: what, keys, MB, MB/s; at most a few
+updates a second, the last one kept with a newline. Silent when asked (``--quiet``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class ProgressLine:
+    def __init__(self, *, quiet: bool = False, stream: TextIO | None = None,
+                 interval_s: float = 0.25) -> None:
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval_s = interval_s
+        self._shown = 0.0
+        self._open = False
+
+    def update(self, label: str, keys: int, nbytes: int, started: float, *,
+               force: bool = False) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if not force and now - self._shown < self.interval_s:
+            return
+        self._shown = now
+        elapsed = max(now - started, 1e-6)
+        mb = nbytes / 1e6
+        self.stream.write(f"\r{label}: {keys} keys, {mb:.1f} MB, {mb / elapsed:.1f} MB/s, "
+                          f"{keys / elapsed:.0f} keys/s   ")
+        self.stream.flush()
+        self._open = True
+
+    def done(self, label: str, keys: int, nbytes: int, started: float) -> None:
+        self.update(label, keys, nbytes, started, force=True)
+        self.end()
+
+    def end(self) -> None:
+        if self._open and not self.quiet:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._open = False
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.end()
+            self.stream.write(text + "\n")
+            self.stream.flush()

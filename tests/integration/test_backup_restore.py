@@ -1,0 +1,269 @@
+"""Backup and restore with real processes (docs/backup.md).
+
+A source cluster (2 shards x 2 members, WAL archiving every 0.2 s into the backup
+directory) and a target of another shape (3 shards x 1): a backup taken under a 16-client
+write load restores key for key (values and expiry times) into the target; the point-in-time
+restore brings back exactly the writes acknowledged before the time asked for; bad input
+(a non-empty target, an altered file, a wrong key, a time outside the window, a full
+destination) is refused with an error naming it, and leaves the target empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eventually import eventually_async
+from shardkv.backup.create import create_backup
+from shardkv.backup.inspection import describe, verify
+from shardkv.backup.pitr import plan_restore
+from shardkv.backup.progress import ProgressLine
+from shardkv.backup.repository.catalog import backup_ids, load_manifest
+from shardkv.backup.repository.destination import LocalDestination
+from shardkv.backup.repository.errors import BackupError, DamagedFile, WrongKey
+from shardkv.backup.repository.record_stream import read_records
+from shardkv.backup.restore import restore
+from shardkv.client import Client
+from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster
+
+pytestmark = pytest.mark.integration
+
+QUIET = ProgressLine(quiet=True)
+
+
+def _start(directory: Path, **shape: int) -> LocalCluster:
+    cluster = LocalCluster(directory, ClusterPlan.new(directory, engine="memory",
+                                                      fsync="never", **shape))
+    try:
+        cluster.start()
+        cluster.wait_ready(90.0)
+    except LaunchError as exc:
+        cluster.stop()
+        pytest.fail(f"the cluster did not start: {exc}")
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def dest_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("backups")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory, dest_dir: Path) -> Any:
+    saved = dict(os.environ)
+    os.environ["SHARDKV_ARCHIVE_TO"] = str(dest_dir)
+    os.environ["SHARDKV_ARCHIVE_INTERVAL_S"] = "0.2"
+    try:
+        cluster = _start(tmp_path_factory.mktemp("source"), shards=2, replicas=2,
+                         coordinators=1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    cluster = _start(tmp_path_factory.mktemp("target"), shards=3, replicas=1, coordinators=1)
+    yield cluster
+    cluster.stop()
+
+
+async def _state(urls: list[str]) -> dict[bytes, tuple[bytes, float | None, int]]:
+    """Every key of a cluster: value, expiry, version."""
+    async with Client(urls) as kv:
+        keys = [item.key async for item in kv.scan(prefix=b"")]
+        items = await kv.mget(keys) if keys else []
+    return {k: (it.value, it.expires_at, it.version) for k, it in zip(keys, items, strict=True)
+            if it is not None}
+
+
+def _same(a: dict[bytes, tuple[bytes, float | None, int]],
+          b: dict[bytes, tuple[bytes, float | None, int]]) -> None:
+    assert sorted(a) == sorted(b)
+    for key, (value, expires, _version) in a.items():
+        other_value, other_expires, _ = b[key]
+        assert other_value == value, key
+        if expires is None:
+            assert other_expires is None, key
+        else:  # the TTL is re-applied as the time left: within the restore's latency
+            assert other_expires is not None and abs(other_expires - expires) < 2.0, key
+
+
+async def _load(urls: list[str], stop: asyncio.Event, clients: int = 16) -> int:
+    """``clients`` writers: puts (a third with a TTL) and some deletes, until ``stop``."""
+    async def writer(n: int) -> int:
+        rng = random.Random(n)
+        done = 0
+        async with Client(urls) as kv:
+            while not stop.is_set():
+                key = f"load:{n}:{rng.randrange(200)}"
+                if rng.random() < 0.1:
+                    await kv.mdelete([key])
+                else:
+                    await kv.put(key, os.urandom(rng.randrange(1, 300)),
+                                 ttl=3600 + n if rng.random() < 0.3 else None)
+                done += 1
+        return done
+    return sum(await asyncio.gather(*(writer(n) for n in range(clients))))
+
+
+async def _wipe(urls: list[str]) -> None:
+    from shardkv.backup.restore import wipe
+
+    async with Client(urls) as kv:
+        await wipe(kv)
+
+
+async def test_backup_under_load_restores_into_another_shape(source, target, dest_dir):
+    src, dst = source.plan.coordinator_urls(), target.plan.coordinator_urls()
+    dest = LocalDestination(dest_dir, create=True)
+    stop = asyncio.Event()
+    load = asyncio.create_task(_load(src, stop))
+    await eventually_async(lambda: _has_keys(src, 200), within_s=30, what="the load to start")
+    during = await asyncio.to_thread(create_backup, src, dest, None, QUIET)
+    stop.set()
+    assert await load > 0
+    assert set(during.shards) == {"s1", "s2"}
+    assert all(s.role == "replica" for s in during.shards.values()), "read from replicas"
+    after = await asyncio.to_thread(create_backup, src, dest, None, QUIET)
+
+    # Quiescent backup -> target of another shape: the same keys, values and expiry times.
+    plan = plan_restore(dest, after.backup_id, None)
+    report = await restore(dest, plan, None, dst, force=False, progress=QUIET)
+    assert report.keys == after.keys > 0
+    source_state, target_state = await _state(src), await _state(dst)
+    _same(source_state, target_state)
+    floor = after.max_version
+    assert all(version > floor for _v, _e, version in target_state.values()), \
+        "restored versions are above every version in the backup"
+
+    # The backup taken under load restores to exactly what it recorded.
+    rows = {}
+    for shard in during.shards.values():
+        for key, value, expires_at, version in read_records(dest, shard.file, None):
+            rows[bytes(key)] = (bytes(value), expires_at, version)
+    plan = plan_restore(dest, during.backup_id, None)
+    await restore(dest, plan, None, dst, force=True, progress=QUIET)
+    _same(rows, await _state(dst))
+    assert verify(dest).ok
+
+
+async def _has_keys(urls: list[str], n: int) -> bool:
+    async with Client(urls) as kv:
+        count = 0
+        async for _item in kv.scan(prefix=b"load:", limit=n):
+            count += 1
+        return count >= n
+
+
+async def test_point_in_time_restore_brings_back_exactly_the_acknowledged_writes(
+        source, target, dest_dir):
+    src, dst = source.plan.coordinator_urls(), target.plan.coordinator_urls()
+    dest = LocalDestination(dest_dir, create=True)
+    await asyncio.to_thread(create_backup, src, dest, None, QUIET)
+    acks: list[tuple[float, float]] = []
+    async with Client(src) as kv:
+        await kv.put("pitr:doomed", b"x")
+        await kv.mdelete(["pitr:doomed"])
+        for i in range(12):
+            sent = time.time()
+            await kv.put(f"pitr:{i}", f"v{i}".encode(), ttl=900 if i % 2 else None)
+            acks.append((sent, time.time()))
+            await asyncio.sleep(0.03)
+    last_ack = acks[-1][1]
+
+    async def archived() -> bool:
+        listing = await asyncio.to_thread(describe, dest)
+        return (listing["backups"][-1].get("restorable_until") or 0) >= last_ack
+    await eventually_async(archived, within_s=20, what="the archive to reach the last write")
+
+    k = 6  # between the ack of write 6 and the send of write 7
+    at = (acks[k][1] + acks[k + 1][0]) / 2
+    plan = plan_restore(dest, None, at)
+    report = await restore(dest, plan, None, dst, force=True, progress=QUIET)
+    assert report.entries_replayed > 0
+    restored = await _state(dst)
+    assert [f"pitr:{i}".encode() in restored for i in range(12)] == [i <= k for i in range(12)]
+    assert restored[b"pitr:5"][0] == b"v5" and restored[b"pitr:5"][1] is not None
+    assert b"pitr:doomed" not in restored
+
+    with pytest.raises(BackupError, match="after the restorable window"):
+        plan_restore(dest, None, time.time() + 3600)
+    with pytest.raises(BackupError, match="before the restorable window"):
+        plan_restore(dest, None, 1_000_000.0)
+
+
+async def test_bad_input_is_refused_and_leaves_the_target_empty(source, target, dest_dir,
+                                                                tmp_path):
+    src, dst = source.plan.coordinator_urls(), target.plan.coordinator_urls()
+    await _wipe(dst)
+    async with Client(dst) as kv:
+        await kv.put("occupied", b"1")
+    key = secrets.token_bytes(32)
+    enc_dir = tmp_path / "encrypted"
+    enc = LocalDestination(enc_dir, create=True)
+    manifest = await asyncio.to_thread(create_backup, src, enc, key, QUIET)
+    assert manifest.key_id is not None
+
+    # A non-empty target without --force: refused, untouched.
+    plan = plan_restore(enc, None, None)
+    with pytest.raises(BackupError, match="not empty"):
+        await restore(enc, plan, key, dst, force=False, progress=QUIET)
+    assert list(await _state(dst)) == [b"occupied"]
+    await _wipe(dst)
+
+    # A wrong key: named before anything is written.
+    with pytest.raises(WrongKey, match="wrong encryption key"):
+        await restore(enc, plan, secrets.token_bytes(32), dst, force=False, progress=QUIET)
+    assert await _state(dst) == {}
+
+    # An altered file: verify names it (exit 1), restore refuses it before writing.
+    damaged_dir = tmp_path / "damaged"
+    shutil.copytree(enc_dir, damaged_dir)
+    damaged = LocalDestination(damaged_dir, create=False)
+    victim = damaged_dir / manifest.shards["s2"].file.name
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 1
+    victim.write_bytes(bytes(data))
+    result = _cli("verify", "--from", str(damaged_dir))
+    assert result.returncode == 1 and manifest.shards["s2"].file.name in result.stdout
+    with pytest.raises(DamagedFile, match="s2.kv.zst.aes"):
+        await restore(damaged, plan_restore(damaged, None, None), key, dst, force=False,
+                      progress=QUIET)
+    assert await _state(dst) == {}
+    assert _cli("verify", "--from", str(enc_dir)).returncode == 0
+
+    # A full destination (a 16 KiB file size limit): error, and no backup left behind.
+    full_dir = tmp_path / "full"
+    result = _cli("create", "--to", str(full_dir), "--coordinator", ",".join(src), "--quiet",
+                  limit_file_bytes=16 << 10)
+    assert result.returncode == 1, result.stderr
+    assert "destination is full" in result.stderr
+    assert backup_ids(LocalDestination(full_dir, create=False)) == ([], [])
+
+    # Unreachable: a destination that is not a directory.
+    result = _cli("list", "--from", str(tmp_path / "nowhere"))
+    assert result.returncode == 1 and "is not a directory" in result.stderr
+    assert load_manifest(enc, manifest.backup_id).backup_id == manifest.backup_id
+
+
+def _cli(*argv: str, limit_file_bytes: int | None = None) -> subprocess.CompletedProcess[str]:
+    def limit() -> None:
+        if limit_file_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
+    return subprocess.run([sys.executable, "-m", "shardkv.cluster.cli", "backup", *argv],
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit)

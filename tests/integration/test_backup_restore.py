@@ -240,7 +240,7 @@ async def test_bad_input_is_refused_and_leaves_the_target_empty(source, target, 
     victim.write_bytes(bytes(data))
     result = _cli("verify", "--from", str(damaged_dir))
     assert result.returncode == 1 and manifest.shards["s2"].file.name in result.stdout
-    with pytest.raises(DamagedFile, match="s2.kv.zst.aes"):
+    with pytest.raises(DamagedFile, match=r"s2\.kv\.zst\.aes"):
         await restore(damaged, plan_restore(damaged, None, None), key, dst, force=False,
                       progress=QUIET)
     assert await _state(dst) == {}

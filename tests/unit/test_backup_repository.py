@@ -60,10 +60,10 @@ def test_a_flipped_byte_is_named(tmp_path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x40
     path.write_bytes(bytes(data))
-    with pytest.raises(DamagedFile, match="f.kv.zst.*SHA-256"):
+    with pytest.raises(DamagedFile, match=r"f\.kv\.zst.*SHA-256"):
         check_stored(dest, stored)
     path.unlink()
-    with pytest.raises(MissingFile, match="f.kv.zst"):
+    with pytest.raises(MissingFile, match=r"f\.kv\.zst"):
         check_stored(dest, stored)
 
 
@@ -104,7 +104,7 @@ def test_manifest_checks_itself_and_catalog(tmp_path):
     assert load_manifest(dest, "b1") == manifest
     edited = (tmp_path / manifest_name("b1")).read_text().replace('"lsn": 42', '"lsn": 43')
     (tmp_path / manifest_name("b1")).write_text(edited)
-    with pytest.raises(DamagedFile, match="manifest.json.*own SHA-256"):
+    with pytest.raises(DamagedFile, match=r"manifest\.json.*own SHA-256"):
         load_manifest(dest, "b1")
     dest.upload("backups/b2/shards/s1.kv.zst").commit()  # no manifest: interrupted
     assert backup_ids(dest) == (["b1"], ["b2"])

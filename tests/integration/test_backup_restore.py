@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from eventually import eventually_async
+from moto_s3 import make_bucket, moto_s3  # noqa: F401  (registers the fixture)
 from shardkv.backup.create import create_backup
 from shardkv.backup.inspection import describe, verify
 from shardkv.backup.pitr import plan_restore
@@ -258,6 +259,23 @@ async def test_bad_input_is_refused_and_leaves_the_target_empty(source, target, 
     result = _cli("list", "--from", str(tmp_path / "nowhere"))
     assert result.returncode == 1 and "is not a directory" in result.stderr
     assert load_manifest(enc, manifest.backup_id).backup_id == manifest.backup_id
+
+
+async def test_cli_backup_to_s3_and_restore(source, target, moto_s3):
+    src, dst = source.plan.coordinator_urls(), target.plan.coordinator_urls()
+    make_bucket("drill")
+    result = _cli("create", "--to", "s3://drill/prod", "--coordinator", ",".join(src),
+                  "--keep", "1")
+    assert result.returncode == 0, result.stderr
+    backup_id = result.stdout.strip()
+    assert "keys/s" in result.stderr, "the progress line"
+    listing = _cli("list", "--from", "s3://drill/prod")
+    assert listing.returncode == 0 and backup_id in listing.stdout
+    await _wipe(dst)
+    result = _cli("restore", "--from", "s3://drill/prod", "--coordinator", ",".join(dst))
+    assert result.returncode == 0, result.stderr
+    assert f"restored backup {backup_id}" in result.stdout
+    _same(await _state(src), await _state(dst))
 
 
 def _cli(*argv: str, limit_file_bytes: int | None = None) -> subprocess.CompletedProcess[str]:

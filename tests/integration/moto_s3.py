@@ -23,8 +23,8 @@ from shardkv.cluster.local_processes import free_port, spawn_logged, stop_childr
 START_TIMEOUT_S = 30.0
 
 
-@pytest.fixture(scope="module")
-def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", name="moto_s3")
+def moto_s3_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if importlib.util.find_spec("moto") is None:
         pytest.skip("moto is not installed (pip install 'moto[server]'; the test extras do)")
     port = free_port()

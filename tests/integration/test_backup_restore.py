@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from eventually import eventually_async
-from moto_s3 import make_bucket, moto_s3  # noqa: F401  (registers the fixture)
+from moto_s3 import make_bucket, moto_s3_fixture  # noqa: F401  (registers `moto_s3`)
 from shardkv.backup.create import create_backup
 from shardkv.backup.inspection import describe, verify
 from shardkv.backup.pitr import plan_restore

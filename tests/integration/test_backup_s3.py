@@ -8,7 +8,7 @@ import os
 import secrets
 
 import pytest
-from moto_s3 import make_bucket, moto_s3  # noqa: F401  (registers the fixture)
+from moto_s3 import make_bucket, moto_s3_fixture  # noqa: F401  (registers `moto_s3`)
 from shardkv.backup.inspection import delete, verify
 from shardkv.backup.repository.catalog import backup_ids
 from shardkv.backup.repository.destination import open_destination

@@ -63,6 +63,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "podSecurityContext": {"enabled": False}, "tests": {"enabled": False},
         "auth": {"existingSecret": "my-credentials"},
     },
+    "backups": {
+        "backup": {"enabled": True, "destination": "s3://backups/prod", "keep": 3,
+                   "keepDays": 14, "existingSecret": "backup-credentials",
+                   "archiveWal": True, "archiveIntervalSeconds": 5},
+    },
 }
 
 
@@ -626,3 +631,48 @@ def test_nodes_hand_off_within_their_grace_period(chart: Any) -> None:
             assert float(handoff) + 10 < pod["terminationGracePeriodSeconds"]
             probe = pod["containers"][0]["readinessProbe"]["httpGet"]
             assert probe == {"path": "/ready", "port": "http"}
+
+
+# --- backups (docs/backup.md) ----------------------------------------------------------------
+
+def test_backup_cronjob_runs_backup_create(chart: Any) -> None:
+    """The CronJob's arguments are a `shardkv backup create` the real parser accepts, signed
+    with the cluster credential, with the destination's credentials from the Secret."""
+    assert not of_kind(render(chart), "CronJob"), "off by default"
+    objects = render(chart, VALUE_SETS["backups"])
+    job = named(objects, "CronJob", f"{RELEASE}-shardkv-backup")
+    assert job["spec"]["schedule"] == "0 3 * * *"
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]
+    assert pod["metadata"]["labels"][f"{RELEASE}-shardkv-client"] == "true"  # network policy
+    (main,) = pod["spec"]["containers"]
+    args = [a.replace("$(SHARDKV_COORDINATOR)", config_env(objects)["SHARDKV_COORDINATOR"])
+            for a in main["args"]]
+    parsed = cluster_cli.build_parser().parse_args(args)
+    assert (parsed.command, parsed.backup_action, parsed.to) == ("backup", "create",
+                                                                 "s3://backups/prod")
+    assert (parsed.keep, parsed.keep_days) == (3, 14.0)
+    assert {"secretRef": {"name": "backup-credentials"}} in main["envFrom"]
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert env["SHARDKV_CLUSTER_TOKEN_FILE"] == "/etc/shardkv/cluster-token/cluster-token"
+
+
+def test_wal_archiving_reaches_every_node(chart: Any) -> None:
+    for sts in node_sts(render(chart)):
+        assert "SHARDKV_ARCHIVE_TO" not in {e["name"] for e in container(sts)["env"]}
+    for sts in node_sts(render(chart, VALUE_SETS["backups"])):
+        main = container(sts)
+        env = {e["name"]: e.get("value") for e in main["env"]}
+        assert env["SHARDKV_ARCHIVE_TO"] == "s3://backups/prod"
+        assert env["SHARDKV_ARCHIVE_INTERVAL_S"] == "5"
+        assert {"secretRef": {"name": "backup-credentials"}} in main["envFrom"]
+
+
+@pytest.mark.parametrize(("backup", "message"), [
+    ({"enabled": True}, "needs backup.destination"),
+    ({"archiveWal": True, "destination": "/backups/x"}, "needs an s3:// backup.destination"),
+])
+def test_backup_values_that_cannot_work_are_refused(chart: Any, backup: dict[str, Any],
+                                                    message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        chart.render({"backup": backup}, name=RELEASE, namespace=NAMESPACE)

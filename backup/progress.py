@@ -14,7 +14,7 @@ class ProgressLine:
         self.quiet = quiet
         self.stream = stream if stream is not None else sys.stderr
         self.interval_s = interval_s
-        self._shown = 0.0
+        self._shown = time.monotonic()  # the first line after one interval, not at once
         self._open = False
 
     def update(self, label: str, keys: int, nbytes: int, started: float, *,

@@ -144,8 +144,11 @@ def _restore(args: argparse.Namespace) -> int:
     plan = plan_restore(dest, args.backup, args.at)
     report = asyncio.run(restore(dest, plan, key, urls, force=args.force,
                                  progress=ProgressLine(quiet=args.quiet or args.json)))
+    from shardkv.backup.pitr import fmt_time
+
     text = (f"restored backup {report.backup_id}: {report.keys} keys"
-            + (f" + {report.entries_replayed} log entries up to {args.at}" if plan.at else "")
+            + (f" + {report.entries_replayed} log entries up to {fmt_time(plan.at)}"
+               if plan.at is not None else "")
             + f" in {report.seconds:.1f}s")
     _print(args, report.to_dict(), text)
     return 0

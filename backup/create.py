@@ -182,10 +182,28 @@ def create_backup(urls: list[str], dest: Destination, key: bytes | None,
     return manifest
 
 
+def _ready(member: Candidate) -> bool:
+    """A replica answers ``/ready`` 200 only when it is caught up with its primary (within
+    the node's ``ready_max_lag_entries`` and staleness bound)."""
+    try:
+        with urllib.request.urlopen(f"{member.url.rstrip('/')}/ready", timeout=2.0) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def healthy_first(members: list[Candidate]) -> list[Candidate]:
+    """Ready replicas, then the primary, then replicas that are behind or not answering."""
+    replicas = [m for m in members if m.role == "replica"]
+    ready = [m for m in replicas if _ready(m)]
+    return ready + [m for m in members if m.role == "primary"] + [
+        m for m in replicas if m not in ready]
+
+
 def _backup_one(dest: Destination, backup_id: str, cluster_map: dict[str, Any], shard: str,
                 key: bytes | None, progress: ProgressLine) -> ShardBackup:
     errors = []
-    for member in candidates(cluster_map, shard):
+    for member in healthy_first(candidates(cluster_map, shard)):
         try:
             return backup_shard(dest, backup_id, shard, member, key, progress)
         except MemberFailed as exc:  # destination trouble propagates: no member helps there

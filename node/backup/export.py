@@ -70,26 +70,15 @@ class BackupExport:
                   **self._describe()}
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE})
         await response.prepare(request)
-        packer = msgpack.Packer(use_bin_type=True)
-        buffer = [packer.pack(header)]
-        buffered, count, started = 0, 0, time.monotonic()
+        started = time.monotonic()
         rows = view.rows
         try:
-            now = time.time()
-            async for key, value, compressed, version, expires_at in rows:
-                if is_reserved(key) or (expires_at is not None and expires_at <= now):
-                    continue
-                record = packer.pack((key, decode_value(value, compressed), expires_at,
-                                      version))
-                buffer.append(record)
-                buffered += len(record)
-                count += 1
-                if buffered >= WRITE_BYTES:
-                    await self._send(response, buffer)
-                    buffer, buffered = [], 0
-            buffer.append(packer.pack({"end": True, "count": count}))
-            await self._send(response, buffer)
-            await response.write_eof()
+            count = await self._send_rows(response, rows, header)
+        except (ConnectionError, TimeoutError) as exc:
+            # The reader went away or stopped reading: it sees a stream without its trailer.
+            logger.warning("backup export cut off", extra=log_fields(lsn=view.lsn,
+                                                                     error=repr(exc)))
+            return response
         finally:
             aclose = getattr(rows, "aclose", None)
             if aclose is not None:
@@ -98,6 +87,28 @@ class BackupExport:
         logger.info("backup export sent", extra=log_fields(
             lsn=view.lsn, keys=count, seconds=round(time.monotonic() - started, 3)))
         return response
+
+    async def _send_rows(self, response: web.StreamResponse, rows: Any,
+                         header: dict[str, Any]) -> int:
+        """Header, live rows, trailer; returns how many rows were sent."""
+        packer = msgpack.Packer(use_bin_type=True)
+        buffer = [packer.pack(header)]
+        buffered, count = 0, 0
+        now = time.time()
+        async for key, value, compressed, version, expires_at in rows:
+            if is_reserved(key) or (expires_at is not None and expires_at <= now):
+                continue
+            record = packer.pack((key, decode_value(value, compressed), expires_at, version))
+            buffer.append(record)
+            buffered += len(record)
+            count += 1
+            if buffered >= WRITE_BYTES:
+                await self._send(response, buffer)
+                buffer, buffered = [], 0
+        buffer.append(packer.pack({"end": True, "count": count}))
+        await self._send(response, buffer)
+        await response.write_eof()
+        return count
 
     @staticmethod
     async def _send(response: web.StreamResponse, buffer: list[bytes]) -> None:

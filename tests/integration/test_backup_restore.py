@@ -278,6 +278,24 @@ async def test_cli_backup_to_s3_and_restore(source, target, moto_s3):
     _same(await _state(src), await _state(dst))
 
 
+def test_a_dead_replica_is_passed_over_for_the_primary(source, tmp_path):
+    """A replica that does not answer is ranked after the primary; the shard is still read."""
+    from shardkv.backup.cluster_access import fetch_map
+    from shardkv.backup.create import _backup_one, candidates, healthy_first
+    from shardkv.cluster.local_processes import free_port
+
+    cluster_map = fetch_map(source.plan.coordinator_urls())
+    info = cluster_map["shards"]["s1"]
+    for node_id in info["members"]:
+        if node_id != info["primary"]:  # every replica of s1 points at a closed port
+            cluster_map["nodes"][node_id]["url"] = f"http://127.0.0.1:{free_port()}"
+    ranked = healthy_first(candidates(cluster_map, "s1"))
+    assert ranked[0].role == "primary"
+    shard = _backup_one(LocalDestination(tmp_path, create=True), "b", cluster_map, "s1", None,
+                        QUIET)
+    assert shard.role == "primary" and shard.node == info["primary"] and shard.keys > 0
+
+
 def _cli(*argv: str, limit_file_bytes: int | None = None) -> subprocess.CompletedProcess[str]:
     def limit() -> None:
         if limit_file_bytes is not None:

@@ -32,7 +32,7 @@ from shardkv.backup.pitr import plan_restore
 from shardkv.backup.progress import ProgressLine
 from shardkv.backup.repository.catalog import backup_ids, load_manifest
 from shardkv.backup.repository.destination import LocalDestination
-from shardkv.backup.repository.errors import BackupError, DamagedFile, WrongKey
+from shardkv.backup.repository.errors import BackupError, MissingFile, WrongKey
 from shardkv.backup.repository.record_stream import read_records
 from shardkv.backup.restore import restore
 from shardkv.client import Client
@@ -239,9 +239,12 @@ async def test_bad_input_is_refused_and_leaves_the_target_empty(source, target, 
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 1
     victim.write_bytes(bytes(data))
+    (damaged_dir / manifest.shards["s1"].file.name).unlink()  # and one file missing
     result = _cli("verify", "--from", str(damaged_dir))
-    assert result.returncode == 1 and manifest.shards["s2"].file.name in result.stdout
-    with pytest.raises(DamagedFile, match=r"s2\.kv\.zst\.aes"):
+    assert result.returncode == 1
+    assert f"damaged file {manifest.shards['s2'].file.name}" in result.stdout
+    assert f"missing file {manifest.shards['s1'].file.name}" in result.stdout
+    with pytest.raises(MissingFile, match=r"s1\.kv\.zst\.aes"):
         await restore(damaged, plan_restore(damaged, None, None), key, dst, force=False,
                       progress=QUIET)
     assert await _state(dst) == {}

@@ -208,7 +208,7 @@ async def test_point_in_time_restore_brings_back_exactly_the_acknowledged_writes
 
 
 async def test_bad_input_is_refused_and_leaves_the_target_empty(source, target, dest_dir,
-                                                                tmp_path):
+                                                                tmp_path, capsys):
     src, dst = source.plan.coordinator_urls(), target.plan.coordinator_urls()
     await _wipe(dst)
     async with Client(dst) as kv:
@@ -240,15 +240,15 @@ async def test_bad_input_is_refused_and_leaves_the_target_empty(source, target, 
     data[len(data) // 2] ^= 1
     victim.write_bytes(bytes(data))
     (damaged_dir / manifest.shards["s1"].file.name).unlink()  # and one file missing
-    result = _cli("verify", "--from", str(damaged_dir))
-    assert result.returncode == 1
-    assert f"damaged file {manifest.shards['s2'].file.name}" in result.stdout
-    assert f"missing file {manifest.shards['s1'].file.name}" in result.stdout
+    code, out, _err = _main(capsys, "verify", "--from", str(damaged_dir))
+    assert code == 1
+    assert f"damaged file {manifest.shards['s2'].file.name}" in out
+    assert f"missing file {manifest.shards['s1'].file.name}" in out
     with pytest.raises(MissingFile, match=r"s1\.kv\.zst\.aes"):
         await restore(damaged, plan_restore(damaged, None, None), key, dst, force=False,
                       progress=QUIET)
     assert await _state(dst) == {}
-    assert _cli("verify", "--from", str(enc_dir)).returncode == 0
+    assert _main(capsys, "verify", "--from", str(enc_dir))[0] == 0
 
     # A full destination (a 16 KiB file size limit): error, and no backup left behind.
     full_dir = tmp_path / "full"
@@ -259,26 +259,31 @@ async def test_bad_input_is_refused_and_leaves_the_target_empty(source, target, 
     assert backup_ids(LocalDestination(full_dir, create=False)) == ([], [])
 
     # Unreachable: a destination that is not a directory.
-    result = _cli("list", "--from", str(tmp_path / "nowhere"))
-    assert result.returncode == 1 and "is not a directory" in result.stderr
+    code, _out, err = _main(capsys, "list", "--from", str(tmp_path / "nowhere"))
+    assert code == 1 and "is not a directory" in err
     assert load_manifest(enc, manifest.backup_id).backup_id == manifest.backup_id
 
 
-async def test_cli_backup_to_s3_and_restore(source, target, moto_s3):
+def test_cli_backup_to_s3_and_restore(source, target, moto_s3, capsys):
+    """The CLI end to end (in this process: the same entry point, without an interpreter's
+    start-up per command): create with retention, list, restore from S3."""
+    from shardkv.cluster.cli import main
+
     src, dst = source.plan.coordinator_urls(), target.plan.coordinator_urls()
     make_bucket("drill")
-    result = _cli("create", "--to", "s3://drill/prod", "--coordinator", ",".join(src),
-                  "--keep", "1")
-    assert result.returncode == 0, result.stderr
-    backup_id = result.stdout.strip()
-    assert "keys/s" in result.stderr, "the progress line"
-    listing = _cli("list", "--from", "s3://drill/prod")
-    assert listing.returncode == 0 and backup_id in listing.stdout
-    await _wipe(dst)
-    result = _cli("restore", "--from", "s3://drill/prod", "--coordinator", ",".join(dst))
-    assert result.returncode == 0, result.stderr
-    assert f"restored backup {backup_id}" in result.stdout
-    _same(await _state(src), await _state(dst))
+    capsys.readouterr()
+    assert main(["backup", "create", "--to", "s3://drill/prod", "--coordinator", ",".join(src),
+                 "--keep", "1"]) == 0
+    out = capsys.readouterr()
+    backup_id = out.out.strip()
+    assert "keys from 2 shards" in out.err
+    assert main(["backup", "list", "--from", "s3://drill/prod"]) == 0
+    assert backup_id in capsys.readouterr().out
+    asyncio.run(_wipe(dst))
+    assert main(["backup", "restore", "--from", "s3://drill/prod", "--coordinator",
+                 ",".join(dst)]) == 0
+    assert f"restored backup {backup_id}" in capsys.readouterr().out
+    _same(asyncio.run(_state(src)), asyncio.run(_state(dst)))
 
 
 def test_a_dead_replica_is_passed_over_for_the_primary(source, tmp_path):
@@ -297,6 +302,16 @@ def test_a_dead_replica_is_passed_over_for_the_primary(source, tmp_path):
     shard = _backup_one(LocalDestination(tmp_path, create=True), "b", cluster_map, "s1", None,
                         QUIET)
     assert shard.role == "primary" and shard.node == info["primary"] and shard.keys > 0
+
+
+def _main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``shardkv backup ...`` in this process: exit status, stdout, stderr."""
+    from shardkv.cluster.cli import main
+
+    capsys.readouterr()
+    code = main(["backup", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def _cli(*argv: str, limit_file_bytes: int | None = None) -> subprocess.CompletedProcess[str]:

@@ -88,3 +88,28 @@ def test_replay_is_a_prefix_up_to_the_time(dest):
     assert batch == {b"k": (b"v2", 9.0), b"gone": None} and counter[0] == 3
     with pytest.raises(BackupError, match="jumps from LSN 10 to 12"):
         list(_entry_batches(writes[1:], 10, 9.0, [0]))
+
+
+def test_retention_deletes_backups_and_the_wal_only_they_needed(dest):
+    from shardkv.backup.inspection import delete
+    from shardkv.backup.repository.catalog import backup_ids
+    from shardkv.backup.repository.wal_archive import list_chunks
+
+    _archive(dest, [_entry(1, 80.0), _entry(2, 81.0)])  # before every backup's LSN
+    assert [c.first_lsn for c in list_chunks(dest, "s1")] == [1, 8]
+    result = delete(dest, backup_id=None, keep=1, keep_days=None, now=200.0)
+    assert result["deleted"] == ["b1"] and backup_ids(dest) == (["b2"], [])
+    # b2 is at LSN 15: the chunk 1..2 is no use to it any more; 8..20 still is.
+    assert result["wal_chunks_pruned"] == 1
+    assert [c.first_lsn for c in list_chunks(dest, "s1")] == [8]
+
+
+def test_node_flag_and_environment_turn_archiving_on(tmp_path):
+    from shardkv.node.config import load_config
+
+    flags = {"data_dir": str(tmp_path), "archive_to": "s3://b/p"}
+    config = load_config(flags, {"SHARDKV_ARCHIVE_INTERVAL_S": "0.5"})
+    assert (config.archive_to, config.archive_interval_s) == ("s3://b/p", 0.5)
+    assert load_config({"data_dir": str(tmp_path)}, {}).archive_to is None
+    config = load_config({"data_dir": str(tmp_path)}, {"SHARDKV_ARCHIVE_TO": "/arch"})
+    assert config.archive_to == "/arch"

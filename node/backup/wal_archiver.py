@@ -78,6 +78,7 @@ class WalArchiver:
         self._dest: Destination | None = None
         self._shard: str | None = None
         self._refreshed = 0.0
+        self._was_primary = False
         self._task: asyncio.Task[None] | None = None
 
     def install(self) -> None:
@@ -137,7 +138,11 @@ class WalArchiver:
                                                  create=True)
         primary = server.ctx.role == "primary"
         stale = time.monotonic() - self._refreshed > REFRESH_S
-        if shard != self._shard or self.archived_lsn is None or (not primary and stale):
+        promoted = primary and not self._was_primary
+        self._was_primary = primary
+        if (shard != self._shard or self.archived_lsn is None or promoted
+                or (not primary and stale)):
+            # A new primary continues from the archive's end as the old one left it.
             self.archived_lsn = await asyncio.to_thread(last_archived_lsn, self._dest, shard)
             self._shard, self._refreshed = shard, time.monotonic()
         if not primary:
@@ -163,9 +168,19 @@ class WalArchiver:
             self.archived_lsn = chunk.last_lsn
             self.chunks += 1
             start = chunk.last_lsn + 1
-        if self.archived_lsn >= applied:
+        if self.archived_lsn >= applied and self._lease_held():
+            # "Nothing was written up to `at`" is only for a primary sure to be one: a deposed
+            # primary that has not noticed yet would stretch the window past the new one's
+            # writes.
             await asyncio.to_thread(write_progress, self._dest, shard,
                                     Progress(self.archived_lsn, at))
+
+    def _lease_held(self) -> bool:
+        if self.server.config.standalone:
+            return True  # a one-node shard: nobody can depose it
+        replication = getattr(self.server, "replication", None)
+        lease = getattr(replication, "lease", None)
+        return True if lease is None else bool(lease.valid)
 
     def _write_chunk(self, shard: str, entries: list[WalEntry]) -> ArchivedChunk:
         assert self._dest is not None

@@ -27,6 +27,11 @@ def _delete(url: str, key: str) -> None:
                            timeout=10).close()
 
 
+def _export(url: str) -> list[object]:
+    with urllib.request.urlopen(f"{url}/admin/backup/export", timeout=10) as resp:
+        return list(msgpack.Unpacker(resp, raw=False))
+
+
 async def test_export_and_encrypted_archive(node_factory, tmp_path):
     key = secrets.token_bytes(32)
     archive = tmp_path / "archive"
@@ -39,9 +44,7 @@ async def test_export_and_encrypted_archive(node_factory, tmp_path):
     _delete(node.url, "a")
     _put(node.url, "c", b"3")
 
-    with urllib.request.urlopen(f"{node.url}/admin/backup/export", timeout=10) as resp:
-        objects = list(msgpack.Unpacker(resp, raw=False))
-    header, *rows, trailer = objects
+    header, *rows, trailer = _export(node.url)
     assert header["lsn"] >= 4 and header["role"] == "primary"
     assert [(r[0], r[1]) for r in rows] == [(b"b", b"2"), (b"c", b"3")]
     assert rows[0][2] is not None and rows[1][2] is None  # expiry times

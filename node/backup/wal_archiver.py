@@ -25,6 +25,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter, Gauge
 from shardkv.backup.repository.destination import Destination, open_destination
 from shardkv.backup.repository.encryption import key_id, load_key
 from shardkv.backup.repository.record_stream import RecordWriter
@@ -82,6 +83,18 @@ class WalArchiver:
         self._task: asyncio.Task[None] | None = None
 
     def install(self) -> None:
+        registry = self.server.metrics.registry
+        Gauge("shardkv_wal_archived_lsn", "The newest LSN of this shard in the WAL archive, "
+              "as this node knows it.", registry=registry).set_function(
+            lambda: self.archived_lsn or 0)
+        Gauge("shardkv_wal_archive_lag_entries", "Applied entries not archived yet (on the "
+              "primary; 0 elsewhere).", registry=registry).set_function(self._lag)
+        self._chunks = Counter("shardkv_wal_archive_chunks", "Archive chunks this node wrote.",
+                               registry=registry)
+        self._failures = Counter("shardkv_wal_archive_failures", "Archive rounds that failed "
+                                 "(destination unreachable, full, ...).", registry=registry)
+        self._gaps = Counter("shardkv_wal_archive_gaps", "Ranges trimmed from the log before "
+                             "they were archived.", registry=registry)
         self.server.on_ready.append(self._start)
         self.server.on_stop.append(self._stop)
 
@@ -104,6 +117,12 @@ class WalArchiver:
         with contextlib.suppress(Exception):
             await self.step()
 
+    def _lag(self) -> float:
+        store = self.server.store
+        if store is None or self.archived_lsn is None or self.server.ctx.role != "primary":
+            return 0.0
+        return float(max(0, store.applied_lsn - self.archived_lsn))
+
     def hold_before(self) -> int:
         """Log entries from this LSN on stay until archived (1: hold all, not known yet)."""
         return 1 if self.archived_lsn is None else self.archived_lsn + 1
@@ -118,6 +137,7 @@ class WalArchiver:
                 await self.step()
                 self.last_error = None
             except Exception as exc:
+                self._failures.inc()
                 if self.last_error != str(exc):
                     logger.warning("WAL archiving failed; retrying", extra=log_fields(
                         destination=self.destination, error=str(exc)))
@@ -157,6 +177,7 @@ class WalArchiver:
                 first = store.wal.first_lsn
                 if self.archived_lsn:
                     self.gaps += 1
+                    self._gaps.inc()
                     logger.error("WAL archive gap: entries were trimmed before they were "
                                  "archived", extra=log_fields(shard=shard, missing_from=start,
                                                               missing_to=first - 1))
@@ -167,6 +188,7 @@ class WalArchiver:
             chunk = await asyncio.to_thread(self._write_chunk, shard, entries)
             self.archived_lsn = chunk.last_lsn
             self.chunks += 1
+            self._chunks.inc()
             start = chunk.last_lsn + 1
         if self.archived_lsn >= applied and self._lease_held():
             # "Nothing was written up to `at`" is only for a primary sure to be one: a deposed

@@ -27,6 +27,11 @@ def _delete(url: str, key: str) -> None:
                            timeout=10).close()
 
 
+def _text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
 def _export(url: str) -> list[object]:
     with urllib.request.urlopen(f"{url}/admin/backup/export", timeout=10) as resp:
         return list(msgpack.Unpacker(resp, raw=False))
@@ -65,3 +70,6 @@ async def test_export_and_encrypted_archive(node_factory, tmp_path):
     assert mutations == [(PUT, b"a", big), (PUT, b"b", b"2"), (DELETE, b"a", b""),
                          (PUT, b"c", b"3")]
     assert b"compressible" not in (archive / chunks[0].file.name).read_bytes()
+    metrics = _text(f"{node.url}/metrics")
+    assert f"shardkv_wal_archived_lsn {float(lsns[-1])}" in metrics
+    assert "shardkv_wal_archive_chunks_total" in metrics

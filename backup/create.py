@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,19 +91,35 @@ class _ExportStream:
         self.trailer: dict[str, Any] | None = None
         self.url = url
 
-    def rows(self) -> Any:
+    def packed_rows(self) -> Iterator[tuple[bytes, int]]:
+        """The rows as the member packed them, in runs ``(bytes, how many rows)``: they are
+        stored as they are (each checked to be a 4-element array), not unpacked and packed
+        again, which halves the tool's CPU per row."""
+        buffer = bytearray()
+        base = 0  # stream offset of buffer[0]
+        mark = 0  # stream offset where the rows not yet handed out begin
         try:
             while chunk := self._resp.read(READ_BYTES):
+                buffer += chunk
                 self._unpacker.feed(chunk)
+                count, rows_end = 0, mark
                 for obj in self._unpacker:
+                    position = self._unpacker.tell()
                     if self.header is None:
                         if not isinstance(obj, dict) or "lsn" not in obj:
                             raise MemberFailed(f"{self.url}: the export has no header")
-                        self.header = obj
+                        self.header, mark, rows_end = obj, position, position
                     elif isinstance(obj, dict):
                         self.trailer = obj
+                    elif type(obj) is list and len(obj) == 4:
+                        count, rows_end = count + 1, position
                     else:
-                        yield obj
+                        raise MemberFailed(f"{self.url}: the export sent a malformed row")
+                if count:
+                    yield bytes(buffer[mark - base:rows_end - base]), count
+                    mark = rows_end
+                del buffer[:mark - base]
+                base = mark
         except OSError as exc:
             raise MemberFailed(f"{self.url}: the export stream broke: {exc}") from None
         finally:
@@ -120,11 +137,10 @@ def backup_shard(dest: Destination, backup_id: str, shard: str, member: Candidat
     started = time.monotonic()
     keys = 0
     try:
-        for row in stream.rows():
-            writer.write(row)
-            keys += 1
-            if keys % 2048 == 0:
-                progress.update(label, keys, writer.raw_bytes, started)
+        for packed, count in stream.packed_rows():
+            writer.write_packed(packed, count)
+            keys += count
+            progress.update(label, keys, writer.raw_bytes, started)
         assert stream.header is not None and stream.trailer is not None
         if stream.trailer.get("count") != keys:
             raise MemberFailed(f"{member.url}: the export sent {keys} rows, its trailer says "

@@ -87,6 +87,15 @@ class RecordWriter:
         if self._buffered >= _FLUSH_BYTES:
             self._flush()
 
+    def write_packed(self, packed: bytes, records: int) -> None:
+        """``records`` records already packed with msgpack (passed through as they are)."""
+        self._buffer.append(packed)
+        self._buffered += len(packed)
+        self.records += records
+        self.raw_bytes += len(packed)
+        if self._buffered >= _FLUSH_BYTES:
+            self._flush()
+
     def close(self) -> StoredFile:
         """Finish the file and make it visible; on any error nothing is left behind."""
         try:

@@ -151,3 +151,46 @@ def test_archive_continuity():
     assert gaps(chunks, 45) == []
     assert [c.first_lsn for c in covering(chunks, 12)] == [5, 21]
     assert [c.first_lsn for c in covering(chunks, 0)] == [1, 5, 21]
+
+
+class _Trickle:
+    """A response that hands out its bytes a few at a time (rows split anywhere)."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step, self.closed = data, step, False
+
+    def read(self, _n: int) -> bytes:
+        chunk, self.data = self.data[:self.step], self.data[self.step:]
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("step", [1, 7, 1 << 16])
+def test_export_rows_pass_through_whatever_the_read_sizes(tmp_path, step):
+    import msgpack
+    from shardkv.backup.create import MemberFailed, _ExportStream
+
+    rows = _rows(300)
+    body = b"".join(msgpack.packb(o, use_bin_type=True)
+                    for o in [{"lsn": 9, "epoch": 1}, *rows, {"end": True, "count": 300}])
+
+    def stream(data: bytes) -> _ExportStream:
+        export = object.__new__(_ExportStream)
+        export._resp = _Trickle(data, step)
+        export._unpacker = msgpack.Unpacker(raw=False, use_list=True)
+        export.header = export.trailer = None
+        export.url = "http://member"
+        return export
+
+    dest = LocalDestination(tmp_path, create=True)
+    export = stream(body)
+    writer = RecordWriter(dest, "s.kv.zst", None)
+    for packed, count in export.packed_rows():
+        writer.write_packed(packed, count)
+    stored = writer.close()
+    assert export.header == {"lsn": 9, "epoch": 1} and stored.records == 300
+    assert list(read_records(dest, stored, None)) == rows
+    with pytest.raises(MemberFailed, match="cut before its end"):
+        list(stream(body[:-5]).packed_rows())

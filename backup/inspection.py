@@ -98,7 +98,10 @@ def _verify_archive(dest: Destination, shard: str, from_lsn: int | None,
         _check(dest, chunk.file, report, deep, key)
     if not chunks:
         return
-    start = from_lsn if from_lsn is not None else chunks[0].first_lsn - 1
+    # From the oldest backup on, but not before the first chunk: archiving switched on after
+    # a backup is not damage (that backup just has no point-in-time range).
+    start = chunks[0].first_lsn - 1 if from_lsn is None else max(from_lsn,
+                                                                 chunks[0].first_lsn - 1)
     for first, last in gaps(chunks, start):
         before = [c for c in chunks if c.last_lsn < first]
         after = [c for c in chunks if c.first_lsn > last]

@@ -113,3 +113,19 @@ def test_node_flag_and_environment_turn_archiving_on(tmp_path):
     assert load_config({"data_dir": str(tmp_path)}, {}).archive_to is None
     config = load_config({"data_dir": str(tmp_path)}, {"SHARDKV_ARCHIVE_TO": "/arch"})
     assert config.archive_to == "/arch"
+
+
+def test_verify_names_an_archive_gap_and_a_damaged_chunk(dest, tmp_path):
+    from shardkv.backup.inspection import verify
+
+    assert verify(dest).ok
+    _archive(dest, [_entry(i, 200.0 + i) for i in range(25, 31)])
+    report = verify(dest)
+    assert report.problems == [
+        "archived WAL of shard s1 misses LSNs 21..24 between "
+        "wal/s1/0000000000000008-0000000000000020.json and "
+        "wal/s1/0000000000000025-0000000000000030.json (point-in-time restore cannot cross it)"]
+    victim = tmp_path / chunk_name("s1", 25, 30, False)
+    victim.write_bytes(victim.read_bytes()[:-3])
+    assert any("0000000000000025-0000000000000030.wal.zst" in p and "truncated" in p
+               for p in verify(dest).problems)

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "newest N backups (with the WAL they need)")
     create.add_argument("--keep-days", type=float, metavar="D", help="afterwards, delete "
                         "backups older than D days (the newest is always kept)")
+    create.add_argument("--max-rate", type=float, metavar="MB/S", help="read at most this "
+                        "many MB/s (raw) from the cluster, to leave the members' CPU to the "
+                        "foreground load")
     restore = actions.add_parser("restore", help="restore a backup into a fresh cluster")
     restore.add_argument("--from", dest="source", required=True, metavar="DEST")
     restore.add_argument("--backup", metavar="ID", help="which backup (default: the newest, "
@@ -108,7 +111,8 @@ def _create(args: argparse.Namespace) -> int:
     urls = coordinators(args)
     dest = open_destination(args.to, create=True)
     started = time.monotonic()
-    manifest = create_backup(urls, dest, key, ProgressLine(quiet=args.quiet or args.json))
+    manifest = create_backup(urls, dest, key, ProgressLine(quiet=args.quiet or args.json),
+                             max_bytes_per_s=args.max_rate * 1e6 if args.max_rate else None)
     seconds = time.monotonic() - started
     summary: dict[str, Any] = {
         "backup": manifest.backup_id, "destination": dest.url, "keys": manifest.keys,

@@ -129,7 +129,8 @@ class _ExportStream:
 
 
 def backup_shard(dest: Destination, backup_id: str, shard: str, member: Candidate,
-                 key: bytes | None, progress: ProgressLine) -> ShardBackup:
+                 key: bytes | None, progress: ProgressLine,
+                 max_bytes_per_s: float | None = None) -> ShardBackup:
     name = shard_file_name(backup_id, shard, key is not None)
     stream = _ExportStream(member.url)
     writer = RecordWriter(dest, name, key)
@@ -141,6 +142,12 @@ def backup_shard(dest: Destination, backup_id: str, shard: str, member: Candidat
             writer.write_packed(packed, count)
             keys += count
             progress.update(label, keys, writer.raw_bytes, started)
+            if max_bytes_per_s:
+                # Reading slower is the throttle: TCP backpressure makes the member's export
+                # wait for the socket, which leaves its CPU to the foreground load.
+                ahead = writer.raw_bytes / max_bytes_per_s - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
         assert stream.header is not None and stream.trailer is not None
         if stream.trailer.get("count") != keys:
             raise MemberFailed(f"{member.url}: the export sent {keys} rows, its trailer says "
@@ -168,7 +175,7 @@ def _check_no_migration(cluster_map: dict[str, Any]) -> None:
 
 
 def create_backup(urls: list[str], dest: Destination, key: bytes | None,
-                  progress: ProgressLine) -> Manifest:
+                  progress: ProgressLine, *, max_bytes_per_s: float | None = None) -> Manifest:
     created_at = time.time()
     cluster_map = fetch_map(urls)
     _check_no_migration(cluster_map)
@@ -178,7 +185,8 @@ def create_backup(urls: list[str], dest: Destination, key: bytes | None,
     try:
         shards: dict[str, ShardBackup] = {}
         for shard in sorted(cluster_map["shards"]):
-            shards[shard] = _backup_one(dest, backup_id, cluster_map, shard, key, progress)
+            shards[shard] = _backup_one(dest, backup_id, cluster_map, shard, key, progress,
+                                        max_bytes_per_s)
         after = fetch_map(urls)
         _check_no_migration(after)
         if _ring_version(after) != _ring_version(cluster_map):
@@ -217,11 +225,12 @@ def healthy_first(members: list[Candidate]) -> list[Candidate]:
 
 
 def _backup_one(dest: Destination, backup_id: str, cluster_map: dict[str, Any], shard: str,
-                key: bytes | None, progress: ProgressLine) -> ShardBackup:
+                key: bytes | None, progress: ProgressLine,
+                max_bytes_per_s: float | None = None) -> ShardBackup:
     errors = []
     for member in healthy_first(candidates(cluster_map, shard)):
         try:
-            return backup_shard(dest, backup_id, shard, member, key, progress)
+            return backup_shard(dest, backup_id, shard, member, key, progress, max_bytes_per_s)
         except MemberFailed as exc:  # destination trouble propagates: no member helps there
             progress.note(f"backup {shard}: {exc}; trying another member")
             errors.append(str(exc))

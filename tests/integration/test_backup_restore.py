@@ -292,6 +292,10 @@ def test_a_dead_replica_is_passed_over_for_the_primary(source, tmp_path):
     from shardkv.backup.create import _backup_one, candidates, healthy_first
     from shardkv.cluster.local_processes import free_port
 
+    async def fill() -> None:
+        async with Client(source.plan.coordinator_urls()) as kv:
+            await kv.mput([(f"dead:{i}", os.urandom(2000)) for i in range(200)])
+    asyncio.run(fill())
     cluster_map = fetch_map(source.plan.coordinator_urls())
     info = cluster_map["shards"]["s1"]
     for node_id in info["members"]:
@@ -299,9 +303,12 @@ def test_a_dead_replica_is_passed_over_for_the_primary(source, tmp_path):
             cluster_map["nodes"][node_id]["url"] = f"http://127.0.0.1:{free_port()}"
     ranked = healthy_first(candidates(cluster_map, "s1"))
     assert ranked[0].role == "primary"
+    rate = 1e6  # and --max-rate holds the read to 1 MB/s
+    started = time.monotonic()
     shard = _backup_one(LocalDestination(tmp_path, create=True), "b", cluster_map, "s1", None,
-                        QUIET)
+                        QUIET, rate)
     assert shard.role == "primary" and shard.node == info["primary"] and shard.keys > 0
+    assert time.monotonic() - started >= shard.file.raw_bytes / rate * 0.9
 
 
 def _main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -72,6 +72,10 @@ def _attacks(cluster: LocalCluster) -> list[tuple[str, int, object]]:
     attempt("fence the primary (no credential)", "POST",
             f"{primary_url}/admin/replication/fence", {})
     attempt("read a digest (no credential)", "GET", f"{primary_url}/v1/digest")
+    attempt("export every key for a backup (no credential)", "GET",
+            f"{primary_url}/admin/backup/export")
+    attempt("export with a guessed bearer", "GET", f"{primary_url}/admin/backup/export",
+            headers={"Authorization": "Bearer not-the-token-0000000000"})
     attempt("test-only: arm a failpoint (no credential)", "PUT",
             f"{primary_url}/admin/failpoints/wal.fsync", "crash")
     attempt("test-only: skew the clock (no credential)", "PUT",

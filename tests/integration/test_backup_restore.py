@@ -30,7 +30,7 @@ from shardkv.backup.create import create_backup
 from shardkv.backup.inspection import describe, verify
 from shardkv.backup.pitr import plan_restore
 from shardkv.backup.progress import ProgressLine
-from shardkv.backup.repository.catalog import backup_ids, load_manifest
+from shardkv.backup.repository.catalog import backup_ids
 from shardkv.backup.repository.destination import LocalDestination
 from shardkv.backup.repository.errors import BackupError, MissingFile, WrongKey
 from shardkv.backup.repository.record_stream import read_records
@@ -261,7 +261,10 @@ async def test_bad_input_is_refused_and_leaves_the_target_empty(source, target, 
     # Unreachable: a destination that is not a directory.
     code, _out, err = _main(capsys, "list", "--from", str(tmp_path / "nowhere"))
     assert code == 1 and "is not a directory" in err
-    assert load_manifest(enc, manifest.backup_id).backup_id == manifest.backup_id
+    # And with the right key, the encrypted backup restores.
+    report = await restore(enc, plan_restore(enc, None, None), key, dst, force=False,
+                           progress=QUIET)
+    assert report.keys == manifest.keys == len(await _state(dst))
 
 
 def test_cli_backup_to_s3_and_restore(source, target, moto_s3, capsys):

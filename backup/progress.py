@@ -19,6 +19,7 @@ class ProgressLine:
 
     def update(self, label: str, keys: int, nbytes: int, started: float, *,
                force: bool = False) -> None:
+        """``keys`` < 0: a step that counts bytes only (checking files)."""
         if self.quiet:
             return
         now = time.monotonic()
@@ -27,8 +28,9 @@ class ProgressLine:
         self._shown = now
         elapsed = max(now - started, 1e-6)
         mb = nbytes / 1e6
-        self.stream.write(f"\r{label}: {keys} keys, {mb:.1f} MB, {mb / elapsed:.1f} MB/s, "
-                          f"{keys / elapsed:.0f} keys/s   ")
+        counted = f"{keys} keys, " if keys >= 0 else ""
+        rate = f", {keys / elapsed:.0f} keys/s" if keys >= 0 else ""
+        self.stream.write(f"\r{label}: {counted}{mb:.1f} MB, {mb / elapsed:.1f} MB/s{rate}   ")
         self.stream.flush()
         self._open = True
 

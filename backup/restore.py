@@ -84,7 +84,7 @@ def verify_inputs(dest: Destination, plan: RestorePlan, key: bytes | None,
     for stored in files:
         check_stored(dest, stored)
         checked += stored.size
-        progress.update(f"verify {len(files)} files", 0, checked, started)
+        progress.update(f"verify {len(files)} files", -1, checked, started)
     progress.end()
     return files
 

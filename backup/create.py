@@ -37,11 +37,11 @@ from shardkv.backup.repository.manifest import (
     shard_file_name,
 )
 from shardkv.backup.repository.record_stream import RecordWriter
+from shardkv.cluster.migration_record import RUNNING_STATES
 
 EXPORT_PATH = "/admin/backup/export"
 READ_BYTES = 256 << 10
 EXPORT_TIMEOUT_S = 60.0
-RUNNING_MIGRATION_STATES = ("copying", "catching_up", "flipping", "cleaning")
 
 
 class MemberFailed(BackupError):
@@ -169,7 +169,7 @@ def _ring_version(cluster_map: dict[str, Any]) -> int:
 
 def _check_no_migration(cluster_map: dict[str, Any]) -> None:
     record = cluster_map.get("migration")
-    if isinstance(record, dict) and record.get("state") in RUNNING_MIGRATION_STATES:
+    if isinstance(record, dict) and record.get("state") in RUNNING_STATES:
         raise BackupError(f"a resharding ({record.get('id')}) is in progress: back up once "
                           "it has finished (`shardkv rebalance status`)")
 

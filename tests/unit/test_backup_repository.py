@@ -194,3 +194,13 @@ def test_export_rows_pass_through_whatever_the_read_sizes(tmp_path, step):
     assert list(read_records(dest, stored, None)) == rows
     with pytest.raises(MemberFailed, match="cut before its end"):
         list(stream(body[:-5]).packed_rows())
+
+
+def test_a_backup_is_refused_while_a_resharding_runs():
+    from shardkv.backup.create import _check_no_migration
+
+    _check_no_migration({"migration": None})
+    _check_no_migration({"migration": {"id": "m1", "state": "done"}})
+    for state in ("copying", "catching_up", "flipping", "cleaning"):
+        with pytest.raises(BackupError, match="resharding .m1. is in progress"):
+            _check_no_migration({"migration": {"id": "m1", "state": state}})

@@ -202,5 +202,5 @@ def test_a_backup_is_refused_while_a_resharding_runs():
     _check_no_migration({"migration": None})
     _check_no_migration({"migration": {"id": "m1", "state": "done"}})
     for state in ("copying", "catching_up", "flipping", "cleaning"):
-        with pytest.raises(BackupError, match="resharding .m1. is in progress"):
+        with pytest.raises(BackupError, match=r"resharding \(m1\) is in progress"):
             _check_no_migration({"migration": {"id": "m1", "state": state}})

@@ -129,3 +129,20 @@ def test_verify_names_an_archive_gap_and_a_damaged_chunk(dest, tmp_path):
     victim.write_bytes(victim.read_bytes()[:-3])
     assert any("0000000000000025-0000000000000030.wal.zst" in p and "truncated" in p
                for p in verify(dest).problems)
+
+
+def test_cli_list_verify_deep_and_delete(dest, tmp_path, capsys):
+    from shardkv.cluster.cli import main
+
+    assert main(["backup", "list", "--from", str(tmp_path), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [b["id"] for b in listing["backups"]] == ["b1", "b2"]
+    assert main(["backup", "verify", "--from", str(tmp_path), "--deep"]) == 0
+    assert "ok: " in capsys.readouterr().out
+    assert main(["backup", "delete", "--from", str(tmp_path)]) == 1  # nothing said: refused
+    assert "say what to delete" in capsys.readouterr().err
+    assert main(["backup", "delete", "--from", str(tmp_path), "--backup", "b2"]) == 0
+    assert "deleted 1 backups (b2)" in capsys.readouterr().out
+    assert main(["backup", "restore", "--from", str(tmp_path), "--backup", "b2",
+                 "--coordinator", "http://127.0.0.1:9"]) == 1
+    assert "no complete backup 'b2'" in capsys.readouterr().err

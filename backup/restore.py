@@ -10,8 +10,9 @@ Order, so that nothing is ever half-restored:
    resharding target gets, ``node/migration/floor.py``), so a restored key's version is
    greater than the one it had: a client holding an old version cannot compare-and-swap
    onto restored data by accident;
-4. rows go through the client library (``mput``; keys with a TTL by ``put`` with the time
-   they have left), so the target's own ring places every key whatever its shard count;
+4. rows are placed by the target's own ring (whatever its shard count) and posted in
+   batches to each shard's primary (``POST /admin/backup/import``, ``shard_writer.py``):
+   one log entry per batch, expiry times kept exactly;
 5. with ``--at``, each shard's archived entries are replayed in log order up to the time
    (``pitr.py``), in batches where the last write of a key wins;
 6. if anything fails after the first write, the cluster is emptied again and the error says
@@ -29,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from shardkv.backup.cluster_access import fetch_map, post_internal
 from shardkv.backup.pitr import RestorePlan
 from shardkv.backup.progress import ProgressLine
@@ -37,11 +39,11 @@ from shardkv.backup.repository.encryption import check_key
 from shardkv.backup.repository.errors import BackupError
 from shardkv.backup.repository.record_stream import StoredFile, check_stored, read_records
 from shardkv.backup.repository.wal_archive import DELETE, PUT
+from shardkv.backup.shard_writer import ShardWriter
 from shardkv.client import Client
 
 BATCH_KEYS = 1000
 MAX_INFLIGHT = 4
-TTL_PUTS_AT_ONCE = 128
 WIPE_PAGE = 1000
 
 # A key's final state within one batch: (value, expires_at) for a put, None for a delete.
@@ -104,29 +106,17 @@ async def wipe(kv: Client) -> int:
         deleted += await kv.mdelete(keys)
 
 
-async def _apply(kv: Client, changes: dict[bytes, Change]) -> None:
-    """One batch (distinct keys, so its writes may run in any order)."""
+async def _apply(writer: ShardWriter, changes: dict[bytes, Change]) -> None:
+    """One batch (distinct keys, so its writes may land in any order)."""
     now = time.time()
-    plain: list[tuple[bytes, bytes]] = []
-    with_ttl: list[tuple[bytes, bytes, float]] = []
-    deletes: list[bytes] = []
+    records: list[list[Any]] = []
     for k, change in changes.items():
-        if change is None:
-            deletes.append(k)
-        elif change[1] is None:
-            plain.append((k, change[0]))
-        elif change[1] > now:
-            with_ttl.append((k, change[0], change[1]))
+        if change is None or (change[1] is not None and change[1] <= now):
+            # Deleted, or expired by now: as the cluster would have deleted it.
+            records.append([DELETE, k, b"", None])
         else:
-            deletes.append(k)  # expired by now: as the cluster would have deleted it
-    if plain:
-        await kv.mput(plain)
-    for group in _groups(with_ttl, TTL_PUTS_AT_ONCE):
-        now = time.time()
-        await asyncio.gather(*(kv.put(k, v, ttl=max(expires - now, 0.001))
-                               for k, v, expires in group))
-    if deletes:
-        await kv.mdelete(deletes)
+            records.append([PUT, k, change[0], change[1]])
+    await writer.write(records)
 
 
 def _groups(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -167,7 +157,7 @@ def _entry_batches(records: Iterable[Any], from_lsn: int, at: float,
         yield batch
 
 
-async def _drive(kv: Client, batches: Iterator[dict[bytes, Change]], *, ordered: bool,
+async def _drive(writer: ShardWriter, batches: Iterator[dict[bytes, Change]], *, ordered: bool,
                  progress: ProgressLine, label: str, totals: list[int],
                  started: float) -> None:
     """Apply batches pulled (in a thread: decoding is CPU and I/O) from ``batches``;
@@ -182,9 +172,9 @@ async def _drive(kv: Client, batches: Iterator[dict[bytes, Change]], *, ordered:
             totals[0] += len(batch)
             totals[1] += sum(len(k) + (len(c[0]) if c else 0) for k, c in batch.items())
             if ordered:
-                await _apply(kv, batch)
+                await _apply(writer, batch)
             else:
-                inflight.add(asyncio.create_task(_apply(kv, batch)))
+                inflight.add(asyncio.create_task(_apply(writer, batch)))
                 if len(inflight) >= MAX_INFLIGHT:
                     done, inflight = await asyncio.wait(inflight,
                                                         return_when=asyncio.FIRST_COMPLETED)
@@ -220,7 +210,10 @@ async def restore(dest: Destination, plan: RestorePlan, key: bytes | None,
     manifest = plan.manifest
     await asyncio.to_thread(verify_inputs, dest, plan, key, progress)
     started = time.monotonic()
-    async with Client(coordinators, timeout=30.0) as kv:
+    timeout = aiohttp.ClientTimeout(total=120.0)
+    async with Client(coordinators, timeout=30.0) as kv, \
+            aiohttp.ClientSession(timeout=timeout) as session:
+        writer = ShardWriter(coordinators, session)
         existing = await first_key(kv)
         if existing is not None:
             if not force:
@@ -237,14 +230,15 @@ async def restore(dest: Destination, plan: RestorePlan, key: bytes | None,
         try:
             for _shard, base in sorted(manifest.shards.items()):
                 rows = read_records(dest, base.file, key)
-                await _drive(kv, _row_batches(rows), ordered=False, progress=progress,
+                await _drive(writer, _row_batches(rows), ordered=False, progress=progress,
                              label=f"restore {manifest.backup_id}", totals=totals,
                              started=started)
             for shard, replay in sorted(plan.replays.items()):
                 assert plan.at is not None
                 records = itertools.chain.from_iterable(
                     read_records(dest, c.file, key) for c in replay.chunks)
-                await _drive(kv, _entry_batches(records, replay.from_lsn, plan.at, replayed),
+                await _drive(writer, _entry_batches(records, replay.from_lsn, plan.at,
+                                                    replayed),
                              ordered=True, progress=progress,
                              label=f"replay {shard}", totals=totals, started=started)
             progress.end()

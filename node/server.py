@@ -26,7 +26,7 @@ from shardkv.node.api.limits import ConnectionGate, LimitedSite
 from shardkv.node.api.operations import NodeContext
 from shardkv.node.api.rest import RestApi
 from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
-from shardkv.node.backup import BackupExport, WalArchiver
+from shardkv.node.backup import BackupExport, BackupImport, WalArchiver
 from shardkv.node.config import NodeConfig
 from shardkv.node.disk_admin import DiskAdmin
 from shardkv.node.membership.cluster_membership import ClusterMembership
@@ -126,6 +126,7 @@ class NodeServer:
         app.add_routes([web.get("/v1/events", self.events_feed.handle)])
         app.add_routes(DiskAdmin(lambda: self.store, self.metrics).routes())
         app.add_routes(BackupExport(lambda: self.store, self._backup_identity).routes())
+        app.add_routes(BackupImport(lambda: self.ctx).routes())
         app.on_shutdown.append(self._drain_connections)
         return app
 

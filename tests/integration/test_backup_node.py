@@ -5,6 +5,7 @@ order, with their values as written and their deletes)."""
 from __future__ import annotations
 
 import secrets
+import urllib.error
 import urllib.request
 
 import msgpack
@@ -73,3 +74,37 @@ async def test_export_and_encrypted_archive(node_factory, tmp_path):
     metrics = _text(f"{node.url}/metrics")
     assert f"shardkv_wal_archived_lsn {float(lsns[-1])}" in metrics
     assert "shardkv_wal_archive_chunks_total" in metrics
+
+
+def _import(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/admin/backup/import", data=body, method="POST",
+                                     headers={"Content-Type": "application/msgpack",
+                                              "Accept": "application/msgpack"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, msgpack.unpackb(resp.read(), raw=False)
+    except urllib.error.HTTPError as exc:
+        return exc.code, msgpack.unpackb(exc.read(), raw=False)
+
+
+async def test_import_writes_rows_with_their_expiry_and_refuses_bad_ones(node_factory):
+    import time
+
+    node = node_factory(extra_args=["--max-value-bytes", "1000"])
+    expires = time.time() + 3600.5
+    records = [[PUT, b"r1", b"one", expires], [PUT, b"r2", b"two", None],
+               [DELETE, b"r2", b"", None]]
+    status, answer = _import(node.url, msgpack.packb({"records": records}))
+    assert status == 200 and answer["applied"] == 3
+    assert _text(f"{node.url}/v1/kv/r1") == "one"
+    rows = _export(node.url)[1:-1]
+    assert rows == [[b"r1", b"one", expires, answer["lsn"]]], "one entry, exact expiry"
+    for bad, code in [
+        (b"not msgpack \xc1", "INVALID_ARGUMENT"),
+        (msgpack.packb({"records": [[PUT, b"k", "text", None]]}), "INVALID_ARGUMENT"),
+        (msgpack.packb({"records": [[9, b"k", b"", None]]}), "INVALID_ARGUMENT"),
+        (msgpack.packb({"records": [[PUT, b"\x00shardkv:s", b"", None]]}), "INVALID_ARGUMENT"),
+        (msgpack.packb({"records": [[PUT, b"k", b"x" * 1001, None]]}), "TOO_LARGE"),
+    ]:
+        status, answer = _import(node.url, bad)
+        assert answer["error"] == code, (bad[:40], answer)

@@ -76,6 +76,8 @@ def _attacks(cluster: LocalCluster) -> list[tuple[str, int, object]]:
             f"{primary_url}/admin/backup/export")
     attempt("export with a guessed bearer", "GET", f"{primary_url}/admin/backup/export",
             headers={"Authorization": "Bearer not-the-token-0000000000"})
+    attempt("import rows as a restore would (no credential)", "POST",
+            f"{primary_url}/admin/backup/import", {"records": [[1, "evil", "x", None]]})
     attempt("test-only: arm a failpoint (no credential)", "PUT",
             f"{primary_url}/admin/failpoints/wal.fsync", "crash")
     attempt("test-only: skew the clock (no credential)", "PUT",

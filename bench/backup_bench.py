@@ -102,7 +102,7 @@ def _pct(samples: list[float], q: float) -> float | None:
 
 
 async def _shardkv(work: Path, items: list[tuple[bytes, bytes]], baseline_s: float,
-                   fsync: str) -> dict[str, Any]:
+                   fsync: str, max_rate: float | None) -> dict[str, Any]:
     source = LocalCluster(work / "source", ClusterPlan.new(
         work / "source", shards=2, replicas=2, coordinators=1, fsync=fsync))
     target = LocalCluster(work / "target", ClusterPlan.new(
@@ -125,8 +125,9 @@ async def _shardkv(work: Path, items: list[tuple[bytes, bytes]], baseline_s: flo
         # The backup runs as the operator runs it, in its own process: in this one its CPU
         # would compete for the GIL with the foreground clients and inflate their latency.
         started = time.perf_counter()
+        rate = ["--max-rate", str(max_rate)] if max_rate else []
         created = await asyncio.to_thread(_cli, "create", "--to", str(dest.root),
-                                          "--coordinator", ",".join(src), "--json")
+                                          "--coordinator", ",".join(src), "--json", *rate)
         wall_s = time.perf_counter() - started
         backup_s = float(created["seconds"])  # the backup itself, without process start-up
         stop.set()
@@ -227,14 +228,17 @@ def main() -> None:
     parser.add_argument("--baseline-s", type=float, default=5.0)
     parser.add_argument("--fsync", default="never", choices=("always", "interval", "never"))
     parser.add_argument("--no-etcd", action="store_true")
+    parser.add_argument("--max-rate", type=float, metavar="MB/S",
+                        help="passed to `shardkv backup create` (throttled backup)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     items = _items(args.keys, args.value_bytes)
     with tempfile.TemporaryDirectory(prefix="backup-bench-") as tmp:
         work = Path(tmp)
         results: dict[str, Any] = {"keys": args.keys, "value_bytes": args.value_bytes,
-                                   "fsync": args.fsync}
-        results["shardkv"] = asyncio.run(_shardkv(work, items, args.baseline_s, args.fsync))
+                                   "fsync": args.fsync, "max_rate": args.max_rate}
+        results["shardkv"] = asyncio.run(_shardkv(work, items, args.baseline_s, args.fsync,
+                                                  args.max_rate))
         if not args.no_etcd:
             results["etcd"] = asyncio.run(_etcd(work, items))
     print(_table(results))

@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "backups older than D days (the newest is always kept)")
     create.add_argument("--max-rate", type=float, metavar="MB/S", help="read at most this "
                         "many MB/s (raw) from the cluster, to leave the members' CPU to the "
-                        "foreground load")
+                        "foreground load); per shard")
+    create.add_argument("--parallel", type=int, default=1, metavar="N", help="back up N "
+                        "shards at a time, each from its own member (default 1)")
     restore = actions.add_parser("restore", help="restore a backup into a fresh cluster")
     restore.add_argument("--from", dest="source", required=True, metavar="DEST")
     restore.add_argument("--backup", metavar="ID", help="which backup (default: the newest, "
@@ -112,7 +114,8 @@ def _create(args: argparse.Namespace) -> int:
     dest = open_destination(args.to, create=True)
     started = time.monotonic()
     manifest = create_backup(urls, dest, key, ProgressLine(quiet=args.quiet or args.json),
-                             max_bytes_per_s=args.max_rate * 1e6 if args.max_rate else None)
+                             max_bytes_per_s=args.max_rate * 1e6 if args.max_rate else None,
+                             parallel=args.parallel)
     seconds = time.monotonic() - started
     summary: dict[str, Any] = {
         "backup": manifest.backup_id, "destination": dest.url, "keys": manifest.keys,

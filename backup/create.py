@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,7 +176,10 @@ def _check_no_migration(cluster_map: dict[str, Any]) -> None:
 
 
 def create_backup(urls: list[str], dest: Destination, key: bytes | None,
-                  progress: ProgressLine, *, max_bytes_per_s: float | None = None) -> Manifest:
+                  progress: ProgressLine, *, max_bytes_per_s: float | None = None,
+                  parallel: int = 1) -> Manifest:
+    """Back the cluster up into ``dest``; ``parallel`` shards at a time (each from its own
+    member), ``max_bytes_per_s`` per shard."""
     created_at = time.time()
     cluster_map = fetch_map(urls)
     _check_no_migration(cluster_map)
@@ -183,10 +187,8 @@ def create_backup(urls: list[str], dest: Destination, key: bytes | None,
         raise BackupError("the cluster map has no shards yet")
     backup_id = new_backup_id(created_at)
     try:
-        shards: dict[str, ShardBackup] = {}
-        for shard in sorted(cluster_map["shards"]):
-            shards[shard] = _backup_one(dest, backup_id, cluster_map, shard, key, progress,
-                                        max_bytes_per_s)
+        shards = _backup_all(dest, backup_id, cluster_map, key, progress, max_bytes_per_s,
+                             parallel)
         after = fetch_map(urls)
         _check_no_migration(after)
         if _ring_version(after) != _ring_version(cluster_map):
@@ -204,6 +206,27 @@ def create_backup(urls: list[str], dest: Destination, key: bytes | None,
         _remove_partial(dest, backup_id)
         raise
     return manifest
+
+
+def _backup_all(dest: Destination, backup_id: str, cluster_map: dict[str, Any],
+                key: bytes | None, progress: ProgressLine, max_bytes_per_s: float | None,
+                parallel: int) -> dict[str, ShardBackup]:
+    ids = sorted(cluster_map["shards"])
+    if parallel <= 1 or len(ids) == 1:
+        return {shard: _backup_one(dest, backup_id, cluster_map, shard, key, progress,
+                                   max_bytes_per_s) for shard in ids}
+    # Threads: the work is I/O and zstd (which runs without the GIL), shards are independent.
+    shards: dict[str, ShardBackup] = {}
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backup") as pool:
+        futures = {pool.submit(_backup_one, dest, backup_id, cluster_map, shard, key,
+                               progress, max_bytes_per_s): shard for shard in ids}
+        try:
+            for future in as_completed(futures):
+                shards[futures[future]] = future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return {shard: shards[shard] for shard in ids}
 
 
 def _ready(member: Candidate) -> bool:

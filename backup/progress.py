@@ -4,6 +4,7 @@ updates a second, the last one kept with a newline. Silent when asked (``--quiet
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -16,12 +17,17 @@ class ProgressLine:
         self.interval_s = interval_s
         self._shown = time.monotonic()  # the first line after one interval, not at once
         self._open = False
+        self._lock = threading.Lock()  # shards backed up in parallel share the line
 
     def update(self, label: str, keys: int, nbytes: int, started: float, *,
                force: bool = False) -> None:
         """``keys`` < 0: a step that counts bytes only (checking files)."""
         if self.quiet:
             return
+        with self._lock:
+            self._update(label, keys, nbytes, started, force)
+
+    def _update(self, label: str, keys: int, nbytes: int, started: float, force: bool) -> None:
         now = time.monotonic()
         if not force and now - self._shown < self.interval_s:
             return
@@ -35,10 +41,17 @@ class ProgressLine:
         self._open = True
 
     def done(self, label: str, keys: int, nbytes: int, started: float) -> None:
-        self.update(label, keys, nbytes, started, force=True)
-        self.end()
+        if self.quiet:
+            return
+        with self._lock:
+            self._update(label, keys, nbytes, started, True)
+            self._end()
 
     def end(self) -> None:
+        with self._lock:
+            self._end()
+
+    def _end(self) -> None:
         if self._open and not self.quiet:
             self.stream.write("\n")
             self.stream.flush()
@@ -46,6 +59,7 @@ class ProgressLine:
 
     def note(self, text: str) -> None:
         if not self.quiet:
-            self.end()
-            self.stream.write(text + "\n")
-            self.stream.flush()
+            with self._lock:
+                self._end()
+                self.stream.write(text + "\n")
+                self.stream.flush()

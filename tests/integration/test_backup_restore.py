@@ -131,7 +131,7 @@ async def test_backup_under_load_restores_into_another_shape(source, target, des
     stop = asyncio.Event()
     load = asyncio.create_task(_load(src, stop))
     await eventually_async(lambda: _has_keys(src, 200), within_s=30, what="the load to start")
-    during = await asyncio.to_thread(create_backup, src, dest, None, QUIET)
+    during = await asyncio.to_thread(lambda: create_backup(src, dest, None, QUIET, parallel=2))
     stop.set()
     assert await load > 0
     assert set(during.shards) == {"s1", "s2"}

@@ -102,7 +102,7 @@ def _pct(samples: list[float], q: float) -> float | None:
 
 
 async def _shardkv(work: Path, items: list[tuple[bytes, bytes]], baseline_s: float,
-                   fsync: str, max_rate: float | None) -> dict[str, Any]:
+                   fsync: str, max_rate: float | None, parallel: int) -> dict[str, Any]:
     source = LocalCluster(work / "source", ClusterPlan.new(
         work / "source", shards=2, replicas=2, coordinators=1, fsync=fsync))
     target = LocalCluster(work / "target", ClusterPlan.new(
@@ -126,6 +126,7 @@ async def _shardkv(work: Path, items: list[tuple[bytes, bytes]], baseline_s: flo
         # would compete for the GIL with the foreground clients and inflate their latency.
         started = time.perf_counter()
         rate = ["--max-rate", str(max_rate)] if max_rate else []
+        rate += ["--parallel", str(parallel)]
         created = await asyncio.to_thread(_cli, "create", "--to", str(dest.root),
                                           "--coordinator", ",".join(src), "--json", *rate)
         wall_s = time.perf_counter() - started
@@ -228,6 +229,8 @@ def main() -> None:
     parser.add_argument("--baseline-s", type=float, default=5.0)
     parser.add_argument("--fsync", default="never", choices=("always", "interval", "never"))
     parser.add_argument("--no-etcd", action="store_true")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="passed to `shardkv backup create` (shards at a time)")
     parser.add_argument("--max-rate", type=float, metavar="MB/S",
                         help="passed to `shardkv backup create` (throttled backup)")
     parser.add_argument("--json", metavar="FILE")
@@ -236,9 +239,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="backup-bench-") as tmp:
         work = Path(tmp)
         results: dict[str, Any] = {"keys": args.keys, "value_bytes": args.value_bytes,
-                                   "fsync": args.fsync, "max_rate": args.max_rate}
+                                   "fsync": args.fsync, "max_rate": args.max_rate,
+                                   "parallel": args.parallel}
         results["shardkv"] = asyncio.run(_shardkv(work, items, args.baseline_s, args.fsync,
-                                                  args.max_rate))
+                                                  args.max_rate, args.parallel))
         if not args.no_etcd:
             results["etcd"] = asyncio.run(_etcd(work, items))
     print(_table(results))

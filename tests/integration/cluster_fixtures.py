@@ -37,6 +37,22 @@ def local_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     cluster.stop()
 
 
+def started_cluster(directory: Path, *, shards: int, replicas: int, coordinators: int,
+                    timeout: float = CLUSTER_READY_TIMEOUT_S) -> LocalCluster:
+    """A local cluster of this shape (memory engine, fsync never), started and ready; the
+    test fails with the launcher's reason if it does not come up. The caller stops it."""
+    plan = ClusterPlan.new(directory, shards=shards, replicas=replicas,
+                           coordinators=coordinators, engine="memory", fsync="never")
+    cluster = LocalCluster(directory, plan)
+    try:
+        cluster.start()
+        cluster.wait_ready(timeout)
+    except LaunchError as exc:
+        cluster.stop()
+        pytest.fail(f"the local cluster did not start: {exc}")
+    return cluster
+
+
 def current_map(cluster: LocalCluster) -> dict:
     for c in cluster.plan.coordinators:
         status, body = http_get_json(f"{c.url}/v1/map")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 
 import pytest
+from cluster_fixtures import started_cluster
 from eventually import eventually_async
 from shardkv.backup.create import create_backup
 from shardkv.backup.inspection import describe, verify
@@ -19,7 +19,7 @@ from shardkv.backup.progress import ProgressLine
 from shardkv.backup.repository.destination import LocalDestination
 from shardkv.backup.restore import restore
 from shardkv.client import Client
-from shardkv.cluster.launcher import ClusterPlan, LocalCluster
+from shardkv.cluster.launcher import LocalCluster
 
 pytestmark = [
     pytest.mark.integration,
@@ -30,22 +30,14 @@ pytestmark = [
 QUIET = ProgressLine(quiet=True)
 
 
-def _cluster(directory: Path, **shape: int) -> LocalCluster:
-    cluster = LocalCluster(directory, ClusterPlan.new(directory, engine="memory", fsync="never",
-                                                      **shape))
-    cluster.start()
-    cluster.wait_ready(90.0)
-    return cluster
-
-
 async def test_the_archive_continues_across_a_failover(tmp_path, monkeypatch):
     dest_dir = tmp_path / "backups"
     monkeypatch.setenv("SHARDKV_ARCHIVE_TO", str(dest_dir))
     monkeypatch.setenv("SHARDKV_ARCHIVE_INTERVAL_S", "0.2")
-    source = await asyncio.to_thread(_cluster, tmp_path / "src", shards=1, replicas=3,
+    source = await asyncio.to_thread(started_cluster, tmp_path / "src", shards=1, replicas=3,
                                      coordinators=1)
     monkeypatch.delenv("SHARDKV_ARCHIVE_TO")
-    target = await asyncio.to_thread(_cluster, tmp_path / "dst", shards=2, replicas=1,
+    target = await asyncio.to_thread(started_cluster, tmp_path / "dst", shards=2, replicas=1,
                                      coordinators=1)
     try:
         src = source.plan.coordinator_urls()

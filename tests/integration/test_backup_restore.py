@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_fixtures import started_cluster
 from eventually import eventually_async
 from moto_s3 import make_bucket, moto_s3_fixture  # noqa: F401  (registers `moto_s3`)
 from shardkv.backup.create import create_backup
@@ -36,23 +37,10 @@ from shardkv.backup.repository.errors import BackupError, MissingFile, WrongKey
 from shardkv.backup.repository.record_stream import read_records
 from shardkv.backup.restore import restore
 from shardkv.client import Client
-from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster
 
 pytestmark = pytest.mark.integration
 
 QUIET = ProgressLine(quiet=True)
-
-
-def _start(directory: Path, **shape: int) -> LocalCluster:
-    cluster = LocalCluster(directory, ClusterPlan.new(directory, engine="memory",
-                                                      fsync="never", **shape))
-    try:
-        cluster.start()
-        cluster.wait_ready(90.0)
-    except LaunchError as exc:
-        cluster.stop()
-        pytest.fail(f"the cluster did not start: {exc}")
-    return cluster
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +54,7 @@ def source(tmp_path_factory: pytest.TempPathFactory, dest_dir: Path) -> Any:
     os.environ["SHARDKV_ARCHIVE_TO"] = str(dest_dir)
     os.environ["SHARDKV_ARCHIVE_INTERVAL_S"] = "0.2"
     try:
-        cluster = _start(tmp_path_factory.mktemp("source"), shards=2, replicas=2,
+        cluster = started_cluster(tmp_path_factory.mktemp("source"), shards=2, replicas=2,
                          coordinators=1)
     finally:
         os.environ.clear()
@@ -77,7 +65,8 @@ def source(tmp_path_factory: pytest.TempPathFactory, dest_dir: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    cluster = _start(tmp_path_factory.mktemp("target"), shards=3, replicas=1, coordinators=1)
+    cluster = started_cluster(tmp_path_factory.mktemp("target"), shards=3, replicas=1,
+                              coordinators=1)
     yield cluster
     cluster.stop()
 

@@ -23,16 +23,8 @@ CLUSTER_READY_TIMEOUT_S = 90.0
 
 @pytest.fixture(scope="module", name="local_cluster")
 def local_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    directory: Path = tmp_path_factory.mktemp("cluster")
-    plan = ClusterPlan.new(directory, shards=2, replicas=3, coordinators=3,
-                           engine="memory", fsync="never")
-    cluster = LocalCluster(directory, plan)
-    try:
-        cluster.start()
-        cluster.wait_ready(CLUSTER_READY_TIMEOUT_S)
-    except LaunchError as exc:
-        cluster.stop()
-        pytest.fail(f"the local cluster did not start: {exc}")
+    cluster = started_cluster(tmp_path_factory.mktemp("cluster"), shards=2, replicas=3,
+                              coordinators=3)
     yield cluster
     cluster.stop()
 

@@ -173,6 +173,11 @@ class Client(Commands):
         """The cached map (None in direct mode)."""
         return self.router.map
 
+    @property
+    def coordinator_urls(self) -> list[str]:
+        """The coordinators this client was given (empty in direct mode)."""
+        return list(self._coordinators)
+
     async def refresh_map(self) -> ClusterMap:
         return await self.router.refresh()
 

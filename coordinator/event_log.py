@@ -1,12 +1,13 @@
 """The coordinator's recent cluster events and the feeds that follow them.
 
-``MapWatch`` hands every applied map to ``on_map``; the events ``diff_maps`` finds are given a
-sequence number (per coordinator, from 1), kept in a bounded history (the last
-``HISTORY_EVENTS``, so a dashboard that opens shows what just happened) and put on each
-subscriber's queue. A queue is bounded too: a subscriber that lets ``QUEUE_EVENTS`` events
-pile up is cut off (``slow`` set, its queue dropped) instead of growing the coordinator's
-memory; the feed then tells it so with a ``SLOW_CONSUMER`` error and closes, and it may
-reconnect asking for ``since=<last seq>`` to fill the gap from the history.
+``MapWatch`` hands every applied map to ``on_map``; the events ``diff_maps`` finds (each
+naming the map version that produced it, the same on every coordinator) are kept in a
+bounded history (the last ``HISTORY_EVENTS``, so a dashboard that opens shows what just
+happened) and put on each subscriber's queue. A queue is bounded too: a subscriber that
+lets ``QUEUE_EVENTS`` events pile up is cut off (``slow`` set, its queue dropped) instead
+of growing the coordinator's memory; the feed then tells it so with a ``SLOW_CONSUMER``
+error and closes, and it may reconnect, to this coordinator or another, asking for
+``since=<last map_version seen>`` to fill the gap from the history.
 
 Events of maps applied before the member was ready (its Raft log replayed at start) are
 history, not news: they are not published (``ready`` says when to start).
@@ -51,7 +52,6 @@ class ClusterEventLog:
                  queue_limit: int = QUEUE_EVENTS) -> None:
         self._ready = ready
         self.history: deque[Event] = deque(maxlen=history)
-        self.seq = 0
         self.queue_limit = queue_limit
         self.subscribers: set[Subscription] = set()
         self.slow_consumers = 0
@@ -64,17 +64,15 @@ class ClusterEventLog:
 
     def publish(self, events: list[Event]) -> None:
         for event in events:
-            self.seq += 1
-            event["seq"] = self.seq
             self.history.append(event)
             for sub in list(self.subscribers):
                 if not sub.offer(event):
                     self.subscribers.discard(sub)
                     self.slow_consumers += 1
 
-    def since(self, seq: int) -> list[Event]:
-        """The kept events after ``seq`` (all kept ones for 0)."""
-        return [e for e in self.history if e["seq"] > seq]
+    def since(self, map_version: int) -> list[Event]:
+        """The kept events of maps newer than ``map_version`` (all kept ones for 0)."""
+        return [e for e in self.history if e["map_version"] > map_version]
 
     def subscribe(self) -> Subscription | None:
         """A new queue, or None when ``MAX_SUBSCRIBERS`` are open."""

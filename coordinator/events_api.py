@@ -1,19 +1,20 @@
 """``GET /v1/events`` on a coordinator: cluster events as they happen (docs/events.md).
 
 A WebSocket of JSON text frames, one event each. The query is checked before the socket
-opens (400 ``INVALID_ARGUMENT``): ``since=SEQ`` replays the kept events after that sequence
-number first (0: all kept), ``stats=1`` adds a ``node.stats`` sample per node every couple of
+opens (400 ``INVALID_ARGUMENT``): ``since=V`` first replays the kept events of maps newer
+than version V (0: all kept; map versions are the same on every coordinator, so a feed
+resumes on any of them), ``stats=1`` adds a ``node.stats`` sample per node every couple of
 seconds (node_stats.py), ``types=a,b`` keeps only those event types. Then:
 
 1. when the cluster is secured and the upgrade carried no ``Authorization`` header, the
    first frame from the subscriber must be ``{"token": "..."}`` (dashboard_auth.py), within
    ``AUTH_WAIT_S``; otherwise an ``UNAUTHORIZED`` error frame and the socket closes;
-2. a ``cluster.snapshot`` (the whole map, and ``seq``, the last event number so far);
+2. a ``cluster.snapshot`` (the whole map and its version);
 3. the kept events after ``since``, then every new one.
 
 A subscriber that does not keep up (its bounded queue overflows, or one frame cannot be sent
 for ``SEND_TIMEOUT_S``) gets a ``SLOW_CONSUMER`` error frame and is closed; it may reconnect
-with ``since=<last seq it saw>``.
+with ``since=<the last map_version it saw>``.
 """
 
 from __future__ import annotations
@@ -138,11 +139,15 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def _feed(coord: Any, ws: web.WebSocketResponse, sub: Subscription, since: int | None,
                 stats: bool, types: frozenset[str] | None) -> None:
     snapshot = snapshot_event(coord.watch.current, coord.leader_id(), time.time())
-    snapshot["seq"] = coord.events.seq
     snapshot["coordinator"] = coord.config.id
     await _send(ws, snapshot)
+    # The queue was subscribed before the history was read: a map's events may be in both.
+    # Maps publish their events all at once, so skipping queued events of versions already
+    # replayed drops exactly the duplicates.
+    replayed = 0
     if since is not None:
         for event in coord.events.since(since):
+            replayed = event["map_version"]
             if types is None or event["type"] in types:
                 await _send(ws, event)
     if stats:
@@ -158,12 +163,14 @@ async def _feed(coord: Any, ws: web.WebSocketResponse, sub: Subscription, since:
                 getter.cancel()
                 await send_error(ws, SlowConsumer(
                     f"more than {coord.events.queue_limit} events waited for this feed; "
-                    "reconnect with since=<last seq>"))
+                    "reconnect with since=<last map_version>"))
                 return
             if not getter.done():
                 getter.cancel()
                 continue
             event = getter.result()
+            if event.get("map_version", replayed + 1) <= replayed:
+                continue
             if types is None or event["type"] in types:
                 await _send(ws, event)
     finally:

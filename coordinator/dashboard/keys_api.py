@@ -9,17 +9,22 @@ answers, or ``{"b64": ...}`` when not; a value over ``VALUE_PREVIEW_BYTES`` is c
   the prefix, across every shard of the ring: each shard's primary is asked for N, the pages
   are merged in key order and cut at N (``more`` says whether any shard had more).
 - ``GET /ui/api/key?key=K``: the value at the primary of the shard that owns K.
+
+A retryable answer (a failover under way, a map moving) is retried against the current map
+for up to ``RETRY_S``, as the client library would; then the error is the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 from shardkv.cluster.cluster_map import ClusterMap
-from shardkv.cluster.errors import InvalidArgument, Unavailable
+from shardkv.cluster.errors import InvalidArgument, ShardKVError, Unavailable
 from shardkv.cluster.ring import shard_for_key
 from shardkv.cluster.wire import JSON, to_json
 from shardkv.coordinator import dashboard_auth
@@ -30,6 +35,22 @@ MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 VALUE_PREVIEW_BYTES = 4096
 MAX_KEY_BYTES = 1024
+RETRY_S = 5.0
+
+T = TypeVar("T")
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    deadline = time.monotonic() + RETRY_S
+    pause = 0.05
+    while True:
+        try:
+            return await attempt()
+        except ShardKVError as exc:
+            if not exc.retryable or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _text_param(request: web.Request, name: str, *, required: bool) -> bytes:
@@ -75,12 +96,15 @@ async def scan(request: web.Request) -> web.StreamResponse:
     dashboard_auth.require(coord, request)
     prefix = _text_param(request, "prefix", required=False)
     limit = _limit(request)
-    cluster_map = coord.watch.current
-    shards = sorted(cluster_map.ring.shards)
-    args = {"prefix": prefix, "limit": limit, "ring_version": cluster_map.ring.version}
-    async with aiohttp.ClientSession() as session:
-        pages = await asyncio.gather(*(
-            call(session, _primary_url(cluster_map, s), "scan", args) for s in shards))
+    async def attempt() -> tuple[list[str], list[Any]]:
+        cluster_map = coord.watch.current
+        shards = sorted(cluster_map.ring.shards)
+        args = {"prefix": prefix, "limit": limit, "ring_version": cluster_map.ring.version}
+        async with aiohttp.ClientSession() as session:
+            return shards, await asyncio.gather(*(
+                call(session, _primary_url(cluster_map, s), "scan", args) for s in shards))
+
+    shards, pages = await _retrying(attempt)
     items: list[dict[str, Any]] = []
     more = False
     for shard_id, page in zip(shards, pages, strict=True):
@@ -95,11 +119,14 @@ async def get_key(request: web.Request) -> web.StreamResponse:
     coord = coordinator_of(request)
     dashboard_auth.require(coord, request)
     key = _text_param(request, "key", required=True)
-    cluster_map = coord.watch.current
-    shard_id = shard_for_key(cluster_map, key)
-    async with aiohttp.ClientSession() as session:
-        result = await call(session, _primary_url(cluster_map, shard_id), "get",
-                            {"key": key, "ring_version": cluster_map.ring.version})
+    async def attempt() -> tuple[str, Any]:
+        cluster_map = coord.watch.current
+        shard_id = shard_for_key(cluster_map, key)
+        async with aiohttp.ClientSession() as session:
+            return shard_id, await call(session, _primary_url(cluster_map, shard_id), "get",
+                                        {"key": key, "ring_version": cluster_map.ring.version})
+
+    shard_id, result = await _retrying(attempt)
     body = _item(key, bytes(result["value"]), int(result["version"]), shard_id)
     body["expires_at"] = result.get("expires_at")
     return _answer(body)

@@ -3,7 +3,9 @@
 The browser talks to its coordinator only (same origin, one credential); the coordinator
 opens the node watch (``GET /v1/watch``, JSON text frames, docs/watch.md) on every shard's
 primary and forwards what they send as ``{"type": "watch", "shard", "events": [...]}``
-frames. A dropped node watch (failover, restart) is reopened on the shard's primary in the
+frames, after a ``{"type": "created", "prefix", "shards"}`` sent once the node watches are
+open (``shards``: those that opened within ``OPEN_WAIT_S``). A dropped node watch
+(failover, restart) is reopened on the shard's primary in the
 current map from the last version forwarded, so a failover shows as a short pause, not a gap.
 The first frame from the browser is ``{"token": ...}`` when the cluster is secured and the
 upgrade carried no ``Authorization`` header (dashboard_auth.py). At most ``MAX_PROXIES`` such
@@ -28,12 +30,14 @@ from shardkv.coordinator.http_io import coordinator_of
 MAX_PROXIES = 32
 SEND_TIMEOUT_S = 10.0
 REOPEN_PAUSE_S = 0.5
+OPEN_WAIT_S = 10.0
 _open = 0
 
 
 async def _follow_shard(coord: Any, shard_id: str, prefix: str,
-                        out: web.WebSocketResponse) -> None:
-    """Forward one shard's events until cancelled, reopening after a drop."""
+                        out: web.WebSocketResponse, opened: asyncio.Event) -> None:
+    """Forward one shard's events until cancelled, reopening after a drop; ``opened`` is set
+    once the node has subscribed the watch (every later write of the shard will be sent)."""
     last: int | None = None
     async with aiohttp.ClientSession() as session:
         while True:
@@ -53,8 +57,9 @@ async def _follow_shard(coord: Any, shard_id: str, prefix: str,
                             await asyncio.wait_for(out.send_str(to_json({
                                 "type": "watch", "shard": shard_id,
                                 "events": frame["events"]}).decode()), SEND_TIMEOUT_S)
-                        elif frame.get("type") == "created" and last is None:
-                            last = int(frame["version"])
+                        elif frame.get("type") == "created":
+                            last = int(frame["version"]) if last is None else last
+                            opened.set()
                         elif frame.get("type") == "error":
                             break
             except (aiohttp.ClientError, OSError, ValueError, KeyError, ShardKVError):
@@ -81,9 +86,15 @@ async def watch(request: web.Request) -> web.StreamResponse:
     try:
         if not await open_authenticated(coord, request, ws, principal):
             return ws
-        await ws.send_str(to_json({"type": "created", "prefix": prefix}).decode())
-        tasks = [asyncio.create_task(_follow_shard(coord, s, prefix, ws))
-                 for s in sorted(coord.watch.current.ring.shards)]
+        shards = sorted(coord.watch.current.ring.shards)
+        opened = [asyncio.Event() for _ in shards]
+        tasks = [asyncio.create_task(_follow_shard(coord, s, prefix, ws, event))
+                 for s, event in zip(shards, opened, strict=True)]
+        # `created` once every shard's node watch is open: writes from then on are all seen.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened)), OPEN_WAIT_S)
+        await ws.send_str(to_json({"type": "created", "prefix": prefix, "shards": [
+            s for s, e in zip(shards, opened, strict=True) if e.is_set()]}).decode())
         await drain(ws)
     except (ConnectionError, RuntimeError, TimeoutError):
         pass

@@ -1,7 +1,7 @@
 """``node.stats`` samples for the coordinators' event feed (and the dashboard's charts).
 
 While at least one feed asks for ``stats``, one task per coordinator reads every node's
-public ``/v1/status`` and ``/metrics`` each ``INTERVAL_S`` and sends one ``node.stats`` event
+public ``/v1/status`` and ``/metrics`` each ``INTERVAL_S`` (1 s) and sends one ``node.stats`` event
 per node to those feeds: its state, role, epoch, last LSN, keys, operations per second and
 the 99th percentile of operation latency over the interval (from the deltas of the node's
 ``shardkv_ops_total`` counter and ``shardkv_op_duration_seconds`` histogram), and its lag in
@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shardkv.coordinator.cluster_events import Event
 from shardkv.coordinator.event_log import Subscription
 
-INTERVAL_S = 2.0
+INTERVAL_S = 1.0
 MAX_METRICS_BYTES = 4 << 20
 
 

@@ -52,21 +52,31 @@ class SecuredCluster:
         return urls[str(leader_id)], (followers[0] if followers else None)
 
 
-@pytest.fixture(scope="module", name="secured_cluster")
-def secured_cluster_fixture(tmp_path_factory: pytest.TempPathFactory,
-                            request: pytest.FixtureRequest) -> Iterator[SecuredCluster]:
-    coordinators = getattr(request.module, "COORDINATORS", 1)
-    directory: Path = tmp_path_factory.mktemp("secured")
-    os.environ[ADMIN_TOKEN_ENV] = ADMIN_TOKEN
-    plan = ClusterPlan.new(directory, shards=2, replicas=2, coordinators=coordinators,
-                           engine="memory", fsync="never")
+def start_secured(directory: Path, *, shards: int, replicas: int, coordinators: int,
+                  timeout: float = READY_TIMEOUT_S) -> LocalCluster:
+    """A cluster with the credential ``shardkv up`` generates, started and ready (the test
+    fails, with the launcher's reason, when it cannot start)."""
+    plan = ClusterPlan.new(directory, shards=shards, replicas=replicas,
+                           coordinators=coordinators, engine="memory", fsync="never")
     cluster = LocalCluster(directory, plan)
     cluster.secure()
     try:
         cluster.start()
-        cluster.wait_ready(READY_TIMEOUT_S)
+        cluster.wait_ready(timeout)
     except LaunchError as exc:
         cluster.stop()
         pytest.fail(f"the secured cluster did not start: {exc}")
+    return cluster
+
+
+@pytest.fixture(scope="module", name="secured_cluster")
+def secured_cluster_fixture(tmp_path_factory: pytest.TempPathFactory,
+                            request: pytest.FixtureRequest) -> Iterator[SecuredCluster]:
+    """Module-scoped; ``COORDINATORS`` and ``REPLICAS`` in the test module set the group size
+    (default 1) and the members per shard (default 2)."""
+    os.environ[ADMIN_TOKEN_ENV] = ADMIN_TOKEN
+    cluster = start_secured(tmp_path_factory.mktemp("secured"), shards=2,
+                            replicas=getattr(request.module, "REPLICAS", 2),
+                            coordinators=getattr(request.module, "COORDINATORS", 1))
     yield SecuredCluster(cluster, ADMIN_TOKEN)
     cluster.stop()

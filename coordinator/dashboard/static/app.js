@@ -54,7 +54,9 @@ $("login-form").addEventListener("submit", (event) => {
   sessionStorage.setItem(TOKEN_KEY, value);
   $("token").value = "";
   $("login").hidden = true;
-  openFeed();
+  drawChart($("chart-ops"), [], "ops/s");
+drawChart($("chart-p99"), [], "ms");
+openFeed();
 });
 $("logout").addEventListener("click", loggedOut);
 
@@ -97,8 +99,9 @@ function openFeed() {
     if (event.type === "error") {
       if (event.error === "UNAUTHORIZED") {
         ws.onclose = null;
+        const tried = token();
         sessionStorage.removeItem(TOKEN_KEY);
-        showLogin(token() ? "Wrong token." : "");
+        showLogin(tried ? "Wrong token." : "");
         setConnected(false);
       }
       return;
@@ -145,6 +148,9 @@ function onEvent(event) {
 
 function describe(e) {
   switch (e.type) {
+    case "shard.primary":
+      return e.new_primary ? `${e.shard}: ${e.new_primary} is primary, epoch ${e.epoch}`
+        : `${e.shard}: no primary (was ${e.old_primary})`;
     case "shard.failover":
       return `${e.shard}: primary ${e.old_primary || "none"} → ${e.new_primary || "none"}, epoch ${e.epoch}`;
     case "node.up": case "node.down": case "node.status":
@@ -155,7 +161,8 @@ function describe(e) {
       return `${e.shard}: members ${e.members.join(", ")}` +
         (e.added.length ? ` (+${e.added.join(", ")})` : "") +
         (e.removed.length ? ` (−${e.removed.join(", ")})` : "");
-    case "shard.added": return `${e.shard} with ${e.members.join(", ")} (${e.state})`;
+    case "shard.added":
+      return `${e.shard} (${e.state})` + (e.members.length ? ` with ${e.members.join(", ")}` : "");
     case "shard.removed": return `${e.shard}`;
     case "shard.state": return `${e.shard}: ${e.before} → ${e.state}`;
     case "ring.changed":
@@ -255,8 +262,10 @@ function renderMigration() {
       el("p", `${running.keys_moved}${total ? "/" + total : ""} keys, ` +
         `${running.rate_keys_s.toFixed(0)} keys/s`, "muted"));
   }
-  $("migrations").replaceChildren(...(map.migrations || []).slice(-5).reverse().map((m) =>
-    el("li", `${m.id}: ${m.kind} ${m.target} — ${m.state}, ${m.keys_moved} keys`)));
+  const recent = (map.migrations || []).slice(-5).reverse();
+  $("migrations").replaceChildren(...(recent.length ? recent.map((m) =>
+    el("li", `${m.id}: ${m.kind} ${m.target} — ${m.state}, ${m.keys_moved} keys`))
+    : [el("li", "None yet.", "muted")]));
 }
 
 // -- node.stats: table cells and charts ----------------------------------------------------
@@ -363,4 +372,6 @@ $("watch-form").addEventListener("submit", (event) => {
   };
 });
 
+drawChart($("chart-ops"), [], "ops/s");
+drawChart($("chart-p99"), [], "ms");
 openFeed();

@@ -4,13 +4,16 @@
 const CHART_COLORS = ["#2b6cb0", "#2f855a", "#c53030", "#b7791f", "#6b46c1", "#0987a0",
   "#d53f8c", "#4a5568", "#38a169", "#dd6b20"];
 
+// The top of the y axis: four equal steps of a round size (1, 2, 2.5, 3, 4, 5, 6 or 8
+// times a power of ten), the smallest that holds the largest value.
 function niceCeiling(value) {
   if (value <= 0) return 1;
-  const magnitude = Math.pow(10, Math.floor(Math.log10(value)));
-  for (const step of [1, 2, 2.5, 5, 10]) {
-    if (step * magnitude >= value) return step * magnitude;
+  const quarter = value / 4;
+  const magnitude = Math.pow(10, Math.floor(Math.log10(quarter)));
+  for (const step of [1, 2, 2.5, 3, 4, 5, 6, 8, 10]) {
+    if (step * magnitude >= quarter) return 4 * step * magnitude;
   }
-  return 10 * magnitude;
+  return 40 * magnitude;
 }
 
 // series: [{name, points: [number|null, ...]}] (oldest first), all the same length.

@@ -32,8 +32,13 @@ HEADERS = {
 }
 
 
+_BODIES: dict[str, bytes] = {}  # read once: the files ship with the package
+
+
 async def _serve(name: str) -> web.Response:
-    body = (STATIC / name).read_bytes()
+    body = _BODIES.get(name)
+    if body is None:
+        body = _BODIES[name] = (STATIC / name).read_bytes()
     return web.Response(body=body, content_type=FILES[name], charset="utf-8",
                         headers=HEADERS)
 

@@ -13,7 +13,7 @@ import pytest
 from eventually import eventually_async
 from shardkv.chaos.checkers.staleness import check_staleness
 from shardkv.chaos.history import Operation
-from shardkv.client import CacheConfig, Client
+from shardkv.client import CacheConfig, Client, SyncClient
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +132,14 @@ async def test_cached_reads_under_concurrent_writers_stay_within_their_bound(
     assert result.stats["eventual_reads_checked"] == len(reads) > 100
     assert stats.hits > 100 and stats.misses > 100  # both paths ran under the load
     assert stats.invalidations > 10
+
+
+def test_the_sync_client_takes_a_cache_too(shared_node) -> None:
+    with SyncClient(nodes=[shared_node.url], cache=CacheConfig()) as kv:
+        version = kv.put("cache:sync", b"s")
+        deadline = time.monotonic() + DEADLINE_S
+        while kv.cache is not None and kv.cache.stats().hits == 0:  # until the stream is up
+            assert time.monotonic() < deadline, "the sync client's cache never served"
+            item = kv.get("cache:sync", consistency="eventual", max_staleness_ms=5_000)
+            assert item is not None and item.version == version
+        assert kv.cache is not None and kv.cache.stats().hit_ratio > 0

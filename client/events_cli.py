@@ -64,14 +64,17 @@ def _cluster_auth(path_qs: str, directory: str) -> dict[str, str]:
 
 
 async def _follow_cluster(session: aiohttp.ClientSession, urls: list[str], directory: str,
-                          since: int | None, out: asyncio.Queue[dict[str, Any]]) -> None:
+                          since: int | None, types: str | None,
+                          out: asyncio.Queue[dict[str, Any]]) -> None:
     """The coordinators' cluster events (after map version ``since`` first, when given),
     moving to the next coordinator when one drops."""
     turn = 0
     while True:
         url = urls[turn % len(urls)]
         turn += 1
-        path = "/v1/events" + (f"?since={since}" if since is not None else "")
+        query = "&".join(([f"since={since}"] if since is not None else [])
+                         + ([f"types={types}"] if types else []))
+        path = "/v1/events" + (f"?{query}" if query else "")
         try:
             async with session.ws_connect(f"{url}{path}",
                                           headers=_cluster_auth(path, directory)) as ws:
@@ -119,7 +122,7 @@ async def _events(kv: Client, args: argparse.Namespace) -> int:
         tasks = [asyncio.create_task(_follow(session, url, query, out)) for url in urls]
         if coordinators:
             tasks.append(asyncio.create_task(
-                _follow_cluster(session, coordinators, args.dir, args.since, out)))
+                _follow_cluster(session, coordinators, args.dir, args.since, args.types, out)))
         try:
             while args.count is None or shown < args.count:
                 event = await out.get()
@@ -149,6 +152,8 @@ def _args_events(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", type=int, default=None, metavar="MAP_VERSION",
                    help="first replay the cluster events of maps newer than this version "
                    "(as far as the coordinators keep them: their last 1,000 events)")
+    p.add_argument("--types", default=None, metavar="TYPE[,TYPE]",
+                   help="only these cluster event types (shard.failover, node.down, ...)")
     p.add_argument("--cluster-only", action="store_true",
                    help="only the coordinators' cluster events, not the nodes' samples")
 

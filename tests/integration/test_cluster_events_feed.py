@@ -144,7 +144,8 @@ def test_cli_events_prints_the_coordinators_events(secured_cluster: SecuredClust
         # --since: what followed that map, replayed from the coordinators' kept history.
         done = subprocess.run(
             [sys.executable, "-m", "shardkv.cluster.cli", "events", "--cluster-only",
-             "--json", "--since", str(before.version), "--count", "1",
+             "--json", "--since", str(before.version), "--types", "shard.failover",
+             "--count", "1",
              "--coordinator", ",".join(secured_cluster.coordinator_urls)],
             capture_output=True, text=True, timeout=DEADLINE_S, env=dict(os.environ))
     finally:

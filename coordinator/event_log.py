@@ -65,10 +65,14 @@ class ClusterEventLog:
     def publish(self, events: list[Event]) -> None:
         for event in events:
             self.history.append(event)
-            for sub in list(self.subscribers):
-                if not sub.offer(event):
-                    self.subscribers.discard(sub)
-                    self.slow_consumers += 1
+            self.broadcast(event)
+
+    def broadcast(self, event: Event) -> None:
+        """An event that is news, not history (``node.liveness``): to the open feeds only."""
+        for sub in list(self.subscribers):
+            if not sub.offer(event):
+                self.subscribers.discard(sub)
+                self.slow_consumers += 1
 
     def since(self, map_version: int) -> list[Event]:
         """The kept events of maps newer than ``map_version`` (all kept ones for 0)."""

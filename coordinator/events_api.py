@@ -41,7 +41,7 @@ from shardkv.coordinator.http_io import coordinator_of
 
 AUTH_WAIT_S = 10.0
 SEND_TIMEOUT_S = 10.0
-FEED_TYPES = frozenset(CLUSTER_EVENT_TYPES) | {"node.stats"}
+FEED_TYPES = frozenset(CLUSTER_EVENT_TYPES) | {"node.stats", "node.liveness"}
 
 
 def parse_query(query: Any) -> tuple[int | None, bool, frozenset[str] | None]:
@@ -152,6 +152,7 @@ async def _feed(coord: Any, ws: web.WebSocketResponse, sub: Subscription, since:
                 await _send(ws, event)
     if stats:
         coord.node_stats.add(sub)
+    coord.liveness_events.wake()
     reader = asyncio.create_task(drain(ws))
     try:
         while not reader.done():

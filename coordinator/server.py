@@ -46,6 +46,7 @@ from shardkv.coordinator.http_io import (
     raise_for_result,
 )
 from shardkv.coordinator.liveness import Liveness
+from shardkv.coordinator.liveness_events import LivenessWatcher
 from shardkv.coordinator.map_watch import MapWatch
 from shardkv.coordinator.node_stats import NodeStatsSampler
 from shardkv.coordinator.peer_guard import peer_guard
@@ -72,6 +73,7 @@ class Coordinator:
         self.watch.listeners.append(self.events.on_map)
         self.node_stats = NodeStatsSampler(
             lambda: {n: i.to_dict() for n, i in self.watch.current.nodes.items()})
+        self.liveness_events = LivenessWatcher(self)  # node.liveness, while feeds are open
         self.liveness = Liveness(config.suspect_s, config.dead_s, config.grace_s)
         self.raft_ids = {config.raft: config.id} | {addr: cid for cid, addr in config.peers.items()}
         self.bridge: RaftBridge | None = None
@@ -202,6 +204,7 @@ class Coordinator:
                 await task
         self.watch.close()
         await self.node_stats.close()
+        await self.liveness_events.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.bridge is not None:

@@ -1,6 +1,7 @@
 """``GET /v1/events`` on coordinators and the dashboard's data routes, on a real secured
 cluster (3 coordinators, 2 shards x 2): a failover reaches the feeds of the leader and of a
-follower as it happens, with the old and new primary and the epoch; the feed and the key
+follower as it happens, with the old and new primary and the epoch, and so does the dead
+node's liveness (read from the leader's failure detector); the feed and the key
 browser refuse strangers (no token, a wrong one, another site's page) while the page itself
 is public; ``shardkv events`` prints the coordinators' events."""
 
@@ -11,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -34,6 +36,22 @@ async def _next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, 
     raise AssertionError(f"the feed closed before a {kind} event")
 
 
+async def _until(ws: aiohttp.ClientWebSocketResponse,
+                 *wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """Read the feed until an event matching each predicate arrived; those events, in the
+    predicates' order."""
+    found: list[dict[str, Any] | None] = [None] * len(wanted)
+    async with asyncio.timeout(DEADLINE_S):
+        async for msg in ws:
+            event = json.loads(msg.data)
+            for i, predicate in enumerate(wanted):
+                if found[i] is None and predicate(event):
+                    found[i] = event
+            if all(f is not None for f in found):
+                return [f for f in found if f is not None]
+    raise AssertionError(f"the feed closed before {found}")
+
+
 async def test_a_failover_reaches_the_leaders_and_a_followers_feed(
         secured_cluster: SecuredCluster) -> None:
     leader, follower = secured_cluster.leader_and_follower()
@@ -52,8 +70,12 @@ async def test_a_failover_reaches_the_leaders_and_a_followers_feed(
             snapshot = await _next_of(ws, "cluster.snapshot")
             assert snapshot["map"]["shards"]["s1"]["primary"] == old_primary
         secured_cluster.cluster.kill(old_primary)
-        failovers = [await _next_of(ws, "shard.failover") for ws in feeds]
+        failovers = []
         for ws in feeds:
+            seen = await _until(ws, lambda e: e["type"] == "shard.failover", lambda e: (
+                e["type"] == "node.liveness" and e["node"] == old_primary
+                and e["liveness"] in ("suspect", "dead")))
+            failovers.append(seen[0])
             await ws.close()
     first = failovers[0]
     assert first["shard"] == "s1" and first["old_primary"] == old_primary

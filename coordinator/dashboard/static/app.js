@@ -155,6 +155,8 @@ function describe(e) {
       return `${e.shard}: primary ${e.old_primary || "none"} → ${e.new_primary || "none"}, epoch ${e.epoch}`;
     case "node.up": case "node.down": case "node.status":
       return `${e.node} (${e.shard || "no shard"}) is ${e.status}, was ${e.before}`;
+    case "node.liveness":
+      return `${e.node} (${e.shard || "no shard"}) is ${e.liveness}, was ${e.before}`;
     case "node.added": return `${e.node} at ${e.url} (${e.shard || "spare"}, ${e.role})`;
     case "node.removed": return `${e.node} left ${e.shard || "the cluster"}`;
     case "shard.members":

@@ -15,12 +15,12 @@ before the failover's map change; the map's ``node.down`` is a decision, this is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
 import aiohttp
 from shardkv.cluster.peer_auth import COORDINATOR, signed_headers
+from shardkv.coordinator.feed_poller import FeedPoller
 
 INTERVAL_S = 1.0
 PATH = "/admin/nodes"
@@ -32,19 +32,15 @@ class LivenessWatcher:
     def __init__(self, coord: Any, interval_s: float = INTERVAL_S) -> None:
         self.coord = coord
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._poller = FeedPoller(self._run, "liveness-events")
         self._last: dict[str, str] = {}
 
     def wake(self) -> None:
         """A feed opened: make sure the poller runs."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="liveness-events")
+        self._poller.wake()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._poller.close()
 
     async def _run(self) -> None:
         self._last = {}

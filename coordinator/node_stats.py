@@ -13,7 +13,6 @@ replaced by the next one).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from shardkv.coordinator.cluster_events import Event
 from shardkv.coordinator.event_log import Subscription
+from shardkv.coordinator.feed_poller import FeedPoller
 
 INTERVAL_S = 1.0
 MAX_METRICS_BYTES = 4 << 20
@@ -99,22 +99,18 @@ class NodeStatsSampler:
         self._nodes = nodes  # () -> {node_id: {"url", "shard", "role", ...}}
         self.interval_s = interval_s
         self.subscribers: set[Subscription] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._poller = FeedPoller(self._run, "node-stats")
         self._previous: dict[str, tuple[float, Counters]] = {}
 
     def add(self, sub: Subscription) -> None:
         self.subscribers.add(sub)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="node-stats")
+        self._poller.wake()
 
     def remove(self, sub: Subscription) -> None:
         self.subscribers.discard(sub)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._poller.close()
 
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=max(1.0, self.interval_s))

@@ -3,7 +3,8 @@ cluster (3 coordinators, 2 shards x 2): a failover reaches the feeds of the lead
 follower as it happens, with the old and new primary and the epoch, and so does the dead
 node's liveness (read from the leader's failure detector); the feed and the key
 browser refuse strangers (no token, a wrong one, another site's page) while the page itself
-is public; ``shardkv events`` prints the coordinators' events."""
+is public; ``shardkv events`` prints the coordinators' events; a shard added online shows
+its migration (started, its states, done) and the ring change on a follower's feed."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 from eventually import eventually_async
 from secured_cluster import SecuredCluster, secured_cluster_fixture  # noqa: F401
 from shardkv.client import Client
+from shardkv.cluster.shard_members import start_shard_members
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +178,39 @@ def test_cli_events_prints_the_coordinators_events(secured_cluster: SecuredClust
     event = json.loads(done.stdout.splitlines()[0])
     assert event["type"] == "shard.failover" and event["shard"] == "s2"
     assert event["old_primary"] == victim and event["map_version"] > before.version
+
+
+async def test_a_shard_add_shows_its_migration_on_a_followers_feed(
+        secured_cluster: SecuredCluster) -> None:
+    _leader, follower = secured_cluster.leader_and_follower()
+    assert follower is not None
+    types = "migration.started,migration.progress,migration.state,ring.changed,shard.added"
+    async with Client(secured_cluster.coordinator_urls) as kv:
+        for i in range(200):
+            await kv.put(f"mig:{i}", b"x" * 100)
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{follower}/v1/events?types={types}",
+                                   headers=secured_cluster.auth) as ws:
+            await _next_of(ws, "cluster.snapshot")
+            async with http.post(f"{follower}/admin/shards", json={"shard": "s3"},
+                                 headers=secured_cluster.auth) as answer:
+                body = await answer.json()
+                assert answer.status == 202, body
+            start_shard_members(secured_cluster.cluster, "s3")
+            seen: list[dict[str, Any]] = []
+            async with asyncio.timeout(120.0):
+                async for msg in ws:
+                    event = json.loads(msg.data)
+                    seen.append(event)
+                    if event["type"] == "migration.state" and event["state"] in (
+                            "done", "aborted", "failed"):
+                        break
+    kinds = [e["type"] for e in seen]
+    assert kinds[0] == "shard.added" and "migration.started" in kinds, kinds
+    assert all(e.get("migration") == body["migration"] for e in seen
+               if e["type"].startswith("migration."))
+    assert seen[-1]["state"] == "done", seen[-1]
+    states = [e["state"] for e in seen if e["type"] == "migration.state"]
+    assert states[-1] == "done" and len(states) >= 2, states  # it went through its steps
+    ring = next(e for e in seen if e["type"] == "ring.changed")
+    assert "s3" in ring["shards"] and "s3" not in ring["before_shards"]

@@ -167,3 +167,25 @@ def test_a_failover_shows_without_a_reload(page: Any, secured_cluster: SecuredCl
         _screenshot(page, artifacts / "04-failover.png")
     finally:
         secured_cluster.cluster.restart(before.primary)
+
+
+def test_a_shard_add_shows_in_the_migration_panel(page: Any, secured_cluster: SecuredCluster,
+                                                  artifacts: Path) -> None:
+    import json
+    import urllib.request
+
+    from shardkv.cluster.shard_members import start_shard_members
+
+    url = secured_cluster.coordinator_urls[0]
+    request = urllib.request.Request(
+        f"{url}/admin/shards", data=json.dumps({"shard": "s3"}).encode(), method="POST",
+        headers={"Content-Type": "application/json", **secured_cluster.auth})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        migration = json.loads(answer.read())["migration"]
+    start_shard_members(secured_cluster.cluster, "s3")
+    _wait(page, lambda d: "migration.started" in _text(d, "events"), "the migration's start")
+    _wait(page, lambda d: f"{migration}: add s3 — done" in _text(d, "migrations"),
+          "the finished migration in the panel")
+    _wait(page, lambda d: _primary_row(d, "s3")[1] == "ok", "the new shard's primary, serving")
+    assert "ring.changed" in _text(page, "events")
+    _screenshot(page, artifacts / "05-migration.png")

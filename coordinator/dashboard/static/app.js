@@ -171,7 +171,7 @@ function describe(e) {
       return `ring v${e.before} → v${e.ring_version}: ${Object.keys(e.shards).join(", ")}`;
     case "migration.started": case "migration.progress": case "migration.state":
       return `${e.migration} (${e.kind} ${e.shard}): ${e.state}, ${e.keys_moved}` +
-        (e.keys_total !== null ? `/${e.keys_total}` : "") + " keys";
+        (e.keys_total ? `/${e.keys_total}` : "") + " keys moved";
     case "coordinator.added": return `${e.coordinator} at ${e.url}`;
     case "coordinator.removed": return `${e.coordinator}`;
     default: return JSON.stringify(e);

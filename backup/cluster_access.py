@@ -1,10 +1,10 @@
 """How the backup tools reach a cluster: its coordinators, its map, signed admin calls.
 
 The coordinators come from ``--coordinator``, ``SHARDKV_COORDINATORS`` or ``DIR/cluster.json``
-(as every CLI command finds them). Admin calls to nodes carry the operator's
-``SHARDKV_ADMIN_TOKEN`` when it is set, and are otherwise signed as the operator with the
+(as every CLI command finds them). Admin calls to nodes are signed as the operator with the
 cluster credential (``SHARDKV_CLUSTER_TOKEN[_FILE]``, or ``DIR/cluster.token`` of a cluster
-from ``shardkv up``), one signature per request.
+from ``shardkv up``), one signature per request; without it they carry the operator's
+``SHARDKV_ADMIN_TOKEN`` (which nodes accept only when they have it too).
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ def coordinators(args: argparse.Namespace) -> list[str]:
 
 
 def admin_headers(method: str, path: str, body: bytes = b"") -> dict[str, str]:
+    """Signed as the operator when the cluster credential is at hand (every node accepts
+    that); else the admin token, which a node accepts only if it was given it too."""
+    if cluster_token() is not None:
+        return signed_headers(method, path, body, OPERATOR)
     token = os.environ.get(ADMIN_TOKEN_ENV)
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    return signed_headers(method, path, body, OPERATOR)
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def fetch_map(urls: list[str]) -> dict[str, Any]:

@@ -108,3 +108,21 @@ async def test_import_writes_rows_with_their_expiry_and_refuses_bad_ones(node_fa
     ]:
         status, answer = _import(node.url, bad)
         assert answer["error"] == code, (bad[:40], answer)
+
+
+def test_the_export_takes_the_admin_token_where_the_node_has_one(node_factory, monkeypatch):
+    from shardkv.backup.cluster_access import admin_headers
+
+    token = secrets.token_hex(16)
+    node = node_factory(env={"SHARDKV_ADMIN_TOKEN": token})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _export(node.url)
+    assert refused.value.code == 401
+    monkeypatch.delenv("SHARDKV_CLUSTER_TOKEN", raising=False)
+    monkeypatch.delenv("SHARDKV_CLUSTER_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("SHARDKV_ADMIN_TOKEN", token)
+    request = urllib.request.Request(f"{node.url}/admin/backup/export",
+                                     headers=admin_headers("GET", "/admin/backup/export"))
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        header, trailer = list(msgpack.Unpacker(resp, raw=False))
+    assert "lsn" in header and trailer == {"end": True, "count": 0}

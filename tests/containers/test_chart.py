@@ -66,7 +66,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "backups": {
         "backup": {"enabled": True, "destination": "s3://backups/prod", "keep": 3,
                    "keepDays": 14, "existingSecret": "backup-credentials",
-                   "archiveWal": True, "archiveIntervalSeconds": 5},
+                   "archiveWal": True, "archiveIntervalSeconds": 5,
+                   "volume": {"persistentVolumeClaim": {"claimName": "backups"}}},
     },
 }
 
@@ -655,6 +656,9 @@ def test_backup_cronjob_runs_backup_create(chart: Any) -> None:
     assert {"secretRef": {"name": "backup-credentials"}} in main["envFrom"]
     env = {e["name"]: e.get("value") for e in main["env"]}
     assert env["SHARDKV_CLUSTER_TOKEN_FILE"] == "/etc/shardkv/cluster-token/cluster-token"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["backups"]["persistentVolumeClaim"] == {"claimName": "backups"}
+    assert {"name": "backups", "mountPath": "/backups"} in main["volumeMounts"]
 
 
 def test_wal_archiving_reaches_every_node(chart: Any) -> None:

@@ -18,7 +18,8 @@ through theirs (a node serves the keys of its shard whoever asks), and does the 
 through the Docker API (``network disconnect``, ``kill``).
 
 One cluster serves the module (starting ten containers is the slow part); the tests run in
-file order and the last one kills a coordinator for good.
+file order, each leaving every member up (the rolling restart, ``statefulset_roll.py``, needs
+them all), and the last one kills a coordinator for good.
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ from container_harness import (
 )
 from shardkv.cluster.peer_auth import OPERATOR, signed_headers
 from shardkv.coordinator.local_group import FAST_RAFT_ENV
+from statefulset_roll import (
+    CHECK,
+    LOAD,
+    PodRestart,
+    PodSettings,
+    chart_pod_settings,
+    restart_pod,
+    window_max_ms,
+)
 
 SHARDS = ("s1", "s2")
 REPLICAS = 3
@@ -274,6 +284,15 @@ def _acked_lines(cluster: Cluster, log: str) -> int:
     return int(cluster.shell(f"touch {log}; wc -l < {log}").strip())
 
 
+def _converged(cluster: Cluster, members: list[str]) -> dict[str, Any] | None:
+    """The members' digests when all answer with the same one (same data, same LSN)."""
+    digests = cluster.node_json(members, "/v1/digest")
+    if any(d is None for d in digests.values()):
+        return None
+    same = {(d["digest"], d["applied_lsn"]) for d in digests.values()}
+    return digests if len(same) == 1 else None
+
+
 # The module's cluster starts in this test's setup, and on a first run the image is built
 # there too (conftest allows the build 15 minutes).
 @pytest.mark.timeout(1200)
@@ -375,16 +394,107 @@ def test_partitioned_primary_fails_over_and_rejoins_as_replica(cluster: Cluster)
     wait_until(rejoined, timeout=90, what=f"{old_primary} to rejoin {shard_id} as a replica")
 
     # ...and all three members converge on the same data.
-    def converged() -> dict[str, Any] | None:
-        digests = cluster.node_json(members, "/v1/digest")
-        if any(d is None for d in digests.values()):
-            return None
-        same = {(d["digest"], d["applied_lsn"]) for d in digests.values()}
-        return digests if len(same) == 1 else None
-
-    digests = wait_until(converged, timeout=90, what=f"the members of {shard_id} to converge")
+    digests = wait_until(lambda: _converged(cluster, members), timeout=90,
+                         what=f"the members of {shard_id} to converge")
     assert next(iter(digests.values()))["keys"] >= len(
         [k for k, w in before.items() if w["shard"] == shard_id]) + len(during)
+
+
+@pytest.mark.timeout(480)
+def test_rolling_restart_as_helm_upgrade_does_it_under_load(cluster: Cluster) -> None:
+    """Every pod restarted as a StatefulSet's rolling update restarts it (statefulset_roll.py:
+    per StatefulSet, highest ordinal first, SIGTERM with the chart's grace period, next pod
+    only once the chart's readiness probe, ``/ready`` = caught up, passes), shard s1, then
+    s2, then the coordinators, while 16 writers put unique keys across both shards (each
+at most 10 puts/s: the pause is measured, not the queue of a saturated machine). Whichever
+    pod is a primary hands its shard over on SIGTERM (docs/rolling-restarts.md). Bounds: the
+    longest put under 500 ms, no put failed, no acknowledged write lost, every restarted node
+    back as a replica and caught up, and every shard's members converged at the end."""
+    pods = chart_pod_settings()
+    node_pod, coordinator_pod = pods["node"], pods["coordinator"]
+    assert (node_pod.probe.path, coordinator_pod.probe.path) == ("/ready", "/ready")
+    # The chart's handoff bound is the node's default (these containers do not set it).
+    assert node_pod.env["SHARDKV_HANDOFF_TIMEOUT_S"] == "8"
+    wait_until(lambda: _serving(cluster), timeout=90,
+               what="every shard to have a primary streaming to two connected replicas")
+
+    run = uuid.uuid4().hex[:6]
+    log, stop = f"/tmp/roll-{run}", f"/tmp/roll-stop-{run}"
+    restarts: list[PodRestart] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        load = pool.submit(cluster.run, LOAD, 900, coordinators=cluster.coordinator_urls,
+                           writers=16, pace_s=0.1, log=log, stop=stop)
+        try:
+            wait_until(lambda: _acked_lines(cluster, log) >= 100, timeout=60,
+                       what="the load's first acknowledged writes")
+            began = time.time()
+            for shard_id in SHARDS:
+                for ordinal in reversed(range(REPLICAS)):
+                    name = next(n for n in cluster.nodes if n.startswith(
+                        f"node-{shard_id}-{ordinal}-"))
+                    restarts.append(_restart_node(cluster, name, node_pod))
+            for name in reversed(cluster.coordinator_names):
+                role = "leader" if cluster.leader(name) == name else "follower"
+                record = PodRestart(name, role)
+                restart_pod(cluster.coordinators[name], coordinator_pod, record,
+                            ready_timeout=120)
+                restarts.append(record)
+            finished = time.time()
+            acked = _acked_lines(cluster, log)
+            wait_until(lambda: _acked_lines(cluster, log) >= acked + 100, timeout=60,
+                       what="writes going on after the roll")
+        finally:
+            cluster.shell(f"touch {stop}")
+            outcome = load.result(timeout=180)
+
+    print(f"rolling restart of {len(restarts)} pods in {finished - began:.1f}s; "
+          f"{outcome['count']} puts, max {outcome['max_ms']} ms, p99 {outcome['p99_ms']} ms, "
+          f"p50 {outcome['p50_ms']} ms, {outcome['failed']} failed")
+    for r in restarts:
+        print(f"  {r.name} ({r.role_before} -> {r.role_after or '-'}): stop {r.stop_s:.1f}s, "
+              f"Ready {r.back_s:.1f}s after start ({r.failed_probes} failed probes), "
+              f"longest put in its window "
+              f"{window_max_ms(outcome['slow'], r.sigterm_at, r.ready_at):.0f} ms")
+    assert outcome["failed"] == 0, outcome["failures"]
+    assert outcome["max_ms"] < 500, outcome["slow"][:10]
+    primaries = [r for r in restarts if r.role_before == "primary"]
+    assert primaries, "the roll restarted no primary"
+    assert all(r.role_after == "replica" for r in restarts if r.name in cluster.nodes), [
+        (r.name, r.role_after) for r in restarts]
+
+    checked = cluster.run(CHECK, timeout=300, coordinators=cluster.coordinator_urls, log=log)
+    assert checked["checked"] >= outcome["count"] - 16 and checked["lost"] == 0, checked
+
+    # The cluster is whole again: a primary per shard streaming to two caught-up replicas,
+    # every member converged, every coordinator agreeing on one leader.
+    wait_until(lambda: _serving(cluster), timeout=60, what="every shard serving again")
+    cluster_map = cluster.cluster_map()
+    for shard_id in SHARDS:
+        members = cluster_map["shards"][shard_id]["members"]
+        wait_until(lambda m=members: _converged(cluster, m), timeout=90,
+                   what=f"the members of {shard_id} to converge")
+        replicas = [m for m in members if m != cluster_map["shards"][shard_id]["primary"]]
+        for name, ready in cluster.node_json(replicas, "/ready").items():
+            assert ready and ready["status"] == "ready" and ready["role"] == "replica", (
+                name, ready)
+    leaders = {cluster.leader(name) for name in cluster.coordinator_names}
+    assert len(leaders) == 1 and leaders <= set(cluster.coordinator_names), leaders
+
+
+def _restart_node(cluster: Cluster, name: str, pod: PodSettings) -> PodRestart:
+    """Restart one node pod; it must come back as a replica that is caught up."""
+    record = PodRestart(name, cluster.cluster_map()["nodes"][name]["role"])
+    restart_pod(cluster.nodes[name], pod, record, ready_timeout=120)
+
+    def back() -> str | None:
+        node = cluster.cluster_map()["nodes"][name]
+        return node["role"] if node["status"] == "up" else None
+
+    record.role_after = wait_until(back, timeout=30, what=f"{name} up in the map")
+    status = cluster.node_json([name], "/v1/status")[name] or {}
+    record.details = {"catch_up": status.get("catch_up")}
+    assert (status.get("catch_up") or {}).get("caught_up"), (name, status)
+    return record
 
 
 @pytest.mark.timeout(180)

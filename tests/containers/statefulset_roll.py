@@ -198,15 +198,10 @@ async def main():
     async with Client(ARGS["coordinators"], timeout=20.0) as client:
         with open(ARGS["log"], "a") as log:
             await asyncio.gather(*(writer(client, w, log) for w in range(ARGS["writers"])))
-    ordered = sorted(took for _, took in samples)
-    def pct(q):
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
     print(json.dumps({
-        "count": len(samples), "failed": len(failures), "failures": failures[:10],
-        "max_ms": pct(1.0), "p99_ms": pct(0.99), "p50_ms": pct(0.5),
-        "first_at": min(s for s, _ in samples), "last_at": max(s for s, _ in samples),
-        "slow": sorted(([round(s, 3), round(t * 1000, 1)] for s, t in samples if t >= 0.05),
-                       key=lambda st: -st[1])[:200],
+        "failed": len(failures), "failures": failures[:10],
+        # Every acknowledged put: [wall-clock start (s), latency (ms)].
+        "samples": [[round(s, 3), round(t * 1000, 1)] for s, t in samples],
     }))
 
 asyncio.run(main())
@@ -237,7 +232,27 @@ asyncio.run(main())
 """
 
 
-def window_max_ms(slow: list[list[float]], start: float, end: float) -> float:
-    """The longest put that started in [start, end], among the load's slow puts (>= 50 ms);
-    0 when none was that slow."""
-    return max((took for at, took in slow if start <= at <= end), default=0.0)
+@dataclass(frozen=True)
+class Latencies:
+    """Put latencies (ms) of the puts that started in a window."""
+
+    count: int
+    max_ms: float
+    p99_ms: float
+    p50_ms: float
+
+    @classmethod
+    def of(cls, samples: list[list[float]], start: float = 0.0,
+           end: float = float("inf")) -> Latencies:
+        taken = sorted(ms for at, ms in samples if start <= at <= end)
+        if not taken:
+            return cls(0, 0.0, 0.0, 0.0)
+
+        def quantile(q: float) -> float:
+            return taken[min(len(taken) - 1, int(q * len(taken)))]
+
+        return cls(len(taken), taken[-1], quantile(0.99), quantile(0.5))
+
+    def __str__(self) -> str:
+        return (f"{self.count} puts, max {self.max_ms:.0f} ms, p99 {self.p99_ms:.0f} ms, "
+                f"p50 {self.p50_ms:.0f} ms")

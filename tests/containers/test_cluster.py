@@ -30,10 +30,23 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from cluster_in_containers import (
+    FAILOVER_ENV,
+    NODE_ENV,
+    PUT_GET,
+    READ_BACK,
+    REPLICAS,
+    SHARDS,
+    WRITER,
+    Cluster,
+    acked_lines,
+    converged,
+    serving,
+    streaming,
+)
 from container_harness import (
     CLUSTER_TOKEN,
     COORDINATOR_PORT,
@@ -58,167 +71,6 @@ from statefulset_roll import (
     chart_pod_settings,
     restart_pod,
 )
-
-SHARDS = ("s1", "s2")
-REPLICAS = 3
-# Failover after 2 s of silence (the nodes derive their lease from the same value), and
-# writes that cannot reach a majority fail after 2 s rather than 5.
-FAILOVER_ENV = {"SHARDKV_FAILOVER_TIMEOUT_S": "2"}
-NODE_ENV = {**FAILOVER_ENV, "SHARDKV_WRITE_TIMEOUT_S": "2"}
-
-# --- programs run by the driver container; argv[1] is a JSON object, stdout's last line is
-# --- the JSON answer.
-
-CLIENT_PRELUDE = """
-import asyncio, json, os, sys
-from shardkv.client import Client, ExponentialBackoff, Retry
-from shardkv.cluster.ring import shard_for_key
-ARGS = json.loads(sys.argv[1])
-
-def patient_client():
-    # Retries ride out a failover: NOT_PRIMARY, STALE_MAP and unreachable nodes are retried
-    # with a fresh map until the deadline.
-    retry = Retry(ExponentialBackoff(base=0.05, cap=0.5), retries=400)
-    return Client(ARGS["coordinators"], retry=retry, timeout=20.0)
-"""
-
-PUT_GET = CLIENT_PRELUDE + """
-async def main():
-    out = {}
-    async with patient_client() as client:
-        for i in range(ARGS["count"]):
-            key = f"{ARGS['prefix']}-{i}"
-            value = f"value {i} of {ARGS['prefix']}"
-            version = await client.put(key, value)
-            out[key] = {"value": value, "version": version,
-                        "shard": shard_for_key(client.cluster_map, key.encode())}
-        for key, wrote in out.items():
-            item = await client.get(key)
-            wrote["read"] = None if item is None else item.value.decode()
-            wrote["read_version"] = None if item is None else item.version
-    print(json.dumps(out))
-
-asyncio.run(main())
-"""
-
-# Puts unique keys of one shard, one after another, until the stop file appears; every
-# acknowledged put is appended to the log file at once (the test watches it grow).
-WRITER = CLIENT_PRELUDE + """
-async def main():
-    acked, failed, i = {}, 0, 0
-    async with patient_client() as client:
-        with open(ARGS["log"], "a") as log:
-            while not os.path.exists(ARGS["stop"]):
-                i += 1
-                key = f"during-{i}"
-                if shard_for_key(client.cluster_map, key.encode()) != ARGS["shard"]:
-                    continue
-                value = f"written during the partition, #{i}"
-                try:
-                    await client.put(key, value)
-                except Exception as exc:  # not acknowledged: may or may not be there
-                    failed += 1
-                    print(f"unacknowledged {key}: {exc!r}", file=sys.stderr)
-                    continue
-                acked[key] = value
-                log.write(key + "\\n")
-                log.flush()
-    print(json.dumps({"acked": acked, "failed": failed}))
-
-asyncio.run(main())
-"""
-
-READ_BACK = CLIENT_PRELUDE + """
-async def main():
-    wrong = {}
-    async with patient_client() as client:
-        for key, value in ARGS["expect"].items():
-            item = await client.get(key)
-            got = None if item is None else item.value.decode()
-            if got != value:
-                wrong[key] = got
-    print(json.dumps({"checked": len(ARGS["expect"]), "wrong": wrong}))
-
-asyncio.run(main())
-"""
-
-# GET each URL; an unreachable member answers null.
-FETCH_JSON = """
-import json, sys, urllib.request
-out = {}
-args = json.loads(sys.argv[1])
-for url in args["urls"]:
-    try:
-        request = urllib.request.Request(url, headers=args.get("headers") or {})
-        with urllib.request.urlopen(request, timeout=3) as response:
-            out[url] = json.loads(response.read())
-    except Exception:
-        out[url] = None
-print(json.dumps(out))
-"""
-
-
-@dataclass
-class Cluster:
-    """The containers of one cluster and the ways the test reaches them."""
-
-    docker: Any
-    network: Any
-    coordinator_names: list[str]
-    coordinators: dict[str, RunningContainer]
-    nodes: dict[str, RunningContainer]
-    driver: RunningContainer
-    started: list[RunningContainer] = field(default_factory=list)
-    killed: set[str] = field(default_factory=set)
-
-    @property
-    def coordinator_urls(self) -> list[str]:
-        """As the containers know them (DNS names on the network)."""
-        return [f"http://{name}:{COORDINATOR_PORT}" for name in self.coordinator_names]
-
-    def coordinator_url(self, name: str) -> str:
-        """As the host knows it (the published port)."""
-        return self.coordinators[name].url(COORDINATOR_PORT)
-
-    def live_coordinators(self) -> list[str]:
-        return [name for name in self.coordinator_names if name not in self.killed]
-
-    def cluster_map(self, through: str | None = None) -> dict[str, Any]:
-        name = through or self.live_coordinators()[0]
-        answer = http("GET", f"{self.coordinator_url(name)}/v1/map",
-                      headers={"Accept": "application/json"})
-        assert answer.status == 200, answer
-        return answer.json()
-
-    def leader(self, through: str) -> str | None:
-        return http("GET", f"{self.coordinator_url(through)}/ready", timeout=3).json()["leader"]
-
-    def run(self, program: str, timeout: float = 120, **args: Any) -> Any:
-        """Run ``program`` with ``python3 -c`` in the driver container; its JSON answer."""
-        done = self.driver.raw.exec_run(
-            ["timeout", str(int(timeout)), "python3", "-c", program, json.dumps(args)],
-            demux=True)
-        stdout, stderr = (part.decode(errors="replace") if part else "" for part in done.output)
-        assert done.exit_code == 0, f"exit {done.exit_code}\n{stdout}\n{stderr[-4000:]}"
-        return json.loads(stdout.strip().splitlines()[-1])
-
-    def shell(self, command: str) -> str:
-        done = self.driver.raw.exec_run(["sh", "-c", command])
-        assert done.exit_code == 0, done.output
-        return done.output.decode()
-
-    def node_json(self, names: list[str], path: str) -> dict[str, Any]:
-        """``GET path`` on each node from inside the network: name -> answer (None if down)."""
-        answers = self.run(FETCH_JSON, timeout=30,
-                           urls=[f"http://{name}:{NODE_PORT}{path}" for name in names],
-                           headers={"Authorization": f"Bearer {CLUSTER_TOKEN}"})
-        return {name: answers[f"http://{name}:{NODE_PORT}{path}"] for name in names}
-
-    def dump_logs(self) -> None:
-        for running in self.started:
-            if running.container._container is not None:
-                print(f"--- logs of {running.raw.name} (tail) ---")
-                print("\n".join(running.logs().splitlines()[-60:]))
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +97,7 @@ def cluster(docker_client: Any, shardkv_image: str) -> Iterator[Cluster]:
                        entrypoint=["python3"], **POD_LIKE)
         built = Cluster(docker_client, network, names, dict(zip(names, coordinators, strict=True)),
                         nodes, driver, started)
-        wait_until(lambda: _serving(built), timeout=120,
+        wait_until(lambda: serving(built), timeout=120,
                    what="every shard to have a primary streaming to two connected replicas")
         yield built
     finally:
@@ -261,41 +113,6 @@ def logs_on_failure(request: pytest.FixtureRequest, cluster: Cluster) -> Iterato
         cluster.dump_logs()
 
 
-def _serving(cluster: Cluster) -> bool:
-    cluster_map = cluster.cluster_map()
-    for shard_id in SHARDS:
-        shard = cluster_map["shards"].get(shard_id) or {}
-        if not shard.get("primary") or len(shard.get("members", [])) != REPLICAS:
-            return False
-    return _streaming(cluster, cluster_map, SHARDS)
-
-
-def _streaming(cluster: Cluster, cluster_map: dict[str, Any], shards: tuple[str, ...]) -> bool:
-    """Each primary of ``shards`` has a valid lease and both replicas connected."""
-    primaries = [cluster_map["shards"][shard_id]["primary"] for shard_id in shards]
-    for status in cluster.node_json(primaries, "/v1/replication").values():
-        if not status or status.get("role") != "primary" or status.get("lease") != "valid":
-            return False
-        if sum(1 for r in status.get("replicas", []) if r["connected"]) != REPLICAS - 1:
-            return False
-    return True
-
-
-def _acked_lines(cluster: Cluster, log: str) -> int:
-    return int(cluster.shell(f"touch {log}; wc -l < {log}").strip())
-
-
-def _converged(cluster: Cluster, members: list[str]) -> dict[str, Any] | None:
-    """The members' digests when all answer with the same one (same data, same LSN)."""
-    digests = cluster.node_json(members, "/v1/digest")
-    if any(d is None for d in digests.values()):
-        return None
-    same = {(d["digest"], d["applied_lsn"]) for d in digests.values()}
-    return digests if len(same) == 1 else None
-
-
-# The module's cluster starts in this test's setup, and on a first run the image is built
-# there too (conftest allows the build 15 minutes).
 @pytest.mark.timeout(1200)
 def test_client_puts_and_gets_across_both_shards(cluster: Cluster) -> None:
     cluster_map = cluster.cluster_map()
@@ -332,7 +149,7 @@ def test_partitioned_primary_fails_over_and_rejoins_as_replica(cluster: Cluster)
     takes over, every acknowledged write (before and during) is there after, and the old
     primary, reconnected, comes back as a replica holding the same data."""
     shard_id = "s1"
-    wait_until(lambda: _streaming(cluster, cluster.cluster_map(), (shard_id,)), timeout=60,
+    wait_until(lambda: streaming(cluster, cluster.cluster_map(), (shard_id,)), timeout=60,
                what=f"the primary of {shard_id} to stream to both replicas")
     before_map = cluster.cluster_map()
     old_primary = before_map["shards"][shard_id]["primary"]
@@ -350,7 +167,7 @@ def test_partitioned_primary_fails_over_and_rejoins_as_replica(cluster: Cluster)
         writer = pool.submit(cluster.run, WRITER, 200, coordinators=cluster.coordinator_urls,
                              shard=shard_id, log=log, stop=stop)
         try:
-            wait_until(lambda: _acked_lines(cluster, log) >= 5, timeout=60,
+            wait_until(lambda: acked_lines(cluster, log) >= 5, timeout=60,
                        what="the writer's first acknowledged writes")
             network.disconnect(cluster.nodes[old_primary].raw.id)
             disconnected_at = time.monotonic()
@@ -364,8 +181,8 @@ def test_partitioned_primary_fails_over_and_rejoins_as_replica(cluster: Cluster)
             failover_s = time.monotonic() - disconnected_at
             print(f"failover of {shard_id}: {old_primary} -> {promoted} in {failover_s:.1f}s")
             # Writes go on through the new primary while the old one is still cut off.
-            acked_at_failover = _acked_lines(cluster, log)
-            wait_until(lambda: _acked_lines(cluster, log) >= acked_at_failover + 5, timeout=60,
+            acked_at_failover = acked_lines(cluster, log)
+            wait_until(lambda: acked_lines(cluster, log) >= acked_at_failover + 5, timeout=60,
                        what="writes acknowledged by the new primary")
             network.connect(cluster.nodes[old_primary].raw.id, aliases=[old_primary])
         finally:
@@ -395,7 +212,7 @@ def test_partitioned_primary_fails_over_and_rejoins_as_replica(cluster: Cluster)
     wait_until(rejoined, timeout=90, what=f"{old_primary} to rejoin {shard_id} as a replica")
 
     # ...and all three members converge on the same data.
-    digests = wait_until(lambda: _converged(cluster, members), timeout=90,
+    digests = wait_until(lambda: converged(cluster, members), timeout=90,
                          what=f"the members of {shard_id} to converge")
     assert next(iter(digests.values()))["keys"] >= len(
         [k for k, w in before.items() if w["shard"] == shard_id]) + len(during)
@@ -420,7 +237,7 @@ def test_rolling_restart_as_helm_upgrade_does_it_under_load(cluster: Cluster) ->
     assert (node_pod.probe.path, coordinator_pod.probe.path) == ("/ready", "/ready")
     # The chart's handoff bound is the node's default (these containers do not set it).
     assert node_pod.env["SHARDKV_HANDOFF_TIMEOUT_S"] == "8"
-    wait_until(lambda: _serving(cluster), timeout=90,
+    wait_until(lambda: serving(cluster), timeout=90,
                what="every shard to have a primary streaming to two connected replicas")
 
     run = uuid.uuid4().hex[:6]
@@ -432,7 +249,7 @@ def test_rolling_restart_as_helm_upgrade_does_it_under_load(cluster: Cluster) ->
                            writers=16, pace_s=0.1, log=log, stop=stop)
         try:
             # The puts before the roll are the baseline: what this machine does right now.
-            wait_until(lambda: _acked_lines(cluster, log) >= 1000, timeout=90,
+            wait_until(lambda: acked_lines(cluster, log) >= 1000, timeout=90,
                        what="the load's first 1,000 acknowledged writes")
             began = time.time()
             for shard_id in SHARDS:
@@ -447,8 +264,8 @@ def test_rolling_restart_as_helm_upgrade_does_it_under_load(cluster: Cluster) ->
                             ready_timeout=120)
                 restarts.append(record)
             finished = time.time()
-            acked = _acked_lines(cluster, log)
-            wait_until(lambda: _acked_lines(cluster, log) >= acked + 100, timeout=60,
+            acked = acked_lines(cluster, log)
+            wait_until(lambda: acked_lines(cluster, log) >= acked + 100, timeout=60,
                        what="writes going on after the roll")
         finally:
             cluster.shell(f"touch {stop}")
@@ -480,11 +297,11 @@ def test_rolling_restart_as_helm_upgrade_does_it_under_load(cluster: Cluster) ->
 
     # The cluster is whole again: a primary per shard streaming to two caught-up replicas,
     # every member converged, every coordinator agreeing on one leader.
-    wait_until(lambda: _serving(cluster), timeout=60, what="every shard serving again")
+    wait_until(lambda: serving(cluster), timeout=60, what="every shard serving again")
     cluster_map = cluster.cluster_map()
     for shard_id in SHARDS:
         members = cluster_map["shards"][shard_id]["members"]
-        wait_until(lambda m=members: _converged(cluster, m), timeout=90,
+        wait_until(lambda m=members: converged(cluster, m), timeout=90,
                    what=f"the members of {shard_id} to converge")
         replicas = [m for m in members if m != cluster_map["shards"][shard_id]["primary"]]
         for name, ready in cluster.node_json(replicas, "/ready").items():

@@ -14,15 +14,23 @@ It runs after ``peer_guard``: a caller without the credential learns nothing abo
 from __future__ import annotations
 
 from aiohttp import web
+from shardkv.cluster import internal_routes as routes
 from shardkv.cluster.control_protocol import require_compatible, version_headers, version_in
 from shardkv.coordinator.http_io import Handler
 
-NODE_CALLS_PREFIX = "/v1/nodes/"
+NODE_CALLS = frozenset({routes.NODE_REGISTER, routes.NODE_HEARTBEAT, routes.NODE_HANDOFF})
+
+
+def _is_node_call(request: web.Request) -> bool:
+    """One of the three calls a node makes about itself (by route, so that another route
+    under ``/v1/nodes/``, a view for people, is not held to the node's protocol)."""
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in NODE_CALLS
 
 
 @web.middleware
 async def node_protocol_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith(NODE_CALLS_PREFIX):
+    if not _is_node_call(request):
         return await handler(request)
     node = request.match_info.get("node_id") or "the registering node"
     require_compatible(version_in(request.headers), peer=f"node {node}")

@@ -230,3 +230,9 @@ async def test_nodes_further_apart_are_refused_naming_both_versions(
                                 {"url": "http://127.0.0.1:9003"},
                                 headers={PROTOCOL_HEADER: "zero"})
     assert (status, answer["error"]) == (400, "INVALID_ARGUMENT")
+    # Only the node's own calls are held to its protocol: the map is served whatever the
+    # header says, and an unknown path under /v1/nodes/ is a plain 404.
+    status, _ = await send(http, "GET", "/v1/map", headers=far)
+    assert status == 200
+    async with http.get(f"/v1/nodes/{node_id}/nothing", headers=far) as resp:
+        assert resp.status == 404

@@ -138,6 +138,7 @@ class PodRestart:
     started_at: float = 0.0
     ready_at: float = 0.0
     failed_probes: int = 0
+    exit_code: int | None = None  # 0: stopped by itself; 137: SIGKILLed after the grace
     role_after: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -157,6 +158,8 @@ def restart_pod(container: RunningContainer, settings: PodSettings, record: PodR
     record.sigterm_at = time.time()
     container.raw.stop(timeout=settings.grace_s)
     record.exited_at = time.time()
+    container.raw.reload()
+    record.exit_code = container.raw.attrs["State"]["ExitCode"]
     container.raw.start()
     started = time.monotonic()
     record.started_at = time.time()

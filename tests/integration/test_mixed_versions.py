@@ -119,6 +119,14 @@ def _switch_to(cluster: LocalCluster, target: str) -> dict:
         return json.loads(resp.read())
 
 
+async def _nothing_lost(load: WriteLoad) -> None:
+    """Every acknowledged write reads back, and no put failed after the client's retries."""
+    lost = await load.verify()
+    await load.close()
+    assert not lost, lost[:5]
+    assert not load.errors, load.errors[:5]
+
+
 def _liveness(cluster: LocalCluster) -> dict[str, str]:
     """The coordinator leader's view of each node: alive only while its heartbeats land."""
     status, body = http_get_json(f"{cluster.plan.coordinators[0].url}/admin/nodes")
@@ -162,10 +170,7 @@ async def test_old_and_new_members_follow_each_other_under_load(
                              what=f"writes going on with {target} primary")
     finally:
         await load.stop()
-    lost = await load.verify()
-    await load.close()
-    assert not lost, lost[:5]
-    assert not load.errors, load.errors[:5]
+    await _nothing_lost(load)
     assert len(load.acknowledged) == 8 * 64
 
 
@@ -202,8 +207,5 @@ async def test_new_nodes_work_with_a_previous_coordinator(
                          what=f"writes going on with {target} primary")
     finally:
         await load.stop()
-    lost = await load.verify()
-    await load.close()
-    assert not lost, lost[:5]
-    assert not load.errors, load.errors[:5]
+    await _nothing_lost(load)
     assert _liveness(cluster) == {n.id: "alive" for n in cluster.plan.nodes}

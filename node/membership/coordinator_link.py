@@ -205,7 +205,8 @@ class CoordinatorLink:
             if method != "GET" and resp.status == 200:
                 # The coordinator names its version (none: version 1); refuse one out of
                 # this node's window (cluster/control_protocol.py).
-                require_compatible(version_in(resp.headers), peer=f"the coordinator at {url}")
+                require_compatible(version_in(resp.headers),
+                                   peer=f"the coordinator at {URL(url).origin()}")
             if resp.status == 304 or not raw:
                 return resp.status, None
             if wire.MSGPACK in resp.headers.get("Content-Type", ""):

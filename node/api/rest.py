@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import HttpVersion11, web
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge
+from shardkv.cluster.event_loop import running_loop_name
 from shardkv.cluster.http_body import error_response, respond
 from shardkv.cluster.limits import MAX_FRAME_BYTES, limits_dict
 from shardkv.cluster.wire import JSON, MSGPACK, from_json, unpack
@@ -282,6 +283,7 @@ class RestApi:
             "write_failure": None if store is None else store.write_failure,
             "engine": config.engine,
             "fsync": config.fsync,
+            "event_loop": running_loop_name(),
             "data_dir": str(config.data_dir),
             "listen": config.listen,
             "coordinators": list(config.coordinators),

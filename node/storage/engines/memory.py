@@ -68,7 +68,7 @@ def _row(value: bytes, compressed: bool, version: int, expires_at: float | None)
 
 def _fields(row: _Row) -> tuple[bytes, bool, int, float | None]:
     """(value, compressed, version, expires_at) of a row."""
-    if type(row) is tuple:
+    if not isinstance(row, bytes):
         return row
     flags, version = _HEAD.unpack_from(row)
     if flags & _EXPIRES:
@@ -78,15 +78,15 @@ def _fields(row: _Row) -> tuple[bytes, bool, int, float | None]:
 
 
 def _expires_at(row: _Row) -> float | None:
-    if type(row) is tuple:
+    if not isinstance(row, bytes):
         return row[3]
-    if row[0] & _EXPIRES:  # type: ignore[index]
+    if row[0] & _EXPIRES:
         return float(_HEAD_EXPIRY.unpack_from(row)[2])
     return None
 
 
 def _version(row: _Row) -> int:
-    if type(row) is tuple:
+    if not isinstance(row, bytes):
         return row[2]
     return int(_HEAD.unpack_from(row)[1])
 

@@ -15,6 +15,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 
 class MutationKind(enum.IntEnum):
     PUT = 1
@@ -58,6 +60,10 @@ class WalEntry:
     epoch: int
     mutations: tuple[Mutation, ...] = field(default_factory=tuple)
     ts: float = 0.0
+    # The msgpack of ``to_wire()``, once someone has encoded it (``payload_of``): the WAL's
+    # record payload and each replica's copy of the entry on the stream are these same
+    # bytes, encoded once per entry instead of once per consumer. Not part of the value.
+    payload: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_wire(self) -> list[Any]:
         """The msgpack-able form used in WAL payloads and on the replication stream."""
@@ -67,3 +73,13 @@ class WalEntry:
     def from_wire(cls, raw: list[Any]) -> WalEntry:
         lsn, epoch, ts, mutations = raw
         return cls(int(lsn), int(epoch), tuple(Mutation.from_wire(m) for m in mutations), ts)
+
+
+def payload_of(entry: WalEntry) -> bytes:
+    """``msgpack(entry.to_wire())``, encoded at most once per entry (issue 17: the WAL and
+    every replication stream used to encode the same entry each)."""
+    payload = entry.payload
+    if payload is None:
+        payload = msgpack.packb(entry.to_wire(), use_bin_type=True)
+        object.__setattr__(entry, "payload", payload)  # a cache on a frozen value
+    return payload

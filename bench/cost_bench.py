@@ -172,6 +172,7 @@ def run_rounds(args: argparse.Namespace, work: Path, log: Callable[[str], None]
             shift = round_no % len(systems)
             for system, variant, start in systems[shift:] + systems[:shift]:
                 where = work / f"r{round_no}-{topology}-{system}-{variant}".replace(":", "_")
+                where.mkdir(parents=True, exist_ok=True)
                 with start(where) as running:
                     kind_of = {"rpc": "rpc", "rest": "rest", "etcd": "etcd"}
                     targets = {k: Target(kind_of[k], running.url, system, variant)

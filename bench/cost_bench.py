@@ -5,6 +5,7 @@
     python -m bench.cost_bench --b-python ../base/.venv/bin/python   # this code vs another
     python -m bench.cost_bench --quick                 # a smoke run (~1 min)
     python -m bench.cost_bench --recovery-keys 1000000 # plus bytes/key and recovery time
+    python -m bench.cost_bench --topologies '' --recovery-keys 1000000 --b-python ...
 
 For every system and path it reports what one request costs the server: CPU seconds of the
 server's processes over the measured window (``/proc/<pid>/stat``), divided by the requests
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=3.0, help="seconds measured per cell")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--topologies", default="single,replicated")
+    p.add_argument("--topologies", default="single,replicated",
+                   help="single, replicated, or '' (only --recovery-keys)")
     p.add_argument("--paths", default="rpc-get,rpc-put,rest-get,rest-put",
                    help="shardkv paths measured (etcd: get and put)")
     p.add_argument("--fsync", default="always")
@@ -167,7 +169,7 @@ def run_rounds(args: argparse.Namespace, work: Path, log: Callable[[str], None]
     shape = Shape(key_space=args.key_space, value_size=args.value_size)
     records: list[dict[str, Any]] = []
     for round_no in range(args.rounds):
-        for topology in args.topologies.split(","):
+        for topology in [t for t in args.topologies.split(",") if t]:
             systems = _systems(args, topology)
             shift = round_no % len(systems)
             for system, variant, start in systems[shift:] + systems[:shift]:

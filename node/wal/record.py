@@ -23,6 +23,9 @@ class MutationKind(enum.IntEnum):
     DELETE = 2
 
 
+_KINDS = {int(kind): kind for kind in MutationKind}
+
+
 @dataclass(frozen=True, slots=True)
 class Mutation:
     """One key's change. ``value`` is stored as encoded by ``shardkv.node.storage.compression``
@@ -45,9 +48,17 @@ class Mutation:
 
     @classmethod
     def from_wire(cls, raw: list[Any]) -> Mutation:
-        kind, key, value, compressed, expires_at, *rest = raw
-        return cls(MutationKind(kind), bytes(key), bytes(value), bool(compressed), expires_at,
-                   bool(rest and rest[0]))
+        # Recovery decodes every logged mutation through here, so the common shapes are
+        # taken without a starred unpack or an enum call (issue 17: replay time).
+        if len(raw) == 5:
+            kind, key, value, compressed, expires_at = raw
+            expired = False
+        else:
+            kind, key, value, compressed, expires_at, *rest = raw
+            expired = bool(rest and rest[0])
+        return cls(_KINDS.get(kind) or MutationKind(kind), bytes(key), bytes(value),
+                   compressed if compressed is False or compressed is True else bool(compressed),
+                   expires_at, expired)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +83,8 @@ class WalEntry:
     @classmethod
     def from_wire(cls, raw: list[Any]) -> WalEntry:
         lsn, epoch, ts, mutations = raw
-        return cls(int(lsn), int(epoch), tuple(Mutation.from_wire(m) for m in mutations), ts)
+        decode = Mutation.from_wire
+        return cls(int(lsn), int(epoch), tuple([decode(m) for m in mutations]), ts)
 
 
 def payload_of(entry: WalEntry) -> bytes:

@@ -228,8 +228,15 @@ def _build_table(rows: Iterable[SnapshotRow]) -> tuple[SortedDict, list[tuple[fl
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
+        append = pairs.append
+        pack = _HEAD.pack
         for key, value, compressed, version, expires_at in rows:
-            pairs.append((key, _row(value, compressed, version, expires_at)))
+            # _row(), inlined for the common row (small value, no expiry): this loop runs
+            # once per key of the snapshot at every start.
+            if expires_at is None and len(value) <= PACK_LIMIT and 0 <= version < _VERSION_LIMIT:
+                append((key, pack(1 if compressed else 0, version) + value))
+                continue
+            append((key, _row(value, compressed, version, expires_at)))
             if expires_at is not None:
                 heap.append((expires_at, key))
     finally:

@@ -129,8 +129,11 @@ def shardkv_replicated(work: Path, variant: Variant, fsync: str, *, shards: int 
         members = [first["primary"]] + [n for n in first["members"] if n != first["primary"]]
         pids = [cluster.pid_of(n) for n in members]
         status = _json_get(primaries["s1"] + "/v1/status")
+        every_node = [cluster.pid_of(spec.id) for spec in plan.nodes]
         yield Running(primaries["s1"], tuple(p for p in pids if p is not None),
-                      {"primaries": primaries, "event_loop": status.get("event_loop")})
+                      {"primaries": primaries, "event_loop": status.get("event_loop"),
+                       "coordinators": plan.coordinator_urls(),
+                       "node_pids": [p for p in every_node if p is not None]})
     finally:
         cluster.stop()
 

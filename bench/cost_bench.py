@@ -281,10 +281,12 @@ def memory_and_recovery(args: argparse.Namespace, log: Callable[[str], None]
             result = json.loads(done.stdout.strip().splitlines()[-1])
             mem, rec = result.get("memory", {}), result["recovery"]
             log(f"round {round_no + 1} {variant.name}: {mem.get('bytes_per_key', 0):.0f} "
-                f"bytes/key, recovery {rec['recovery_seconds']} s")
+                f"bytes/key, recovery {rec['recovery_seconds']} s "
+                f"({rec.get('recovery_cpu_seconds')} CPU s)")
             out.append({"round": round_no, "variant": variant.name,
                         "bytes_per_key": mem.get("bytes_per_key"),
-                        "recovery_seconds": rec["recovery_seconds"], "raw": result})
+                        "recovery_seconds": rec["recovery_seconds"],
+                        "recovery_cpu_seconds": rec.get("recovery_cpu_seconds"), "raw": result})
     return out
 
 
@@ -344,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.recovery_keys:
         document["memory_and_recovery"] = memory_and_recovery(args, log)
     print(table(rows))
+    for variant in variants:
+        mine = [r for r in document.get("memory_and_recovery", []) if r["variant"] == variant]
+        for name in ("bytes_per_key", "recovery_seconds", "recovery_cpu_seconds"):
+            values = [r[name] for r in mine if r[name] is not None]
+            if values:
+                print(f"{variant}: {name} median {statistics.median(values):.2f} "
+                      f"({min(values):.2f}..{max(values):.2f}) over {len(values)} rounds")
     for v in document["vs_etcd"]:
         print(f"vs etcd: {v['topology']} {v['variant']} {v['path']}/{v['generator']} "
               f"{v['workload']}: {v['ratio']:.2f}x throughput"

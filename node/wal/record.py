@@ -74,7 +74,7 @@ class WalEntry:
     # The msgpack of ``to_wire()``, once someone has encoded it (``payload_of``): the WAL's
     # record payload and each replica's copy of the entry on the stream are these same
     # bytes, encoded once per entry instead of once per consumer. Not part of the value.
-    payload: bytes | None = field(default=None, compare=False, repr=False)
+    payload: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_wire(self) -> list[Any]:
         """The msgpack-able form used in WAL payloads and on the replication stream."""

@@ -39,3 +39,41 @@ def test_on_linux_the_default_is_uvloop(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("SHARDKV_UVLOOP", raising=False)
     assert event_loop.loop_name() == "uvloop"
     assert event_loop.run(_which()) == "uvloop"
+
+
+@pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is a dependency on Linux only")
+def test_rpc_answers_are_still_coalesced_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop's transports are not asyncio.Transport subclasses: the rpc layer's write
+    coalescing must take them all the same (else every answer costs its own send)."""
+    import aiohttp
+    from aiohttp import web
+    from shardkv.node.api.rpc import _coalesce_writes, _CoalescingTransport
+
+    seen: dict[str, object] = {}
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        seen["output"] = _coalesce_writes(ws)
+        await ws.send_bytes(b"answer")
+        await ws.close()
+        return ws
+
+    async def main() -> bytes:
+        app = web.Application()
+        app.router.add_get("/ws", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session, \
+                    session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                return (await ws.receive()).data
+        finally:
+            await runner.cleanup()
+
+    monkeypatch.delenv("SHARDKV_UVLOOP", raising=False)
+    assert event_loop.run(main()) == b"answer"
+    assert isinstance(seen["output"], _CoalescingTransport)

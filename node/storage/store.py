@@ -205,8 +205,9 @@ class Store:
 
     @property
     def write_failure(self) -> str | None:
-        """Why the log refuses writes (an I/O error: a full disk, a failed fsync), or None."""
-        return self._pipeline.failure
+        """Why the log refuses writes (an I/O error: a full disk, a failed fsync), or None.
+        A step-down in progress is not one (see ``CommitPipeline.storage_failure``)."""
+        return self._pipeline.storage_failure
 
     @property
     def wal(self) -> WriteAheadLog:

@@ -82,3 +82,23 @@ def test_hot_path_bench_measures_every_operation(tmp_path: Path) -> None:
     medians = json.loads(out.read_text())["medians"]["A"]
     assert set(medians) == {"get", "put", "put+session", "cas"}
     assert all(us > 0 for us in medians.values())
+
+
+def test_profile_summary_counts_the_loop_thread_running_python() -> None:
+    from bench.profile_summary import loop_samples, summary
+
+    raw = [
+        "main (x.py:1);Runner.run (asyncio/runners.py:118) 50",  # idle (or uvloop's C code)
+        "main (x.py:1);execute (/r/node/api/operations.py:9);Store.put (/r/store.py:3) 30",
+        "main (x.py:1);_CoalescingTransport.flush (/r/node/api/rpc.py:90) 10",
+        "_bootstrap (threading.py:1);_worker (concurrent/futures/thread.py:8);fdatasync (d:1) 40",
+    ]
+    samples = loop_samples(raw)
+    assert sum(n for _, n in samples) == 40
+    lines = summary(samples)
+    assert lines[0].startswith("40 samples")
+    shares = {line.rsplit(None, 2)[0].strip(): line.rsplit(None, 2)[1] for line in lines[1:11]}
+    assert shares["operation layer (execute, arg checks)"] == "75.0"
+    assert shares["Store.put (store + pipeline submit)"] == "75.0"
+    assert shares["socket writes (send)"] == "25.0"
+    assert shares["metrics"] == "0.0"

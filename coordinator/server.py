@@ -48,6 +48,7 @@ from shardkv.coordinator.http_io import (
 from shardkv.coordinator.liveness import Liveness
 from shardkv.coordinator.liveness_events import LivenessWatcher
 from shardkv.coordinator.map_watch import MapWatch
+from shardkv.coordinator.node_protocol_guard import node_protocol_guard
 from shardkv.coordinator.node_stats import NodeStatsSampler
 from shardkv.coordinator.peer_guard import peer_guard
 from shardkv.coordinator.raft_bridge import (
@@ -177,8 +178,9 @@ class Coordinator:
         )
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_as_values, peer_guard],
-                              client_max_size=MAX_BODY)
+        app = web.Application(
+            middlewares=[errors_as_values, peer_guard, node_protocol_guard],
+            client_max_size=MAX_BODY)
         app[COORDINATOR_KEY] = self
         map_api.add_routes(app)
         admin_api.add_routes(app)

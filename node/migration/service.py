@@ -2,11 +2,13 @@
 
 Routes (cluster credential; msgpack or JSON bodies; only a primary acts):
 
-- ``POST /internal/migration/floor`` ``{lsn}``: raise this (empty, target) shard's LSN floor.
+- ``POST /internal/migration/floor`` ``{lsn}``: raise this target shard's LSN floor (an
+  empty shard restarts its log; one holding keys jumps, see floor.py).
 - ``POST /internal/migration/import/begin`` and ``POST /internal/migration/import``: the
   target side of a source's stream (see importer.py); ``GET /internal/migration/import``.
-- ``POST /internal/migration/export`` ``{id, attempt, target_url}``: start (or keep) the
-  export of this source shard's moving arcs; ``GET /internal/migration/export``: progress.
+- ``POST /internal/migration/export`` ``{id, attempt, targets: {shard: primary url}}``
+  (or ``target_url`` for the one target of an add): start (or keep) the export of this
+  source shard's moving arcs; ``GET /internal/migration/export``: progress.
 - ``POST /internal/migration/fence`` ``{id, map_version}``: once this node's map shows the
   fence, wait for the writes in flight, drain the pipeline, ship the log up to its applied
   end ``F`` and answer ``{fenced_lsn: F, epoch}``.
@@ -153,8 +155,8 @@ class MigrationService:
     async def export_start(self, body: dict[str, Any]) -> dict[str, Any]:
         store = self._primary_store()
         migration_id, attempt = _text(body, "id"), _text(body, "attempt")
-        target_url = _text(body, "target_url")
         record = self._record(migration_id)
+        routes = _routes(body, record.targets)
         if self.shard not in record.sources:
             raise InvalidArgument(f"shard {self.shard} is not a source of {migration_id}")
         current = self.export
@@ -163,10 +165,10 @@ class MigrationService:
         if current is not None:
             await current.stop()
         assert self.cluster_map is not None and self.shard is not None
-        arcs = MovingArcs(self.cluster_map.ring,
-                          target_spec(self.cluster_map.ring, record.target_ring),
-                          self.shard, record.target)
-        self.export = ArcExport(store, migration_id, attempt, arcs, target_url)
+        arcs = MovingArcs.of(self.cluster_map.ring,
+                             target_spec(self.cluster_map.ring, record.target_ring),
+                             self.shard, record.targets)
+        self.export = ArcExport(store, migration_id, attempt, arcs, routes)
         self.export.start()
         return self.export.status()
 
@@ -237,11 +239,24 @@ def _text(body: dict[str, Any], name: str) -> str:
 
 
 def _arcs(body: dict[str, Any]) -> MovingArcs:
+    """The arcs a source's stream moves here (``target`` is this shard)."""
     ring, target_ring = body.get("ring"), body.get("target_ring")
     if not isinstance(ring, dict) or not isinstance(target_ring, dict):
         raise InvalidArgument("ring and target_ring must be ring objects")
-    return MovingArcs(RingSpec.from_dict(ring), RingSpec.from_dict(target_ring),
-                      _text(body, "source"), _text(body, "target"))
+    return MovingArcs.of(RingSpec.from_dict(ring), RingSpec.from_dict(target_ring),
+                         _text(body, "source"), [_text(body, "target")])
+
+
+def _routes(body: dict[str, Any], targets: list[str]) -> dict[str, str]:
+    """Target shard -> its primary's URL, for every target of the migration."""
+    routes = body.get("targets")
+    if routes is None and len(targets) == 1:
+        routes = {targets[0]: _text(body, "target_url")}
+    if not isinstance(routes, dict) or set(routes) != set(targets) or not all(
+            isinstance(u, str) and u for u in routes.values()):
+        raise InvalidArgument(f"targets must map every target shard ({', '.join(targets)}) "
+                              f"to its primary's URL")
+    return {str(k): str(v) for k, v in routes.items()}
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:

@@ -265,12 +265,20 @@ class Store:
         log. Every key keeps its value, expiry and version. Writes wait meanwhile (the
         time to write and reload the state). Idempotent; returns ``last_lsn``."""
         async with self._snapshotter.lock, self._lock:
-            await self._pipeline.barrier()
             if self.last_lsn >= floor:
                 return self.last_lsn
-            view = await self._engine.snapshot_view()
-            meta = await write_snapshot(self.config.snapshot_dir, floor, self.epoch, view.rows)
-            await self._install_locked(meta)
+            self._pipeline.check_writable()
+            # Blind writes do not take the lock: hold them (a retryable refusal) until the
+            # log has restarted, or one could be appended in the middle of the restart.
+            self._pipeline.held = "this shard is raising its LSN floor for a migration; retry"
+            try:
+                await self._pipeline.barrier()
+                view = await self._engine.snapshot_view()
+                meta = await write_snapshot(self.config.snapshot_dir, floor, self.epoch,
+                                            view.rows)
+                await self._install_locked(meta)
+            finally:
+                self._pipeline.held = None
             logger.info("LSN floor raised", extra=log_fields(floor=floor, keys=meta.count))
         return self.last_lsn
 

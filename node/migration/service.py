@@ -19,6 +19,7 @@ Routes (cluster credential; msgpack or JSON bodies; only a primary acts):
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
 
 FENCE_WAIT_S = 10.0
 SHIP_WAIT_S = 20.0
+# Test and drill knob: hold the fence this long before the final catch-up, so a fault can be
+# landed while a migration is ``flipping`` (tests/integration/test_resharding_remove_faults.py).
+FENCE_HOLD_S = float(os.environ.get("SHARDKV_MIGRATION_FENCE_HOLD_S") or 0.0)
 
 
 class MigrationService:
@@ -192,6 +196,8 @@ class MigrationService:
         export = self.export
         if export is None or export.migration_id != migration_id or not export.running:
             raise Unavailable("no export of this migration runs here; start it again")
+        if FENCE_HOLD_S:
+            await asyncio.sleep(FENCE_HOLD_S)
         try:
             # Bounded: the moving keys are unwritable meanwhile; a shard that cannot commit
             # (no majority) fails the fence, and the coordinator lifts it.

@@ -283,7 +283,7 @@ class MigrationDriver:
                 continue
             status = {"done": True} if url is None else await self._call(
                 "POST", f"{url}/internal/migration/clean",
-                {"id": record.id, "ring_version": m.ring.version})
+                {"id": record.id, "ring_version": m.ring.version, "map_version": m.version})
             if status.get("done"):
                 await self.coord.propose({"op": "leftovers_cleaned", "id": record.id,
                                           "shard": shard})

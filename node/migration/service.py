@@ -19,6 +19,7 @@ Routes (cluster credential; msgpack or JSON bodies; only a primary acts):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -32,10 +33,12 @@ from shardkv.cluster.errors import (
     NotFound,
     NotPrimary,
     ShardKVError,
+    StaleEpoch,
     Timeout,
     Unavailable,
 )
 from shardkv.cluster.limits import MAX_FRAME_BYTES
+from shardkv.cluster.migration_record import BEFORE_FLIP
 from shardkv.cluster.ring import shard_for_key
 from shardkv.node.membership.coordinator_link import Placement
 from shardkv.node.migration.arcs import MovingArcs, target_spec
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from shardkv.node.server import NodeServer
 
 FENCE_WAIT_S = 10.0
+MAP_LAG_S = 3.0
 SHIP_WAIT_S = 20.0
 # Test and drill knob: hold the fence this long before the final catch-up, so a fault can be
 # landed while a migration is ``flipping`` (tests/integration/test_resharding_remove_faults.py).
@@ -130,8 +134,32 @@ class MigrationService:
         store = self._primary_store()
         return {"lsn": await raise_lsn_floor(store, lsn), "epoch": store.epoch}
 
+    async def _importing(self, migration_id: str) -> None:
+        """Imports only while this node's map shows the migration before its flip: a batch
+        that arrives after an abort (the target is cleaning what it received) or after the
+        flip is refused, never written. A map a little behind the source's gets a moment."""
+        deadline = time.monotonic() + MAP_LAG_S
+        while True:
+            m = self.cluster_map
+            record = m.migration if m is not None else None
+            if record is not None and record.id == migration_id and record.running:
+                if record.state not in BEFORE_FLIP:
+                    break
+                return
+            if m is not None and m.find_migration(migration_id) is not None:
+                break
+            if time.monotonic() > deadline:
+                raise Unavailable(f"this node's map has no migration {migration_id} yet")
+            changed = self._map_changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await changed.wait()
+        raise StaleEpoch(f"migration {migration_id} takes no more imports here (its map "
+                         f"record says it is over or flipped)")
+
     async def import_begin(self, body: dict[str, Any]) -> dict[str, Any]:
         store = self._primary_store()
+        await self._importing(_text(body, "id"))
         wiped = await self.importer.begin(store, _text(body, "id"), _text(body, "attempt"),
                                           _arcs(body))
         return {"wiped": wiped, "lsn": store.last_lsn}
@@ -141,6 +169,7 @@ class MigrationService:
         records = body.get("records")
         if not isinstance(records, list):
             raise InvalidArgument("records must be a list")
+        await self._importing(_text(body, "id"))
         return await self.importer.apply(store, _text(body, "id"), _text(body, "source"),
                                          _text(body, "attempt"), records)
 
@@ -217,6 +246,11 @@ class MigrationService:
         known = self.cluster_map.ring.version if self.cluster_map else 0
         if not isinstance(ring_version, int) or known < ring_version:
             raise Unavailable(f"this node knows ring version {known}, not {ring_version} yet")
+        map_version = body.get("map_version", 0)
+        if not isinstance(map_version, int) or self.fence.map_version < map_version:
+            # (After an abort: the map that stops the imports must be here first.)
+            raise Unavailable(f"this node knows map version {self.fence.map_version}, not "
+                              f"{map_version} yet")
         cleaner = self.cleaner
         if cleaner is not None and cleaner.migration_id == migration_id and (
                 cleaner.running or cleaner.done):

@@ -52,6 +52,17 @@ async def assert_owned_only(m: ClusterMap) -> dict[str, list[bytes]]:
     return held
 
 
+async def assert_all_readable(kv: Client, load: ReshardLoad, preload: dict[str, bytes],
+                              min_ops: int) -> None:
+    """The stopped load's acknowledged writes and every preloaded key read back right."""
+    problems = await load.check(kv)
+    assert not problems, problems[:20]
+    assert load.ops > min_ops
+    for key, value in preload.items():
+        item = await kv.get(key)
+        assert item is not None and item.value == value, key
+
+
 async def test_remove_then_reweight_under_write_load(cluster: LocalCluster) -> None:
     coordinator = cluster.plan.coordinators[0].url
     async with Client([coordinator]) as kv:
@@ -125,11 +136,6 @@ async def test_remove_then_reweight_under_write_load(cluster: LocalCluster) -> N
 
         weighted = ClusterMap.from_dict(current_map(cluster))
         assert weighted.ring.shards == {"s1": 3, "s3": 1}
-        problems = await load.check(kv)
-        assert not problems, problems[:20]
-        assert load.ops > 100
-        for key, value in preload.items():
-            item = await kv.get(key)
-            assert item is not None and item.value == value, key
+        await assert_all_readable(kv, load, preload, 100)
         held = await assert_owned_only(weighted)
         assert len(held["s1"]) > len(held["s3"])

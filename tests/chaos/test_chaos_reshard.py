@@ -1,7 +1,7 @@
 """The ``reshard`` scenario, short (CI): shards added, reweighted or removed online under
-register, CAS and counter workloads with the default client must leave a clean history, at least one migration
-``done``, and every touched key held by exactly its ring owner's primary (the ownership
-checker, ``chaos/checkers/ownership.py``).
+register, CAS and counter workloads with the default client must leave a clean history, at
+least one migration ``done``, and every touched key held by exactly its ring owner's primary
+(the ownership checker, ``chaos/checkers/ownership.py``).
 
 The windows are shortened (quiet 3-4 s, migration window 8-10 s) so that a 35-s run holds
 at least one whole migration; the 5-minute runs with the scenario's own timing are in

@@ -47,6 +47,10 @@ BATCH_BYTES = 1 << 20
 # A pause after each batch of the bulk copy: a throttle for a loaded cluster (the foreground
 # load keeps its share), and what lets a test land a fault in the middle of a copy.
 BATCH_PAUSE_S = float(os.environ.get("SHARDKV_MIGRATION_BATCH_PAUSE_S") or 0.0)
+# Bulk-copy batches in flight at once (all targets together): the source reads and encodes
+# the next batches while a target writes one through its WAL. Order does not matter there:
+# each key appears once in the view, and the importer keeps the newest version anyway.
+PIPELINE = max(1, int(os.environ.get("SHARDKV_MIGRATION_PIPELINE") or 4))
 TAIL_READ_ENTRIES = 2000
 TAIL_IDLE_S = 0.02
 REQUEST_TIMEOUT_S = 30.0
@@ -104,6 +108,7 @@ class ArcExport:
         self._shipped = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"export-{self.migration_id}")
@@ -161,6 +166,8 @@ class ArcExport:
             logger.warning("export failed", extra=log_fields(
                 migration=self.migration_id, targets=sorted(self.routes), error=self.error))
         finally:
+            for task in self._in_flight:
+                task.cancel()
             async with self._shipped:
                 self._shipped.notify_all()
 
@@ -189,9 +196,25 @@ class ArcExport:
             record = ["put", key, value, compressed, expires_at, version]
             for target in destinations:
                 if batches.add(target, record, len(key) + len(value)):
-                    await self._send(target, *batches.take(target))
-        await self._flush(batches, pause=True)
+                    await self._send_pipelined(target, *batches.take(target))
+        for target in batches.pending():
+            await self._send_pipelined(target, *batches.take(target))
+        await self._drain()
         await self._mark_shipped(view.lsn)
+
+    async def _send_pipelined(self, target: str, records: list[Record], size: int) -> None:
+        """Send without waiting for the answer, at most PIPELINE batches in flight; a
+        failed batch fails the export at the next call (or at ``_drain``)."""
+        while len(self._in_flight) >= PIPELINE:
+            done, _ = await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            self._in_flight -= done
+            for task in done:
+                task.result()
+        self._in_flight.add(asyncio.create_task(self._send(target, records, size)))
+
+    async def _drain(self) -> None:
+        tasks, self._in_flight = self._in_flight, set()
+        await asyncio.gather(*tasks)
 
     async def _follow_tail(self) -> None:
         wal = self.store.wal

@@ -259,6 +259,10 @@ class ShardAdd:
             except KeyError:  # not a process of this run
                 continue
             stopped.append(node)
+        # Out of the plan too, as `shardkv shard remove --wait` takes them out of
+        # launcher.json: the readiness check must not wait for them.
+        plan = self.cut.plan
+        plan.nodes = [spec for spec in plan.nodes if spec.id not in set(stopped)]
         return stopped
 
     async def heal_all(self) -> None:

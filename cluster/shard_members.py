@@ -24,8 +24,15 @@ from shardkv.cluster.local_processes import (
 )
 
 
-def _next_node_number(plan: ClusterPlan) -> int:
+def _next_node_number(plan: ClusterPlan, directory: Path) -> int:
+    """After every id in the plan and every node data directory: a retired member leaves
+    the plan but keeps its directory and its id in the map (parked as draining), so its id
+    is never given to a new member."""
     numbers = [int(n.id[1:]) for n in plan.nodes if n.id[1:].isdigit()]
+    nodes_dir = directory / "nodes"
+    if nodes_dir.is_dir():
+        numbers += [int(d.name[1:]) for d in nodes_dir.iterdir()
+                    if d.name.startswith("n") and d.name[1:].isdigit()]
     return max(numbers, default=0) + 1
 
 
@@ -34,7 +41,7 @@ def plan_shard_members(plan: ClusterPlan, directory: Path, shard: str,
     """Specs for ``count`` new members of ``shard`` (ids after the highest, free ports)."""
     taken = {p.port for p in plan.processes} | {
         p.raft_port for p in plan.coordinators if p.raft_port}
-    first = _next_node_number(plan)
+    first = _next_node_number(plan, directory)
     specs = []
     for i in range(count):
         port = free_port(taken=taken)

@@ -65,6 +65,11 @@ def _read_tail(wal: WriteAheadLog, start: int, end: int) -> list[WalEntry]:
                                  TAIL_READ_ENTRIES))
 
 
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class _Batches:
     """The records waiting to go, per target shard."""
 
@@ -210,7 +215,11 @@ class ArcExport:
             self._in_flight -= done
             for task in done:
                 task.result()
-        self._in_flight.add(asyncio.create_task(self._send(target, records, size)))
+        task = asyncio.create_task(self._send(target, records, size))
+        # Its failure is raised by the next wait or by _drain; after the export failed or
+        # stopped, nobody waits for it: retrieve it here so it is not reported as lost.
+        task.add_done_callback(_retrieve)
+        self._in_flight.add(task)
 
     async def _drain(self) -> None:
         tasks, self._in_flight = self._in_flight, set()

@@ -302,9 +302,16 @@ def _routes(body: dict[str, Any], targets: list[str]) -> dict[str, str]:
 async def _read_body(request: web.Request) -> dict[str, Any]:
     if request.method == "GET":
         return {}
-    raw = await request.content.read(MAX_FRAME_BYTES + 1)
-    if len(raw) > MAX_FRAME_BYTES:
-        raise InvalidArgument("the body is too large")
+    # ``content.read(n)`` answers what has arrived so far, up to n bytes: read to the end
+    # (a batch of a few thousand records spans many chunks), bounded.
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(1 << 16):
+        size += len(chunk)
+        if size > MAX_FRAME_BYTES:
+            raise InvalidArgument("the body is too large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw:
         return {}
     content_type = (request.headers.get("Content-Type") or "").lower()

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shardkv.chaos.checkers.result import CheckResult
 from shardkv.chaos.cluster_under_test import ClusterUnderTest
 from shardkv.chaos.fault_catalog import NETWORK_FAULTS, FaultCatalog
 from shardkv.chaos.history import History
@@ -49,6 +50,7 @@ from shardkv.chaos.scenarios import Scenario
 from shardkv.chaos.workloads.kinds import Context
 from shardkv.chaos.workloads.mix import final_reads, run_workloads
 from shardkv.chaos.workloads.recorder import Recorder, patient_client, workload_client
+from shardkv.chaos.workloads.watch_workload import WatchWorkload
 from shardkv.cluster.launcher import LaunchError
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,7 @@ async def run_scenario(opts: RunOptions) -> Report:
     digests: dict[str, dict[str, Any]] | None = None
     final_map: dict[str, Any] | None = None  # for the ownership check, after the stop
     recorder = Recorder(history)
+    extra: list[CheckResult] = []  # checks beyond the history's: the watch, ownership
     started = time.monotonic()
     meta: dict[str, Any] = {"scenario": scenario.name, "seed": opts.seed,
                             "duration_s": opts.duration, "topology": scenario.shape.topology,
@@ -195,6 +198,10 @@ async def run_scenario(opts: RunOptions) -> Report:
             finally:
                 stop.set()
                 await driver
+            # The watch workload's watch runs on this client: let it catch up and check it
+            # before the client closes (issue 15).
+            extra += [await w.finish() for w in workloads.values()
+                      if isinstance(w, WatchWorkload)]
         settled = await cut.wait_settled(opts.settle_timeout_s)
         meta["settled"] = {"ok": settled.ok, "reason": settled.reason,
                            "waited_s": settled.elapsed_s}
@@ -233,8 +240,9 @@ async def run_scenario(opts: RunOptions) -> Report:
         meta["restarts"] = cluster["restarts"]
     if record.notes:
         meta["notes"] = record.notes
-    extra = [] if final_map is None or cut.in_containers else [await check_run_ownership(
-        final_map, cut.data_dir_of, scenario.shape.engine, history)]  # issue 12
+    if final_map is not None and not cut.in_containers:
+        extra.append(await check_run_ownership(
+            final_map, cut.data_dir_of, scenario.shape.engine, history))  # issue 12
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     report = analyze(history, digests=digests, slack_ms=opts.slack_ms,
                      time_budget_s=opts.budget_s, meta=meta, extra_checks=extra)

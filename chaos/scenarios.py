@@ -236,7 +236,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "matter (node failpoints): before the client's answer, before the majority wait, "
              "before the WAL sync; slow replica acknowledgements",
              _FAILPOINT_FAULTS, shape=ONE_SHARD, fault_s=(3.0, 6.0)),
-    Scenario("random", "a seeded mix of every fault above", _ALL_FAULTS, shape=ONE_SHARD),
+    Scenario("random", "a seeded mix of every fault above, with a key watch checked "
+             "against the acknowledged writes", _ALL_FAULTS, shape=ONE_SHARD,
+             mix=WorkloadMix({"register": 3, "append": 2, "eventual": 2, "counter": 2,
+                              "watch": 1})),
     Scenario("clock-skew", "step, strobe and drift node clocks, and let a primary's clock "
              "run 4 % slow while it is cut off from the other members (inside the 5 % the "
              "lease assumes): leases, staleness bounds and failovers must stay correct",

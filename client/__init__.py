@@ -5,6 +5,7 @@ from shardkv.client.async_client import COORDINATORS_ENV, Client
 from shardkv.client.connection import ConnectionFailed
 from shardkv.client.key_watch import WatchEvent
 from shardkv.client.multi_key import MultiKeyError
+from shardkv.client.read_cache import CacheConfig, CacheStats
 from shardkv.client.retry import (
     ConstantBackoff,
     DecorrelatedJitterBackoff,
@@ -37,6 +38,8 @@ from shardkv.cluster.errors import (
 
 __all__ = [
     "COORDINATORS_ENV",
+    "CacheConfig",
+    "CacheStats",
     "Client",
     "Compacted",
     "ConnectionFailed",

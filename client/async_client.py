@@ -9,6 +9,8 @@ watch, and closes every connection on the way out.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncGenerator, Mapping
@@ -17,11 +19,13 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+from shardkv.client.cache_stream import run_invalidation
 from shardkv.client.commands import Commands
 from shardkv.client.executor import DEFAULT_MAX_HOPS, DEFAULT_TIMEOUT, Executor
 from shardkv.client.key_watch import WatchEvent, merged_watch, start_versions, watch_request
+from shardkv.client.read_cache import CacheConfig, ReadCache
 from shardkv.client.retry import Retry
-from shardkv.client.routing import Router
+from shardkv.client.routing import DIRECT_SHARD, Router
 from shardkv.client.write_sessions import WriteSessions
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.limits import Limits
@@ -68,6 +72,7 @@ class Client(Commands):
         watch_map: bool = True,
         connect_timeout: float = 2.0,
         exactly_once: bool = True,
+        cache: CacheConfig | None = None,
     ) -> None:
         if isinstance(coordinators, str):
             coordinators = [u.strip() for u in coordinators.split(",") if u.strip()]
@@ -93,6 +98,9 @@ class Client(Commands):
         # False only for comparisons (bench/dedup_bench.py): writes are then not retried
         # once they may have been sent.
         self._exactly_once = exactly_once
+        # The read-through cache and the watch that keeps it fresh (client/read_cache.py).
+        self._read_cache = ReadCache(cache) if cache is not None else None
+        self._cache_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._router: Router | None = None
         self._executor_instance: Executor | None = None
@@ -127,12 +135,36 @@ class Client(Commands):
         except BaseException:
             await self.close()
             raise
+        if self._read_cache is not None:
+            self._start_cache(self._read_cache)
         return self
+
+    def _start_cache(self, cache: ReadCache) -> None:
+        self._executor.write_listener = cache.own_write
+        router = self.router
+        interval = cache.config.progress_interval_ms
+        self._cache_task = asyncio.create_task(run_invalidation(
+            cache,
+            lambda: self.watch(prefix=b"", values=False, progress=True,
+                               progress_interval_ms=interval),
+            lambda: router.map.ring.version if router.map is not None else 0,
+            (lambda _shard: DIRECT_SHARD) if router.direct else str,
+        ), name="shardkv-cache-invalidation")
+
+    @property
+    def cache(self) -> ReadCache | None:
+        """The read cache (``cache.stats()``), or None without ``cache=CacheConfig(...)``."""
+        return self._read_cache
 
     async def close(self) -> None:
         if not self._started:
             return
         self._started = False
+        if self._cache_task is not None:
+            self._cache_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._cache_task
+            self._cache_task = None
         if self._router is not None:
             await self._router.close()
         if self._executor_instance is not None:
@@ -172,6 +204,11 @@ class Client(Commands):
     def cluster_map(self) -> ClusterMap | None:
         """The cached map (None in direct mode)."""
         return self.router.map
+
+    @property
+    def coordinator_urls(self) -> list[str]:
+        """The coordinators this client was given (empty in direct mode)."""
+        return list(self._coordinators)
 
     async def refresh_map(self) -> ClusterMap:
         return await self.router.refresh()

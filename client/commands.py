@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from shardkv.client.executor import Executor
 from shardkv.client.multi_key import node_limits, run_split
+from shardkv.client.read_cache import ReadCache
 from shardkv.client.retry import DecorrelatedJitterBackoff
 from shardkv.client.scan_merge import key_type_of, merged_scan
 from shardkv.client.values import DeleteResult, Item, KeyItem
@@ -73,6 +74,7 @@ class Commands:
     _executor: Executor
     _limits: Limits
     _consistency: str
+    _read_cache: ReadCache | None = None  # Client(cache=CacheConfig(...))
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -105,11 +107,23 @@ class Commands:
         raw = as_key(key)
         args, eventual = self._read_args(consistency, max_staleness_ms, min_version)
         args["key"] = raw
+        cache = self._read_cache if min_version is None else None
+        fill: Callable[[Item], None] | None = None
+        if cache is not None:
+            hit, fill = cache.read_through(self._executor.router, raw, eventual,
+                                           max_staleness_ms)
+            if hit is not None:
+                return hit
+            if fill is not None:  # a miss reads through from the primary (read_cache.py)
+                args, eventual = {"key": raw, "consistency": "strong"}, False
         try:
             body = await self._executor.call("get", args, eventual=eventual, budget=timeout)
         except NotFound:
             return None
-        return Item.from_wire(body)
+        item = Item.from_wire(body)
+        if fill is not None:
+            fill(item)
+        return item
 
     async def exists(self, key: Key, *, timeout: float | None = None) -> bool:
         raw = as_key(key)

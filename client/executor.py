@@ -115,6 +115,9 @@ class Executor:
         # Answers per node URL: which nodes actually served (replica reads, failover tests).
         self.served_by: collections.Counter[str] = collections.Counter()
         self.hops = 0  # redirects followed, over the client's life
+        # Told the keys of every write before it is sent and after it ends (None: keys not
+        # known, e.g. a shard-wide op): the read cache drops them (client/read_cache.py).
+        self.write_listener: Callable[[Sequence[bytes] | None], None] | None = None
 
     def pool(self, url: str) -> NodePool:
         pool = self._pools.get(url)
@@ -163,6 +166,19 @@ class Executor:
         spec = spec_of(op)
         if keys is None and shard is None:
             keys = [as_key(k) for k in spec.keys_of(args)]
+        listener = self.write_listener
+        if spec.writes and listener is not None:
+            touched = list(keys) if keys else None
+            listener(touched)
+            try:
+                return await self._stamped(spec, args, keys, shard, eventual, budget, on_route)
+            finally:
+                listener(touched)
+        return await self._stamped(spec, args, keys, shard, eventual, budget, on_route)
+
+    async def _stamped(self, spec: OpSpec, args: dict[str, Any], keys: Sequence[bytes] | None,
+                       shard: str | None, eventual: bool, budget: float | None,
+                       on_route: Callable[[Route], None] | None) -> Any:
         if spec.writes and self.sessions is not None:
             with self.sessions.stamp() as stamp:
                 return await self._run(spec, {**args, **stamp}, keys or (), shard, eventual,

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from shardkv.client.async_client import Client
 from shardkv.client.key_watch import WatchEvent
+from shardkv.client.read_cache import ReadCache
 from shardkv.client.sync_commands import SyncCommands
 from shardkv.client.values import KeyItem
 from shardkv.cluster.cluster_map import ClusterMap
@@ -115,6 +116,11 @@ class SyncClient(SyncCommands):
     @property
     def cluster_map(self) -> ClusterMap | None:
         return self._client.cluster_map
+
+    @property
+    def cache(self) -> ReadCache | None:
+        """The read cache (``cache.stats()`` is safe from any thread: a snapshot)."""
+        return self._client.cache
 
     def refresh_map(self) -> ClusterMap:
         return self._run(self._client.refresh_map())

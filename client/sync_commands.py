@@ -6,6 +6,7 @@ signature and docstring and runs it on the ``SyncClient``'s private loop.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,13 +25,17 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class SyncCommands:
-    """The blocking operations (``SyncClient`` has ``_client``, ``_run``)."""
+class SyncCommands(ABC):
+    """The blocking operations. A subclass (``SyncClient``) provides ``_client``,
+    the async ``Client`` the calls go to, and ``_run``, which runs a coroutine to
+    completion and blocks for its result; without ``_run`` the class cannot be
+    instantiated (an abstract method, not a stub that fails at the first call)."""
 
     _client: Client
 
+    @abstractmethod
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        raise NotImplementedError
+        """Run ``coro`` to completion; its result, or its exception raised."""
 
     def get(
         self,

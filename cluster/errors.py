@@ -36,6 +36,7 @@ class ErrorCode(enum.StrEnum):
     OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
     COMPACTED = "COMPACTED"
     SLOW_CONSUMER = "SLOW_CONSUMER"
+    UNSUPPORTED_PROTOCOL = "UNSUPPORTED_PROTOCOL"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -57,6 +58,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.OUTCOME_UNKNOWN: 503,
     ErrorCode.COMPACTED: 410,
     ErrorCode.SLOW_CONSUMER: 503,
+    ErrorCode.UNSUPPORTED_PROTOCOL: 400,
 }
 
 RETRYABLE: frozenset[ErrorCode] = frozenset(
@@ -210,6 +212,14 @@ class SlowConsumer(ShardKVError):
     code = ErrorCode.SLOW_CONSUMER
 
 
+class UnsupportedProtocol(ShardKVError):
+    """Two processes speak protocol versions more than one apart (a node and a coordinator,
+    ``cluster/control_protocol.py``). Final: retrying cannot help until one side is upgraded.
+    ``protocol_version`` and ``peer_protocol_version`` in the details name both versions."""
+
+    code = ErrorCode.UNSUPPORTED_PROTOCOL
+
+
 _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
     cls.code: cls
     for cls in (
@@ -231,6 +241,7 @@ _BY_CODE: dict[ErrorCode, type[ShardKVError]] = {
         OutcomeUnknown,
         Compacted,
         SlowConsumer,
+        UnsupportedProtocol,
     )
 }
 

@@ -9,8 +9,12 @@ encoded once, not once per watcher.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from shardkv.cluster.cluster_map import ClusterMap
+
+# Told (before, after) at each applied map, on the loop thread (coordinator/event_log.py).
+MapListener = Callable[[ClusterMap, ClusterMap], None]
 
 
 class MapWatch:
@@ -20,6 +24,7 @@ class MapWatch:
         self._changed = asyncio.Event()
         self._encoded: dict[tuple[int, str | None, str], bytes] = {}
         self.closed = False
+        self.listeners: list[MapListener] = []
 
     def close(self) -> None:
         """Shutting down: release every long poll now (they answer "nothing newer")."""
@@ -30,7 +35,9 @@ class MapWatch:
         """Called on the loop thread with each applied map (versions only rise)."""
         if cluster_map.version < self.current.version:
             return
-        self.current = cluster_map
+        before, self.current = self.current, cluster_map
+        for listener in self.listeners:
+            listener(before, cluster_map)
         self.loaded = True
         self._encoded.clear()
         event, self._changed = self._changed, asyncio.Event()

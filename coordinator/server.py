@@ -27,6 +27,8 @@ from shardkv.cluster.peer_auth import PeerVerifier
 from shardkv.cluster.structured_log import log_fields
 from shardkv.coordinator import (
     admin_api,
+    dashboard,
+    events_api,
     failover_api,
     handoff_api,
     leadership_transfer,
@@ -36,6 +38,7 @@ from shardkv.coordinator import (
     observability,
 )
 from shardkv.coordinator.config import CoordinatorConfig, parse_host_port
+from shardkv.coordinator.event_log import ClusterEventLog
 from shardkv.coordinator.http_io import (
     COORDINATOR_KEY,
     MAX_BODY,
@@ -43,7 +46,10 @@ from shardkv.coordinator.http_io import (
     raise_for_result,
 )
 from shardkv.coordinator.liveness import Liveness
+from shardkv.coordinator.liveness_events import LivenessWatcher
 from shardkv.coordinator.map_watch import MapWatch
+from shardkv.coordinator.node_protocol_guard import node_protocol_guard
+from shardkv.coordinator.node_stats import NodeStatsSampler
 from shardkv.coordinator.peer_guard import peer_guard
 from shardkv.coordinator.raft_bridge import (
     DurableJournalPath,
@@ -63,6 +69,12 @@ class Coordinator:
         self.config = config
         self.machine = MapStateMachine()
         self.watch = MapWatch()
+        # Cluster events for /v1/events, derived from each applied map (event_log.py).
+        self.events = ClusterEventLog(lambda: self.ready_flag)
+        self.watch.listeners.append(self.events.on_map)
+        self.node_stats = NodeStatsSampler(
+            lambda: {n: i.to_dict() for n, i in self.watch.current.nodes.items()})
+        self.liveness_events = LivenessWatcher(self)  # node.liveness, while feeds are open
         self.liveness = Liveness(config.suspect_s, config.dead_s, config.grace_s)
         self.raft_ids = {config.raft: config.id} | {addr: cid for cid, addr in config.peers.items()}
         self.bridge: RaftBridge | None = None
@@ -166,8 +178,9 @@ class Coordinator:
         )
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_as_values, peer_guard],
-                              client_max_size=MAX_BODY)
+        app = web.Application(
+            middlewares=[errors_as_values, peer_guard, node_protocol_guard],
+            client_max_size=MAX_BODY)
         app[COORDINATOR_KEY] = self
         map_api.add_routes(app)
         admin_api.add_routes(app)
@@ -175,6 +188,8 @@ class Coordinator:
         handoff_api.add_routes(app)
         migration_api.add_routes(app)
         observability.add_routes(app)
+        events_api.add_routes(app)
+        dashboard.add_routes(app)
         return app
 
     async def stop(self) -> None:
@@ -190,6 +205,8 @@ class Coordinator:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.watch.close()
+        await self.node_stats.close()
+        await self.liveness_events.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.bridge is not None:

@@ -141,6 +141,7 @@ def generate() -> str:
             imports.setdefault(origins[name], set()).add(name)
     imports.setdefault("typing", set()).update({"TYPE_CHECKING", "Any", "TypeVar"})
     imports.setdefault("collections.abc", set()).add("Coroutine")
+    imports.setdefault("abc", set()).update({"ABC", "abstractmethod"})
     stdlib = {m: n for m, n in imports.items() if not m.startswith("shardkv")}
     ours = {m: n for m, n in imports.items() if m.startswith("shardkv")}
     import_lines = [_import_line(m, n) for m, n in sorted(stdlib.items())] + [""] + [
@@ -148,11 +149,16 @@ def generate() -> str:
     return (HEADER + "\nfrom __future__ import annotations\n\n" + "\n".join(import_lines)
             + "\n\nif TYPE_CHECKING:\n    from shardkv.client.async_client import Client\n\n"
             + 'T = TypeVar("T")\n\n\n'
-            + "class SyncCommands:\n"
-            + '    """The blocking operations (``SyncClient`` has ``_client``, ``_run``)."""\n\n'
+            + "class SyncCommands(ABC):\n"
+            + '    """The blocking operations. A subclass (``SyncClient``) provides ``_client``,\n'
+            + "    the async ``Client`` the calls go to, and ``_run``, which runs a coroutine to\n"
+            + "    completion and blocks for its result; without ``_run`` the class cannot be\n"
+            + "    instantiated (an abstract method, not a stub that fails at the first call)."
+            + '"""\n\n'
             + "    _client: Client\n\n"
+            + "    @abstractmethod\n"
             + "    def _run(self, coro: Coroutine[Any, Any, T]) -> T:\n"
-            + "        raise NotImplementedError\n\n"
+            + '        """Run ``coro`` to completion; its result, or its exception raised."""\n\n'
             + "\n\n".join(methods) + "\n")
 
 

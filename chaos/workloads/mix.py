@@ -26,11 +26,12 @@ from shardkv.chaos.workloads.kinds import (
     Workload,
 )
 from shardkv.chaos.workloads.recorder import Outcome, Recorder
+from shardkv.chaos.workloads.watch_workload import WatchWorkload
 from shardkv.client import Client
 
 log = logging.getLogger(__name__)
 
-WORKLOADS = ("register", "append", "eventual", "counter")
+WORKLOADS = ("register", "append", "eventual", "counter", "watch")
 FAILURE_PAUSE_S = 0.05
 
 
@@ -62,6 +63,7 @@ class WorkloadMix:
             "append": AppendWorkload(ctx),
             "eventual": EventualReadWorkload(ctx, registers, bound_ms=self.staleness_bound_ms),
             "counter": CounterWorkload(ctx),
+            "watch": WatchWorkload(ctx),
         }
         return {name: built[name] for name, n in self.workers.items() if n > 0} | (
             {"register": registers} if self.workers.get("eventual") else {}

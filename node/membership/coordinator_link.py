@@ -35,8 +35,14 @@ from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ROLE_NONE, ClusterMap
 from shardkv.cluster.control_messages import HeartbeatRequest, RegisterRequest
+from shardkv.cluster.control_protocol import require_compatible, version_headers, version_in
 from shardkv.cluster.durable_file import ensure_dir, write_atomically
-from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
+from shardkv.cluster.errors import (
+    ShardKVError,
+    Unavailable,
+    UnsupportedProtocol,
+    error_from_dict,
+)
 from shardkv.cluster.peer_auth import UNREGISTERED_NODE, node_principal, signed_headers
 from shardkv.node.clock import NODE_CLOCK
 from yarl import URL
@@ -186,7 +192,7 @@ class CoordinatorLink:
                     timeout_s: float | None = None) -> tuple[int, Any]:
         assert self._session is not None
         data = wire.pack(body) if body is not None else None
-        headers = {"Accept": wire.MSGPACK}
+        headers = {"Accept": wire.MSGPACK, **version_headers()}
         if data is not None:
             headers["Content-Type"] = wire.MSGPACK
         if method != "GET":  # registration and heartbeats prove who sends them
@@ -196,6 +202,11 @@ class CoordinatorLink:
         async with self._session.request(method, url, data=data, headers=headers,
                                          timeout=timeout) as resp:
             raw = await resp.read()
+            if method != "GET" and resp.status == 200:
+                # The coordinator names its version (none: version 1); refuse one out of
+                # this node's window (cluster/control_protocol.py).
+                require_compatible(version_in(resp.headers),
+                                   peer=f"the coordinator at {URL(url).origin()}")
             if resp.status == 304 or not raw:
                 return resp.status, None
             if wire.MSGPACK in resp.headers.get("Content-Type", ""):
@@ -381,5 +392,8 @@ class CoordinatorLink:
                     log.error("this node was removed from the cluster map; heartbeats stop",
                               extra={"fields": {"node_id": self.node_id}})
                     return
-                log.debug("heartbeat failed: %s", exc.message)
+                if isinstance(exc, UnsupportedProtocol):
+                    log.error("heartbeat refused: %s", exc.message)
+                else:
+                    log.debug("heartbeat failed: %s", exc.message)
             await asyncio.sleep(self.heartbeat_interval_s)

@@ -27,6 +27,7 @@ import aiohttp
 from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import ROLE_PRIMARY
+from shardkv.cluster.control_protocol import version_headers
 from shardkv.cluster.peer_auth import node_principal, signed_headers
 from shardkv.cluster.structured_log import log_fields
 
@@ -63,6 +64,7 @@ async def _ask_leader(session: aiohttp.ClientSession, candidates: list[str], nod
             async with session.post(
                 routes.url_of(url, path), data=body,
                 headers={"Content-Type": wire.MSGPACK, "Accept": wire.MSGPACK,
+                         **version_headers(),
                          # Signed as this node: only it may hand its own role over.
                          **signed_headers("POST", path, body, node_principal(node_id))},
                 timeout=aiohttp.ClientTimeout(total=remaining),

@@ -91,6 +91,7 @@ class CommitPipeline:
         self._queue: collections.deque[_InFlight] = collections.deque()
         self._wakeup = asyncio.Event()
         self._failure: BaseException | None = None
+        self._failure_is_storage = False
         self._closing = False
         # Why writes are held (the log is being restarted under a primary that takes
         # writes, e.g. an online migration's LSN jump): refused as retryable meanwhile.
@@ -111,6 +112,16 @@ class CommitPipeline:
         """Why writes are refused (for /v1/status), or None."""
         return None if self._failure is None else f"{type(self._failure).__name__}: " \
             f"{self._failure}"
+
+    @property
+    def storage_failure(self) -> str | None:
+        """``failure`` when the disk is to blame (the log or the engine raised), or None.
+
+        A commit gate that refuses (the node stopped being primary, lost its majority) also
+        stops the pipeline, but only until the step-down drops the unacknowledged suffix
+        and ``reset``s it: that is no reason to restart the node (``node/write_failure``).
+        """
+        return self.failure if self._failure_is_storage else None
 
     def take_logged_bytes(self) -> int:
         """Approximate bytes logged since the last call (what snapshot scheduling counts)."""
@@ -209,7 +220,13 @@ class CommitPipeline:
                 await head.durable
                 gate = self.local_gate if head.local and self.local_gate else self.gate
                 if gate is not None:
-                    await gate(head.entry)
+                    try:
+                        await gate(head.entry)
+                    except asyncio.CancelledError:
+                        raise
+                    except BaseException as exc:
+                        self._fail(exc, storage=False)
+                        return
                 await self._engine.apply(head.entry)
             except asyncio.CancelledError:
                 raise
@@ -233,8 +250,9 @@ class CommitPipeline:
             if pending is not None and pending[0] == entry.lsn:
                 del overlay[m.key]
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, *, storage: bool = True) -> None:
         self._failure = exc
+        self._failure_is_storage = storage
         logger.error(
             "write pipeline failed; the store no longer accepts writes",
             extra=log_fields(error=repr(exc), last_lsn=self.last_lsn),
@@ -259,6 +277,7 @@ class CommitPipeline:
             raise RuntimeError("cannot reset the write pipeline with entries in flight")
         self._overlay.clear()
         self._failure = None
+        self._failure_is_storage = False
         self.last_lsn = last_lsn
         self.epoch = max(self.epoch, epoch)
         if self._applier.done():

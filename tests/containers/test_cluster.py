@@ -18,20 +18,35 @@ through theirs (a node serves the keys of its shard whoever asks), and does the 
 through the Docker API (``network disconnect``, ``kill``).
 
 One cluster serves the module (starting ten containers is the slow part); the tests run in
-file order and the last one kills a coordinator for good.
+file order, each leaving every member up (the rolling restart, ``statefulset_roll.py``, needs
+them all), and the last one kills a coordinator for good.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from cluster_in_containers import (
+    FAILOVER_ENV,
+    NODE_ENV,
+    PUT_GET,
+    READ_BACK,
+    REPLICAS,
+    SHARDS,
+    WRITER,
+    Cluster,
+    acked_lines,
+    converged,
+    serving,
+    streaming,
+)
 from container_harness import (
     CLUSTER_TOKEN,
     COORDINATOR_PORT,
@@ -47,167 +62,15 @@ from container_harness import (
 )
 from shardkv.cluster.peer_auth import OPERATOR, signed_headers
 from shardkv.coordinator.local_group import FAST_RAFT_ENV
-
-SHARDS = ("s1", "s2")
-REPLICAS = 3
-# Failover after 2 s of silence (the nodes derive their lease from the same value), and
-# writes that cannot reach a majority fail after 2 s rather than 5.
-FAILOVER_ENV = {"SHARDKV_FAILOVER_TIMEOUT_S": "2"}
-NODE_ENV = {**FAILOVER_ENV, "SHARDKV_WRITE_TIMEOUT_S": "2"}
-
-# --- programs run by the driver container; argv[1] is a JSON object, stdout's last line is
-# --- the JSON answer.
-
-CLIENT_PRELUDE = """
-import asyncio, json, os, sys
-from shardkv.client import Client, ExponentialBackoff, Retry
-from shardkv.cluster.ring import shard_for_key
-ARGS = json.loads(sys.argv[1])
-
-def patient_client():
-    # Retries ride out a failover: NOT_PRIMARY, STALE_MAP and unreachable nodes are retried
-    # with a fresh map until the deadline.
-    retry = Retry(ExponentialBackoff(base=0.05, cap=0.5), retries=400)
-    return Client(ARGS["coordinators"], retry=retry, timeout=20.0)
-"""
-
-PUT_GET = CLIENT_PRELUDE + """
-async def main():
-    out = {}
-    async with patient_client() as client:
-        for i in range(ARGS["count"]):
-            key = f"{ARGS['prefix']}-{i}"
-            value = f"value {i} of {ARGS['prefix']}"
-            version = await client.put(key, value)
-            out[key] = {"value": value, "version": version,
-                        "shard": shard_for_key(client.cluster_map, key.encode())}
-        for key, wrote in out.items():
-            item = await client.get(key)
-            wrote["read"] = None if item is None else item.value.decode()
-            wrote["read_version"] = None if item is None else item.version
-    print(json.dumps(out))
-
-asyncio.run(main())
-"""
-
-# Puts unique keys of one shard, one after another, until the stop file appears; every
-# acknowledged put is appended to the log file at once (the test watches it grow).
-WRITER = CLIENT_PRELUDE + """
-async def main():
-    acked, failed, i = {}, 0, 0
-    async with patient_client() as client:
-        with open(ARGS["log"], "a") as log:
-            while not os.path.exists(ARGS["stop"]):
-                i += 1
-                key = f"during-{i}"
-                if shard_for_key(client.cluster_map, key.encode()) != ARGS["shard"]:
-                    continue
-                value = f"written during the partition, #{i}"
-                try:
-                    await client.put(key, value)
-                except Exception as exc:  # not acknowledged: may or may not be there
-                    failed += 1
-                    print(f"unacknowledged {key}: {exc!r}", file=sys.stderr)
-                    continue
-                acked[key] = value
-                log.write(key + "\\n")
-                log.flush()
-    print(json.dumps({"acked": acked, "failed": failed}))
-
-asyncio.run(main())
-"""
-
-READ_BACK = CLIENT_PRELUDE + """
-async def main():
-    wrong = {}
-    async with patient_client() as client:
-        for key, value in ARGS["expect"].items():
-            item = await client.get(key)
-            got = None if item is None else item.value.decode()
-            if got != value:
-                wrong[key] = got
-    print(json.dumps({"checked": len(ARGS["expect"]), "wrong": wrong}))
-
-asyncio.run(main())
-"""
-
-# GET each URL; an unreachable member answers null.
-FETCH_JSON = """
-import json, sys, urllib.request
-out = {}
-args = json.loads(sys.argv[1])
-for url in args["urls"]:
-    try:
-        request = urllib.request.Request(url, headers=args.get("headers") or {})
-        with urllib.request.urlopen(request, timeout=3) as response:
-            out[url] = json.loads(response.read())
-    except Exception:
-        out[url] = None
-print(json.dumps(out))
-"""
-
-
-@dataclass
-class Cluster:
-    """The containers of one cluster and the ways the test reaches them."""
-
-    docker: Any
-    network: Any
-    coordinator_names: list[str]
-    coordinators: dict[str, RunningContainer]
-    nodes: dict[str, RunningContainer]
-    driver: RunningContainer
-    started: list[RunningContainer] = field(default_factory=list)
-    killed: set[str] = field(default_factory=set)
-
-    @property
-    def coordinator_urls(self) -> list[str]:
-        """As the containers know them (DNS names on the network)."""
-        return [f"http://{name}:{COORDINATOR_PORT}" for name in self.coordinator_names]
-
-    def coordinator_url(self, name: str) -> str:
-        """As the host knows it (the published port)."""
-        return self.coordinators[name].url(COORDINATOR_PORT)
-
-    def live_coordinators(self) -> list[str]:
-        return [name for name in self.coordinator_names if name not in self.killed]
-
-    def cluster_map(self, through: str | None = None) -> dict[str, Any]:
-        name = through or self.live_coordinators()[0]
-        answer = http("GET", f"{self.coordinator_url(name)}/v1/map",
-                      headers={"Accept": "application/json"})
-        assert answer.status == 200, answer
-        return answer.json()
-
-    def leader(self, through: str) -> str | None:
-        return http("GET", f"{self.coordinator_url(through)}/ready", timeout=3).json()["leader"]
-
-    def run(self, program: str, timeout: float = 120, **args: Any) -> Any:
-        """Run ``program`` with ``python3 -c`` in the driver container; its JSON answer."""
-        done = self.driver.raw.exec_run(
-            ["timeout", str(int(timeout)), "python3", "-c", program, json.dumps(args)],
-            demux=True)
-        stdout, stderr = (part.decode(errors="replace") if part else "" for part in done.output)
-        assert done.exit_code == 0, f"exit {done.exit_code}\n{stdout}\n{stderr[-4000:]}"
-        return json.loads(stdout.strip().splitlines()[-1])
-
-    def shell(self, command: str) -> str:
-        done = self.driver.raw.exec_run(["sh", "-c", command])
-        assert done.exit_code == 0, done.output
-        return done.output.decode()
-
-    def node_json(self, names: list[str], path: str) -> dict[str, Any]:
-        """``GET path`` on each node from inside the network: name -> answer (None if down)."""
-        answers = self.run(FETCH_JSON, timeout=30,
-                           urls=[f"http://{name}:{NODE_PORT}{path}" for name in names],
-                           headers={"Authorization": f"Bearer {CLUSTER_TOKEN}"})
-        return {name: answers[f"http://{name}:{NODE_PORT}{path}"] for name in names}
-
-    def dump_logs(self) -> None:
-        for running in self.started:
-            if running.container._container is not None:
-                print(f"--- logs of {running.raw.name} (tail) ---")
-                print("\n".join(running.logs().splitlines()[-60:]))
+from statefulset_roll import (
+    CHECK,
+    LOAD,
+    Latencies,
+    PodRestart,
+    PodSettings,
+    chart_pod_settings,
+    restart_pod,
+)
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +97,7 @@ def cluster(docker_client: Any, shardkv_image: str) -> Iterator[Cluster]:
                        entrypoint=["python3"], **POD_LIKE)
         built = Cluster(docker_client, network, names, dict(zip(names, coordinators, strict=True)),
                         nodes, driver, started)
-        wait_until(lambda: _serving(built), timeout=120,
+        wait_until(lambda: serving(built), timeout=120,
                    what="every shard to have a primary streaming to two connected replicas")
         yield built
     finally:
@@ -250,32 +113,6 @@ def logs_on_failure(request: pytest.FixtureRequest, cluster: Cluster) -> Iterato
         cluster.dump_logs()
 
 
-def _serving(cluster: Cluster) -> bool:
-    cluster_map = cluster.cluster_map()
-    for shard_id in SHARDS:
-        shard = cluster_map["shards"].get(shard_id) or {}
-        if not shard.get("primary") or len(shard.get("members", [])) != REPLICAS:
-            return False
-    return _streaming(cluster, cluster_map, SHARDS)
-
-
-def _streaming(cluster: Cluster, cluster_map: dict[str, Any], shards: tuple[str, ...]) -> bool:
-    """Each primary of ``shards`` has a valid lease and both replicas connected."""
-    primaries = [cluster_map["shards"][shard_id]["primary"] for shard_id in shards]
-    for status in cluster.node_json(primaries, "/v1/replication").values():
-        if not status or status.get("role") != "primary" or status.get("lease") != "valid":
-            return False
-        if sum(1 for r in status.get("replicas", []) if r["connected"]) != REPLICAS - 1:
-            return False
-    return True
-
-
-def _acked_lines(cluster: Cluster, log: str) -> int:
-    return int(cluster.shell(f"touch {log}; wc -l < {log}").strip())
-
-
-# The module's cluster starts in this test's setup, and on a first run the image is built
-# there too (conftest allows the build 15 minutes).
 @pytest.mark.timeout(1200)
 def test_client_puts_and_gets_across_both_shards(cluster: Cluster) -> None:
     cluster_map = cluster.cluster_map()
@@ -312,7 +149,7 @@ def test_partitioned_primary_fails_over_and_rejoins_as_replica(cluster: Cluster)
     takes over, every acknowledged write (before and during) is there after, and the old
     primary, reconnected, comes back as a replica holding the same data."""
     shard_id = "s1"
-    wait_until(lambda: _streaming(cluster, cluster.cluster_map(), (shard_id,)), timeout=60,
+    wait_until(lambda: streaming(cluster, cluster.cluster_map(), (shard_id,)), timeout=60,
                what=f"the primary of {shard_id} to stream to both replicas")
     before_map = cluster.cluster_map()
     old_primary = before_map["shards"][shard_id]["primary"]
@@ -330,7 +167,7 @@ def test_partitioned_primary_fails_over_and_rejoins_as_replica(cluster: Cluster)
         writer = pool.submit(cluster.run, WRITER, 200, coordinators=cluster.coordinator_urls,
                              shard=shard_id, log=log, stop=stop)
         try:
-            wait_until(lambda: _acked_lines(cluster, log) >= 5, timeout=60,
+            wait_until(lambda: acked_lines(cluster, log) >= 5, timeout=60,
                        what="the writer's first acknowledged writes")
             network.disconnect(cluster.nodes[old_primary].raw.id)
             disconnected_at = time.monotonic()
@@ -344,8 +181,8 @@ def test_partitioned_primary_fails_over_and_rejoins_as_replica(cluster: Cluster)
             failover_s = time.monotonic() - disconnected_at
             print(f"failover of {shard_id}: {old_primary} -> {promoted} in {failover_s:.1f}s")
             # Writes go on through the new primary while the old one is still cut off.
-            acked_at_failover = _acked_lines(cluster, log)
-            wait_until(lambda: _acked_lines(cluster, log) >= acked_at_failover + 5, timeout=60,
+            acked_at_failover = acked_lines(cluster, log)
+            wait_until(lambda: acked_lines(cluster, log) >= acked_at_failover + 5, timeout=60,
                        what="writes acknowledged by the new primary")
             network.connect(cluster.nodes[old_primary].raw.id, aliases=[old_primary])
         finally:
@@ -375,16 +212,153 @@ def test_partitioned_primary_fails_over_and_rejoins_as_replica(cluster: Cluster)
     wait_until(rejoined, timeout=90, what=f"{old_primary} to rejoin {shard_id} as a replica")
 
     # ...and all three members converge on the same data.
-    def converged() -> dict[str, Any] | None:
-        digests = cluster.node_json(members, "/v1/digest")
-        if any(d is None for d in digests.values()):
-            return None
-        same = {(d["digest"], d["applied_lsn"]) for d in digests.values()}
-        return digests if len(same) == 1 else None
-
-    digests = wait_until(converged, timeout=90, what=f"the members of {shard_id} to converge")
+    digests = wait_until(lambda: converged(cluster, members), timeout=90,
+                         what=f"the members of {shard_id} to converge")
     assert next(iter(digests.values()))["keys"] >= len(
         [k for k, w in before.items() if w["shard"] == shard_id]) + len(during)
+
+
+@pytest.mark.timeout(480)
+def test_rolling_restart_as_helm_upgrade_does_it_under_load(cluster: Cluster) -> None:
+    """Every pod restarted as a StatefulSet's rolling update restarts it (statefulset_roll.py:
+    per StatefulSet, highest ordinal first, SIGTERM with the chart's grace period, next pod
+    only once the chart's readiness probe, ``/ready`` = caught up, passes), shard s1, then
+    s2, then the coordinators, while 16 writers put unique keys across both shards (each at
+    most 10 puts/s: the pause is measured, not the queue of a saturated machine).
+
+    Asserted: no put failed, no acknowledged write lost, every primary handed its shard over
+    on SIGTERM (its log says so: a switchover, not a failover), every restarted node back as
+    a replica and caught up, every shard's members converged, one coordinator leader, and
+    no put over ``PUT_BOUND_MS``. The longest put, its p99 and each handoff's pause are
+    printed against issue 20's 500 ms target (``SHARDKV_ROLL_PUT_BOUND_MS=500`` asserts it:
+    see ``PUT_BOUND_MS`` for why CI does not)."""
+    pods = chart_pod_settings()
+    node_pod, coordinator_pod = pods["node"], pods["coordinator"]
+    assert (node_pod.probe.path, coordinator_pod.probe.path) == ("/ready", "/ready")
+    # The chart's handoff bound is the node's default (these containers do not set it).
+    assert node_pod.env["SHARDKV_HANDOFF_TIMEOUT_S"] == "8"
+    wait_until(lambda: serving(cluster), timeout=90,
+               what="every shard to have a primary streaming to two connected replicas")
+
+    run = uuid.uuid4().hex[:6]
+    log, stop = f"/tmp/roll-{run}", f"/tmp/roll-stop-{run}"
+    restarts: list[PodRestart] = []
+    handoffs: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        load = pool.submit(cluster.run, LOAD, 900, coordinators=cluster.coordinator_urls,
+                           writers=16, pace_s=0.1, log=log, stop=stop)
+        try:
+            # The puts before the roll are the baseline: what this machine does right now.
+            wait_until(lambda: acked_lines(cluster, log) >= 1000, timeout=90,
+                       what="the load's first 1,000 acknowledged writes")
+            began = time.time()
+            for shard_id in SHARDS:
+                for ordinal in reversed(range(REPLICAS)):
+                    name = next(n for n in cluster.nodes if n.startswith(
+                        f"node-{shard_id}-{ordinal}-"))
+                    restarts.append(_restart_node(cluster, name, node_pod, handoffs))
+            for name in reversed(cluster.coordinator_names):
+                role = "leader" if cluster.leader(name) == name else "follower"
+                record = PodRestart(name, role)
+                restart_pod(cluster.coordinators[name], coordinator_pod, record,
+                            ready_timeout=120)
+                restarts.append(record)
+            finished = time.time()
+            acked = acked_lines(cluster, log)
+            wait_until(lambda: acked_lines(cluster, log) >= acked + 100, timeout=60,
+                       what="writes going on after the roll")
+        finally:
+            cluster.shell(f"touch {stop}")
+            outcome = load.result(timeout=180)
+
+    samples = outcome["samples"]
+    baseline, during = Latencies.of(samples, 0, began), Latencies.of(samples, began, finished)
+    print(f"before the roll: {baseline}\nrolling restart of {len(restarts)} pods in "
+          f"{finished - began:.1f}s: {during}; {outcome['failed']} failed")
+    for r in restarts:
+        print(f"  {r.name} ({r.role_before} -> {r.role_after or '-'}): stop {r.stop_s:.1f}s "
+              f"(exit {r.exit_code}), "
+              f"Ready {r.back_s:.1f}s after start ({r.failed_probes} failed probes); "
+              f"{Latencies.of(samples, r.sigterm_at, r.ready_at)}")
+    for handoff in handoffs:
+        print(f"  handoff of {handoff['shard']} to {handoff['to']}: writes paused "
+              f"{handoff['pause_ms']:.0f} ms (fence to the new primary in the map)")
+    target = "met" if during.max_ms < 500 else "NOT met"
+    print(f"issue 20's target, longest put under 500 ms: {target} ({during.max_ms:.0f} ms)")
+    assert outcome["failed"] == 0, outcome["failures"]
+    # Every pod stopped by itself within its grace period (SIGKILL would be 137).
+    assert all(r.exit_code == 0 for r in restarts), [(r.name, r.exit_code) for r in restarts]
+    assert baseline.count >= 500, baseline
+    assert during.max_ms < PUT_BOUND_MS, (during, sorted(samples, key=lambda s: -s[1])[:10])
+    primaries = [r for r in restarts if r.role_before == "primary"]
+    assert primaries, "the roll restarted no primary"
+    assert all(r.role_after == "replica" for r in restarts if r.name in cluster.nodes), [
+        (r.name, r.role_after) for r in restarts]
+
+    checked = cluster.run(CHECK, timeout=300, coordinators=cluster.coordinator_urls, log=log)
+    assert checked["checked"] >= len(samples) and checked["lost"] == 0, checked
+
+    # The cluster is whole again: a primary per shard streaming to two caught-up replicas,
+    # every member converged, every coordinator agreeing on one leader.
+    wait_until(lambda: serving(cluster), timeout=60, what="every shard serving again")
+    cluster_map = cluster.cluster_map()
+    for shard_id in SHARDS:
+        members = cluster_map["shards"][shard_id]["members"]
+        wait_until(lambda m=members: converged(cluster, m), timeout=90,
+                   what=f"the members of {shard_id} to converge")
+        replicas = [m for m in members if m != cluster_map["shards"][shard_id]["primary"]]
+
+        def replicas_ready(names: list[str] = replicas) -> bool:
+            return all(ready and ready["status"] == "ready" and ready["role"] == "replica"
+                       for ready in cluster.node_json(names, "/ready").values())
+
+        wait_until(replicas_ready, timeout=60, what=f"the replicas of {shard_id} ready")
+    leaders = {cluster.leader(name) for name in cluster.coordinator_names}
+    assert len(leaders) == 1 and leaders <= set(cluster.coordinator_names), leaders
+
+
+# What CI asserts: a restarted primary must hand off, never leave its shard to a failover
+# (2 s of silence before the detector even acts, here), so no put may take 2 s. Issue 20's
+# target is 500 ms; in containers it is not met reliably: a handoff's write pause (fence to
+# the new primary serving) is 200-400 ms here, and the clients' retry backoff while the new
+# primary starts serving adds up to a few hundred more (993 ms measured once with a calm
+# baseline; docs/rolling-restarts.md). So CI checks the handoff itself (its log line) and
+# this bound; a by-hand run asserts the target with SHARDKV_ROLL_PUT_BOUND_MS=500.
+PUT_BOUND_MS = float(os.environ.get("SHARDKV_ROLL_PUT_BOUND_MS", "2000"))
+HANDED_OVER = "handed the primary role over"
+
+
+def _handoffs_in(container: RunningContainer) -> list[dict[str, Any]]:
+    """The handoffs a node logged (one JSON line each), over all its runs."""
+    lines = [line for line in container.logs().splitlines() if HANDED_OVER in line]
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def _restart_node(cluster: Cluster, name: str, pod: PodSettings,
+                  handoffs: list[dict[str, Any]]) -> PodRestart:
+    """Restart one node pod: a primary must hand its shard over (appended to ``handoffs``);
+    every node must come back as a replica that is caught up."""
+    record = PodRestart(name, cluster.cluster_map()["nodes"][name]["role"])
+    before = len(_handoffs_in(cluster.nodes[name]))
+    restart_pod(cluster.nodes[name], pod, record, ready_timeout=120)
+    if record.role_before == "primary":
+        logged = _handoffs_in(cluster.nodes[name])
+        assert len(logged) == before + 1, f"{name} stopped without handing its shard over"
+        handoffs.append(logged[-1])
+
+    def back() -> str | None:
+        node = cluster.cluster_map()["nodes"][name]
+        return node["role"] if node["status"] == "up" else None
+
+    def caught_up() -> dict[str, Any] | None:
+        catch_up = (cluster.node_json([name], "/v1/status")[name] or {}).get("catch_up")
+        return catch_up if catch_up and catch_up.get("caught_up") else None
+
+    record.role_after = wait_until(back, timeout=30, what=f"{name} up in the map")
+    # Ready said so at its probe; /v1/status says it again (a replica, caught up).
+    record.details = {"catch_up": wait_until(caught_up, timeout=30,
+                                             what=f"{name} caught up with its primary")}
+    return record
 
 
 @pytest.mark.timeout(180)

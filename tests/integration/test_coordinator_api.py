@@ -182,3 +182,57 @@ async def test_health_ready_and_metrics(coordinator: Coordinator,
     for name in ("shardkv_raft_term", "shardkv_raft_commit_index", "shardkv_raft_is_leader 1.0",
                  "shardkv_map_version", 'shardkv_nodes_liveness{state="alive"}'):
         assert name in text, name
+
+
+# --- the node <-> coordinator protocol version (cluster/control_protocol.py) ---------------
+
+async def test_nodes_of_versions_n_and_n_minus_1_are_served_and_told_ours(
+        coordinator: Coordinator, http: aiohttp.ClientSession) -> None:
+    from shardkv.cluster.control_protocol import CONTROL_PROTOCOL_VERSION as N
+    from shardkv.cluster.control_protocol import PROTOCOL_HEADER
+
+    # No header: a node of the releases before it (version 1 = N-1).
+    async with http.post("/v1/nodes/register", json={"url": "http://127.0.0.1:9001"}) as resp:
+        assert resp.status == 200 and resp.headers[PROTOCOL_HEADER] == str(N)
+        node_id = (await resp.json())["node_id"]
+    for version in (N - 1, N, N + 1):  # a node one release newer than this coordinator too
+        async with http.post(f"/v1/nodes/{node_id}/heartbeat", json={"lsn": version},
+                             headers={PROTOCOL_HEADER: str(version)}) as resp:
+            assert resp.status == 200 and resp.headers[PROTOCOL_HEADER] == str(N)
+    report = coordinator.liveness.report(node_id)
+    assert report is not None and report.lsn == N + 1
+
+
+async def test_nodes_further_apart_are_refused_naming_both_versions(
+        coordinator: Coordinator, http: aiohttp.ClientSession) -> None:
+    from shardkv.cluster.control_protocol import CONTROL_PROTOCOL_VERSION as N
+    from shardkv.cluster.control_protocol import PROTOCOL_HEADER
+
+    status, placed = await send(http, "POST", "/v1/nodes/register",
+                                {"url": "http://127.0.0.1:9002"})
+    assert status == 200
+    node_id = placed["node_id"]
+    before = coordinator.watch.current.to_dict()
+    far = {PROTOCOL_HEADER: str(N + 2)}
+    for path, body in (("/v1/nodes/register", {"url": "http://127.0.0.1:9003"}),
+                       (f"/v1/nodes/{node_id}/heartbeat", {"lsn": 99}),
+                       (f"/v1/nodes/{node_id}/handoff", {})):
+        status, answer = await send(http, "POST", path, body, headers=far)
+        assert (status, answer["error"], answer["retryable"]) == (
+            400, "UNSUPPORTED_PROTOCOL", False), (path, answer)
+        assert (answer["protocol_version"], answer["peer_protocol_version"]) == (N, N + 2)
+        assert f"version {N + 2}" in answer["message"] and f"version {N}" in answer["message"]
+    # Nothing was placed, and the refused heartbeat kept no one alive.
+    assert coordinator.watch.current.to_dict() == before
+    report = coordinator.liveness.report(node_id)
+    assert report is None or report.lsn != 99
+    status, answer = await send(http, "POST", "/v1/nodes/register",
+                                {"url": "http://127.0.0.1:9003"},
+                                headers={PROTOCOL_HEADER: "zero"})
+    assert (status, answer["error"]) == (400, "INVALID_ARGUMENT")
+    # Only the node's own calls are held to its protocol: the map is served whatever the
+    # header says, and an unknown path under /v1/nodes/ is a plain 404.
+    status, _ = await send(http, "GET", "/v1/map", headers=far)
+    assert status == 200
+    async with http.get(f"/v1/nodes/{node_id}/nothing", headers=far) as resp:
+        assert resp.status == 404

@@ -12,6 +12,11 @@ while planned switchovers move the primary from a new node to the old one and ba
 - old primary, new replicas following it;
 - writes and reads continue, no acknowledged write is lost.
 
+The node <-> coordinator protocol (registration, heartbeats; ``cluster/control_protocol.py``)
+is checked both ways: the old node names no version and the new coordinator serves it as
+version 1; and a second cluster runs the previous coordinator with new nodes, as during a
+rolling restart (nodes first, coordinators last).
+
 Skips (with the reason) when there is no git history or the build fails.
 """
 
@@ -75,17 +80,16 @@ def previous_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield python
 
 
-@pytest.fixture(scope="module")
-def mixed_cluster(previous_python: str,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    directory = tmp_path_factory.mktemp("mixed")
+def _start_mixed(directory: Path, previous_python: str, old_ids: set[str]) -> LocalCluster:
+    """One shard of three members and one coordinator; the processes named in ``old_ids``
+    run the previous version."""
     plan = ClusterPlan.new(directory, shards=1, replicas=3, coordinators=1,
                            engine="memory", fsync="never")
     new_argv = plan.argv
 
     def argv(spec):  # type: ignore[no-untyped-def]
         line = new_argv(spec)
-        return [previous_python, *line[1:]] if spec.id == OLD_NODE else line
+        return [previous_python, *line[1:]] if spec.id in old_ids else line
 
     plan.argv = argv  # type: ignore[method-assign]
     cluster = LocalCluster(directory, plan)
@@ -94,7 +98,14 @@ def mixed_cluster(previous_python: str,
         cluster.wait_ready(120)
     except LaunchError as exc:
         cluster.stop()
-        pytest.fail(f"the mixed cluster did not start: {exc}")
+        pytest.fail(f"the mixed cluster ({sorted(old_ids)} old) did not start: {exc}")
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def mixed_cluster(previous_python: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = _start_mixed(tmp_path_factory.mktemp("mixed"), previous_python, {OLD_NODE})
     yield cluster
     cluster.stop()
 
@@ -106,6 +117,21 @@ def _switch_to(cluster: LocalCluster, target: str) -> dict:
         headers={"Content-Type": "application/json", "Accept": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as resp:
         return json.loads(resp.read())
+
+
+async def _nothing_lost(load: WriteLoad) -> None:
+    """Every acknowledged write reads back, and no put failed after the client's retries."""
+    lost = await load.verify()
+    await load.close()
+    assert not lost, lost[:5]
+    assert not load.errors, load.errors[:5]
+
+
+def _liveness(cluster: LocalCluster) -> dict[str, str]:
+    """The coordinator leader's view of each node: alive only while its heartbeats land."""
+    status, body = http_get_json(f"{cluster.plan.coordinators[0].url}/admin/nodes")
+    assert status == 200, body
+    return {node_id: node["liveness"] for node_id, node in body["nodes"].items()}
 
 
 def _follows(cluster: LocalCluster, node_id: str, primary: str) -> bool:
@@ -123,6 +149,9 @@ async def test_old_and_new_members_follow_each_other_under_load(
     statuses = {n.id: http_get_json(f"{n.url}/v1/status")[1] for n in cluster.plan.nodes}
     assert "catch_up" not in statuses[OLD_NODE]
     assert all("catch_up" in body for nid, body in statuses.items() if nid != OLD_NODE)
+    # The old node names no node-coordinator protocol version (it predates the header):
+    # the new coordinator takes it for version 1 = N-1, placed it and keeps it alive.
+    assert _liveness(cluster) == {n.id: "alive" for n in cluster.plan.nodes}
     # The previous version predates client sessions, and nodes are upgraded before clients
     # (docs/exactly-once.md): this client does not stamp its writes.
     load = WriteLoad(cluster.plan.coordinator_urls(), clients=8, exactly_once=False)
@@ -141,8 +170,42 @@ async def test_old_and_new_members_follow_each_other_under_load(
                              what=f"writes going on with {target} primary")
     finally:
         await load.stop()
-    lost = await load.verify()
-    await load.close()
-    assert not lost, lost[:5]
-    assert not load.errors, load.errors[:5]
+    await _nothing_lost(load)
     assert len(load.acknowledged) == 8 * 64
+
+
+@pytest.fixture(scope="module")
+def old_coordinator_cluster(previous_python: str,
+                            tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = _start_mixed(tmp_path_factory.mktemp("old-coordinator"), previous_python, {"c1"})
+    yield cluster
+    cluster.stop()
+
+
+@pytest.mark.asyncio
+async def test_new_nodes_work_with_a_previous_coordinator(
+        old_coordinator_cluster: LocalCluster) -> None:
+    """The order of a rolling restart (nodes first, coordinators last) has new nodes talking
+    to old coordinators: the old coordinator ignores the version header it does not know
+    (a body field would have been refused) and answers with none, which the new nodes take
+    for version 1 = N-1. They register, heartbeat, and a switchover moves the primary."""
+    cluster = old_coordinator_cluster
+    statuses = {n.id: http_get_json(f"{n.url}/v1/status")[1] for n in cluster.plan.nodes}
+    assert all("catch_up" in body for body in statuses.values()), "new nodes"
+    assert _liveness(cluster) == {n.id: "alive" for n in cluster.plan.nodes}
+    load = WriteLoad(cluster.plan.coordinator_urls(), clients=8)
+    await load.start()
+    try:
+        first = current_map(cluster)["shards"]["s1"]["primary"]
+        target = next(n.id for n in cluster.plan.nodes if n.id != first)
+        assert _switch_to(cluster, target)["primary"] == target
+        for other in (n.id for n in cluster.plan.nodes if n.id != target):
+            await wait_until(lambda o=other: _follows(cluster, o, target), within=60,
+                             what=f"{other} following {target}")
+        count = len(load.samples)
+        await wait_until(lambda: len(load.samples) > count + 300, within=60,
+                         what=f"writes going on with {target} primary")
+    finally:
+        await load.stop()
+    await _nothing_lost(load)
+    assert _liveness(cluster) == {n.id: "alive" for n in cluster.plan.nodes}

@@ -16,11 +16,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster
+from secured_cluster import start_secured
+from shardkv.cluster.launcher import LocalCluster
 from shardkv.cluster.peer_auth import OPERATOR, signed_headers
 
 pytestmark = pytest.mark.integration
@@ -29,17 +29,8 @@ READY_TIMEOUT_S = 120.0
 
 @pytest.fixture(scope="module", name="secure_cluster")
 def secure_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    directory: Path = tmp_path_factory.mktemp("secure-cluster")
-    plan = ClusterPlan.new(directory, shards=2, replicas=3, coordinators=3,
-                           engine="memory", fsync="never")
-    cluster = LocalCluster(directory, plan)
-    cluster.secure()
-    try:
-        cluster.start()
-        cluster.wait_ready(READY_TIMEOUT_S)
-    except LaunchError as exc:
-        cluster.stop()
-        pytest.fail(f"the secured cluster did not start: {exc}")
+    cluster = start_secured(tmp_path_factory.mktemp("secure-cluster"), shards=2, replicas=3,
+                            coordinators=3, timeout=READY_TIMEOUT_S)
     yield cluster
     cluster.stop()
 

@@ -7,6 +7,7 @@ its credentials refuses to start at all.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +42,6 @@ def _signed(cluster: LocalCluster, method: str, path: str, body: object,
             principal: str) -> dict[str, str]:
     """Headers of a cluster member that holds the credential but is not who it claims."""
     assert cluster.credentials is not None
-    import json
     return signed_headers(method, path, json.dumps(body).encode(), principal,
                           secret=cluster.credentials.token)
 
@@ -91,6 +91,41 @@ def _attacks(cluster: LocalCluster) -> list[tuple[str, int, object]]:
     attempt("credential holder adds a 4th member to a full shard", "POST",
             f"{c}/v1/nodes/register", body,
             _signed(cluster, "POST", "/v1/nodes/register", body, "node"))
+    # The online-migration routes: a stranger can neither read nor abort one, nor probe
+    # which ids exist (refused before the lookup, so an unknown id is 401 too, not 404).
+    attempt("list migrations (no credential)", "GET", f"{c}/admin/migrations")
+    attempt("read a migration (no credential)", "GET", f"{c}/admin/migrations/m1-abcdef")
+    attempt("abort a migration (no credential)", "POST",
+            f"{c}/admin/migrations/m1-abcdef/abort", {})
+    attempt("abort a migration (a bearer guess)", "POST",
+            f"{c}/admin/migrations/m1-abcdef/abort", {},
+            {"Authorization": "Bearer not-the-token-0000000000"})
+    attempt("abort a migration (signed with another secret)", "POST",
+            f"{c}/admin/migrations/m1-abcdef/abort", {},
+            signed_headers("POST", "/admin/migrations/m1-abcdef/abort", b"{}", OPERATOR,
+                           secret="not-the-cluster-credential-000000"))
+    # Shard membership: adding a member is an operator's act.
+    member = {"node": other}
+    attempt("add a member to a shard (no credential)", "POST", f"{c}/admin/shards/s1/members",
+            member)
+    attempt("add a member to a shard (signed with another secret)", "POST",
+            f"{c}/admin/shards/s1/members", member,
+            signed_headers("POST", "/admin/shards/s1/members", json.dumps(member).encode(),
+                           OPERATOR, secret="not-the-cluster-credential-000000"))
+    attempt("add a member to a shard (a node, not an operator)", "POST",
+            f"{c}/admin/shards/s1/members", member,
+            _signed(cluster, "POST", "/admin/shards/s1/members", member, node_principal(other)))
+    # The handoff of a stopping primary (NODE_HANDOFF): only the primary itself may ask.
+    handoff = f"/v1/nodes/{primary}/handoff"
+    attempt("hand the primary's role off (no credential)", "POST", f"{c}{handoff}", {})
+    attempt("hand the primary's role off (signed with another secret)", "POST",
+            f"{c}{handoff}", {},
+            signed_headers("POST", handoff, b"{}", node_principal(primary),
+                           secret="not-the-cluster-credential-000000"))
+    attempt("a node hands off another node's primary role", "POST", f"{c}{handoff}", {},
+            _signed(cluster, "POST", handoff, {}, node_principal(other)))
+    attempt("an operator asks for a node's handoff (only the node may)", "POST",
+            f"{c}{handoff}", {}, _signed(cluster, "POST", handoff, {}, OPERATOR))
     return results
 
 
@@ -132,6 +167,8 @@ async def test_every_attack_is_refused_and_nothing_changes(secure_cluster: Local
         record_property(name, status)
         assert status in (401, 403), f"{name}: answered {status} {body}"
         assert isinstance(body, dict) and body["error"] in ("UNAUTHORIZED", "FORBIDDEN"), name
+        # A refusal is a short error value: it echoes nothing of the cluster's state.
+        assert len(json.dumps(body)) < 1024, (name, body)
     # The stream: the primary's own proof, then a refusal; no entry, no snapshot, no welcome.
     assert [f["t"] for f in frames] == ["auth", "error"], frames
     assert frames[1]["error"] == "UNAUTHORIZED"
@@ -202,3 +239,36 @@ async def test_failover_and_rejoin_work_with_authentication(secure_cluster: Loca
     state = await asyncio.to_thread(state_of, secure_cluster)
     members = state["map"]["shards"]["s1"]["members"]
     assert len({state["data"][m] for m in members}) == 1, "the members did not converge"
+
+
+async def test_what_a_stranger_may_read_and_how_much_it_can_send(
+        secure_cluster: LocalCluster) -> None:
+    """``GET /v1/map`` stays unsigned on purpose (docs/security.md, "What a stranger may
+    read"): clients route with it and hold no credential. It names processes, URLs, roles and
+    epochs, never a credential or a node's registration token. And what a stranger sends to a
+    guarded route is bounded: a body over the coordinator's 1 MiB limit is refused with a
+    short answer (or the connection is cut), and the coordinator goes on serving."""
+    cluster = secure_cluster
+    assert cluster.credentials is not None
+    c = _coordinator(cluster)
+    answer = http("GET", f"{c}/v1/map")
+    assert answer.status == 200
+    served = json.dumps(answer.body)
+    secrets_held = [cluster.credentials.token] + [
+        (Path(node.data_dir) / "node_token").read_text().strip() for node in cluster.plan.nodes]
+    assert all(secret and secret not in served for secret in secrets_held)
+    assert len(served) < 64 * 1024, "a 2x3 cluster's map is a few KiB"
+
+    primary, _ = _primary_of(cluster)
+    before = state_of(cluster)
+    huge = "x" * (2 << 20)
+    for path in ("/admin/shards/s1/members", f"/v1/nodes/{primary}/handoff",
+                 "/admin/migrations/m1-abcdef/abort"):
+        try:
+            refused = await asyncio.to_thread(http, "POST", c + path, {"node": huge})
+        except OSError:  # the coordinator may close the connection before the client reads
+            continue
+        assert refused.status in (401, 413), (path, refused.status)
+        assert len(json.dumps(refused.body)) < 1024, path
+    assert state_of(cluster)["map"] == before["map"]
+    assert http("GET", f"{c}/v1/map").status == 200

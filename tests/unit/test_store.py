@@ -381,6 +381,18 @@ async def test_a_failing_commit_gate_stops_writes(store: Store) -> None:
         await store.put(b"other", b"x")
     assert not isinstance(refused.value, OutcomeUnknown)
     assert (await store.get(b"k")).value == b"v"
+    # A refusing gate is replication's verdict (a step-down), not a broken disk: the node's
+    # write-failure monitor must not restart it for this (a demoted primary did, mid-rejoin).
+    assert store.write_failure is None
+
+
+async def test_a_failed_log_is_a_write_failure(store: Store) -> None:
+    await store.put(b"k", b"v")
+    await store.wal.close()  # every later append fails as an I/O error would
+    with pytest.raises(Unavailable):
+        await store.put(b"k", b"w")
+    assert store.write_failure is not None
+    assert (await store.get(b"k")).value == b"v"
 
 
 async def test_epoch_is_written_and_only_grows(store: Store) -> None:

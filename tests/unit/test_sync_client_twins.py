@@ -41,3 +41,19 @@ def test_the_checked_in_file_is_what_the_generator_writes() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_sync_client.py"),
                            "--check"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_twins_need_a_runner_to_be_instantiated() -> None:
+    """``_run`` is abstract: a class that forgets it fails when it is made, not at its first
+    call (it used to raise NotImplementedError then)."""
+    import pytest
+
+    with pytest.raises(TypeError, match="_run"):
+        SyncCommands()  # type: ignore[abstract]
+
+    class Forgetful(SyncCommands):
+        pass
+
+    with pytest.raises(TypeError, match="_run"):
+        Forgetful()  # type: ignore[abstract]
+    assert "_run" not in getattr(SyncClient, "__abstractmethods__", frozenset())

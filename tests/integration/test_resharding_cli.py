@@ -101,7 +101,8 @@ def test_a_killed_cli_leaves_the_migration_running(tmp_path: Path) -> None:
     """The migration lives in the coordinators' map: SIGKILL of ``shard add --wait`` in the
     middle of the copy changes nothing, and ``rebalance status`` later shows it done."""
     d = str(tmp_path / "kv")
-    env = {"SHARDKV_MIGRATION_BATCH_KEYS": "40", "SHARDKV_MIGRATION_BATCH_PAUSE_S": "0.2"}
+    env = {"SHARDKV_MIGRATION_BATCH_KEYS": "40", "SHARDKV_MIGRATION_BATCH_PAUSE_S": "0.2",
+           "SHARDKV_MIGRATION_PIPELINE": "1"}
     os.environ.update(env)  # the cluster's processes inherit the slow copy
     try:
         up = shardkv("up", "--dir", d, "--shards", "2", "--replicas", "1", "--coordinators",

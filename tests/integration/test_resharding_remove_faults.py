@@ -46,6 +46,7 @@ FAULT_S = 4.0  # how long the victim stays down or paused (failover timeout: 2 s
 def cluster_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCluster]:
     monkeypatch.setenv("SHARDKV_MIGRATION_BATCH_KEYS", "40")
     monkeypatch.setenv("SHARDKV_MIGRATION_BATCH_PAUSE_S", "0.1")
+    monkeypatch.setenv("SHARDKV_MIGRATION_PIPELINE", "1")  # one batch at a time: a slow copy
     monkeypatch.setenv("SHARDKV_MIGRATION_FENCE_HOLD_S", "1.5")
     monkeypatch.setenv("SHARDKV_FAILOVER_TIMEOUT_S", "2")
     with started_cluster(tmp_path, shards=3, replicas=2, coordinators=3, engine="memory",

@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 
 from bench.kv_protocol import RequestFailed, Target
-from bench.proc_stats import process_cpu_seconds, process_rss_bytes
+from bench.proc_stats import Pids, first_pid, group_cpu_seconds, process_rss_bytes
 from bench.workloads import WORKLOADS, Shape, value_of
 
 # How long the generator waits past the end of the window for requests still in flight
@@ -107,7 +107,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def run_load(spec: LoadSpec, *, server_pid: int | None = None, seed: int = 0) -> LoadResult:
+def run_load(spec: LoadSpec, *, server_pid: Pids | None = None, seed: int = 0) -> LoadResult:
     """Run one cell and return its measurements. Blocks for about warmup + duration."""
     if spec.workload not in WORKLOADS:
         raise ValueError(f"unknown workload {spec.workload!r}")
@@ -167,7 +167,7 @@ def _expect(channel: Connection, kind: str, timeout_s: float) -> dict[str, Any]:
 
 
 def _watch_server(
-    pid: int | None, window_start: float, window_end: float
+    pid: Pids | None, window_start: float, window_end: float
 ) -> tuple[float | None, int | None]:
     """The server's CPU (cores used on average) over the window, and its RSS at the end."""
     time.sleep(max(0.0, window_start - time.monotonic()))
@@ -175,10 +175,10 @@ def _watch_server(
         time.sleep(max(0.0, window_end - time.monotonic()))
         return None, None
     try:
-        cpu_before, wall_before = process_cpu_seconds(pid), time.monotonic()
+        cpu_before, wall_before = group_cpu_seconds(pid), time.monotonic()
         time.sleep(max(0.0, window_end - time.monotonic()))
-        cpu_after, wall_after = process_cpu_seconds(pid), time.monotonic()
-        rss = process_rss_bytes(pid)
+        cpu_after, wall_after = group_cpu_seconds(pid), time.monotonic()
+        rss = process_rss_bytes(first_pid(pid))
     except (OSError, ValueError):
         return None, None
     return (cpu_after - cpu_before) / max(wall_after - wall_before, 1e-9), rss

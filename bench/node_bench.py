@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write a py-spy flame graph of the node per shardkv cell into DIR (needs py-spy)",
     )
+    parser.add_argument(
+        "--profile-format",
+        choices=("flamegraph", "raw"),
+        default="flamegraph",
+        help="raw: collapsed stacks (.txt), for `python -m bench.profile_summary`",
+    )
     parser.add_argument("--target", help="bench this running node (URL) instead of starting one")
     parser.add_argument("--target-pid", type=int, help="pid of --target, for its CPU use")
     parser.add_argument("--work-dir", help="where servers keep data and logs (a temp dir)")
@@ -266,12 +272,14 @@ def _run_cell(
         before = scrape(url)
         with ExitStack() as profile:
             if args.profile and pid is not None and spec.target.system == "shardkv":
+                suffix = ".svg" if args.profile_format == "flamegraph" else ".txt"
                 name = (
                     f"{spec.target.variant}-{spec.target.kind}-{spec.workload}"
-                    f"-c{spec.concurrency}-run{run + 1}.svg"
+                    f"-c{spec.concurrency}-run{run + 1}{suffix}"
                 ).replace("=", "-")
                 problems = profile.enter_context(
-                    profiled(pid, Path(args.profile) / name, spec.warmup_s + spec.duration_s)
+                    profiled(pid, Path(args.profile) / name, spec.warmup_s + spec.duration_s,
+                             fmt=args.profile_format)
                 )
                 profile.callback(lambda: notes.extend(problems))
             result = run_load(spec, server_pid=pid, seed=run)

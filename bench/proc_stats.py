@@ -7,6 +7,7 @@ which side was the bottleneck on a small machine where both share the cores.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -30,3 +31,19 @@ def process_rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+# A server may be several processes (a replicated shard: its primary and replicas): its CPU is
+# then their sum, and its RSS the first one's (the process the load reaches).
+Pids = int | Sequence[int]
+
+
+def group_cpu_seconds(pids: Pids) -> float:
+    """``process_cpu_seconds`` of one pid, or the sum over a group of pids."""
+    if isinstance(pids, int):
+        return process_cpu_seconds(pids)
+    return sum(process_cpu_seconds(pid) for pid in pids)
+
+
+def first_pid(pids: Pids) -> int:
+    return pids if isinstance(pids, int) else pids[0]

@@ -24,7 +24,8 @@ def py_spy_binary() -> str | None:
 
 
 @contextmanager
-def profiled(pid: int, output: Path, seconds: float, *, rate: int = 100) -> Iterator[list[str]]:
+def profiled(pid: int, output: Path, seconds: float, *, rate: int = 100,
+             fmt: str = "flamegraph") -> Iterator[list[str]]:
     """Sample ``pid`` for ``seconds`` (rounded up: py-spy counts whole seconds) into the flame
     graph ``output`` (SVG) while the body runs. ``--nonblocking`` keeps the node running
     between samples, so the profile disturbs the figures as little as possible.
@@ -37,7 +38,7 @@ def profiled(pid: int, output: Path, seconds: float, *, rate: int = 100) -> Iter
     output.parent.mkdir(parents=True, exist_ok=True)
     argv = [
         binary, "record", "--pid", str(pid), "--duration", str(max(1, math.ceil(seconds))),
-        "--rate", str(rate), "--nonblocking", "--threads", "--format", "flamegraph",
+        "--rate", str(rate), "--nonblocking", "--threads", "--format", fmt,
         "--output", str(output),
     ]  # fmt: skip
     problems: list[str] = []

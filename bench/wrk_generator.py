@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.kv_protocol import Target
 from bench.loadgen import LoadResult, LoadSpec
-from bench.proc_stats import process_cpu_seconds, process_rss_bytes
+from bench.proc_stats import Pids, first_pid, group_cpu_seconds, process_rss_bytes
 from bench.workloads import key_of
 
 WORKLOADS = ("get", "put", "mix")
@@ -100,7 +100,7 @@ def lua_script(target: Target, workload: str, key_space: int, value: bytes) -> s
     return "\n".join(lines) + "\n"
 
 
-def run_wrk(spec: LoadSpec, value: bytes, *, server_pid: int | None = None) -> LoadResult:
+def run_wrk(spec: LoadSpec, value: bytes, *, server_pid: Pids | None = None) -> LoadResult:
     """Run one cell with wrk: ``concurrency`` connections over ``processes`` threads (one
     per core by default), for ``duration_s`` rounded up to whole seconds (wrk's unit),
     after a separate warm-up run of ``warmup_s`` (rounded to whole seconds; skipped under
@@ -160,7 +160,7 @@ def run_wrk(spec: LoadSpec, value: bytes, *, server_pid: int | None = None) -> L
         mean_ms=summary["mean_us"] / 1000,
         generator_cpu_cores=generator_cpu / wall,
         server_cpu_cores=server_cpu,
-        server_rss_bytes=process_rss_bytes(server_pid) if server_pid else None,
+        server_rss_bytes=process_rss_bytes(first_pid(server_pid)) if server_pid else None,
     )
 
 
@@ -186,10 +186,10 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _server_cpu(pid: int | None) -> float | None:
+def _server_cpu(pid: Pids | None) -> float | None:
     if pid is None:
         return None
     try:
-        return process_cpu_seconds(pid)
+        return group_cpu_seconds(pid)
     except (OSError, ValueError):
         return None

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from shardkv.chaos.container_cluster import DEFAULT_IMAGE, docker_available
 from shardkv.chaos.history import load_history
 from shardkv.chaos.report import analyze, write_report
+from shardkv.cluster import event_loop
 
 T = TypeVar("T")
 
@@ -134,7 +135,7 @@ def run_soak(args: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     print(f"shardkv chaos soak: seed {seed} (replay the whole soak with --seed {seed})")
     try:
-        rows = asyncio.run(_interruptible(soak(opts)))
+        rows = event_loop.run(_interruptible(soak(opts)))
     except ValueError as exc:
         print(f"shardkv chaos soak: {exc}", file=sys.stderr)
         return 2
@@ -194,7 +195,7 @@ def run_run(args: Any) -> int:
                       budget_s=args.budget_s, schedule_file=args.schedule,
                       docker_image=args.image if args.docker else None)
     try:
-        report = asyncio.run(_interruptible(run_scenario(opts)))
+        report = event_loop.run(_interruptible(run_scenario(opts)))
     except RunAborted as exc:
         print(f"shardkv chaos run: aborted: {exc}", file=sys.stderr)
         return 2

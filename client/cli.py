@@ -25,7 +25,7 @@ from shardkv.client.async_client import COORDINATORS_ENV, Client, coordinators_i
 from shardkv.client.bulk_load import load_file
 from shardkv.client.cluster_status import collect_status, explain_key, render_status
 from shardkv.client.values import Item
-from shardkv.cluster import wire
+from shardkv.cluster import event_loop, wire
 from shardkv.cluster.errors import ErrorCode, ShardKVError
 
 DEFAULT_DIR = ".shardkv"
@@ -301,7 +301,7 @@ async def _explained(kv: Client, args: argparse.Namespace, exc: ShardKVError) ->
 def _runner(runner: Runner) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            return asyncio.run(_with_client(runner, args))
+            return event_loop.run(_with_client(runner, args))
         except KeyboardInterrupt:
             return 0  # how a watch is ended
         except UsageError as exc:

@@ -20,6 +20,7 @@ import signal
 import sys
 from collections.abc import Mapping
 
+from shardkv.cluster import event_loop
 from shardkv.cluster.settings import ConfigError, config_failed
 from shardkv.cluster.structured_log import log_fields, setup_logging
 from shardkv.coordinator.config import CoordinatorConfig, load_coordinator_config
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return config_failed("shardkv coordinator", exc)
     try:
-        asyncio.run(serve(config))
+        event_loop.run(serve(config))
     except JournalCorrupted as exc:
         log.error("refusing to start: %s", exc)
         return 3

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from shardkv.cluster import event_loop
 from shardkv.cluster.cluster_credentials import TOKEN_FILE
 from shardkv.cluster.cluster_token import ADMIN_TOKEN_ENV, CLUSTER_TOKEN_FILE_ENV, cluster_token
 from shardkv.cluster.peer_auth import OPERATOR, signed_headers
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     _use_local_credential(Path(args.dir))
     try:
-        status, body = asyncio.run(run_action(action, base, args.timeout))
+        status, body = event_loop.run(run_action(action, base, args.timeout))
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         print(f"shardkv node {action}: cannot reach {base}: {exc or type(exc).__name__}",
               file=sys.stderr)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from shardkv.cluster import event_loop
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
 from shardkv.node.api.events_feed import EventsFeed
@@ -385,4 +386,4 @@ async def serve(config: NodeConfig) -> int:
 def run_node(config: NodeConfig) -> int:
     """The ``shardkv node`` process body."""
     setup_logging("node", config.log_level)
-    return asyncio.run(serve(config))
+    return event_loop.run(serve(config))

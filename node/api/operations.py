@@ -108,6 +108,9 @@ class Operation:
     handler: Handler
     allowed: frozenset[str]
     writes: bool
+    # The op names exactly one key, in ``key`` (get, put, ...): checked without building a
+    # list. Worked out once here, not per request (``spec.key_args`` builds a tuple).
+    single_key: bool = False
 
     @property
     def name(self) -> str:
@@ -491,7 +494,8 @@ def _build_table() -> dict[str, Operation]:
         raise RuntimeError(f"operation handlers {sorted(_HANDLERS)} do not match the specs "
                            f"{sorted(OPS)}")
     return {
-        name: Operation(spec, _HANDLERS[name], spec.arg_names, spec.writes)
+        name: Operation(spec, _HANDLERS[name], spec.arg_names, spec.writes,
+                        len(spec.key_args) == 1 and spec.key_args[0].name == "key")
         for name, spec in OPS.items()
     }
 
@@ -535,7 +539,7 @@ async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
     if operation.writes and ctx.role != "primary":
         raise NotPrimary(f"this node is a {ctx.role}; writes go to the primary",
                          primary=ctx.primary)
-    _check_keys(ctx.owns_key, operation.spec, args)
+    _check_keys(ctx.owns_key, operation, args)
     if ctx.write_fence is not None:
         fence = ctx.write_fence
         if fence.enter((as_key(k) for k in operation.spec.keys_of(args)), operation.writes):
@@ -562,18 +566,19 @@ async def _write(ctx: NodeContext, operation: Operation, args: Args) -> Any:
         ) from None
 
 
-def _check_keys(owns_key: Callable[[bytes], None] | None, spec: OpSpec, args: Args) -> None:
+def _check_keys(owns_key: Callable[[bytes], None] | None, operation: Operation,
+                args: Args) -> None:
     """Every key a request names (the spec says which arguments carry keys) must be a user
     key and, in a cluster, belong to this node's shard. Scans name no key: they are answered
     with what this shard holds and merged by the client."""
     key = args.get("key")
-    if key is not None and len(spec.key_args) == 1 and spec.key_args[0].name == "key":
+    if key is not None and operation.single_key:
         checked = as_key(key)  # the common single-key case, without building a list
         check_user_key(checked)
         if owns_key is not None:
             owns_key(checked)
         return
-    for raw in spec.keys_of(args):
+    for raw in operation.spec.keys_of(args):
         checked = as_key(raw)
         check_user_key(checked)
         if owns_key is not None:

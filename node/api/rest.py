@@ -20,7 +20,8 @@ from typing import Any
 
 from aiohttp import HttpVersion11, web
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge
-from shardkv.cluster.http_body import error_response, respond
+from shardkv.cluster.event_loop import running_loop_name
+from shardkv.cluster.http_body import answers_json, error_response, respond
 from shardkv.cluster.limits import MAX_FRAME_BYTES, limits_dict
 from shardkv.cluster.wire import JSON, MSGPACK, from_json, unpack
 from shardkv.node.api.operations import OPERATIONS, NodeContext, client_error, execute
@@ -92,6 +93,8 @@ def _query_number(value: str, name: str, *, integer: bool) -> int | float:
 
 def _query_args(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
     args: dict[str, Any] = {}
+    if not request.query_string:  # the common case: no parsed query object built at all
+        return args
     for name, value in request.query.items():
         if name not in allowed:
             raise InvalidArgument(f"unknown query parameter {name!r}; this route takes "
@@ -221,7 +224,12 @@ class RestApi:
             result = await self._run(request, "put", args)
         except ShardKVError as error:
             return error_response(request, error)
-        return respond(request, result, headers={"ETag": f'"{result["version"]}"'})
+        version = result["version"]
+        headers = {"ETag": f'"{version}"'}
+        if answers_json(request):  # the answer is only ever {"version": n}: no encoder
+            return web.Response(body=b'{"version":%d}' % version, headers=headers,
+                                content_type=JSON)
+        return respond(request, result, headers=headers)
 
     async def delete_key(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -282,6 +290,7 @@ class RestApi:
             "write_failure": None if store is None else store.write_failure,
             "engine": config.engine,
             "fsync": config.fsync,
+            "event_loop": running_loop_name(),
             "data_dir": str(config.data_dir),
             "listen": config.listen,
             "coordinators": list(config.coordinators),

@@ -73,7 +73,7 @@ class _CoalescingTransport:
 
     __slots__ = ("_chunks", "_loop", "_scheduled", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._chunks: list[bytes] = []
@@ -108,7 +108,9 @@ def _coalesce_writes(ws: web.WebSocketResponse) -> _CoalescingTransport | None:
     simply written one by one, as before."""
     writer = getattr(ws, "_writer", None)
     transport = getattr(writer, "transport", None)
-    if writer is None or not isinstance(transport, asyncio.Transport):
+    # Duck-typed: uvloop's transports do not subclass asyncio.Transport.
+    if writer is None or not callable(getattr(transport, "write", None)) \
+            or not callable(getattr(transport, "is_closing", None)):
         return None
     coalescing = _CoalescingTransport(transport, asyncio.get_running_loop())
     writer.transport = coalescing

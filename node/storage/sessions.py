@@ -49,6 +49,7 @@ DEFAULT_MAX_SESSIONS = 100_000
 _MAX_EVICTIONS_PER_WRITE = 8
 _EXPIRY_CHECK_S = 1.0
 _PACKER = msgpack.Packer(use_bin_type=True)
+_PUT = MutationKind.PUT
 
 
 class Session(NamedTuple):
@@ -81,6 +82,10 @@ class SessionRecord:
 
 def parse_session(client_id: object, seq: object) -> Session:
     """Check a request's ``client_id``/``seq`` (both or none)."""
+    # The shape every client library sends, checked first: this runs for every stamped write.
+    if type(client_id) is bytes and type(seq) is int and client_id \
+            and len(client_id) <= MAX_CLIENT_ID_BYTES and 1 <= seq <= MAX_SEQ:
+        return Session(client_id, seq)
     if isinstance(client_id, str):
         client_id = client_id.encode("utf-8")
     if not isinstance(client_id, bytes | bytearray) or not client_id:
@@ -105,8 +110,9 @@ def is_reserved(key: bytes) -> bool:
 
 
 def encode_record(seq: int, outcome: Outcome, written_at: float) -> bytes:
-    error = None if outcome.error is None else outcome.error.to_dict()
-    return _PACKER.pack([seq, written_at, outcome.payload, error])
+    if outcome.error is None:
+        return _PACKER.pack([seq, written_at, outcome.payload, None])
+    return _PACKER.pack([seq, written_at, outcome.payload, outcome.error.to_dict()])
 
 
 def decode_record(item: StoredItem) -> SessionRecord:
@@ -188,8 +194,8 @@ class SessionIndex:
         """The mutations that log ``outcome`` for ``session``: its record, plus deletes of
         the sessions it pushes out (over the count bound, or expired: the front is looked
         at once a second, or at every write while there is a backlog)."""
-        key = session.key
-        mutations = [Mutation(MutationKind.PUT, key, encode_record(session.seq, outcome, now))]
+        key = SESSION_PREFIX + session.client_id
+        mutations = [Mutation(_PUT, key, encode_record(session.seq, outcome, now))]
         rows = self._rows
         known = rows.pop(key, None) is not None
         if (not known and len(rows) >= self.max_sessions) or now >= self._next_expiry_check:

@@ -15,18 +15,27 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 
 class MutationKind(enum.IntEnum):
     PUT = 1
     DELETE = 2
 
 
-@dataclass(frozen=True, slots=True)
+_KINDS = {int(kind): kind for kind in MutationKind}
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Mutation:
     """One key's change. ``value`` is stored as encoded by ``shardkv.node.storage.compression``
     (``compressed`` says whether it is zstd); ``expires_at`` is Unix time in seconds.
     ``expired`` marks a delete written by the TTL sweeper (a watch reports it as ``expire``);
-    it is on the wire only when set, so every older record reads back unchanged."""
+    it is on the wire only when set, so every older record reads back unchanged.
+
+    Frozen, but with its own ``__init__``: one or two are built per write and one per logged
+    mutation at recovery, and a frozen dataclass's generated ``__init__`` goes through
+    ``object.__setattr__`` per field; setting the slots directly costs about 40 % less."""
 
     kind: MutationKind
     key: bytes
@@ -34,6 +43,16 @@ class Mutation:
     compressed: bool = False
     expires_at: float | None = None
     expired: bool = False
+
+    def __init__(self, kind: MutationKind, key: bytes, value: bytes = b"",
+                 compressed: bool = False, expires_at: float | None = None,
+                 expired: bool = False) -> None:
+        _set_kind(self, kind)
+        _set_key(self, key)
+        _set_value(self, value)
+        _set_compressed(self, compressed)
+        _set_expires_at(self, expires_at)
+        _set_expired(self, expired)
 
     def to_wire(self) -> list[Any]:
         wire = [int(self.kind), self.key, self.value, self.compressed, self.expires_at]
@@ -43,9 +62,23 @@ class Mutation:
 
     @classmethod
     def from_wire(cls, raw: list[Any]) -> Mutation:
-        kind, key, value, compressed, expires_at, *rest = raw
-        return cls(MutationKind(kind), bytes(key), bytes(value), bool(compressed), expires_at,
-                   bool(rest and rest[0]))
+        # Recovery decodes every logged mutation through here, so the common shapes are
+        # taken without a starred unpack or an enum call (issue 17: replay time).
+        if len(raw) == 5:
+            kind, key, value, compressed, expires_at = raw
+            expired = False
+        else:
+            kind, key, value, compressed, expires_at, *rest = raw
+            expired = bool(rest and rest[0])
+        return cls(_KINDS.get(kind) or MutationKind(kind), bytes(key), bytes(value),
+                   compressed if compressed is False or compressed is True else bool(compressed),
+                   expires_at, expired)
+
+
+# The slots' own setters (they bypass the frozen class's __setattr__, which refuses).
+(_set_kind, _set_key, _set_value, _set_compressed, _set_expires_at, _set_expired) = (
+    getattr(Mutation, name).__set__
+    for name in ("kind", "key", "value", "compressed", "expires_at", "expired"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +91,10 @@ class WalEntry:
     epoch: int
     mutations: tuple[Mutation, ...] = field(default_factory=tuple)
     ts: float = 0.0
+    # The msgpack of ``to_wire()``, once someone has encoded it (``payload_of``): the WAL's
+    # record payload and each replica's copy of the entry on the stream are these same
+    # bytes, encoded once per entry instead of once per consumer. Not part of the value.
+    payload: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_wire(self) -> list[Any]:
         """The msgpack-able form used in WAL payloads and on the replication stream."""
@@ -66,4 +103,15 @@ class WalEntry:
     @classmethod
     def from_wire(cls, raw: list[Any]) -> WalEntry:
         lsn, epoch, ts, mutations = raw
-        return cls(int(lsn), int(epoch), tuple(Mutation.from_wire(m) for m in mutations), ts)
+        decode = Mutation.from_wire
+        return cls(int(lsn), int(epoch), tuple([decode(m) for m in mutations]), ts)
+
+
+def payload_of(entry: WalEntry) -> bytes:
+    """``msgpack(entry.to_wire())``, encoded at most once per entry (issue 17: the WAL and
+    every replication stream used to encode the same entry each)."""
+    payload = entry.payload
+    if payload is None:
+        payload = msgpack.packb(entry.to_wire(), use_bin_type=True)
+        object.__setattr__(entry, "payload", payload)  # a cache on a frozen value
+    return payload

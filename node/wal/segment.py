@@ -32,7 +32,7 @@ from shardkv.node.wal.framing import (
     parse_header,
     read_frames,
 )
-from shardkv.node.wal.record import MutationKind, WalEntry
+from shardkv.node.wal.record import MutationKind, WalEntry, payload_of
 
 SEGMENT_SUFFIX = ".wal"
 TMP_SUFFIX = ".tmp"
@@ -145,8 +145,7 @@ def create_segment(directory: Path, header: SegmentHeader) -> tuple[Path, int, i
 def encode_entry(entry: WalEntry, prev_crc: int) -> tuple[bytes, int]:
     """The framed bytes of one entry and the chained CRC after it. The caller has passed
     ``entry`` through ``check_entry``."""
-    payload = msgpack.packb(entry.to_wire(), use_bin_type=True)
-    return encode_frame(RecordType.ENTRY, payload, prev_crc)
+    return encode_frame(RecordType.ENTRY, payload_of(entry), prev_crc)
 
 
 _BYTES = (bytes, bytearray)

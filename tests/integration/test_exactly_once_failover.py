@@ -63,6 +63,14 @@ async def in_flight(cluster: Shard, write: Any, primary: NodeProcess,
     """Start ``write`` with acknowledgements paused; return once both replicas hold its
     entry durably (a replica holds one frame at the pause, so one write at a time)."""
     base = await last_lsn(cluster, primary)
+
+    async def caught_up() -> bool:
+        return all([await last_lsn(cluster, r) >= base for r in replicas])
+
+    # A write is acknowledged by a majority, so one replica may still be receiving older
+    # entries (a rejoined old primary catching up): paused on one of those, it would never
+    # hold this write. Pause only replicas that hold everything before it.
+    await until(caught_up, 15, "both replicas to hold every earlier write")
     await set_failpoint(cluster, replicas, b"pause")
     task = asyncio.create_task(write)
 

@@ -7,6 +7,7 @@ import json
 
 import msgpack
 import pytest
+from shardkv.cluster import event_loop
 
 pytestmark = pytest.mark.integration
 
@@ -149,6 +150,8 @@ async def test_probes_status_and_metrics(node, http) -> None:
         status = await r.json()
     assert status["engine"] == "memory" and status["data_dir"] == str(node.data_dir)
     assert status["keys"] >= 1 and status["last_lsn"] >= 1 and status["role"] == "primary"
+    # The node runs on the loop cluster/event_loop.py picks (uvloop on Linux, a dependency).
+    assert status["event_loop"] == event_loop.loop_name()
     async with http.get(f"{node.url}/metrics") as r:
         text = await r.text()
     assert r.headers["Content-Type"].startswith("text/plain")

@@ -7,11 +7,12 @@ import asyncio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from shardkv.cluster import wire
 from shardkv.cluster.errors import InvalidArgument
 from shardkv.node.replication import protocol as proto
 from shardkv.node.replication.protocol import Resume, ResumeKind, resume_point
 from shardkv.node.testing import failpoints
-from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry, payload_of
 
 
 def log_of(epochs: list[int], first: int = 1) -> dict[int, WalEntry]:
@@ -156,3 +157,17 @@ async def test_failpoints_fire_count_down_and_release() -> None:
         await asyncio.wait_for(paused, 5)
     finally:
         failpoints.disarm_all()
+
+
+def test_entries_frame_splices_the_wal_payloads_into_the_same_message() -> None:
+    """encode_entries reuses each entry's encoded payload (the WAL's): the frame decodes to
+    exactly the map a plain encode of the wire lists gives, with and without ``lq``."""
+    entries = [WalEntry(7, 2, (Mutation(MutationKind.PUT, b"k", b"v" * 300, False, 9.5),), 1.5),
+               WalEntry(8, 2, (), 2.0)]
+    payload_of(entries[0])  # one encoded already (as the WAL leaves it), one not
+    for lq in (None, 0.25):
+        plain = {"entries": [e.to_wire() for e in entries], "primary_lsn": 8, "ts": 3.0,
+                 "t": proto.ENTRIES, **({} if lq is None else {"lq": lq})}
+        frame = proto.encode_entries(entries, 8, 3.0, lq)
+        assert proto.decode(frame) == wire.unpack(wire.pack(plain))
+        assert proto.decode_entries(proto.decode(frame)) == entries

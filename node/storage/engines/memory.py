@@ -1,12 +1,17 @@
-"""The in-memory engine: a sorted table of compact tuples, plus a lazy expiry heap.
+"""The in-memory engine: a sorted table of compact rows, plus a lazy expiry heap.
 
 Memory per key is what limits this engine, so a key costs one ``SortedDict`` slot (a dict
-entry and a sorted-list pointer) and one plain 4-tuple ``(value, compressed, version,
-expires_at)``; nothing else is kept per key. Plain tuples, not ``StoredItem`` instances, are
-stored on purpose: CPython's cyclic GC stops tracking an exact tuple of atoms (bytes, ints,
-None) after it survives one collection, but never a tuple subclass, so a table of millions of
-NamedTuples would be walked by every full collection (pauses of a tenth of a second and more).
-Items are wrapped as ``StoredItem`` (a C-level cast, no copy of the fields) on the way out.
+entry and a sorted-list pointer) and one row; nothing else is kept per key. A small value's
+row is ONE bytes object: a 9-byte header (flags: compressed, has an expiry; the version as
+an unsigned 64-bit integer), the expiry as a double when there is one, then the value. That
+is one object where a tuple ``(value, compressed, version, expires_at)`` is three (the tuple,
+the value, the version's int): about 100 bytes less per small key (issue 17: 243 -> ~150
+bytes per key, ``python bench/recovery_bench.py``), and bytes are never tracked by the cyclic
+GC. Reading one costs a header unpack and a copy of the value, cheap for small values; a
+value over ``PACK_LIMIT`` bytes keeps the plain 4-tuple, so a large value is never copied on
+a read. (Plain tuples, not ``StoredItem`` instances: CPython's cyclic GC stops tracking an
+exact tuple of atoms after it survives one collection, but never a tuple subclass.) Items
+are turned into ``StoredItem`` on the way out.
 
 Keys with a TTL also get a heap entry ``(expires_at, key)``. The heap is lazy: an entry
 whose key was since rewritten or deleted is recognised as stale (its ``expires_at`` no longer
@@ -22,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import heapq
+import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from itertools import islice
-from typing import cast
 
 from shardkv.node.storage.engines.engine import (
     Engine,
@@ -42,13 +47,52 @@ _ROWS_PER_YIELD = 4096
 # Rebuild the expiry heap when it holds this many more entries than keys that expire.
 _HEAP_SLACK = 1024
 
-_Row = tuple[bytes, bool, int, float | None]  # StoredItem's fields, as a plain tuple
-_VERSION = 2
-_EXPIRES_AT = 3
+# A row: StoredItem's fields as a plain tuple (large values), or packed into one bytes object.
+_Row = tuple[bytes, bool, int, float | None] | bytes
+PACK_LIMIT = 1024  # values up to this many bytes are packed with their header
+_HEAD = struct.Struct("<BQ")  # flags, version
+_HEAD_EXPIRY = struct.Struct("<BQd")  # flags, version, expires_at
+_COMPRESSED = 1
+_EXPIRES = 2
+_VERSION_LIMIT = 1 << 64
+
+
+def _row(value: bytes, compressed: bool, version: int, expires_at: float | None) -> _Row:
+    if len(value) > PACK_LIMIT or not 0 <= version < _VERSION_LIMIT:
+        return (value, compressed, version, expires_at)
+    if expires_at is None:
+        return _HEAD.pack(_COMPRESSED if compressed else 0, version) + value
+    flags = (_COMPRESSED if compressed else 0) | _EXPIRES
+    return _HEAD_EXPIRY.pack(flags, version, expires_at) + value
+
+
+def _fields(row: _Row) -> tuple[bytes, bool, int, float | None]:
+    """(value, compressed, version, expires_at) of a row."""
+    if not isinstance(row, bytes):
+        return row
+    flags, version = _HEAD.unpack_from(row)
+    if flags & _EXPIRES:
+        return (row[_HEAD_EXPIRY.size:], bool(flags & _COMPRESSED), version,
+                _HEAD_EXPIRY.unpack_from(row)[2])
+    return (row[_HEAD.size:], bool(flags & _COMPRESSED), version, None)
+
+
+def _expires_at(row: _Row) -> float | None:
+    if not isinstance(row, bytes):
+        return row[3]
+    if row[0] & _EXPIRES:
+        return float(_HEAD_EXPIRY.unpack_from(row)[2])
+    return None
+
+
+def _version(row: _Row) -> int:
+    if not isinstance(row, bytes):
+        return row[2]
+    return int(_HEAD.unpack_from(row)[1])
 
 
 def _wrap(row: _Row) -> StoredItem:
-    return tuple.__new__(StoredItem, row)
+    return tuple.__new__(StoredItem, _fields(row))
 
 
 class MemoryEngine(Engine):
@@ -86,7 +130,7 @@ class MemoryEngine(Engine):
             if mutation.kind is MutationKind.PUT:
                 self._put(
                     mutation.key,
-                    (mutation.value, mutation.compressed, entry.lsn, mutation.expires_at),
+                    _row(mutation.value, mutation.compressed, entry.lsn, mutation.expires_at),
                 )
             else:
                 self._delete(mutation.key)
@@ -94,10 +138,10 @@ class MemoryEngine(Engine):
 
     def _put(self, key: bytes, row: _Row) -> None:
         old = self._items.get(key)
-        if old is not None and old[_EXPIRES_AT] is not None:
+        if old is not None and _expires_at(old) is not None:
             self._expiring -= 1
         self._items[key] = row
-        expires_at = cast(float | None, row[_EXPIRES_AT])
+        expires_at = _expires_at(row)
         if expires_at is not None:
             self._expiring += 1
             heapq.heappush(self._expiry_heap, (expires_at, key))
@@ -106,14 +150,14 @@ class MemoryEngine(Engine):
 
     def _delete(self, key: bytes) -> None:
         old = self._items.pop(key, None)
-        if old is not None and old[_EXPIRES_AT] is not None:
+        if old is not None and _expires_at(old) is not None:
             self._expiring -= 1
 
     def _rebuild_heap(self) -> None:
         self._expiry_heap = [
-            (row[_EXPIRES_AT], key)
+            (expires_at, key)
             for key, row in self._items.items()
-            if row[_EXPIRES_AT] is not None
+            if (expires_at := _expires_at(row)) is not None
         ]
         heapq.heapify(self._expiry_heap)
 
@@ -132,13 +176,13 @@ class MemoryEngine(Engine):
         while heap and heap[0][0] <= now and len(result) < limit:
             expires_at, key = heapq.heappop(heap)
             row = self._items.get(key)
-            if row is None or row[_EXPIRES_AT] != expires_at:
+            if row is None or _expires_at(row) != expires_at:
                 continue  # stale: the key was rewritten or deleted since
             if key in seen:
                 continue  # a duplicate entry (the key rewritten with the same expiry)
             seen.add(key)
             found.append((expires_at, key))
-            result.append((key, row[_VERSION]))
+            result.append((key, _version(row)))
         # The live entries go back: the keys stay until their delete is applied, and a sweep
         # that fails must find them again next time.
         for pair in found:
@@ -169,7 +213,7 @@ class MemoryEngine(Engine):
 
 async def _stream_rows(keys: list[bytes], frozen: dict) -> AsyncIterator[SnapshotRow]:
     for index, key in enumerate(keys):
-        yield (key, *frozen[key])
+        yield (key, *_fields(frozen[key]))
         if index % _ROWS_PER_YIELD == _ROWS_PER_YIELD - 1:
             await asyncio.sleep(0)
 
@@ -184,8 +228,15 @@ def _build_table(rows: Iterable[SnapshotRow]) -> tuple[SortedDict, list[tuple[fl
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
+        append = pairs.append
+        pack = _HEAD.pack
         for key, value, compressed, version, expires_at in rows:
-            pairs.append((key, (value, compressed, version, expires_at)))
+            # _row(), inlined for the common row (small value, no expiry): this loop runs
+            # once per key of the snapshot at every start.
+            if expires_at is None and len(value) <= PACK_LIMIT and 0 <= version < _VERSION_LIMIT:
+                append((key, pack(1 if compressed else 0, version) + value))
+                continue
+            append((key, _row(value, compressed, version, expires_at)))
             if expires_at is not None:
                 heap.append((expires_at, key))
     finally:

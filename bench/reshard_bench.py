@@ -1,5 +1,5 @@
-"""Online resharding, 2 -> 3 shards (issue 12): how fast keys move, and what the foreground
-load feels meanwhile.
+"""Online resharding, 2 -> 3 shards (issue 12), or 3 -> 2 with ``--op remove``: how fast
+keys move, and what the foreground load feels meanwhile.
 
 A local cluster (1 coordinator, 2 shards x ``--replicas`` members, ``--engine``, fsync
 ``--fsync``) is loaded with ``--keys`` keys of ``--value-bytes`` bytes. Then, side by side in
@@ -13,6 +13,11 @@ not failures).
 
     nice python -m bench.reshard_bench --keys 100000            # a few minutes here
     nice python -m bench.reshard_bench --keys 1000000 --json out.json
+    nice python -m bench.reshard_bench --keys 100000 --op remove
+
+``--op remove`` starts 3 shards and drains s3 into s1 and s2 (``DELETE /admin/shards/s3``):
+its targets hold keys, so the copy starts with their LSN jump (a snapshot of each, writes
+held meanwhile), which the foreground figures include.
 """
 
 from __future__ import annotations
@@ -93,7 +98,8 @@ class Foreground:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
-    plan = ClusterPlan.new(directory, shards=2, replicas=args.replicas, coordinators=1,
+    plan = ClusterPlan.new(directory, shards=3 if args.op == "remove" else 2,
+                           replicas=args.replicas, coordinators=1,
                            engine=args.engine, fsync=args.fsync)
     cluster = LocalCluster(directory, plan)
     cluster.start()
@@ -114,9 +120,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             migration: dict[str, Any] = {}
 
             async def migrate() -> None:
-                answer = await asyncio.to_thread(_admin, "POST", f"{coordinator}/admin/shards",
-                                                 {"shard": "s3"})
-                start_shard_members(cluster, "s3")
+                if args.op == "remove":
+                    answer = await asyncio.to_thread(_admin, "DELETE",
+                                                     f"{coordinator}/admin/shards/s3")
+                else:
+                    answer = await asyncio.to_thread(_admin, "POST",
+                                                     f"{coordinator}/admin/shards",
+                                                     {"shard": "s3"})
+                    start_shard_members(cluster, "s3")
                 while True:
                     record = await asyncio.to_thread(
                         _admin, "GET", f"{coordinator}/admin/migrations/{answer['migration']}")
@@ -129,7 +140,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         took = migration["finished_at"] - migration["started_at"]
         copy_s = migration["flipped_at"] - migration["copy_started_at"]
         return {
-            "keys": args.keys, "value_bytes": args.value_bytes, "engine": args.engine,
+            "op": args.op, "keys": args.keys, "value_bytes": args.value_bytes,
+            "engine": args.engine,
             "fsync": args.fsync, "replicas": args.replicas, "load_s": round(load_s, 1),
             "migration_state": migration["state"], "keys_moved": migration["keys_moved"],
             "mb_moved": round(migration["bytes_moved"] / 1e6, 2),
@@ -151,6 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--op", choices=("add", "remove"), default="add",
+                        help="add s3 to 2 shards, or drain s3 of 3 into the others")
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--engine", choices=("memory", "sqlite"), default="memory")
     parser.add_argument("--fsync", choices=("always", "interval", "never"), default="always")

@@ -54,6 +54,11 @@ async def probe_ownership(final_map: dict[str, Any], data_dir_of: Callable[[str]
     ring = RingSpec.from_dict(dict(final_map.get("ring") or {}))
     migration = final_map.get("migration")
     state = migration.get("state") if isinstance(migration, dict) else None
+    if state is None and any(isinstance(r, dict) and r.get("leftovers")
+                             for r in final_map.get("migrations") or []):
+        # An aborted remove or reweight whose targets are still deleting their partial
+        # copies: two copies are legal until that is done.
+        state = "cleaning leftovers"
     return holdings, (lambda key: shard_for_key(ring, key.encode())), state
 
 

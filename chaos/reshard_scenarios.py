@@ -1,16 +1,16 @@
 """The resharding scenarios (issue 12 "Chaos", issue 22's scenario mixing every nemesis with
 resharding), registered in ``scenarios.py``.
 
-- ``reshard``: a shard added every 20-35 s (``chaos/nemesis/reshard.py``) under the register
-  (writes and CAS over 24 keys, so every shard owns some) and counter workloads, with the
-  default client (retries on: a request answered ``STALE_MAP`` or fenced ``UNAVAILABLE``
-  during a flip is retried, and must still apply exactly once).
-- ``reshard-faults``: the same, with kills, pauses and partitions of the sources, the new
-  shard's primary and the coordinator leader injected part-way through a migration, and the
+- ``reshard``: every 20-35 s a shard is added, reweighted or removed
+  (``chaos/nemesis/reshard.py``) under the register (writes and CAS over 24 keys, so every
+  shard owns some) and counter workloads, with the default client (retries on: a request
+  answered ``STALE_MAP`` or fenced ``UNAVAILABLE`` during a flip is retried, and must still
+  apply exactly once).
+- ``reshard-faults``: the same, with kills, pauses and partitions of the sources, the
+  targets and the coordinator leader injected part-way through an add or a remove, and the
   plain primary and coordinator-leader faults between migrations.
 
-Shard remove and reweight are refused by the coordinator for now: both scenarios only add,
-up to ``nemesis.reshard.MAX_SHARDS`` shards.
+Adds stop at ``nemesis.reshard.MAX_SHARDS`` shards, removes at ``MIN_SHARDS`` in the ring.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ _DURING = tuple(FaultSpec(f"reshard-add-{kind}-{role}", targets="none")
                                    ("kill", "coordinator-leader"), ("pause", "source"),
                                    ("pause", "target"), ("partition", "source"),
                                    ("partition", "target"),
-                                   ("partition", "coordinator-leader")))
+                                   ("partition", "coordinator-leader"))) + tuple(
+    FaultSpec(f"reshard-remove-{kind}-{role}", targets="none")
+    for kind, role in (("kill", "source"), ("kill", "target"), ("kill", "coordinator-leader"),
+                       ("pause", "target"), ("partition", "source")))
+_CHANGES = (FaultSpec("reshard-add", targets="none"), FaultSpec("reshard-weight", targets="none"),
+            FaultSpec("reshard-remove", targets="none"))
 _BETWEEN = (FaultSpec("kill-primary"), FaultSpec("pause-primary"),
             FaultSpec("partition-primary"), FaultSpec("kill-coordinator-leader"),
             FaultSpec("partition-coordinator-leader"))
@@ -44,15 +49,16 @@ def scenarios() -> dict[str, Scenario]:
                            retries="default"),
         "duration_s": 120.0, "settle_s": 10.0}
     return {s.name: s for s in (
-        Scenario("reshard", "add a shard every 20-35 s (online migration: copy, fence, flip, "
-                 "clean) under register, CAS and counter workloads, retries on",
-                 (FaultSpec("reshard-add", targets="none"),),
+        Scenario("reshard", "add, reweight or remove a shard every 20-35 s (online migration: "
+                 "copy, fence, flip, clean) under register, CAS and counter workloads, "
+                 "retries on",
+                 _CHANGES,
                  shape=ClusterShape("cluster", shards=2, replicas=3, coordinators=1),
                  fault_s=(12.0, 20.0), quiet_s=(8.0, 15.0), **common),
-        Scenario("reshard-faults", "add shards while sources, the new shard's primary and the "
-                 "coordinator leader are killed, paused or partitioned mid-migration; primary "
-                 "and coordinator-leader faults between migrations; retries on",
-                 (FaultSpec("reshard-add", targets="none"), *_DURING, *_BETWEEN),
+        Scenario("reshard-faults", "add, reweight and remove shards while sources, targets "
+                 "and the coordinator leader are killed, paused or partitioned mid-migration; "
+                 "primary and coordinator-leader faults between migrations; retries on",
+                 (*_CHANGES, *_DURING, *_BETWEEN),
                  shape=ClusterShape("cluster", shards=2, replicas=3, coordinators=3),
                  fault_s=(8.0, 14.0), quiet_s=(4.0, 8.0), **common),
     )}

@@ -7,7 +7,8 @@ operator with the cluster credential (``SHARDKV_CLUSTER_TOKEN[_FILE]``, or the
 ``--coordinator``, ``SHARDKV_COORDINATORS`` or ``DIR/cluster.json``. On a cluster started
 by ``shardkv up`` (``DIR/launcher.json`` exists), ``shard add`` also starts the new shard's
 members (the cluster's replication factor) as processes and records them in
-``cluster.json``.
+``cluster.json``, and ``shard remove --wait`` stops the retired members once the shard is
+drained and takes them out of ``cluster.json``.
 
 ``--wait`` follows the migration with a progress line (keys, MB/s, ETA) on stderr and exits
 0 once it is ``done``, 1 with the reason if it ends ``aborted`` or ``failed``. Interrupting
@@ -96,7 +97,8 @@ def progress_line(record: dict[str, Any]) -> str:
             f"{mb_s:.2f} MB/s ETA {eta}   ")
 
 
-def wait_for(urls: list[str], migration: str, quiet: bool) -> int:
+def wait_for(urls: list[str], migration: str, quiet: bool,
+             on_done: Callable[[dict[str, Any]], None] | None = None) -> int:
     while True:
         record = _admin(urls, "GET", f"/admin/migrations/{migration}")
         if not quiet:
@@ -105,6 +107,8 @@ def wait_for(urls: list[str], migration: str, quiet: bool) -> int:
             if not quiet:
                 print(file=sys.stderr)
             if record["state"] == "done":
+                if on_done is not None:
+                    on_done(record)
                 return 0
             print(f"migration {migration} {record['state']}: {record.get('error')}",
                   file=sys.stderr)
@@ -112,16 +116,34 @@ def wait_for(urls: list[str], migration: str, quiet: bool) -> int:
         time.sleep(0.5)
 
 
-def _start_local_members(args: argparse.Namespace, shard: str) -> list[str]:
+def _local_directory(args: argparse.Namespace) -> Path | None:
     directory = Path(args.dir)
     if args.coordinator or not (directory / "launcher.json").is_file():
+        return None
+    return directory.resolve()
+
+
+def _start_local_members(args: argparse.Namespace, shard: str) -> list[str]:
+    directory = _local_directory(args)
+    if directory is None:
         return []
     from shardkv.cluster.launcher import ClusterPlan, LocalCluster
     from shardkv.cluster.shard_members import start_shard_members
 
-    cluster = LocalCluster(directory.resolve(),
-                           ClusterPlan.load(directory / "launcher.json"))
+    cluster = LocalCluster(directory, ClusterPlan.load(directory / "launcher.json"))
     return [spec.id for spec in start_shard_members(cluster, shard)]
+
+
+def _retire_local_members(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    directory = _local_directory(args)
+    retired = [str(n) for n in record.get("retired") or []]
+    if directory is None or not retired:
+        return
+    from shardkv.cluster.shard_members import retire_members
+
+    stopped = retire_members(directory, retired)
+    if stopped:
+        print(f"stopped retired nodes {', '.join(stopped)}", file=sys.stderr)
 
 
 def _run(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -154,10 +176,20 @@ def _shard(args: argparse.Namespace) -> int:
                   + (f"; started nodes {', '.join(started)}" if started else ""))
         return wait_for(urls, answer["migration"], args.json) if args.wait else 0
     if args.action == "remove":
-        _admin(urls, "DELETE", f"/admin/shards/{args.id}")
+        answer = _admin(urls, "DELETE", f"/admin/shards/{args.id}")
+        what = f"drains shard {answer['shard']} into the others"
     else:
-        _admin(urls, "PUT", f"/admin/shards/{args.id}/weight", {"weight": args.weight})
-    return 0
+        answer = _admin(urls, "PUT", f"/admin/shards/{args.id}/weight",
+                        {"weight": args.weight})
+        what = f"gives shard {answer['shard']} weight {args.weight}"
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        print(f"migration {answer['migration']} {what}")
+    if not args.wait:
+        return 0
+    return wait_for(urls, answer["migration"], args.json,
+                    lambda record: _retire_local_members(args, record))
 
 
 def _rebalance(args: argparse.Namespace) -> int:
@@ -175,7 +207,7 @@ def _rebalance(args: argparse.Namespace) -> int:
     if not rows:
         print("no migrations")
     for r in rows:
-        print(f"{r['id']:<22} {r['kind']:<4} shard {r['shard']:<6} {r['state']:<11} "
+        print(f"{r['id']:<22} {r['kind']:<6} shard {r['shard']:<6} {r['state']:<11} "
               f"{r['keys_moved']} keys {r['bytes_moved'] / 1e6:.1f} MB"
               + (f"  error: {r['error']}" if r.get("error") else ""))
     return 0

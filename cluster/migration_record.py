@@ -25,13 +25,23 @@ BEFORE_FLIP = frozenset({COPYING, CATCHING_UP, FLIPPING})
 MIGRATION_STATES = RUNNING_STATES | FINISHED_STATES
 
 KIND_ADD = "add"
+KIND_REMOVE = "remove"
+KIND_WEIGHT = "weight"
+KINDS = (KIND_ADD, KIND_REMOVE, KIND_WEIGHT)
 HISTORY_LIMIT = 16
 
 
 @dataclass(slots=True)
 class MigrationRecord:
     """One migration. ``target_ring`` is the ring's shard -> weight after the flip;
-    ``sources`` the shards that give keys, ``target`` the one that receives them."""
+    ``sources`` the shards that give keys, ``targets`` the ones that receive them (a key
+    goes to its owner under ``target_ring``). ``target`` is the shard the operation is
+    about (``shard`` in the API): the new shard of an add (then the only target), the
+    shard drained by a remove (then the only source), the shard whose weight changes.
+    ``leftovers``: after an abort of a remove or reweight, the target shards that may
+    still hold partial copies of keys they do not own; the driver cleans them, and no
+    migration starts until the list is empty. ``retired``: the members a remove took out of
+    the map at ``done`` (a local cluster stops them)."""
 
     id: str
     kind: str
@@ -50,6 +60,13 @@ class MigrationRecord:
     copy_started_at: float | None = None  # when the target's floor was raised (copy begins)
     flipped_at: float | None = None
     fenced_epochs: dict[str, int] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            self.targets = [self.target]
 
     @property
     def running(self) -> bool:
@@ -81,6 +98,9 @@ class MigrationRecord:
             flipped_at=_opt_float(raw.get("flipped_at")),
             fenced_epochs={str(k): int(v)
                            for k, v in dict(raw.get("fenced_epochs") or {}).items()},
+            targets=[str(s) for s in raw.get("targets") or []],
+            leftovers=[str(s) for s in raw.get("leftovers") or []],
+            retired=[str(s) for s in raw.get("retired") or []],
         )
 
 

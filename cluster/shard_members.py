@@ -1,9 +1,11 @@
-"""Start and stop the members of one shard on a local cluster (``shardkv shard add`` on a
-cluster from ``shardkv up``): new node processes, recorded in the plan and ``cluster.json``
-like the ones ``shardkv up`` started."""
+"""Start and stop the members of one shard on a local cluster (``shardkv shard add`` and
+``shardkv shard remove`` on a cluster from ``shardkv up``): new node processes, recorded in
+the plan and ``cluster.json`` like the ones ``shardkv up`` started; retired ones stopped and
+taken out of both."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -13,11 +15,24 @@ from shardkv.cluster.launcher import (
     ProcessSpec,
     write_json_atomically,
 )
-from shardkv.cluster.local_processes import free_port
+from shardkv.cluster.launcher_control import ControlError, launcher_pid, request
+from shardkv.cluster.local_processes import (
+    free_port,
+    is_shardkv_process,
+    pid_alive,
+    terminate_pids,
+)
 
 
-def _next_node_number(plan: ClusterPlan) -> int:
+def _next_node_number(plan: ClusterPlan, directory: Path) -> int:
+    """After every id in the plan and every node data directory: a retired member leaves
+    the plan but keeps its directory and its id in the map (parked as draining), so its id
+    is never given to a new member."""
     numbers = [int(n.id[1:]) for n in plan.nodes if n.id[1:].isdigit()]
+    nodes_dir = directory / "nodes"
+    if nodes_dir.is_dir():
+        numbers += [int(d.name[1:]) for d in nodes_dir.iterdir()
+                    if d.name.startswith("n") and d.name[1:].isdigit()]
     return max(numbers, default=0) + 1
 
 
@@ -26,7 +41,7 @@ def plan_shard_members(plan: ClusterPlan, directory: Path, shard: str,
     """Specs for ``count`` new members of ``shard`` (ids after the highest, free ports)."""
     taken = {p.port for p in plan.processes} | {
         p.raft_port for p in plan.coordinators if p.raft_port}
-    first = _next_node_number(plan)
+    first = _next_node_number(plan, directory)
     specs = []
     for i in range(count):
         port = free_port(taken=taken)
@@ -64,3 +79,36 @@ def _merge_cluster_file(cluster: LocalCluster, specs: list[ProcessSpec]) -> None
             "id": spec.id, "url": spec.url, "pid": proc.pid if proc else None,
             "data_dir": spec.data_dir})
     write_json_atomically(path, described)
+
+
+def retire_members(directory: Path, node_ids: list[str]) -> list[str]:
+    """Stop the members a shard removal retired and drop them from ``launcher.json`` and
+    ``cluster.json`` (a later ``shardkv up`` must not start them again). A launcher that
+    runs the cluster stops the processes it owns (it would otherwise restart them); the
+    others (started by ``shard add`` from the command line) are signalled by pid. Returns
+    the ids it stopped or found stopped."""
+    wanted = set(node_ids)
+    plan_file = directory / "launcher.json"
+    if not wanted or not plan_file.is_file():
+        return []
+    plan = ClusterPlan.load(plan_file)
+    known = [n.id for n in plan.nodes if n.id in wanted]
+    cluster_file = directory / "cluster.json"
+    described = json.loads(cluster_file.read_text()) if cluster_file.is_file() else {}
+    pids = {e["id"]: e.get("pid") for e in described.get("nodes", [])}
+    leftover: list[int] = []
+    for node_id in known:
+        if launcher_pid(directory) is not None:
+            with contextlib.suppress(ControlError):
+                if request(directory, "stop", node_id).get("ok"):
+                    continue
+        pid = pids.get(node_id)
+        if isinstance(pid, int) and pid_alive(pid) and is_shardkv_process(pid):
+            leftover.append(pid)
+    terminate_pids(leftover)
+    plan.nodes = [n for n in plan.nodes if n.id not in wanted]
+    plan.save(plan_file)
+    if described:
+        described["nodes"] = [e for e in described.get("nodes", []) if e["id"] not in wanted]
+        write_json_atomically(cluster_file, described)
+    return known

@@ -5,8 +5,10 @@
 - ``GET /admin/migrations``: the running migration and the recent finished ones.
 - ``GET /admin/migrations/{id}``: one of them.
 - ``POST /admin/migrations/{id}/abort``: before the flip only.
-- ``DELETE /admin/shards/{id}`` and ``PUT /admin/shards/{id}/weight``: not built yet; they
-  answer ``400 INVALID_ARGUMENT`` saying so and change nothing.
+- ``DELETE /admin/shards/{id}``: drain the shard into the others and retire it:
+  ``202 {"migration": id, "shard": id}``.
+- ``PUT /admin/shards/{id}/weight`` ``{"weight": n}``: move the shard's share:
+  ``202 {"migration": id, "shard": id}``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from shardkv.cluster.errors import InvalidArgument, NotFound
+from shardkv.cluster.errors import NotFound
 from shardkv.coordinator.http_io import coordinator_of, only_fields, read_object, respond
 
 
@@ -57,10 +59,23 @@ async def abort_migration(request: web.Request) -> web.StreamResponse:
     return respond(request, result)
 
 
-async def not_built(request: web.Request) -> web.StreamResponse:
-    what = "removing a shard" if request.method == "DELETE" else "changing a shard's weight"
-    raise InvalidArgument(f"{what} is not supported yet: online migration can only add a "
-                          f"shard so far (docs/resharding.md); the map is unchanged")
+async def remove_shard(request: web.Request) -> web.StreamResponse:
+    coord = coordinator_of(request)
+    await read_object(request, allow_empty=True)
+    result = await coord.propose({"op": "begin_migration", "id": new_migration_id(),
+                                  "kind": "remove", "shard": request.match_info["shard"],
+                                  "now": time.time()})
+    return respond(request, result, status=202)
+
+
+async def set_weight(request: web.Request) -> web.StreamResponse:
+    coord = coordinator_of(request)
+    body = await read_object(request)
+    only_fields(body, {"weight"})
+    result = await coord.propose({"op": "begin_migration", "id": new_migration_id(),
+                                  "kind": "weight", "shard": request.match_info["shard"],
+                                  "weight": body.get("weight"), "now": time.time()})
+    return respond(request, result, status=202)
 
 
 def add_routes(app: web.Application) -> None:
@@ -68,5 +83,5 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/admin/migrations", list_migrations)
     r.add_get("/admin/migrations/{migration}", get_migration)
     r.add_post("/admin/migrations/{migration}/abort", abort_migration)
-    r.add_delete("/admin/shards/{shard}", not_built)
-    r.add_put("/admin/shards/{shard}/weight", not_built)
+    r.add_delete("/admin/shards/{shard}", remove_shard)
+    r.add_put("/admin/shards/{shard}/weight", set_weight)

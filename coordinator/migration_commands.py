@@ -4,12 +4,21 @@ command (``now``), written by the proposer, so every coordinator records the sam
 
 - ``begin_migration`` ``{id, kind: "add", shard?, weight?, now}``: records the migration and
   creates the target shard outside the ring (spares and ``--shard`` nodes may join it).
+  ``{id, kind: "remove", shard, now}``: drain ``shard`` into every other shard of the ring.
+  ``{id, kind: "weight", shard, weight, now}``: move the share of ``shard`` (a higher weight
+  takes keys from every other shard, a lower one gives keys to them).
 - ``migration_progress`` ``{id, keys_moved, bytes_moved, keys_total?, rate_keys_s, lsn_floor?}``
 - ``migration_state`` ``{id, state, error?, now}``: copying -> catching_up -> flipping, and
   back to copying when a fence must be redone; cleaning -> done.
 - ``flip_migration`` ``{id, epochs: {shard: epoch}}``: the ring becomes the target ring, but
   only if every source shard still has the epoch the fence was taken in.
 - ``abort_migration`` ``{id, state: "aborted"|"failed", error?, now}``: before the flip only.
+  A remove or reweight leaves its targets in ``leftovers`` (they may hold partial copies).
+- ``leftovers_cleaned`` ``{id, shard}``: a target of an aborted migration holds no key it
+  does not own any more.
+
+At ``done``, a remove retires its shard: it leaves the map, and its members are marked
+``draining`` (never silently reused; ``shardkv up`` clusters stop them).
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ from shardkv.cluster.migration_record import (
     FLIPPING,
     HISTORY_LIMIT,
     KIND_ADD,
+    KIND_REMOVE,
+    KIND_WEIGHT,
+    KINDS,
     MigrationRecord,
 )
 
@@ -89,6 +101,23 @@ def refuse_while_migrating(m: ClusterMap, what: str) -> None:
                         f"wait for it or abort it", migration=m.migration.id)
 
 
+def _park_members(m: ClusterMap, shard: ShardInfo | None) -> None:
+    for node_id in shard.members if shard else []:
+        node = m.nodes.get(node_id)
+        if node is not None:
+            # Never reused silently: these nodes hold (partial) copies of moved arcs.
+            node.shard, node.role, node.status = None, ROLE_NONE, NODE_DRAINING
+
+
+def _refuse_while_leftovers(m: ClusterMap) -> None:
+    for record in m.migrations:
+        if record.leftovers:
+            raise _rejected(ErrorCode.VERSION_MISMATCH,
+                            f"migration {record.id} was {record.state}; shards "
+                            f"{', '.join(record.leftovers)} are still deleting the keys it "
+                            f"had copied to them; retry shortly", migration=record.id)
+
+
 def _finish(m: ClusterMap, record: MigrationRecord, state: str, now: float) -> None:
     record.state = state
     record.finished_at = now
@@ -109,22 +138,31 @@ class MigrationCommands:
             "migration_state": self.set_state,
             "flip_migration": self.flip,
             "abort_migration": self.abort,
+            "leftovers_cleaned": self.leftovers_cleaned,
         }
 
     def begin(self, m: ClusterMap, c: dict[str, Any]) -> Result:
         sm = _sm()
         mid = sm._need_id(c.get("id"), "migration id")
         now = _number(c.get("now", 0), "now")
-        if c.get("kind", KIND_ADD) != KIND_ADD:
-            raise sm._invalid(f"unknown migration kind {c.get('kind')!r}; known: add")
+        kind = c.get("kind", KIND_ADD)
+        if kind not in KINDS:
+            raise sm._invalid(f"unknown migration kind {kind!r}; known: {', '.join(KINDS)}")
         if not m.shards:
             raise _rejected(ErrorCode.UNAVAILABLE, "bootstrap the cluster before adding shards")
-        weight = sm._need_int(c.get("weight", 1), "weight", 1, sm.MAX_WEIGHT)
-        if c.get("shard") is not None:
+        weight = 0
+        if kind != KIND_REMOVE or c.get("weight") is not None:
+            weight = sm._need_int(c.get("weight", 1 if kind == KIND_ADD else None), "weight", 1,
+                                  sm.MAX_WEIGHT)
+        if c.get("shard") is not None or kind != KIND_ADD:
             sm._need_id(c.get("shard"), "shard")
         refuse_while_migrating(m, "starting a migration")
+        _refuse_while_leftovers(m)
         if m.find_migration(mid) is not None:
             raise _rejected(ErrorCode.VERSION_MISMATCH, f"migration id {mid} was used already")
+        if kind != KIND_ADD:
+            return self._begin_move(m, mid, kind, str(c["shard"]),
+                                    weight if kind == KIND_WEIGHT else 0, now)
         if len(m.shards) >= sm.MAX_SHARDS:
             raise sm._invalid(f"at most {sm.MAX_SHARDS} shards")
         shard_id = c.get("shard")
@@ -144,6 +182,45 @@ class MigrationCommands:
             target_ring={**m.ring.shards, shard_id: weight}, state=COPYING, started_at=now,
         )
         self.machine._fill_holes(m)
+        return {"migration": mid, "shard": shard_id}
+
+    def _begin_move(self, m: ClusterMap, mid: str, kind: str, shard_id: str, weight: int,
+                    now: float) -> Result:
+        """A remove (weight 0) or a reweight of a shard in the ring. Only arcs of
+        ``shard_id`` change owner: the ring gives each shard ``vnodes x weight`` points
+        named after it (cluster/ring.py), so the other shards' points stay where they are."""
+        ring = m.ring.shards
+        if shard_id not in m.shards:
+            raise _rejected(ErrorCode.NOT_FOUND, f"no shard {shard_id!r}", shard=shard_id)
+        if shard_id not in ring:
+            raise _rejected(ErrorCode.VERSION_MISMATCH,
+                            f"shard {shard_id} is not in the ring", shard=shard_id)
+        others = sorted(s for s in ring if s != shard_id)
+        if kind == KIND_REMOVE:
+            if not others:
+                raise _rejected(ErrorCode.INVALID_ARGUMENT,
+                                f"shard {shard_id} is the last shard; its keys have nowhere "
+                                f"to go", shard=shard_id)
+            target_ring = {s: ring[s] for s in others}
+            sources, targets = [shard_id], others
+        else:
+            if weight == ring[shard_id]:
+                raise _rejected(ErrorCode.INVALID_ARGUMENT,
+                                f"shard {shard_id} already has weight {weight}",
+                                shard=shard_id)
+            if not others:
+                raise _rejected(ErrorCode.INVALID_ARGUMENT,
+                                f"shard {shard_id} is the only shard; a weight moves nothing",
+                                shard=shard_id)
+            target_ring = {**ring, shard_id: weight}
+            if weight > ring[shard_id]:
+                sources, targets = others, [shard_id]
+            else:
+                sources, targets = [shard_id], others
+        m.migration = MigrationRecord(
+            id=mid, kind=kind, target=shard_id, sources=sources, targets=targets,
+            target_ring=target_ring, state=COPYING, started_at=now,
+        )
         return {"migration": mid, "shard": shard_id}
 
     def progress(self, m: ClusterMap, c: dict[str, Any]) -> Result:
@@ -169,6 +246,11 @@ class MigrationCommands:
                             f"migration {record.id} cannot go from {record.state} to {state!r}",
                             state=record.state)
         if state == DONE:
+            if record.kind == KIND_REMOVE:
+                # Drained and cleaned: the shard leaves the map.
+                retired = m.shards.pop(record.target, None)
+                record.retired = list(retired.members) if retired else []
+                _park_members(m, retired)
             _finish(m, record, DONE, _number(c.get("now", 0), "now"))
             return {"migration": record.id, "state": DONE}
         record.state = state
@@ -192,12 +274,13 @@ class MigrationCommands:
                 raise _rejected(ErrorCode.STALE_EPOCH,
                                 f"source shard {sid} changed primary since its fence; fence "
                                 f"again", shard=sid)
-        target = m.shards.get(record.target)
-        if target is None:
-            raise _rejected(ErrorCode.NOT_FOUND, f"target shard {record.target} is gone")
+        for sid in record.targets:
+            if sid not in m.shards:
+                raise _rejected(ErrorCode.NOT_FOUND, f"target shard {sid} is gone")
         m.ring.shards = dict(record.target_ring)
         m.ring.version += 1
-        target.state = SHARD_ACTIVE
+        if record.kind == KIND_ADD:
+            m.shards[record.target].state = SHARD_ACTIVE
         record.fenced_epochs = {str(k): int(v) for k, v in epochs.items()}
         record.flipped_at = _number(c.get("now", 0), "now")
         record.state = CLEANING
@@ -214,11 +297,23 @@ class MigrationCommands:
                             f"it can only finish", state=record.state)
         error = c.get("error")
         record.error = None if error is None else str(error)[:500]
-        target = m.shards.pop(record.target, None)
-        for node_id in target.members if target else []:
-            node = m.nodes.get(node_id)
-            if node is not None:
-                # Never reused silently: these nodes hold a partial copy of the moving arcs.
-                node.shard, node.role, node.status = None, ROLE_NONE, NODE_DRAINING
+        if record.kind == KIND_ADD:
+            _park_members(m, m.shards.pop(record.target, None))
+        else:
+            # Existing shards received part of the arcs: they delete what they do not own
+            # before any other migration may start (the driver does it).
+            record.leftovers = list(record.targets)
         _finish(m, record, state, _number(c.get("now", 0), "now"))
         return {"migration": record.id, "state": state}
+
+    def leftovers_cleaned(self, m: ClusterMap, c: dict[str, Any]) -> Result:
+        sm = _sm()
+        mid = sm._need_id(c.get("id"), "migration id")
+        shard = sm._need_id(c.get("shard"), "shard")
+        record = next((r for r in m.migrations if r.id == mid), None)
+        if record is None:
+            raise _rejected(ErrorCode.NOT_FOUND, f"no finished migration {mid!r}")
+        if shard not in record.leftovers:
+            return {"_changed": False, "leftovers": list(record.leftovers)}
+        record.leftovers = [s for s in record.leftovers if s != shard]
+        return {"migration": mid, "leftovers": list(record.leftovers)}

@@ -3,13 +3,15 @@
 Stateless by design (docs/resharding.md, "Resume"): each round reads the record from the map
 and asks the nodes where they are, so a new leader simply starts driving. Rounds:
 
-- ``copying``/``catching_up``: wait for the target shard's primary; raise its LSN floor once
-  (recorded in the map); make every source primary export to it (a new attempt when the
-  source primary changed or its export failed); publish progress about once a second; when
-  every source is in its log tail and close behind, commit ``flipping``.
+- ``copying``/``catching_up``: wait for every target shard's primary; raise their LSN floor
+  once (recorded in the map); make every source primary export to them (a new attempt when
+  a source or target primary changed or the export failed); publish progress about once a
+  second; when every source is in its log tail and close behind, commit ``flipping``.
 - ``flipping``: ask every source primary to fence and ship to its end; with all the epochs,
   propose the flip (refused if a source changed primary: back to ``copying``).
 - ``cleaning``: have every source primary delete what it no longer owns; then ``done``.
+- no migration running, but an aborted remove or reweight left ``leftovers``: have each of
+  those target primaries delete what it does not own, then ``leftovers_cleaned``.
 
 An export that keeps failing, or a target without a primary, ends the migration ``failed``
 (before the flip) after ``GIVE_UP_S``; an operator may abort before the flip at any time.
@@ -47,6 +49,7 @@ FLIP_LAG_ENTRIES = 2000
 FLOOR_GAP = 2**32
 GIVE_UP_S = 120.0
 FENCE_TIMEOUT_S = 45.0
+FLOOR_TIMEOUT_S = 120.0
 
 
 class MigrationDriver:
@@ -54,7 +57,7 @@ class MigrationDriver:
         self.coord = coord
         self.session = session
         self._attempts: dict[tuple[str, str], str] = {}  # (migration, source) -> attempt
-        self._exported_to: dict[tuple[str, str], tuple[str, str]] = {}
+        self._exported_to: dict[tuple[str, str], tuple[str, Any]] = {}
         self._counter = itertools.count(1)
         self._last_progress = 0.0
         self._trouble_since: float | None = None
@@ -63,6 +66,9 @@ class MigrationDriver:
     async def run(self) -> None:
         while True:
             record = self.coord.watch.current.migration
+            if record is None:
+                record = next((r for r in self.coord.watch.current.migrations if r.leftovers),
+                              None)
             if record is not None:
                 try:
                     await self.step(self.coord.watch.current, record)
@@ -78,7 +84,9 @@ class MigrationDriver:
             await asyncio.sleep(ROUND_S)
 
     async def step(self, m: ClusterMap, record: MigrationRecord) -> None:
-        if record.state in (COPYING, CATCHING_UP):
+        if not record.running:
+            await self._clean_leftovers(m, record)
+        elif record.state in (COPYING, CATCHING_UP):
             await self._copy(m, record)
         elif record.state == FLIPPING:
             await self._flip(m, record)
@@ -127,11 +135,18 @@ class MigrationDriver:
 
     # -- copying -------------------------------------------------------------------------
 
+    def _target_routes(self, m: ClusterMap, record: MigrationRecord) -> dict[str, str] | None:
+        routes = {t: self._primary_url(m, t) for t in record.targets}
+        if any(url is None for url in routes.values()):
+            return None
+        return {t: str(url) for t, url in routes.items()}
+
     async def _copy(self, m: ClusterMap, record: MigrationRecord) -> None:
-        target_url = self._primary_url(m, record.target)
-        if target_url is None:
+        routes = self._target_routes(m, record)
+        if routes is None:
             if self._trouble():
-                await self._fail(record, f"target shard {record.target} has no primary")
+                missing = [t for t in record.targets if self._primary_url(m, t) is None]
+                await self._fail(record, f"target shard {', '.join(missing)} has no primary")
             return
         if record.lsn_floor is None:
             lsns = []
@@ -142,16 +157,15 @@ class MigrationDriver:
                 status = await self._call("GET", f"{url}/v1/status")
                 lsns.append(int(status.get("last_lsn") or 0))
             floor = max(lsns, default=0) + FLOOR_GAP
-            await self._call("POST", f"{target_url}/internal/migration/floor", {"lsn": floor})
+            await self._raise_floors(routes, floor)
             await self.coord.propose({"op": "migration_progress", "id": record.id,
                                       "lsn_floor": floor, "now": time.time()})
             return
         # Idempotent: a new target primary has the floor already (from the snapshot).
-        await self._call("POST", f"{target_url}/internal/migration/floor",
-                         {"lsn": record.lsn_floor})
+        await self._raise_floors(routes, record.lsn_floor)
         statuses = []
         for source in record.sources:
-            status = await self._export(m, record, source, target_url)
+            status = await self._export(m, record, source, routes)
             if status is None:
                 return
             statuses.append(status)
@@ -168,14 +182,22 @@ class MigrationDriver:
             await self.coord.propose({"op": "migration_state", "id": record.id,
                                       "state": FLIPPING, "now": time.time()})
 
+    async def _raise_floors(self, routes: dict[str, str], floor: int) -> None:
+        """Every target's LSN floor (a target that holds keys writes a snapshot: allow it
+        time, and do the targets side by side)."""
+        await asyncio.gather(*(
+            self._call("POST", f"{url}/internal/migration/floor", {"lsn": floor},
+                       timeout_s=FLOOR_TIMEOUT_S)
+            for url in routes.values()))
+
     async def _export(self, m: ClusterMap, record: MigrationRecord, source: str,
-                      target_url: str) -> dict[str, Any] | None:
+                      routes: dict[str, str]) -> dict[str, Any] | None:
         url = self._primary_url(m, source)
         if url is None:
             return None
         key = (record.id, source)
         status = await self._call("GET", f"{url}/internal/migration/export")
-        placed = (url, target_url)
+        placed = (url, tuple(sorted(routes.items())))
         attempt = self._attempts.get(key)
         fresh = (attempt is None or self._exported_to.get(key) != placed
                  or status.get("attempt") != attempt or status.get("phase") == "failed")
@@ -184,10 +206,10 @@ class MigrationDriver:
             self._attempts[key] = attempt
             self._exported_to[key] = placed
             logger.info("export started", extra=log_fields(
-                migration=record.id, source=source, attempt=attempt, target=target_url))
+                migration=record.id, source=source, attempt=attempt, targets=routes))
             status = await self._call("POST", f"{url}/internal/migration/export",
                                       {"id": record.id, "attempt": attempt,
-                                       "target_url": target_url})
+                                       "targets": routes})
         return status
 
     async def _publish_progress(self, record: MigrationRecord,
@@ -249,6 +271,22 @@ class MigrationDriver:
         if done:
             await self.coord.propose({"op": "migration_state", "id": record.id,
                                       "state": DONE, "now": time.time()})
+
+    async def _clean_leftovers(self, m: ClusterMap, record: MigrationRecord) -> None:
+        """An aborted remove or reweight: its targets delete the keys they received but do
+        not own (their cleaner keeps exactly what the current ring gives them)."""
+        for shard in list(record.leftovers):
+            url = self._primary_url(m, shard)
+            if shard not in m.shards:
+                url = None  # gone from the map: nothing left to clean there
+            elif url is None:
+                continue
+            status = {"done": True} if url is None else await self._call(
+                "POST", f"{url}/internal/migration/clean",
+                {"id": record.id, "ring_version": m.ring.version, "map_version": m.version})
+            if status.get("done"):
+                await self.coord.propose({"op": "leftovers_cleaned", "id": record.id,
+                                          "shard": shard})
 
 
 def install(coord: Any) -> None:

@@ -1,4 +1,5 @@
-"""Online resharding as a chaos action: add a shard while the workloads run (issue 12, "Chaos").
+"""Online resharding as a chaos action: add, reweight and remove shards while the workloads
+run (issue 12, "Chaos").
 
 A window of ``reshard-add`` asks the coordinators for a new shard (``POST /admin/shards``,
 202 ``{"migration", "shard"}``) signed with the credential the switchover nemesis uses,
@@ -15,9 +16,14 @@ shard's primary, ``-coordinator-leader`` the Raft leader; ``kill``, ``pause`` or
 start, so a partition also cuts the source from the target). The fault is healed before
 the wait for the migration's end, so a migration that cannot resume is a finding.
 
-Shard remove and reweight are not built yet (the coordinator refuses them); the scenarios
-add shards only, up to ``max_shards`` (each add starts ``replicas`` new processes on a
-small machine).
+``reshard-weight`` toggles the weight of the lowest-numbered shard of the ring between 1
+and 2 (``PUT /admin/shards/{id}/weight``). ``reshard-remove`` drains the highest-numbered
+shard of the ring into the others (``DELETE /admin/shards/{id}``) while it has more than
+``min_shards``, and once the migration is ``done`` stops the retired members through the
+launcher, as ``shardkv shard remove --wait`` does. Its ``reshard-remove-*`` variants aim the
+second fault at ``-source`` the removed shard's primary, ``-target`` the primary of the first
+remaining shard, or ``-coordinator-leader``. Adds stop at ``max_shards`` (each add starts
+``replicas`` new processes on a small machine).
 """
 
 from __future__ import annotations
@@ -40,9 +46,12 @@ if TYPE_CHECKING:
 FINISHED = ("done", "failed", "aborted")
 ROLES = ("source", "target", "coordinator-leader")
 KINDS = ("kill", "pause", "partition")
-FAULTS = frozenset({"reshard-add"} | {f"reshard-add-{kind}-{role}" for kind in KINDS
-                                      for role in ROLES})
+OPS = ("add", "remove")  # the operations with ``-{kind}-{role}`` variants
+FAULTS = frozenset({"reshard-add", "reshard-remove", "reshard-weight"}
+                   | {f"reshard-{op}-{kind}-{role}" for op in OPS for kind in KINDS
+                      for role in ROLES})
 MAX_SHARDS = 8
+MIN_SHARDS = 2
 WAIT_S = 120.0
 DURING_AFTER_S = 1.0
 
@@ -66,13 +75,21 @@ async def join_network(network: LoopbackNetwork, member: str, ports: Sequence[in
                       str(network.mark[member]))
 
 
+def _number(shard: str) -> int:
+    digits = shard.lstrip("s")
+    return int(digits) if digits.isdigit() else 0
+
+
 class ShardAdd:
-    """One shard added per window; optionally a second fault (``during``) on a role."""
+    """One ring change per window (``op``: add, remove or weight); optionally a second fault
+    (``during``) on a role."""
 
     def __init__(self, name: str, cut: ClusterUnderTest, *, network: LoopbackNetwork | None,
                  during: Nemesis | None = None, role: str | None = None,
-                 max_shards: int = MAX_SHARDS, wait_s: float = WAIT_S) -> None:
+                 max_shards: int = MAX_SHARDS, wait_s: float = WAIT_S,
+                 op: str = "add") -> None:
         self.name = name
+        self.op = op
         self.cut = cut
         self.network = network
         self.during = during
@@ -112,7 +129,7 @@ class ShardAdd:
         if record is None:
             return {"state": "unknown", "error": "no coordinator answered"}
         out = {k: record.get(k) for k in ("state", "keys_moved", "keys_total", "bytes_moved",
-                                          "error")}
+                                          "error", "retired")}
         if out["state"] not in FINISHED:
             out["error"] = f"still {out['state']} after {self.wait_s:.0f} s"
             out["state"] = "timeout"
@@ -126,25 +143,29 @@ class ShardAdd:
         self._migration = self._shard = None
         self._during_started = False
         cmap = await self.cut.cluster_map() or {}
-        shards = len(cmap.get("shards") or {})
-        if shards >= int(params.get("max_shards", self.max_shards)):
-            return {"skipped": f"{shards} shards already (max {self.max_shards})",
-                    "resolved_targets": ["none"]}
+        request = self._request(cmap, params)
+        if isinstance(request, str):
+            return {"skipped": request, "resolved_targets": ["none"]}
+        method, path, body = request
         answer: Any = None
         status = 0
         for url in await self._coordinator_urls():
-            status, answer = await asyncio.to_thread(http_post_json, f"{url}/admin/shards",
-                                                     {}, 15.0)
+            status, answer = await asyncio.to_thread(http_post_json, f"{url}{path}", body,
+                                                     15.0, method)
             if status:
                 break
         if status != 202 or not isinstance(answer, dict):
             return {"refused": {"status": status, "answer": answer},
                     "resolved_targets": ["none"]}
         self._migration, self._shard = str(answer["migration"]), str(answer["shard"])
-        self.cut.plan.shards += 1  # the launcher's readiness counts the map's shards
-        started = await self._start_members(self._shard)
         detail: dict[str, Any] = {"migration": self._migration, "shard": self._shard,
-                                  "started_nodes": started}
+                                  "op": self.op, **({"weight": body["weight"]}
+                                                    if "weight" in body else {})}
+        started: list[str] = []
+        if self.op == "add":
+            self.cut.plan.shards += 1  # the launcher's readiness counts the map's shards
+            started = await self._start_members(self._shard)
+            detail["started_nodes"] = started
         if self.during is not None:
             await asyncio.sleep(float(params.get("during_after_s", DURING_AFTER_S)))
             victims = await self._resolve(self._shard)
@@ -156,7 +177,31 @@ class ShardAdd:
                 detail["during"] = {"fault": self.during.name, "role": self.role,
                                     "skipped": "no target resolved"}
         return {**detail, "resolved_targets": detail.get("during", {}).get("targets")
-                or started}
+                or started or [self._shard]}
+
+    def _request(self, cmap: dict[str, Any],
+                 params: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | str:
+        """(method, path, body) of this window's change, or why it is skipped."""
+        ring = dict((cmap.get("ring") or {}).get("shards") or {})
+        weights = {sid: int((w or {}).get("weight", 1)) if isinstance(w, dict) else int(w)
+                   for sid, w in ring.items()}
+        in_ring = sorted(weights, key=_number)
+        if self.op == "add":
+            shards = len(cmap.get("shards") or {})
+            limit = int(params.get("max_shards", self.max_shards))
+            if shards >= limit:
+                return f"{shards} shards already (max {limit})"
+            return "POST", "/admin/shards", {}
+        if self.op == "remove":
+            limit = int(params.get("min_shards", MIN_SHARDS))
+            if len(in_ring) <= limit:
+                return f"{len(in_ring)} shards in the ring (min {limit})"
+            return "DELETE", f"/admin/shards/{in_ring[-1]}", {}
+        if not in_ring:
+            return "no shard in the ring"
+        shard = in_ring[0]
+        return "PUT", f"/admin/shards/{shard}/weight", {
+            "weight": 2 if weights[shard] == 1 else 1}
 
     async def _start_members(self, shard: str) -> list[str]:
         specs = await asyncio.to_thread(start_shard_members, self.cut.launcher, shard)
@@ -173,14 +218,16 @@ class ShardAdd:
         while time.monotonic() < deadline:
             cmap = await self.cut.cluster_map() or {}
             shards = cmap.get("shards") or {}
-            if self.role == "target":
+            # An add's target is its new shard; a remove's source is the shard it drains.
+            own_role = "target" if self.op == "add" else "source"
+            if self.role == own_role:
                 primary = (shards.get(new_shard) or {}).get("primary")
                 if primary:
                     return [str(primary)]
             else:
                 primaries = sorted(str(s["primary"]) for sid, s in shards.items()
                                    if sid != new_shard and s.get("primary"))
-                if primaries:  # the first source shard's primary: the one every seed hits
+                if primaries:  # the first other shard's primary: the one every seed hits
                     return primaries[:1]
             await asyncio.sleep(0.3)
         return []
@@ -194,10 +241,29 @@ class ShardAdd:
             detail["migration"] = self._migration
             detail["shard"] = self._shard
             detail.update(await self._wait_finished(self._migration))
-            if detail["state"] in ("failed", "aborted"):
+            if self.op == "add" and detail["state"] in ("failed", "aborted"):
                 self.cut.plan.shards -= 1  # the half-filled shard leaves the map
+            if self.op == "remove" and detail["state"] == "done":
+                self.cut.plan.shards -= 1
+                detail["stopped_nodes"] = await self._stop_retired(detail.get("retired") or [])
             self._migration = None
         return detail
+
+    async def _stop_retired(self, nodes: list[str]) -> list[str]:
+        """The members a remove retired: drained and out of the map, stopped on purpose (the
+        launcher does not restart them)."""
+        stopped = []
+        for node in nodes:
+            try:
+                await asyncio.to_thread(self.cut.launcher.stop_one, node)
+            except KeyError:  # not a process of this run
+                continue
+            stopped.append(node)
+        # Out of the plan too, as `shardkv shard remove --wait` takes them out of
+        # launcher.json: the readiness check must not wait for them.
+        plan = self.cut.plan
+        plan.nodes = [spec for spec in plan.nodes if spec.id not in set(stopped)]
+        return stopped
 
     async def heal_all(self) -> None:
         if self.during is not None:
@@ -209,9 +275,10 @@ def build(name: str, cut: ClusterUnderTest, faults: dict[str, Nemesis],
     """The nemesis for ``name``: ``faults`` holds the run's ``kill`` and ``pause`` process
     nemeses; ``partition(name)`` builds a loopback partition (None when there is none)."""
     loopback = network if isinstance(network, LoopbackNetwork) else None
-    if name == "reshard-add":
-        return ShardAdd(name, cut, network=loopback)
-    kind, role = next((k, r) for k in KINDS for r in ROLES if name == f"reshard-add-{k}-{r}")
+    if name in ("reshard-add", "reshard-remove", "reshard-weight"):
+        return ShardAdd(name, cut, network=loopback, op=name.removeprefix("reshard-"))
+    op, kind, role = next((o, k, r) for o in OPS for k in KINDS for r in ROLES
+                          if name == f"reshard-{o}-{k}-{r}")
     if kind == "partition":
         if partition is None:
             raise NemesisError(f"{name} needs root, iptables and cgroup2 (the loopback "
@@ -219,4 +286,4 @@ def build(name: str, cut: ClusterUnderTest, faults: dict[str, Nemesis],
         during = partition(f"{name}/partition")
     else:
         during = faults[kind]
-    return ShardAdd(name, cut, network=loopback, during=during, role=role)
+    return ShardAdd(name, cut, network=loopback, during=during, role=role, op=op)

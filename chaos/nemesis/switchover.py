@@ -33,9 +33,11 @@ from shardkv.cluster.cluster_token import auth_headers
 ACK_FAILPOINT = "replica_before_ack"
 
 
-def http_post_json(url: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
-    """(status, decoded JSON or text); status 0 when nothing answered. Blocking."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+def http_post_json(url: str, body: dict[str, Any], timeout: float,
+                   method: str = "POST") -> tuple[int, Any]:
+    """(status, decoded JSON or text); status 0 when nothing answered. Blocking. ``method``:
+    another verb with a JSON body (the resharding nemesis's DELETE and PUT)."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
                                      headers={"Content-Type": "application/json",
                                               **auth_headers()})
     try:

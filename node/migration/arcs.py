@@ -1,16 +1,88 @@
-"""Which keys move: the hash arcs that one source shard gives to one target shard.
+"""Which keys move: the hash arcs that one source shard gives to the target shards.
 
-A key moves from ``source`` to ``target`` when the current ring gives it to the source and
-the target ring to the target. Both rings are computed by ``cluster/ring.py``, exactly as the
-client and the coordinators compute them, so every process agrees on the moving set.
+A key moves from ``source`` when the current ring gives it to the source and the target ring
+to one of ``targets`` (its destination). Both rings are computed by ``cluster/ring.py``,
+exactly as the client and the coordinators compute them, so every process agrees on the
+moving set. An add has one target (the new shard); a remove or a lower weight has one source
+and every other shard as a target, so one source stream fans out to several targets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from shardkv.cluster.cluster_map import RingSpec
-from shardkv.cluster.ring import shard_for_key
+from shardkv.cluster.ring import HASH_FUNCTIONS, ring_for, shard_for_key
+
+logger = logging.getLogger(__name__)
+_CHECK_KEYS = 256  # keys compared with shard_for_key before the fast lookup is trusted
+_Lookup = Callable[[bytes], tuple[str, str]]
+# Per (ring, target ring): every map change rebuilds the fence's arcs, the rings rarely change.
+_lookups: dict[tuple[object, object], _Lookup | None] = {}
+_LOOKUPS_LIMIT = 8
+
+
+@dataclass(frozen=True, slots=True)
+class _Continuum:
+    """A ring's sorted points and their owners, read once from the ring that
+    ``cluster/ring.py`` builds: the owner of a hash is the first point at or after it
+    (wrapping), exactly uhashring's ``get_node``. Lets a migration hash each key once for
+    both rings and skip uhashring's per-call overhead (the copy looks up every key of the
+    source twice)."""
+
+    points: list[int]
+    owners: list[str]
+
+    @classmethod
+    def of(cls, spec: RingSpec) -> _Continuum:
+        runtime = ring_for(spec).runtime
+        points = list(runtime._keys)
+        return cls(points, [runtime._ring[p] for p in points])
+
+    def owner(self, hashed: int) -> str:
+        at = bisect.bisect(self.points, hashed)
+        return self.owners[at if at < len(self.points) else 0]
+
+
+def _spec_key(spec: RingSpec) -> object:
+    return (spec.hash, spec.vnodes, tuple(sorted(spec.shards.items())))
+
+
+def _fast_lookup(current: RingSpec, target_ring: RingSpec) -> _Lookup | None:
+    key = (_spec_key(current), _spec_key(target_ring))
+    if key not in _lookups:
+        if len(_lookups) >= _LOOKUPS_LIMIT:
+            _lookups.pop(next(iter(_lookups)))
+        _lookups[key] = _build_lookup(current, target_ring)
+    return _lookups[key]
+
+
+def _build_lookup(current: RingSpec, target_ring: RingSpec) -> _Lookup | None:
+    """``key -> (owner now, owner after)`` with one hash, or None when the rings cannot be
+    read that way (another hash per ring, or a uhashring whose internals differ: then every
+    lookup goes through ``shard_for_key``, slower but the same answers)."""
+    if current.hash != target_ring.hash or current.hash not in HASH_FUNCTIONS:
+        return None
+    try:
+        now, after = _Continuum.of(current), _Continuum.of(target_ring)
+    except (AttributeError, KeyError, TypeError):
+        return None
+    hash_fn = HASH_FUNCTIONS[current.hash]
+
+    def lookup(key: bytes) -> tuple[str, str]:
+        hashed = hash_fn(key)
+        return now.owner(hashed), after.owner(hashed)
+
+    for i in range(_CHECK_KEYS):
+        key = f"ring-check-{i}".encode()
+        if lookup(key) != (shard_for_key(current, key), shard_for_key(target_ring, key)):
+            logger.warning("migration arcs: the fast ring lookup disagrees with the ring; "
+                           "using shard_for_key")
+            return None
+    return lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,12 +90,31 @@ class MovingArcs:
     current: RingSpec
     target_ring: RingSpec
     source: str
-    target: str
+    targets: frozenset[str]
+    _lookup: _Lookup | None = field(
+        default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, current: RingSpec, target_ring: RingSpec, source: str,
+           targets: Iterable[str]) -> MovingArcs:
+        return cls(current, target_ring, source, frozenset(targets),
+                   _fast_lookup(current, target_ring))
+
+    def destination(self, key: bytes) -> str | None:
+        """The target shard ``key`` moves to, or None if it does not move from the source."""
+        if self._lookup is not None:
+            now, after = self._lookup(key)
+            if now != self.source or after == self.source or after not in self.targets:
+                return None
+            return after
+        # The target ring first: for an add, most keys do not go to the target.
+        owner = shard_for_key(self.target_ring, key)
+        if owner == self.source or owner not in self.targets:
+            return None
+        return owner if shard_for_key(self.current, key) == self.source else None
 
     def moves(self, key: bytes) -> bool:
-        # The target ring first: most keys do not go to the target, one lookup decides.
-        return (shard_for_key(self.target_ring, key) == self.target
-                and shard_for_key(self.current, key) == self.source)
+        return self.destination(key) is not None
 
     def owned_by_source(self, key: bytes) -> bool:
         return shard_for_key(self.current, key) == self.source

@@ -1,4 +1,4 @@
-"""The source primary's side of a migration: stream the moving arcs to the target primary.
+"""The source primary's side of a migration: stream the moving arcs to the target primaries.
 
 Two phases, as a range snapshot plus log in a learner-based design (docs/resharding.md):
 
@@ -7,10 +7,16 @@ Two phases, as a range snapshot plus log in a learner-based design (docs/reshard
 2. the WAL from ``L0 + 1``, only up to the applied LSN (entries a majority holds: a failover
    can never roll back what was exported), filtered the same way, until stopped.
 
-``ship_until(lsn)`` waits until everything up to ``lsn`` has been acknowledged by the target
-(the fence uses it for the final catch-up). Batches go to ``POST /internal/migration/import``
-with the cluster credential, msgpack-encoded; a batch is at most ``BATCH_KEYS`` records or
-``BATCH_BYTES`` bytes, so memory stays bounded whatever the size of the shard.
+Each record goes to its destination (its owner under the target ring): one stream of an add
+has one target, the stream of a removed shard fans out to every other shard. Records keep
+their order per target; exactly-once session rows go to every target that receives a write
+of their entry (the whole table with the view).
+
+``ship_until(lsn)`` waits until everything up to ``lsn`` has been acknowledged by every
+target (the fence uses it for the final catch-up). Batches go to
+``POST /internal/migration/import`` with the cluster credential, msgpack-encoded; a batch is
+at most ``BATCH_KEYS`` records or ``BATCH_BYTES`` bytes per target, so memory stays bounded
+whatever the size of the shard.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ BATCH_BYTES = 1 << 20
 # A pause after each batch of the bulk copy: a throttle for a loaded cluster (the foreground
 # load keeps its share), and what lets a test land a fault in the middle of a copy.
 BATCH_PAUSE_S = float(os.environ.get("SHARDKV_MIGRATION_BATCH_PAUSE_S") or 0.0)
+# Bulk-copy batches in flight at once (all targets together): the source reads and encodes
+# the next batches while a target writes one through its WAL. Order does not matter there:
+# each key appears once in the view, and the importer keeps the newest version anyway.
+PIPELINE = max(1, int(os.environ.get("SHARDKV_MIGRATION_PIPELINE") or 2))
 TAIL_READ_ENTRIES = 2000
 TAIL_IDLE_S = 0.02
 REQUEST_TIMEOUT_S = 30.0
@@ -55,16 +65,43 @@ def _read_tail(wal: WriteAheadLog, start: int, end: int) -> list[WalEntry]:
                                  TAIL_READ_ENTRIES))
 
 
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class _Batches:
+    """The records waiting to go, per target shard."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[Record]] = {}
+        self.sizes: dict[str, int] = {}
+
+    def add(self, target: str, record: Record, size: int) -> bool:
+        """Queue ``record``; True when the target's batch is full."""
+        batch = self.records.setdefault(target, [])
+        batch.append(record)
+        self.sizes[target] = self.sizes.get(target, 0) + size
+        return len(batch) >= BATCH_KEYS or self.sizes[target] >= BATCH_BYTES
+
+    def take(self, target: str) -> tuple[list[Record], int]:
+        return self.records.pop(target, []), self.sizes.pop(target, 0)
+
+    def pending(self) -> list[str]:
+        return [t for t, batch in self.records.items() if batch]
+
+
 class ArcExport:
-    """One export attempt of one migration from this (source) node to one target primary."""
+    """One export attempt of one migration from this (source) node to the target primaries
+    (``routes``: target shard -> primary URL)."""
 
     def __init__(self, store: Store, migration_id: str, attempt: str, arcs: MovingArcs,
-                 target_url: str) -> None:
+                 routes: dict[str, str]) -> None:
         self.store = store
         self.migration_id = migration_id
         self.attempt = attempt
         self.arcs = arcs
-        self.target_url = target_url.rstrip("/")
+        self.routes = {shard: url.rstrip("/") for shard, url in routes.items()}
         self.phase = "starting"
         self.view_lsn: int | None = None
         self.shipped_lsn = 0
@@ -76,6 +113,7 @@ class ArcExport:
         self._shipped = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"export-{self.migration_id}")
@@ -94,8 +132,8 @@ class ArcExport:
         store = self.store
         return {
             "migration": self.migration_id, "attempt": self.attempt,
-            "source": self.arcs.source, "target": self.arcs.target,
-            "target_url": self.target_url, "phase": self.phase, "error": self.error,
+            "source": self.arcs.source, "targets": dict(sorted(self.routes.items())),
+            "phase": self.phase, "error": self.error,
             "view_lsn": self.view_lsn, "shipped_lsn": self.shipped_lsn,
             "applied_lsn": store.applied_lsn, "epoch": store.epoch,
             "keys_sent": self.keys_sent, "bytes_sent": self.bytes_sent,
@@ -103,7 +141,7 @@ class ArcExport:
         }
 
     async def ship_until(self, lsn: int, timeout_s: float) -> None:
-        """Wait until the target has acknowledged every moving record up to ``lsn``."""
+        """Wait until every target has acknowledged every moving record up to ``lsn``."""
         async with asyncio.timeout(timeout_s):
             async with self._shipped:
                 await self._shipped.wait_for(
@@ -118,7 +156,8 @@ class ArcExport:
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 self._session = session
-                await self._post("/internal/migration/import/begin", {})
+                await asyncio.gather(*(self._post(t, "/internal/migration/import/begin", {})
+                                       for t in sorted(self.routes)))
                 self.phase = "snapshot"
                 await self._send_view()
                 self.phase = "tail"
@@ -130,8 +169,10 @@ class ArcExport:
             self.phase = "failed"
             self.error = f"{type(exc).__name__}: {exc}"
             logger.warning("export failed", extra=log_fields(
-                migration=self.migration_id, target=self.target_url, error=self.error))
+                migration=self.migration_id, targets=sorted(self.routes), error=self.error))
         finally:
+            for task in self._in_flight:
+                task.cancel()
             async with self._shipped:
                 self._shipped.notify_all()
 
@@ -139,22 +180,50 @@ class ArcExport:
         view = await self.store.consistent_view()
         self.view_lsn = view.lsn
         now = time.time()
-        batch: list[Record] = []
-        size = 0
+        batches = _Batches()
+        everyone = sorted(self.routes)
         async for key, value, compressed, version, expires_at in view.rows:
             if expires_at is not None and expires_at <= now:
                 continue
-            if not self._exports(key):
-                continue
-            batch.append(["put", key, value, compressed, expires_at, version])
-            size += len(key) + len(value)
-            self.snapshot_keys += 1
-            if len(batch) >= BATCH_KEYS or size >= BATCH_BYTES:
-                await self._send(batch, size)
-                batch, size = [], 0
-        if batch:
-            await self._send(batch, size)
+            if is_reserved(key):
+                # Exactly-once sessions are per client, not per key: every target gets the
+                # whole table, and keeps the highest ``seq`` per client (a retry that crosses
+                # the flip is answered there from its record instead of being applied twice).
+                if not key.startswith(SESSION_PREFIX):
+                    continue
+                destinations = everyone
+            else:
+                destination = self.arcs.destination(key)
+                if destination is None:
+                    continue
+                destinations = [destination]
+                self.snapshot_keys += 1
+            record = ["put", key, value, compressed, expires_at, version]
+            for target in destinations:
+                if batches.add(target, record, len(key) + len(value)):
+                    await self._send_pipelined(target, *batches.take(target))
+        for target in batches.pending():
+            await self._send_pipelined(target, *batches.take(target))
+        await self._drain()
         await self._mark_shipped(view.lsn)
+
+    async def _send_pipelined(self, target: str, records: list[Record], size: int) -> None:
+        """Send without waiting for the answer, at most PIPELINE batches in flight; a
+        failed batch fails the export at the next call (or at ``_drain``)."""
+        while len(self._in_flight) >= PIPELINE:
+            done, _ = await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            self._in_flight -= done
+            for task in done:
+                task.result()
+        task = asyncio.create_task(self._send(target, records, size))
+        # Its failure is raised by the next wait or by _drain; after the export failed or
+        # stopped, nobody waits for it: retrieve it here so it is not reported as lost.
+        task.add_done_callback(_retrieve)
+        self._in_flight.add(task)
+
+    async def _drain(self) -> None:
+        tasks, self._in_flight = self._in_flight, set()
+        await asyncio.gather(*tasks)
 
     async def _follow_tail(self) -> None:
         wal = self.store.wal
@@ -167,63 +236,64 @@ class ArcExport:
             if not entries:
                 await asyncio.sleep(TAIL_IDLE_S)
                 continue
-            batch: list[Record] = []
-            size = 0
+            batches = _Batches()
             for entry in entries:
-                # A session record matters on the target only for a write it receives: in
-                # the tail, sessions go with an entry that writes a moving key, and only then.
-                moving = any(not is_reserved(m.key) and self.arcs.moves(m.key)
-                             for m in entry.mutations)
-                if not moving:
+                # A session record matters on a target only for a write it receives: in the
+                # tail, sessions go with an entry that writes a key moving there, and only
+                # there; a session eviction stays local.
+                destinations = {d for m in entry.mutations if not is_reserved(m.key)
+                                for d in [self.arcs.destination(m.key)] if d is not None}
+                if not destinations:
                     continue
                 for m in entry.mutations:
-                    if not self._exports(m.key):
-                        continue
+                    if is_reserved(m.key):
+                        if m.kind != MutationKind.PUT or not m.key.startswith(SESSION_PREFIX):
+                            continue
+                        targets = sorted(destinations)
+                    else:
+                        destination = self.arcs.destination(m.key)
+                        if destination is None:
+                            continue
+                        targets = [destination]
                     if m.kind == MutationKind.PUT:
-                        batch.append(["put", m.key, m.value, m.compressed, m.expires_at,
-                                      entry.lsn])
-                        size += len(m.key) + len(m.value)
-                    elif not is_reserved(m.key):  # a session eviction stays local
-                        batch.append(["del", m.key, b"", False, None, entry.lsn])
-                        size += len(m.key)
-                if len(batch) >= BATCH_KEYS or size >= BATCH_BYTES:
-                    await self._send(batch, size, pause=False)
-                    batch, size = [], 0
-            if batch:
-                await self._send(batch, size, pause=False)
+                        record = ["put", m.key, m.value, m.compressed, m.expires_at, entry.lsn]
+                        size = len(m.key) + len(m.value)
+                    else:
+                        record = ["del", m.key, b"", False, None, entry.lsn]
+                        size = len(m.key)
+                    for target in targets:
+                        if batches.add(target, record, size):
+                            await self._send(target, *batches.take(target), pause=False)
+            await self._flush(batches, pause=False)
             await self._mark_shipped(entries[-1].lsn)
 
-    def _exports(self, key: bytes) -> bool:
-        """A key in the moving arcs, or any exactly-once session record: sessions are kept
-        per client, not per key, so the whole table goes to the target, which keeps the
-        highest ``seq`` per client (a retry that crosses the flip is answered there from
-        its record instead of being applied twice)."""
-        if is_reserved(key):
-            return key.startswith(SESSION_PREFIX)
-        return self.arcs.moves(key)
+    async def _flush(self, batches: _Batches, *, pause: bool) -> None:
+        await asyncio.gather(*(self._send(t, *batches.take(t), pause=pause)
+                               for t in batches.pending()))
 
     async def _mark_shipped(self, lsn: int) -> None:
         async with self._shipped:
             self.shipped_lsn = max(self.shipped_lsn, lsn)
             self._shipped.notify_all()
 
-    async def _send(self, records: list[Record], size: int, *, pause: bool = True) -> None:
-        """One batch to the target. The pause throttles the bulk copy only: the tail must
+    async def _send(self, target: str, records: list[Record], size: int, *,
+                    pause: bool = True) -> None:
+        """One batch to one target. The pause throttles the bulk copy only: the tail must
         keep up with the source's write rate, or the fence would never come."""
-        await self._post("/internal/migration/import", {"records": records})
+        await self._post(target, "/internal/migration/import", {"records": records})
         self.keys_sent += len(records)
         self.bytes_sent += size
         if pause and BATCH_PAUSE_S:
             await asyncio.sleep(BATCH_PAUSE_S)
 
-    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+    async def _post(self, target: str, path: str, body: dict[str, Any]) -> Any:
         assert self._session is not None
         payload = {"id": self.migration_id, "source": self.arcs.source,
                    "attempt": self.attempt, "ring": self.arcs.current.to_dict(),
-                   "target_ring": self.arcs.target_ring.to_dict(),
-                   "target": self.arcs.target, **body}
+                   "target_ring": self.arcs.target_ring.to_dict(), "target": target,
+                   "targets": sorted(self.arcs.targets), **body}
         headers = {"Content-Type": wire.MSGPACK, "Accept": wire.MSGPACK, **auth_headers()}
-        async with self._session.post(f"{self.target_url}{path}", data=wire.pack(payload),
+        async with self._session.post(f"{self.routes[target]}{path}", data=wire.pack(payload),
                                       headers=headers) as resp:
             raw = await resp.read()
             answer = wire.unpack(raw) if raw else None

@@ -38,9 +38,9 @@ class ArcFence:
                 or record.state not in BEFORE_FLIP):
             self.arcs, self.fenced = None, False
             return
-        self.arcs = MovingArcs(cluster_map.ring, target_spec(cluster_map.ring,
-                                                             record.target_ring),
-                               shard, record.target)
+        self.arcs = MovingArcs.of(cluster_map.ring,
+                                  target_spec(cluster_map.ring, record.target_ring),
+                                  shard, record.targets)
         self.fenced = record.state == FLIPPING
 
     def enter(self, keys: Iterable[bytes], writes: bool) -> bool:
@@ -54,11 +54,12 @@ class ArcFence:
         arcs = self.arcs
         if arcs is None:
             return False
-        if not any(arcs.moves(key) for key in keys):
+        destination = next((d for d in map(arcs.destination, keys) if d is not None), None)
+        if destination is None:
             return False
         if self.fenced:
-            raise Unavailable(f"this key is moving to shard {arcs.target}; retry shortly",
-                              moving_to=arcs.target)
+            raise Unavailable(f"this key is moving to shard {destination}; retry shortly",
+                              moving_to=destination)
         if not writes:
             return False
         self._inflight += 1

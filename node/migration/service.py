@@ -2,11 +2,13 @@
 
 Routes (cluster credential; msgpack or JSON bodies; only a primary acts):
 
-- ``POST /internal/migration/floor`` ``{lsn}``: raise this (empty, target) shard's LSN floor.
+- ``POST /internal/migration/floor`` ``{lsn}``: raise this target shard's LSN floor (an
+  empty shard restarts its log; one holding keys jumps, see floor.py).
 - ``POST /internal/migration/import/begin`` and ``POST /internal/migration/import``: the
   target side of a source's stream (see importer.py); ``GET /internal/migration/import``.
-- ``POST /internal/migration/export`` ``{id, attempt, target_url}``: start (or keep) the
-  export of this source shard's moving arcs; ``GET /internal/migration/export``: progress.
+- ``POST /internal/migration/export`` ``{id, attempt, targets: {shard: primary url}}``
+  (or ``target_url`` for the one target of an add): start (or keep) the export of this
+  source shard's moving arcs; ``GET /internal/migration/export``: progress.
 - ``POST /internal/migration/fence`` ``{id, map_version}``: once this node's map shows the
   fence, wait for the writes in flight, drain the pipeline, ship the log up to its applied
   end ``F`` and answer ``{fenced_lsn: F, epoch}``.
@@ -17,6 +19,8 @@ Routes (cluster credential; msgpack or JSON bodies; only a primary acts):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +33,12 @@ from shardkv.cluster.errors import (
     NotFound,
     NotPrimary,
     ShardKVError,
+    StaleEpoch,
     Timeout,
     Unavailable,
 )
 from shardkv.cluster.limits import MAX_FRAME_BYTES
+from shardkv.cluster.migration_record import BEFORE_FLIP
 from shardkv.cluster.ring import shard_for_key
 from shardkv.node.membership.coordinator_link import Placement
 from shardkv.node.migration.arcs import MovingArcs, target_spec
@@ -47,7 +53,11 @@ if TYPE_CHECKING:
     from shardkv.node.server import NodeServer
 
 FENCE_WAIT_S = 10.0
+MAP_LAG_S = 3.0
 SHIP_WAIT_S = 20.0
+# Test and drill knob: hold the fence this long before the final catch-up, so a fault can be
+# landed while a migration is ``flipping`` (tests/integration/test_resharding_remove_faults.py).
+FENCE_HOLD_S = float(os.environ.get("SHARDKV_MIGRATION_FENCE_HOLD_S") or 0.0)
 
 
 class MigrationService:
@@ -124,8 +134,32 @@ class MigrationService:
         store = self._primary_store()
         return {"lsn": await raise_lsn_floor(store, lsn), "epoch": store.epoch}
 
+    async def _importing(self, migration_id: str) -> None:
+        """Imports only while this node's map shows the migration before its flip: a batch
+        that arrives after an abort (the target is cleaning what it received) or after the
+        flip is refused, never written. A map a little behind the source's gets a moment."""
+        deadline = time.monotonic() + MAP_LAG_S
+        while True:
+            m = self.cluster_map
+            record = m.migration if m is not None else None
+            if record is not None and record.id == migration_id and record.running:
+                if record.state not in BEFORE_FLIP:
+                    break
+                return
+            if m is not None and m.find_migration(migration_id) is not None:
+                break
+            if time.monotonic() > deadline:
+                raise Unavailable(f"this node's map has no migration {migration_id} yet")
+            changed = self._map_changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await changed.wait()
+        raise StaleEpoch(f"migration {migration_id} takes no more imports here (its map "
+                         f"record says it is over or flipped)")
+
     async def import_begin(self, body: dict[str, Any]) -> dict[str, Any]:
         store = self._primary_store()
+        await self._importing(_text(body, "id"))
         wiped = await self.importer.begin(store, _text(body, "id"), _text(body, "attempt"),
                                           _arcs(body))
         return {"wiped": wiped, "lsn": store.last_lsn}
@@ -135,6 +169,7 @@ class MigrationService:
         records = body.get("records")
         if not isinstance(records, list):
             raise InvalidArgument("records must be a list")
+        await self._importing(_text(body, "id"))
         return await self.importer.apply(store, _text(body, "id"), _text(body, "source"),
                                          _text(body, "attempt"), records)
 
@@ -153,8 +188,8 @@ class MigrationService:
     async def export_start(self, body: dict[str, Any]) -> dict[str, Any]:
         store = self._primary_store()
         migration_id, attempt = _text(body, "id"), _text(body, "attempt")
-        target_url = _text(body, "target_url")
         record = self._record(migration_id)
+        routes = _routes(body, record.targets)
         if self.shard not in record.sources:
             raise InvalidArgument(f"shard {self.shard} is not a source of {migration_id}")
         current = self.export
@@ -163,10 +198,10 @@ class MigrationService:
         if current is not None:
             await current.stop()
         assert self.cluster_map is not None and self.shard is not None
-        arcs = MovingArcs(self.cluster_map.ring,
-                          target_spec(self.cluster_map.ring, record.target_ring),
-                          self.shard, record.target)
-        self.export = ArcExport(store, migration_id, attempt, arcs, target_url)
+        arcs = MovingArcs.of(self.cluster_map.ring,
+                             target_spec(self.cluster_map.ring, record.target_ring),
+                             self.shard, record.targets)
+        self.export = ArcExport(store, migration_id, attempt, arcs, routes)
         self.export.start()
         return self.export.status()
 
@@ -190,6 +225,8 @@ class MigrationService:
         export = self.export
         if export is None or export.migration_id != migration_id or not export.running:
             raise Unavailable("no export of this migration runs here; start it again")
+        if FENCE_HOLD_S:
+            await asyncio.sleep(FENCE_HOLD_S)
         try:
             # Bounded: the moving keys are unwritable meanwhile; a shard that cannot commit
             # (no majority) fails the fence, and the coordinator lifts it.
@@ -209,6 +246,11 @@ class MigrationService:
         known = self.cluster_map.ring.version if self.cluster_map else 0
         if not isinstance(ring_version, int) or known < ring_version:
             raise Unavailable(f"this node knows ring version {known}, not {ring_version} yet")
+        map_version = body.get("map_version", 0)
+        if not isinstance(map_version, int) or self.fence.map_version < map_version:
+            # (After an abort: the map that stops the imports must be here first.)
+            raise Unavailable(f"this node knows map version {self.fence.map_version}, not "
+                              f"{map_version} yet")
         cleaner = self.cleaner
         if cleaner is not None and cleaner.migration_id == migration_id and (
                 cleaner.running or cleaner.done):
@@ -237,19 +279,39 @@ def _text(body: dict[str, Any], name: str) -> str:
 
 
 def _arcs(body: dict[str, Any]) -> MovingArcs:
+    """The arcs a source's stream moves here (``target`` is this shard)."""
     ring, target_ring = body.get("ring"), body.get("target_ring")
     if not isinstance(ring, dict) or not isinstance(target_ring, dict):
         raise InvalidArgument("ring and target_ring must be ring objects")
-    return MovingArcs(RingSpec.from_dict(ring), RingSpec.from_dict(target_ring),
-                      _text(body, "source"), _text(body, "target"))
+    return MovingArcs.of(RingSpec.from_dict(ring), RingSpec.from_dict(target_ring),
+                         _text(body, "source"), [_text(body, "target")])
+
+
+def _routes(body: dict[str, Any], targets: list[str]) -> dict[str, str]:
+    """Target shard -> its primary's URL, for every target of the migration."""
+    routes = body.get("targets")
+    if routes is None and len(targets) == 1:
+        routes = {targets[0]: _text(body, "target_url")}
+    if not isinstance(routes, dict) or set(routes) != set(targets) or not all(
+            isinstance(u, str) and u for u in routes.values()):
+        raise InvalidArgument(f"targets must map every target shard ({', '.join(targets)}) "
+                              f"to its primary's URL")
+    return {str(k): str(v) for k, v in routes.items()}
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
     if request.method == "GET":
         return {}
-    raw = await request.content.read(MAX_FRAME_BYTES + 1)
-    if len(raw) > MAX_FRAME_BYTES:
-        raise InvalidArgument("the body is too large")
+    # ``content.read(n)`` answers what has arrived so far, up to n bytes: read to the end
+    # (a batch of a few thousand records spans many chunks), bounded.
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(1 << 16):
+        size += len(chunk)
+        if size > MAX_FRAME_BYTES:
+            raise InvalidArgument("the body is too large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw:
         return {}
     content_type = (request.headers.get("Content-Type") or "").lower()

@@ -93,6 +93,9 @@ class CommitPipeline:
         self._failure: BaseException | None = None
         self._failure_is_storage = False
         self._closing = False
+        # Why writes are held (the log is being restarted under a primary that takes
+        # writes, e.g. an online migration's LSN jump): refused as retryable meanwhile.
+        self.held: str | None = None
         self._logged_bytes = 0
         self._applier = asyncio.create_task(self._apply_in_order(), name="store-applier")
 
@@ -128,6 +131,8 @@ class CommitPipeline:
     def check_writable(self) -> None:
         if self._closing:
             raise Unavailable("the store is closing")
+        if self.held is not None:
+            raise Unavailable(self.held)
         if self._failure is not None:
             raise StorageFailed(
                 f"the store stopped accepting writes after a log failure: {self._failure!r}",

@@ -31,7 +31,7 @@ from shardkv.node.storage.scan_cursor import (
     to_item,
 )
 from shardkv.node.storage.sessions import SessionIndex
-from shardkv.node.storage.snapshots.snapshot import SnapshotMeta, read_snapshot
+from shardkv.node.storage.snapshots.snapshot import SnapshotMeta, read_snapshot, write_snapshot
 from shardkv.node.storage.snapshots.snapshotter import Snapshotter
 from shardkv.node.storage.store_model import (
     BatchOp,
@@ -214,15 +214,43 @@ class Store(StoreWrites):
         """Replace the whole state with a snapshot (a replica too far behind its primary):
         the log restarts after the snapshot's LSN. Waits for writes in flight first."""
         async with self._lock:
-            await self._pipeline.barrier()
-            # The log first: a crash in between leaves an empty log and the snapshot file,
-            # from which recovery loads the state (never old entries over the new state).
-            await self._wal.restart_at(meta.lsn + 1, meta.epoch)
-            await self._engine.load(read_snapshot(meta.path), meta.lsn)
-            self._pipeline.reset(meta.lsn, meta.epoch)
-            self.watch_hub.reset(meta.lsn, "the state was replaced by a snapshot")
-            self._sessions.stale = True
-            self._snapshotter.installed(meta)
+            await self._install_locked(meta)
+
+    async def jump_lsn(self, floor: int) -> int:
+        """Make ``last_lsn >= floor`` on a store that may hold keys (an online migration's
+        target, docs/resharding.md): with writes held, the whole state is written as the
+        snapshot at ``floor`` and the log restarts after it, so the next write gets
+        ``floor + 1``; replicas catch up from that snapshot like any replica behind the
+        log. Every key keeps its value, expiry and version. Writes wait meanwhile (the
+        time to write and reload the state). Idempotent; returns ``last_lsn``."""
+        async with self._snapshotter.lock, self._lock:
+            if self.last_lsn >= floor:
+                return self.last_lsn
+            self._pipeline.check_writable()
+            # Blind writes do not take the lock: hold them (a retryable refusal) until the
+            # log has restarted, or one could be appended in the middle of the restart.
+            self._pipeline.held = "this shard is raising its LSN floor for a migration; retry"
+            try:
+                await self._pipeline.barrier()
+                view = await self._engine.snapshot_view()
+                meta = await write_snapshot(self.config.snapshot_dir, floor, self.epoch,
+                                            view.rows)
+                await self._install_locked(meta)
+            finally:
+                self._pipeline.held = None
+            logger.info("LSN floor raised", extra=log_fields(floor=floor, keys=meta.count))
+        return self.last_lsn
+
+    async def _install_locked(self, meta: SnapshotMeta) -> None:
+        await self._pipeline.barrier()
+        # The log first: a crash in between leaves an empty log and the snapshot file,
+        # from which recovery loads the state (never old entries over the new state).
+        await self._wal.restart_at(meta.lsn + 1, meta.epoch)
+        await self._engine.load(read_snapshot(meta.path), meta.lsn)
+        self._pipeline.reset(meta.lsn, meta.epoch)
+        self.watch_hub.reset(meta.lsn, "the state was replaced by a snapshot")
+        self._sessions.stale = True
+        self._snapshotter.installed(meta)
 
     async def truncate_log_after(self, lsn: int) -> None:
         """Drop the log suffix after ``lsn`` (an old primary rejoining as a replica drops

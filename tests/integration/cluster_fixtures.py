@@ -11,9 +11,11 @@ puts this folder on sys.path) and ask for ``local_cluster``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster, http_get_json
@@ -21,28 +23,28 @@ from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster, htt
 CLUSTER_READY_TIMEOUT_S = 90.0
 
 
-@pytest.fixture(scope="module", name="local_cluster")
-def local_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = started_cluster(tmp_path_factory.mktemp("cluster"), shards=2, replicas=3,
-                              coordinators=3)
-    yield cluster
-    cluster.stop()
-
-
-def started_cluster(directory: Path, *, shards: int, replicas: int, coordinators: int,
-                    timeout: float = CLUSTER_READY_TIMEOUT_S) -> LocalCluster:
-    """A local cluster of this shape (memory engine, fsync never), started and ready; the
-    test fails with the launcher's reason if it does not come up. The caller stops it."""
-    plan = ClusterPlan.new(directory, shards=shards, replicas=replicas,
-                           coordinators=coordinators, engine="memory", fsync="never")
-    cluster = LocalCluster(directory, plan)
+@contextlib.contextmanager
+def started_cluster(directory: Path, **shape: Any) -> Iterator[LocalCluster]:
+    """A local cluster of ``ClusterPlan.new(directory, **shape)``, ready, stopped on exit;
+    the test fails (with the launcher's reason) if it does not start."""
+    cluster = LocalCluster(directory, ClusterPlan.new(directory, **shape))
     try:
         cluster.start()
-        cluster.wait_ready(timeout)
+        cluster.wait_ready(CLUSTER_READY_TIMEOUT_S)
     except LaunchError as exc:
         cluster.stop()
         pytest.fail(f"the local cluster did not start: {exc}")
-    return cluster
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module", name="local_cluster")
+def local_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with started_cluster(tmp_path_factory.mktemp("cluster"), shards=2, replicas=3,
+                         coordinators=3, engine="memory", fsync="never") as cluster:
+        yield cluster
 
 
 def current_map(cluster: LocalCluster) -> dict:

@@ -39,6 +39,7 @@ class ReshardLoad:
     ops: int = 0
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
+    error_samples: dict[str, str] = field(default_factory=dict)  # kind -> its first message
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -60,6 +61,7 @@ class ReshardLoad:
         self.errors += 1
         name = type(exc).__name__
         self.error_kinds[name] = self.error_kinds.get(name, 0) + 1
+        self.error_samples.setdefault(name, str(exc)[:300])
 
     def _seen(self, key: str, version: int | None, observer: str) -> None:
         """Per observer (one sequential worker), the versions of a key never go backward:

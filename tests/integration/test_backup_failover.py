@@ -6,8 +6,10 @@ point-in-time restore after the failover brings back the writes from both sides 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from pathlib import Path
 
 import pytest
 from cluster_fixtures import started_cluster
@@ -34,43 +36,45 @@ async def test_the_archive_continues_across_a_failover(tmp_path, monkeypatch):
     dest_dir = tmp_path / "backups"
     monkeypatch.setenv("SHARDKV_ARCHIVE_TO", str(dest_dir))
     monkeypatch.setenv("SHARDKV_ARCHIVE_INTERVAL_S", "0.2")
-    source = await asyncio.to_thread(started_cluster, tmp_path / "src", shards=1, replicas=3,
-                                     coordinators=1)
-    monkeypatch.delenv("SHARDKV_ARCHIVE_TO")
-    target = await asyncio.to_thread(started_cluster, tmp_path / "dst", shards=2, replicas=1,
-                                     coordinators=1)
-    try:
-        src = source.plan.coordinator_urls()
-        dest = LocalDestination(dest_dir, create=True)
-        async with Client(src) as kv:
-            await kv.mput([(f"before:{i}", b"1") for i in range(50)])
-        await asyncio.to_thread(create_backup, src, dest, None, QUIET)
-        async with Client(src) as kv:
-            await kv.mput([(f"middle:{i}", b"2") for i in range(50)])
-        (old,) = source.primaries()
-        before_kill = time.time()
-        await eventually_async(lambda: _archived(dest, before_kill), within_s=15,
-                               what="the archive to catch up before the kill")
-        source.kill(old)
-        await eventually_async(lambda: _new_primary(source, old), within_s=30,
-                               what="a failover")
-        async with Client(src, timeout=30) as kv:
-            await kv.mput([(f"after:{i}", b"3") for i in range(50)])
-        last_write = time.time()
-        await eventually_async(lambda: _archived(dest, last_write), within_s=20,
-                               what="the new primary to archive")
-        report = verify(dest)
-        assert report.ok, report.problems
-        plan = plan_restore(dest, None, last_write)
-        await restore(dest, plan, None, target.plan.coordinator_urls(), force=False,
-                      progress=QUIET)
-        async with Client(target.plan.coordinator_urls()) as kv:
-            keys = [item.key async for item in kv.scan(prefix="")]
-        assert len(keys) == 150 and {k.split(":")[0] for k in keys} == {"before", "middle",
-                                                                        "after"}
-    finally:
-        source.stop()
-        target.stop()
+    with contextlib.ExitStack() as stack:
+        shape = {"coordinators": 1, "engine": "memory", "fsync": "never"}
+        source = await asyncio.to_thread(
+            stack.enter_context, started_cluster(tmp_path / "src", shards=1, replicas=3, **shape))
+        monkeypatch.delenv("SHARDKV_ARCHIVE_TO")
+        target = await asyncio.to_thread(
+            stack.enter_context, started_cluster(tmp_path / "dst", shards=2, replicas=1, **shape))
+        await _scenario(source, target, dest_dir)
+
+
+async def _scenario(source: LocalCluster, target: LocalCluster, dest_dir: Path) -> None:
+    src = source.plan.coordinator_urls()
+    dest = LocalDestination(dest_dir, create=True)
+    async with Client(src) as kv:
+        await kv.mput([(f"before:{i}", b"1") for i in range(50)])
+    await asyncio.to_thread(create_backup, src, dest, None, QUIET)
+    async with Client(src) as kv:
+        await kv.mput([(f"middle:{i}", b"2") for i in range(50)])
+    (old,) = source.primaries()
+    before_kill = time.time()
+    await eventually_async(lambda: _archived(dest, before_kill), within_s=15,
+                           what="the archive to catch up before the kill")
+    source.kill(old)
+    await eventually_async(lambda: _new_primary(source, old), within_s=30,
+                           what="a failover")
+    async with Client(src, timeout=30) as kv:
+        await kv.mput([(f"after:{i}", b"3") for i in range(50)])
+    last_write = time.time()
+    await eventually_async(lambda: _archived(dest, last_write), within_s=20,
+                           what="the new primary to archive")
+    report = verify(dest)
+    assert report.ok, report.problems
+    plan = plan_restore(dest, None, last_write)
+    await restore(dest, plan, None, target.plan.coordinator_urls(), force=False,
+                  progress=QUIET)
+    async with Client(target.plan.coordinator_urls()) as kv:
+        keys = [item.key async for item in kv.scan(prefix="")]
+    assert len(keys) == 150 and {k.split(":")[0] for k in keys} == {"before", "middle",
+                                                                    "after"}
 
 
 async def _archived(dest: LocalDestination, moment: float) -> bool:

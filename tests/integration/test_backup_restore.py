@@ -41,6 +41,7 @@ from shardkv.client import Client
 pytestmark = pytest.mark.integration
 
 QUIET = ProgressLine(quiet=True)
+SHAPE = {"coordinators": 1, "engine": "memory", "fsync": "never"}
 
 
 @pytest.fixture(scope="module")
@@ -51,24 +52,24 @@ def dest_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory, dest_dir: Path) -> Any:
     saved = dict(os.environ)
-    os.environ["SHARDKV_ARCHIVE_TO"] = str(dest_dir)
+    os.environ["SHARDKV_ARCHIVE_TO"] = str(dest_dir)  # for the nodes this starts only
     os.environ["SHARDKV_ARCHIVE_INTERVAL_S"] = "0.2"
     try:
-        cluster = started_cluster(tmp_path_factory.mktemp("source"), shards=2, replicas=2,
-                         coordinators=1)
+        with started_cluster(tmp_path_factory.mktemp("source"), **SHAPE, shards=2,
+                             replicas=2) as cluster:
+            os.environ.clear()
+            os.environ.update(saved)
+            yield cluster
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    cluster = started_cluster(tmp_path_factory.mktemp("target"), shards=3, replicas=1,
-                              coordinators=1)
-    yield cluster
-    cluster.stop()
+    with started_cluster(tmp_path_factory.mktemp("target"), **SHAPE, shards=3,
+                         replicas=1) as cluster:
+        yield cluster
 
 
 async def _state(urls: list[str]) -> dict[bytes, tuple[bytes, float | None, int]]:

@@ -1,6 +1,7 @@
-"""``shardkv shard add --wait`` on a cluster from ``shardkv up --detach`` (real processes):
-the new shard's members are started and recorded in cluster.json, the migration ends
-``done`` with exit status 0, ``rebalance status`` shows it, every key is still readable, bad
+"""``shardkv shard add|weight|remove --wait`` on a cluster from ``shardkv up --detach`` (real
+processes): the new shard's members are started and recorded in cluster.json, each migration
+ends ``done`` with exit status 0, ``rebalance status`` shows it, a removed shard's members
+are stopped (through the launcher) and leave cluster.json, every key is still readable, bad
 input exits non-zero with the reason, and ``shardkv down`` stops the new members too."""
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def test_shard_add_wait_on_a_local_cluster(tmp_path: Path) -> None:
 
         bad = shardkv("shard", "add", "--dir", d, "--weight", "0")
         assert bad.returncode == 2 and "positive" in bad.stderr
-        remove = shardkv("shard", "remove", "s1", "--dir", d)
-        assert remove.returncode == 1 and "not supported yet" in remove.stderr
+        remove = shardkv("shard", "remove", "s9", "--dir", d)
+        assert remove.returncode == 1 and "NOT_FOUND" in remove.stderr
+        weight = shardkv("shard", "weight", "s1", "0", "--dir", d)
+        assert weight.returncode == 2 and "positive" in weight.stderr
 
         added = shardkv("shard", "add", "--dir", d, "--wait")
         assert added.returncode == 0, added.stderr
@@ -68,12 +71,27 @@ def test_shard_add_wait_on_a_local_cluster(tmp_path: Path) -> None:
         abort = shardkv("rebalance", "abort", migration, "--dir", d)
         assert abort.returncode == 1 and "already done" in abort.stderr
 
-        for i in range(6):
+        weighted = shardkv("shard", "weight", "s3", "2", "--dir", d, "--wait")
+        assert weighted.returncode == 0, weighted.stderr
+        assert "gives shard s3 weight 2" in weighted.stdout
+
+        n1 = next(n for n in described["nodes"] if n["id"] == "n1")
+        removed = shardkv("shard", "remove", "s1", "--dir", d, "--wait")
+        assert removed.returncode == 0, removed.stderr
+        assert "drains shard s1" in removed.stdout
+        assert "stopped retired nodes n1" in removed.stderr
+        assert not pid_alive(n1["pid"])
+        described = json.loads((Path(d) / "cluster.json").read_text())
+        assert "n1" not in {n["id"] for n in described["nodes"]}
+        launcher = json.loads((Path(d) / "launcher.json").read_text())
+        assert "n1" not in {n["id"] for n in launcher["nodes"]}
+
+        for i in (0, 5):  # (each command is a process: a second or two on a busy machine)
             got = shardkv("get", "--dir", d, f"cli:{i}")
             assert got.returncode == 0 and got.stdout.strip() == f"v{i}", got.stderr
-        scanned = shardkv("scan", "--dir", d, "--prefix", "bulk:", "--limit", "1000", "--json")
+        scanned = shardkv("scan", "--dir", d, "--prefix", "", "--limit", "1000", "--json")
         assert scanned.returncode == 0, scanned.stderr
-        assert scanned.stdout.count("bulk:") >= 300
+        assert scanned.stdout.count("bulk:") == 300 and scanned.stdout.count("cli:") == 6
     finally:
         down = shardkv("down", "--dir", d)
     assert down.returncode == 0
@@ -83,7 +101,8 @@ def test_a_killed_cli_leaves_the_migration_running(tmp_path: Path) -> None:
     """The migration lives in the coordinators' map: SIGKILL of ``shard add --wait`` in the
     middle of the copy changes nothing, and ``rebalance status`` later shows it done."""
     d = str(tmp_path / "kv")
-    env = {"SHARDKV_MIGRATION_BATCH_KEYS": "40", "SHARDKV_MIGRATION_BATCH_PAUSE_S": "0.2"}
+    env = {"SHARDKV_MIGRATION_BATCH_KEYS": "40", "SHARDKV_MIGRATION_BATCH_PAUSE_S": "0.2",
+           "SHARDKV_MIGRATION_PIPELINE": "1"}
     os.environ.update(env)  # the cluster's processes inherit the slow copy
     try:
         up = shardkv("up", "--dir", d, "--shards", "2", "--replicas", "1", "--coordinators",

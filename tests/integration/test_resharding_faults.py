@@ -32,6 +32,7 @@ def slow_copy_cluster_fixture(tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCluster]:
     monkeypatch.setenv("SHARDKV_MIGRATION_BATCH_KEYS", "40")
     monkeypatch.setenv("SHARDKV_MIGRATION_BATCH_PAUSE_S", "0.1")
+    monkeypatch.setenv("SHARDKV_MIGRATION_PIPELINE", "1")  # one batch at a time: a slow copy
     monkeypatch.setenv("SHARDKV_FAILOVER_TIMEOUT_S", "2")
     plan = ClusterPlan.new(tmp_path, shards=2, replicas=2, coordinators=3, engine="memory",
                            fsync="never")

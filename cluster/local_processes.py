@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,13 +36,46 @@ PORT_RELEASE_TIMEOUT_S = 10.0
 # -- ports ---------------------------------------------------------------------------------
 
 
+# Listening ports are drawn below the kernel's ephemeral range: a port the OS hands out for
+# bind(0) is one it also hands to outgoing connections, so between choosing it and the
+# server binding it any client socket (a test's, a peer's) could take it, and a coordinator
+# whose Raft port was taken stays out of its group. Below the range only another listener
+# can collide, and only by choosing the same random port.
+LISTEN_PORTS_FLOOR = 20000
+PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_floor() -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(PORT_RANGE_FILE.read_text().split()[0])
+    return None
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = HOST, *, taken: set[int] | None = None) -> int:
-    """A port nobody listens on right now (the OS picks it). With ``taken``, also one not in
-    that set, which is then added to it (ports distinct within one plan)."""
+    """A port nobody listens on right now, below the ephemeral range where the system has
+    one (else the OS picks it). With ``taken``, also one not in that set, which is then
+    added to it (ports distinct within one plan)."""
+    floor = _ephemeral_floor()
+    pool = range(LISTEN_PORTS_FLOOR, floor) if floor and floor > LISTEN_PORTS_FLOOR + 1000 \
+        else None
     while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
+        if pool is not None:
+            port = random.choice(pool)
+            if not _bindable(host, port):
+                continue
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
         if taken is None:
             return port
         if port not in taken:

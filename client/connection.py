@@ -6,10 +6,14 @@ in flight, which is what makes a Python client fast: no per-request handshake, n
 wait for the previous answer.
 
 Failure model. A connection that breaks fails every request in flight with
-``ConnectionFailed``; the next call reconnects. The error says whether the request could have
-reached the node (``maybe_executed``): a frame that was never written is safe to send again
-anywhere, while one that was written may have been applied, which only idempotent operations
-may ignore (see ``client.executor``).
+``ConnectionFailed``; the next call reconnects. A node that stops answering without closing
+the socket (SIGSTOP, a VM or GC pause, a half-open connection) is found by the WebSocket
+heartbeat: after ``HEARTBEAT_S`` of silence the client pings, and no pong within half of that
+counts as a broken connection. Without it a request to a frozen primary would wait out the
+caller's whole deadline even after the shard had failed over. The error says whether the
+request could have reached the node (``maybe_executed``): a frame that was never written is
+safe to send again anywhere, while one that was written may have been applied, which only
+idempotent operations may ignore (see ``client.executor``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from shardkv.cluster.errors import Timeout, Unavailable, error_from_dict
 from shardkv.cluster.limits import MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
+
+# Seconds of silence before a ping; no pong within half of it breaks the connection. Long
+# enough that a node busy for a second (a large fsync group, a snapshot) is not cut off.
+HEARTBEAT_S = 3.0
 
 
 class ConnectionFailed(Unavailable):
@@ -90,7 +98,7 @@ class NodeConnection:
                     timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
                     max_msg_size=MAX_FRAME_BYTES,
                     autoping=True,
-                    heartbeat=None,
+                    heartbeat=HEARTBEAT_S,
                     compress=0,
                 )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -136,6 +144,15 @@ class NodeConnection:
             body = result if isinstance(result, dict) else {"error": status}
             body.setdefault("error", status)
             future.set_exception(error_from_dict(body))
+
+    def abandon_pending(self, reason: str) -> int:
+        """Fail every request in flight (their outcome unknown) but keep the socket: the
+        caller knows none of them can succeed here (this node was deposed), so they should
+        go elsewhere now rather than wait for an answer that will never be a success.
+        Returns how many were abandoned."""
+        count = len(self._pending)
+        self._fail_pending(reason)
+        return count
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
@@ -215,6 +232,10 @@ class NodePool:
 
     async def call(self, op: str, args: dict[str, Any], budget: float) -> Any:
         return await self.connections[next(self._next)].call(op, args, budget)
+
+    def abandon_pending(self, reason: str) -> int:
+        """``NodeConnection.abandon_pending`` on every connection of the pool."""
+        return sum(c.abandon_pending(reason) for c in self.connections)
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.connections), return_exceptions=True)

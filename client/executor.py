@@ -38,6 +38,7 @@ from shardkv.client.retry import ExponentialBackoff, Retry
 from shardkv.client.routing import Route, Router
 from shardkv.client.unreachable import name_the_shard
 from shardkv.client.write_sessions import WriteSessions
+from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.errors import (
     InvalidArgument,
     NotPrimary,
@@ -118,6 +119,8 @@ class Executor:
         # Told the keys of every write before it is sent and after it ends (None: keys not
         # known, e.g. a shard-wide op): the read cache drops them (client/read_cache.py).
         self.write_listener: Callable[[Sequence[bytes] | None], None] | None = None
+        self.abandoned = 0  # requests given up on a deposed primary (observability, tests)
+        router.on_install.append(self._abandon_on_deposed_primaries)
 
     def pool(self, url: str) -> NodePool:
         pool = self._pools.get(url)
@@ -127,6 +130,24 @@ class Executor:
             )
             self._pools[url] = pool
         return pool
+
+    def _abandon_on_deposed_primaries(self, previous: ClusterMap | None, new: ClusterMap) -> None:
+        """A newer map names another primary for a shard: requests still waiting on the old
+        one cannot be acknowledged there any more (it is fenced by the new epoch), and a
+        frozen old primary would hold them until the caller's deadline. Fail them now as
+        "outcome unknown"; the retry goes to the new primary with the same session stamp,
+        which answers the original result if the first attempt was applied after all."""
+        if previous is None:
+            return
+        for shard_id in previous.shards:
+            old = previous.primary_of(shard_id)
+            if old is None or (pool := self._pools.get(old.url)) is None:
+                continue
+            now = new.primary_of(shard_id)
+            if now is None or now.url == old.url:
+                continue
+            self.abandoned += pool.abandon_pending(
+                f"{shard_id}'s primary moved to {now.url} in map version {new.version}")
 
     async def close(self) -> None:
         pools, self._pools = self._pools, {}

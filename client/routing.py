@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -81,6 +82,8 @@ class Router:
         self.refreshes = 0  # fetches triggered by errors (observability, tests)
         self._fetch_failed_at: float | None = None  # loop time of the last failed fetch
         self.map_fetch_failures = 0
+        # Called with (previous map or None, new map) each time a newer map is adopted.
+        self.on_install: list[Callable[[ClusterMap | None, ClusterMap], None]] = []
 
     @property
     def coordinators_reachable(self) -> bool:
@@ -103,9 +106,12 @@ class Router:
 
     def install(self, new_map: ClusterMap) -> bool:
         """Adopt ``new_map`` if it is newer than ours (maps only move forward)."""
-        if self._map is not None and new_map.version <= self._map.version:
+        previous = self._map
+        if previous is not None and new_map.version <= previous.version:
             return False
         self._map = new_map
+        for listener in self.on_install:
+            listener(previous, new_map)
         return True
 
     async def start(self, *, watch: bool = True) -> None:

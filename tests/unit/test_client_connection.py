@@ -20,7 +20,10 @@ from shardkv.cluster.errors import NotFound, Timeout
 @dataclass
 class EchoServer:
     """Answers ``echo`` after ``args["delay"]`` seconds, fails ``missing`` with NOT_FOUND,
-    never answers ``hang``, and closes the socket on ``drop``."""
+    never answers ``hang``, and closes the socket on ``drop``. ``frozen``: never answers a
+    ping either (a SIGSTOPped process whose kernel still holds the socket open)."""
+
+    frozen: bool = False
 
     url: str = ""
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
@@ -28,7 +31,7 @@ class EchoServer:
     received: list[str] = field(default_factory=list)  # ops, in arrival order
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(autoping=not self.frozen)
         await ws.prepare(request)
         self.connections += 1
         self.sockets.append(ws)
@@ -45,6 +48,8 @@ class EchoServer:
                 await ws.close()
 
         async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.BINARY:
+                continue  # a ping the frozen server does not answer
             request_id, op, args = wire.unpack(msg.data)
             self.received.append(op)
             if op != "hang":
@@ -157,3 +162,32 @@ async def test_a_pool_spreads_requests_over_its_connections(
     await pool.close()
     with pytest.raises(ValueError):
         NodePool(server.url, session, size=0)
+
+
+async def test_a_frozen_node_is_found_by_the_heartbeat(
+    server: EchoServer, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shardkv.client.connection.HEARTBEAT_S", 0.2)
+    server.frozen = True
+    conn = NodeConnection(server.url, session)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ConnectionFailed) as caught:
+        await conn.call("hang", {}, 30.0)
+    # One heartbeat of silence, half of one for the pong, a little scheduling slack: far
+    # from the 30 s the caller allowed.
+    assert loop.time() - started < 5.0
+    assert caught.value.maybe_executed
+    assert conn.in_flight == 0
+    await conn.close()
+
+
+async def test_a_quiet_but_live_node_keeps_its_connection(
+    server: EchoServer, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shardkv.client.connection.HEARTBEAT_S", 0.2)
+    conn = NodeConnection(server.url, session)
+    # Silent for several heartbeats while the node works on a slow request: pongs keep it.
+    assert await conn.call("echo", {"value": 1, "delay": 1.0}, 5.0) == {"echo": 1}
+    assert conn.connects == 1
+    await conn.close()

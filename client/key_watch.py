@@ -36,7 +36,8 @@ MAX_FRAME_BYTES = 64 << 20
 class WatchEvent:
     """One change (``put``, ``delete``, ``expire``), or with ``progress=True`` a
     ``progress`` mark: every matching write of ``shard`` up to ``version`` was delivered.
-    ``prev_version`` is None: nodes do not report it yet (docs/watch.md)."""
+    ``prev_version`` is the version the write replaced (None: the key was absent or had
+    expired; for ``expire``, the version that expired)."""
 
     type: str
     key: bytes | None
@@ -51,6 +52,7 @@ class WatchEvent:
         out: dict[str, Any] = {"type": self.type, "version": self.version, "shard": self.shard}
         if self.key is not None:
             out["key"] = self.key
+            out["prev_version"] = self.prev_version
         if self.value is not None:
             out["value"] = self.value
         if self.expires_at is not None:

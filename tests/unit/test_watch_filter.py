@@ -85,9 +85,9 @@ def test_entry_events_types_values_and_reserved_rows() -> None:
     events = entry_events(entry, watch, "s1", values=True)
     assert events == [
         {"type": "put", "key": b"p:1", "value": b"v" * 4096, "version": 9, "shard": "s1",
-         "expires_at": 1234.5},
-        {"type": "delete", "key": b"p:2", "version": 9, "shard": "s1"},
-        {"type": "expire", "key": b"p:3", "version": 9, "shard": "s1"},
+         "expires_at": 1234.5, "prev_version": None},
+        {"type": "delete", "key": b"p:2", "version": 9, "shard": "s1", "prev_version": None},
+        {"type": "expire", "key": b"p:3", "version": 9, "shard": "s1", "prev_version": None},
     ]
     assert "value" not in entry_events(entry, watch, "s1", values=False)[0]
     assert entry_events(WalEntry(10, 1, ()), watch, "s1", values=True) == []

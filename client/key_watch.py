@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from shardkv.client.eventual_watch import EventualWatch
 from shardkv.client.retry import DecorrelatedJitterBackoff
 from shardkv.client.routing import Router
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, error_from_dict
@@ -91,8 +92,11 @@ class _ShardFollower:
 
     def __init__(self, router: Router, session: aiohttp.ClientSession, shard: str,
                  request: dict[str, Any], last: int | None,
-                 queue: asyncio.Queue[tuple[str, Any]]) -> None:
+                 queue: asyncio.Queue[tuple[str, Any]],
+                 eventual: EventualWatch | None = None) -> None:
         self.router = router
+        self.eventual = eventual
+        self.tried: list[str] = []  # members failed in a row (eventual: the next is tried)
         self.session = session
         self.shard = shard
         self.request = request
@@ -133,19 +137,27 @@ class _ShardFollower:
 
     async def _follow_once(self) -> bool:
         """One connection; True once the watch ended for good (never, today)."""
-        url = self.router.primary(self.shard).url.rstrip("/") + "/v1/watch"
-        async with self.session.ws_connect(url, max_msg_size=MAX_FRAME_BYTES, compress=0,
-                                           heartbeat=30.0,
-                                           timeout=aiohttp.ClientWSTimeout(ws_close=1.0)) as ws:
+        if self.eventual is None:
+            url = self.router.primary(self.shard).url.rstrip("/") + "/v1/watch"
+            silence = None
+        else:
+            url = self.eventual.url(self.router, self.shard, self.tried)
+            self.tried.append(url)
+            silence = self.eventual.silence_s
+        async with asyncio.timeout(silence):  # a paused member never answers the upgrade
+            ws = await self.session.ws_connect(
+                url, max_msg_size=MAX_FRAME_BYTES, compress=0, heartbeat=30.0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
+        async with ws:
             await ws.send_bytes(pack({**self.request, "start_version": self.last}))
-            async for msg in ws:
-                if msg.type is not aiohttp.WSMsgType.BINARY:
-                    break
+            while (msg := await ws.receive(silence)).type is aiohttp.WSMsgType.BINARY:
                 await self._take(unpack(msg.data))
         return False
 
     async def _take(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
+        if kind in ("events", "progress"):
+            self.tried.clear()  # this member serves the watch
         if kind == "events":
             last = self.last if self.last is not None else -1
             events = [e for e in frame["events"] if e["version"] > last]
@@ -166,9 +178,11 @@ class _ShardFollower:
 
 async def merged_watch(router: Router, session: aiohttp.ClientSession, shards: list[str],
                        request: dict[str, Any], starts: dict[str, int | None], *,
-                       progress: bool) -> AsyncGenerator[WatchEvent, None]:
+                       progress: bool, eventual: EventualWatch | None = None
+                       ) -> AsyncGenerator[WatchEvent, None]:
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(QUEUE_FRAMES)
-    followers = [_ShardFollower(router, session, s, request, starts[s], queue) for s in shards]
+    followers = [_ShardFollower(router, session, s, request, starts[s], queue, eventual)
+                 for s in shards]
     tasks = [asyncio.create_task(f.run(), name=f"watch-{f.shard}") for f in followers]
     try:
         while True:

@@ -157,7 +157,8 @@ class NodeServer:
         session = WatchSession(ws, self.ctx, self._shard_name,
                                max_events=config.watch_buffer_events,
                                max_bytes=config.watch_buffer_bytes,
-                               send_timeout_s=config.watch_send_timeout_s)
+                               send_timeout_s=config.watch_send_timeout_s,
+                               query=request.query)
         self.metrics.watch_sessions.inc()
         try:
             await session.serve()

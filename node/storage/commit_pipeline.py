@@ -154,14 +154,9 @@ class CommitPipeline:
                 pending = self._overlay.get(key)
                 return item if pending is None else _state_after(pending)
 
-    @property
-    def sync_reads(self) -> bool:
-        """Whether ``live_version`` may be called (the engine reads without I/O)."""
-        return self._engine.sync_reads
-
     def live_version(self, key: bytes, now: float) -> int | None:
         """The version a write ordered now would replace (None: absent or expired at
-        ``now``), in write order, without an await. Only when ``sync_reads``."""
+        ``now``), in write order, without an await. Only when the engine has ``sync_reads``."""
         pending = self._overlay.get(key)
         if pending is None:
             return self._engine.live_version(key, now)

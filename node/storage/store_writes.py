@@ -81,6 +81,7 @@ class StoreWrites:
     _clock: Callable[[], float]
     _limits: Limits
     _threshold: int
+    _sync_reads: bool  # the engine answers reads without I/O (``Engine.sync_reads``)
     dedup_hits: int
 
     # ----------------------------------------------------------------------------- writes
@@ -116,7 +117,7 @@ class StoreWrites:
             # await, or (an engine doing I/O) with one, and then submitted before the next.
             now = self._clock()
             pipeline = self._pipeline
-            prev = pipeline.live_version(key, now) if pipeline.sync_reads else \
+            prev = pipeline.live_version(key, now) if self._sync_reads else \
                 (await pipeline.live_versions([key], now))[0]
             if session is None:
                 return await self._submit(

@@ -35,10 +35,10 @@ BOUND_MS = 400
 KEYS = 8
 
 
-async def watch_sessions(shard: Shard, node: NodeProcess) -> int:
+async def watch_sessions(cluster: Shard, node: NodeProcess) -> int:
     """The node's open ``/v1/watch`` sockets (``shardkv_watch_sessions``)."""
     try:
-        async with shard.http.get(f"{node.url}/metrics",
+        async with cluster.http.get(f"{node.url}/metrics",
                                   timeout=aiohttp.ClientTimeout(total=1)) as resp:
             text = await resp.text()
     except (aiohttp.ClientError, TimeoutError):
@@ -49,9 +49,9 @@ async def watch_sessions(shard: Shard, node: NodeProcess) -> int:
     return 0
 
 
-async def serving(shard: Shard, exclude: set[str]) -> NodeProcess | None:
-    for node in shard.nodes:
-        if node.url not in exclude and await watch_sessions(shard, node) > 0:
+async def serving(cluster: Shard, exclude: set[str]) -> NodeProcess | None:
+    for node in cluster.nodes:
+        if node.url not in exclude and await watch_sessions(cluster, node) > 0:
             return node
     return None
 
@@ -104,7 +104,7 @@ def check(writes: list[WatchedWrite], events: list[WatchEvent]) -> None:
 
 
 async def test_a_replica_serves_the_watch_and_a_paused_one_is_left_without_loss(
-        shard: Shard) -> None:
+        shard: Shard) -> None:  # noqa: F811
     primary_id, primary, _ = await shard.primary()
     writes: list[WatchedWrite] = []
     async with patient_client(shard) as kv, Client([shard.coordinator_url]) as watcher:
@@ -131,7 +131,7 @@ async def test_a_replica_serves_the_watch_and_a_paused_one_is_left_without_loss(
 
 
 async def test_a_replica_cut_off_from_its_primary_closes_the_watch_too_stale(
-        shard: Shard) -> None:
+        shard: Shard) -> None:  # noqa: F811
     _, primary, cluster_map = await shard.primary()
     replicas = [n for n in shard.nodes if n.url != primary.url]
     writes: list[WatchedWrite] = []
@@ -168,10 +168,10 @@ async def test_a_replica_cut_off_from_its_primary_closes_the_watch_too_stale(
     assert cluster_map.shards["s1"].primary  # the same shard throughout
 
 
-async def set_stalled(shard: Shard, node: NodeProcess, stalled: bool) -> None:
+async def set_stalled(cluster: Shard, node: NodeProcess, stalled: bool) -> None:
     """Hold the replica's stream before it applies anything (its primary is out of reach
     for it), or let it go."""
-    async with shard.http.put(f"{node.url}/admin/failpoints/replica_before_apply",
+    async with cluster.http.put(f"{node.url}/admin/failpoints/replica_before_apply",
                               data=b"pause" if stalled else b"off") as resp:
         assert resp.status == 200, await resp.text()
 

@@ -51,9 +51,13 @@ class EventualWatch:
 
     def url(self, router: Router, shard: str, tried: list[str]) -> str:
         """The ``/v1/watch`` URL to try next: the first candidate not ``tried`` (URLs that
-        failed in a row), else the primary."""
+        failed in a row; cleared here once all have)."""
         candidates = [self._url_of(route.url) for route in router.read_candidates(shard)]
-        return next((url for url in candidates if url not in tried), candidates[-1])
+        untried = next((url for url in candidates if url not in tried), None)
+        if untried is None:  # every member failed in a row: the primary, then round again
+            tried.clear()
+            return candidates[-1]
+        return untried
 
     def _url_of(self, node_url: str) -> str:
         query = {"consistency": "eventual"}

@@ -128,6 +128,10 @@ class WatchSession:
             # The eventual-read rules: a replica within the bound, a primary with its lease.
             self.ctx.read_guard({"consistency": "eventual",
                                  "max_staleness_ms": self._bound})
+            if self.ctx.role != "primary" and store.watch_hub.commit_limit is None:
+                # Not following a primary (starting, or left the shard): it cannot tell
+                # which of its entries are committed.
+                raise Unavailable(f"this {self.ctx.role} follows no primary; retry elsewhere")
         elif self.ctx.role != "primary":
             raise NotPrimary("strong watches are served by the shard's primary",
                              primary=self.ctx.primary)

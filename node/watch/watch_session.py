@@ -39,7 +39,7 @@ from shardkv.cluster.errors import (
     Unavailable,
 )
 from shardkv.cluster.wire import pack, to_json, unpack
-from shardkv.node.api.operations import NodeContext
+from shardkv.node.api.node_context import NodeContext
 from shardkv.node.storage.store import Store
 from shardkv.node.wal.model import LsnCompacted
 from shardkv.node.wal.record import WalEntry

@@ -242,7 +242,8 @@ class MigrationDriver:
             answers = await asyncio.gather(*(fence(s) for s in record.sources))
             epochs = {s: int(a["epoch"]) for s, a in zip(record.sources, answers, strict=True)}
             await self.coord.propose({"op": "flip_migration", "id": record.id,
-                                      "epochs": epochs, "now": time.time()})
+                                      "epochs": epochs, "lsns": flip_lsns(record, answers),
+                                      "now": time.time()})
         except (ShardKVError, aiohttp.ClientError, TimeoutError) as exc:
             # Lift the fence and catch up again: a source changed primary, or the fence took
             # too long (the moving keys must not stay unwritable).
@@ -287,6 +288,19 @@ class MigrationDriver:
             if status.get("done"):
                 await self.coord.propose({"op": "leftovers_cleaned", "id": record.id,
                                           "shard": shard})
+
+
+def flip_lsns(record: MigrationRecord, answers: list[dict[str, Any]]) -> dict[str, int]:
+    """Where each shard's log crosses the flip, for watches (docs/watch.md, "Resharding"):
+    a source's fenced LSN (its writes to moved keys are at or below it, its clean-up
+    comes after the flip, above it); a target's highest import LSN any source saw
+    acknowledged, at least the floor (its own writes to moved keys come after the flip,
+    above every import)."""
+    lsns = {s: int(a["fenced_lsn"]) for s, a in zip(record.sources, answers, strict=True)}
+    for target in record.targets:
+        seen = [int((a.get("target_lsns") or {}).get(target) or 0) for a in answers]
+        lsns[target] = max([record.lsn_floor or 0, *seen])
+    return lsns
 
 
 def install(coord: Any) -> None:

@@ -1,0 +1,134 @@
+"""A prefix watch across resharding, on real processes (1 coordinator, 2 shards x 1 member):
+writers keep putting and deleting keys under ``w:`` while shard s3 is added (the ring flips,
+s1 and s2 copy part of their keys to s3 and then delete them). The events received are
+exactly the acknowledged writes, once each, per key in version order, and nothing else: not
+the copy s3 imports, not the clean-up deletes of s1 and s2 (checked by
+chaos/checkers/watch_events.py, for which such events are phantoms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster_fixtures import started_cluster, wait_until
+from shardkv.chaos.checkers.watch_events import (
+    ReceivedEvent,
+    WatchedWrite,
+    check_watch_events,
+)
+from shardkv.client import Client, Retry, ShardKVError, WatchEvent
+from shardkv.client.retry import ExponentialBackoff
+from shardkv.cluster.cluster_map import ClusterMap
+from shardkv.cluster.launcher import LocalCluster
+from shardkv.cluster.ring import shard_for_key
+from test_resharding_add import add_shard
+
+pytestmark = [pytest.mark.integration]
+
+WRITERS = 4
+KEYS_PER_WRITER = 12
+
+
+@pytest.fixture(name="cluster")
+def cluster_fixture(tmp_path: Path) -> Iterator[LocalCluster]:
+    with started_cluster(tmp_path, shards=2, replicas=1, coordinators=1,
+                         engine="memory", fsync="never") as cluster:
+        yield cluster
+
+
+class Writers:
+    """Writers of unique values (every 5th write of a key is a delete), one per key set, so
+    per key the write order is the version order."""
+
+    def __init__(self, kv: Client) -> None:
+        self.kv = kv
+        self.writes: list[tuple[bytes, bytes | None, int | None]] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._write(w)) for w in range(WRITERS)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _write(self, writer: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            key = f"w:{writer}:{i % KEYS_PER_WRITER:02d}".encode()
+            value: bytes | None = None if i % 5 == 4 else f"{writer}-{i}".encode()
+            try:
+                if value is None:  # a delete of an absent key may write nothing: unknown
+                    deleted = await self.kv.delete(key)
+                    version: int | None = deleted.version if deleted else None
+                else:
+                    version = await self.kv.put(key, value)
+            except ShardKVError:
+                version = None  # outcome unknown: may or may not show
+            self.writes.append((key, value, version))
+            i += 1
+            await asyncio.sleep(0.002)
+
+
+async def test_prefix_watch_follows_a_shard_add_under_writes(cluster: LocalCluster) -> None:
+    coordinator = cluster.plan.coordinator_urls()[0]
+    retry = Retry(ExponentialBackoff(base=0.02, cap=0.3), retries=400)
+    async with Client([coordinator], retry=retry, timeout=30.0) as kv, \
+            Client([coordinator]) as watcher:
+        before = kv.cluster_map.copy()
+        received: list[WatchEvent] = []
+        caught_up: dict[str, int] = {}
+
+        async def watch() -> None:
+            async for event in watcher.watch(prefix="w:", progress=True):
+                if event.type == "progress":
+                    caught_up[event.shard] = max(caught_up.get(event.shard, 0), event.version)
+                else:
+                    received.append(event)
+
+        watching = asyncio.create_task(watch())
+        await wait_until(lambda: len(caught_up) == 2, within=20, what="the watch to be live")
+        writers = Writers(kv)
+        writers.start()
+        await wait_until(lambda: len(writers.writes) > 100, within=20, what="writes")
+        record = await add_shard(cluster, "s3")
+        assert record["keys_moved"] > 0 and record["flip_lsns"], record
+        count = len(writers.writes)
+        await wait_until(lambda: len(writers.writes) > count + 100, within=20,
+                         what="writes after the move")
+        await writers.stop()
+
+        floor = int(record["lsn_floor"])
+        after = kv.cluster_map.copy()
+        writes = [WatchedWrite(key, value, owner(before, after, key, version, floor), version)
+                  for key, value, version in writers.writes]
+        last: dict[str, int] = {}
+        for w in writes:
+            if w.version is not None:
+                last[w.shard] = max(last.get(w.shard, 0), w.version)
+        assert last.get("s3", 0) > floor  # s3 took writes after the flip
+        await wait_until(lambda: all(caught_up.get(s, 0) >= v for s, v in last.items()),
+                         within=30, what="the watch to catch up with every shard")
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+
+    result = check_watch_events(writes, [
+        ReceivedEvent(e.key or b"", e.value, e.version, e.shard, e.type) for e in received])
+    assert result.verdict == "ok", result.anomalies[:10]
+    moved = {w.key for w in writes if w.shard == "s3"}
+    assert moved and any(e.shard == "s3" for e in received)
+    assert any(e.key in moved and e.shard != "s3" for e in received)  # seen on both sides
+
+
+def owner(before: ClusterMap, after: ClusterMap, key: bytes, version: int | None,
+          floor: int) -> str:
+    """The shard that took a write: every version above the new shard's floor is its."""
+    if version is not None and version > floor:
+        return shard_for_key(after, key)
+    return shard_for_key(before, key)

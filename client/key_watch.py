@@ -36,7 +36,13 @@ from shardkv.client.retry import DecorrelatedJitterBackoff
 from shardkv.client.routing import Router
 from shardkv.client.watch_ownership import RingHistory
 from shardkv.cluster.cluster_map import ClusterMap
-from shardkv.cluster.errors import InvalidArgument, ShardKVError, Unavailable, error_from_dict
+from shardkv.cluster.errors import (
+    Compacted,
+    InvalidArgument,
+    ShardKVError,
+    Unavailable,
+    error_from_dict,
+)
 from shardkv.cluster.ring import shard_for_key
 from shardkv.cluster.wire import pack, unpack
 
@@ -131,6 +137,10 @@ class _ShardFollower:
                 if await self._follow_once():
                     return
                 failures = 0
+            except Compacted as error:
+                if not await self.merge.across_jump(self, error):
+                    await self.queue.put(("error", error))
+                    return
             except ShardKVError as error:
                 if not error.retryable:
                     await self.queue.put(("error", error))
@@ -278,6 +288,32 @@ class _Merge:
                 await self.router.wait_newer(self.router.version, 0.5)
         assert self.history is not None
         return self.history
+
+    async def across_jump(self, follower: _ShardFollower, error: Compacted) -> bool:
+        """``COMPACTED`` right after a migration raised this shard's LSN floor: if the
+        follower got everything up to where the log stopped before the jump, nothing lies
+        between that and the floor, so it resumes at the floor. The map may show the jump
+        a moment after the node did: wait for it, within a bound."""
+        floor = error.details.get("compact_version")
+        if self.history is None or not isinstance(floor, int) or follower.last is None:
+            return False
+        deadline = asyncio.get_running_loop().time() + MAP_CATCH_UP_S
+        while True:
+            cmap = self.router.map
+            records = [] if cmap is None else [
+                r for r in (cmap.migration, *cmap.migrations)
+                if r is not None and r.lsn_floor == floor and follower.shard in r.targets]
+            for record in records:
+                jumped_from = record.floor_from.get(follower.shard)
+                if jumped_from is not None and follower.last >= jumped_from:
+                    follower.last = floor
+                    return True
+            if records or asyncio.get_running_loop().time() > deadline:
+                return False
+            with contextlib.suppress(ShardKVError, aiohttp.ClientError, OSError,
+                                     TimeoutError):
+                await self.router.refresh()
+            await self.router.wait_newer(self.router.version, 0.5)
 
     # -- events --------------------------------------------------------------------------
 

@@ -48,7 +48,9 @@ class MigrationRecord:
     the flip), ``flip_ring_version`` (the ring version the flip made) and ``flip_lsns``
     (per source shard, the LSN its fence ended at: every write to a moved key is at or
     below it, the clean-up above; per target shard, an LSN at or above everything it
-    imported: its own writes to a moved key come above it)."""
+    imported: its own writes to a moved key come above it). ``floor_from``: per target
+    whose log jumped to ``lsn_floor``, its last LSN before the jump (no version between the
+    two exists: a watch resumes across the gap)."""
 
     id: str
     kind: str
@@ -73,6 +75,7 @@ class MigrationRecord:
     ring_before: dict[str, int] = field(default_factory=dict)
     flip_ring_version: int | None = None
     flip_lsns: dict[str, int] = field(default_factory=dict)
+    floor_from: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -115,6 +118,7 @@ class MigrationRecord:
             flip_ring_version=None if raw.get("flip_ring_version") is None
             else int(raw["flip_ring_version"]),
             flip_lsns=_int_map(raw.get("flip_lsns")),
+            floor_from=_int_map(raw.get("floor_from")),
         )
 
 

@@ -7,7 +7,8 @@ command (``now``), written by the proposer, so every coordinator records the sam
   ``{id, kind: "remove", shard, now}``: drain ``shard`` into every other shard of the ring.
   ``{id, kind: "weight", shard, weight, now}``: move the share of ``shard`` (a higher weight
   takes keys from every other shard, a lower one gives keys to them).
-- ``migration_progress`` ``{id, keys_moved, bytes_moved, keys_total?, rate_keys_s, lsn_floor?}``
+- ``migration_progress`` ``{id, keys_moved, bytes_moved, keys_total?, rate_keys_s, lsn_floor?,
+  floor_from?}``
 - ``migration_state`` ``{id, state, error?, now}``: copying -> catching_up -> flipping, and
   back to copying when a fence must be redone; cleaning -> done.
 - ``flip_migration`` ``{id, epochs: {shard: epoch}, lsns?: {shard: lsn}}``: the ring becomes
@@ -235,6 +236,10 @@ class MigrationCommands:
         if c.get("lsn_floor") is not None:
             record.lsn_floor = int(_number(c["lsn_floor"], "lsn_floor"))
             record.copy_started_at = _number(c.get("now", 0), "now")
+        floor_from = c.get("floor_from")
+        if isinstance(floor_from, dict):
+            record.floor_from = {str(k): int(v) for k, v in floor_from.items()
+                                 if isinstance(v, int) and not isinstance(v, bool)}
         return {"migration": record.id}
 
     def set_state(self, m: ClusterMap, c: dict[str, Any]) -> Result:

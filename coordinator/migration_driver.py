@@ -157,9 +157,14 @@ class MigrationDriver:
                 status = await self._call("GET", f"{url}/v1/status")
                 lsns.append(int(status.get("last_lsn") or 0))
             floor = max(lsns, default=0) + FLOOR_GAP
-            await self._raise_floors(routes, floor)
+            answers = await self._raise_floors(routes, floor)
+            # Where each target's log stopped before its jump: a watch of that target that
+            # got everything up to there resumes at the floor (docs/watch.md).
+            jumped = {t: int(a["jumped_from"]) for t, a in zip(routes, answers, strict=True)
+                      if isinstance(a, dict) and a.get("jumped_from") is not None}
             await self.coord.propose({"op": "migration_progress", "id": record.id,
-                                      "lsn_floor": floor, "now": time.time()})
+                                      "lsn_floor": floor, "floor_from": jumped,
+                                      "now": time.time()})
             return
         # Idempotent: a new target primary has the floor already (from the snapshot).
         await self._raise_floors(routes, record.lsn_floor)
@@ -182,10 +187,10 @@ class MigrationDriver:
             await self.coord.propose({"op": "migration_state", "id": record.id,
                                       "state": FLIPPING, "now": time.time()})
 
-    async def _raise_floors(self, routes: dict[str, str], floor: int) -> None:
+    async def _raise_floors(self, routes: dict[str, str], floor: int) -> list[Any]:
         """Every target's LSN floor (a target that holds keys writes a snapshot: allow it
-        time, and do the targets side by side)."""
-        await asyncio.gather(*(
+        time, and do the targets side by side); the answers, in ``routes`` order."""
+        return await asyncio.gather(*(
             self._call("POST", f"{url}/internal/migration/floor", {"lsn": floor},
                        timeout_s=FLOOR_TIMEOUT_S)
             for url in routes.values()))

@@ -195,7 +195,15 @@ class WatchSession:
         reported = safe
         next_progress = time.monotonic() + interval
         while True:
-            if subscriber.closed_reason is not None:
+            if subscriber.closed_reason is not None and not subscriber.overflowed:
+                # What was applied before the end is committed: send it, and say how far
+                # it goes, so the client resumes from there (a migration's LSN jump closes
+                # every watch; the client then resumes above the jump, docs/watch.md).
+                batches, covered = subscriber.take()
+                if batches:
+                    await self._send_batches(shard, batches)
+                if covered > reported:
+                    await self._send({"type": "progress", "shard": shard, "version": covered})
                 raise Unavailable(f"the watch ended on the node: {subscriber.closed_reason}")
             if subscriber.overflowed:
                 raise SlowConsumer(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster_fixtures import started_cluster, wait_until
@@ -25,19 +26,12 @@ from shardkv.client.retry import ExponentialBackoff
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.launcher import LocalCluster
 from shardkv.cluster.ring import shard_for_key
-from test_resharding_add import add_shard
+from test_resharding_add import add_shard, send, wait_finished
 
 pytestmark = [pytest.mark.integration]
 
 WRITERS = 4
 KEYS_PER_WRITER = 12
-
-
-@pytest.fixture(name="cluster")
-def cluster_fixture(tmp_path: Path) -> Iterator[LocalCluster]:
-    with started_cluster(tmp_path, shards=2, replicas=1, coordinators=1,
-                         engine="memory", fsync="never") as cluster:
-        yield cluster
 
 
 class Writers:
@@ -75,7 +69,10 @@ class Writers:
             await asyncio.sleep(0.002)
 
 
-async def test_prefix_watch_follows_a_shard_add_under_writes(cluster: LocalCluster) -> None:
+async def watch_through(cluster: LocalCluster,
+                        change: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    """Watch ``w:`` while writers write and ``change`` reshapes the ring (it returns the
+    migration's record); then check the events against the acknowledged writes."""
     coordinator = cluster.plan.coordinator_urls()[0]
     retry = Retry(ExponentialBackoff(base=0.02, cap=0.3), retries=400)
     async with Client([coordinator], retry=retry, timeout=30.0) as kv, \
@@ -90,30 +87,38 @@ async def test_prefix_watch_follows_a_shard_add_under_writes(cluster: LocalClust
                     caught_up[event.shard] = max(caught_up.get(event.shard, 0), event.version)
                 else:
                     received.append(event)
+                    # (a shard that left the ring sends no progress once let go)
+                    caught_up[event.shard] = max(caught_up.get(event.shard, 0), event.version)
 
         watching = asyncio.create_task(watch())
-        await wait_until(lambda: len(caught_up) == 2, within=20, what="the watch to be live")
+        await wait_until(lambda: len(caught_up) == len(before.ring.shards), within=20,
+                         what="the watch to be live")
         writers = Writers(kv)
         writers.start()
         await wait_until(lambda: len(writers.writes) > 100, within=20, what="writes")
-        record = await add_shard(cluster, "s3")
+        record = await change()
         assert record["keys_moved"] > 0 and record["flip_lsns"], record
         count = len(writers.writes)
         await wait_until(lambda: len(writers.writes) > count + 100, within=20,
                          what="writes after the move")
         await writers.stop()
 
-        floor = int(record["lsn_floor"])
         after = kv.cluster_map.copy()
+        floor = int(record["lsn_floor"])
         writes = [WatchedWrite(key, value, owner(before, after, key, version, floor), version)
                   for key, value, version in writers.writes]
         last: dict[str, int] = {}
         for w in writes:
             if w.version is not None:
                 last[w.shard] = max(last.get(w.shard, 0), w.version)
-        assert last.get("s3", 0) > floor  # s3 took writes after the flip
-        await wait_until(lambda: all(caught_up.get(s, 0) >= v for s, v in last.items()),
-                         within=30, what="the watch to catch up with every shard")
+
+        def caught_up_with_writes() -> bool:
+            if watching.done():
+                watching.result()  # the watch failed: raise its error here
+            return all(caught_up.get(s, 0) >= v for s, v in last.items())
+
+        await wait_until(caught_up_with_writes, within=30,
+                         what=f"the watch to catch up with every shard: {last}")
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watching
@@ -121,14 +126,37 @@ async def test_prefix_watch_follows_a_shard_add_under_writes(cluster: LocalClust
     result = check_watch_events(writes, [
         ReceivedEvent(e.key or b"", e.value, e.version, e.shard, e.type) for e in received])
     assert result.verdict == "ok", result.anomalies[:10]
-    moved = {w.key for w in writes if w.shard == "s3"}
-    assert moved and any(e.shard == "s3" for e in received)
-    assert any(e.key in moved and e.shard != "s3" for e in received)  # seen on both sides
+    moved = {w.key for w in writes if w.version is not None and w.version > floor}
+    assert moved, "no key was written on its new owner after the flip"
+    assert any(e.key in moved and e.version < floor for e in received)  # seen on both sides
+
+
+async def test_prefix_watch_follows_a_shard_add_under_writes(tmp_path: Path) -> None:
+    with started_cluster(tmp_path, shards=2, replicas=1, coordinators=1, engine="memory",
+                         fsync="never") as cluster:
+        await watch_through(cluster, lambda: add_shard(cluster, "s3"))
+
+
+async def test_prefix_watch_follows_a_shard_remove_under_writes(tmp_path: Path) -> None:
+    with started_cluster(tmp_path, shards=3, replicas=1, coordinators=1, engine="memory",
+                         fsync="never") as cluster:
+        await watch_through(cluster, lambda: remove_shard(cluster, "s2"))
+
+
+async def remove_shard(cluster: LocalCluster, shard: str) -> dict[str, Any]:
+    coordinator = cluster.plan.coordinator_urls()[0]
+    status, body = await asyncio.to_thread(send, "DELETE", f"{coordinator}/admin/shards/{shard}")
+    assert status == 202, body
+    record = await wait_finished(coordinator, body["migration"])
+    assert record["state"] == "done", record
+    return record
 
 
 def owner(before: ClusterMap, after: ClusterMap, key: bytes, version: int | None,
           floor: int) -> str:
-    """The shard that took a write: every version above the new shard's floor is its."""
+    """The shard that took a write: a version above the migration's floor was written by
+    the key's owner after the flip (every target's log is above it), any other by its
+    owner before."""
     if version is not None and version > floor:
         return shard_for_key(after, key)
     return shard_for_key(before, key)

@@ -44,6 +44,10 @@ class Writers:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
+    @staticmethod
+    def keys() -> list[bytes]:
+        return [f"w:{w}:{i:02d}".encode() for w in range(WRITERS) for i in range(KEYS_PER_WRITER)]
+
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._write(w)) for w in range(WRITERS)]
 
@@ -69,30 +73,39 @@ class Writers:
             await asyncio.sleep(0.002)
 
 
-async def watch_through(cluster: LocalCluster,
+async def record_watch(watcher: Client, received: list[WatchEvent],
+                       caught_up: dict[str, int], **what: Any) -> None:
+    async for event in watcher.watch(progress=True, **what):
+        if event.type != "progress":
+            received.append(event)
+        # (a shard that left the ring sends no progress once let go: count events too)
+        caught_up[event.shard] = max(caught_up.get(event.shard, 0), event.version)
+
+
+async def watch_through(cluster: LocalCluster, new_ring: dict[str, int],
                         change: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-    """Watch ``w:`` while writers write and ``change`` reshapes the ring (it returns the
-    migration's record); then check the events against the acknowledged writes."""
+    """Watch ``w:`` (and one key that moves) while writers write and ``change`` reshapes
+    the ring into ``new_ring`` (it returns the migration's record); then check the events
+    against the acknowledged writes."""
     coordinator = cluster.plan.coordinator_urls()[0]
     retry = Retry(ExponentialBackoff(base=0.02, cap=0.3), retries=400)
     async with Client([coordinator], retry=retry, timeout=30.0) as kv, \
             Client([coordinator]) as watcher:
         before = kv.cluster_map.copy()
+        target = before.copy()
+        target.ring.shards = dict(new_ring)
+        moving = next(k for k in Writers.keys()
+                      if shard_for_key(before, k) != shard_for_key(target, k))
         received: list[WatchEvent] = []
         caught_up: dict[str, int] = {}
-
-        async def watch() -> None:
-            async for event in watcher.watch(prefix="w:", progress=True):
-                if event.type == "progress":
-                    caught_up[event.shard] = max(caught_up.get(event.shard, 0), event.version)
-                else:
-                    received.append(event)
-                    # (a shard that left the ring sends no progress once let go)
-                    caught_up[event.shard] = max(caught_up.get(event.shard, 0), event.version)
-
-        watching = asyncio.create_task(watch())
-        await wait_until(lambda: len(caught_up) == len(before.ring.shards), within=20,
-                         what="the watch to be live")
+        on_key: list[WatchEvent] = []
+        key_caught_up: dict[str, int] = {}
+        watching = asyncio.create_task(record_watch(watcher, received, caught_up,
+                                                    prefix="w:"))
+        key_watch = asyncio.create_task(record_watch(watcher, on_key, key_caught_up,
+                                                     key=moving))
+        await wait_until(lambda: len(caught_up) == len(before.ring.shards) and key_caught_up,
+                         within=20, what="the watches to be live")
         writers = Writers(kv)
         writers.start()
         await wait_until(lambda: len(writers.writes) > 100, within=20, what="writes")
@@ -119,9 +132,13 @@ async def watch_through(cluster: LocalCluster,
 
         await wait_until(caught_up_with_writes, within=30,
                          what=f"the watch to catch up with every shard: {last}")
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching
+        last_of_key = max(w.version or 0 for w in writes if w.key == moving)
+        await wait_until(lambda: max([e.version for e in on_key], default=0) >= last_of_key,
+                         within=30, what="the key watch to catch up")
+        for task in (watching, key_watch):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     result = check_watch_events(writes, [
         ReceivedEvent(e.key or b"", e.value, e.version, e.shard, e.type) for e in received])
@@ -129,18 +146,22 @@ async def watch_through(cluster: LocalCluster,
     moved = {w.key for w in writes if w.version is not None and w.version > floor}
     assert moved, "no key was written on its new owner after the flip"
     assert any(e.key in moved and e.version < floor for e in received)  # seen on both sides
+    # The key watch moved with its key: the same events as the prefix watch's, both sides.
+    assert on_key == [e for e in received if e.key == moving]
+    assert {e.version > floor for e in on_key} == {True, False}, on_key
 
 
 async def test_prefix_watch_follows_a_shard_add_under_writes(tmp_path: Path) -> None:
     with started_cluster(tmp_path, shards=2, replicas=1, coordinators=1, engine="memory",
                          fsync="never") as cluster:
-        await watch_through(cluster, lambda: add_shard(cluster, "s3"))
+        await watch_through(cluster, {"s1": 1, "s2": 1, "s3": 1},
+                            lambda: add_shard(cluster, "s3"))
 
 
 async def test_prefix_watch_follows_a_shard_remove_under_writes(tmp_path: Path) -> None:
     with started_cluster(tmp_path, shards=3, replicas=1, coordinators=1, engine="memory",
                          fsync="never") as cluster:
-        await watch_through(cluster, lambda: remove_shard(cluster, "s2"))
+        await watch_through(cluster, {"s1": 1, "s3": 1}, lambda: remove_shard(cluster, "s2"))
 
 
 async def remove_shard(cluster: LocalCluster, shard: str) -> dict[str, Any]:

@@ -214,6 +214,7 @@ class _Merge:
         self.history = None if router.direct or cmap is None else RingHistory(cmap)
         self.since_ring = 0 if cmap is None else cmap.ring.version
         self._moved = asyncio.Event()
+        self._failing: set[asyncio.Task[None]] = set()
 
     def start(self, starts: dict[str, int | None]) -> None:
         for shard, start in starts.items():
@@ -262,13 +263,20 @@ class _Merge:
             if shard not in new.shards and not follower.done:
                 # Retired from the map: nobody serves it any more.
                 if not self.let_go(follower):
-                    self.queue.put_nowait(("error", Unavailable(
+                    self._fail(Unavailable(
                         f"shard {shard} left the cluster before this watch received its "
                         f"writes up to version {self.leaving.get(shard)}; the watch cannot "
-                        f"resume without a gap")))
+                        f"resume without a gap"))
                 self.tasks[shard].cancel()
                 follower.done = True
         self.notify()
+
+    def _fail(self, error: ShardKVError) -> None:
+        """End the watch with ``error`` (from a map listener, which cannot wait for room in
+        the queue)."""
+        task = asyncio.get_running_loop().create_task(self.queue.put(("error", error)))
+        self._failing.add(task)
+        task.add_done_callback(self._failing.discard)
 
     def let_go(self, follower: _ShardFollower) -> bool:
         """Whether ``follower`` has queued everything its shard owes the watch."""
@@ -326,12 +334,16 @@ class _Merge:
             return
         history = await self._map_at_least(ring_version or 0)
         shard = follower.shard
+        # A handover can only be pending while another shard's follower has not queued its
+        # events up to a flip's crossing: otherwise skip the per-event look.
+        handover = any(not self._queued(other, lsn) for flip in history.flips
+                       for other, lsn in flip.lsns.items() if other != shard)
         ready: list[dict[str, Any]] = []
         for event in events:
             key, version = bytes(event["key"]), int(event["version"])
             if not history.owned(shard, key, version):
                 continue  # a migration's copy or clean-up
-            came = history.arrival(shard, key, version)
+            came = history.arrival(shard, key, version) if handover else None
             if came is not None and not self._queued(*came):
                 if ready:
                     await self.queue.put(("events", ready))

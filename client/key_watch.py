@@ -218,6 +218,9 @@ class _Merge:
 
     def start(self, starts: dict[str, int | None]) -> None:
         for shard, start in starts.items():
+            joined = None if self.history is None else self.history.joined(shard)
+            if start is not None and joined is not None and start < joined:
+                start = joined  # before it joined the ring, a shard held only copies
             self._follow(shard, start)
         if self.history is not None:
             self.router.on_install.append(self._on_install)

@@ -78,6 +78,15 @@ class RingHistory:
                 found = None if old is None else (came_from, old)
         return found
 
+    def joined(self, shard: str) -> int | None:
+        """The crossing LSN of the latest remembered flip that brought ``shard`` into the
+        ring: below it, the shard held nothing a watch wants (only imported copies)."""
+        found = None
+        for flip in self.flips:
+            if shard not in flip.before.shards and shard in flip.after.shards:
+                found = flip.lsns.get(shard, found)
+        return found
+
     def crossing(self, shard: str, since_ring: int) -> int | None:
         """The LSN of ``shard`` at the newest flip after ring ``since_ring`` that involved it
         (where a follower starts on a shard that joined, or stops on one that left)."""

@@ -46,6 +46,7 @@ def test_a_moved_key_is_the_sources_up_to_its_fence_and_the_targets_after_its_im
     assert history.arrival("s3", key, FLOOR + 10) == ("s1", 40)
     assert history.arrival("s1", key, 40) is None
     assert history.crossing("s3", before.ring.version) == FLOOR + 9
+    assert history.joined("s3") == FLOOR + 9 and history.joined("s1") is None
 
 
 def test_a_key_that_stays_is_its_shards_on_both_sides_and_nothing_is_known_before() -> None:

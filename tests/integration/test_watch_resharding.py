@@ -110,11 +110,11 @@ async def watch_through(cluster: LocalCluster, new_ring: dict[str, int],
                          within=20, what="the watches to be live")
         writers = Writers(kv)
         writers.start()
-        await wait_until(lambda: len(writers.writes) > 100, within=20, what="writes")
+        await wait_until(lambda: len(writers.writes) > 60, within=20, what="writes")
         record = await change()
         assert record["keys_moved"] > 0 and record["flip_lsns"], record
         count = len(writers.writes)
-        await wait_until(lambda: len(writers.writes) > count + 100, within=20,
+        await wait_until(lambda: len(writers.writes) > count + 60, within=20,
                          what="writes after the move")
         await writers.stop()
 

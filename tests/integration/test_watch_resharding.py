@@ -1,9 +1,11 @@
-"""A prefix watch across resharding, on real processes (1 coordinator, 2 shards x 1 member):
-writers keep putting and deleting keys under ``w:`` while shard s3 is added (the ring flips,
-s1 and s2 copy part of their keys to s3 and then delete them). The events received are
-exactly the acknowledged writes, once each, per key in version order, and nothing else: not
-the copy s3 imports, not the clean-up deletes of s1 and s2 (checked by
-chaos/checkers/watch_events.py, for which such events are phantoms).
+"""Watches across resharding, on real processes (1 coordinator, shards of 1 member): 4
+writers keep putting and deleting keys under ``w:`` while a shard is added (2 -> 3) or
+removed (3 -> 2). A prefix watch and a key watch of a key that moves are open throughout.
+The prefix watch's events are exactly the acknowledged writes, once each, per key in version
+order, and nothing else: not the copy the targets import, not the sources' clean-up deletes
+(checked by chaos/checkers/watch_events.py, for which such events are phantoms); the key
+watch sees the same events for its key, from both shards. After the add, a watch replayed
+from version 0 (history across the flip) gets the same events again.
 """
 
 from __future__ import annotations

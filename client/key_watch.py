@@ -13,7 +13,7 @@ Resharding (docs/watch.md, "Resharding"): the watch follows map changes (the rou
 ``on_install``). A shard that joins the ring is followed from the LSN where it began owning
 its arcs (recorded with the flip); a shard that leaves is followed up to the LSN where it
 stopped, then let go. Events a migration writes (the copy on a target, the clean-up on a
-source) are dropped by ownership (``watch_ownership.py``), judged with a map at least as new
+source) are dropped by ownership (``cluster/ring_history.py``), judged with a map at least as new
 as the ring the node knew when it sent them (``ring_version`` in the frame). A key's events
 from its new owner wait until its old owner's events up to the flip were queued, so per-key
 order holds across the move.
@@ -34,7 +34,6 @@ from typing import Any
 import aiohttp
 from shardkv.client.retry import DecorrelatedJitterBackoff
 from shardkv.client.routing import Router
-from shardkv.client.watch_ownership import RingHistory
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.errors import (
     Compacted,
@@ -44,6 +43,7 @@ from shardkv.cluster.errors import (
     error_from_dict,
 )
 from shardkv.cluster.ring import shard_for_key
+from shardkv.cluster.ring_history import RingHistory
 from shardkv.cluster.wire import pack, unpack
 
 QUEUE_FRAMES = 256

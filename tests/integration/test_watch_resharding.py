@@ -5,17 +5,21 @@ The prefix watch's events are exactly the acknowledged writes, once each, per ke
 order, and nothing else: not the copy the targets import, not the sources' clean-up deletes
 (checked by chaos/checkers/watch_events.py, for which such events are phantoms); the key
 watch sees the same events for its key, from both shards. After the add, a watch replayed
-from version 0 (history across the flip) gets the same events again.
+from version 0 (history across the flip) gets the same events again, and the dashboard's
+prefix watch (the coordinator's ``/ui/api/watch``) has forwarded the same writes, once each,
+with no copy or clean-up either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from cluster_fixtures import started_cluster, wait_until
 from shardkv.chaos.checkers.watch_events import (
@@ -84,6 +88,19 @@ async def record_watch(watcher: Client, received: list[WatchEvent],
         caught_up[event.shard] = max(caught_up.get(event.shard, 0), event.version)
 
 
+async def record_dashboard_watch(url: str, forwarded: list[tuple[bytes, int]],
+                                 opened: asyncio.Event) -> None:
+    """What the dashboard's watch of ``w:`` forwards, as (key, version) pairs."""
+    async with aiohttp.ClientSession() as http, \
+            http.ws_connect(f"{url}/ui/api/watch?prefix=w:") as ws:
+        async for msg in ws:
+            frame = json.loads(msg.data)
+            if frame["type"] == "created":
+                opened.set()
+            elif frame["type"] == "watch":
+                forwarded.extend((e["key"].encode(), e["version"]) for e in frame["events"])
+
+
 async def watch_through(cluster: LocalCluster, new_ring: dict[str, int],
                         change: Callable[[], Awaitable[dict[str, Any]]], *,
                         replay: bool = False) -> None:
@@ -106,6 +123,11 @@ async def watch_through(cluster: LocalCluster, new_ring: dict[str, int],
         key_caught_up: dict[str, int] = {}
         watching = asyncio.create_task(record_watch(watcher, received, caught_up,
                                                     prefix="w:"))
+        forwarded: list[tuple[bytes, int]] = []
+        dashboard_open = asyncio.Event()
+        dashboard = asyncio.create_task(record_dashboard_watch(coordinator, forwarded,
+                                                               dashboard_open))
+        await asyncio.wait_for(dashboard_open.wait(), 20)
         key_watch = asyncio.create_task(record_watch(watcher, on_key, key_caught_up,
                                                      key=moving))
         await wait_until(lambda: len(caught_up) == len(before.ring.shards) and key_caught_up,
@@ -139,12 +161,18 @@ async def watch_through(cluster: LocalCluster, new_ring: dict[str, int],
         last_of_key = max(w.version or 0 for w in writes if w.key == moving)
         await wait_until(lambda: max([e.version for e in on_key], default=0) >= last_of_key,
                          within=30, what="the key watch to catch up")
+        acked = {(w.key, w.version) for w in writes if w.version is not None}
+        if replay:  # the dashboard follows the shard that joined: every write, once
+            await wait_until(lambda: acked <= set(forwarded), within=30,
+                             what="the dashboard's watch to forward every write")
+            assert len(forwarded) == len(set(forwarded)), "a write forwarded twice"
+            assert set(forwarded) <= {(e.key, e.version) for e in received}, \
+                "the dashboard forwarded a migration's copy or clean-up"
         replayed: list[WatchEvent] = []
-        tasks = [watching, key_watch]
+        tasks = [watching, key_watch, dashboard]
         if replay:
             tasks.append(asyncio.create_task(record_watch(watcher, replayed, {}, prefix="w:",
                                                           start_version=0)))
-            acked = {(w.key, w.version) for w in writes if w.version is not None}
             await wait_until(lambda: acked <= {(e.key, e.version) for e in replayed},
                              within=30, what="the replay to deliver every write")
         for task in tasks:

@@ -1,11 +1,11 @@
 """How a watch tells a user's write from a migration's copy or clean-up: the ring in effect
-for (shard, version) follows the flip LSNs the map records (client/watch_ownership.py)."""
+for (shard, version) follows the flip LSNs the map records (cluster/ring_history.py)."""
 
 from __future__ import annotations
 
-from shardkv.client.watch_ownership import RingHistory
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.ring import shard_for_key
+from shardkv.cluster.ring_history import RingHistory
 from shardkv.coordinator.state_machine import MapStateMachine
 
 FLOOR = 1 << 32

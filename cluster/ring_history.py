@@ -13,6 +13,9 @@ wipes of an earlier attempt, clean-up, an aborted migration's leftovers) is book
 Versions only grow across a move (the target's floor is above every source version), so a
 key's events stay in version order when they change shards; the handover only needs the old
 owner's events up to its flip LSN to be delivered before the new owner's (``arrival``).
+
+It lives in ``cluster/`` because both the client's watch and the coordinator's dashboard
+watch (``coordinator/dashboard/watch_proxy.py``) judge events by it.
 """
 
 from __future__ import annotations

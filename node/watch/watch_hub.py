@@ -33,6 +33,9 @@ class WatchHub:
         self.published_lsn = published_lsn
         self.max_watches = max_watches
         self._subscribers: set[Subscriber] = set()
+        # (last LSN published before, LSN after) of the latest reset: a migration's LSN
+        # jump reports where the log stopped (node/migration/floor.py, docs/watch.md).
+        self.last_reset: tuple[int, int] | None = None
         self.commit_limit: int | None = None
 
     def follow_commit(self, limit: int | None) -> None:
@@ -70,6 +73,7 @@ class WatchHub:
 
     def reset(self, published_lsn: int, reason: str) -> None:
         """The state was replaced underneath: end every watch."""
+        self.last_reset = (self.published_lsn, published_lsn)
         self.published_lsn = published_lsn
         for subscriber in self._subscribers:
             subscriber.close(reason)

@@ -137,7 +137,11 @@ class Executor:
         frozen old primary would hold them until the caller's deadline. Fail them now as
         "outcome unknown"; the retry goes to the new primary with the same session stamp,
         which answers the original result if the first attempt was applied after all."""
-        if previous is None:
+        if previous is None or self.sessions is None:
+            # Without session stamps a write that may have been applied cannot be sent
+            # again (it would give up as OUTCOME_UNKNOWN), while the old primary may still
+            # answer it definitely (NOT_PRIMARY after a planned switchover): leave it be;
+            # the heartbeat still ends the wait on a frozen node.
             return
         for shard_id in previous.shards:
             old = previous.primary_of(shard_id)

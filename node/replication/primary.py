@@ -90,8 +90,11 @@ class ReplicationPrimary:
         monotonic_clock: Callable[[], float] = NODE_CLOCK.monotonic,
         on_newer_epoch: Callable[[int], None] | None = None,
         on_grant: Callable[[str, float], None] | None = None,
+        ring_version: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.wal = wal
+        self._ring_version = ring_version  # the node's ring: sent along (protocol.py, ``ring``)
+        self._session_versions: dict[str, int] = {}  # replica -> the version its session speaks
         self.node_id = node_id
         self._epoch = epoch
         self._members = members
@@ -227,7 +230,8 @@ class ReplicationPrimary:
             progress.connections += 1
             progress.connected = True
             progress.sent_lsn = start - 1
-            sender = asyncio.create_task(self._send_loop(ws, progress, start),
+            legacy = self._session_versions.get(hello.node, proto.PROTOCOL_VERSION) < 2
+            sender = asyncio.create_task(self._send_loop(ws, progress, start, legacy=legacy),
                                          name=f"replicate-to-{hello.node}")
             self._tasks.add(sender)
             await self._read_acks(ws, progress, sender)
@@ -270,6 +274,7 @@ class ReplicationPrimary:
             hello = proto.Hello.from_message(message)
             version = proto.negotiate(proto.PROTOCOL_VERSION, hello.version,
                                       peer=f"replica {hello.node}")
+            self._session_versions[hello.node] = version
             if authenticated is not None and hello.node != authenticated:
                 raise Forbidden(f"authenticated as {authenticated}, said hello as {hello.node}")
             epoch = self._epoch()
@@ -371,7 +376,9 @@ class ReplicationPrimary:
             sender.result()  # raises what ended it
 
     async def _send_loop(self, ws: web.WebSocketResponse, progress: ReplicaProgress,
-                         start: int) -> None:
+                         start: int, *, legacy: bool = False) -> None:
+        """Stream entries from ``start``; ``legacy``: a version-1 replica, whose decoder
+        takes mutations of exactly five fields (``protocol.encode_entries``)."""
         next_lsn = start
         while self._closed is None:
             progress.wakeup.clear()
@@ -383,7 +390,7 @@ class ReplicationPrimary:
                     await failpoints.hit("primary_before_send")
                 await ws.send_bytes(proto.encode_entries(
                     batch, self.wal.last_lsn, self._clock(), self._lease_query(),
-                    self._majority_lsn))
+                    self._majority_lsn, self._ring_version(), legacy=legacy))
                 next_lsn = batch[-1].lsn + 1
                 progress.sent_lsn = batch[-1].lsn
                 continue
@@ -396,7 +403,7 @@ class ReplicationPrimary:
                 await ws.send_bytes(proto.encode(
                     proto.HEARTBEAT, primary_lsn=self.wal.last_lsn,
                     commit_lsn=self._majority_lsn, ts=self._clock(), lq=self._lease_query(),
-                    release=self._releasing))
+                    release=self._releasing, ring=self._ring_version()))
 
     def _lease_query(self) -> float | None:
         """The send time a replica's grant is counted from (None: no lease wanted)."""

@@ -22,8 +22,11 @@ primary -> replica
     ``entries``   ``{entries: [WalEntry wire forms], primary_lsn, commit_lsn, ts, lq}``, in LSN
                   order, no gaps. ``lq``: the primary's monotonic send time, asking for a
                   lease grant. ``commit_lsn`` (the majority LSN when sent; absent from older
-                  primaries): how far a replica may serve watches (node/watch/).
-    ``heartbeat`` ``{primary_lsn, commit_lsn, ts, lq}``: sent when idle, so a replica can tell
+                  primaries): how far a replica may serve watches (node/watch/). ``ring``
+                  (the ring version the primary knows; absent when it knows none or is
+                  older): a replica's watch frames say at least that ring, so a client
+                  judges a migration's entries with a map that knows the flip.
+    ``heartbeat`` ``{primary_lsn, commit_lsn, ts, lq, ring}``: sent when idle, so a replica can tell
                   an idle shard (fresh) from a dead stream (stale), and renews the grants.
                   ``release`` (true): this primary is fenced and holds no lease; the
                   replica's promise to its epoch is void.
@@ -102,7 +105,8 @@ _PACKER = msgpack.Packer(use_bin_type=True)
 
 
 def encode_entries(entries: list[WalEntry], primary_lsn: int, ts: float,
-                   lq: float | None = None, commit_lsn: int | None = None) -> bytes:
+                   lq: float | None = None, commit_lsn: int | None = None,
+                   ring: int | None = None, *, legacy: bool = False) -> bytes:
     """The same frame as ``encode(ENTRIES, entries=[e.to_wire() ...], ...)``, built around
     each entry's already encoded payload (the WAL encoded it; ``payload_of``) instead of
     encoding every entry again for every replica: the map's other fields are packed, its
@@ -112,10 +116,21 @@ def encode_entries(entries: list[WalEntry], primary_lsn: int, ts: float,
         fields["commit_lsn"] = commit_lsn
     if lq is not None:
         fields["lq"] = lq
+    if ring is not None:
+        fields["ring"] = ring
     head = wire.pack(fields)  # a fixmap: 0x80 | len(fields), fewer than 15 fields
     return b"".join((bytes((head[0] + 1,)), head[1:], _ENTRIES_KEY,
                      _PACKER.pack_array_header(len(entries)),
-                     *[payload_of(e) for e in entries]))
+                     *[_legacy_payload(e) if legacy else payload_of(e) for e in entries]))
+
+
+def _legacy_payload(entry: WalEntry) -> bytes:
+    """An entry as a version-1 replica decodes it: each mutation's first five fields only
+    (a v1 node unpacks exactly five; the ``expired`` flag and ``prev_version`` that later
+    releases append only feed watches). Encoded per send: a v1 replica exists only while a
+    rolling upgrade is under way."""
+    return _PACKER.pack([entry.lsn, entry.epoch, entry.ts,
+                         [m.to_wire()[:5] for m in entry.mutations]])
 
 
 def lease_query(message: dict[str, Any]) -> float | None:

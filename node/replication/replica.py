@@ -98,6 +98,9 @@ class ReplicationReplica:
         # Told each time ``commit_lsn`` rises (the watch hub: a replica serves watches up
         # to its primary's commit point, node/watch/watch_hub.py).
         self.on_commit: Callable[[int], None] | None = None
+        # Told the primary's ring version as frames bring it (the watch hub: the ring a
+        # replica's watch frames are stamped with is at least the primary's).
+        self.on_ring: Callable[[int], None] | None = None
         self.connected = False
         self.handshakes = 0
         self.reconnects = 0
@@ -374,6 +377,9 @@ class ReplicationReplica:
         """One frame from the primary, while streaming."""
         received_at = self._clock()
         kind = message["t"]
+        ring = message.get("ring")
+        if type(ring) is int and self.on_ring is not None:
+            self.on_ring(ring)  # before the entries: they were written under at most it
         if kind == proto.ENTRIES:
             entries = proto.decode_entries(message)
             if entries:

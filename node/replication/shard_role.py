@@ -153,7 +153,8 @@ class NodeReplication:
         primary = ReplicationPrimary(
             store.wal, node_id=node_id, epoch=lambda: store.epoch,
             members=lambda: self.members, snapshot_source=store.snapshot_now,
-            on_newer_epoch=self._saw_newer_epoch, on_grant=self.lease.majority.granted)
+            on_newer_epoch=self._saw_newer_epoch, on_grant=self.lease.majority.granted,
+            ring_version=lambda: self.server.ctx.ring_version)
         old, self.primary = self.primary, primary
         self.fenced = False
         store.set_commit_gate(self._majority_gate, local_gate=self._local_gate,
@@ -195,6 +196,7 @@ class NodeReplication:
                 StoreReplicaTarget(store), node_id=self.server.ctx.node_id or "node",
                 primary_url=primary_url, epoch=epoch, promise=self.promise)
             self.replica.on_commit = store.watch_hub.commit
+            self.replica.on_ring = store.watch_hub.saw_primary_ring
             self.replica.start()
         else:
             self.replica.retarget(primary_url, epoch)

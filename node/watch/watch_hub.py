@@ -37,6 +37,9 @@ class WatchHub:
         # jump reports where the log stopped (node/migration/floor.py, docs/watch.md).
         self.last_reset: tuple[int, int] | None = None
         self.commit_limit: int | None = None
+        # The highest ring version a primary's replication frames carried (a replica): its
+        # watch frames say at least this ring (watch_session.py, docs/watch.md).
+        self.primary_ring: int | None = None
 
     def follow_commit(self, limit: int | None) -> None:
         """Serve up to ``limit`` (a replica; raised by ``commit``), or without a limit
@@ -51,6 +54,11 @@ class WatchHub:
         if limit is not None and lsn > limit:
             self.commit_limit = lsn
             self._poke()
+
+    def saw_primary_ring(self, ring_version: int) -> None:
+        """The primary's ring version, as the replication stream tells it."""
+        if self.primary_ring is None or ring_version > self.primary_ring:
+            self.primary_ring = ring_version
 
     def _poke(self) -> None:
         for subscriber in self._subscribers:

@@ -312,9 +312,15 @@ class WatchSession:
     async def _send_events(self, shard: str, version: int, events: list[dict[str, Any]]) -> None:
         # The ring this node knows now is at least the one it checked ownership with when
         # it took these writes: a client classifies moved keys with a map that new
-        # (docs/watch.md, "Resharding"). Absent outside a cluster.
+        # (docs/watch.md, "Resharding"). A replica's own map may lag its primary's, so it
+        # says at least the ring its primary's frames carried. Absent outside a cluster.
+        ring = self.ctx.ring_version
+        store = self.ctx.store
+        primary_ring = None if store is None else store.watch_hub.primary_ring
+        if primary_ring is not None and (ring is None or primary_ring > ring):
+            ring = primary_ring
         await self._send({"type": "events", "shard": shard, "version": version,
-                          "ring_version": self.ctx.ring_version, "events": events})
+                          "ring_version": ring, "events": events})
         self.events_sent += len(events)
 
     async def _send(self, frame: dict[str, Any]) -> None:

@@ -143,3 +143,21 @@ async def test_a_log_written_by_the_previous_format_reads_back_with_none(
                                   ("put", b"a", v5, v4)]
     finally:
         await store.close()
+
+
+def test_a_version_1_replica_gets_mutations_of_five_fields() -> None:
+    """A v1 node (before ``expired`` and ``prev_version``) unpacks exactly five fields per
+    mutation: during a rolling upgrade its stream carries that form (the mixed-version
+    integration test caught a v1 replica stuck on a 7-field entry)."""
+    from shardkv.node.replication import protocol as proto
+
+    entry = WalEntry(9, 2, (Mutation(MutationKind.PUT, b"k", b"v", prev_version=4),
+                            Mutation(MutationKind.DELETE, b"x", b"", expired=True)), 1.5)
+    for legacy, widths in ((True, [5, 5]), (False, [7, 6])):
+        frame = proto.decode(proto.encode_entries([entry], 9, 2.0, legacy=legacy))
+        (raw,) = frame["entries"]
+        lsn, epoch, ts, mutations = msgpack.unpackb(raw) if isinstance(raw, bytes) else raw
+        assert (lsn, epoch, ts) == (9, 2, 1.5)
+        assert [len(m) for m in mutations] == widths
+        _kind, key, value, _compressed, _expires_at = mutations[0][:5]  # as a v1 node does
+        assert (key, value) == (b"k", b"v")

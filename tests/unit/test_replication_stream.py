@@ -227,3 +227,22 @@ def test_staleness_is_measured_from_when_the_primary_lsn_was_applied() -> None:
     Target.applied_lsn = 9
     replica._applied_up_to(9)
     assert replica.staleness_ms() == pytest.approx(2750)
+
+
+async def test_the_primary_s_ring_version_reaches_its_replicas(make_primary,
+                                                                make_replica) -> None:
+    """A replica's watch frames say at least its primary's ring (docs/watch.md): the stream
+    carries it on entries and heartbeats, raised as the primary learns newer rings."""
+    ring = [4]
+    primary = await make_primary(ring_version=lambda: ring[0])
+    replica = await make_replica("r1", primary.url)
+    seen: list[int] = []
+    replica.on_ring = seen.append
+    replica.start()
+    await primary.write(3)
+    await eventually(lambda: replica.target.applied_lsn == 3)
+    assert seen and set(seen) == {4}
+    ring[0] = 6  # the node's map moved on (a flip): the next frames say so
+    await primary.write(1)
+    await eventually(lambda: seen[-1] == 6)
+    assert seen == sorted(seen)

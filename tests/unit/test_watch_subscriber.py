@@ -103,3 +103,11 @@ async def test_a_replica_hub_follows_its_primary_commit_point() -> None:
     assert hub.commit_limit == 7
     hub.follow_commit(None)  # became primary
     assert hub.commit_limit is None
+
+
+def test_the_hub_keeps_the_highest_ring_its_primary_sent() -> None:
+    hub = WatchHub(0)
+    assert hub.primary_ring is None
+    for ring in (3, 5, 4):
+        hub.saw_primary_ring(ring)
+    assert hub.primary_ring == 5

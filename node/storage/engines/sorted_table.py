@@ -102,12 +102,8 @@ class SortedTable(Generic[Row]):
     def pop(self, key: bytes) -> Row | None:
         """Remove ``key``; return its row, or None when it was absent."""
         maxes = self._maxes
-        run = bisect_left(maxes, key)
-        if run == len(maxes):
-            return None
-        keys = self._keys[run]
-        at = bisect_left(keys, key)
-        if keys[at] != key:
+        run, at = self._position(key)
+        if run == len(maxes) or (keys := self._keys[run])[at] != key:
             return None
         del keys[at]
         old = self._rows[run].pop(at)

@@ -31,6 +31,7 @@ import heapq
 import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from itertools import islice
+from typing import Any
 
 from shardkv.node.storage.engines.engine import (
     Engine,
@@ -56,6 +57,7 @@ _HEAD_EXPIRY = struct.Struct("<BQd")  # flags, version, expires_at
 _COMPRESSED = 1
 _EXPIRES = 2
 _VERSION_LIMIT = 1 << 64
+_PUT, _DELETE = int(MutationKind.PUT), int(MutationKind.DELETE)
 
 
 def _row(value: bytes, compressed: bool, version: int, expires_at: float | None) -> _Row:
@@ -136,6 +138,24 @@ class MemoryEngine(Engine):
             else:
                 self._delete(mutation.key)
         self._applied_lsn = entry.lsn
+
+    async def apply_wire(self, raw: list[Any]) -> None:
+        # Recovery replays the log through here: the msgpack lists read straight into rows,
+        # with no WalEntry or Mutation built (issue 17: about 40 % of the replay's CPU). Only
+        # a mutation's first five fields make the stored state; later ones (the sweeper's
+        # ``expired`` mark, anything appended to the record since) do not.
+        lsn, _epoch, _ts, mutations = raw
+        if type(lsn) is not int or lsn <= self._applied_lsn:
+            raise ValueError(f"{self.name}: entry lsn {lsn!r} is not after {self._applied_lsn}")
+        for mutation in mutations:
+            kind, key, value, compressed, expires_at = mutation[:5]
+            if kind == _PUT:
+                self._put(bytes(key), _row(bytes(value), bool(compressed), lsn, expires_at))
+            elif kind == _DELETE:
+                self._delete(bytes(key))
+            else:
+                raise ValueError(f"unknown mutation kind {kind!r}")
+        self._applied_lsn = lsn
 
     def _put(self, key: bytes, row: _Row) -> None:
         old = self._items.set(key, row)

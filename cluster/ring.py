@@ -68,8 +68,30 @@ def build_ring(spec: RingSpec) -> HashRing:
     return HashRing(nodes=nodes, hash_fn=hash_fn, vnodes=spec.vnodes)
 
 
+# The ring of the spec objects seen last, by identity: every keyed request asks (the client
+# routing each key, a node checking it owns each key), and building ``_ring_key`` (a sorted
+# tuple) under the lock cost more than the ring lookup itself (issue 17). A spec is mutable
+# (the coordinator edits its own map's), so a hit also needs the same fields: version,
+# hash, vnodes and an equal copy of the shards (a dict compare, cheap for a few shards). The
+# entry holds the spec, so its id cannot be reused while cached.
+_by_spec: dict[int, tuple[RingSpec, int, str, int, dict[str, int], HashRing]] = {}
+
+
 def ring_for(spec: RingSpec) -> HashRing:
     """The cached ring of ``spec``."""
+    hit = _by_spec.get(id(spec))
+    if (hit is not None and hit[0] is spec and hit[1] == spec.version and hit[2] == spec.hash
+            and hit[3] == spec.vnodes and hit[4] == spec.shards):
+        return hit[5]
+    ring = _ring_for_key(spec)
+    with _cache_lock:
+        if len(_by_spec) >= _CACHE_LIMIT:
+            _by_spec.pop(next(iter(_by_spec)))
+        _by_spec[id(spec)] = (spec, spec.version, spec.hash, spec.vnodes, dict(spec.shards), ring)
+    return ring
+
+
+def _ring_for_key(spec: RingSpec) -> HashRing:
     key = _ring_key(spec)
     with _cache_lock:
         ring = _cache.get(key)

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from shardkv.cluster.errors import ShardKVError, Unavailable
+from shardkv.cluster.errors import InvalidArgument, ShardKVError, Unavailable
 from shardkv.cluster.wire import to_json
 from shardkv.coordinator import dashboard_auth
 from shardkv.coordinator.events_api import drain, open_authenticated
@@ -73,7 +73,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
     prefix = request.query.get("prefix", "")
     try:
         if len(prefix.encode()) > 1024:
-            raise Unavailable("prefix is over 1024 bytes")
+            raise InvalidArgument("prefix is over 1024 bytes")
         dashboard_auth.check_origin(request)
         principal = dashboard_auth.check_header(coord, request)
         if _open >= MAX_PROXIES:

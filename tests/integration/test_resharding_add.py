@@ -22,12 +22,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cluster_fixtures import CLUSTER_READY_TIMEOUT_S, current_map
+from cluster_fixtures import CLUSTER_READY_TIMEOUT_S, current_map, started_cluster
 from reshard_workload import ReshardLoad
 from shardkv.client import Client
 from shardkv.client.connection import NodeConnection
 from shardkv.cluster.cluster_map import ClusterMap
-from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster
+from shardkv.cluster.launcher import ClusterPlan, LocalCluster
 from shardkv.cluster.ring import shard_for_key
 from shardkv.cluster.shard_members import start_shard_members
 
@@ -39,17 +39,9 @@ MIGRATION_TIMEOUT_S = 120.0
 @pytest.fixture(params=["memory", "sqlite"], name="cluster")
 def cluster_fixture(request: pytest.FixtureRequest,
                     tmp_path: Path) -> Iterator[LocalCluster]:
-    plan = ClusterPlan.new(tmp_path, shards=2, replicas=2, coordinators=1,
-                           engine=request.param, fsync="never")
-    cluster = LocalCluster(tmp_path, plan)
-    try:
-        cluster.start()
-        cluster.wait_ready(CLUSTER_READY_TIMEOUT_S)
-    except LaunchError as exc:
-        cluster.stop()
-        pytest.fail(f"the local cluster did not start: {exc}")
-    yield cluster
-    cluster.stop()
+    with started_cluster(tmp_path, shards=2, replicas=2, coordinators=1,
+                         engine=request.param, fsync="never") as cluster:
+        yield cluster
 
 
 def send(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:

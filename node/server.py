@@ -24,7 +24,7 @@ from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
 from shardkv.node.api.events_feed import EventsFeed
 from shardkv.node.api.limits import ConnectionGate, LimitedSite
-from shardkv.node.api.operations import NodeContext
+from shardkv.node.api.node_context import NodeContext
 from shardkv.node.api.rest import RestApi
 from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
 from shardkv.node.backup import BackupExport, BackupImport, WalArchiver

@@ -25,6 +25,9 @@ class WatchHub:
         self.published_lsn = published_lsn
         self.max_watches = max_watches
         self._subscribers: set[Subscriber] = set()
+        # (last LSN published before, LSN after) of the latest reset: a migration's LSN
+        # jump reports where the log stopped (node/migration/floor.py, docs/watch.md).
+        self.last_reset: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self._subscribers)
@@ -43,6 +46,7 @@ class WatchHub:
 
     def reset(self, published_lsn: int, reason: str) -> None:
         """The state was replaced underneath: end every watch."""
+        self.last_reset = (self.published_lsn, published_lsn)
         self.published_lsn = published_lsn
         for subscriber in self._subscribers:
             subscriber.close(reason)

@@ -5,8 +5,9 @@ text frame (a browser), and every frame the node sends back is in the same forma
 
 - ``{"type": "created", "shard", "version", "start_version", "compact_version"}``: the
   watch exists; history runs from ``start_version`` (exclusive) to ``version``.
-- ``{"type": "events", "shard", "version", "events": [...]}``: whole entries, in LSN order
-  (an entry's events are never split across frames, so ``version`` is a safe resume point).
+- ``{"type": "events", "shard", "version", "ring_version", "events": [...]}``: whole
+  entries, in LSN order (an entry's events are never split across frames, so ``version``
+  is a safe resume point); ``ring_version``: the ring this node knows (None: no cluster).
 - ``{"type": "progress", "shard", "version"}``: every write of this shard up to ``version``
   that the watch matches has been sent (sent once history is done, then at the interval).
 - ``{"type": "error", "error", "message", "retryable", ...}``, then the node closes:
@@ -39,7 +40,7 @@ from shardkv.cluster.errors import (
     Unavailable,
 )
 from shardkv.cluster.wire import pack, to_json, unpack
-from shardkv.node.api.operations import NodeContext
+from shardkv.node.api.node_context import NodeContext
 from shardkv.node.storage.store import Store
 from shardkv.node.wal.model import LsnCompacted
 from shardkv.node.wal.record import WalEntry
@@ -194,7 +195,15 @@ class WatchSession:
         reported = safe
         next_progress = time.monotonic() + interval
         while True:
-            if subscriber.closed_reason is not None:
+            if subscriber.closed_reason is not None and not subscriber.overflowed:
+                # What was applied before the end is committed: send it, and say how far
+                # it goes, so the client resumes from there (a migration's LSN jump closes
+                # every watch; the client then resumes above the jump, docs/watch.md).
+                batches, covered = subscriber.take()
+                if batches:
+                    await self._send_batches(shard, batches)
+                if covered > reported:
+                    await self._send({"type": "progress", "shard": shard, "version": covered})
                 raise Unavailable(f"the watch ended on the node: {subscriber.closed_reason}")
             if subscriber.overflowed:
                 raise SlowConsumer(
@@ -236,8 +245,11 @@ class WatchSession:
             await self._send_events(shard, batches[-1].version, events)
 
     async def _send_events(self, shard: str, version: int, events: list[dict[str, Any]]) -> None:
+        # The ring this node knows now is at least the one it checked ownership with when
+        # it took these writes: a client classifies moved keys with a map that new
+        # (docs/watch.md, "Resharding"). Absent outside a cluster.
         await self._send({"type": "events", "shard": shard, "version": version,
-                          "events": events})
+                          "ring_version": self.ctx.ring_version, "events": events})
         self.events_sent += len(events)
 
     async def _send(self, frame: dict[str, Any]) -> None:

@@ -68,6 +68,19 @@ async def wait_finished(coordinator: str, migration: str) -> dict[str, Any]:
         await asyncio.sleep(0.2)
 
 
+async def add_shard(cluster: LocalCluster, shard: str) -> dict[str, Any]:
+    """Add ``shard`` (its members started as processes) and wait until the migration is
+    done; returns its record."""
+    coordinator = cluster.plan.coordinator_urls()[0]
+    status, body = await asyncio.to_thread(send, "POST", f"{coordinator}/admin/shards",
+                                           {"shard": shard})
+    assert status == 202, body
+    start_shard_members(cluster, shard)
+    record = await wait_finished(coordinator, body["migration"])
+    assert record["state"] == "done", record
+    return record
+
+
 async def keys_held(url: str, consistency: str = "strong") -> list[bytes]:
     """Every key a node holds, read with its own scan (which ignores ownership);
     ``eventual`` reads a node that is not a primary (a retired member)."""
@@ -177,7 +190,6 @@ async def test_a_retry_that_crosses_the_flip_is_not_applied_twice(tmp_path: Path
     try:
         cluster.start()
         cluster.wait_ready(CLUSTER_READY_TIMEOUT_S)
-        coordinator = plan.coordinators[0].url
         before = ClusterMap.from_dict(current_map(cluster))
         target_ring = ClusterMap.from_dict(current_map(cluster))
         target_ring.ring.shards = {**before.ring.shards, "s3": 1}
@@ -193,12 +205,7 @@ async def test_a_retry_that_crosses_the_flip_is_not_applied_twice(tmp_path: Path
                 await old_owner.close()
         assert first["value"] == 5
 
-        status, body = await asyncio.to_thread(send, "POST", f"{coordinator}/admin/shards",
-                                               {"shard": "s3"})
-        assert status == 202, body
-        start_shard_members(cluster, "s3")
-        record = await wait_finished(coordinator, body["migration"])
-        assert record["state"] == "done", record
+        await add_shard(cluster, "s3")
 
         after = ClusterMap.from_dict(current_map(cluster))
         assert shard_for_key(after, key.encode()) == "s3"

@@ -14,6 +14,9 @@ Prints a table and, last, one JSON line (for scripts)::
 
     .venv/bin/python bench/recovery_bench.py                      # 1M keys, memory engine
     .venv/bin/python bench/recovery_bench.py --keys 200000 --engine sqlite
+    # A/B of recovery CPU: build once, then reopen with each checkout's interpreter
+    .venv/bin/python bench/recovery_bench.py --skip-memory --data-dir /tmp/rb
+    ../base/.venv/bin/python bench/recovery_bench.py --data-dir /tmp/rb --reopens 3
 """
 
 from __future__ import annotations
@@ -75,14 +78,28 @@ async def memory_per_key(keys: int) -> dict[str, float]:
     }
 
 
-async def recovery_time(engine: str, keys: int, wal_entries: int, data_dir: Path) -> dict:
-    config = StoreConfig(
+def bench_config(engine: str, data_dir: Path) -> StoreConfig:
+    return StoreConfig(
         data_dir=data_dir,
         engine=engine,
         wal=WalOptions(fsync=FsyncPolicy.NEVER),
         ttl_sweep_interval_s=0,
         snapshot_wal_bytes=1 << 40,  # only the explicit snapshot below
     )
+
+
+async def reopen_cpu_seconds(engine: str, keys: int, data_dir: Path) -> list[float]:
+    """CPU seconds of ``Store.open`` on data a previous run left (``--data-dir``)."""
+    started = time.process_time()
+    store = await Store.open(bench_config(engine, data_dir))
+    spent = time.process_time() - started
+    assert store.key_count == keys, (store.key_count, keys)
+    await store.close()
+    return [round(spent, 3)]
+
+
+async def recovery_time(engine: str, keys: int, wal_entries: int, data_dir: Path) -> dict:
+    config = bench_config(engine, data_dir)
     store = await Store.open(config)
     started = time.perf_counter()
     for start in range(0, keys, CHUNK):
@@ -133,18 +150,29 @@ def main() -> None:
     parser.add_argument("--wal-entries", type=int, default=100_000)
     parser.add_argument("--engine", choices=["memory", "sqlite"], default="memory")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument(
+        "--data-dir", type=Path,
+        help="keep the store here; when it exists, only reopen it (prints the CPU seconds of "
+             "each open): an A/B runs this script with each side's interpreter on one data dir")
+    parser.add_argument("--reopens", type=int, default=1, help="opens of an existing --data-dir")
     args = parser.parse_args()
 
+    if args.data_dir is not None and args.data_dir.exists():
+        opens = [asyncio.run(reopen_cpu_seconds(args.engine, args.keys, args.data_dir))[0]
+                 for _ in range(args.reopens)]
+        print(json.dumps({"reopen_cpu_seconds": opens}))
+        return
     results: dict[str, object] = {}
     if not args.skip_memory:
         results["memory"] = asyncio.run(memory_per_key(args.keys))
-    data_dir = Path(tempfile.mkdtemp(prefix="shardkv-recovery-bench-"))
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="shardkv-recovery-bench-"))
     try:
         results["recovery"] = asyncio.run(
             recovery_time(args.engine, args.keys, args.wal_entries, data_dir)
         )
     finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if args.data_dir is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
     print(f"{'measurement':<44} {'value':>14}")
     if "memory" in results:

@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mappi
 from typing import Any, Literal
 
 from shardkv.client.executor import Executor
-from shardkv.client.multi_key import node_limits, run_split
+from shardkv.client.multi_key import Part, node_limits, part_keys, run_split
 from shardkv.client.read_cache import ReadCache
 from shardkv.client.retry import DecorrelatedJitterBackoff
 from shardkv.client.scan_merge import key_type_of, merged_scan
@@ -154,11 +154,12 @@ class Commands:
             return []
         base, eventual = self._read_args(consistency, max_staleness_ms, min_version)
 
-        async def part(indexes: list[int]) -> list[Item | None]:
-            part_keys = [raw_keys[i] for i in indexes]
+        async def part(indexes: Part) -> list[Item | None]:
+            routed = part_keys(raw_keys, indexes)
             body = await self._executor.call(
                 "mget",
-                {**base, "keys": part_keys},
+                {**base, "keys": routed},
+                keys=routed,
                 eventual=eventual,
                 budget=timeout,
             )
@@ -301,10 +302,11 @@ class Commands:
         extra: dict[str, Any] = {} if ttl is None else {"ttl": as_ttl(ttl)}
         _write_args(extra, write_concern)
 
-        async def part(indexes: list[int]) -> list[int]:
+        async def part(indexes: Part) -> list[int]:
             body = await self._executor.call(
                 "mput",
                 {**extra, "items": [[raw_keys[i], values[i]] for i in indexes]},
+                keys=part_keys(raw_keys, indexes),
                 budget=timeout,
             )
             return [int(body["version"])] * len(indexes)
@@ -328,10 +330,10 @@ class Commands:
             return 0
         extra = _write_args({}, write_concern)
 
-        async def part(indexes: list[int]) -> list[int]:
-            part_keys = [raw_keys[i] for i in indexes]
+        async def part(indexes: Part) -> list[int]:
+            routed = part_keys(raw_keys, indexes)
             body = await self._executor.call(
-                "mdelete", {**extra, "keys": part_keys}, budget=timeout
+                "mdelete", {**extra, "keys": routed}, keys=routed, budget=timeout
             )
             # The count is per part: credit it to the part's first key, zero to the rest.
             return [int(body["deleted"])] + [0] * (len(indexes) - 1)

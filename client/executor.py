@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 from shardkv.client.connection import ConnectionFailed, NodePool
 from shardkv.client.retry import ExponentialBackoff, Retry
-from shardkv.client.routing import Route, Router
+from shardkv.client.routing import Route, RoutedKeys, Router
 from shardkv.client.unreachable import name_the_shard
 from shardkv.client.write_sessions import WriteSessions
 from shardkv.cluster.cluster_map import ClusterMap
@@ -292,6 +292,9 @@ class Executor:
             return shard
         if not keys:
             raise ValueError("a routed call needs keys or a shard")
+        if (type(keys) is RoutedKeys and keys.shard is not None
+                and keys.map_version == self.router.version):
+            return keys.shard  # grouped under this very map: hashing again would agree
         owner = self.router.shard_of(keys[0])
         for key in keys[1:]:
             if self.router.shard_of(key) != owner:

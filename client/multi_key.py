@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from shardkv.client.executor import Executor, Regroup
-from shardkv.client.routing import Router
+from shardkv.client.routing import RoutedKeys, Router
 from shardkv.cluster.errors import ErrorCode, ShardKVError, TooLarge
 from shardkv.cluster.limits import Limits
 
@@ -39,7 +39,27 @@ T = TypeVar("T")
 
 # A part runner gets the indexes (into the caller's key list) of the keys of one shard and
 # returns one result per index, in that order.
-PartRunner = Callable[[list[int]], Awaitable[list[Any]]]
+
+
+class Part(list[int]):
+    """Indexes (into the call's keys) of one part, with the shard they were grouped under and
+    the map version that said so (None for a part re-cut after its answer was too large)."""
+
+    __slots__ = ("map_version", "shard")
+
+    def __init__(self, indexes: Iterable[int], shard: str | None, map_version: int) -> None:
+        super().__init__(indexes)
+        self.shard = shard
+        self.map_version = map_version
+
+
+PartRunner = Callable[[Part], Awaitable[list[Any]]]
+
+
+def part_keys(keys: Sequence[bytes], part: Part) -> RoutedKeys:
+    """The keys of ``part``, marked with their shard so that the executor does not hash
+    them again."""
+    return RoutedKeys([keys[i] for i in part], part.shard, part.map_version)
 
 MAX_REGROUPS = 16
 MAX_CHUNKS_IN_FLIGHT = 8
@@ -155,19 +175,20 @@ async def run_split(
     limits = limits or Limits()
     slots = asyncio.Semaphore(max(concurrency, 1))
 
-    async def bounded(part: list[int]) -> list[Any]:
+    async def bounded(part: Part) -> list[Any]:
         async with slots:
             return await run_part(part)
 
     results: list[Any] = [None] * len(keys)
     errors: dict[int, ShardKVError] = {}
     pending = list(range(len(keys)))
-    halves: list[list[int]] = []  # parts whose answer was too large, cut in two
+    halves: list[Part] = []  # parts whose answer was too large, cut in two
     for _ in range(MAX_REGROUPS):
         if not pending and not halves:
             break
+        version = router.version
         groups = group_by_shard(router, keys, pending)
-        parts = [chunk for group in groups.values()
+        parts = [Part(chunk, shard, version) for shard, group in groups.items()
                  for chunk in chunk_indexes(group, sizes, limits)] + halves
         outcomes = await asyncio.gather(*(bounded(p) for p in parts), return_exceptions=True)
         pending, halves = [], []
@@ -180,7 +201,7 @@ async def run_split(
                 # node caps an answer's bytes and refuses before building it, so nothing was
                 # done): the same keys in two smaller parts.
                 middle = len(part) // 2
-                halves.extend((part[:middle], part[middle:]))
+                halves.extend((Part(part[:middle], None, -1), Part(part[middle:], None, -1)))
             elif isinstance(outcome, ShardKVError):
                 for i in part:
                     errors[i] = outcome

@@ -26,7 +26,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -52,6 +52,20 @@ class Route:
     url: str
     ring_version: int | None
     is_primary: bool
+
+
+class RoutedKeys(list[bytes]):
+    """Keys a caller has already routed: every one is owned by ``shard`` in the map of
+    version ``map_version``. The executor sends them there without hashing each key again
+    while its map is still that version (a multi-key call groups its keys by shard first, and
+    hashing them twice was a measurable share of an mput's client CPU: issue 17)."""
+
+    __slots__ = ("map_version", "shard")
+
+    def __init__(self, keys: Iterable[bytes], shard: str | None, map_version: int) -> None:
+        super().__init__(keys)
+        self.shard = shard
+        self.map_version = map_version
 
 
 class Router:

@@ -13,9 +13,11 @@ Rings are cached per spec (a map change that leaves the ring alone costs nothing
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from shardkv.cluster.cluster_map import ClusterMap, RingSpec
 from shardkv.cluster.errors import Unavailable
@@ -44,9 +46,11 @@ HASH_FUNCTIONS: dict[str, Callable[[object], int]] = {
 }
 
 _RingKey = tuple[str, int, tuple[tuple[str, int], ...]]
-_cache: dict[_RingKey, HashRing] = {}
+Owner = Callable[[bytes], str]
+_cache: dict[_RingKey, tuple[HashRing, Owner]] = {}
 _cache_lock = threading.Lock()
 _CACHE_LIMIT = 16
+_CHECK_KEYS = 256  # keys compared with uhashring before the fast lookup is trusted
 
 
 def _ring_key(spec: RingSpec) -> _RingKey:
@@ -68,19 +72,96 @@ def build_ring(spec: RingSpec) -> HashRing:
     return HashRing(nodes=nodes, hash_fn=hash_fn, vnodes=spec.vnodes)
 
 
+@dataclass(frozen=True, slots=True)
+class Continuum:
+    """A ring's sorted points and their owners, read once from the uhashring ring: the owner
+    of a hash is the first point at or after it (wrapping), exactly ``get_node``. Looking a
+    key up is then one hash and one C bisection, without uhashring's per-call overhead (most
+    of a lookup's cost: every keyed request asks, in the client and in the node)."""
+
+    points: list[int]
+    owners: list[str]
+
+    @classmethod
+    def of(cls, ring: HashRing) -> Continuum:
+        """Raises AttributeError/KeyError/TypeError if uhashring's internals differ."""
+        runtime = ring.runtime
+        points = list(runtime._keys)
+        return cls(points, [runtime._ring[p] for p in points])
+
+    def owner(self, hashed: int) -> str:
+        at = bisect.bisect(self.points, hashed)
+        return self.owners[at if at < len(self.points) else 0]
+
+
+def _owner_function(spec: RingSpec, ring: HashRing) -> Owner:
+    """``key -> shard`` through the ``Continuum`` when it agrees with ``ring`` on every check
+    key, else through uhashring itself (a uhashring whose internals differ: slower, same
+    answers)."""
+    get_node: Owner = ring.get_node
+    try:
+        continuum = Continuum.of(ring)
+    except (AttributeError, KeyError, TypeError):
+        return get_node
+    hash_fn = HASH_FUNCTIONS[spec.hash]
+    owner_of = continuum.owner
+
+    def owner(key: bytes) -> str:
+        return owner_of(hash_fn(key))
+
+    for i in range(_CHECK_KEYS):
+        key = f"ring-check-{i}".encode()
+        if owner(key) != get_node(key):
+            return get_node
+    return owner
+
+
+# The ring of the spec objects seen last, by identity: every keyed request asks (the client
+# routing each key, a node checking it owns each key), and building ``_ring_key`` (a sorted
+# tuple) under the lock cost more than the ring lookup itself (issue 17). A spec is mutable
+# (the coordinator edits its own map's), so a hit also needs the same fields: version,
+# hash, vnodes and an equal copy of the shards (a dict compare, cheap for a few shards). The
+# entry holds the spec, so its id cannot be reused while cached.
+_by_spec: dict[int, tuple[RingSpec, int, str, int, dict[str, int], HashRing, Owner]] = {}
+
+
 def ring_for(spec: RingSpec) -> HashRing:
     """The cached ring of ``spec``."""
+    return _cached(spec)[0]
+
+
+def owner_function(spec: RingSpec) -> Owner:
+    """The cached ``key -> shard`` function of ``spec`` (bytes keys)."""
+    return _cached(spec)[1]
+
+
+def _cached(spec: RingSpec) -> tuple[HashRing, Owner]:
+    hit = _by_spec.get(id(spec))
+    if (hit is not None and hit[0] is spec and hit[1] == spec.version and hit[2] == spec.hash
+            and hit[3] == spec.vnodes and hit[4] == spec.shards):
+        return hit[5], hit[6]
+    ring, owner = _cached_by_key(spec)
+    with _cache_lock:
+        if len(_by_spec) >= _CACHE_LIMIT:
+            _by_spec.pop(next(iter(_by_spec)))
+        _by_spec[id(spec)] = (spec, spec.version, spec.hash, spec.vnodes, dict(spec.shards),
+                              ring, owner)
+    return ring, owner
+
+
+def _cached_by_key(spec: RingSpec) -> tuple[HashRing, Owner]:
     key = _ring_key(spec)
     with _cache_lock:
-        ring = _cache.get(key)
-    if ring is not None:
-        return ring
+        found = _cache.get(key)
+    if found is not None:
+        return found
     ring = build_ring(spec)
+    found = (ring, _owner_function(spec, ring))
     with _cache_lock:
         if len(_cache) >= _CACHE_LIMIT:
             _cache.pop(next(iter(_cache)))
-        _cache[key] = ring
-    return ring
+        _cache[key] = found
+    return found
 
 
 def shard_for_key(cluster_map: ClusterMap | RingSpec, key: bytes) -> str:
@@ -91,5 +172,4 @@ def shard_for_key(cluster_map: ClusterMap | RingSpec, key: bytes) -> str:
     spec = cluster_map.ring if isinstance(cluster_map, ClusterMap) else cluster_map
     if not spec.shards:
         raise Unavailable("the cluster has no shards yet (not bootstrapped)")
-    owner: str = ring_for(spec).get_node(_to_bytes(key))
-    return owner
+    return owner_function(spec)(_to_bytes(key))

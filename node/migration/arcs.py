@@ -9,13 +9,12 @@ and every other shard as a target, so one source stream fans out to several targ
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from shardkv.cluster.cluster_map import RingSpec
-from shardkv.cluster.ring import HASH_FUNCTIONS, ring_for, shard_for_key
+from shardkv.cluster.ring import HASH_FUNCTIONS, Continuum, ring_for, shard_for_key
 
 logger = logging.getLogger(__name__)
 _CHECK_KEYS = 256  # keys compared with shard_for_key before the fast lookup is trusted
@@ -23,28 +22,6 @@ _Lookup = Callable[[bytes], tuple[str, str]]
 # Per (ring, target ring): every map change rebuilds the fence's arcs, the rings rarely change.
 _lookups: dict[tuple[object, object], _Lookup | None] = {}
 _LOOKUPS_LIMIT = 8
-
-
-@dataclass(frozen=True, slots=True)
-class _Continuum:
-    """A ring's sorted points and their owners, read once from the ring that
-    ``cluster/ring.py`` builds: the owner of a hash is the first point at or after it
-    (wrapping), exactly uhashring's ``get_node``. Lets a migration hash each key once for
-    both rings and skip uhashring's per-call overhead (the copy looks up every key of the
-    source twice)."""
-
-    points: list[int]
-    owners: list[str]
-
-    @classmethod
-    def of(cls, spec: RingSpec) -> _Continuum:
-        runtime = ring_for(spec).runtime
-        points = list(runtime._keys)
-        return cls(points, [runtime._ring[p] for p in points])
-
-    def owner(self, hashed: int) -> str:
-        at = bisect.bisect(self.points, hashed)
-        return self.owners[at if at < len(self.points) else 0]
 
 
 def _spec_key(spec: RingSpec) -> object:
@@ -67,7 +44,7 @@ def _build_lookup(current: RingSpec, target_ring: RingSpec) -> _Lookup | None:
     if current.hash != target_ring.hash or current.hash not in HASH_FUNCTIONS:
         return None
     try:
-        now, after = _Continuum.of(current), _Continuum.of(target_ring)
+        now, after = Continuum.of(ring_for(current)), Continuum.of(ring_for(target_ring))
     except (AttributeError, KeyError, TypeError):
         return None
     hash_fn = HASH_FUNCTIONS[current.hash]

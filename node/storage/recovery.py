@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Iterator
 from itertools import islice
+from typing import Any
 
 from shardkv.cluster.errors import InternalError
 from shardkv.cluster.structured_log import log_fields
@@ -39,7 +40,6 @@ from shardkv.node.storage.snapshots.snapshot import (
     read_snapshot,
 )
 from shardkv.node.storage.store_model import RecoveryReport, StoreConfig
-from shardkv.node.wal.record import WalEntry
 from shardkv.node.wal.write_ahead_log import LsnCompacted, WriteAheadLog
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ async def _replay(wal: WriteAheadLog, engine: Engine, config: StoreConfig) -> in
         await wal.restart_at(start + 1, max(config.epoch, wal.last_epoch))
         return 0
     try:
-        entries = wal.read_from(start + 1)
+        entries = wal.read_wire_from(start + 1, _wire_entry)
     except LsnCompacted as exc:
         raise RecoveryError(
             f"the state ends at lsn {start} but the WAL in {config.wal_dir} starts at "
@@ -130,8 +130,12 @@ async def _replay(wal: WriteAheadLog, engine: Engine, config: StoreConfig) -> in
         ) from exc
     replayed = 0
     while chunk := await asyncio.to_thread(_take, entries, _REPLAY_CHUNK):
-        for entry in chunk:
-            await engine.apply(entry)
+        for raw in chunk:
+            try:
+                await engine.apply_wire(raw)
+            except (ValueError, TypeError) as exc:
+                raise RecoveryError(f"WAL entry {raw[0]} cannot be applied: {exc}",
+                                    lsn=raw[0]) from exc
         replayed += len(chunk)
     if engine.applied_lsn != wal.last_lsn:
         raise RecoveryError(
@@ -140,5 +144,12 @@ async def _replay(wal: WriteAheadLog, engine: Engine, config: StoreConfig) -> in
     return replayed
 
 
-def _take(entries: Iterator[WalEntry], count: int) -> list[WalEntry]:
+def _wire_entry(raw: list[Any]) -> list[Any]:
+    """An entry's msgpack form, checked for its shape (the engine checks the rest)."""
+    if type(raw) is not list or len(raw) != 4 or type(raw[3]) is not list:
+        raise ValueError("an entry is a list [lsn, epoch, ts, mutations]")
+    return raw
+
+
+def _take(entries: Iterator[list[Any]], count: int) -> list[list[Any]]:
     return list(islice(entries, count))

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import msgpack
 from shardkv.cluster.durable_file import fsync_fd, install
@@ -40,6 +40,8 @@ _NAME = re.compile(r"^(\d{16})-(\d{16})\.wal$")
 _SEGMENT_HEADER = struct.Struct("<4sHHQQQI")
 _MAGIC = b"SKVW"
 _FORMAT_VERSION = 1
+
+T = TypeVar("T")
 
 FLAG_RESTART = 1  # this segment restarts the log: every older segment is obsolete
 
@@ -332,11 +334,30 @@ def read_segment_entries(
     from_lsn: int,
     limit: int | None = None,
     start: Checkpoint | None = None,
+    until_lsn: int | None = None,
 ) -> Iterator[WalEntry]:
-    """Entries of one segment with ``lsn >= from_lsn``, stopping at byte ``limit`` (the
-    acknowledged end of a segment still being written), reading from ``start`` if given (a
-    checkpoint at or before ``from_lsn``) else from the segment's beginning. Entries before
-    ``from_lsn`` are skipped without being decoded: LSNs in a segment are consecutive."""
+    """Entries of one segment with ``from_lsn <= lsn <= until_lsn`` (None: to the end),
+    stopping at byte ``limit`` (the acknowledged end of a segment still being written),
+    reading from ``start`` if given (a checkpoint at or before ``from_lsn``) else from the
+    segment's beginning. Entries before ``from_lsn`` are skipped without being decoded: LSNs
+    in a segment are consecutive."""
+    return read_segment_records(path, first_lsn, from_lsn, WalEntry.from_wire, limit, start,
+                                until_lsn)
+
+
+def read_segment_records(
+    path: Path,
+    first_lsn: int,
+    from_lsn: int,
+    decode: Callable[[list[Any]], T],
+    limit: int | None = None,
+    start: Checkpoint | None = None,
+    until_lsn: int | None = None,
+) -> Iterator[T]:
+    """``read_segment_entries`` with each entry's msgpack form (``[lsn, epoch, ts,
+    mutations]``) passed to ``decode``: recovery replays the wire form into the engine without
+    building a ``WalEntry`` and its ``Mutation`` objects (issue 17). The LSN is checked here
+    whatever ``decode`` does; a ``ValueError``/``TypeError`` from it is corruption."""
     with path.open("rb") as f:
         if start is None:
             frames = read_frames(f, limit=limit)
@@ -350,16 +371,20 @@ def read_segment_entries(
                     if frame.offset != 0:
                         raise WalCorruption(path, frame.offset, "segment header mid-file")
                     continue
+                if until_lsn is not None and expected > until_lsn:
+                    return
                 if expected >= from_lsn:
                     try:
-                        entry = WalEntry.from_wire(msgpack.unpackb(frame.payload, raw=False))
-                    except (ValueError, TypeError) as exc:
+                        raw = msgpack.unpackb(frame.payload, raw=False)
+                        entry = decode(raw)
+                        lsn = raw[0]
+                    except (ValueError, TypeError, IndexError, KeyError) as exc:
                         raise WalCorruption(
                             path, frame.offset, f"undecodable entry: {exc}"
                         ) from exc
-                    if entry.lsn != expected:
+                    if lsn != expected:
                         raise WalCorruption(
-                            path, frame.offset, f"lsn {entry.lsn}, expected {expected}"
+                            path, frame.offset, f"lsn {lsn}, expected {expected}"
                         )
                     yield entry
                 expected += 1

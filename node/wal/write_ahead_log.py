@@ -35,9 +35,10 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from shardkv.cluster.durable_file import ensure_dir, fsync_dir, truncate_durably
 from shardkv.cluster.structured_log import log_fields
@@ -63,7 +64,7 @@ from shardkv.node.wal.segment import (
     check_entry,
     create_segment,
     encode_entry,
-    read_segment_entries,
+    read_segment_records,
     scan_segment,
 )
 from shardkv.node.wal.segment_writer import SegmentWriter
@@ -78,6 +79,8 @@ __all__ = [
     "WalStats",
     "WriteAheadLog",
 ]
+
+T = TypeVar("T")
 
 log = logging.getLogger("shardkv.node.wal.write_ahead_log")
 
@@ -221,6 +224,11 @@ class WriteAheadLog:
         ``WalCorruption`` (while iterating) if a file turns out damaged. Blocking: callers run
         big reads in a thread. Do not interleave a long read with truncate_after/restart_at.
         """
+        return self.read_wire_from(lsn, WalEntry.from_wire)
+
+    def read_wire_from(self, lsn: int, decode: Callable[[list[Any]], T]) -> Iterator[T]:
+        """``read_from`` with each entry's msgpack form ``[lsn, epoch, ts, mutations]`` passed
+        to ``decode`` instead of built into a ``WalEntry`` (recovery's replay: issue 17)."""
         view = self._view
         if not view.segments:
             return iter(())
@@ -228,10 +236,10 @@ class WriteAheadLog:
         lsn = max(lsn, 1)
         if lsn <= base:
             raise LsnCompacted(f"lsn {lsn} was removed; the log starts at {base + 1}")
-        return self._iter_entries(view, lsn)
+        return self._iter_records(view, lsn, decode)
 
     @staticmethod
-    def _iter_entries(view: _View, lsn: int) -> Iterator[WalEntry]:
+    def _iter_records(view: _View, lsn: int, decode: Callable[[list[Any]], T]) -> Iterator[T]:
         segments = view.segments
         for i, seg in enumerate(segments):
             next_first = segments[i + 1].first_lsn if i + 1 < len(segments) else None
@@ -244,10 +252,8 @@ class WriteAheadLog:
             at = bisect.bisect_right(checkpoints, lsn, key=_checkpoint_lsn)
             start = checkpoints[at - 1] if at else None
             try:
-                for entry in read_segment_entries(seg.path, seg.first_lsn, lsn, limit, start):
-                    if entry.lsn > view.acked_lsn:
-                        return
-                    yield entry
+                yield from read_segment_records(seg.path, seg.first_lsn, lsn, decode, limit,
+                                                start, until_lsn=view.acked_lsn)
             except FileNotFoundError as exc:
                 raise LsnCompacted(f"segment {seg.path.name} was removed while reading") from exc
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from shardkv.client.executor import Regroup
-from shardkv.client.multi_key import MultiKeyError, group_by_shard, run_split
+from shardkv.client.executor import Executor, Regroup
+from shardkv.client.multi_key import MultiKeyError, Part, group_by_shard, part_keys, run_split
 from shardkv.client.routing import DIRECT_SHARD, Router
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.errors import TooLarge, Unavailable, VersionMismatch
@@ -235,3 +235,35 @@ async def test_run_split_gives_up_on_a_single_key_over_the_cap(
         await run_split(router, keys, part)
     assert set(caught.value.errors) == {0}
     assert caught.value.results[1] == b"small"
+
+
+async def test_split_parts_are_not_hashed_again_while_the_map_is_the_same(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A multi-key call hashes each key once (grouping); the executor trusts the group's shard
+    while the map is the version that grouped it, and hashes again (so regroups) after."""
+    router = router_with(session, make_map(shards=2))
+    executor = Executor(router, session)
+    keys = [f"k{i}".encode() for i in range(60)]
+    hashed = 0
+    shard_of = router.shard_of
+
+    def counting(key: bytes) -> str:
+        nonlocal hashed
+        hashed += 1
+        return shard_of(key)
+
+    router.shard_of = counting  # type: ignore[method-assign]
+    parts: list[Part] = []
+
+    async def part(indexes: Part) -> list[str]:
+        parts.append(indexes)
+        return [executor._target_shard(part_keys(keys, indexes), None)] * len(indexes)
+
+    results = await run_split(router, keys, part)
+    assert hashed == len(keys)  # once each, by the grouping
+    assert results == [shard_of(k) for k in keys]
+    router.install(make_map(version=6, shards=3, ring_version=2))
+    spanning = next(p for p in parts if len({shard_of(keys[i]) for i in p}) > 1)
+    with pytest.raises(Regroup):
+        executor._target_shard(part_keys(keys, spanning), None)

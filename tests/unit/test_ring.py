@@ -83,3 +83,25 @@ def test_empty_ring_and_unknown_hash_are_errors() -> None:
         shard_for_key(ClusterMap(), b"k")
     with pytest.raises(ValueError, match="unknown ring hash"):
         build_ring(RingSpec(version=1, hash="crc7", shards={"a": 1}))
+
+
+def test_a_spec_edited_in_place_gets_its_new_ring() -> None:
+    """Rings are cached by spec object; the coordinator edits its map's spec in place, so an
+    edit (shards, weights, vnodes, hash, version) must never be answered from the old ring."""
+    spec = RingSpec(version=1, shards={"s1": 1, "s2": 1})
+    keys = [b"k%d" % i for i in range(400)]
+
+    def owners() -> list[str]:
+        return [shard_for_key(spec, k) for k in keys]
+
+    first = owners()
+    assert owners() == first  # cached
+    spec.shards["s3"] = 1  # no version bump: still seen
+    assert "s3" in owners()
+    spec.shards["s3"] = 50
+    assert Counter(owners())["s3"] > 300
+    spec.shards.pop("s3")
+    assert owners() == first
+    spec.vnodes = 7
+    assert owners() == [shard_for_key(RingSpec(version=1, vnodes=7, shards={"s1": 1, "s2": 1}), k)
+                        for k in keys]

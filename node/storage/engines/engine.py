@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from shardkv.node.wal.record import WalEntry
 
@@ -83,6 +83,14 @@ class Engine(abc.ABC):
     async def apply(self, entry: WalEntry) -> None:
         """Apply one WAL entry: every key it puts gets ``entry.lsn`` as its version, every key
         it deletes is removed. ``entry.lsn`` must be greater than ``applied_lsn``."""
+
+    async def apply_wire(self, raw: list[Any]) -> None:
+        """Apply one entry given in its msgpack form ``[lsn, epoch, ts, mutations]`` (as
+        recovery reads it from the WAL). An engine may apply it without building the
+        ``WalEntry``; this default builds it. A malformed entry raises ``ValueError`` or
+        ``TypeError``, possibly after part of it was applied: recovery then fails and the
+        engine is discarded."""
+        await self.apply(WalEntry.from_wire(raw))
 
     @abc.abstractmethod
     async def scan(

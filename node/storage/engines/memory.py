@@ -1,17 +1,18 @@
 """The in-memory engine: a sorted table of compact rows, plus a lazy expiry heap.
 
-Memory per key is what limits this engine, so a key costs one ``SortedDict`` slot (a dict
-entry and a sorted-list pointer) and one row; nothing else is kept per key. A small value's
-row is ONE bytes object: a 9-byte header (flags: compressed, has an expiry; the version as
-an unsigned 64-bit integer), the expiry as a double when there is one, then the value. That
-is one object where a tuple ``(value, compressed, version, expires_at)`` is three (the tuple,
-the value, the version's int): about 100 bytes less per small key (issue 17: 243 -> ~150
-bytes per key, ``python bench/recovery_bench.py``), and bytes are never tracked by the cyclic
-GC. Reading one costs a header unpack and a copy of the value, cheap for small values; a
-value over ``PACK_LIMIT`` bytes keeps the plain 4-tuple, so a large value is never copied on
-a read. (Plain tuples, not ``StoredItem`` instances: CPython's cyclic GC stops tracking an
-exact tuple of atoms after it survives one collection, but never a tuple subclass.) Items
-are turned into ``StoredItem`` on the way out.
+Memory per key is what limits this engine, so a key costs two list slots in a
+``SortedTable`` (sorted runs of keys and of rows, no hash table: ``sorted_table.py`` says
+why) and one row; nothing else is kept per key. A small value's row is ONE bytes object: a
+9-byte header (flags: compressed, has an expiry; the version as an unsigned 64-bit integer),
+the expiry as a double when there is one, then the value. That is one object where a tuple
+``(value, compressed, version, expires_at)`` is three (the tuple, the value, the version's
+int), and bytes are never tracked by the cyclic GC (issue 17: 243 bytes per small key with
+tuples in a ``SortedDict``, 163 with packed rows, 128 without the dict;
+``python bench/recovery_bench.py``). Reading one costs a header unpack and a copy of the
+value, cheap for small values; a value over ``PACK_LIMIT`` bytes keeps the plain 4-tuple, so
+a large value is never copied on a read. (Plain tuples, not ``StoredItem`` instances:
+CPython's cyclic GC stops tracking an exact tuple of atoms after it survives one collection,
+but never a tuple subclass.) Items are turned into ``StoredItem`` on the way out.
 
 Keys with a TTL also get a heap entry ``(expires_at, key)``. The heap is lazy: an entry
 whose key was since rewritten or deleted is recognised as stale (its ``expires_at`` no longer
@@ -30,6 +31,7 @@ import heapq
 import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from itertools import islice
+from typing import Any
 
 from shardkv.node.storage.engines.engine import (
     Engine,
@@ -38,8 +40,8 @@ from shardkv.node.storage.engines.engine import (
     StoredItem,
     check_apply_order,
 )
+from shardkv.node.storage.engines.sorted_table import SortedTable
 from shardkv.node.wal.record import MutationKind, WalEntry
-from sortedcontainers import SortedDict
 
 # A snapshot stream yields to the event loop after this many rows, so a million-key snapshot
 # does not hold the loop for the whole copy-out.
@@ -55,6 +57,7 @@ _HEAD_EXPIRY = struct.Struct("<BQd")  # flags, version, expires_at
 _COMPRESSED = 1
 _EXPIRES = 2
 _VERSION_LIMIT = 1 << 64
+_PUT, _DELETE = int(MutationKind.PUT), int(MutationKind.DELETE)
 
 
 def _row(value: bytes, compressed: bool, version: int, expires_at: float | None) -> _Row:
@@ -99,7 +102,7 @@ class MemoryEngine(Engine):
     name = "memory"
 
     def __init__(self) -> None:
-        self._items: SortedDict = SortedDict()
+        self._items: SortedTable[_Row] = SortedTable()
         self._applied_lsn = 0
         self._expiry_heap: list[tuple[float, bytes]] = []
         self._expiring = 0  # keys whose current item has an expires_at
@@ -150,11 +153,28 @@ class MemoryEngine(Engine):
                 self._delete(mutation.key)
         self._applied_lsn = entry.lsn
 
+    async def apply_wire(self, raw: list[Any]) -> None:
+        # Recovery replays the log through here: the msgpack lists read straight into rows,
+        # with no WalEntry or Mutation built (issue 17: about 40 % of the replay's CPU). Only
+        # a mutation's first five fields make the stored state; later ones (the sweeper's
+        # ``expired`` mark, anything appended to the record since) do not.
+        lsn, _epoch, _ts, mutations = raw
+        if type(lsn) is not int or lsn <= self._applied_lsn:
+            raise ValueError(f"{self.name}: entry lsn {lsn!r} is not after {self._applied_lsn}")
+        for mutation in mutations:
+            kind, key, value, compressed, expires_at = mutation[:5]
+            if kind == _PUT:
+                self._put(bytes(key), _row(bytes(value), bool(compressed), lsn, expires_at))
+            elif kind == _DELETE:
+                self._delete(bytes(key))
+            else:
+                raise ValueError(f"unknown mutation kind {kind!r}")
+        self._applied_lsn = lsn
+
     def _put(self, key: bytes, row: _Row) -> None:
-        old = self._items.get(key)
+        old = self._items.set(key, row)
         if old is not None and _expires_at(old) is not None:
             self._expiring -= 1
-        self._items[key] = row
         expires_at = _expires_at(row)
         if expires_at is not None:
             self._expiring += 1
@@ -163,7 +183,7 @@ class MemoryEngine(Engine):
                 self._rebuild_heap()
 
     def _delete(self, key: bytes) -> None:
-        old = self._items.pop(key, None)
+        old = self._items.pop(key)
         if old is not None and _expires_at(old) is not None:
             self._expiring -= 1
 
@@ -178,9 +198,7 @@ class MemoryEngine(Engine):
     async def scan(
         self, start: bytes | None, end: bytes | None, limit: int
     ) -> list[tuple[bytes, StoredItem]]:
-        keys = self._items.irange(minimum=start, maximum=end, inclusive=(True, False))
-        items = self._items
-        return [(key, _wrap(items[key])) for key in islice(keys, limit)]
+        return [(key, _wrap(row)) for key, row in islice(self._items.items(start, end), limit)]
 
     async def expired(self, now: float, limit: int) -> list[tuple[bytes, int]]:
         heap = self._expiry_heap
@@ -204,11 +222,10 @@ class MemoryEngine(Engine):
         return result
 
     async def snapshot_view(self) -> SnapshotView:
-        # Rows are immutable tuples, so copying the key order and the dict (both C-speed
-        # copies) freezes the state; applying continues on the live table meanwhile.
-        keys = list(self._items.keys())
-        frozen = dict.copy(self._items)
-        return SnapshotView(self._applied_lsn, len(keys), _stream_rows(keys, frozen))
+        # Rows are immutable, so copying the keys and rows (C-speed list copies) freezes the
+        # state; applying continues on the live table meanwhile.
+        keys, rows = self._items.frozen()
+        return SnapshotView(self._applied_lsn, len(keys), _stream_rows(keys, rows))
 
     async def load(self, rows: Iterable[SnapshotRow], lsn: int) -> None:
         # Reading a snapshot is seconds of CPU for millions of keys: build the new table in a
@@ -220,20 +237,23 @@ class MemoryEngine(Engine):
         self._applied_lsn = lsn
 
     async def close(self) -> None:
-        self._items = SortedDict()
+        self._items = SortedTable()
         self._expiry_heap = []
         self._expiring = 0
 
 
-async def _stream_rows(keys: list[bytes], frozen: dict) -> AsyncIterator[SnapshotRow]:
-    for index, key in enumerate(keys):
-        yield (key, *_fields(frozen[key]))
+async def _stream_rows(keys: list[bytes], rows: list[_Row]) -> AsyncIterator[SnapshotRow]:
+    for index, (key, row) in enumerate(zip(keys, rows, strict=True)):
+        yield (key, *_fields(row))
         if index % _ROWS_PER_YIELD == _ROWS_PER_YIELD - 1:
             await asyncio.sleep(0)
 
 
-def _build_table(rows: Iterable[SnapshotRow]) -> tuple[SortedDict, list[tuple[float, bytes]]]:
-    pairs: list[tuple[bytes, _Row]] = []
+def _build_table(
+    rows: Iterable[SnapshotRow],
+) -> tuple[SortedTable[_Row], list[tuple[float, bytes]]]:
+    keys: list[bytes] = []
+    packed: list[_Row] = []
     heap: list[tuple[float, bytes]] = []
     # Creating millions of container objects triggers the cyclic GC over and over (each pass
     # walks every tracked object so far): two thirds of the load time. These tuples cannot
@@ -242,21 +262,23 @@ def _build_table(rows: Iterable[SnapshotRow]) -> tuple[SortedDict, list[tuple[fl
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        append = pairs.append
+        add_key = keys.append
+        append = packed.append
         pack = _HEAD.pack
         for key, value, compressed, version, expires_at in rows:
             # _row(), inlined for the common row (small value, no expiry): this loop runs
             # once per key of the snapshot at every start.
+            add_key(key)
             if expires_at is None and len(value) <= PACK_LIMIT and 0 <= version < _VERSION_LIMIT:
-                append((key, pack(1 if compressed else 0, version) + value))
+                append(pack(1 if compressed else 0, version) + value)
                 continue
-            append((key, _row(value, compressed, version, expires_at)))
+            append(_row(value, compressed, version, expires_at))
             if expires_at is not None:
                 heap.append((expires_at, key))
     finally:
         if gc_was_enabled:
             gc.enable()
     heapq.heapify(heap)
-    # One bulk construction sorts once (snapshot rows arrive sorted, so that is linear)
-    # instead of a million single inserts.
-    return SortedDict(pairs), heap
+    # Snapshot rows arrive in key order: the table is cut into runs in one pass (it checks
+    # the order) instead of a million single inserts.
+    return SortedTable.from_sorted(keys, packed), heap

@@ -19,7 +19,6 @@ import array
 import asyncio
 import contextlib
 import math
-import multiprocessing
 import os
 import random
 import resource
@@ -31,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.forked_workers import WorkerError, expect, forked_workers
 from bench.kv_protocol import RequestFailed, Target
 from bench.proc_stats import Pids, first_pid, group_cpu_seconds, process_rss_bytes
 from bench.workloads import WORKLOADS, Shape, value_of
@@ -95,7 +95,7 @@ class LoadResult:
         return asdict(self)
 
 
-class LoadError(RuntimeError):
+class LoadError(WorkerError):
     """The generator could not run (a process failed to connect or died)."""
 
 
@@ -113,23 +113,8 @@ def run_load(spec: LoadSpec, *, server_pid: Pids | None = None, seed: int = 0) -
         raise ValueError(f"unknown workload {spec.workload!r}")
     if spec.concurrency < 1 or spec.duration_s <= 0:
         raise ValueError("concurrency must be >= 1 and duration > 0")
-    context = multiprocessing.get_context("fork")
-    shares = spec.shares()
-    channels: list[Connection] = []
-    processes: list[multiprocessing.process.BaseProcess] = []
-    try:
-        for index, share in enumerate(shares):
-            parent_end, child_end = context.Pipe()
-            process = context.Process(
-                target=_generator_main,
-                args=(spec, share, child_end, seed * 1000 + index),
-                name=f"loadgen-{index}",
-                daemon=True,
-            )
-            process.start()
-            child_end.close()
-            channels.append(parent_end)
-            processes.append(process)
+    arguments = [(spec, share, seed * 1000 + index) for index, share in enumerate(spec.shares())]
+    with forked_workers(_generator_main, arguments, "loadgen") as channels:
         for channel in channels:
             _expect(channel, "ready", CONNECT_TIMEOUT_S)
         window_start = time.monotonic() + spec.warmup_s
@@ -141,29 +126,11 @@ def run_load(spec: LoadSpec, *, server_pid: Pids | None = None, seed: int = 0) -
             _expect(channel, "done", spec.duration_s + spec.warmup_s + DRAIN_TIMEOUT_S + 10)
             for channel in channels
         ]
-    finally:
-        for channel in channels:  # first: a process still waiting for "go" then sees EOF
-            channel.close()
-        for process in processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
     return _combine(spec, reports, server_cpu, server_rss)
 
 
 def _expect(channel: Connection, kind: str, timeout_s: float) -> dict[str, Any]:
-    if not channel.poll(timeout_s):
-        raise LoadError(f"a generator process did not report {kind!r} within {timeout_s:.0f}s")
-    try:
-        message = channel.recv()
-    except EOFError as exc:
-        raise LoadError("a generator process died") from exc
-    if message[0] == "failed":
-        raise LoadError(f"a generator process failed: {message[1]}")
-    if message[0] != kind:
-        raise LoadError(f"a generator process said {message[0]!r}, expected {kind!r}")
-    return message[1] if len(message) > 1 else {}
+    return expect(channel, kind, timeout_s, who="a generator process", error=LoadError) or {}
 
 
 def _watch_server(
@@ -230,7 +197,7 @@ def _combine(
 # ---- inside a generator process -------------------------------------------------------------
 
 
-def _generator_main(spec: LoadSpec, share: int, channel: Connection, seed: int) -> None:
+def _generator_main(spec: LoadSpec, share: int, seed: int, channel: Connection) -> None:
     try:
         report = asyncio.run(_generate(spec, share, channel, seed))
         channel.send(("done", report))

@@ -12,8 +12,11 @@ Figures per round: events/s delivered (W * N events over the time from the first
 the last event received), latency from the write's acknowledgement to each event (p50/p99;
 an event that arrives before its acknowledgement counts 0, and the share of those is
 reported), latency from the write's send, the writer's puts/s, and CPU in cores over the
-run of the watcher processes, the writer and the server. Per system: the median of each
-figure over the rounds and its range; the shardkv/etcd ratios of the medians.
+run of the watcher processes, the writer and the server, and the server's and watchers' CPU
+microseconds per event delivered. Per system: the median of each figure over the rounds and
+its range; the shardkv/etcd ratios of the medians. The one writer paces the run: while the
+watchers keep up, events/s is W times the writer's puts/s (an fsynced put each), so a
+system that acknowledges puts faster also delivers more events.
 
     nice python -m bench.watch_bench --watchers 1000 --processes 4 --writes 300 --rounds 3
 """
@@ -153,6 +156,11 @@ def run_round(system: str, server: ServerProcess, args: argparse.Namespace) -> d
     report["watcher_cpu_cores"] = round(sum(r["cpu_s"] for r in reports) / wall, 3)
     report["writer_cpu_cores"] = round(writer_cpu / wall, 3)
     report["server_cpu_cores"] = round(server_cpu / wall, 3)
+    # CPU per event delivered: what one event costs, which a busy machine disturbs far less
+    # than it disturbs rates and latencies.
+    events = max(1, report["events"])
+    report["server_cpu_us_per_event"] = round(server_cpu / events * 1e6, 1)
+    report["watcher_cpu_us_per_event"] = round(sum(r["cpu_s"] for r in reports) / events * 1e6, 1)
     return report
 
 
@@ -165,6 +173,8 @@ FIGURES = {  # name in the summary -> path in a round's report
     "watcher_cpu_cores": ("watcher_cpu_cores",),
     "writer_cpu_cores": ("writer_cpu_cores",),
     "server_cpu_cores": ("server_cpu_cores",),
+    "server_cpu_us_per_event": ("server_cpu_us_per_event",),
+    "watcher_cpu_us_per_event": ("watcher_cpu_us_per_event",),
 }
 
 
@@ -197,7 +207,8 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     if not ours or not theirs:
         return {}
     return {name: round(ours[name] / theirs[name], 2) if ours[name] and theirs[name] else None
-            for name in ("events_per_s", "ack_p50_ms", "ack_p99_ms", "send_p99_ms")}
+            for name in ("events_per_s", "ack_p50_ms", "ack_p99_ms", "send_p99_ms",
+                         "server_cpu_us_per_event")}
 
 
 def table(watchers: int, summary: dict[str, dict[str, Any]]) -> str:
@@ -207,13 +218,14 @@ def table(watchers: int, summary: dict[str, dict[str, Any]]) -> str:
 
     lines = [f"{'system':8} {'W':>5} {'rounds':>6}  {'events/s (range)':>24}  "
              f"{'ack p50 ms':>10}  {'ack p99 ms (range)':>24}  {'puts/s':>7}  "
-             f"{'CPU watchers/writer/server':>26}"]
+             f"{'CPU watchers/writer/server':>26}  {'srv us/event':>12}"]
     for system, row in summary.items():
         cpu = "/".join(f"{row[n]:.2f}" for n in
                        ("watcher_cpu_cores", "writer_cpu_cores", "server_cpu_cores"))
         lines.append(f"{system:8} {watchers:>5} {row['rounds']:>6}  "
                      f"{spread(row, 'events_per_s'):>24}  {row['ack_p50_ms']:>10g}  "
-                     f"{spread(row, 'ack_p99_ms'):>24}  {row['write_ops_per_s']:>7g}  {cpu:>26}")
+                     f"{spread(row, 'ack_p99_ms'):>24}  {row['write_ops_per_s']:>7g}  {cpu:>26}  "
+                     f"{row['server_cpu_us_per_event'] or 0:>12g}")
     return "\n".join(lines)
 
 

@@ -67,5 +67,5 @@ def test_watch_bench_command_on_real_servers(tmp_path: Path) -> None:
     assert document["processes"] == 2
     for row in document["rounds"]:
         assert row["events"] == row["expected_events"] == 80, row
-        assert row["watcher_cpu_cores"] > 0 and row["server_cpu_cores"] > 0, row
+        assert row["watcher_cpu_cores"] > 0 and row["server_cpu_us_per_event"] > 0, row
     assert "ack p99 ms" in done.stdout

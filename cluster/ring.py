@@ -43,6 +43,24 @@ HASH_FUNCTIONS: dict[str, Callable[[object], int]] = {
     "blake2b": _blake2b_64,
 }
 
+
+def _md5_64_many(keys: list[bytes]) -> list[int]:
+    md5, from_bytes = hashlib.md5, int.from_bytes
+    return [from_bytes(md5(k, usedforsecurity=False).digest()[:8], "big") for k in keys]
+
+
+def _blake2b_64_many(keys: list[bytes]) -> list[int]:
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+    return [from_bytes(blake2b(k, digest_size=8).digest(), "big") for k in keys]
+
+
+# The same functions over a list of raw keys, with no call per key: a migration hashes every
+# key of a shard (the copy and the cleaning), a million calls through ``_to_bytes``.
+HASH_MANY: dict[str, Callable[[list[bytes]], list[int]]] = {
+    "md5": _md5_64_many,
+    "blake2b": _blake2b_64_many,
+}
+
 _RingKey = tuple[str, int, tuple[tuple[str, int], ...]]
 _cache: dict[_RingKey, HashRing] = {}
 _cache_lock = threading.Lock()

@@ -1,14 +1,21 @@
 """After the flip, a source primary deletes the keys it no longer owns.
 
 Deletes go through the WAL (``Store.mdelete``), so the shard's replicas delete the same keys,
-in pages of ``PAGE`` keys with a pause between them (the foreground load keeps its share of
+``DELETE_KEYS`` per entry with a pause between them (the foreground load keeps its share of
 the disk and the loop). A full pass that finds nothing left to delete means done.
+
+A pass reads ``PAGE`` keys at a time and asks who owns them all at once (``owned``: one hash
+per key, no call per key): the pass reads the whole shard, of which a third moved, and one
+lookup through the ring per key used to cost more than the deletes themselves. Deletes are
+gathered across pages into full entries: a third of a page per entry was three times the
+entries, each with its own fsync.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,15 +25,17 @@ from shardkv.node.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
-PAGE = 500
+PAGE = 2000
+DELETE_KEYS = 1000  # at most MAX_BATCH_OPS
 PAUSE_S = 0.005
 
 
 class MovedKeyCleaner:
-    def __init__(self, store: Store, migration_id: str, owns: Callable[[bytes], bool]) -> None:
+    def __init__(self, store: Store, migration_id: str,
+                 owned: Callable[[list[bytes]], list[bool]]) -> None:
         self.store = store
         self.migration_id = migration_id
-        self.owns = owns
+        self.owned = owned  # keys -> whether this shard owns each
         self.deleted = 0
         self.passes = 0
         self.done = False
@@ -70,14 +79,20 @@ class MovedKeyCleaner:
     async def _one_pass(self) -> int:
         found = 0
         cursor: bytes | None = None
+        doomed: list[bytes] = []
         while True:
             page = await self.store.scan(cursor=cursor, limit=PAGE)
-            doomed = [key for key, _ in page.items if not self.owns(key)]
-            if doomed:
-                found += len(doomed)
-                count, _ = await self.store.mdelete(doomed)
-                self.deleted += count
-                await asyncio.sleep(PAUSE_S)
+            keys = [key for key, _ in page.items]
+            doomed.extend(itertools.compress(keys, [not o for o in self.owned(keys)]))
+            while len(doomed) >= DELETE_KEYS or (doomed and page.cursor is None):
+                found += await self._delete(doomed[:DELETE_KEYS])
+                del doomed[:DELETE_KEYS]
             if page.cursor is None:
                 return found
             cursor = page.cursor
+
+    async def _delete(self, keys: list[bytes]) -> int:
+        count, _ = await self.store.mdelete(keys)
+        self.deleted += count
+        await asyncio.sleep(PAUSE_S)
+        return len(keys)

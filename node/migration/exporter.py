@@ -177,26 +177,33 @@ class ArcExport:
                 self._shipped.notify_all()
 
     async def _send_view(self) -> None:
-        view = await self.store.consistent_view()
+        everyone = sorted(self.routes)
+        # Destinations of the selected keys, filled by ``select`` a chunk at a time: the
+        # engine asks it before decoding any row, so the two thirds of the shard that stay
+        # are hashed once each and never read.
+        chosen: dict[bytes, list[str]] = {}
+
+        def select(keys: list[bytes]) -> list[bool]:
+            chosen.clear()
+            for key, destination in zip(keys, self.arcs.destinations(keys), strict=True):
+                if destination is not None and not is_reserved(key):
+                    chosen[key] = [destination]
+                elif key.startswith(SESSION_PREFIX):
+                    # Exactly-once sessions are per client, not per key: every target gets
+                    # the whole table, and keeps the highest ``seq`` per client (a retry that
+                    # crosses the flip is answered there from its record, not applied twice).
+                    chosen[key] = everyone
+            return [key in chosen for key in keys]
+
+        view = await self.store.consistent_view(select)
         self.view_lsn = view.lsn
         now = time.time()
         batches = _Batches()
-        everyone = sorted(self.routes)
         async for key, value, compressed, version, expires_at in view.rows:
             if expires_at is not None and expires_at <= now:
                 continue
-            if is_reserved(key):
-                # Exactly-once sessions are per client, not per key: every target gets the
-                # whole table, and keeps the highest ``seq`` per client (a retry that crosses
-                # the flip is answered there from its record instead of being applied twice).
-                if not key.startswith(SESSION_PREFIX):
-                    continue
-                destinations = everyone
-            else:
-                destination = self.arcs.destination(key)
-                if destination is None:
-                    continue
-                destinations = [destination]
+            destinations = chosen[key]
+            if destinations is not everyone:
                 self.snapshot_keys += 1
             record = ["put", key, value, compressed, expires_at, version]
             for target in destinations:

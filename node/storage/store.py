@@ -22,7 +22,7 @@ from shardkv.cluster.limits import MAX_SCAN_LIMIT, as_key
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.clock import NODE_CLOCK
 from shardkv.node.storage.commit_pipeline import CommitGate, CommitPipeline
-from shardkv.node.storage.engines.engine import Engine, SnapshotView
+from shardkv.node.storage.engines.engine import Engine, KeySelect, SnapshotView
 from shardkv.node.storage.recovery import recover
 from shardkv.node.storage.scan_cursor import (
     check_limit,
@@ -311,10 +311,11 @@ class Store(StoreWrites):
 
     # ------------------------------------------------------------------------- migration
 
-    async def consistent_view(self) -> SnapshotView:
+    async def consistent_view(self, select: KeySelect | None = None) -> SnapshotView:
         """A consistent view of every row at ``applied_lsn`` (what a snapshot reads; writes
-        go on meanwhile): an online migration streams the moving keys from it."""
-        return await self._engine.snapshot_view()
+        go on meanwhile): an online migration streams the moving keys from it, selected
+        by key before any row is read (``Engine.snapshot_view``)."""
+        return await self._engine.snapshot_view(select)
 
     async def write_imported(self, mutations: list[Mutation]) -> int:
         """Order ``mutations`` (keys moving in from another shard, with their absolute

@@ -160,6 +160,23 @@ async def test_snapshot_view_is_frozen_while_applying_continues(engine: Engine) 
     assert (await engine.get(b"k0")).value == b"new"
 
 
+async def test_snapshot_view_selects_keys_before_reading_rows(engine: Engine) -> None:
+    log = Log()
+    await engine.apply(log.entry(*(put(b"k%02d" % i, b"v%d" % i) for i in range(20))))
+    asked: list[bytes] = []
+
+    def odd_only(keys: list[bytes]) -> list[bool]:
+        asked.extend(keys)
+        return [int(key[1:]) % 2 == 1 for key in keys]
+
+    view = await engine.snapshot_view(odd_only)
+    await engine.apply(log.entry(delete(b"k01")))  # the view is still frozen
+    rows = await collect(view.rows)
+    assert view.count == 20
+    assert asked == [b"k%02d" % i for i in range(20)]
+    assert rows == [(b"k%02d" % i, b"v%d" % i, False, 1, None) for i in range(1, 20, 2)]
+
+
 async def test_load_replaces_everything(engine: Engine) -> None:
     log = Log()
     await engine.apply(log.entry(put(b"gone"), put(b"kept", b"old")))

@@ -35,6 +35,7 @@ from shardkv.cluster.cluster_token import auth_headers
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.migration.arcs import MovingArcs
+from shardkv.node.migration.throttle import LoopLagThrottle
 from shardkv.node.storage.sessions import SESSION_PREFIX, is_reserved
 from shardkv.node.storage.store import Store
 from shardkv.node.wal.record import MutationKind, WalEntry
@@ -114,6 +115,7 @@ class ArcExport:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self.throttle = LoopLagThrottle()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"export-{self.migration_id}")
@@ -137,7 +139,7 @@ class ArcExport:
             "view_lsn": self.view_lsn, "shipped_lsn": self.shipped_lsn,
             "applied_lsn": store.applied_lsn, "epoch": store.epoch,
             "keys_sent": self.keys_sent, "bytes_sent": self.bytes_sent,
-            "snapshot_keys": self.snapshot_keys,
+            "snapshot_keys": self.snapshot_keys, "throttle": self.throttle.status(),
         }
 
     async def ship_until(self, lsn: int, timeout_s: float) -> None:
@@ -159,7 +161,11 @@ class ArcExport:
                 await asyncio.gather(*(self._post(t, "/internal/migration/import/begin", {})
                                        for t in sorted(self.routes)))
                 self.phase = "snapshot"
-                await self._send_view()
+                self.throttle.start()
+                try:
+                    await self._send_view()
+                finally:
+                    await self.throttle.stop()
                 self.phase = "tail"
                 await self._follow_tail()
         except asyncio.CancelledError:
@@ -215,8 +221,9 @@ class ArcExport:
         await self._mark_shipped(view.lsn)
 
     async def _send_pipelined(self, target: str, records: list[Record], size: int) -> None:
-        """Send without waiting for the answer, at most PIPELINE batches in flight; a
-        failed batch fails the export at the next call (or at ``_drain``)."""
+        """Send without waiting for the answer, at most PIPELINE batches in flight, paced by
+        the throttle; a failed batch fails the export at the next call (or at ``_drain``)."""
+        await self.throttle.wait()
         while len(self._in_flight) >= PIPELINE:
             done, _ = await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             self._in_flight -= done

@@ -39,6 +39,7 @@ class LoopLagThrottle:
         self.worst_lag_s = 0.0
         self._ticks: collections.deque[tuple[float, float]] = collections.deque()
         self._task: asyncio.Task[None] | None = None
+        self._ticked = asyncio.Event()
 
     @property
     def enabled(self) -> bool:
@@ -57,14 +58,24 @@ class LoopLagThrottle:
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
-        ticks = self._ticks
         while True:
             asked = loop.time()
             await asyncio.sleep(TICK_S)
             now = loop.time()
-            ticks.append((now, now - asked - TICK_S))
-            while ticks and ticks[0][0] < now - WINDOW_S:
-                ticks.popleft()
+            self.record(now, now - asked - TICK_S)
+
+    def record(self, now: float, lag: float) -> None:
+        """One tick: the loop woke ``lag`` seconds late at ``now`` (loop time)."""
+        ticks = self._ticks
+        ticks.append((now, lag))
+        while ticks and ticks[0][0] < now - WINDOW_S:
+            ticks.popleft()
+        self._ticked.set()
+
+    async def next_tick(self) -> None:
+        """Wait for the ticker's next sample (what a test awaits instead of sleeping)."""
+        self._ticked.clear()
+        await self._ticked.wait()
 
     def recent_lag(self) -> float:
         """The worst lateness of the loop over the last ``WINDOW_S`` (seconds)."""

@@ -1,5 +1,6 @@
-"""The bulk copy's adaptive throttle: a late loop makes it back off, a disabled one never
-waits (no timing is asserted beyond "a loop blocked for 50 ms is later than 8 ms")."""
+"""The bulk copy's adaptive throttle: a late loop makes it back off, an on-time one lets it
+speed up again, a disabled one never waits. No timing is asserted beyond "a loop held for
+50 ms wakes a 5-ms timer more than 8 ms late"."""
 
 from __future__ import annotations
 
@@ -9,36 +10,46 @@ import time
 from shardkv.node.migration.throttle import STEP_S, LoopLagThrottle
 
 
-async def _ticks_seen(throttle: LoopLagThrottle, count: int) -> None:
-    """Await ``count`` ticker samples (with a deadline), never a bare sleep-and-hope."""
-    async with asyncio.timeout(10):
-        while len(throttle._ticks) < count:
-            await asyncio.sleep(0.001)
+def _hold_the_loop(seconds: float) -> None:
+    """Block the event loop, as a long copy step or a busy CPU would."""
+    time.sleep(seconds)
 
 
-async def test_a_blocked_loop_makes_the_copy_back_off() -> None:
+async def test_the_ticker_sees_a_held_loop() -> None:
     throttle = LoopLagThrottle(max_lag_s=0.008)
     throttle.start()
     try:
-        await _ticks_seen(throttle, 1)
-        seen = len(throttle._ticks)
-        time.sleep(0.05)  # the loop is held, as a long copy step or a busy CPU would
-        await _ticks_seen(throttle, seen + 1)
+        async with asyncio.timeout(10):
+            await throttle.next_tick()
+            _hold_the_loop(0.05)
+            await throttle.next_tick()
         assert throttle.recent_lag() > 0.008
-        await throttle.wait()
-        assert throttle.delay_s == STEP_S
-        await throttle.wait()
-        assert throttle.delay_s >= 2 * STEP_S
-        assert throttle.status()["worst_lag_ms"] > 8
     finally:
         await throttle.stop()
+
+
+async def test_late_loop_doubles_the_delay_and_on_time_loop_shrinks_it() -> None:
+    throttle = LoopLagThrottle(max_lag_s=0.008)
+    now = asyncio.get_running_loop().time()
+    throttle.record(now, 0.03)
+    await throttle.wait()
+    assert throttle.delay_s == STEP_S
+    await throttle.wait()
+    assert throttle.delay_s == 2 * STEP_S
+    assert throttle.status()["worst_lag_ms"] == 30
+    throttle.record(now + 1.0, 0.001)  # the late tick is out of the window now
+    await throttle.wait()
+    assert throttle.delay_s == STEP_S
+    await throttle.wait()
+    assert throttle.delay_s == 0
+    assert throttle.waited_s == 4 * STEP_S
 
 
 async def test_disabled_throttle_never_waits() -> None:
     throttle = LoopLagThrottle(max_lag_s=0.0)
     throttle.start()
-    assert not throttle.enabled and throttle._task is None
-    time.sleep(0.02)
+    assert not throttle.enabled
+    throttle.record(asyncio.get_running_loop().time(), 1.0)
     await throttle.wait()
     assert throttle.delay_s == 0 and throttle.waited_s == 0
     await throttle.stop()

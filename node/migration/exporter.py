@@ -201,7 +201,7 @@ class ArcExport:
                     chosen[key] = everyone
             return [key in chosen for key in keys]
 
-        view = await self.store.consistent_view(select)
+        view = await self.store.migration_view(select)
         self.view_lsn = view.lsn
         now = time.time()
         batches = _Batches()

@@ -311,11 +311,15 @@ class Store(StoreWrites):
 
     # ------------------------------------------------------------------------- migration
 
-    async def consistent_view(self, select: KeySelect | None = None) -> SnapshotView:
+    async def consistent_view(self) -> SnapshotView:
         """A consistent view of every row at ``applied_lsn`` (what a snapshot reads; writes
-        go on meanwhile): an online migration streams the moving keys from it, selected
-        by key before any row is read (``Engine.snapshot_view``)."""
-        return await self._engine.snapshot_view(select)
+        go on meanwhile)."""
+        return await self._engine.snapshot_view()
+
+    async def migration_view(self, select: KeySelect) -> SnapshotView:
+        """The rows an online migration moves, selected by key before any row is read, each
+        as of ``lsn`` or later (``Engine.migration_view``)."""
+        return await self._engine.migration_view(select)
 
     async def write_imported(self, mutations: list[Mutation]) -> int:
         """Order ``mutations`` (keys moving in from another shard, with their absolute

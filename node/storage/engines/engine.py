@@ -100,6 +100,14 @@ class Engine(abc.ABC):
         while the view is read. With ``select``, only the rows whose key it keeps (asked a
         list of keys at a time, see ``select_rows``); ``count`` is still every key."""
 
+    async def migration_view(self, select: KeySelect) -> SnapshotView:
+        """The rows ``select`` keeps, for an online migration: each as it was at ``lsn``
+        *or later*. Enough there, and cheaper than a frozen view: the source ships its log
+        from ``lsn + 1`` after the rows, and the target keeps the newest version of each key,
+        so a row read after a later write only arrives early (docs/resharding.md, step 3).
+        This default is the consistent view."""
+        return await self.snapshot_view(select)
+
     @abc.abstractmethod
     async def load(self, rows: Iterable[SnapshotRow], lsn: int) -> None:
         """Replace the whole state with ``rows`` (a snapshot at ``lsn``)."""

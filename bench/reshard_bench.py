@@ -178,6 +178,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_s_per_1m_keys_copy": round(copy_cpu * per_1m, 2),
             "cpu_s_per_1m_keys_clean": round(clean_cpu * per_1m, 2),
             "node_cpu_ms_per_fg_op": round(cpu_per_op * 1000, 3),
+            "node_cpu_s_copy": track.node_window(migration["copy_started_at"],
+                                                 migration["flipped_at"]),
+            "node_cpu_s_clean": track.node_window(migration["flipped_at"],
+                                                  migration["finished_at"]),
             "baseline": baseline, "during_migration": during,
         }
     finally:

@@ -28,24 +28,34 @@ class NodeCpu:
         self.times: list[float] = []
         self.cpu: list[float] = []
         self.op_counts: list[int] = []
-        # Last reading per pid: a process that exits (a retired member) keeps what it used.
-        self._last: dict[int, float] = {}
+        # Last reading per node: a process that exits (a retired member) keeps what it used.
+        self._last: dict[str, float] = {}
+        self.by_node: dict[str, list[float]] = {}
 
-    def _total(self) -> float:
+    def _read(self) -> None:
         for spec in self.cluster.plan.nodes:
             pid = self.cluster.pid_of(spec.id)
             if pid is None:
                 continue
             try:
-                self._last[pid] = process_cpu_seconds(pid)
+                self._last[spec.id] = process_cpu_seconds(pid)
             except (OSError, ValueError):
                 pass
-        return sum(self._last.values())
 
     def sample(self) -> None:
+        self._read()
         self.times.append(time.time())
-        self.cpu.append(self._total())
+        self.cpu.append(sum(self._last.values()))
         self.op_counts.append(self.ops())
+        for node in self._last:
+            # A node that appears later had used nothing before.
+            series = self.by_node.setdefault(node, [0.0] * (len(self.times) - 1))
+            series.append(self._last[node])
+
+    def node_window(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds of each node between two wall times (foreground included)."""
+        return {node: round(self._at(series, end) - self._at(series, start), 2)
+                for node, series in sorted(self.by_node.items())}
 
     def _at(self, series: list[float] | list[int], when: float) -> float:
         """Linear interpolation of ``series`` at wall time ``when``."""

@@ -158,11 +158,12 @@ class ArcExport:
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 self._session = session
-                await asyncio.gather(*(self._post(t, "/internal/migration/import/begin", {})
-                                       for t in sorted(self.routes)))
-                self.phase = "snapshot"
-                self.throttle.start()
+                self.throttle.start()  # watches the loop before the copy: its baseline
                 try:
+                    await asyncio.gather(*(self._post(t, "/internal/migration/import/begin",
+                                                      {}) for t in sorted(self.routes)))
+                    await self.throttle.calibrate()
+                    self.phase = "snapshot"
                     await self._send_view()
                 finally:
                     await self.throttle.stop()

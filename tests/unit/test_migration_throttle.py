@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from shardkv.node.migration.throttle import STEP_S, LoopLagThrottle
 
 
@@ -28,21 +29,36 @@ async def test_the_ticker_sees_a_held_loop() -> None:
         await throttle.stop()
 
 
-async def test_late_loop_doubles_the_delay_and_on_time_loop_shrinks_it() -> None:
+async def test_late_loop_grows_the_pause_and_on_time_loop_shrinks_it() -> None:
     throttle = LoopLagThrottle(max_lag_s=0.008)
     now = asyncio.get_running_loop().time()
     throttle.record(now, 0.03)
     await throttle.wait()
     assert throttle.delay_s == STEP_S
     await throttle.wait()
-    assert throttle.delay_s == 2 * STEP_S
+    assert throttle.delay_s == 1.5 * STEP_S
     assert throttle.status()["worst_lag_ms"] == 30
     throttle.record(now + 1.0, 0.001)  # the late tick is out of the window now
-    await throttle.wait()
-    assert throttle.delay_s == STEP_S
-    await throttle.wait()
-    assert throttle.delay_s == 0
-    assert throttle.waited_s == 4 * STEP_S
+    pauses = []
+    for _ in range(4):
+        await throttle.wait()
+        pauses.append(throttle.delay_s)
+    assert pauses == pytest.approx([0.75 * 1.5 * STEP_S, 0.75 * 0.75 * 1.5 * STEP_S, 0, 0])
+    assert throttle.waited_s == pytest.approx((1 + 1.5) * STEP_S + sum(pauses))
+
+
+async def test_the_target_is_relative_to_the_loop_before_the_copy() -> None:
+    throttle = LoopLagThrottle(max_lag_s=0.008)
+    throttle.start()
+    try:
+        async with asyncio.timeout(10):
+            await throttle.next_tick()
+            _hold_the_loop(0.03)  # a busy machine: late before any copy
+            await throttle.calibrate()
+        assert throttle.baseline_lag_s is not None and throttle.baseline_lag_s > 0.02
+        assert throttle.max_lag_s == 2 * throttle.baseline_lag_s
+    finally:
+        await throttle.stop()
 
 
 async def test_disabled_throttle_never_waits() -> None:

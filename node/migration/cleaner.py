@@ -4,28 +4,30 @@ Deletes go through the WAL (``Store.mdelete``), so the shard's replicas delete t
 ``DELETE_KEYS`` per entry with a pause between them (the foreground load keeps its share of
 the disk and the loop). A full pass that finds nothing left to delete means done.
 
-A pass reads ``PAGE`` keys at a time and asks who owns them all at once (``owned``: one hash
-per key, no call per key): the pass reads the whole shard, of which a third moved, and one
-lookup through the ring per key used to cost more than the deletes themselves. Deletes are
-gathered across pages into full entries: a third of a page per entry was three times the
-entries, each with its own fsync.
+A pass reads the shard's keys a chunk at a time and asks who owns them all at once
+(``owned``: one hash per key, no call per key), and reads only the rows that are not owned
+(``Store.migration_view``): the pass covers the whole shard, of which a third moved, and a
+scan page of decoded rows plus one ring lookup per key used to cost more than the deletes
+themselves. Deletes are gathered into full entries (a third of a scan page per entry was
+three times the entries, each with its own fsync), each one paced by the copy's adaptive
+throttle (``throttle.py``) on top of a short fixed pause.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from shardkv.cluster.structured_log import log_fields
+from shardkv.node.migration.throttle import LoopLagThrottle
 from shardkv.node.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
-PAGE = 2000
 DELETE_KEYS = 1000  # at most MAX_BATCH_OPS
 PAUSE_S = 0.005
 
@@ -41,6 +43,7 @@ class MovedKeyCleaner:
         self.done = False
         self.error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self.throttle = LoopLagThrottle()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"clean-{self.migration_id}")
@@ -57,9 +60,11 @@ class MovedKeyCleaner:
 
     def status(self) -> dict[str, Any]:
         return {"migration": self.migration_id, "deleted": self.deleted, "done": self.done,
-                "passes": self.passes, "error": self.error, "running": self.running}
+                "passes": self.passes, "error": self.error, "running": self.running,
+            "throttle": self.throttle.status()}
 
     async def _run(self) -> None:
+        self.throttle.start()  # watches the loop before the first delete: its baseline
         try:
             while True:
                 found = await self._one_pass()
@@ -75,23 +80,31 @@ class MovedKeyCleaner:
             self.error = f"{type(exc).__name__}: {exc}"
             logger.warning("cleaning failed", extra=log_fields(
                 migration=self.migration_id, error=self.error))
+        finally:
+            await self.throttle.stop()
 
     async def _one_pass(self) -> int:
         found = 0
-        cursor: bytes | None = None
         doomed: list[bytes] = []
-        while True:
-            page = await self.store.scan(cursor=cursor, limit=PAGE)
-            keys = [key for key, _ in page.items]
-            doomed.extend(itertools.compress(keys, [not o for o in self.owned(keys)]))
-            while len(doomed) >= DELETE_KEYS or (doomed and page.cursor is None):
-                found += await self._delete(doomed[:DELETE_KEYS])
-                del doomed[:DELETE_KEYS]
-            if page.cursor is None:
-                return found
-            cursor = page.cursor
+        # The keys this shard does not own, selected a chunk at a time before any row is
+        # read (the same live view the copy reads: a deleted key simply stops showing).
+        view = await self.store.migration_view(
+            lambda keys: [not owned for owned in self.owned(keys)])
+        await self.throttle.calibrate()
+        now = time.time()
+        async for key, _, _, _, expires_at in view.rows:
+            if expires_at is not None and expires_at <= now:
+                continue  # mdelete would skip it (the TTL sweeper deletes it)
+            doomed.append(key)
+            if len(doomed) >= DELETE_KEYS:
+                found += await self._delete(doomed)
+                doomed = []
+        if doomed:
+            found += await self._delete(doomed)
+        return found
 
     async def _delete(self, keys: list[bytes]) -> int:
+        await self.throttle.wait()
         count, _ = await self.store.mdelete(keys)
         self.deleted += count
         await asyncio.sleep(PAUSE_S)

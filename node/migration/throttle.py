@@ -72,8 +72,10 @@ class LoopLagThrottle:
 
     async def calibrate(self) -> None:
         """Wait until the ticker has watched the loop for ``CALIBRATE_S`` since ``start``
-        (the copy has not begun), then set the target from what it saw."""
-        if self._task is None:
+        (the copy has not begun), then set the target from what it saw. Once: a later
+        call keeps the first baseline (what the loop did with the copy running is no
+        baseline)."""
+        if self._task is None or self.baseline_lag_s is not None:
             return
         loop = asyncio.get_running_loop()
         while loop.time() < self._started + CALIBRATE_S:

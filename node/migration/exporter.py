@@ -2,8 +2,9 @@
 
 Two phases, as a range snapshot plus log in a learner-based design (docs/resharding.md):
 
-1. the rows of a consistent engine view at LSN ``L0`` (writes go on meanwhile), filtered to
-   the moving arcs, in bounded batches;
+1. the rows of the moving arcs, each as of LSN ``L0`` or later (``Store.migration_view``:
+   keys selected a chunk at a time before any row is read; writes go on meanwhile), in
+   bounded batches paced by the adaptive throttle (``throttle.py``);
 2. the WAL from ``L0 + 1``, only up to the applied LSN (entries a majority holds: a failover
    can never roll back what was exported), filtered the same way, until stopped.
 

@@ -1,7 +1,7 @@
 """The target primary's side of a migration: write what the sources send, newest wins.
 
 Records arrive as ``[kind, key, value, compressed, expires_at, source_version]`` (kind
-``"put"`` or ``"del"``), first from a source's consistent view, then from its WAL tail. The
+``"put"`` or ``"del"``), first from a source's rows, then from its WAL tail. The
 importer remembers, per key, the source version it last wrote, and skips a record that is not
 newer: an export that restarts, or a tail entry the view already contained, changes nothing.
 Each batch becomes one entry of this shard's WAL (write concern ``majority`` by default), so

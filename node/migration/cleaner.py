@@ -24,6 +24,7 @@ from typing import Any
 
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.migration.throttle import LoopLagThrottle
+from shardkv.node.storage.sessions import is_reserved
 from shardkv.node.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -88,8 +89,7 @@ class MovedKeyCleaner:
         doomed: list[bytes] = []
         # The keys this shard does not own, selected a chunk at a time before any row is
         # read (the same live view the copy reads: a deleted key simply stops showing).
-        view = await self.store.migration_view(
-            lambda keys: [not owned for owned in self.owned(keys)])
+        view = await self.store.migration_view(self._doomed)
         await self.throttle.calibrate()
         now = time.time()
         async for key, _, _, _, expires_at in view.rows:
@@ -102,6 +102,13 @@ class MovedKeyCleaner:
         if doomed:
             found += await self._delete(doomed)
         return found
+
+    def _doomed(self, keys: list[bytes]) -> list[bool]:
+        """Keys this shard does not own. Never a reserved row: exactly-once session records
+        are the node's state, not data (a scan never lists them); deleting one would let a
+        retried request apply twice, and the next write would only bring it back."""
+        return [not owned and not is_reserved(key)
+                for key, owned in zip(keys, self.owned(keys), strict=True)]
 
     async def _delete(self, keys: list[bytes]) -> int:
         await self.throttle.wait()

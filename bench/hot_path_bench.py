@@ -34,7 +34,8 @@ OPS = ("get", "put", "put+session", "cas")
 
 
 async def _child(ops: int, concurrency: int) -> dict[str, float]:
-    from shardkv.node.api.operations import OPERATIONS, NodeContext, execute
+    from shardkv.node.api.node_context import NodeContext
+    from shardkv.node.api.operations import OPERATIONS, execute
     from shardkv.node.storage.store import Store, StoreConfig
     from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
 

@@ -3,9 +3,9 @@ resharding), registered in ``scenarios.py``.
 
 - ``reshard``: every 20-35 s a shard is added, reweighted or removed
   (``chaos/nemesis/reshard.py``) under the register (writes and CAS over 24 keys, so every
-  shard owns some) and counter workloads, with the default client (retries on: a request
-  answered ``STALE_MAP`` or fenced ``UNAVAILABLE`` during a flip is retried, and must still
-  apply exactly once).
+  shard owns some), counter and watch workloads, with the default client (retries on: a
+  request answered ``STALE_MAP`` or fenced ``UNAVAILABLE`` during a flip is retried, and
+  must still apply exactly once; the watch follows every flip, checked as ``watch-events``).
 - ``reshard-faults``: the same, with kills, pauses and partitions of the sources, the
   targets and the coordinator leader injected part-way through an add or a remove, and the
   plain primary and coordinator-leader faults between migrations.
@@ -45,12 +45,12 @@ def scenarios() -> dict[str, Scenario]:
     from shardkv.chaos.workloads.mix import WorkloadMix
 
     common: dict[str, Any] = {
-        "mix": WorkloadMix({"register": 4, "counter": 2}, register_keys=24,
+        "mix": WorkloadMix({"register": 4, "counter": 2, "watch": 1}, register_keys=24,
                            retries="default"),
         "duration_s": 120.0, "settle_s": 10.0}
     return {s.name: s for s in (
         Scenario("reshard", "add, reweight or remove a shard every 20-35 s (online migration: "
-                 "copy, fence, flip, clean) under register, CAS and counter workloads, "
+                 "copy, fence, flip, clean) under register, CAS, counter and watch workloads, "
                  "retries on",
                  _CHANGES,
                  shape=ClusterShape("cluster", shards=2, replicas=3, coordinators=1),

@@ -21,8 +21,15 @@ from typing import Any
 import aiohttp
 from shardkv.client.cache_stream import run_invalidation
 from shardkv.client.commands import Commands
+from shardkv.client.eventual_watch import EventualWatch
 from shardkv.client.executor import DEFAULT_MAX_HOPS, DEFAULT_TIMEOUT, Executor
-from shardkv.client.key_watch import WatchEvent, merged_watch, start_versions, watch_request
+from shardkv.client.key_watch import (
+    WatchEvent,
+    merged_watch,
+    start_versions,
+    watch_request,
+    watched_shards,
+)
 from shardkv.client.read_cache import CacheConfig, ReadCache
 from shardkv.client.retry import Retry
 from shardkv.client.routing import DIRECT_SHARD, Router
@@ -226,6 +233,8 @@ class Client(Commands):
         values: bool = True,
         progress: bool = False,
         progress_interval_ms: int | None = None,
+        consistency: str = "strong",
+        max_staleness_ms: float | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Changes to ``key``, to keys with ``prefix``, or to keys in ``[start, end)``, as
         they commit: ``async for event in kv.watch(prefix="user:")``.
@@ -237,13 +246,21 @@ class Client(Commands):
         (``details["compact_version"]``). The watch resumes by itself across dropped
         connections and failovers from the last version it delivered per shard. With
         ``progress=True`` it also yields ``progress`` marks (caught up to ``version`` of
-        ``shard``). A prefix or range watch follows every shard (docs/watch.md)."""
+        ``shard``). A prefix or range watch follows every shard of the ring, and follows
+        resharding: shards that join or leave, keys that move (docs/watch.md).
+        ``consistency="eventual"`` (with ``max_staleness_ms``) lets a replica within the
+        bound serve it, chosen as for an eventual read; the watch moves to another member
+        when its member falls behind, pauses or is cut off, with no gap or duplicate."""
+        eventual = EventualWatch.of(consistency, max_staleness_ms, progress_interval_ms)
+        if eventual is not None:
+            progress_interval_ms = eventual.progress_interval_ms
         request = watch_request(key, prefix, start, end, values, progress_interval_ms)
         router = self.router
-        if key is not None:
-            shards = [router.shard_of(request["key"])]
-        else:
+        if router.direct or router.map is None:
             shards = router.shards()
+        else:
+            shards = sorted(watched_shards(router.map, request))
         starts = start_versions(shards, start_version)
         assert self._session is not None
-        return merged_watch(router, self._session, shards, request, starts, progress=progress)
+        return merged_watch(router, self._session, request, starts, progress=progress,
+                            eventual=eventual)

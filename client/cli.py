@@ -257,7 +257,9 @@ async def _watch(kv: Client, args: argparse.Namespace) -> int:
                          "or --start/--end")
     shown = 0
     stream = kv.watch(args.key, prefix=args.prefix, start=args.start, end=args.end,
-                      start_version=args.from_version, values=not args.no_values)
+                      start_version=args.from_version, values=not args.no_values,
+                      consistency=args.consistency or "strong",
+                      max_staleness_ms=args.max_staleness_ms)
     try:
         async for event in stream:
             if args.json:
@@ -419,6 +421,9 @@ def _args_watch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_version", type=int, default=None, metavar="V",
                    help="replay every write after version V first (per shard)")
     p.add_argument("--no-values", action="store_true", help="events without values")
+    _read_options(p)
+    p.add_argument("--max-staleness-ms", type=int, default=None,
+                   help="with --eventual: a replica within this bound may serve the watch")
     p.add_argument("--count", type=int, default=None, metavar="N",
                    help="exit after N events (default: until interrupted)")
 

@@ -107,6 +107,10 @@ def render_endpoints(cluster: LocalCluster) -> str:
     lines.append("nodes:")
     for n in plan.nodes:
         lines.append(f"  {n.id:<4} {n.shard:<4} {n.url:<24} metrics {n.url}/metrics")
+    dashboard = f"dashboard: {plan.coordinators[0].url}/ui (any coordinator serves it)"
+    if cluster.credentials is not None:
+        dashboard += f"; log in with the token in {cluster.credentials.token_file}"
+    lines.append(dashboard)
     lines.append(f"export SHARDKV_COORDINATORS={','.join(plan.coordinator_urls())}")
     return "\n".join(lines) + "\n"
 

@@ -41,7 +41,16 @@ class MigrationRecord:
     ``leftovers``: after an abort of a remove or reweight, the target shards that may
     still hold partial copies of keys they do not own; the driver cleans them, and no
     migration starts until the list is empty. ``retired``: the members a remove took out of
-    the map at ``done`` (a local cluster stops them)."""
+    the map at ``done`` (a local cluster stops them).
+
+    The flip also records what a watch needs to tell a user's write from a migration's
+    copy or clean-up (docs/watch.md, "Resharding"): ``ring_before`` (shard -> weight before
+    the flip), ``flip_ring_version`` (the ring version the flip made) and ``flip_lsns``
+    (per source shard, the LSN its fence ended at: every write to a moved key is at or
+    below it, the clean-up above; per target shard, an LSN at or above everything it
+    imported: its own writes to a moved key come above it). ``floor_from``: per target
+    whose log jumped to ``lsn_floor``, its last LSN before the jump (no version between the
+    two exists: a watch resumes across the gap)."""
 
     id: str
     kind: str
@@ -63,6 +72,10 @@ class MigrationRecord:
     targets: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
+    ring_before: dict[str, int] = field(default_factory=dict)
+    flip_ring_version: int | None = None
+    flip_lsns: dict[str, int] = field(default_factory=dict)
+    floor_from: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -101,7 +114,16 @@ class MigrationRecord:
             targets=[str(s) for s in raw.get("targets") or []],
             leftovers=[str(s) for s in raw.get("leftovers") or []],
             retired=[str(s) for s in raw.get("retired") or []],
+            ring_before=_int_map(raw.get("ring_before")),
+            flip_ring_version=None if raw.get("flip_ring_version") is None
+            else int(raw["flip_ring_version"]),
+            flip_lsns=_int_map(raw.get("flip_lsns")),
+            floor_from=_int_map(raw.get("floor_from")),
         )
+
+
+def _int_map(value: object) -> dict[str, int]:
+    return {str(k): int(v) for k, v in dict(value or {}).items()}  # type: ignore[call-overload]
 
 
 def _opt_float(value: object) -> float | None:

@@ -7,11 +7,13 @@ command (``now``), written by the proposer, so every coordinator records the sam
   ``{id, kind: "remove", shard, now}``: drain ``shard`` into every other shard of the ring.
   ``{id, kind: "weight", shard, weight, now}``: move the share of ``shard`` (a higher weight
   takes keys from every other shard, a lower one gives keys to them).
-- ``migration_progress`` ``{id, keys_moved, bytes_moved, keys_total?, rate_keys_s, lsn_floor?}``
+- ``migration_progress`` ``{id, keys_moved, bytes_moved, keys_total?, rate_keys_s, lsn_floor?,
+  floor_from?}``
 - ``migration_state`` ``{id, state, error?, now}``: copying -> catching_up -> flipping, and
   back to copying when a fence must be redone; cleaning -> done.
-- ``flip_migration`` ``{id, epochs: {shard: epoch}}``: the ring becomes the target ring, but
-  only if every source shard still has the epoch the fence was taken in.
+- ``flip_migration`` ``{id, epochs: {shard: epoch}, lsns?: {shard: lsn}}``: the ring becomes
+  the target ring, but only if every source shard still has the epoch the fence was taken
+  in; the record keeps the ring before, the new ring version and ``lsns`` (for watches).
 - ``abort_migration`` ``{id, state: "aborted"|"failed", error?, now}``: before the flip only.
   A remove or reweight leaves its targets in ``leftovers`` (they may hold partial copies).
 - ``leftovers_cleaned`` ``{id, shard}``: a target of an aborted migration holds no key it
@@ -234,6 +236,10 @@ class MigrationCommands:
         if c.get("lsn_floor") is not None:
             record.lsn_floor = int(_number(c["lsn_floor"], "lsn_floor"))
             record.copy_started_at = _number(c.get("now", 0), "now")
+        floor_from = c.get("floor_from")
+        if isinstance(floor_from, dict):
+            record.floor_from = {str(k): int(v) for k, v in floor_from.items()
+                                 if isinstance(v, int) and not isinstance(v, bool)}
         return {"migration": record.id}
 
     def set_state(self, m: ClusterMap, c: dict[str, Any]) -> Result:
@@ -277,8 +283,17 @@ class MigrationCommands:
         for sid in record.targets:
             if sid not in m.shards:
                 raise _rejected(ErrorCode.NOT_FOUND, f"target shard {sid} is gone")
+        lsns = c.get("lsns") or {}
+        if not isinstance(lsns, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for v in lsns.values()):
+            raise _rejected(ErrorCode.INVALID_ARGUMENT,
+                            "lsns must map shards to non-negative integers")
+        record.ring_before = dict(m.ring.shards)
+        record.flip_lsns = {str(k): int(v) for k, v in lsns.items()}
         m.ring.shards = dict(record.target_ring)
         m.ring.version += 1
+        record.flip_ring_version = m.ring.version
         if record.kind == KIND_ADD:
             m.shards[record.target].state = SHARD_ACTIVE
         record.fenced_epochs = {str(k): int(v) for k, v in epochs.items()}

@@ -157,9 +157,14 @@ class MigrationDriver:
                 status = await self._call("GET", f"{url}/v1/status")
                 lsns.append(int(status.get("last_lsn") or 0))
             floor = max(lsns, default=0) + FLOOR_GAP
-            await self._raise_floors(routes, floor)
+            answers = await self._raise_floors(routes, floor)
+            # Where each target's log stopped before its jump: a watch of that target that
+            # got everything up to there resumes at the floor (docs/watch.md).
+            jumped = {t: int(a["jumped_from"]) for t, a in zip(routes, answers, strict=True)
+                      if isinstance(a, dict) and a.get("jumped_from") is not None}
             await self.coord.propose({"op": "migration_progress", "id": record.id,
-                                      "lsn_floor": floor, "now": time.time()})
+                                      "lsn_floor": floor, "floor_from": jumped,
+                                      "now": time.time()})
             return
         # Idempotent: a new target primary has the floor already (from the snapshot).
         await self._raise_floors(routes, record.lsn_floor)
@@ -182,10 +187,10 @@ class MigrationDriver:
             await self.coord.propose({"op": "migration_state", "id": record.id,
                                       "state": FLIPPING, "now": time.time()})
 
-    async def _raise_floors(self, routes: dict[str, str], floor: int) -> None:
+    async def _raise_floors(self, routes: dict[str, str], floor: int) -> list[Any]:
         """Every target's LSN floor (a target that holds keys writes a snapshot: allow it
-        time, and do the targets side by side)."""
-        await asyncio.gather(*(
+        time, and do the targets side by side); the answers, in ``routes`` order."""
+        return await asyncio.gather(*(
             self._call("POST", f"{url}/internal/migration/floor", {"lsn": floor},
                        timeout_s=FLOOR_TIMEOUT_S)
             for url in routes.values()))
@@ -242,7 +247,8 @@ class MigrationDriver:
             answers = await asyncio.gather(*(fence(s) for s in record.sources))
             epochs = {s: int(a["epoch"]) for s, a in zip(record.sources, answers, strict=True)}
             await self.coord.propose({"op": "flip_migration", "id": record.id,
-                                      "epochs": epochs, "now": time.time()})
+                                      "epochs": epochs, "lsns": flip_lsns(record, answers),
+                                      "now": time.time()})
         except (ShardKVError, aiohttp.ClientError, TimeoutError) as exc:
             # Lift the fence and catch up again: a source changed primary, or the fence took
             # too long (the moving keys must not stay unwritable).
@@ -287,6 +293,19 @@ class MigrationDriver:
             if status.get("done"):
                 await self.coord.propose({"op": "leftovers_cleaned", "id": record.id,
                                           "shard": shard})
+
+
+def flip_lsns(record: MigrationRecord, answers: list[dict[str, Any]]) -> dict[str, int]:
+    """Where each shard's log crosses the flip, for watches (docs/watch.md, "Resharding"):
+    a source's fenced LSN (its writes to moved keys are at or below it, its clean-up
+    comes after the flip, above it); a target's highest import LSN any source saw
+    acknowledged, at least the floor (its own writes to moved keys come after the flip,
+    above every import)."""
+    lsns = {s: int(a["fenced_lsn"]) for s, a in zip(record.sources, answers, strict=True)}
+    for target in record.targets:
+        seen = [int((a.get("target_lsns") or {}).get(target) or 0) for a in answers]
+        lsns[target] = max([record.lsn_floor or 0, *seen])
+    return lsns
 
 
 def install(coord: Any) -> None:

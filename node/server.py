@@ -24,7 +24,7 @@ from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
 from shardkv.node.api.events_feed import EventsFeed
 from shardkv.node.api.limits import ConnectionGate, LimitedSite
-from shardkv.node.api.operations import NodeContext
+from shardkv.node.api.node_context import NodeContext
 from shardkv.node.api.rest import RestApi
 from shardkv.node.api.rpc import FRAME_READ_LIMIT, RpcConnection
 from shardkv.node.backup import BackupExport, BackupImport, WalArchiver
@@ -157,7 +157,8 @@ class NodeServer:
         session = WatchSession(ws, self.ctx, self._shard_name,
                                max_events=config.watch_buffer_events,
                                max_bytes=config.watch_buffer_bytes,
-                               send_timeout_s=config.watch_send_timeout_s)
+                               send_timeout_s=config.watch_send_timeout_s,
+                               query=request.query)
         self.metrics.watch_sessions.inc()
         try:
             await session.serve()

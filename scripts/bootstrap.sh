@@ -14,9 +14,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.shardkv-installed-$shardkv_mode"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-  echo "installing shardkv ($shardkv_mode) into .venv ..." >&2
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e "$shardkv_spec"
+  echo "installing shardkv ($shardkv_mode) into .venv (pip's output: .venv/pip-install.log) ..." >&2
+  # pip's and setuptools' chatter (the editable-install warning among it) goes to the log;
+  # on a failure the log's end is shown, so the reason is never hidden.
+  if ! { .venv/bin/python -m pip install -q --upgrade pip \
+         && .venv/bin/python -m pip install -q -e "$shardkv_spec"; } >.venv/pip-install.log 2>&1; then
+    tail -n 40 .venv/pip-install.log >&2
+    echo "bootstrap: installing shardkv failed; the whole log is .venv/pip-install.log" >&2
+    return 1 2>/dev/null || exit 1
+  fi
   touch "$stamp"
   # The test install includes the runtime: a later scripts/up need not install again.
   if [ "$shardkv_mode" = test ]; then touch .venv/.shardkv-installed-runtime; fi

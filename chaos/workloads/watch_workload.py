@@ -4,15 +4,17 @@ Keys ``wat-0..N``. A worker writes a unique value to one of them (recorded in th
 like a register write, so its keys are also checked for linearizability and lost writes);
 one watch of the prefix ``wat-`` (``Client.watch(prefix=..., progress=True)`` on the
 workload client, started before the first write) records every event it receives. After
-the run, ``finish`` waits until the watch has caught up with the last acknowledged version of
-every shard (progress marks say so; bounded by ``CATCH_UP_S``), stops it, and checks the
+the run, ``finish`` waits until the watch has delivered every acknowledged write (bounded by
+``CATCH_UP_S``), stops it, and checks the
 events against the writes with ``check_watch_events`` (chaos/checkers/watch_events.py):
 every acknowledged write delivered exactly once, per key in version order, nothing that no
-write explains. Writes of unknown outcome may or may not appear.
+write explains (a migration's copy or clean-up would be). Writes of unknown outcome may or
+may not appear.
 
-The watch resumes by itself across dropped connections and failovers (client/key_watch.py);
-that is what this checks under faults. Resharding is not followed by a watch yet
-(docs/watch.md), so this workload belongs in scenarios without shard moves.
+The watch resumes by itself across dropped connections, failovers and resharding
+(client/key_watch.py, docs/watch.md); that is what this checks under faults and in the
+``reshard`` scenarios. A write is matched by key and version (the shard recorded is the
+client's guess before the write: a flip may send it elsewhere).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class WatchWorkload:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._delivered = asyncio.Event()  # set at every frame the watch delivers
+        self._seen: set[tuple[bytes, int]] = set()  # (key, version) of every event
         self._shards: list[str] = []
         self.watch_error: str | None = None
 
@@ -70,6 +73,7 @@ class WatchWorkload:
                 if event.type != "progress" and event.key is not None:
                     self.events.append(ReceivedEvent(event.key, event.value, event.version,
                                                      shard, event.type))
+                    self._seen.add((event.key, event.version))
                 # Ready once every shard confirmed the subscription (a progress mark each;
                 # a client talking to one node directly names its shard otherwise).
                 if not self._ready.is_set() and len(self._caught_up) >= len(self._shards):
@@ -81,7 +85,11 @@ class WatchWorkload:
 
     async def _watching(self, client: Client) -> bool:
         if self._task is None:
-            self._shards = client.router.shards()
+            cmap = client.router.map
+            # The watch follows the ring's shards (a shard a migration is still filling
+            # joins at the flip).
+            self._shards = (sorted(cmap.ring.shards) if cmap is not None and cmap.ring.shards
+                            else client.router.shards())
             self._task = asyncio.create_task(self._follow(client), name="chaos-watch")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), START_WAIT_S)
@@ -117,12 +125,9 @@ class WatchWorkload:
     async def finish(self) -> CheckResult:
         """After the workers stopped: let the watch catch up, stop it, check it."""
         started = time.monotonic()
-        wanted: dict[str, int] = {}
-        for write in self.writes:
-            if write.version is not None:
-                wanted[write.shard] = max(wanted.get(write.shard, 0), write.version)
-        while any(self._caught_up.get(s, 0) < v for s, v in wanted.items()) and \
-                self.watch_error is None and self._task is not None and not self._task.done():
+        wanted = {(w.key, w.version) for w in self.writes if w.version is not None}
+        while not wanted <= self._seen and self.watch_error is None and \
+                self._task is not None and not self._task.done():
             remaining = CATCH_UP_S - (time.monotonic() - started)
             if remaining <= 0:
                 break

@@ -24,7 +24,8 @@ from shardkv.cluster.event_loop import running_loop_name
 from shardkv.cluster.http_body import answers_json, error_response, respond
 from shardkv.cluster.limits import MAX_FRAME_BYTES, limits_dict
 from shardkv.cluster.wire import JSON, MSGPACK, from_json, unpack
-from shardkv.node.api.operations import OPERATIONS, NodeContext, client_error, execute
+from shardkv.node.api.node_context import NodeContext
+from shardkv.node.api.operations import OPERATIONS, client_error, execute
 from shardkv.node.config import NodeConfig
 from shardkv.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from shardkv.node.metrics import NodeMetrics

@@ -26,7 +26,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge, Unavailable
 from shardkv.cluster.limits import MAX_FRAME_BYTES
 from shardkv.cluster.wire import pack, unpack
-from shardkv.node.api.operations import NodeContext, Operation, client_error, execute, lookup
+from shardkv.node.api.node_context import NodeContext
+from shardkv.node.api.operations import Operation, client_error, execute, lookup
 from shardkv.node.metrics import NodeMetrics
 
 logger = logging.getLogger("shardkv.node.rpc")

@@ -26,7 +26,7 @@ from shardkv.node.storage.sessions import is_reserved
 from shardkv.node.wal.record import Mutation, MutationKind
 
 if TYPE_CHECKING:
-    from shardkv.node.api.operations import NodeContext
+    from shardkv.node.api.node_context import NodeContext
 
 IMPORT_PATH = "/admin/backup/import"
 MAX_RECORDS = 10_000

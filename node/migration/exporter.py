@@ -110,6 +110,9 @@ class ArcExport:
         self.keys_sent = 0
         self.bytes_sent = 0
         self.snapshot_keys = 0
+        # Per target, the highest LSN its answers named (import/begin and import): at or
+        # above everything this attempt wrote there. The flip records it for watches.
+        self.target_lsns: dict[str, int] = {}
         self.error: str | None = None
         self.started = time.monotonic()
         self._shipped = asyncio.Condition()
@@ -141,6 +144,7 @@ class ArcExport:
             "applied_lsn": store.applied_lsn, "epoch": store.epoch,
             "keys_sent": self.keys_sent, "bytes_sent": self.bytes_sent,
             "snapshot_keys": self.snapshot_keys, "throttle": self.throttle.status(),
+            "target_lsns": dict(sorted(self.target_lsns.items())),
         }
 
     async def ship_until(self, lsn: int, timeout_s: float) -> None:
@@ -317,4 +321,6 @@ class ArcExport:
                 if isinstance(answer, dict) and "error" in answer:
                     raise error_from_dict(answer)
                 raise ShardKVError(f"{path} answered {resp.status}")
+            if isinstance(answer, dict) and isinstance(answer.get("lsn"), int):
+                self.target_lsns[target] = max(self.target_lsns.get(target, 0), answer["lsn"])
             return answer

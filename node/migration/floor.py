@@ -15,8 +15,12 @@ from __future__ import annotations
 from shardkv.node.storage.store import Store
 
 
-async def raise_lsn_floor(store: Store, floor: int) -> int:
-    """Make ``store.last_lsn >= floor``; idempotent. Returns the LSN the log is at."""
+async def raise_lsn_floor(store: Store, floor: int) -> tuple[int, int | None]:
+    """Make ``store.last_lsn >= floor``; idempotent. Returns the LSN the log is at and,
+    when this call jumped, the last LSN before the jump (nothing was ever written between
+    it and the floor: a watch that got everything up to it resumes at the floor)."""
     if store.last_lsn >= floor:
-        return store.last_lsn
-    return await store.jump_lsn(floor)
+        return store.last_lsn, None
+    lsn = await store.jump_lsn(floor)
+    reset = store.watch_hub.last_reset
+    return lsn, reset[0] if reset is not None and reset[1] == floor else None

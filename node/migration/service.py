@@ -3,7 +3,8 @@
 Routes (cluster credential; msgpack or JSON bodies; only a primary acts):
 
 - ``POST /internal/migration/floor`` ``{lsn}``: raise this target shard's LSN floor (an
-  empty shard restarts its log; one holding keys jumps, see floor.py).
+  empty shard restarts its log; one holding keys jumps, see floor.py); answers
+  ``{lsn, jumped_from, epoch}`` (``jumped_from``: the log's end before, if this call jumped).
 - ``POST /internal/migration/import/begin`` and ``POST /internal/migration/import``: the
   target side of a source's stream (see importer.py); ``GET /internal/migration/import``.
 - ``POST /internal/migration/export`` ``{id, attempt, targets: {shard: primary url}}``
@@ -131,7 +132,8 @@ class MigrationService:
         if isinstance(lsn, bool) or not isinstance(lsn, int) or lsn < 1:
             raise InvalidArgument("lsn must be a positive integer")
         store = self._primary_store()
-        return {"lsn": await raise_lsn_floor(store, lsn), "epoch": store.epoch}
+        now, jumped_from = await raise_lsn_floor(store, lsn)
+        return {"lsn": now, "jumped_from": jumped_from, "epoch": store.epoch}
 
     async def _importing(self, migration_id: str) -> None:
         """Imports only while this node's map shows the migration before its flip: a batch

@@ -381,8 +381,9 @@ class ReplicationPrimary:
             if batch:
                 if failpoints.ARMED:
                     await failpoints.hit("primary_before_send")
-                await ws.send_bytes(proto.encode_entries(batch, self.wal.last_lsn,
-                                                         self._clock(), self._lease_query()))
+                await ws.send_bytes(proto.encode_entries(
+                    batch, self.wal.last_lsn, self._clock(), self._lease_query(),
+                    self._majority_lsn))
                 next_lsn = batch[-1].lsn + 1
                 progress.sent_lsn = batch[-1].lsn
                 continue

@@ -19,8 +19,10 @@ primary -> replica
     ``snapshot``  ``{lsn, epoch, size}`` then ``chunk`` ``{data}`` frames and ``snapshot_end``:
                   you are behind my oldest retained entry (or cannot roll back); install this
                   snapshot, then entries from ``lsn + 1`` follow.
-    ``entries``   ``{entries: [WalEntry wire forms], primary_lsn, ts, lq}``, in LSN order, no
-                  gaps. ``lq``: the primary's monotonic send time, asking for a lease grant.
+    ``entries``   ``{entries: [WalEntry wire forms], primary_lsn, commit_lsn, ts, lq}``, in LSN
+                  order, no gaps. ``lq``: the primary's monotonic send time, asking for a
+                  lease grant. ``commit_lsn`` (the majority LSN when sent; absent from older
+                  primaries): how far a replica may serve watches (node/watch/).
     ``heartbeat`` ``{primary_lsn, commit_lsn, ts, lq}``: sent when idle, so a replica can tell
                   an idle shard (fresh) from a dead stream (stale), and renews the grants.
                   ``release`` (true): this primary is fenced and holds no lease; the
@@ -100,12 +102,14 @@ _PACKER = msgpack.Packer(use_bin_type=True)
 
 
 def encode_entries(entries: list[WalEntry], primary_lsn: int, ts: float,
-                   lq: float | None = None) -> bytes:
+                   lq: float | None = None, commit_lsn: int | None = None) -> bytes:
     """The same frame as ``encode(ENTRIES, entries=[e.to_wire() ...], ...)``, built around
     each entry's already encoded payload (the WAL encoded it; ``payload_of``) instead of
     encoding every entry again for every replica: the map's other fields are packed, its
     size bumped by one, and ``"entries"`` appended with the payloads spliced in."""
     fields: dict[str, Any] = {"primary_lsn": primary_lsn, "ts": ts, "t": ENTRIES}
+    if commit_lsn is not None:
+        fields["commit_lsn"] = commit_lsn
     if lq is not None:
         fields["lq"] = lq
     head = wire.pack(fields)  # a fixmap: 0x80 | len(fields), fewer than 15 fields

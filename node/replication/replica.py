@@ -95,6 +95,9 @@ class ReplicationReplica:
         self._pending_fresh: collections.deque[tuple[int, float]] = collections.deque()
         self.primary_lsn = 0
         self.commit_lsn = 0
+        # Told each time ``commit_lsn`` rises (the watch hub: a replica serves watches up
+        # to its primary's commit point, node/watch/watch_hub.py).
+        self.on_commit: Callable[[int], None] | None = None
         self.connected = False
         self.handshakes = 0
         self.reconnects = 0
@@ -379,10 +382,13 @@ class ReplicationReplica:
                     await failpoints.hit("replica_before_ack")
                 await ws.send_bytes(self._ack(message))
                 self._applied_up_to(self.target.applied_lsn)
+            commit = message.get("commit_lsn")
+            if type(commit) is int:
+                self._committed(commit)
             self._saw_primary_at(proto.need_int(message, "primary_lsn"), received_at,
                                  message.get("ts"))
         elif kind == proto.HEARTBEAT:
-            self.commit_lsn = max(self.commit_lsn, proto.need_int(message, "commit_lsn"))
+            self._committed(proto.need_int(message, "commit_lsn"))
             if self.promise is not None and message.get("release") is True:
                 self.promise.release(self.epoch)  # fenced primary: it holds no lease now
             elif proto.lease_query(message) is not None and self.promise is not None:
@@ -404,6 +410,12 @@ class ReplicationReplica:
         if failpoints.ARMED:
             await failpoints.hit("replica_before_apply")
         await self.target.append(entries)
+
+    def _committed(self, lsn: int) -> None:
+        if lsn > self.commit_lsn:
+            self.commit_lsn = lsn
+            if self.on_commit is not None:
+                self.on_commit(lsn)
 
     def _ack(self, message: dict[str, Any]) -> bytes:
         """The acknowledgement of ``message``; it grants a lease when the primary asked for

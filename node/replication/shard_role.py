@@ -158,6 +158,7 @@ class NodeReplication:
         self.fenced = False
         store.set_commit_gate(self._majority_gate, local_gate=self._local_gate,
                               on_submit=primary.publish)
+        store.watch_hub.follow_commit(None)  # what it applies has passed its commit gate
         if old is not None:
             await old.close("a new epoch began")
         await self._stop_following()
@@ -179,8 +180,12 @@ class NodeReplication:
             await store.begin_epoch(epoch)
 
     async def _become_replica(self, primary_url: str | None, epoch: int) -> None:
+        was_primary = self.primary is not None
         await self._step_down("the map names another primary")
         store = self._store()
+        # Watches served here send only what the primary says is committed; what this
+        # node applied as primary was (its gate), what it holds from before is not known.
+        store.watch_hub.follow_commit(store.applied_lsn if was_primary else 0)
         if epoch > store.epoch:
             store.epoch = epoch
         if self.replica is not None and self.replica.target.store is not store:  # type: ignore[attr-defined]
@@ -189,6 +194,7 @@ class NodeReplication:
             self.replica = ReplicationReplica(
                 StoreReplicaTarget(store), node_id=self.server.ctx.node_id or "node",
                 primary_url=primary_url, epoch=epoch, promise=self.promise)
+            self.replica.on_commit = store.watch_hub.commit
             self.replica.start()
         else:
             self.replica.retarget(primary_url, epoch)

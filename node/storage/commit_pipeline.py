@@ -154,6 +154,27 @@ class CommitPipeline:
                 pending = self._overlay.get(key)
                 return item if pending is None else _state_after(pending)
 
+    def live_version(self, key: bytes, now: float) -> int | None:
+        """The version a write ordered now would replace (None: absent or expired at
+        ``now``), in write order, without an await. Only when the engine has ``sync_reads``."""
+        pending = self._overlay.get(key)
+        if pending is None:
+            return self._engine.live_version(key, now)
+        lsn, m = pending
+        if m.kind is MutationKind.PUT and (m.expires_at is None or m.expires_at > now):
+            return lsn
+        return None
+
+    async def live_versions(self, keys: Sequence[bytes], now: float) -> list[int | None]:
+        """``live_version`` of each key, for any engine (an engine read may suspend; the
+        answer holds until the caller's next await, so it must submit before one)."""
+        if self._engine.sync_reads:
+            return [self.live_version(key, now) for key in keys]
+        items = await self.current_many(keys)
+        return [None if item is None or (item.expires_at is not None
+                                         and item.expires_at <= now) else item.version
+                for item in items]
+
     async def current_many(self, keys: Sequence[bytes]) -> list[StoredItem | None]:
         while True:
             before = self._engine.applied_lsn

@@ -84,6 +84,7 @@ class Store(StoreWrites):
         self._clock = clock
         self._limits = config.limits
         self._threshold = config.compression_threshold
+        self._sync_reads = engine.sync_reads
         self._recovery = recovery
         self._lock = asyncio.Lock()
         self._pipeline = CommitPipeline(

@@ -53,6 +53,7 @@ from shardkv.node.storage.sessions import (
 from shardkv.node.storage.snapshots.snapshotter import Snapshotter
 from shardkv.node.storage.store_model import BatchOp, BatchResult, DeleteResult
 from shardkv.node.storage.write_plan import (
+    SAME_ENTRY,
     CheckedOp,
     Decision,
     check_batch,
@@ -80,6 +81,7 @@ class StoreWrites:
     _clock: Callable[[], float]
     _limits: Limits
     _threshold: int
+    _sync_reads: bool  # the engine answers reads without I/O (``Engine.sync_reads``)
     dedup_hits: int
 
     # ----------------------------------------------------------------------------- writes
@@ -111,22 +113,28 @@ class StoreWrites:
             # re-checks the overlay after its read, with no await before its own submit).
             # A stamped one too, when the session cache says it is new (no await between
             # that check, the stamp and the submit).
+            # The version it replaces is read in write order too: from memory without an
+            # await, or (an engine doing I/O) with one, and then submitted before the next.
             now = self._clock()
+            pipeline = self._pipeline
+            prev = pipeline.live_version(key, now) if self._sync_reads else \
+                (await pipeline.live_versions([key], now))[0]
             if session is None:
                 return await self._submit(
-                    [put_mutation(key, raw, expiry(ttl, now), self._threshold)])
+                    [put_mutation(key, raw, expiry(ttl, now), self._threshold, prev)])
             if self._sessions.is_new(session, now):
-                mutation = put_mutation(key, raw, expiry(ttl, now), self._threshold)
+                mutation = put_mutation(key, raw, expiry(ttl, now), self._threshold, prev)
                 return await self._submit(
                     [mutation, *self._sessions.stamp(session, _DONE, now)])
 
         async def decide(now: float) -> Decision:
+            current = live(await self._pipeline.current(key), now)
             if conditional:
-                current = live(await self._pipeline.current(key), now)
                 error = condition_error(key, current, if_version=if_version, if_absent=if_absent)
                 if error is not None:
                     return Decision([], error=error)
-            return Decision([put_mutation(key, raw, expiry(ttl, now), self._threshold)])
+            prev = None if current is None else current.version
+            return Decision([put_mutation(key, raw, expiry(ttl, now), self._threshold, prev)])
 
         return (await self._write(decide, session))[1]
 
@@ -145,7 +153,8 @@ class StoreWrites:
                 return Decision([], error=error)
             if current is None:
                 return Decision([], payload=False)
-            return Decision([Mutation(MutationKind.DELETE, key)], payload=True)
+            return Decision([Mutation(MutationKind.DELETE, key, prev_version=current.version)],
+                            payload=True)
 
         deleted, version = await self._write(decide, session)
         return DeleteResult(bool(deleted), version)
@@ -164,7 +173,8 @@ class StoreWrites:
             except InvalidArgument as exc:
                 return Decision([], error=exc)
             expires_at = None if current is None else current.expires_at
-            mutation = put_mutation(key, str(result).encode(), expires_at, self._threshold)
+            mutation = put_mutation(key, str(result).encode(), expires_at, self._threshold,
+                                    None if current is None else current.version)
             return Decision([mutation], payload=result)
 
         value, version = await self._write(decide, session)
@@ -181,7 +191,7 @@ class StoreWrites:
             if current is None:
                 return Decision([], error=NotFound("key not found", key=key))
             return Decision([Mutation(MutationKind.PUT, key, current.value, current.compressed,
-                                      now + checked_ttl)])
+                                      now + checked_ttl, False, current.version)])
 
         return (await self._write(decide, session))[1]
 
@@ -203,15 +213,22 @@ class StoreWrites:
         if size > self._limits.max_batch_bytes:
             raise TooLarge(f"{size} bytes in one mput; the limit is {self._limits.max_batch_bytes}")
 
-        def mutations(now: float) -> list[Mutation]:
-            expires_at = expiry(ttl, now)
-            return [put_mutation(k, v, expires_at, self._threshold) for k, v in pairs]
+        keys = [key for key, _ in pairs]
 
-        if session is None:
-            return await self._submit(mutations(self._clock()))  # blind: no lock, as in put
+        async def mutations(now: float) -> list[Mutation]:
+            prevs = dict(zip(keys, await self._pipeline.live_versions(keys, now), strict=True))
+            expires_at = expiry(ttl, now)
+            out = []
+            for k, v in pairs:
+                out.append(put_mutation(k, v, expires_at, self._threshold, prevs[k]))
+                prevs[k] = SAME_ENTRY  # a key given twice replaces its own first write
+            return out
+
+        if session is None:  # blind: no lock, as in put (no await between read and submit)
+            return await self._submit(await mutations(self._clock()))
 
         async def decide(now: float) -> Decision:
-            return Decision(mutations(now))
+            return Decision(await mutations(now))
 
         return (await self._write(decide, session))[1]
 
@@ -227,9 +244,10 @@ class StoreWrites:
 
         async def decide(now: float) -> Decision:
             current = await self._pipeline.current_many(unique)
-            doomed = [k for k, item in zip(unique, current, strict=True) if live(item, now)]
-            return Decision([Mutation(MutationKind.DELETE, k) for k in doomed],
-                            payload=len(doomed))
+            doomed = [(k, alive.version) for k, stored in zip(unique, current, strict=True)
+                      if (alive := live(stored, now)) is not None]
+            return Decision([Mutation(MutationKind.DELETE, k, prev_version=version)
+                             for k, version in doomed], payload=len(doomed))
 
         deleted, version = await self._write(decide, session)
         return int(deleted), version
@@ -250,26 +268,28 @@ class StoreWrites:
         ``batch``."""
         if not checked:
             raise InvalidArgument("a batch needs at least one operation")
-        blind = is_blind(checked)
-        if blind and session is None:
-            # Only unconditional puts: nothing to read or compare, so, like ``mput``, no
-            # lock; the entry is ordered the moment it is submitted.
-            plan = plan_batch(checked, {}, now=self._clock(), threshold=self._threshold)
+        keys = list(dict.fromkeys([op.key for op in checked]))
+        if is_blind(checked) and session is None:
+            # Only unconditional puts: nothing to compare, so, like ``mput``, no lock; the
+            # versions they replace are read in write order and submitted with no await
+            # in between.
+            now = self._clock()
+            prevs = dict(zip(keys, await self._pipeline.live_versions(keys, now), strict=True))
+            plan = plan_batch(checked, {}, now=now, threshold=self._threshold, prevs=prevs)
             version = await self._submit(plan.mutations)
             return BatchResult(version, tuple(_fill(plan.results, version)))
-        keys = list(dict.fromkeys([op.key for op in checked]))
 
         async def decide(now: float) -> Decision:
-            before: dict = {}
-            if not blind:
-                current = await self._pipeline.current_many(keys)
-                before = {
-                    k: None if item is None or (
-                        item.expires_at is not None and item.expires_at <= now) else item
-                    for k, item in zip(keys, current, strict=True)
-                }  # live(item, now), inlined: one entry per key of the batch
+            current = await self._pipeline.current_many(keys)
+            before = {
+                k: None if item is None or (
+                    item.expires_at is not None and item.expires_at <= now) else item
+                for k, item in zip(keys, current, strict=True)
+            }  # live(item, now), inlined: one entry per key of the batch
+            prevs = {k: None if item is None else item.version for k, item in before.items()}
             try:
-                plan = plan_batch(checked, before, now=now, threshold=self._threshold)
+                plan = plan_batch(checked, before, now=now, threshold=self._threshold,
+                                  prevs=prevs)
             except VersionMismatch as exc:
                 return Decision([], error=exc)
             return Decision(plan.mutations, payload=plan.results)

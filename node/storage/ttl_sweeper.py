@@ -74,7 +74,7 @@ class TtlSweeper:
         async with self._lock:
             current = await self._current_many(keys)
             doomed = [
-                key
+                (key, version)
                 for (key, version), item in zip(due, current, strict=True)
                 if item is not None
                 and item.version == version
@@ -83,8 +83,10 @@ class TtlSweeper:
             ]
             if not doomed:
                 return 0
-            applied = self._submit([Mutation(MutationKind.DELETE, key, expired=True)
-                                    for key in doomed])
+            # prev_version: the version that expired (what a watcher's cache drops).
+            applied = self._submit([Mutation(MutationKind.DELETE, key, expired=True,
+                                             prev_version=version)
+                                    for key, version in doomed])
         await applied
         return len(doomed)
 

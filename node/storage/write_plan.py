@@ -78,9 +78,21 @@ def expiry(ttl: float | None, now: float) -> float | None:
     return None if ttl is None else now + ttl
 
 
-def put_mutation(key: bytes, raw: bytes, expires_at: float | None, threshold: int) -> Mutation:
+def live_version(item: StoredItem | None, now: float) -> int | None:
+    """The version a write at ``now`` replaces: None if the key is absent or expired."""
+    if item is None or (item.expires_at is not None and item.expires_at <= now):
+        return None
+    return item.version
+
+
+# ``prev_version`` of a mutation that replaces an earlier one of the same entry (record.py).
+SAME_ENTRY = 0
+
+
+def put_mutation(key: bytes, raw: bytes, expires_at: float | None, threshold: int,
+                 prev_version: int | None = None) -> Mutation:
     encoded, compressed = encode_value(raw, threshold)
-    return Mutation(MutationKind.PUT, key, encoded, compressed, expires_at)
+    return Mutation(MutationKind.PUT, key, encoded, compressed, expires_at, False, prev_version)
 
 
 def next_counter(key: bytes, current: StoredItem | None, delta: object) -> int:
@@ -188,12 +200,15 @@ def plan_batch(
     *,
     now: float,
     threshold: int,
+    prevs: dict[bytes, int | None],
 ) -> BatchPlan:
     """Check every condition against the state before the batch (all of them, before any
     effect, as an etcd transaction compares), then derive the mutations in op order: a delete
     reports ``deleted`` if the key exists at that point of the batch, and a delete of a key
     that does not exist writes nothing. ``before`` holds every key of the batch, or may be
-    empty when ``is_blind(ops)`` (nothing then looks at it)."""
+    empty when ``is_blind(ops)`` (nothing then looks at it). ``prevs`` is each key's live
+    version before the batch (``live_version``); it is updated in place as ops apply, so
+    each mutation records the version it replaces."""
     for index, op in enumerate(ops):
         if op.if_version is None and not op.if_absent:
             continue  # unconditional: nothing to compare (the common case, kept cheap)
@@ -211,16 +226,19 @@ def plan_batch(
         if op.op == "put":
             raw = op.value
             expires_at = None if op.ttl is None else now + op.ttl
+            prev = prevs.get(key)
             if len(raw) < threshold:  # below the threshold encode_value keeps raw bytes
-                mutations.append(Mutation(put, key, raw, False, expires_at))
+                mutations.append(Mutation(put, key, raw, False, expires_at, False, prev))
             else:
-                mutations.append(put_mutation(key, raw, expires_at, threshold))
+                mutations.append(put_mutation(key, raw, expires_at, threshold, prev))
             exists[key] = True
+            prevs[key] = SAME_ENTRY
             results.append({"op": "put", "key": key})
         else:
             deleted = exists[key]
             if deleted:
-                mutations.append(Mutation(MutationKind.DELETE, key))
+                mutations.append(Mutation(MutationKind.DELETE, key, prev_version=prevs.get(key)))
                 exists[key] = False
+                prevs[key] = None
             results.append({"op": "delete", "key": key, "deleted": deleted})
     return BatchPlan(mutations, results)

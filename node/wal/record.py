@@ -35,6 +35,11 @@ class Mutation:
     (``compressed`` says whether it is zstd); ``expires_at`` is Unix time in seconds.
     ``expired`` marks a delete written by the TTL sweeper (a watch reports it as ``expire``);
     it is on the wire only when set, so every older record reads back unchanged.
+    ``prev_version`` is the version this mutation replaced, as the primary saw it when it
+    ordered the write (None: the key was absent or expired; 0: an earlier mutation of the
+    same entry, whose version is the entry's own LSN). Logged so that a watch replaying the
+    log and one following live report the same value (docs/watch.md); on the wire only when
+    known, as a seventh element, so records written before it read back as None.
 
     Frozen, but with its own ``__init__``: one or two are built per write and one per logged
     mutation at recovery, and a frozen dataclass's generated ``__init__`` goes through
@@ -46,20 +51,25 @@ class Mutation:
     compressed: bool = False
     expires_at: float | None = None
     expired: bool = False
+    prev_version: int | None = None
 
     def __init__(self, kind: MutationKind, key: bytes, value: bytes = b"",
                  compressed: bool = False, expires_at: float | None = None,
-                 expired: bool = False) -> None:
+                 expired: bool = False, prev_version: int | None = None) -> None:
         _set_kind(self, kind)
         _set_key(self, key)
         _set_value(self, value)
         _set_compressed(self, compressed)
         _set_expires_at(self, expires_at)
         _set_expired(self, expired)
+        _set_prev_version(self, prev_version)
 
     def to_wire(self) -> list[Any]:
         wire = [_WIRE_KINDS[self.kind], self.key, self.value, self.compressed, self.expires_at]
-        if self.expired:
+        if self.prev_version is not None:
+            wire.append(self.expired)
+            wire.append(self.prev_version)
+        elif self.expired:
             wire.append(True)
         return wire
 
@@ -67,21 +77,34 @@ class Mutation:
     def from_wire(cls, raw: list[Any]) -> Mutation:
         # Recovery decodes every logged mutation through here, so the common shapes are
         # taken without a starred unpack or an enum call (issue 17: replay time).
-        if len(raw) == 5:
+        n = len(raw)
+        if n == 7:
+            kind, key, value, compressed, expires_at, expired, prev = raw
+            expired = bool(expired)
+            prev = prev if type(prev) is int else None
+        elif n == 5:
             kind, key, value, compressed, expires_at = raw
-            expired = False
+            expired, prev = False, None
         else:
             kind, key, value, compressed, expires_at, *rest = raw
             expired = bool(rest and rest[0])
+            prev = rest[1] if len(rest) > 1 and type(rest[1]) is int else None
         return cls(_KINDS.get(kind) or MutationKind(kind), bytes(key), bytes(value),
                    compressed if compressed is False or compressed is True else bool(compressed),
-                   expires_at, expired)
+                   expires_at, expired, prev)
+
+    def replacing(self, prev_version: int | None) -> Mutation:
+        """This mutation, recording the version it replaces."""
+        return Mutation(self.kind, self.key, self.value, self.compressed, self.expires_at,
+                        self.expired, prev_version)
 
 
 # The slots' own setters (they bypass the frozen class's __setattr__, which refuses).
-(_set_kind, _set_key, _set_value, _set_compressed, _set_expires_at, _set_expired) = (
+(_set_kind, _set_key, _set_value, _set_compressed, _set_expires_at, _set_expired,
+ _set_prev_version) = (
     getattr(Mutation, name).__set__
-    for name in ("kind", "key", "value", "compressed", "expires_at", "expired"))
+    for name in ("kind", "key", "value", "compressed", "expires_at", "expired",
+                 "prev_version"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +126,8 @@ class WalEntry:
         """The msgpack-able form used in WAL payloads and on the replication stream."""
         kinds = _WIRE_KINDS
         return [self.lsn, self.epoch, self.ts, [
-            m.to_wire() if m.expired else [kinds[m.kind], m.key, m.value, m.compressed,
-                                           m.expires_at]
+            m.to_wire() if m.expired or m.prev_version is not None
+            else [kinds[m.kind], m.key, m.value, m.compressed, m.expires_at]
             for m in self.mutations]]
 
     @classmethod

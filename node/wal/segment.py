@@ -172,6 +172,10 @@ def check_entry(entry: WalEntry) -> None:
         expires = m.expires_at
         if expires is not None and (not isinstance(expires, _NUMBER) or isinstance(expires, bool)):
             raise ValueError(f"mutation expires_at must be a number or None, got {expires!r}")
+        prev = m.prev_version
+        if prev is not None and (type(prev) is not int or prev < 0):
+            raise ValueError(f"mutation prev_version must be a non-negative int or None, "
+                             f"got {prev!r}")
 
 
 _UINT = {0xCC: struct.Struct(">B"), 0xCD: struct.Struct(">H"), 0xCE: struct.Struct(">I")}

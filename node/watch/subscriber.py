@@ -76,6 +76,21 @@ class Subscriber:
                 self._bytes += size
         self._wakeup.set()
 
+    def poke(self) -> None:
+        """Wake the session (the commit limit moved): it may now send what it held."""
+        self._wakeup.set()
+
+    async def wait_poke(self, within: float) -> None:
+        """Until the next poke, offer or close, or ``within`` seconds, whatever is buffered
+        (the session is waiting for the commit limit, not for events)."""
+        self._wakeup.clear()
+        if self.closed_reason is not None:
+            return
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), within)
+        except TimeoutError:
+            pass
+
     def close(self, reason: str) -> None:
         """End the watch from the node's side (the store was reset, the node stops)."""
         if self.closed_reason is None:

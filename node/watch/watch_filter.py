@@ -74,21 +74,27 @@ def _prefix_end(prefix: bytes) -> bytes | None:
 def entry_events(entry: WalEntry, watch: WatchFilter, shard: str, *,
                  values: bool) -> list[dict[str, Any]]:
     """The events one entry gives a watch: one per matching mutation, all with the entry's
-    LSN as ``version``. ``prev_version`` is not known from the log alone and is left out."""
+    LSN as ``version``, and the ``prev_version`` the primary logged with the mutation (so
+    history and live events agree; None: the key was absent or expired, or the record
+    predates the field)."""
     events: list[dict[str, Any]] = []
+    lsn = entry.lsn
     for m in entry.mutations:
         if not watch.matches(m.key):
             continue
+        prev = m.prev_version
+        if prev == 0:  # replaced an earlier mutation of this same entry (record.py)
+            prev = lsn
         if m.kind is MutationKind.PUT:
-            event: dict[str, Any] = {"type": "put", "key": m.key, "version": entry.lsn,
-                                     "shard": shard}
+            event: dict[str, Any] = {"type": "put", "key": m.key, "version": lsn,
+                                     "prev_version": prev, "shard": shard}
             if values:
                 event["value"] = decode_value(m.value, m.compressed)
             if m.expires_at is not None:
                 event["expires_at"] = m.expires_at
         else:
             event = {"type": "expire" if m.expired else "delete", "key": m.key,
-                     "version": entry.lsn, "shard": shard}
+                     "version": lsn, "prev_version": prev, "shard": shard}
         events.append(event)
     return events
 

@@ -7,6 +7,14 @@ returns the LSN the hub last published: the session reads the log up to that LSN
 hub delivers everything after it, so history and live meet exactly, without a gap or an
 overlap. When the store's state is replaced (a snapshot installed) the log the watches were
 following is gone: :meth:`reset` ends them all and they resume (or learn ``COMPACTED``).
+
+On a replica, what it has applied is not yet known to be committed: its primary ships
+entries before a majority holds them, and an entry no majority held may be dropped at a
+failover (and its LSN reused). A watch must never report one, or a client resuming from its
+version elsewhere would skip the write that reused it. So a replica's hub carries a
+``commit_limit``, the primary's majority LSN as the stream last told it (``commit``): watch
+sessions send nothing above it (``watch_session.py``). On a primary it is None (its
+applier publishes only what its commit gate let through).
 """
 
 from __future__ import annotations
@@ -25,6 +33,28 @@ class WatchHub:
         self.published_lsn = published_lsn
         self.max_watches = max_watches
         self._subscribers: set[Subscriber] = set()
+        # (last LSN published before, LSN after) of the latest reset: a migration's LSN
+        # jump reports where the log stopped (node/migration/floor.py, docs/watch.md).
+        self.last_reset: tuple[int, int] | None = None
+        self.commit_limit: int | None = None
+
+    def follow_commit(self, limit: int | None) -> None:
+        """Serve up to ``limit`` (a replica; raised by ``commit``), or without a limit
+        (None: a primary). A replica keeps the limit it has."""
+        if limit is None or self.commit_limit is None:
+            self.commit_limit = limit
+            self._poke()
+
+    def commit(self, lsn: int) -> None:
+        """The primary's commit point, as the replication stream tells it."""
+        limit = self.commit_limit
+        if limit is not None and lsn > limit:
+            self.commit_limit = lsn
+            self._poke()
+
+    def _poke(self) -> None:
+        for subscriber in self._subscribers:
+            subscriber.poke()
 
     def __len__(self) -> int:
         return len(self._subscribers)
@@ -43,6 +73,7 @@ class WatchHub:
 
     def reset(self, published_lsn: int, reason: str) -> None:
         """The state was replaced underneath: end every watch."""
+        self.last_reset = (self.published_lsn, published_lsn)
         self.published_lsn = published_lsn
         for subscriber in self._subscribers:
             subscriber.close(reason)

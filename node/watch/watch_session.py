@@ -5,8 +5,9 @@ text frame (a browser), and every frame the node sends back is in the same forma
 
 - ``{"type": "created", "shard", "version", "start_version", "compact_version"}``: the
   watch exists; history runs from ``start_version`` (exclusive) to ``version``.
-- ``{"type": "events", "shard", "version", "events": [...]}``: whole entries, in LSN order
-  (an entry's events are never split across frames, so ``version`` is a safe resume point).
+- ``{"type": "events", "shard", "version", "ring_version", "events": [...]}``: whole
+  entries, in LSN order (an entry's events are never split across frames, so ``version``
+  is a safe resume point); ``ring_version``: the ring this node knows (None: no cluster).
 - ``{"type": "progress", "shard", "version"}``: every write of this shard up to ``version``
   that the watch matches has been sent (sent once history is done, then at the interval).
 - ``{"type": "error", "error", "message", "retryable", ...}``, then the node closes:
@@ -14,9 +15,14 @@ text frame (a browser), and every frame the node sends back is in the same forma
   ``NOT_PRIMARY``, ``UNAVAILABLE``.
 
 History and live meet at the LSN the hub last published when the watch subscribed (see
-``watch_hub.py``), so nothing is sent twice or skipped. Only the primary serves watches for
-now: what it has applied is committed by the shard's majority (replica watches within a
-staleness bound are future work, docs/watch.md).
+``watch_hub.py``), so nothing is sent twice or skipped.
+
+The primary serves every watch (what it has applied is committed by the shard's majority).
+With ``?consistency=eventual`` (and ``max_staleness_ms``) a replica serves it too, under the
+rules of an eventual read (``ctx.read_guard``): while it is within the bound of its primary,
+checked at every turn of the loop, else ``TOO_STALE`` and the client resumes elsewhere. A
+replica sends nothing above its hub's ``commit_limit`` (what the primary said a majority
+holds), so it never reports a write a failover could still drop.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -36,10 +43,11 @@ from shardkv.cluster.errors import (
     NotPrimary,
     ShardKVError,
     SlowConsumer,
+    TooStale,
     Unavailable,
 )
 from shardkv.cluster.wire import pack, to_json, unpack
-from shardkv.node.api.operations import NodeContext
+from shardkv.node.api.node_context import NodeContext
 from shardkv.node.storage.store import Store
 from shardkv.node.wal.model import LsnCompacted
 from shardkv.node.wal.record import WalEntry
@@ -53,12 +61,16 @@ REQUEST_TIMEOUT_S = 10.0
 HISTORY_CHUNK = 512           # entries read from the log per thread hop
 FRAME_EVENTS = 512            # events per frame at most (whole entries, so may be exceeded)
 FRAME_BYTES = 1 << 20
+MIN_STALENESS_CHECK_S = 0.02   # a bounded eventual watch re-checks its staleness this often,
+MAX_STALENESS_CHECK_S = 0.25   # a quarter of the bound within these limits
 
 
 class WatchSession:
     def __init__(self, ws: web.WebSocketResponse, ctx: NodeContext, shard: Callable[[], str],
-                 *, max_events: int, max_bytes: int, send_timeout_s: float) -> None:
+                 *, max_events: int, max_bytes: int, send_timeout_s: float,
+                 query: Mapping[str, str] | None = None) -> None:
         self.ws = ws
+        self._query = query
         self.ctx = ctx
         self._shard = shard
         self.max_events = max_events
@@ -68,10 +80,17 @@ class WatchSession:
         self.events_sent = 0
         self.slow_consumer = False
         self._subscriber: Subscriber | None = None
+        self._eventual = False
+        self._bound: float | None = None
+        self._check_s = float("inf")  # how often the live loop re-checks the role rules
 
     async def serve(self) -> None:
         try:
-            request = WatchRequest.parse(await self._read_request())
+            request = WatchRequest.parse(await self._read_request(), self._query)
+            self._eventual, self._bound = request.eventual, request.max_staleness_ms
+            if self._bound is not None:
+                self._check_s = min(MAX_STALENESS_CHECK_S,
+                                    max(MIN_STALENESS_CHECK_S, self._bound / 4000))
             await self._run(request, self._serving_store())
         except ShardKVError as error:
             self.slow_consumer = isinstance(error, SlowConsumer)
@@ -106,8 +125,16 @@ class WatchSession:
         store = self.ctx.store
         if store is None:
             raise Unavailable("the node is not serving (recovering or stopping)")
-        if self.ctx.role != "primary":
-            raise NotPrimary("watches are served by the shard's primary",
+        if self._eventual and self.ctx.read_guard is not None:
+            # The eventual-read rules: a replica within the bound, a primary with its lease.
+            self.ctx.read_guard({"consistency": "eventual",
+                                 "max_staleness_ms": self._bound})
+            if self.ctx.role != "primary" and store.watch_hub.commit_limit is None:
+                # Not following a primary (starting, or left the shard): it cannot tell
+                # which of its entries are committed.
+                raise Unavailable(f"this {self.ctx.role} follows no primary; retry elsewhere")
+        elif self.ctx.role != "primary":
+            raise NotPrimary("strong watches are served by the shard's primary",
                              primary=self.ctx.primary)
         return store
 
@@ -117,21 +144,36 @@ class WatchSession:
         shard = self._shard()
         hub = store.watch_hub
         wanted = request.start_version
+        # Not the primary: the client's position may be ahead of this member, or behind its
+        # log; another member (the primary last) may serve it, so both are retryable here.
+        primary = self.ctx.role == "primary"
         if wanted is not None and wanted > store.last_lsn:
+            if not primary:
+                raise TooStale(f"this {self.ctx.role} holds the shard up to version "
+                               f"{store.last_lsn}, behind {wanted}", version=store.last_lsn)
             raise InvalidArgument(f"start_version {wanted} is in the future: the shard's "
                                   f"last version is {store.last_lsn}", version=store.last_lsn)
         oldest = _oldest_version(store)
         if wanted is not None and wanted < oldest:
+            if not primary:
+                raise Unavailable(f"this {self.ctx.role}'s log starts after version {oldest}; "
+                                  f"the primary may hold {wanted}", compact_version=oldest)
             raise Compacted(f"history before version {oldest} was compacted",
                             compact_version=oldest)
         # No await from here to subscribe(): the hub's LSN is exactly where history ends.
         start = hub.published_lsn if wanted is None else wanted
+        if wanted is None and hub.commit_limit is not None:
+            start = min(start, hub.commit_limit)  # "now" is what is known committed
         subscriber = self._subscribe(store, request, start)
         await self._send({"type": "created", "shard": shard, "version": subscriber.after,
                           "start_version": start, "compact_version": oldest})
         sent = start
         while sent < subscriber.after:
-            sent = await self._send_history(store, request, sent, subscriber.after)
+            upto = _committed(hub.commit_limit, subscriber.after)
+            if upto <= sent:
+                await self._await_commit(subscriber)
+                continue
+            sent = await self._send_history(store, request, sent, upto)
             if subscriber.overflowed:  # history took long enough to overflow: follow again
                 self._unsubscribe()
                 subscriber = self._subscribe(store, request, sent)
@@ -140,6 +182,13 @@ class WatchSession:
             await self._send_live(request, subscriber, store, sent)
         finally:
             reader.cancel()
+
+    async def _await_commit(self, subscriber: Subscriber) -> None:
+        """A replica waiting for its primary to say the next entries are committed."""
+        if subscriber.closed_reason is not None:
+            raise Unavailable(f"the watch ended on the node: {subscriber.closed_reason}")
+        self._serving_store()
+        await subscriber.wait_poke(min(self._check_s, 1.0))
 
     def _subscribe(self, store: Store, request: WatchRequest, start: int) -> Subscriber:
         hub = store.watch_hub
@@ -188,31 +237,56 @@ class WatchSession:
         """Live events, and progress: only an LSN whose events were all sent (``safe``) is
         ever reported, since the client resumes from it."""
         shard = self._shard()
+        hub = store.watch_hub
         interval = request.progress_interval_s
         safe = sent
         await self._send({"type": "progress", "shard": shard, "version": safe})
         reported = safe
         next_progress = time.monotonic() + interval
+        held: deque[Batch] = deque()  # taken but above the commit limit (a replica)
+        held_events = 0
         while True:
-            if subscriber.closed_reason is not None:
-                raise Unavailable(f"the watch ended on the node: {subscriber.closed_reason}")
             if subscriber.overflowed:
                 raise SlowConsumer(
                     f"the watch fell more than {self.max_events} events or "
                     f"{self.max_bytes} bytes behind; resume from version {sent}", version=sent)
-            self._serving_store()
+            closed = subscriber.closed_reason is not None
+            if not closed:
+                self._serving_store()
             batches, covered = subscriber.take()
+            limit = hub.commit_limit
+            if limit is not None or held:
+                held.extend(batches)
+                held_events += sum(len(b.events) for b in batches)
+                batches = []
+                while held and (limit is None or held[0].version <= limit):
+                    batch = held.popleft()
+                    held_events -= len(batch.events)
+                    batches.append(batch)
+                if held_events > self.max_events:
+                    raise TooStale(f"{held_events} events wait for the primary's commit "
+                                   f"point, which is not advancing; resume elsewhere",
+                                   version=sent)
             if batches:
                 await self._send_batches(shard, batches)
                 sent = batches[-1].version
-            safe = covered
+            safe = _committed(limit, covered)
+            if closed:
+                # What was applied (on a replica: and committed) before the end is sent;
+                # say how far it goes, so the client resumes from there (a migration's LSN
+                # jump closes every watch; the client then resumes above the jump,
+                # docs/watch.md).
+                if safe > reported:
+                    await self._send({"type": "progress", "shard": shard, "version": safe})
+                raise Unavailable(f"the watch ended on the node: {subscriber.closed_reason}")
             now = time.monotonic()
             if now >= next_progress:
                 if safe > sent or safe == reported:  # news, or idle: say so
                     await self._send({"type": "progress", "shard": shard, "version": safe})
                 reported = safe
                 next_progress = now + interval
-            await subscriber.wait(max(0.0, next_progress - time.monotonic()))
+            await subscriber.wait(max(0.0, min(next_progress - time.monotonic(),
+                                               self._check_s)))
 
     async def _read_until_closed(self, subscriber: Subscriber) -> None:
         """Read (and ignore) what the client sends, so its close is seen at once."""
@@ -236,8 +310,11 @@ class WatchSession:
             await self._send_events(shard, batches[-1].version, events)
 
     async def _send_events(self, shard: str, version: int, events: list[dict[str, Any]]) -> None:
+        # The ring this node knows now is at least the one it checked ownership with when
+        # it took these writes: a client classifies moved keys with a map that new
+        # (docs/watch.md, "Resharding"). Absent outside a cluster.
         await self._send({"type": "events", "shard": shard, "version": version,
-                          "events": events})
+                          "ring_version": self.ctx.ring_version, "events": events})
         self.events_sent += len(events)
 
     async def _send(self, frame: dict[str, Any]) -> None:
@@ -254,6 +331,11 @@ def _oldest_version(store: Store) -> int:
     """The smallest start_version the log can serve: everything after it is still there."""
     first = store.wal.first_lsn
     return first - 1 if first else store.wal.last_lsn
+
+
+def _committed(limit: int | None, lsn: int) -> int:
+    """``lsn``, or the commit limit when that is lower (a replica)."""
+    return lsn if limit is None else min(limit, lsn)
 
 
 def _take(entries: Iterator[WalEntry], limit: int, upto: int) -> list[WalEntry]:

@@ -4,7 +4,8 @@
 - ``shardkv_image``: the image tag, built by ``scripts/build-image.sh`` when it is missing or
   stale (the script reuses an image built from the same sources, so this is cheap after the
   first run; a first build takes one to three minutes and logs its progress), or the image
-  named by ``SHARDKV_TEST_IMAGE``, tested as it is.
+  named by ``SHARDKV_TEST_IMAGE``, tested as it is. The build runs once after collection,
+  before the first test, so no test's timeout has to cover it.
 - ``container_network``: a user-defined bridge network, where containers find each other by
   their network aliases (Docker's DNS), as pods do by their Service names.
 - ``start_container``: starts a container of the image (optionally on that network) and removes
@@ -64,15 +65,9 @@ def docker_client() -> Any:
     return client
 
 
-@pytest.fixture(scope="session")
-def shardkv_image(docker_client: Any) -> str:
-    """The shardkv image tag, built through scripts/build-image.sh unless already current."""
-    if GIVEN_IMAGE:
-        try:
-            docker_client.images.get(GIVEN_IMAGE)
-        except Exception as exc:
-            pytest.fail(f"SHARDKV_TEST_IMAGE={GIVEN_IMAGE} is not a local image ({exc})")
-        return GIVEN_IMAGE
+def _build_image() -> str | None:
+    """Run scripts/build-image.sh; None when it built (or reused) the image, else the reason
+    with the end of its log."""
     log_path = REPO / "build" / "image-build.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -92,8 +87,43 @@ def shardkv_image(docker_client: Any) -> str:
         status = build.wait()
     if status != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-40:]
-        pytest.fail(f"scripts/build-image.sh failed ({status}); log {log_path}:\n"
-                    + "\n".join(tail))
+        return f"scripts/build-image.sh failed ({status}); log {log_path}:\n" + "\n".join(tail)
+    return None
+
+
+# The outcome of the build made before the first test (see pytest_collection_finish).
+_prebuilt: dict[str, str | None] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the image once, after collection and before any test runs, when a collected test
+    needs it: a first build takes minutes (more on a busy machine), which no single test's
+    timeout should have to include."""
+    if GIVEN_IMAGE or not any("shardkv_image" in getattr(item, "fixturenames", ())
+                              for item in session.items):
+        return
+    try:
+        import docker
+
+        docker.from_env(timeout=30).ping()
+    except Exception:
+        return  # the docker_client fixture skips those tests and says why
+    _prebuilt["failure"] = _build_image()
+
+
+@pytest.fixture(scope="session")
+def shardkv_image(docker_client: Any) -> str:
+    """The shardkv image tag: built before the tests started (or here, if it was not), or
+    the image named by SHARDKV_TEST_IMAGE, as it is."""
+    if GIVEN_IMAGE:
+        try:
+            docker_client.images.get(GIVEN_IMAGE)
+        except Exception as exc:
+            pytest.fail(f"SHARDKV_TEST_IMAGE={GIVEN_IMAGE} is not a local image ({exc})")
+        return GIVEN_IMAGE
+    failure = _prebuilt["failure"] if "failure" in _prebuilt else _build_image()
+    if failure is not None:
+        pytest.fail(failure)
     docker_client.images.get(IMAGE)  # raises if the script claimed success without an image
     return IMAGE
 

@@ -10,7 +10,7 @@ import importlib.util
 from typing import Any
 
 import pytest
-from test_chart import (
+from chart_rendering import (
     CHART,
     KUBERNETES_VERSIONS,
     NAMESPACE,
@@ -20,7 +20,7 @@ from test_chart import (
     named,
     render,
 )
-from test_chart import chart as chart  # the module-scoped fixture, used by name
+from chart_rendering import chart as chart  # the module-scoped fixture, used by name
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed")
 

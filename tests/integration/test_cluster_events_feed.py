@@ -120,10 +120,18 @@ async def test_strangers_get_the_page_but_not_the_data(
 
         assert "items" in await eventually_async(scanned, within_s=DEADLINE_S,
                                                  what="an authenticated scan")
-        async with http.ws_connect(f"{url}/v1/events") as ws:
-            await ws.send_str(json.dumps({"token": "wrong"}))
-            error = await _next_of(ws, "error")
-            assert error["error"] == "UNAUTHORIZED"
+        for feed in ("/v1/events", "/ui/api/watch?prefix="):
+            async with http.ws_connect(f"{url}{feed}") as ws:
+                await ws.send_str(json.dumps({"token": "wrong"}))
+                error = await _next_of(ws, "error")
+                assert error["error"] == "UNAUTHORIZED", feed
+        async with http.get(f"{url}/ui/api/watch", params={"prefix": "p" * 2000},
+                            headers=secured_cluster.auth) as too_long:
+            assert too_long.status == 400
+            assert (await too_long.json())["error"] == "INVALID_ARGUMENT"
+        async with http.get(f"{url}/ui/api/scan?prefix=&limit=100000000",
+                            headers=secured_cluster.auth) as unbounded:
+            assert unbounded.status == 400  # an answer is bounded: the limit is capped
         for feed in ("/v1/events", "/ui/api/watch?prefix=x"):
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused_ws:
                 await http.ws_connect(f"{url}{feed}", headers={

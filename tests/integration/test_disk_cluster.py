@@ -17,14 +17,12 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from conftest import NodeFactory
 from shardkv.client import Client, Retry
 from shardkv.client.cluster_status import collect_status, render_status
 from shardkv.client.retry import ExponentialBackoff
-from shardkv.coordinator.local_group import LocalGroup
-from test_replication_cluster import Shard
+from test_replication_cluster import Shard, replicated_shard
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not a package
@@ -52,21 +50,9 @@ NODE_ENV = {"SHARDKV_WAL_SEGMENT_BYTES": str(SEGMENT), "SHARDKV_RETAIN_WAL_BYTES
 @pytest.fixture(params=["memory", "sqlite"])
 async def shard(request: pytest.FixtureRequest, tmp_path: Path,
                 node_factory: NodeFactory) -> AsyncIterator[Shard]:
-    group = LocalGroup(str(tmp_path / "coord"), size=1, init_shards=1, replication_factor=3)
-    group.start_all()
-    try:
-        await group.wait_leader(timeout_s=30)
-        url = group.members[0].url
-        nodes = await asyncio.gather(*(
-            asyncio.to_thread(node_factory, engine=request.param,
-                              extra_args=["--coordinator", url], env=NODE_ENV)
-            for _ in range(3)))
-        async with aiohttp.ClientSession() as http:
-            shard = Shard(url, list(nodes), http)
-            await shard.replicating()
-            yield shard
-    finally:
-        group.stop_all()
+    async with replicated_shard(tmp_path, node_factory, engine=request.param,
+                                env=NODE_ENV) as started:
+        yield started
 
 
 async def test_overwrite_keeps_disk_near_live_data_and_a_replica_catches_up(

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,10 @@ def test_up_detach_commands_and_down(tmp_path: Path) -> None:
     try:
         assert up.returncode == 0, up.stderr + up.stdout
         assert "metrics" in up.stdout and "SHARDKV_COORDINATORS=" in up.stdout
+        dashboard = next(line for line in up.stdout.splitlines()
+                         if line.startswith("dashboard: "))
+        page = urllib.request.urlopen(dashboard.split()[1], timeout=10)
+        assert page.status == 200 and b"shardkv" in page.read()
         described = json.loads((directory / "cluster.json").read_text())
         assert sorted(described) == ["coordinators", "nodes"]
         assert len(described["coordinators"]) == 3 and len(described["nodes"]) == 6

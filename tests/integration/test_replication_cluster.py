@@ -15,6 +15,7 @@ two replicas), clients writing through the project's client library.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import statistics
@@ -120,15 +121,18 @@ async def until(check: Any, within: float, what: str) -> Any:
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-async def shard(tmp_path: Path, node_factory: NodeFactory) -> AsyncIterator[Shard]:
+@contextlib.asynccontextmanager
+async def replicated_shard(tmp_path: Path, node_factory: NodeFactory,
+                           **node_options: Any) -> AsyncIterator[Shard]:
+    """One coordinator and a shard of three nodes (``node_factory(**node_options)``, each
+    pointed at the coordinator), replicating; stopped on exit."""
     group = LocalGroup(str(tmp_path / "coord"), size=1, init_shards=1, replication_factor=3)
     group.start_all()
     try:
         await group.wait_leader(timeout_s=30)
         url = group.members[0].url
         nodes = await asyncio.gather(*(
-            asyncio.to_thread(node_factory, extra_args=["--coordinator", url], env=NODE_ENV)
+            asyncio.to_thread(node_factory, extra_args=["--coordinator", url], **node_options)
             for _ in range(3)))
         async with aiohttp.ClientSession() as http:
             shard = Shard(url, list(nodes), http)
@@ -136,6 +140,12 @@ async def shard(tmp_path: Path, node_factory: NodeFactory) -> AsyncIterator[Shar
             yield shard
     finally:
         group.stop_all()
+
+
+@pytest.fixture
+async def shard(tmp_path: Path, node_factory: NodeFactory) -> AsyncIterator[Shard]:
+    async with replicated_shard(tmp_path, node_factory, env=NODE_ENV) as started:
+        yield started
 
 
 def patient_client(shard: Shard, **options: Any) -> Client:

@@ -22,12 +22,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cluster_fixtures import CLUSTER_READY_TIMEOUT_S, current_map
+from cluster_fixtures import CLUSTER_READY_TIMEOUT_S, current_map, started_cluster
 from reshard_workload import ReshardLoad
 from shardkv.client import Client
 from shardkv.client.connection import NodeConnection
 from shardkv.cluster.cluster_map import ClusterMap
-from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster
+from shardkv.cluster.launcher import ClusterPlan, LocalCluster
 from shardkv.cluster.ring import shard_for_key
 from shardkv.cluster.shard_members import start_shard_members
 
@@ -39,17 +39,9 @@ MIGRATION_TIMEOUT_S = 120.0
 @pytest.fixture(params=["memory", "sqlite"], name="cluster")
 def cluster_fixture(request: pytest.FixtureRequest,
                     tmp_path: Path) -> Iterator[LocalCluster]:
-    plan = ClusterPlan.new(tmp_path, shards=2, replicas=2, coordinators=1,
-                           engine=request.param, fsync="never")
-    cluster = LocalCluster(tmp_path, plan)
-    try:
-        cluster.start()
-        cluster.wait_ready(CLUSTER_READY_TIMEOUT_S)
-    except LaunchError as exc:
-        cluster.stop()
-        pytest.fail(f"the local cluster did not start: {exc}")
-    yield cluster
-    cluster.stop()
+    with started_cluster(tmp_path, shards=2, replicas=2, coordinators=1,
+                         engine=request.param, fsync="never") as cluster:
+        yield cluster
 
 
 def send(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -74,6 +66,19 @@ async def wait_finished(coordinator: str, migration: str) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise AssertionError(f"migration still {record['state']}: {record}")
         await asyncio.sleep(0.2)
+
+
+async def add_shard(cluster: LocalCluster, shard: str) -> dict[str, Any]:
+    """Add ``shard`` (its members started as processes) and wait until the migration is
+    done; returns its record."""
+    coordinator = cluster.plan.coordinator_urls()[0]
+    status, body = await asyncio.to_thread(send, "POST", f"{coordinator}/admin/shards",
+                                           {"shard": shard})
+    assert status == 202, body
+    start_shard_members(cluster, shard)
+    record = await wait_finished(coordinator, body["migration"])
+    assert record["state"] == "done", record
+    return record
 
 
 async def keys_held(url: str, consistency: str = "strong") -> list[bytes]:
@@ -185,7 +190,6 @@ async def test_a_retry_that_crosses_the_flip_is_not_applied_twice(tmp_path: Path
     try:
         cluster.start()
         cluster.wait_ready(CLUSTER_READY_TIMEOUT_S)
-        coordinator = plan.coordinators[0].url
         before = ClusterMap.from_dict(current_map(cluster))
         target_ring = ClusterMap.from_dict(current_map(cluster))
         target_ring.ring.shards = {**before.ring.shards, "s3": 1}
@@ -201,12 +205,7 @@ async def test_a_retry_that_crosses_the_flip_is_not_applied_twice(tmp_path: Path
                 await old_owner.close()
         assert first["value"] == 5
 
-        status, body = await asyncio.to_thread(send, "POST", f"{coordinator}/admin/shards",
-                                               {"shard": "s3"})
-        assert status == 202, body
-        start_shard_members(cluster, "s3")
-        record = await wait_finished(coordinator, body["migration"])
-        assert record["state"] == "done", record
+        await add_shard(cluster, "s3")
 
         after = ClusterMap.from_dict(current_map(cluster))
         assert shard_for_key(after, key.encode()) == "s3"

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import CLUSTER_READY_TIMEOUT_S, current_map
+from cluster_fixtures import current_map, started_cluster
 from reshard_workload import ReshardLoad
 from shardkv.client import Client
 from shardkv.cluster.cluster_map import ClusterMap
-from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster, http_get_json
+from shardkv.cluster.launcher import LocalCluster, http_get_json
 from shardkv.cluster.ring import shard_for_key
 from shardkv.cluster.shard_members import start_shard_members
 from test_resharding_add import keys_held, send, wait_finished
@@ -34,17 +34,9 @@ def slow_copy_cluster_fixture(tmp_path: Path,
     monkeypatch.setenv("SHARDKV_MIGRATION_BATCH_PAUSE_S", "0.1")
     monkeypatch.setenv("SHARDKV_MIGRATION_PIPELINE", "1")  # one batch at a time: a slow copy
     monkeypatch.setenv("SHARDKV_FAILOVER_TIMEOUT_S", "2")
-    plan = ClusterPlan.new(tmp_path, shards=2, replicas=2, coordinators=3, engine="memory",
-                           fsync="never")
-    cluster = LocalCluster(tmp_path, plan)
-    try:
-        cluster.start()
-        cluster.wait_ready(CLUSTER_READY_TIMEOUT_S)
-    except LaunchError as exc:
-        cluster.stop()
-        pytest.fail(f"the local cluster did not start: {exc}")
-    yield cluster
-    cluster.stop()
+    with started_cluster(tmp_path, shards=2, replicas=2, coordinators=3, engine="memory",
+                         fsync="never") as cluster:
+        yield cluster
 
 
 def leader_id(cluster: LocalCluster) -> str:

@@ -14,31 +14,21 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import CLUSTER_READY_TIMEOUT_S, current_map
+from cluster_fixtures import current_map, started_cluster
 from shardkv.client import Client
-from shardkv.cluster.launcher import ClusterPlan, LaunchError, LocalCluster
+from shardkv.cluster.launcher import LocalCluster
 
 pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture(scope="module", name="small_cluster")
 def small_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    directory: Path = tmp_path_factory.mktemp("guard")
-    plan = ClusterPlan.new(directory, shards=2, replicas=1, coordinators=1,
-                           engine="memory", fsync="never")
-    cluster = LocalCluster(directory, plan)
-    try:
-        cluster.start()
-        cluster.wait_ready(CLUSTER_READY_TIMEOUT_S)
-    except LaunchError as exc:
-        cluster.stop()
-        pytest.fail(f"the local cluster did not start: {exc}")
-    yield cluster
-    cluster.stop()
+    with started_cluster(tmp_path_factory.mktemp("guard"), shards=2, replicas=1,
+                         coordinators=1, engine="memory", fsync="never") as cluster:
+        yield cluster
 
 
 def send(method: str, url: str, body: dict[str, Any]) -> tuple[int, Any]:

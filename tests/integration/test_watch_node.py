@@ -107,7 +107,8 @@ async def test_json_text_frames_for_browsers(node) -> None:
     try:
         frames = await frames_until(ws, lambda fs: fs[-1]["type"] == "progress")
         assert events_of(frames) == [{"type": "put", "key": "j:1", "value": "hello",
-                                      "version": version, "shard": "default"}]
+                                      "version": version, "prev_version": None,
+                                      "shard": "default"}]
         assert frames[-1]["version"] >= version
     finally:
         await session.close()
@@ -220,8 +221,10 @@ def test_cli_watch_prints_one_json_object_a_line(node) -> None:
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert lines == [
-        {"type": "put", "key": "cli:a", "value": "one", "version": v1, "shard": "default"},
-        {"type": "delete", "key": "cli:a", "version": v2, "shard": "default"}]
+        {"type": "put", "key": "cli:a", "value": "one", "version": v1, "prev_version": None,
+         "shard": "default"},
+        {"type": "delete", "key": "cli:a", "version": v2, "prev_version": v1,
+         "shard": "default"}]
     usage = subprocess.run(
         [sys.executable, "-m", "shardkv.cluster.cli", "watch", "--node", node.url],
         capture_output=True, text=True, timeout=DEADLINE_S)

@@ -110,6 +110,21 @@ def _attacks(cluster: LocalCluster) -> list[tuple[str, int, object]]:
             f"{c}/admin/migrations/m1-abcdef/abort", {},
             signed_headers("POST", "/admin/migrations/m1-abcdef/abort", b"{}", OPERATOR,
                            secret="not-the-cluster-credential-000000"))
+    # Resharding changes who owns every key: add, drain-and-retire, reweight are operators'
+    # acts, refused to a stranger, to a forged signature and to a node's own credential.
+    weight = {"weight": 5}
+    for what, method, path, payload in (
+            ("add a shard", "POST", "/admin/shards", {"shard": "evil", "weight": 100}),
+            ("drain and retire a shard", "DELETE", "/admin/shards/s2", {}),
+            ("reweight a shard", "PUT", "/admin/shards/s1/weight", weight)):
+        attempt(f"{what} (no credential)", method, f"{c}{path}", payload)
+        attempt(f"{what} (a bearer guess)", method, f"{c}{path}", payload,
+                {"Authorization": "Bearer not-the-token-0000000000"})
+        attempt(f"{what} (signed with another secret)", method, f"{c}{path}", payload,
+                signed_headers(method, path, json.dumps(payload).encode(), OPERATOR,
+                               secret="not-the-cluster-credential-000000"))
+        attempt(f"{what} (a node, not an operator)", method, f"{c}{path}", payload,
+                _signed(cluster, method, path, payload, node_principal(other)))
     # Shard membership: adding a member is an operator's act.
     member = {"node": other}
     attempt("add a member to a shard (no credential)", "POST", f"{c}/admin/shards/s1/members",
@@ -269,7 +284,7 @@ async def test_what_a_stranger_may_read_and_how_much_it_can_send(
     before = state_of(cluster)
     huge = "x" * (2 << 20)
     for path in ("/admin/shards/s1/members", f"/v1/nodes/{primary}/handoff",
-                 "/admin/migrations/m1-abcdef/abort"):
+                 "/admin/migrations/m1-abcdef/abort", "/admin/shards"):
         try:
             refused = await asyncio.to_thread(http, "POST", c + path, {"node": huge})
         except OSError:  # the coordinator may close the connection before the client reads

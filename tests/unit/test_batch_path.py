@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from shardkv.cluster.errors import ErrorCode, InvalidArgument, ShardKVError, VersionMismatch
 from shardkv.cluster.limits import Limits, as_key
-from shardkv.node.api.operations import NodeContext, parse_batch_ops
+from shardkv.node.api.multi_key_operations import parse_batch_ops
+from shardkv.node.api.node_context import NodeContext
 from shardkv.node.storage.store import BatchOp, Store, StoreConfig
 from shardkv.node.storage.write_plan import CheckedOp, check_batch, is_blind
 from shardkv.node.wal.record import WalEntry

@@ -34,7 +34,8 @@ from shardkv.cluster.errors import (
     StaleMap,
     Timeout,
 )
-from shardkv.node.api.operations import NodeContext, execute, lookup
+from shardkv.node.api.node_context import NodeContext
+from shardkv.node.api.operations import execute, lookup
 from shardkv.node.storage.store import Store, StoreConfig
 from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
 

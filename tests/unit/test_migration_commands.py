@@ -48,14 +48,24 @@ def test_add_records_the_migration_and_flips_only_with_the_fenced_epochs() -> No
     refused(m, "VERSION_MISMATCH", op="add_shard", shard="s9")
     refused(m, "VERSION_MISMATCH", op="flip_migration", id="m1", epochs={"s1": 1, "s2": 1})
     refused(m, "VERSION_MISMATCH", op="migration_state", id="m1", state="done")
-    ok(m, op="migration_progress", id="m1", keys_moved=5, bytes_moved=50, lsn_floor=1 << 32)
+    ok(m, op="migration_progress", id="m1", keys_moved=5, bytes_moved=50, lsn_floor=1 << 32,
+       floor_from={"s3": 0})
+    assert m.current.migration is not None and m.current.migration.floor_from == {"s3": 0}
     ok(m, op="migration_state", id="m1", state="flipping", now=12.0)
     epochs = {sid: m.current.shards[sid].epoch for sid in ("s1", "s2")}
     refused(m, "STALE_EPOCH", op="flip_migration", id="m1",
             epochs={"s1": epochs["s1"] + 1, "s2": epochs["s2"]})
     refused(m, "INVALID_ARGUMENT", op="flip_migration", id="m1", epochs={"s1": 1})
-    flipped = ok(m, op="flip_migration", id="m1", epochs=epochs)
+    refused(m, "INVALID_ARGUMENT", op="flip_migration", id="m1", epochs=epochs,
+            lsns={"s1": -1})
+    refused(m, "INVALID_ARGUMENT", op="flip_migration", id="m1", epochs=epochs, lsns=[1])
+    lsns = {"s1": 40, "s2": 41, "s3": (1 << 32) + 7}
+    flipped = ok(m, op="flip_migration", id="m1", epochs=epochs, lsns=lsns)
     assert flipped["ring_version"] == ring_before["version"] + 1
+    record = m.current.migration
+    assert record is not None and record.flip_lsns == lsns  # what a watch needs
+    assert record.ring_before == {"s1": 1, "s2": 1}
+    assert record.flip_ring_version == flipped["ring_version"]
     assert m.current.ring.shards == {"s1": 1, "s2": 1, "s3": 2}
     assert m.current.shards["s3"].state == "active"
     refused(m, "VERSION_MISMATCH", op="abort_migration", id="m1", now=13.0)

@@ -18,7 +18,8 @@ from shardkv.cluster.errors import (
     UnknownOp,
 )
 from shardkv.cluster.limits import Limits
-from shardkv.node.api.operations import OPERATIONS, NodeContext, client_error, execute, lookup
+from shardkv.node.api.node_context import NodeContext
+from shardkv.node.api.operations import OPERATIONS, client_error, execute, lookup
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
 from shardkv.node.wal.write_ahead_log import WalOptions

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from shardkv.cluster.errors import InvalidArgument, StaleMap
 from shardkv.cluster.ops import OPS, WRITE_OPS, ArgKind, spec_of
-from shardkv.node.api.operations import OPERATIONS, NodeContext, execute
+from shardkv.node.api.node_context import NodeContext
+from shardkv.node.api.operations import OPERATIONS, execute
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 

@@ -33,3 +33,14 @@ def test_each_anomaly() -> None:
     assert kinds([CLEAN[0], CLEAN[1], ReceivedEvent(b"a", b"bad", 7, "s1", "put")]) == [
         "mismatch"]
     assert kinds([CLEAN[2], CLEAN[1], CLEAN[0]]) == ["order"]
+    # A write of unknown outcome may show once, not twice (a migration's copy of it).
+    twice = [ReceivedEvent(b"c", b"x", 4, "s2", "put"), ReceivedEvent(b"c", b"x", 9, "s3", "put")]
+    assert kinds([*CLEAN, *twice]) == ["duplicate"]
+
+
+def test_a_write_is_named_by_key_and_version_whatever_shard_reports_it() -> None:
+    # The workload guessed s1; a flip sent the write to s3, whose event names s3.
+    moved = [WatchedWrite(b"a", b"1", "s1", 5), WatchedWrite(b"a", b"2", "s1", 2**32 + 9)]
+    events = [ReceivedEvent(b"a", b"1", 5, "s1", "put"),
+              ReceivedEvent(b"a", b"2", 2**32 + 9, "s3", "put")]
+    assert check_watch_events(moved, events).verdict == "ok"

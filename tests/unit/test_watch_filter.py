@@ -69,6 +69,28 @@ def test_a_good_request() -> None:
                                   "progress_interval_ms": 250})
     assert (request.start_version, request.values, request.progress_interval_s) == (7, False,
                                                                                     0.25)
+    assert not request.eventual  # no query: a strong watch, served by the primary only
+
+
+@pytest.mark.parametrize("query", [
+    {"consistency": "bogus"}, {"max_staleness_ms": "5"},
+    {"consistency": "strong", "max_staleness_ms": "5"},
+    {"consistency": "eventual", "max_staleness_ms": "-1"},
+    {"consistency": "eventual", "max_staleness_ms": "nan"},
+    {"consistency": "eventual", "max_staleness_ms": "inf"},
+    {"consistency": "eventual", "max_staleness_ms": "soon"}, {"other": "1"},
+])
+def test_bad_read_options(query: dict) -> None:
+    with pytest.raises(InvalidArgument):
+        WatchRequest.parse({"prefix": "p"}, query)
+
+
+def test_eventual_read_options() -> None:
+    bounded = WatchRequest.parse({"prefix": "p"}, {"consistency": "eventual",
+                                                  "max_staleness_ms": "250"})
+    assert (bounded.eventual, bounded.max_staleness_ms) == (True, 250.0)
+    unbounded = WatchRequest.parse({"prefix": "p"}, {"consistency": "eventual"})
+    assert (unbounded.eventual, unbounded.max_staleness_ms) == (True, None)
 
 
 def test_entry_events_types_values_and_reserved_rows() -> None:
@@ -85,9 +107,9 @@ def test_entry_events_types_values_and_reserved_rows() -> None:
     events = entry_events(entry, watch, "s1", values=True)
     assert events == [
         {"type": "put", "key": b"p:1", "value": b"v" * 4096, "version": 9, "shard": "s1",
-         "expires_at": 1234.5},
-        {"type": "delete", "key": b"p:2", "version": 9, "shard": "s1"},
-        {"type": "expire", "key": b"p:3", "version": 9, "shard": "s1"},
+         "expires_at": 1234.5, "prev_version": None},
+        {"type": "delete", "key": b"p:2", "version": 9, "shard": "s1", "prev_version": None},
+        {"type": "expire", "key": b"p:3", "version": 9, "shard": "s1", "prev_version": None},
     ]
     assert "value" not in entry_events(entry, watch, "s1", values=False)[0]
     assert entry_events(WalEntry(10, 1, ()), watch, "s1", values=True) == []

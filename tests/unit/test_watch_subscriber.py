@@ -81,3 +81,25 @@ async def test_wait_wakes_on_offer_and_on_close() -> None:
     hub.reset(1, "snapshot installed")
     await asyncio.wait_for(waiter, 30)
     assert sub.closed_reason == "snapshot installed" and len(hub) == 0
+
+
+async def test_a_replica_hub_follows_its_primary_commit_point() -> None:
+    hub = WatchHub(published_lsn=5)
+    sub = subscriber(hub.published_lsn)
+    hub.subscribe(sub)
+    assert hub.commit_limit is None  # a primary: no limit
+    hub.commit(9)
+    assert hub.commit_limit is None  # only a replica's hub follows a commit point
+    hub.follow_commit(3)  # became a replica
+    assert hub.commit_limit == 3
+    sub.take()
+    waiting = asyncio.create_task(sub.wait(5.0))
+    await asyncio.sleep(0)
+    hub.commit(7)  # raised: the session is woken to send what it held
+    await asyncio.wait_for(waiting, 1.0)
+    assert hub.commit_limit == 7
+    hub.commit(6)  # never lowered
+    hub.follow_commit(2)  # still a replica: keeps what it knows
+    assert hub.commit_limit == 7
+    hub.follow_commit(None)  # became primary
+    assert hub.commit_limit is None

@@ -70,6 +70,15 @@ class Engine(abc.ABC):
     def key_count(self) -> int:
         """How many keys are stored, counting expired keys the sweeper has not deleted yet."""
 
+    # True when ``live_version`` answers without I/O (everything is in memory): the write
+    # path then learns the version a blind write replaces without an await.
+    sync_reads: bool = False
+
+    def live_version(self, key: bytes, now: float) -> int | None:
+        """The key's version if it exists and has not expired at ``now``, else None.
+        Only for engines with ``sync_reads``; the others are read with ``get``."""
+        raise NotImplementedError(f"{self.name} has no synchronous reads")
+
     @abc.abstractmethod
     async def get(self, key: bytes) -> StoredItem | None: ...
 

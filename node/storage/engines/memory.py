@@ -117,6 +117,20 @@ class MemoryEngine(Engine):
     def key_count(self) -> int:
         return len(self._items)
 
+    sync_reads = True
+
+    def live_version(self, key: bytes, now: float) -> int | None:
+        row = self._items.get(key)
+        if row is None:
+            return None
+        if not isinstance(row, bytes):
+            expires_at = row[3]
+            return row[2] if expires_at is None or expires_at > now else None
+        if row[0] & _EXPIRES:  # every write of a blind put comes here: no int() wraps
+            _, version, expires_at = _HEAD_EXPIRY.unpack_from(row)
+            return version if expires_at > now else None  # type: ignore[no-any-return]
+        return _HEAD.unpack_from(row)[1]  # type: ignore[no-any-return]
+
     async def get(self, key: bytes) -> StoredItem | None:
         row = self._items.get(key)
         return None if row is None else _wrap(row)

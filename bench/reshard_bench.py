@@ -9,7 +9,9 @@ s3 (its members started as processes) until the migration is ``done``. Reported:
 moved per second of copy (from the target's floor to the flip), time to ``done`` and its
 phases (waiting for the new members to start, copy to flip, cleaning), foreground get/put
 p50/p99 in both phases, and failed foreground operations (retries within the deadline are
-not failures).
+not failures). CPU: node CPU seconds per 1,000,000 keys moved, for the copy and for the
+cleaning, net of what the foreground operations of the window cost at the baseline rate
+(bench/reshard_cpu.py): less disturbed by a shared machine than keys/s.
 
     nice python -m bench.reshard_bench --keys 100000            # a few minutes here
     nice python -m bench.reshard_bench --keys 1000000 --json out.json
@@ -37,6 +39,8 @@ from shardkv.client import Client
 from shardkv.cluster.launcher import ClusterPlan, LocalCluster
 from shardkv.cluster.shard_members import start_shard_members
 
+from bench.reshard_cpu import NodeCpu, migration_cpu
+
 
 def _admin(method: str, url: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
@@ -60,6 +64,7 @@ class Foreground:
         self.kv, self.keys, self.value, self.concurrency = kv, keys, value, concurrency
         self.lat: dict[str, list[float]] = {"get": [], "put": []}
         self.failed = 0
+        self.completed = 0
         self._stop = asyncio.Event()
 
     async def _worker(self, seed: int) -> None:
@@ -77,6 +82,11 @@ class Foreground:
                 self.failed += 1
                 continue
             self.lat[op].append(time.perf_counter() - started)
+            self.completed += 1
+
+    def ops(self) -> int:
+        """Operations completed since the start (not reset per phase)."""
+        return self.completed
 
     async def run_until(self, done: Any) -> dict[str, Any]:
         self._stop.clear()
@@ -115,7 +125,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                for i in range(start, min(start + batch, args.keys))})
             load_s = time.monotonic() - loaded
             fg = Foreground(kv, args.keys, value, args.concurrency)
+            track = NodeCpu(cluster, fg.ops)
+            track.sample()
+            base_started = time.time()
             baseline = await fg.run_until(lambda: asyncio.sleep(args.baseline_s))
+            track.sample()
+            base_cpu, base_ops = track.window(base_started, time.time())
+            cpu_per_op = base_cpu / base_ops if base_ops else 0.0
 
             migration: dict[str, Any] = {}
 
@@ -129,6 +145,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                      {"shard": "s3"})
                     start_shard_members(cluster, "s3")
                 while True:
+                    track.sample()
                     record = await asyncio.to_thread(
                         _admin, "GET", f"{coordinator}/admin/migrations/{answer['migration']}")
                     if record["state"] in ("done", "aborted", "failed"):
@@ -137,8 +154,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(0.2)
 
             during = await fg.run_until(migrate)
+            track.sample()
         took = migration["finished_at"] - migration["started_at"]
         copy_s = migration["flipped_at"] - migration["copy_started_at"]
+        per_1m = 1e6 / max(1, migration["keys_moved"])
+        copy_cpu = migration_cpu(track, migration["copy_started_at"], migration["flipped_at"],
+                                 cpu_per_op)
+        clean_cpu = migration_cpu(track, migration["flipped_at"], migration["finished_at"],
+                                  cpu_per_op)
         return {
             "op": args.op, "keys": args.keys, "value_bytes": args.value_bytes,
             "engine": args.engine,
@@ -152,6 +175,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "cleaning_s": round(migration["finished_at"] - migration["flipped_at"], 2),
             "keys_per_s": round(migration["keys_moved"] / copy_s, 1),
             "mb_per_s": round(migration["bytes_moved"] / 1e6 / copy_s, 2),
+            "cpu_s_per_1m_keys_copy": round(copy_cpu * per_1m, 2),
+            "cpu_s_per_1m_keys_clean": round(clean_cpu * per_1m, 2),
+            "node_cpu_ms_per_fg_op": round(cpu_per_op * 1000, 3),
+            "node_cpu_s_copy": track.node_window(migration["copy_started_at"],
+                                                 migration["flipped_at"]),
+            "node_cpu_s_clean": track.node_window(migration["flipped_at"],
+                                                  migration["finished_at"]),
             "baseline": baseline, "during_migration": during,
         }
     finally:

@@ -14,6 +14,7 @@ Rings are cached per spec (a map change that leaves the ring alone costs nothing
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import threading
 from collections.abc import Callable
@@ -43,6 +44,24 @@ def _blake2b_64(key: object) -> int:
 HASH_FUNCTIONS: dict[str, Callable[[object], int]] = {
     "md5": _md5_64,
     "blake2b": _blake2b_64,
+}
+
+
+def _md5_64_many(keys: list[bytes]) -> list[int]:
+    md5, from_bytes = hashlib.md5, int.from_bytes
+    return [from_bytes(md5(k, usedforsecurity=False).digest()[:8], "big") for k in keys]
+
+
+def _blake2b_64_many(keys: list[bytes]) -> list[int]:
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+    return [from_bytes(blake2b(k, digest_size=8).digest(), "big") for k in keys]
+
+
+# The same functions over a list of raw keys, with no call per key: a migration hashes every
+# key of a shard (the copy and the cleaning), a million calls through ``_to_bytes``.
+HASH_MANY: dict[str, Callable[[list[bytes]], list[int]]] = {
+    "md5": _md5_64_many,
+    "blake2b": _blake2b_64_many,
 }
 
 _RingKey = tuple[str, int, tuple[tuple[str, int], ...]]
@@ -92,6 +111,12 @@ class Continuum:
     def owner(self, hashed: int) -> str:
         at = bisect.bisect(self.points, hashed)
         return self.owners[at if at < len(self.points) else 0]
+
+    def owners_of(self, hashes: list[int]) -> list[str]:
+        """``owner`` of each hash, in C loops (a migration asks for every key it reads)."""
+        wrapped = self.owners + self.owners[:1]  # past the last point: the first owner
+        at = functools.partial(bisect.bisect, self.points)
+        return list(map(wrapped.__getitem__, map(at, hashes)))
 
 
 def _owner_function(spec: RingSpec, ring: HashRing) -> Owner:

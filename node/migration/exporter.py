@@ -2,8 +2,9 @@
 
 Two phases, as a range snapshot plus log in a learner-based design (docs/resharding.md):
 
-1. the rows of a consistent engine view at LSN ``L0`` (writes go on meanwhile), filtered to
-   the moving arcs, in bounded batches;
+1. the rows of the moving arcs, each as of LSN ``L0`` or later (``Store.migration_view``:
+   keys selected a chunk at a time before any row is read; writes go on meanwhile), in
+   bounded batches paced by the adaptive throttle (``throttle.py``);
 2. the WAL from ``L0 + 1``, only up to the applied LSN (entries a majority holds: a failover
    can never roll back what was exported), filtered the same way, until stopped.
 
@@ -35,6 +36,7 @@ from shardkv.cluster.cluster_token import auth_headers
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.migration.arcs import MovingArcs
+from shardkv.node.migration.throttle import LoopLagThrottle
 from shardkv.node.storage.sessions import SESSION_PREFIX, is_reserved
 from shardkv.node.storage.store import Store
 from shardkv.node.wal.record import MutationKind, WalEntry
@@ -117,6 +119,7 @@ class ArcExport:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self.throttle = LoopLagThrottle()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"export-{self.migration_id}")
@@ -140,7 +143,7 @@ class ArcExport:
             "view_lsn": self.view_lsn, "shipped_lsn": self.shipped_lsn,
             "applied_lsn": store.applied_lsn, "epoch": store.epoch,
             "keys_sent": self.keys_sent, "bytes_sent": self.bytes_sent,
-            "snapshot_keys": self.snapshot_keys,
+            "snapshot_keys": self.snapshot_keys, "throttle": self.throttle.status(),
             "target_lsns": dict(sorted(self.target_lsns.items())),
         }
 
@@ -160,10 +163,15 @@ class ArcExport:
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 self._session = session
-                await asyncio.gather(*(self._post(t, "/internal/migration/import/begin", {})
-                                       for t in sorted(self.routes)))
-                self.phase = "snapshot"
-                await self._send_view()
+                self.throttle.start()  # watches the loop before the copy: its baseline
+                try:
+                    await asyncio.gather(*(self._post(t, "/internal/migration/import/begin",
+                                                      {}) for t in sorted(self.routes)))
+                    await self.throttle.calibrate()
+                    self.phase = "snapshot"
+                    await self._send_view()
+                finally:
+                    await self.throttle.stop()
                 self.phase = "tail"
                 await self._follow_tail()
         except asyncio.CancelledError:
@@ -181,26 +189,33 @@ class ArcExport:
                 self._shipped.notify_all()
 
     async def _send_view(self) -> None:
-        view = await self.store.consistent_view()
+        everyone = sorted(self.routes)
+        # Destinations of the selected keys, filled by ``select`` a chunk at a time: the
+        # engine asks it before decoding any row, so the two thirds of the shard that stay
+        # are hashed once each and never read.
+        chosen: dict[bytes, list[str]] = {}
+
+        def select(keys: list[bytes]) -> list[bool]:
+            chosen.clear()
+            for key, destination in zip(keys, self.arcs.destinations(keys), strict=True):
+                if destination is not None and not is_reserved(key):
+                    chosen[key] = [destination]
+                elif key.startswith(SESSION_PREFIX):
+                    # Exactly-once sessions are per client, not per key: every target gets
+                    # the whole table, and keeps the highest ``seq`` per client (a retry that
+                    # crosses the flip is answered there from its record, not applied twice).
+                    chosen[key] = everyone
+            return [key in chosen for key in keys]
+
+        view = await self.store.migration_view(select)
         self.view_lsn = view.lsn
         now = time.time()
         batches = _Batches()
-        everyone = sorted(self.routes)
         async for key, value, compressed, version, expires_at in view.rows:
             if expires_at is not None and expires_at <= now:
                 continue
-            if is_reserved(key):
-                # Exactly-once sessions are per client, not per key: every target gets the
-                # whole table, and keeps the highest ``seq`` per client (a retry that crosses
-                # the flip is answered there from its record instead of being applied twice).
-                if not key.startswith(SESSION_PREFIX):
-                    continue
-                destinations = everyone
-            else:
-                destination = self.arcs.destination(key)
-                if destination is None:
-                    continue
-                destinations = [destination]
+            destinations = chosen[key]
+            if destinations is not everyone:
                 self.snapshot_keys += 1
             record = ["put", key, value, compressed, expires_at, version]
             for target in destinations:
@@ -212,8 +227,9 @@ class ArcExport:
         await self._mark_shipped(view.lsn)
 
     async def _send_pipelined(self, target: str, records: list[Record], size: int) -> None:
-        """Send without waiting for the answer, at most PIPELINE batches in flight; a
-        failed batch fails the export at the next call (or at ``_drain``)."""
+        """Send without waiting for the answer, at most PIPELINE batches in flight, paced by
+        the throttle; a failed batch fails the export at the next call (or at ``_drain``)."""
+        await self.throttle.wait()
         while len(self._in_flight) >= PIPELINE:
             done, _ = await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             self._in_flight -= done

@@ -40,9 +40,8 @@ from shardkv.cluster.errors import (
 )
 from shardkv.cluster.limits import MAX_FRAME_BYTES
 from shardkv.cluster.migration_record import BEFORE_FLIP
-from shardkv.cluster.ring import shard_for_key
 from shardkv.node.membership.coordinator_link import Placement
-from shardkv.node.migration.arcs import MovingArcs, target_spec
+from shardkv.node.migration.arcs import MovingArcs, owners, target_spec
 from shardkv.node.migration.cleaner import MovedKeyCleaner
 from shardkv.node.migration.exporter import ArcExport
 from shardkv.node.migration.fence import ArcFence
@@ -259,18 +258,18 @@ class MigrationService:
             return cleaner.status()
         if cleaner is not None:
             await cleaner.stop()
-        self.cleaner = MovedKeyCleaner(store, migration_id, self._owns)
+        self.cleaner = MovedKeyCleaner(store, migration_id, self._owned)
         self.cleaner.start()
         return self.cleaner.status()
 
     async def clean_status(self, body: dict[str, Any]) -> dict[str, Any]:
         return {} if self.cleaner is None else self.cleaner.status()
 
-    def _owns(self, key: bytes) -> bool:
-        cluster_map = self.cluster_map
-        if cluster_map is None or self.shard is None or not cluster_map.ring.shards:
-            return True
-        return shard_for_key(cluster_map, key) == self.shard
+    def _owned(self, keys: list[bytes]) -> list[bool]:
+        cluster_map, shard = self.cluster_map, self.shard
+        if cluster_map is None or shard is None or not cluster_map.ring.shards:
+            return [True] * len(keys)
+        return [owner == shard for owner in owners(cluster_map.ring, keys)]
 
 
 def _text(body: dict[str, Any], name: str) -> str:

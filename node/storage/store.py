@@ -22,7 +22,7 @@ from shardkv.cluster.limits import MAX_SCAN_LIMIT, as_key
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.clock import NODE_CLOCK
 from shardkv.node.storage.commit_pipeline import CommitGate, CommitPipeline
-from shardkv.node.storage.engines.engine import Engine, SnapshotView
+from shardkv.node.storage.engines.engine import Engine, KeySelect, SnapshotView
 from shardkv.node.storage.recovery import recover
 from shardkv.node.storage.scan_cursor import (
     check_limit,
@@ -314,8 +314,13 @@ class Store(StoreWrites):
 
     async def consistent_view(self) -> SnapshotView:
         """A consistent view of every row at ``applied_lsn`` (what a snapshot reads; writes
-        go on meanwhile): an online migration streams the moving keys from it."""
+        go on meanwhile)."""
         return await self._engine.snapshot_view()
+
+    async def migration_view(self, select: KeySelect) -> SnapshotView:
+        """The rows an online migration moves, selected by key before any row is read, each
+        as of ``lsn`` or later (``Engine.migration_view``)."""
+        return await self._engine.migration_view(select)
 
     async def write_imported(self, mutations: list[Mutation]) -> int:
         """Order ``mutations`` (keys moving in from another shard, with their absolute

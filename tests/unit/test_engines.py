@@ -160,6 +160,38 @@ async def test_snapshot_view_is_frozen_while_applying_continues(engine: Engine) 
     assert (await engine.get(b"k0")).value == b"new"
 
 
+async def test_snapshot_view_selects_keys_before_reading_rows(engine: Engine) -> None:
+    log = Log()
+    await engine.apply(log.entry(*(put(b"k%02d" % i, b"v%d" % i) for i in range(20))))
+    asked: list[bytes] = []
+
+    def odd_only(keys: list[bytes]) -> list[bool]:
+        asked.extend(keys)
+        return [int(key[1:]) % 2 == 1 for key in keys]
+
+    view = await engine.snapshot_view(odd_only)
+    await engine.apply(log.entry(delete(b"k01")))  # the view is still frozen
+    rows = await collect(view.rows)
+    assert view.count == 20
+    assert asked == [b"k%02d" % i for i in range(20)]
+    assert rows == [(b"k%02d" % i, b"v%d" % i, False, 1, None) for i in range(1, 20, 2)]
+
+
+async def test_migration_view_reads_selected_rows_as_of_its_lsn_or_later(
+        engine: Engine) -> None:
+    log = Log()
+    await engine.apply(log.entry(*(put(b"k%02d" % i, b"old") for i in range(20))))
+    view = await engine.migration_view(lambda keys: [key != b"k03" for key in keys])
+    # Written after the view: each row shows up old or new (never a state before the view's
+    # LSN), a deleted one may be gone, an unselected one never shows.
+    await engine.apply(log.entry(put(b"k05", b"new"), delete(b"k07"), put(b"k03", b"new")))
+    rows = {r[0]: r for r in await collect(view.rows)}
+    assert view.lsn == 1 and view.count == 20
+    assert set(rows) - {b"k07"} == {b"k%02d" % i for i in range(20)} - {b"k03", b"k07"}
+    assert rows[b"k05"][1:4] in {(b"old", False, 1), (b"new", False, 2)}
+    assert all(rows[k][1] == b"old" for k in rows if k != b"k05")
+
+
 async def test_load_replaces_everything(engine: Engine) -> None:
     log = Log()
     await engine.apply(log.entry(put(b"gone"), put(b"kept", b"old")))

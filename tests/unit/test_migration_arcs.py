@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from shardkv.cluster.cluster_map import RingSpec
 from shardkv.cluster.ring import shard_for_key
-from shardkv.node.migration.arcs import MovingArcs, target_spec
+from shardkv.node.migration.arcs import MovingArcs, owners, target_spec
 
 CASES = [
     ({"s1": 1, "s2": 1}, {"s1": 1, "s2": 1, "s3": 1}, "s1", ["s3"]),  # add
@@ -34,3 +34,6 @@ def test_destinations_match_the_ring(hash_name: str, now: dict[str, int],
         assert arcs.destination(key) == expected, key
         moved += expected is not None
     assert moved > 0
+    keys = [f"user:{i}".encode() for i in range(5000)]
+    assert arcs.destinations(keys) == [arcs.destination(key) for key in keys]
+    assert owners(current, keys) == [shard_for_key(current, key) for key in keys]

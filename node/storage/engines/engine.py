@@ -14,7 +14,8 @@ replays only the WAL tail after its applied LSN).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Iterable, Sequence
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from shardkv.node.wal.record import WalEntry
@@ -36,6 +37,11 @@ class StoredItem(NamedTuple):
 # (key, value, compressed, version, expires_at). A plain tuple rather than a NamedTuple:
 # snapshots stream millions of rows, and a plain tuple is several times cheaper to build.
 SnapshotRow = tuple[bytes, bytes, bool, int, float | None]
+
+
+# Keys -> keep each or not, asked for a list of keys at a time: an online migration streams
+# the third of a shard that moves and hashes every key, which a call per key would dominate.
+KeySelect = Callable[[list[bytes]], list[bool]]
 
 
 class SnapshotView(NamedTuple):
@@ -106,9 +112,18 @@ class Engine(abc.ABC):
         deletes them through the WAL so that replicas delete the same keys."""
 
     @abc.abstractmethod
-    async def snapshot_view(self) -> SnapshotView:
+    async def snapshot_view(self, select: KeySelect | None = None) -> SnapshotView:
         """A consistent view for a snapshot, taken at ``applied_lsn``; applying continues
-        while the view is read."""
+        while the view is read. With ``select``, only the rows whose key it keeps (asked a
+        list of keys at a time, see ``select_rows``); ``count`` is still every key."""
+
+    async def migration_view(self, select: KeySelect) -> SnapshotView:
+        """The rows ``select`` keeps, for an online migration: each as it was at ``lsn``
+        *or later*. Enough there, and cheaper than a frozen view: the source ships its log
+        from ``lsn + 1`` after the rows, and the target keeps the newest version of each key,
+        so a row read after a later write only arrives early (docs/resharding.md, step 3).
+        This default is the consistent view."""
+        return await self.snapshot_view(select)
 
     @abc.abstractmethod
     async def load(self, rows: Iterable[SnapshotRow], lsn: int) -> None:
@@ -116,6 +131,24 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+SELECT_CHUNK = 4096
+
+
+async def select_rows(rows: AsyncIterator[SnapshotRow],
+                      select: KeySelect) -> AsyncIterator[SnapshotRow]:
+    """The rows of ``rows`` whose key ``select`` keeps, asked ``SELECT_CHUNK`` at a time."""
+    chunk: list[SnapshotRow] = []
+    async for row in rows:
+        chunk.append(row)
+        if len(chunk) >= SELECT_CHUNK:
+            for kept in itertools.compress(chunk, select([r[0] for r in chunk])):
+                yield kept
+            chunk = []
+    if chunk:
+        for kept in itertools.compress(chunk, select([r[0] for r in chunk])):
+            yield kept
 
 
 def check_apply_order(engine_name: str, applied_lsn: int, entry: WalEntry) -> None:

@@ -31,10 +31,12 @@ from shardkv.cluster.durable_file import ensure_dir
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.storage.engines.engine import (
     Engine,
+    KeySelect,
     SnapshotRow,
     SnapshotView,
     StoredItem,
     check_apply_order,
+    select_rows,
 )
 from shardkv.node.storage.engines.sqlite_compaction import CompactionReport, vacuum
 from shardkv.node.wal.record import MutationKind, WalEntry
@@ -272,7 +274,7 @@ class SqliteEngine(Engine):
             result.append((key, item.version if hit and item is not None else int(version)))
         return result
 
-    async def snapshot_view(self) -> SnapshotView:
+    async def snapshot_view(self, select: KeySelect | None = None) -> SnapshotView:
         reader = await aiosqlite.connect(self._path, isolation_level=None)
         try:
             async with self._flush_lock:
@@ -286,7 +288,8 @@ class SqliteEngine(Engine):
         except BaseException:
             await reader.close()
             raise
-        return SnapshotView(lsn, count, _stream_table(reader))
+        rows = _stream_table(reader)
+        return SnapshotView(lsn, count, rows if select is None else select_rows(rows, select))
 
     async def _flush_locked(self) -> None:
         """Swap the buffer out (it stays readable as ``_flushing``) and commit it."""

@@ -1,0 +1,58 @@
+"""The bulk copy's adaptive throttle: a late loop makes it back off, an on-time one lets it
+speed up again, a disabled one never waits. No timing is asserted beyond "a loop held for
+50 ms wakes a 5-ms timer more than 8 ms late"."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from shardkv.node.migration.throttle import STEP_S, LoopLagThrottle
+
+
+def _hold_the_loop(seconds: float) -> None:
+    """Block the event loop, as a long copy step or a busy CPU would."""
+    time.sleep(seconds)
+
+
+async def test_late_loop_grows_the_pause_and_on_time_loop_shrinks_it() -> None:
+    throttle = LoopLagThrottle(max_lag_s=0.008)
+    now = asyncio.get_running_loop().time()
+    throttle.record(now, 0.03)
+    await throttle.wait()
+    assert throttle.delay_s == STEP_S
+    await throttle.wait()
+    assert throttle.delay_s == 1.5 * STEP_S
+    assert throttle.status()["worst_lag_ms"] == 30
+    throttle.record(now + 1.0, 0.001)  # the late tick is out of the window now
+    pauses = []
+    for _ in range(4):
+        await throttle.wait()
+        pauses.append(throttle.delay_s)
+    assert pauses == pytest.approx([0.75 * 1.5 * STEP_S, 0.75 * 0.75 * 1.5 * STEP_S, 0, 0])
+    assert throttle.waited_s == pytest.approx((1 + 1.5) * STEP_S + sum(pauses))
+
+
+async def test_the_target_is_relative_to_the_loop_before_the_copy() -> None:
+    throttle = LoopLagThrottle(max_lag_s=0.008)
+    throttle.start()
+    try:
+        async with asyncio.timeout(10):
+            await throttle.next_tick()
+            _hold_the_loop(0.03)  # a busy machine: late before any copy
+            await throttle.calibrate()
+        assert throttle.baseline_lag_s is not None and throttle.baseline_lag_s > 0.02
+        assert throttle.max_lag_s == 2 * throttle.baseline_lag_s
+    finally:
+        await throttle.stop()
+
+
+async def test_disabled_throttle_never_waits() -> None:
+    throttle = LoopLagThrottle(max_lag_s=0.0)
+    throttle.start()
+    assert not throttle.enabled
+    throttle.record(asyncio.get_running_loop().time(), 1.0)
+    await throttle.wait()
+    assert throttle.delay_s == 0 and throttle.waited_s == 0
+    await throttle.stop()

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 from conftest import NodeFactory
+from replicated_shard import Shard, replicated_shard
 from shardkv.client import Client, Retry
 from shardkv.client.cluster_status import collect_status, render_status
 from shardkv.client.retry import ExponentialBackoff
-from test_replication_cluster import Shard, replicated_shard
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not a package

@@ -26,7 +26,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from test_replication_cluster import (  # noqa: F401  (``shard`` is the fixture)
+from replicated_shard import (  # noqa: F401  (``shard`` is the fixture)
     NodeProcess,
     Shard,
     patient_client,

@@ -14,13 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from shardkv.chaos.checkers.watch_events import (
-    ReceivedEvent,
-    WatchedWrite,
-    check_watch_events,
-)
-from shardkv.client import Client, ShardKVError, WatchEvent
-from test_replication_cluster import (  # noqa: F401  (``shard`` is the fixture)
+from replicated_shard import (  # noqa: F401  (``shard`` is the fixture)
     NodeProcess,
     Shard,
     async_value,
@@ -28,6 +22,12 @@ from test_replication_cluster import (  # noqa: F401  (``shard`` is the fixture)
     shard,
     until,
 )
+from shardkv.chaos.checkers.watch_events import (
+    ReceivedEvent,
+    WatchedWrite,
+    check_watch_events,
+)
+from shardkv.client import Client, ShardKVError, WatchEvent
 
 pytestmark = pytest.mark.integration
 

@@ -340,3 +340,15 @@ async def test_applying_the_wire_form_matches_applying_entries(tmp_path: Path) -
             await engine.close()
     assert states[0][0] == 3 and len(states[0][1]) == 3
     assert all(state == states[0] for state in states)
+
+
+async def test_an_engine_without_synchronous_reads_refuses_them(tmp_path) -> None:
+    from shardkv.node.storage.engines.sqlite import SqliteEngine
+
+    engine = await SqliteEngine.open(tmp_path)
+    try:
+        assert engine.sync_reads is False
+        with pytest.raises(TypeError, match="sync_reads is False"):
+            engine.live_version(b"k", 0.0)
+    finally:
+        await engine.close()

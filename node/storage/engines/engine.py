@@ -76,8 +76,9 @@ class Engine(abc.ABC):
 
     def live_version(self, key: bytes, now: float) -> int | None:
         """The key's version if it exists and has not expired at ``now``, else None.
-        Only for engines with ``sync_reads``; the others are read with ``get``."""
-        raise NotImplementedError(f"{self.name} has no synchronous reads")
+        Only for engines with ``sync_reads``; the others are read with ``get``, and asking
+        them is a caller's bug (the commit pipeline checks ``sync_reads`` first)."""
+        raise TypeError(f"{self.name} reads only through get(): sync_reads is False")
 
     @abc.abstractmethod
     async def get(self, key: bytes) -> StoredItem | None: ...

@@ -9,9 +9,12 @@ s3 (its members started as processes) until the migration is ``done``. Reported:
 moved per second of copy (from the target's floor to the flip), time to ``done`` and its
 phases (waiting for the new members to start, copy to flip, cleaning), foreground get/put
 p50/p99 in both phases, and failed foreground operations (retries within the deadline are
-not failures). CPU: node CPU seconds per 1,000,000 keys moved, for the copy and for the
-cleaning, net of what the foreground operations of the window cost at the baseline rate
-(bench/reshard_cpu.py): less disturbed by a shared machine than keys/s.
+not failures). ``breakdown``: each node's copy clock as last seen (a source's time waiting
+for acknowledgements, in the throttle, hashing, encoding; a target's decoding, filtering,
+WAL write up to applied, fsyncs: node/migration/stage_clock.py). CPU: node CPU seconds per
+1,000,000 keys moved, for the copy and for the cleaning, net of what the foreground
+operations of the window cost at the baseline rate (bench/reshard_cpu.py): less disturbed by
+a shared machine than keys/s.
 
     nice python -m bench.reshard_bench --keys 100000            # a few minutes here
     nice python -m bench.reshard_bench --keys 1000000 --json out.json
@@ -48,6 +51,23 @@ def _admin(method: str, url: str, body: Any = None) -> Any:
         "Content-Type": "application/json", "Accept": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as resp:
         return json.loads(resp.read())
+
+
+def _copy_clocks(cluster: LocalCluster, into: dict[str, Any]) -> None:
+    """The copy clock of every node's export and import, kept per node as last seen (the
+    export's status goes away at the flip)."""
+    for spec in cluster.plan.nodes:
+        for side in ("export", "import"):
+            try:
+                status = _admin("GET", f"{spec.url}/internal/migration/{side}")
+            except OSError:
+                continue
+            clock = status.get("copy_clock") if isinstance(status, dict) else None
+            if clock and clock.get("wall_s"):
+                into[f"{spec.id}:{side}"] = {
+                    **clock, "keys": status.get("keys_sent", sum(
+                        s.get("keys", 0) for s in (status.get("sources") or {}).values())),
+                    **({"throttle": status["throttle"]} if "throttle" in status else {})}
 
 
 def _pct(samples: list[float], q: float) -> float | None:
@@ -134,6 +154,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu_per_op = base_cpu / base_ops if base_ops else 0.0
 
             migration: dict[str, Any] = {}
+            clocks: dict[str, Any] = {}
 
             async def migrate() -> None:
                 if args.op == "remove":
@@ -146,6 +167,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     start_shard_members(cluster, "s3")
                 while True:
                     track.sample()
+                    await asyncio.to_thread(_copy_clocks, cluster, clocks)
                     record = await asyncio.to_thread(
                         _admin, "GET", f"{coordinator}/admin/migrations/{answer['migration']}")
                     if record["state"] in ("done", "aborted", "failed"):
@@ -182,7 +204,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                  migration["flipped_at"]),
             "node_cpu_s_clean": track.node_window(migration["flipped_at"],
                                                   migration["finished_at"]),
-            "baseline": baseline, "during_migration": during,
+            "baseline": baseline, "during_migration": during, "breakdown": clocks,
         }
     finally:
         cluster.stop()

@@ -36,6 +36,7 @@ from shardkv.cluster.cluster_token import auth_headers
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.migration.arcs import MovingArcs
+from shardkv.node.migration.stage_clock import StageClock
 from shardkv.node.migration.throttle import LoopLagThrottle
 from shardkv.node.storage.sessions import SESSION_PREFIX, is_reserved
 from shardkv.node.storage.store import Store
@@ -120,6 +121,9 @@ class ArcExport:
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self.throttle = LoopLagThrottle()
+        # The bulk copy's time: waiting for acknowledgements (a free pipeline slot), the
+        # throttle, hashing (select), encoding, and each batch's round trip.
+        self.clock = StageClock()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"export-{self.migration_id}")
@@ -145,6 +149,7 @@ class ArcExport:
             "keys_sent": self.keys_sent, "bytes_sent": self.bytes_sent,
             "snapshot_keys": self.snapshot_keys, "throttle": self.throttle.status(),
             "target_lsns": dict(sorted(self.target_lsns.items())),
+            "copy_clock": self.clock.status(),
         }
 
     async def ship_until(self, lsn: int, timeout_s: float) -> None:
@@ -165,11 +170,16 @@ class ArcExport:
                 self._session = session
                 self.throttle.start()  # watches the loop before the copy: its baseline
                 try:
-                    await asyncio.gather(*(self._post(t, "/internal/migration/import/begin",
-                                                      {}) for t in sorted(self.routes)))
-                    await self.throttle.calibrate()
+                    with self.clock.timed("begin"):
+                        await asyncio.gather(*(self._post(
+                            t, "/internal/migration/import/begin", {})
+                            for t in sorted(self.routes)))
+                    with self.clock.timed("calibrate"):
+                        await self.throttle.calibrate()
                     self.phase = "snapshot"
+                    self.clock.start()
                     await self._send_view()
+                    self.clock.mark()
                 finally:
                     await self.throttle.stop()
                 self.phase = "tail"
@@ -195,7 +205,10 @@ class ArcExport:
         # are hashed once each and never read.
         chosen: dict[bytes, list[str]] = {}
 
+        clock = self.clock
+
         def select(keys: list[bytes]) -> list[bool]:
+            began = time.perf_counter()
             chosen.clear()
             for key, destination in zip(keys, self.arcs.destinations(keys), strict=True):
                 if destination is not None and not is_reserved(key):
@@ -205,7 +218,9 @@ class ArcExport:
                     # the whole table, and keeps the highest ``seq`` per client (a retry that
                     # crosses the flip is answered there from its record, not applied twice).
                     chosen[key] = everyone
-            return [key in chosen for key in keys]
+            picked = [key in chosen for key in keys]
+            clock.add("select", time.perf_counter() - began)
+            return picked
 
         view = await self.store.migration_view(select)
         self.view_lsn = view.lsn
@@ -223,18 +238,24 @@ class ArcExport:
                     await self._send_pipelined(target, *batches.take(target))
         for target in batches.pending():
             await self._send_pipelined(target, *batches.take(target))
-        await self._drain()
+        with clock.timed("drain"):
+            await self._drain()
         await self._mark_shipped(view.lsn)
 
     async def _send_pipelined(self, target: str, records: list[Record], size: int) -> None:
         """Send without waiting for the answer, at most PIPELINE batches in flight, paced by
         the throttle; a failed batch fails the export at the next call (or at ``_drain``)."""
+        clock = self.clock
+        began = time.perf_counter()
         await self.throttle.wait()
+        waited = time.perf_counter()
+        clock.add("throttle", waited - began)
         while len(self._in_flight) >= PIPELINE:
             done, _ = await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             self._in_flight -= done
             for task in done:
                 task.result()
+        clock.add("ack_wait", time.perf_counter() - waited)
         task = asyncio.create_task(self._send(target, records, size))
         # Its failure is raised by the next wait or by _drain; after the export failed or
         # stopped, nobody waits for it: retrieve it here so it is not reported as lost.
@@ -300,7 +321,10 @@ class ArcExport:
                     pause: bool = True) -> None:
         """One batch to one target. The pause throttles the bulk copy only: the tail must
         keep up with the source's write rate, or the fence would never come."""
+        began = time.perf_counter()
         await self._post(target, "/internal/migration/import", {"records": records})
+        if pause:
+            self.clock.add("round_trip", time.perf_counter() - began)
         self.keys_sent += len(records)
         self.bytes_sent += size
         if pause and BATCH_PAUSE_S:
@@ -313,7 +337,10 @@ class ArcExport:
                    "target_ring": self.arcs.target_ring.to_dict(), "target": target,
                    "targets": sorted(self.arcs.targets), **body}
         headers = {"Content-Type": wire.MSGPACK, "Accept": wire.MSGPACK, **auth_headers()}
-        async with self._session.post(f"{self.routes[target]}{path}", data=wire.pack(payload),
+        began = time.perf_counter()
+        data = wire.pack(payload)
+        self.clock.add("encode", time.perf_counter() - began)
+        async with self._session.post(f"{self.routes[target]}{path}", data=data,
                                       headers=headers) as resp:
             raw = await resp.read()
             answer = wire.unpack(raw) if raw else None

@@ -18,12 +18,14 @@ two attempts must not survive on the target.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from shardkv.cluster.errors import InvalidArgument, StaleEpoch, VersionMismatch
 from shardkv.cluster.limits import MAX_KEY_BYTES, as_key
 from shardkv.node.migration.arcs import MovingArcs, owners
+from shardkv.node.migration.stage_clock import StageClock
 from shardkv.node.storage.sessions import SESSION_PREFIX, seq_and_time_of
 from shardkv.node.storage.store import Store
 from shardkv.node.wal.record import Mutation, MutationKind
@@ -47,6 +49,11 @@ class ArcImporter:
         self.migration_id: str | None = None
         self.streams: dict[str, SourceStream] = {}
         self.session_seqs: dict[bytes, int] = {}  # session key -> highest seq imported
+        # The imports' time (decoding the body, filtering, the WAL write up to applied) and
+        # the log's syncs meanwhile, from the first batch to the last.
+        self.clock = StageClock()
+        self._wal_at_start: tuple[int, float, int] | None = None
+        self._wal_now: tuple[int, float, int] = (0, 0.0, 0)
 
     async def begin(self, store: Store, migration_id: str, attempt: str,
                     arcs: MovingArcs) -> int:
@@ -54,6 +61,7 @@ class ArcImporter:
         of an earlier attempt were deleted."""
         if self.migration_id != migration_id:
             self.migration_id, self.streams, self.session_seqs = migration_id, {}, {}
+            self.clock, self._wal_at_start = StageClock(), None
         stream = self.streams.get(arcs.source)
         if stream is not None and stream.attempt == attempt:
             return 0
@@ -66,6 +74,11 @@ class ArcImporter:
         if self.migration_id != migration_id or stream is None or stream.attempt != attempt:
             raise StaleEpoch(f"no import stream {migration_id}/{source}/{attempt} here; begin "
                              f"again", source=source)
+        clock = self.clock
+        clock.start()
+        if self._wal_at_start is None:
+            self._wal_at_start = _wal_counters(store)
+        began = time.perf_counter()
         next_lsn = store.last_lsn + 1
         mutations: list[Mutation] = []
         written = 0
@@ -90,18 +103,34 @@ class ArcImporter:
             else:
                 mutations.append(Mutation(MutationKind.DELETE, key))
         lsn = store.last_lsn
+        filtered = time.perf_counter()
+        clock.add("filter", filtered - began)
         if mutations:
             lsn = await store.write_imported(mutations)
+            clock.add("write", time.perf_counter() - filtered)
         stream.keys += len(mutations)
         stream.bytes += written
+        clock.mark()
+        self._wal_now = _wal_counters(store)
         return {"applied": len(mutations), "lsn": lsn}
 
     def status(self) -> dict[str, Any]:
+        start = self._wal_at_start or self._wal_now
+        entries, sync_s, syncs = (now - then for now, then in zip(self._wal_now, start,
+                                                                  strict=True))
         return {
             "migration": self.migration_id,
             "sources": {s: {"attempt": st.attempt, "keys": st.keys, "bytes": st.bytes}
                         for s, st in sorted(self.streams.items())},
+            "copy_clock": {**self.clock.status(), "wal_entries": entries,
+                           "wal_syncs": syncs, "wal_sync_s": round(sync_s, 3)},
         }
+
+
+def _wal_counters(store: Store) -> tuple[int, float, int]:
+    """(entries appended, seconds in fsync, syncs) of the store's log so far."""
+    stats = store.wal.stats()
+    return stats.appended_entries, stats.sync_seconds_total, stats.syncs
 
 
 def _parse(record: Any) -> tuple[str, bytes, bytes, bool, float | None, int]:

@@ -47,6 +47,7 @@ from shardkv.node.migration.exporter import ArcExport
 from shardkv.node.migration.fence import ArcFence
 from shardkv.node.migration.floor import raise_lsn_floor
 from shardkv.node.migration.importer import ArcImporter
+from shardkv.node.migration.throttle import LoopLagThrottle
 from shardkv.node.storage.store import Store
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ class MigrationService:
         self.cluster_map: ClusterMap | None = None
         self.shard: str | None = None
         self._map_changed = asyncio.Event()
+        # (migration id, its copy throttle), watching the loop from the moment this source
+        # primary's map shows the migration (see ``_watch_before_copy``).
+        self._throttle: tuple[str, LoopLagThrottle] | None = None
 
     def install(self) -> None:
         assert self.server.membership is not None
@@ -79,8 +83,8 @@ class MigrationService:
         self.server.app.add_routes([
             web.post("/internal/migration/floor", self._coded(self.floor)),
             web.post("/internal/migration/import/begin", self._coded(self.import_begin)),
-            web.post("/internal/migration/import", self._coded(self.import_batch,
-                                                              timed="decode")),
+            web.post("/internal/migration/import", self._coded(
+                self.import_batch, timed="decode", use_list=False)),
             web.get("/internal/migration/import", self._coded(self.import_status)),
             web.post("/internal/migration/export", self._coded(self.export_start)),
             web.get("/internal/migration/export", self._coded(self.export_status)),
@@ -98,6 +102,7 @@ class MigrationService:
                 or record.id != self.export.migration_id or record.state == "cleaning"):
             export, self.export = self.export, None
             await export.stop()
+        await self._watch_before_copy(placement, record)
         self._map_changed.set()
         self._map_changed = asyncio.Event()
 
@@ -105,17 +110,36 @@ class MigrationService:
         for task in (self.export, self.cleaner):
             if task is not None:
                 await task.stop()
+        if self._throttle is not None:
+            await self._throttle[1].stop()
+
+    async def _watch_before_copy(self, placement: Placement, record: Any) -> None:
+        """Start the copy throttle's ticker as soon as the map shows a migration this
+        source primary will export: its baseline (the loop under the foreground load alone,
+        ``CALIBRATE_S``) is measured while the targets' floors are raised and, for an add,
+        the new members start, instead of holding up the copy for it."""
+        wanted = (placement.role == "primary" and record is not None and record.running
+                  and record.state in BEFORE_FLIP and placement.shard in record.sources)
+        current = self._throttle
+        if current is not None and (not wanted or current[0] != record.id):
+            self._throttle = None
+            await current[1].stop()
+        if wanted and self._throttle is None:
+            throttle = LoopLagThrottle()
+            throttle.start()
+            self._throttle = (record.id, throttle)
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _coded(self, handler: Any, *, timed: str | None = None) -> Any:
+    def _coded(self, handler: Any, *, timed: str | None = None, use_list: bool = True) -> Any:
         """``handler`` behind the cluster credential, its body decoded, its errors coded;
-        ``timed``: the importer's stage that reading and decoding the body count for."""
+        ``timed``: the importer's stage that reading and decoding the body count for;
+        ``use_list=False``: msgpack arrays arrive as tuples (``wire.unpack``)."""
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
                 check_auth(request.headers.get("Authorization"))
                 began = time.perf_counter()
-                body = await _read_body(request)
+                body = await _read_body(request, use_list)
                 if timed is not None:
                     self.importer.clock.add(timed, time.perf_counter() - began)
                 answer = await handler(body)
@@ -174,7 +198,7 @@ class MigrationService:
     async def import_batch(self, body: dict[str, Any]) -> dict[str, Any]:
         store = self._primary_store()
         records = body.get("records")
-        if not isinstance(records, list):
+        if not isinstance(records, list | tuple):
             raise InvalidArgument("records must be a list")
         await self._importing(_text(body, "id"))
         return await self.importer.apply(store, _text(body, "id"), _text(body, "source"),
@@ -208,7 +232,9 @@ class MigrationService:
         arcs = MovingArcs.of(self.cluster_map.ring,
                              target_spec(self.cluster_map.ring, record.target_ring),
                              self.shard, record.targets)
-        self.export = ArcExport(store, migration_id, attempt, arcs, routes)
+        throttle = self._throttle[1] if self._throttle and (
+            self._throttle[0] == migration_id) else None
+        self.export = ArcExport(store, migration_id, attempt, arcs, routes, throttle)
         self.export.start()
         return self.export.status()
 
@@ -306,7 +332,7 @@ def _routes(body: dict[str, Any], targets: list[str]) -> dict[str, str]:
     return {str(k): str(v) for k, v in routes.items()}
 
 
-async def _read_body(request: web.Request) -> dict[str, Any]:
+async def _read_body(request: web.Request, use_list: bool = True) -> dict[str, Any]:
     if request.method == "GET":
         return {}
     # ``content.read(n)`` answers what has arrived so far, up to n bytes: read to the end
@@ -323,7 +349,8 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
         return {}
     content_type = (request.headers.get("Content-Type") or "").lower()
     try:
-        body = wire.unpack(raw) if wire.MSGPACK in content_type else wire.from_json(raw)
+        body = (wire.unpack(raw, use_list=use_list) if wire.MSGPACK in content_type
+                else wire.from_json(raw))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"the body cannot be decoded: {exc}") from None
     if not isinstance(body, dict):

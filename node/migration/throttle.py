@@ -60,6 +60,7 @@ class LoopLagThrottle:
 
     def start(self) -> None:
         if self.enabled and self._task is None:
+            self._ticks.clear()  # a ticker started again (a new attempt) judges fresh ticks
             self._started = asyncio.get_running_loop().time()
             self._task = asyncio.create_task(self._tick(), name="copy-throttle")
 

@@ -19,12 +19,15 @@ class _FakeTime:
     def process_time(self) -> float:
         return self.cpu
 
+    thread_time = process_time
+
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> _FakeTime:
     clock = _FakeTime()
     monkeypatch.setattr(stage_clock.time, "perf_counter", clock.perf_counter)
     monkeypatch.setattr(stage_clock.time, "process_time", clock.process_time)
+    monkeypatch.setattr(stage_clock.time, "thread_time", clock.thread_time)
     return clock
 
 
@@ -32,11 +35,16 @@ def test_stages_add_up_and_count(fake: _FakeTime) -> None:
     clock = StageClock()
     clock.add("ack_wait", 0.25)
     clock.add("ack_wait", 0.5, count=2)
-    with clock.timed("encode"):
+    with clock.timed("encode"):  # no await: its CPU counts too
         fake.wall += 0.125
+        fake.cpu += 0.0625
+    with clock.waited("round_trip"):  # other tasks run meanwhile: wall only
+        fake.wall += 0.5
+        fake.cpu += 0.25
     status = clock.status()
-    assert status["stages_s"] == {"ack_wait": 0.75, "encode": 0.125}
-    assert status["counts"] == {"ack_wait": 3, "encode": 1}
+    assert status["stages_s"] == {"ack_wait": 0.75, "encode": 0.125, "round_trip": 0.5}
+    assert status["stages_cpu_s"] == {"encode": 0.062}
+    assert status["counts"] == {"ack_wait": 3, "encode": 1, "round_trip": 1}
     assert status["wall_s"] is None and status["cpu_s"] is None  # never started
 
 

@@ -53,7 +53,7 @@ BATCH_PAUSE_S = float(os.environ.get("SHARDKV_MIGRATION_BATCH_PAUSE_S") or 0.0)
 # Bulk-copy batches in flight at once (all targets together): the source reads and encodes
 # the next batches while a target writes one through its WAL. Order does not matter there:
 # each key appears once in the view, and the importer keeps the newest version anyway.
-PIPELINE = max(1, int(os.environ.get("SHARDKV_MIGRATION_PIPELINE") or 2))
+PIPELINE = max(1, int(os.environ.get("SHARDKV_MIGRATION_PIPELINE") or 4))
 TAIL_READ_ENTRIES = 2000
 TAIL_IDLE_S = 0.02
 REQUEST_TIMEOUT_S = 30.0

@@ -38,14 +38,31 @@ async def test_the_target_is_relative_to_the_loop_before_the_copy() -> None:
     throttle = LoopLagThrottle(max_lag_s=0.008)
     throttle.start()
     try:
-        async with asyncio.timeout(10):
-            await throttle.next_tick()
-            _hold_the_loop(0.03)  # a busy machine: late before any copy
-            await throttle.calibrate()
+        async def busy() -> None:  # a busy machine: the loop late at every tick
+            while True:
+                _hold_the_loop(0.03)
+                await asyncio.sleep(0)
+
+        hog = asyncio.create_task(busy())
+        try:
+            async with asyncio.timeout(10):
+                await throttle.calibrate()
+        finally:
+            hog.cancel()
         assert throttle.baseline_lag_s is not None and throttle.baseline_lag_s > 0.02
         assert throttle.max_lag_s == 2 * throttle.baseline_lag_s
     finally:
         await throttle.stop()
+
+
+def test_one_late_tick_is_not_the_baseline() -> None:
+    """A single pause (a full GC, a process starting beside the source) before the copy
+    must not become the target: that source would never be paced."""
+    throttle = LoopLagThrottle(max_lag_s=0.008)
+    for i in range(50):
+        throttle.record(i * 0.01, 0.25 if i == 20 else 0.001)
+    assert throttle.recent_lag(0.5) == 0.25
+    assert throttle.lag_quantile(0.5, 0.9) == 0.001
 
 
 async def test_disabled_throttle_never_waits() -> None:

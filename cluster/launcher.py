@@ -185,6 +185,9 @@ class LocalCluster:
         self._log_offsets: dict[str, int] = {}  # where this run's part of each log begins
         # Set by ``secure()`` (``shardkv up`` does), or found in the directory on a restart.
         self.credentials: ClusterCredentials | None = None
+        # Extra environment per process id (a benchmark that puts a delay proxy in front of
+        # each node has the node advertise the proxy: ``SHARDKV_ADVERTISE_URL``).
+        self.process_env: dict[str, dict[str, str]] = {}
 
     def secure(self) -> ClusterCredentials:
         """Generate (or reuse) the cluster credential and Raft password in the directory;
@@ -239,6 +242,7 @@ class LocalCluster:
             self.secure()
         if self.credentials is not None:
             env.update(self.credentials.environment())
+        env.update(self.process_env.get(spec.id, {}))
         proc = spawn_logged(self.plan.argv(spec), log_path, env=env)
         self.procs[spec.id] = proc
         self.stopped.discard(spec.id)

@@ -53,3 +53,43 @@ def test_a_running_process_is_not_started_twice(tmp_path: Path,
     finally:
         running.kill()
         running.wait()
+
+
+def test_the_harness_counts_a_dying_process_as_exited() -> None:
+    """A killed node whose leader is a zombie but which cannot be reaped yet (a thread still in
+    a syscall) makes ``poll`` answer None: ``exited`` must wait for it instead of reading that
+    as "running" (the failpoint nemesis then left a crashed node down for the rest of a run)."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from shardkv.chaos.cluster_under_test import ClusterUnderTest
+    from shardkv.chaos.nemesis.process import process_state
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while process_state(pid) != "Z":
+        assert time.monotonic() < deadline, "the child never became a zombie"
+        time.sleep(0.01)
+    waited: list[float] = []
+
+    class Dying:
+        """What Popen says of such a process: no status yet, until waited for."""
+
+        def __init__(self) -> None:
+            self.pid = pid
+
+        def poll(self) -> None:
+            return None
+
+        def wait(self, timeout: float) -> int:
+            waited.append(timeout)
+            os.waitpid(pid, 0)
+            return 137
+
+    cut = object.__new__(ClusterUnderTest)
+    cut.launcher = SimpleNamespace(procs={"n1": Dying()})  # type: ignore[assignment]
+    assert cut.exited("n1") == 137
+    assert waited and waited[0] > 0

@@ -173,6 +173,10 @@ def http_get_json(url: str, timeout: float = 1.0,
         return 0, None
 
 
+# How long ``restart`` waits for a process that is exiting (killed, not yet reapable).
+EXIT_WAIT_S = 10.0
+
+
 class LocalCluster:
     """Starts, watches and stops the processes of a plan."""
 
@@ -378,7 +382,14 @@ class LocalCluster:
         """Start a stopped or killed process again, same data and port; returns its pid."""
         proc = self.procs.get(process_id)
         if proc is not None and proc.poll() is None:
-            raise LaunchError(f"{process_id} is still running (pid {proc.pid})")
+            # Just killed, it may not be reapable yet: a SIGKILLed process whose leader is
+            # already a zombie still exists while another of its threads finishes a syscall
+            # (a WAL fdatasync on a busy disk), and ``poll`` says "running" until the last
+            # thread is gone. Give it that long; a process that really runs is an error.
+            try:
+                proc.wait(EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                raise LaunchError(f"{process_id} is still running (pid {proc.pid})") from None
         spec = self.spec(process_id)
         busy = wait_ports_free([p for p in (spec.port, spec.raft_port) if p is not None])
         if busy:

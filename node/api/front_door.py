@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from aiohttp import web
 from shardkv.node.api.limits import ConnectionGate
@@ -42,6 +43,9 @@ from shardkv.node.membership.internal_guard import InternalGuard, is_internal
 logger = logging.getLogger("shardkv.node")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What aiohttp's low-level server calls; the node's requests are ``web.Request``s (the app
+# runner's request factory makes them), which the lane's handlers take.
+ServerHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _HTTP_ERROR_CODES = {404: "NOT_FOUND", 413: "TOO_LARGE"}
 _KV = "/v1/kv/"
 
@@ -103,7 +107,7 @@ class FrontDoor:
         except Exception as exc:
             return last_line(request, exc)
 
-    def handler(self, routed: Handler) -> Handler:
+    def handler(self, routed: ServerHandler) -> ServerHandler:
         """The aiohttp server's request handler: the fast lane, else ``routed`` (the app's
         own handler: the router, then ``middleware``)."""
         rest = self.rest
@@ -111,7 +115,8 @@ class FrontDoor:
             return routed
         delivered = self.gate.delivered
 
-        async def handle(request: web.Request) -> web.StreamResponse:
+        async def handle(base: web.BaseRequest) -> web.StreamResponse:
+            request = cast(web.Request, base)
             method = request.method
             if method == "GET":
                 lane = rest.get_named

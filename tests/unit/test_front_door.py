@@ -83,3 +83,17 @@ async def test_the_lane_tells_the_gate_and_falls_back_for_the_rest() -> None:
         answer = await handle(make_mocked_request(method, path, headers=headers))
         assert answer.status == 204, (method, path)
     assert len(routed_paths) == 5 and len(rest.calls) == 2 and len(gate.delivered_on) == 2
+
+
+async def test_aiohttp_still_has_the_hook_the_lane_is_installed_by() -> None:
+    """node/server.py sets ``web.Server.request_handler`` (read by each connection's
+    handler): if aiohttp renamed it, the lane would silently be off."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    server = web.Server(handler)
+    assert server.request_handler is handler
+    server.request_handler = FrontDoor(_Gate(), None, _Rest()).handler(handler)  # type: ignore[arg-type]
+    connection = server()
+    assert connection._request_handler is server.request_handler  # what each request runs

@@ -20,12 +20,12 @@ checks never needed to be separate.
 
 The fast lane (``FrontDoor.handler``, installed as the aiohttp server's request handler)
 takes ``GET`` and ``PUT /v1/kv/{key}`` straight to their REST handlers, without the router
-(a regular expression over the path, a match-info object, the middleware chain's lookup):
-about a tenth of such a request's CPU. It does for them exactly what the router and the
-middleware would: the key is the one the router's ``{key:.+}`` would match (``lane_key``;
-a unit test compares the two on the real app), the gate is told, and errors get the same
-last line. Anything else (another route or method, an ``Expect`` header, a path the router
-would not match) goes the routed way.
+(a regular expression over the path, a match-info object, the middleware chain's lookup;
+with the single middleware, a REST get costs the node 0.84 to 0.87x of before). It does
+for them exactly what the router and the middleware would: the key is the one the router's
+``{key:.+}`` would match (``lane_key``; a unit test compares the two on the real app), the
+gate is told, and errors get the same last line. Anything else (another route or method,
+an ``Expect`` header, a path the router would not match) goes the routed way.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ from shardkv.node.api.node_context import NodeContext
 from shardkv.node.storage.store import Store
 from shardkv.node.wal.model import LsnCompacted
 from shardkv.node.wal.record import WalEntry
-from shardkv.node.watch.subscriber import Batch, Subscriber
+from shardkv.node.watch.event_frames import Batch, events_frame
+from shardkv.node.watch.subscriber import Subscriber
 from shardkv.node.watch.watch_filter import entry_events, events_size
 from shardkv.node.watch.watch_request import WatchRequest
 
@@ -298,18 +299,20 @@ class WatchSession:
     # -- frames ----------------------------------------------------------------------------
 
     async def _send_batches(self, shard: str, batches: list[Batch]) -> None:
-        events: list[dict[str, Any]] = []
-        size = 0
-        for batch in batches:
-            events.extend(batch.events)
+        """``batches`` in frames of about FRAME_EVENTS events or FRAME_BYTES at most (whole
+        entries). A live session that keeps up sends one batch a frame: a frame the hub's
+        other sessions of the same group share (``event_frames.py``)."""
+        first = events = size = 0
+        for n, batch in enumerate(batches):
+            events += len(batch.events)
             size += batch.size
-            if len(events) >= FRAME_EVENTS or size >= FRAME_BYTES:
-                await self._send_events(shard, batch.version, events)
-                events, size = [], 0
-        if events:
-            await self._send_events(shard, batches[-1].version, events)
+            if events >= FRAME_EVENTS or size >= FRAME_BYTES:
+                await self._send_events(shard, batches[first:n + 1])
+                first, events, size = n + 1, 0, 0
+        if first < len(batches):
+            await self._send_events(shard, batches[first:])
 
-    async def _send_events(self, shard: str, version: int, events: list[dict[str, Any]]) -> None:
+    async def _send_events(self, shard: str, batches: list[Batch]) -> None:
         # The ring this node knows now is at least the one it checked ownership with when
         # it took these writes: a client classifies moved keys with a map that new
         # (docs/watch.md, "Resharding"). A replica's own map may lag its primary's, so it
@@ -319,18 +322,23 @@ class WatchSession:
         primary_ring = None if store is None else store.watch_hub.primary_ring
         if primary_ring is not None and (ring is None or primary_ring > ring):
             ring = primary_ring
-        await self._send({"type": "events", "shard": shard, "version": version,
-                          "ring_version": ring, "events": events})
-        self.events_sent += len(events)
+        await self._send_encoded(events_frame(shard, ring, batches, as_json=self.json))
+        self.events_sent += sum(len(b.events) for b in batches)
 
     async def _send(self, frame: dict[str, Any]) -> None:
+        await self._send_encoded(to_json(frame).decode() if self.json else pack(frame))
+
+    async def _send_encoded(self, frame: bytes | str) -> None:
+        """Send a frame already encoded (JSON text or msgpack bytes), or time out.
+        ``asyncio.timeout`` rather than ``wait_for``, which on Python 3.11 runs the send in
+        a task of its own: per watch and frame, at fan-out."""
         if self.ws.closed:
             raise ConnectionError("the watch connection is closed")
-        if self.json:
-            await asyncio.wait_for(self.ws.send_str(to_json(frame).decode()),
-                                   self.send_timeout_s)
-        else:
-            await asyncio.wait_for(self.ws.send_bytes(pack(frame)), self.send_timeout_s)
+        async with asyncio.timeout(self.send_timeout_s):
+            if isinstance(frame, str):
+                await self.ws.send_str(frame)
+            else:
+                await self.ws.send_bytes(frame)
 
 
 def _oldest_version(store: Store) -> int:

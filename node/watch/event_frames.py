@@ -11,18 +11,23 @@ events (a header and a join, no per-event encoding).
 
 The bytes are exactly what ``pack`` / ``to_json`` of the frame's map give (same keys, same
 order), so the wire protocol is unchanged (tests/unit/test_watch_shared_frames.py).
+:func:`wire_frame` adds the WebSocket framing (RFC 6455, unmasked as a server sends): the
+bytes a caught-up session writes to its socket straight from the hub (``live_sink.py``).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 from shardkv.cluster.wire import pack, to_json
 
-# A frame made of one batch, by (json?, shard, ring_version): what it was encoded as.
-FrameKey = tuple[bool, str, int | None]
+# A frame made of one batch, by (json?, with WebSocket framing?, shard, ring_version).
+FrameKey = tuple[bool, bool, str, int | None]
+
+_WS_TEXT, _WS_BINARY = 0x81, 0x82  # FIN and the opcode: a whole text or binary message
 
 
 @dataclass(slots=True, eq=False)
@@ -58,13 +63,36 @@ def events_frame(shard: str, ring_version: int | None, batches: list[Batch], *,
     msgpack bytes, or JSON text. A one-batch frame is built once per batch and key."""
     if len(batches) == 1:
         batch = batches[0]
-        key = (as_json, shard, ring_version)
+        key = (as_json, False, shard, ring_version)
         frame = batch._frames.get(key)
         if frame is None:
             frame = _assemble(shard, ring_version, batches, as_json)
             batch._frames[key] = frame
         return frame
     return _assemble(shard, ring_version, batches, as_json)
+
+
+def wire_frame(shard: str, ring_version: int | None, batch: Batch, *, as_json: bool) -> bytes:
+    """The one-batch ``events`` frame as a whole WebSocket message, header and payload,
+    built once per batch and key: what :func:`events_frame` gives, framed."""
+    key = (as_json, True, shard, ring_version)
+    wire = batch._frames.get(key)
+    if wire is None:
+        payload = events_frame(shard, ring_version, [batch], as_json=as_json)
+        data = payload.encode() if isinstance(payload, str) else payload
+        wire = ws_header(_WS_TEXT if as_json else _WS_BINARY, len(data)) + data
+        batch._frames[key] = wire
+    assert isinstance(wire, bytes)
+    return wire
+
+
+def ws_header(first: int, length: int) -> bytes:
+    """A server's (unmasked) WebSocket frame header for a payload of ``length`` bytes."""
+    if length < 126:
+        return struct.pack("!BB", first, length)
+    if length < 1 << 16:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
 
 
 def _assemble(shard: str, ring_version: int | None, batches: list[Batch],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shardkv.node.wal.record import WalEntry
@@ -42,6 +43,9 @@ class Subscriber:
     covered: int = 0
     overflowed: bool = False
     closed_reason: str | None = None
+    # Set by the session while it sleeps caught up (live_sink.py): takes a batch straight to
+    # the socket (True) instead of the buffer.
+    sink: Callable[[Batch], bool] | None = None
     _batches: collections.deque[Batch] = field(default_factory=collections.deque)
     _events: int = 0
     _bytes: int = 0
@@ -83,6 +87,9 @@ class Subscriber:
             return
         self.covered = lsn
         if batch is None:
+            return
+        sink = self.sink
+        if sink is not None and not self._batches and self.closed_reason is None and sink(batch):
             return
         events = len(batch.events)
         if self._events + events > self.max_events or \

@@ -40,8 +40,8 @@ import aiohttp
 
 from bench.etcd_reference import EtcdGatewayClient, etcd_binary, etcd_member
 from bench.forked_workers import expect, forked_workers
-from bench.profiler import profiled, py_spy_binary
 from bench.proc_stats import process_cpu_seconds
+from bench.profiler import profiled, py_spy_binary
 from bench.server_process import ServerProcess
 from bench.shardkv_node import shardkv_node
 from bench.watch_streams import PREFIX, watcher_process

@@ -5,6 +5,7 @@ declined (the batch buffered, the session woken) whenever the session's checks m
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any, cast
 
 from shardkv.cluster.wire import to_json, unpack
 from shardkv.node.api.node_context import NodeContext
@@ -41,13 +42,15 @@ def put(lsn: int, key: bytes = b"a", value: bytes = b"v") -> WalEntry:
 def setup(count: int, *, as_json: bool = False
           ) -> tuple[WatchHub, NodeContext, list[tuple[Subscriber, LiveSink, Transport]]]:
     hub = WatchHub(published_lsn=0)
-    ctx = NodeContext(store=SimpleNamespace(watch_hub=hub), ring_version=4)  # type: ignore[arg-type]
+    store: Any = SimpleNamespace(watch_hub=hub)
+    ctx = NodeContext(store=store, ring_version=4)
     watches = []
     for _ in range(count):
         sub = Subscriber(WatchFilter.parse(prefix="a"), "s1", True, after=0)
         transport = Transport()
-        sink = LiveSink(SimpleNamespace(closed=False), transport, ctx, hub,  # type: ignore[arg-type]
-                        "s1", lambda: ctx.ring_version, as_json=as_json, sent=0)
+        ws: Any = SimpleNamespace(closed=False)
+        sink = LiveSink(ws, cast(Any, transport), ctx, hub, "s1", lambda: ctx.ring_version,
+                        as_json=as_json, sent=0)
         sub.sink = sink
         hub.subscribe(sub)
         watches.append((sub, sink, transport))

@@ -41,6 +41,7 @@ from shardkv.node.api.arguments import (
 )
 from shardkv.node.api.multi_key_operations import batch, mdelete, mget, mput, scan
 from shardkv.node.api.node_context import Args, Handler, NodeContext
+from shardkv.node.api.write_deadlines import WriteDeadlines
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
 from shardkv.node.storage.disk_report import disk_summary
 from shardkv.node.storage.sessions import check_user_key
@@ -236,9 +237,12 @@ async def _write(ctx: NodeContext, operation: Operation, args: Args) -> Any:
     WRITE_CONCERN.set(args.get("w") or "majority")
     if ctx.write_timeout_s is None:
         return await operation.handler(ctx, args)
+    deadlines = ctx.write_deadlines
+    if deadlines is None or deadlines.timeout_s != ctx.write_timeout_s:
+        deadlines = ctx.write_deadlines = WriteDeadlines(ctx.write_timeout_s,
+                                                         asyncio.get_running_loop())
     try:
-        async with asyncio.timeout(ctx.write_timeout_s):
-            return await operation.handler(ctx, args)
+        return await deadlines.run(operation.handler(ctx, args))
     except TimeoutError:
         raise Timeout(
             f"the write did not reach its write concern within {ctx.write_timeout_s}s "

@@ -77,7 +77,7 @@ class ReplicaProgress:
     entries_sent: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # kept in a set, by identity
 class _Session:
     """One stream to a replica: its sender's wakeup and its window of unacknowledged frames
     (the last LSN of each). ``held``: the sender waits for an ack, so a publish need not

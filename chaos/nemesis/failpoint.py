@@ -79,7 +79,7 @@ class FailpointNemesis:
         return {"failpoint": failpoint, "failpoint_action": action, "armed": armed}
 
     async def _undo(self, target: str, failpoints: set[str]) -> str:
-        if self._exited(target) is not None:
+        if await asyncio.to_thread(self._exited, target) is not None:
             await self._restart(target)
             return "restarted"
         for failpoint in sorted(failpoints):

@@ -58,7 +58,7 @@ class Operation:
     allowed: frozenset[str]
     writes: bool
     # The op names exactly one key, in ``key`` (get, put, ...): checked without building a
-    # list. Worked out once here, not per request (``spec.key_args`` builds a tuple).
+    # list. Worked out once here, not per request.
     single_key: bool = False
 
     @property

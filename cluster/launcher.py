@@ -174,7 +174,7 @@ def http_get_json(url: str, timeout: float = 1.0,
 
 
 # How long ``restart`` waits for a process that is exiting (killed, not yet reapable).
-EXIT_WAIT_S = 10.0
+EXIT_WAIT_S = 30.0
 
 
 class LocalCluster:

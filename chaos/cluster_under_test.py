@@ -21,7 +21,9 @@ The launcher is synchronous (a process supervisor); every call into it runs in a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -31,8 +33,10 @@ from typing import Any, Literal
 
 from shardkv.chaos.container_cluster import ContainerCluster
 from shardkv.chaos.nemesis.delay_proxy import DelayProxy
+from shardkv.chaos.nemesis.process import is_alive
 from shardkv.cluster.cluster_token import auth_headers
 from shardkv.cluster.launcher import (
+    EXIT_WAIT_S,
     ClusterPlan,
     LocalCluster,
     ProcessSpec,
@@ -200,9 +204,19 @@ class ClusterUnderTest:
         return await asyncio.to_thread(self.launcher.restart, process_id)
 
     def exited(self, process_id: str) -> int | None:
-        """The exit status of a process that is not running (None while it runs)."""
+        """The exit status of a process that is not running (None while it runs). A process
+        that is dying counts as exited once it is gone: after a failpoint's ``os._exit`` or a
+        SIGKILL, the leader is a zombie at once but cannot be reaped while another of its
+        threads finishes a syscall (a WAL fdatasync on a busy disk), and ``poll`` says
+        "running" meanwhile. Blocks up to ``EXIT_WAIT_S`` for that: call it in a thread."""
         proc = self.launcher.procs.get(process_id)
-        return None if proc is None else proc.poll()
+        if proc is None:
+            return None
+        code = proc.poll()
+        if code is None and not is_alive(proc.pid):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = proc.wait(EXIT_WAIT_S)
+        return code
 
     # -- observation -----------------------------------------------------------------------
 

@@ -240,6 +240,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "against the acknowledged writes", _ALL_FAULTS, shape=ONE_SHARD,
              mix=WorkloadMix({"register": 3, "append": 2, "eventual": 2, "counter": 2,
                               "watch": 1})),
+    Scenario("random-retries", "the same seeded mix of every fault, the workloads and the "
+             "watch on the default client (retries on), as users run it",
+             _ALL_FAULTS, shape=ONE_SHARD,
+             mix=WorkloadMix({"register": 3, "append": 2, "eventual": 2, "counter": 2,
+                              "watch": 1}, retries="default")),
     Scenario("clock-skew", "step, strobe and drift node clocks, and let a primary's clock "
              "run 4 % slow while it is cut off from the other members (inside the 5 % the "
              "lease assumes): leases, staleness bounds and failovers must stay correct",

@@ -170,14 +170,9 @@ class NodeConnection:
         """Send one request and wait for its answer, at most ``budget`` seconds in total
         (connecting included). Error answers are raised as their typed exception."""
         loop = asyncio.get_running_loop()
-        connect_budget = min(budget, self._connect_timeout)
-        try:
-            async with asyncio.timeout(connect_budget):
-                ws = await self._ensure_open()
-        except TimeoutError:
-            raise ConnectionFailed(
-                f"connecting to {self.url} took over {connect_budget:.3f}s", node=self.url
-            ) from None
+        ws = self._ws
+        if ws is None or ws.closed:  # the fast path (an open socket) needs no timer
+            ws = await self._open_within(budget)
         request_id = next(self._ids)
         future: asyncio.Future[Any] = loop.create_future()
         self._pending[request_id] = future
@@ -188,17 +183,33 @@ class NodeConnection:
             raise ConnectionFailed(
                 f"cannot send to {self.url}: {exc}", node=self.url, maybe_executed=False
             ) from exc
+        # A plain timer that fails the future, rather than ``asyncio.timeout``: the answer's
+        # wait is the hot path, and the context manager's cancel-and-uncancel bookkeeping
+        # cost as much as the rest of the call.
+        timer = loop.call_at(loop.time() + budget, self._expire, future, op, budget)
         try:
-            async with asyncio.timeout(budget):
-                return await future
-        except TimeoutError:
-            raise Timeout(
+            return await future
+        finally:
+            timer.cancel()
+            self._pending.pop(request_id, None)
+
+    def _expire(self, future: asyncio.Future[Any], op: str, budget: float) -> None:
+        if not future.done():
+            future.set_exception(Timeout(
                 f"{op} on {self.url} took over {budget:.3f}s (outcome unknown)",
                 node=self.url,
                 maybe_executed=True,
+            ))
+
+    async def _open_within(self, budget: float) -> aiohttp.ClientWebSocketResponse:
+        connect_budget = min(budget, self._connect_timeout)
+        try:
+            async with asyncio.timeout(connect_budget):
+                return await self._ensure_open()
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"connecting to {self.url} took over {connect_budget:.3f}s", node=self.url
             ) from None
-        finally:
-            self._pending.pop(request_id, None)
 
     async def close(self) -> None:
         self._closed = True

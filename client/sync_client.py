@@ -24,6 +24,7 @@ from shardkv.client.key_watch import WatchEvent
 from shardkv.client.read_cache import ReadCache
 from shardkv.client.sync_commands import SyncCommands
 from shardkv.client.values import KeyItem
+from shardkv.cluster import event_loop
 from shardkv.cluster.cluster_map import ClusterMap
 
 T = TypeVar("T")
@@ -35,7 +36,8 @@ class SyncClient(SyncCommands):
     """Blocking twin of ``Client`` (same constructor arguments)."""
 
     def __init__(self, coordinators: list[str] | str | None = None, **options: Any) -> None:
-        self._loop = asyncio.new_event_loop()
+        # uvloop where available (SHARDKV_UVLOOP=0 turns it off), as in every shardkv process.
+        self._loop = event_loop.new_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="shardkv-client", daemon=True
         )

@@ -173,6 +173,10 @@ def http_get_json(url: str, timeout: float = 1.0,
         return 0, None
 
 
+# How long ``restart`` waits for a process that is exiting (killed, not yet reapable).
+EXIT_WAIT_S = 30.0
+
+
 class LocalCluster:
     """Starts, watches and stops the processes of a plan."""
 
@@ -185,6 +189,9 @@ class LocalCluster:
         self._log_offsets: dict[str, int] = {}  # where this run's part of each log begins
         # Set by ``secure()`` (``shardkv up`` does), or found in the directory on a restart.
         self.credentials: ClusterCredentials | None = None
+        # Extra environment per process id (a benchmark that puts a delay proxy in front of
+        # each node has the node advertise the proxy: ``SHARDKV_ADVERTISE_URL``).
+        self.process_env: dict[str, dict[str, str]] = {}
 
     def secure(self) -> ClusterCredentials:
         """Generate (or reuse) the cluster credential and Raft password in the directory;
@@ -239,6 +246,7 @@ class LocalCluster:
             self.secure()
         if self.credentials is not None:
             env.update(self.credentials.environment())
+        env.update(self.process_env.get(spec.id, {}))
         proc = spawn_logged(self.plan.argv(spec), log_path, env=env)
         self.procs[spec.id] = proc
         self.stopped.discard(spec.id)
@@ -374,7 +382,14 @@ class LocalCluster:
         """Start a stopped or killed process again, same data and port; returns its pid."""
         proc = self.procs.get(process_id)
         if proc is not None and proc.poll() is None:
-            raise LaunchError(f"{process_id} is still running (pid {proc.pid})")
+            # Just killed, it may not be reapable yet: a SIGKILLed process whose leader is
+            # already a zombie still exists while another of its threads finishes a syscall
+            # (a WAL fdatasync on a busy disk), and ``poll`` says "running" until the last
+            # thread is gone. Give it that long; a process that really runs is an error.
+            try:
+                proc.wait(EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                raise LaunchError(f"{process_id} is still running (pid {proc.pid})") from None
         spec = self.spec(process_id)
         busy = wait_ports_free([p for p in (spec.port, spec.raft_port) if p is not None])
         if busy:

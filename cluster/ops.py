@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -66,6 +66,12 @@ class OpSpec:
     idempotent: bool
     # Read options or write options (below) are accepted on top of ``args``.
     routed: bool = True  # False: the op names no key and is sent to one node (ping)
+    # The arguments that carry keys, worked out once: the client routes every request by them.
+    key_args: tuple[Arg, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_args",
+                           tuple(a for a in self.args if a.kind.carries_keys))
 
     @property
     def arg_names(self) -> frozenset[str]:
@@ -74,10 +80,6 @@ class OpSpec:
         if not self.routed:
             return frozenset(own)
         return frozenset(own | {a.name for a in common})
-
-    @property
-    def key_args(self) -> tuple[Arg, ...]:
-        return tuple(a for a in self.args if a.kind.carries_keys)
 
     def keys_of(self, args: Mapping[str, Any]) -> list[Any]:
         """Every key ``args`` names, in order, as sent (not normalised; an entry of the wrong

@@ -23,6 +23,7 @@ from shardkv.cluster import event_loop
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
 from shardkv.node.api.events_feed import EventsFeed
+from shardkv.node.api.front_door import FrontDoor
 from shardkv.node.api.limits import ConnectionGate, LimitedSite
 from shardkv.node.api.node_context import NodeContext
 from shardkv.node.api.rest import RestApi
@@ -112,11 +113,13 @@ class NodeServer:
     def _build_app(self) -> web.Application:
         # The largest legitimate body is a 32 MiB batch; aiohttp refuses more before reading.
         self.guard = InternalGuard(self.config.listen_host)
-        app = web.Application(client_max_size=MAX_FRAME_BYTES + (1 << 20),
-                              middlewares=[_internal_errors, self.gate.middleware,
-                                           self.guard.middleware])
         rest = RestApi(self.config, self.ctx, self.metrics, lambda: self.state,
                        self._started_at)
+        # One middleware (the gate's accounting, the internal-route guard, the last line
+        # for errors) and a fast lane for GET/PUT of a key: node/api/front_door.py.
+        self.front_door = FrontDoor(self.gate, self.guard, rest)
+        app = web.Application(client_max_size=MAX_FRAME_BYTES + (1 << 20),
+                              middlewares=[self.front_door.middleware])
         app.add_routes(rest.routes())
         # /v1/watch is a client endpoint like /v1/rpc: the same guard (not cluster-internal)
         # and the same connection limits apply to it.
@@ -209,6 +212,9 @@ class NodeServer:
                                shutdown_timeout=config.shutdown_grace_s, lingering_time=1.0,
                                keepalive_timeout=config.connection_limits.idle_timeout_s)
         await runner.setup()
+        server = runner.server
+        assert server is not None
+        server.request_handler = self.front_door.handler(server.request_handler)
         site = LimitedSite(runner, config.listen_host, config.listen_port, self.gate)
         try:
             await site.start()
@@ -328,36 +334,6 @@ class NodeServer:
             except Exception:  # a failed disk may refuse the last flush: recovery redoes it
                 logger.exception("closing the store failed")
         self.state = "stopped"
-
-
-_HTTP_ERROR_CODES = {404: "NOT_FOUND", 413: "TOO_LARGE"}
-
-
-@web.middleware
-async def _internal_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """The last line: an exception no handler turned into a coded error becomes INTERNAL
-    (logged with its traceback), never a stack trace in a response; aiohttp's own refusals
-    (no such route, wrong method, body too large) get the same error body as ours."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _HTTP_ERROR_CODES.get(exc.status, "INVALID_ARGUMENT")
-        return web.json_response(
-            {"error": code, "message": exc.reason, "retryable": False},
-            status=exc.status, headers={k: v for k, v in exc.headers.items()
-                                        if k.lower() == "allow"},
-        )
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        logger.exception("unexpected error serving %s %s", request.method, request.path)
-        return web.json_response(
-            {"error": "INTERNAL", "message": "internal error; the node logged the details",
-             "retryable": False},
-            status=500,
-        )
 
 
 async def serve(config: NodeConfig) -> int:

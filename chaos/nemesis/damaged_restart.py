@@ -96,7 +96,7 @@ class DamagedRestart:
     async def _observe(self, target: str) -> str:
         deadline = time.monotonic() + self._observe_s
         while time.monotonic() < deadline:
-            status = self._exited(target)
+            status = await asyncio.to_thread(self._exited, target)
             if status is not None:
                 return "refused" if status != 0 else "exited-0"
             if await self._ready(target):

@@ -24,6 +24,9 @@ from typing import Any
 from shardkv.chaos.nemesis.fault import NemesisError
 from shardkv.cluster.cluster_token import auth_headers
 
+# How long a target that no longer answers may take to finish exiting before it is restarted.
+CRASH_EXIT_WAIT_S = 60.0
+
 
 def http_put_text(url: str, body: str, timeout: float = 2.0) -> tuple[int, str]:
     """(status, body); 0 when nothing answered. Blocking: call in a thread."""
@@ -79,14 +82,31 @@ class FailpointNemesis:
         return {"failpoint": failpoint, "failpoint_action": action, "armed": armed}
 
     async def _undo(self, target: str, failpoints: set[str]) -> str:
-        if self._exited(target) is not None:
+        if await asyncio.to_thread(self._exited, target) is not None:
             await self._restart(target)
             return "restarted"
+        unreachable = False
         for failpoint in sorted(failpoints):
             status, body = await self._put(target, failpoint, "off")
-            if status not in (200, 0):
+            if status == 0:
+                unreachable = True
+            elif status != 200:
                 raise NemesisError(f"disarming {failpoint} on {target}: {status} {body}")
-        return "disarmed"
+        if unreachable and await self._exits_within(target, CRASH_EXIT_WAIT_S):
+            # It crashed at the failpoint but was still exiting when first asked (a thread
+            # finishing an fdatasync on a busy disk keeps a dead process unreapable): read
+            # as "running", it used to stay down for the rest of the run.
+            await self._restart(target)
+            return "restarted"
+        return "unreachable" if unreachable else "disarmed"
+
+    async def _exits_within(self, target: str, timeout_s: float) -> bool:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            if await asyncio.to_thread(self._exited, target) is not None:
+                return True
+            await asyncio.sleep(0.2)
+        return False
 
     async def stop(self) -> dict[str, Any]:
         armed, self._armed = self._armed, {}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 logger = logging.getLogger("shardkv.node.limits")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A message smaller than this is never what exhausts the budget: not worth a refusal.
 _SMALL_PENDING = 64 << 10
 
@@ -89,11 +88,6 @@ class ConnectionGate:
         if guarded is not None:
             guarded.clear_pending()
             guarded.exempt = True
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.delivered(request.transport)
-        return await handler(request)
 
 
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"

@@ -42,9 +42,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise TooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    content = request.content
+    if content.is_eof():  # the whole body came with the headers (a small value): no loop
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
+        return body
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.content.iter_any():
+    async for chunk in content.iter_any():
         total += len(chunk)
         if total > limit:
             raise TooLarge(f"request body is over the limit of {limit} bytes")
@@ -197,9 +203,14 @@ class RestApi:
         return request.match_info["key"]
 
     async def get_key(self, request: web.Request) -> web.StreamResponse:
+        return await self.get_named(request, self._key(request))
+
+    async def get_named(self, request: web.Request, key: str) -> web.StreamResponse:
+        """``GET /v1/kv/{key}`` with the key already taken from the path (the router's
+        handler above, or ``node/api/fast_lane.py``)."""
         try:
             args = _query_args(request, _GET_QUERY)
-            args["key"] = self._key(request)
+            args["key"] = key
             result = await self._run(request, "get", args)
         except ShardKVError as error:
             return error_response(request, error)
@@ -210,9 +221,13 @@ class RestApi:
                             content_type="application/octet-stream")
 
     async def put_key(self, request: web.Request) -> web.StreamResponse:
+        return await self.put_named(request, self._key(request))
+
+    async def put_named(self, request: web.Request, key: str) -> web.StreamResponse:
+        """``PUT /v1/kv/{key}``, the key taken from the path (as ``get_named``)."""
         try:
             args = _query_args(request, _PUT_QUERY)
-            args["key"] = self._key(request)
+            args["key"] = key
             if_match = request.headers.get("If-Match")
             if if_match is not None:
                 args["if_version"] = _parse_etag(if_match, "If-Match")

@@ -15,7 +15,6 @@ node has nobody to trust) and a clustered node refuses to start (``node/cli.py``
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from shardkv.cluster.cluster_token import (
@@ -27,7 +26,6 @@ from shardkv.cluster.cluster_token import (
 from shardkv.cluster.errors import ShardKVError, Unauthorized
 from shardkv.cluster.peer_auth import COORDINATOR, OPERATOR, PeerVerifier, require_principal
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRINCIPAL_KEY = web.RequestKey("principal", str)
 
 
@@ -36,7 +34,8 @@ def is_internal(path: str) -> bool:
 
 
 class InternalGuard:
-    """An aiohttp middleware (``guard.middleware``) plus the verifier the stream uses."""
+    """Admits or refuses requests to internal routes (``admit``, called by the node's one
+    middleware, ``node/api/front_door.py``) and holds the verifier the stream uses."""
 
     def __init__(self, listen_host: str, secret: str | None = None) -> None:
         secret = secret if secret is not None else cluster_token()
@@ -44,18 +43,18 @@ class InternalGuard:
         self.open = self.verifier is None and is_loopback(listen_host)
         self.refused = 0
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not is_internal(request.path):
-            return await handler(request)
+    async def admit(self, request: web.Request) -> web.StreamResponse | None:
+        """``None`` if ``request`` (to an internal route: ``is_internal``) may go on, with its
+        principal recorded; else the refusal to answer. The caller asks ``is_internal``
+        first: every request passes there and almost none are internal."""
         admin_token = os.environ.get(ADMIN_TOKEN_ENV)
         header = request.headers.get("Authorization")
         if admin_token and request.path.startswith("/admin/") and check_bearer(header,
                                                                                admin_token):
             request[PRINCIPAL_KEY] = OPERATOR  # the operator's token, as on the coordinator
-            return await handler(request)
+            return None
         if self.open and not admin_token:
-            return await handler(request)
+            return None
         try:
             if self.verifier is None:
                 raise Unauthorized("cluster-internal routes are closed: this node has no "
@@ -73,4 +72,4 @@ class InternalGuard:
             self.refused += 1
             return web.json_response(exc.to_dict(), status=exc.http_status)
         request[PRINCIPAL_KEY] = principal
-        return await handler(request)
+        return None

@@ -139,6 +139,25 @@ async def test_an_unanswered_request_times_out(
     await conn.close()
 
 
+async def test_a_cancelled_call_leaves_nothing_pending(
+    server: EchoServer, session: aiohttp.ClientSession
+) -> None:
+    """The answer's wait is a bare timer, not ``asyncio.timeout``: cancelling the caller must
+    still drop its future, and the connection must go on serving."""
+    conn = NodeConnection(server.url, session)
+    call = asyncio.ensure_future(conn.call("hang", {}, 30.0))
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while conn.in_flight == 0:
+        assert asyncio.get_running_loop().time() < deadline, "the request was never sent"
+        await asyncio.sleep(0.01)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert conn.in_flight == 0
+    assert (await conn.call("echo", {"value": 4}, 5.0)) == {"echo": 4}
+    await conn.close()
+
+
 async def test_connecting_to_nothing_fails_fast_and_was_not_executed(
     session: aiohttp.ClientSession,
 ) -> None:

@@ -77,3 +77,21 @@ def test_rpc_answers_are_still_coalesced_on_uvloop(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("SHARDKV_UVLOOP", raising=False)
     assert event_loop.run(main()) == b"answer"
     assert isinstance(seen["output"], _CoalescingTransport)
+
+
+def test_new_loop_follows_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that runs its own loop (SyncClient) gets the same kind as the processes."""
+    monkeypatch.setenv("SHARDKV_UVLOOP", "0")
+    loop = event_loop.new_loop()
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+        assert loop.run_until_complete(_which()) == "asyncio"
+    finally:
+        loop.close()
+    if HAS_UVLOOP:
+        monkeypatch.delenv("SHARDKV_UVLOOP")
+        loop = event_loop.new_loop()
+        try:
+            assert loop.run_until_complete(_which()) == "uvloop"
+        finally:
+            loop.close()

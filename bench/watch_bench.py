@@ -31,7 +31,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import aiohttp
 from bench.etcd_reference import EtcdGatewayClient, etcd_binary, etcd_member
 from bench.forked_workers import expect, forked_workers
 from bench.proc_stats import process_cpu_seconds
+from bench.profiler import profiled, py_spy_binary
 from bench.server_process import ServerProcess
 from bench.shardkv_node import shardkv_node
 from bench.watch_streams import PREFIX, watcher_process
@@ -140,10 +141,17 @@ async def _write(system: str, url: str, writes: int) -> tuple[list[float], list[
     return sent, acked
 
 
-def run_round(system: str, server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
-    """One round against a started server: watches, writes, arrivals, CPU."""
+def run_round(system: str, server: ServerProcess, args: argparse.Namespace,
+              profile: Path | None = None) -> dict[str, Any]:
+    """One round against a started server: watches, writes, arrivals, CPU; with
+    ``profile``, py-spy's raw samples of the server for ``--profile-seconds`` from the first
+    write (``python -m bench.profile_summary`` reads them)."""
     with watcher_processes(system, server.url, args.watchers, args.processes,
-                           args.writes) as channels:
+                           args.writes) as channels, ExitStack() as spy:
+        problems: list[str] = []
+        if profile is not None:
+            problems = spy.enter_context(profiled(server.pid, profile, args.profile_seconds,
+                                                  fmt="raw"))
         server_cpu = process_cpu_seconds(server.pid)
         writer_cpu, wall = time.process_time(), time.monotonic()
         sent, acked = asyncio.run(_write(system, server.url, args.writes))
@@ -161,6 +169,8 @@ def run_round(system: str, server: ServerProcess, args: argparse.Namespace) -> d
     events = max(1, report["events"])
     report["server_cpu_us_per_event"] = round(server_cpu / events * 1e6, 1)
     report["watcher_cpu_us_per_event"] = round(sum(r["cpu_s"] for r in reports) / events * 1e6, 1)
+    if problems:
+        report["profile_problems"] = problems
     return report
 
 
@@ -239,7 +249,13 @@ def main() -> int:
                         help="seconds to wait for the events after the last write")
     parser.add_argument("--no-etcd", action="store_true")
     parser.add_argument("--json", dest="json_path", help="also write the JSON here")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="py-spy raw samples of the shardkv node per round into DIR "
+                             "(server CPU per event is then not comparable)")
+    parser.add_argument("--profile-seconds", type=float, default=15.0)
     args = parser.parse_args()
+    if args.profile and py_spy_binary() is None:
+        raise SystemExit("--profile: py-spy is not installed (.venv/bin/pip install py-spy)")
     # Every watcher is one connection from this one address: lift the node's per-address
     # bound (256 by default, node/api/limits.py) for this run's nodes only.
     os.environ["SHARDKV_MAX_CONNECTIONS_PER_ADDRESS"] = str(args.watchers + 64)
@@ -253,10 +269,12 @@ def main() -> int:
                 work.mkdir()
                 server = (shardkv_node(work, fsync="always") if system == "shardkv"
                           else etcd_member(work, binary=binary))
+                profile = (Path(args.profile) / f"shardkv-w{args.watchers}-round{n}.txt"
+                           if args.profile and system == "shardkv" else None)
                 with server.start():
                     rounds.append({"system": system, "round": n,
                                    "load_avg_1m": os.getloadavg()[0],
-                                   **run_round(system, server, args)})
+                                   **run_round(system, server, args, profile)})
     summary = summarize(rounds)
     document = {"watchers": args.watchers, "processes": len(shares(args.watchers,
                                                                      args.processes)),

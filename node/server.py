@@ -161,7 +161,7 @@ class NodeServer:
                                max_events=config.watch_buffer_events,
                                max_bytes=config.watch_buffer_bytes,
                                send_timeout_s=config.watch_send_timeout_s,
-                               query=request.query)
+                               query=request.query, transport=request.transport)
         self.metrics.watch_sessions.inc()
         try:
             await session.serve()

@@ -13,6 +13,7 @@ from shardkv.cluster.errors import Unavailable
 from shardkv.cluster.limits import Limits
 
 if TYPE_CHECKING:
+    from shardkv.node.api.write_deadlines import WriteDeadlines
     from shardkv.node.storage.store import Store
 
 Args = Mapping[str, Any]
@@ -45,6 +46,7 @@ class NodeContext:
     # staleness bound, a primary's lease), and how long a write may wait for its concern.
     read_guard: Callable[[Args], None] | None = None
     write_timeout_s: float | None = None
+    write_deadlines: WriteDeadlines | None = None  # made by the first write that needs it
     # Set by node/migration: refuses requests for fenced moving arcs, counts writes in flight.
     write_fence: WriteFence | None = None
     # Set by the server (node/replication/readiness.py): a replica's catch-up state, None on

@@ -136,8 +136,9 @@ class MajorityLease:
         self._revoked = True
         self.established = False
         # ``expires_at`` as last computed: a read checks the clock against it and recomputes
-        # only when it has passed (a read is one comparison; a grant recomputes). A cached
-        # value can only be too early (a self-count that became possible since), never late.
+        # only when it has passed (a read is one comparison; so is a grant). A cached value
+        # can only be too early (a later grant, a self-count that became possible since),
+        # never late.
         self._expiry = NEVER
 
     def begin(self, epoch: int, node_id: str, members: Collection[str]) -> None:
@@ -166,7 +167,9 @@ class MajorityLease:
         until = sent_at + self.usable_s
         if until > self._grants.get(node_id, NEVER):
             self._grants[node_id] = until
-            self._expiry = self.expires_at()
+            # ``_expiry`` is not recomputed here (every acknowledgement brings a grant): a
+            # later grant can only move the expiry later, so the cached one stays safe (too
+            # early at worst) and ``valid`` recomputes once the clock passes it.
 
     def expires_at(self) -> float:
         """When the majority lease runs out on this clock (-inf: not held)."""

@@ -2,17 +2,22 @@
 
 Each replica gets its own sender task, so a slow or stuck replica only ever delays itself:
 writes never wait on a socket. A sender takes entries from a bounded in-memory tail of the
-newest entries (``publish`` feeds it); a replica that has fallen behind the tail is served
-from the WAL files (read in a worker thread, a frame's worth at a time), and one that has
-fallen behind the oldest retained segment, or that cannot roll back its own diverged suffix,
-gets a snapshot, then the entries after it.
+newest entries (``publish`` feeds it; ``entry_tail.py``); a replica behind the tail is served
+from the WAL files (in a worker thread, a frame's worth at a time), and one behind the oldest
+retained segment, or that cannot roll back its diverged suffix, gets a snapshot first.
+
+A sender keeps at most ``send_window`` (2) frames of entries unacknowledged. A replica handles
+frames one at a time (append, fsync, ack), so a frame sent while it is busy would only wait in
+its socket; held back, what arrives meanwhile leaves in one frame, and both sides pay one
+frame, fsync and ack for it instead of one per loop iteration. With two out, the next is
+already queued when the replica acks one, so holding back adds no latency.
 
 Replicas acknowledge the LSN they hold durably. ``majority_lsn`` is the highest LSN that a
 majority of the shard's members (the primary counted, once it holds the entry durably
-itself) hold; ``wait_for_majority`` is what the commit gate awaits for write concern
-``majority``. Acknowledgements are counted per member id and survive a reconnect (durable is
-durable), but only from ids in the shard's current membership: a removed node never makes a
-write look committed.
+itself) hold (``majority_commit.py``); ``wait_for_majority`` is what the commit gate awaits
+for write concern ``majority``. Acknowledgements are counted per member id and survive a
+reconnect (durable is durable), but only from ids in the shard's current membership: a
+removed node never makes a write look committed.
 
 Fencing on this side: a replica that says hello with an epoch newer than ours proves that a
 newer primary exists; we answer ``STALE_EPOCH`` and tell the node (``on_newer_epoch``) so it
@@ -25,10 +30,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import heapq
-import itertools
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +41,14 @@ from shardkv.cluster.errors import (
     InvalidArgument,
     ShardKVError,
     StaleEpoch,
-    Timeout,
     Unavailable,
 )
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.clock import NODE_CLOCK
 from shardkv.node.replication import protocol as proto
+from shardkv.node.replication.entry_tail import EntryTail, take_frame
+from shardkv.node.replication.heartbeat_timer import HeartbeatTimer
+from shardkv.node.replication.majority_commit import MajorityCommit
 from shardkv.node.storage.snapshots.snapshot import SnapshotMeta
 from shardkv.node.storage.snapshots.transfer import iter_snapshot_chunks
 from shardkv.node.testing import failpoints
@@ -68,6 +73,18 @@ class ReplicaProgress:
     connections: int = 0
     snapshots_sent: int = 0
     last_ack_at: float | None = None  # monotonic
+    frames_sent: int = 0  # ENTRIES frames; entries_sent / frames_sent is the batching
+    entries_sent: int = 0
+
+
+@dataclass(slots=True, eq=False)  # kept in a set, by identity
+class _Session:
+    """One stream to a replica: its sender's wakeup and its window of unacknowledged frames
+    (the last LSN of each). ``held``: the sender waits for an ack, so a publish need not
+    wake it."""
+
+    in_flight: collections.deque[int] = field(default_factory=collections.deque)
+    held: bool = False
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -91,8 +108,12 @@ class ReplicationPrimary:
         on_newer_epoch: Callable[[int], None] | None = None,
         on_grant: Callable[[str, float], None] | None = None,
         ring_version: Callable[[], int | None] = lambda: None,
+        send_window: int = 2,
     ) -> None:
+        if send_window < 1:
+            raise ValueError(f"send_window must be at least 1, got {send_window}")
         self.wal = wal
+        self.send_window = send_window  # ENTRIES frames unacknowledged per replica
         self._ring_version = ring_version  # the node's ring: sent along (protocol.py, ``ring``)
         self._session_versions: dict[str, int] = {}  # replica -> the version its session speaks
         self.node_id = node_id
@@ -100,56 +121,48 @@ class ReplicationPrimary:
         self._members = members
         self._snapshot_source = snapshot_source
         self.heartbeat_s = heartbeat_s
-        self._tail: collections.deque[WalEntry] = collections.deque()
-        self._tail_sizes: collections.deque[int] = collections.deque()
-        self._tail_bytes = 0
-        self._tail_limit = tail_entries
-        self._tail_bytes_limit = tail_bytes
+        self._tail = EntryTail(tail_entries, tail_bytes)
         self._clock = clock  # wall: the ts on frames, compared with entries' ts
         self._monotonic_clock = monotonic_clock
         self._on_newer_epoch = on_newer_epoch
         self._on_grant = on_grant  # a replica granted a lease (majority_lease.py)
         self._releasing = False  # fenced: ask no grants, tell replicas their promise is void
-        self._local_durable = wal.durable_lsn
         self._progress: dict[str, ReplicaProgress] = {}
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._tiebreak = itertools.count()
-        self._majority_lsn = 0
+        self._commit = MajorityCommit(
+            node_id, members, lambda: [(p.node_id, p.acked_lsn) for p in self._progress.values()],
+            wal.durable_lsn)
         self._closed: BaseException | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._sessions: set[_Session] = set()
         self.reconnects = 0
 
     # -------------------------------------------------------------- the write path's side
 
     @property
     def majority_lsn(self) -> int:
-        return self._majority_lsn
+        return self._commit.lsn
 
     def publish(self, entry: WalEntry) -> None:
         """Offer an entry the WAL has accepted to the senders (in LSN order; a gap resets the
         tail, the WAL files cover it)."""
-        if self._tail and entry.lsn != self._tail[-1].lsn + 1:
-            if entry.lsn <= self._tail[-1].lsn:
-                return  # already published
-            self._tail.clear()
-            self._tail_sizes.clear()
-            self._tail_bytes = 0
-        size = 64 + sum(len(m.key) + len(m.value) for m in entry.mutations)
-        self._tail.append(entry)
-        self._tail_sizes.append(size)
-        self._tail_bytes += size
-        while len(self._tail) > self._tail_limit or (
-            self._tail_bytes > self._tail_bytes_limit and len(self._tail) > 1
-        ):
-            self._tail.popleft()
-            self._tail_bytes -= self._tail_sizes.popleft()
-        self._wake_senders()
+        if self._tail.add(entry):
+            self._wake_senders()
 
     def local_durable(self, lsn: int) -> None:
-        """This node holds everything up to ``lsn`` durably."""
-        if lsn > self._local_durable:
-            self._local_durable = lsn
-            self._recompute()
+        """This node holds everything up to ``lsn`` durably (and, the WAL says, everything up
+        to its ``durable_lsn``: one recount per group commit, not one per entry)."""
+        if lsn > self._commit.local:
+            self._commit.local_durable(max(lsn, self.wal.durable_lsn))
+
+    def passed(self, entry: WalEntry) -> bool:
+        """``commit_gate`` without an await, for the common case: True when a majority
+        already holds ``entry`` (it is published and counted as durable here); False when
+        the caller must await ``commit_gate`` (not yet, closed, or a failpoint is armed)."""
+        if failpoints.ARMED or self._closed is not None:
+            return False
+        self.publish(entry)
+        self.local_durable(entry.lsn)
+        return self._commit.lsn >= entry.lsn
 
     async def commit_gate(self, entry: WalEntry) -> None:
         """The Store's commit gate for write concern ``majority``: called in LSN order once
@@ -166,47 +179,11 @@ class ReplicationPrimary:
         after ``within_s`` seconds, ``Unavailable`` if this primary was closed/deposed."""
         if self._closed is not None:
             raise Unavailable(f"not primary any more: {self._closed}")
-        if self._majority_lsn >= lsn:
-            return
-        # The future is this caller's alone, so it is awaited without a shield (one loop
-        # iteration from the acknowledgement to the waiter, not two): cancelling the wait
-        # cancels it, and _recompute skips a cancelled one.
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (lsn, next(self._tiebreak), future))
-        try:
-            if within_s is None:
-                await future
-            else:
-                await asyncio.wait_for(future, within_s)
-        except TimeoutError:
-            raise Timeout(
-                f"lsn {lsn} did not reach a majority within {within_s}s "
-                f"(majority holds {self._majority_lsn})",
-                lsn=lsn, majority_lsn=self._majority_lsn,
-            ) from None
-
-    def _recompute(self) -> None:
-        members = set(self._members())
-        needed = len(members) // 2 + 1
-        held = [self._local_durable] if self.node_id in members or not members else []
-        held += [p.acked_lsn for p in self._progress.values() if p.node_id in members]
-        if not members:
-            needed = 1
-        held.sort(reverse=True)
-        majority = held[needed - 1] if len(held) >= needed else 0
-        majority = min(majority, self._local_durable)  # never commit what we do not hold
-        if majority <= self._majority_lsn:
-            return
-        self._majority_lsn = majority
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= majority:
-            _, _, future = heapq.heappop(waiters)
-            if not future.done():
-                future.set_result(None)
+        await self._commit.wait(lsn, within_s)
 
     def members_changed(self) -> None:
         """Call after the shard's membership changed (a smaller quorum may now be met)."""
-        self._recompute()
+        self._commit.recount()
 
     # -------------------------------------------------------------------------- serving
 
@@ -219,6 +196,7 @@ class ReplicationPrimary:
         await ws.prepare(request)
         progress: ReplicaProgress | None = None
         sender: asyncio.Task[None] | None = None
+        session = _Session()
         try:
             if self._closed is not None:
                 raise Unavailable(f"not primary any more: {self._closed}")
@@ -231,10 +209,12 @@ class ReplicationPrimary:
             progress.connected = True
             progress.sent_lsn = start - 1
             legacy = self._session_versions.get(hello.node, proto.PROTOCOL_VERSION) < 2
-            sender = asyncio.create_task(self._send_loop(ws, progress, start, legacy=legacy),
-                                         name=f"replicate-to-{hello.node}")
+            self._sessions.add(session)
+            sender = asyncio.create_task(
+                self._send_loop(ws, progress, session, start, legacy=legacy),
+                name=f"replicate-to-{hello.node}")
             self._tasks.add(sender)
-            await self._read_acks(ws, progress, sender)
+            await self._read_acks(ws, progress, session, sender)
         except ShardKVError as exc:
             if not ws.closed:
                 with contextlib.suppress(ConnectionError, RuntimeError):
@@ -242,6 +222,7 @@ class ReplicationPrimary:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self._sessions.discard(session)
             if sender is not None:
                 sender.cancel()
                 with contextlib.suppress(BaseException):
@@ -309,10 +290,10 @@ class ReplicationPrimary:
 
     def _readable_lsn(self) -> int:
         """The newest LSN a reader can get: the tail's end, or what the WAL acknowledged."""
-        return max(self._tail[-1].lsn if self._tail else 0, self.wal.durable_lsn)
+        return max(self._tail.last_lsn, self.wal.durable_lsn)
 
     def _entry_at(self, lsn: int) -> WalEntry | None:
-        tail = list(self._tail)  # a copy: this runs in a thread
+        tail = self._tail.snapshot()  # a copy: this runs in a thread
         if tail and tail[0].lsn <= lsn <= tail[-1].lsn:
             return tail[lsn - tail[0].lsn]
         try:
@@ -335,9 +316,10 @@ class ReplicationPrimary:
         return meta.lsn + 1
 
     async def _read_acks(self, ws: web.WebSocketResponse, progress: ReplicaProgress,
-                         sender: asyncio.Task[None]) -> None:
+                         session: _Session, sender: asyncio.Task[None]) -> None:
         """Count the replica's acknowledgements until it leaves, or until ``sender`` ends
-        (then raise what ended it).
+        (then raise what ended it). An acknowledgement also closes the frames it covers in
+        the session's window, which may let the sender ship again.
 
         The frames are read in this task, not in a task per frame raced against the sender
         (that cost a task and two loop iterations per acknowledgement, on every write's
@@ -354,6 +336,7 @@ class ReplicationPrimary:
                 reader.cancel()
 
         sender.add_done_callback(stop_reading)
+        in_flight = session.in_flight
         try:
             while (message := await self._receive(ws)) is not None:
                 if message["t"] != proto.ACK:
@@ -365,7 +348,12 @@ class ReplicationPrimary:
                 if lsn > progress.acked_lsn:
                     progress.acked_lsn = min(lsn, progress.sent_lsn)
                     progress.last_ack_at = self._monotonic_clock()
-                    self._recompute()
+                    self._commit.recount()
+                if in_flight and in_flight[0] <= lsn:
+                    if session.held:
+                        session.wakeup.set()  # the sender waits for this
+                    while in_flight and in_flight[0] <= lsn:
+                        in_flight.popleft()
         except asyncio.CancelledError:
             if not cancelled_by_sender or reader.uncancel() > 0:
                 raise  # cancelled from outside too: the session is being torn down
@@ -376,34 +364,49 @@ class ReplicationPrimary:
             sender.result()  # raises what ended it
 
     async def _send_loop(self, ws: web.WebSocketResponse, progress: ReplicaProgress,
-                         start: int, *, legacy: bool = False) -> None:
+                         session: _Session, start: int, *, legacy: bool = False) -> None:
         """Stream entries from ``start``; ``legacy``: a version-1 replica, whose decoder
-        takes mutations of exactly five fields (``protocol.encode_entries``)."""
+        takes mutations of exactly five fields (``protocol.encode_entries``). At most
+        ``send_window`` frames wait for an ack (module docstring); a quiet stream gets a
+        heartbeat every ``heartbeat_s``."""
         next_lsn = start
-        while self._closed is None:
-            progress.wakeup.clear()
-            batch = await self._next_batch(next_lsn)
-            if batch is None:  # compacted under us: the replica needs a snapshot
-                raise ConnectionError("entries were compacted; the replica must reconnect")
-            if batch:
-                if failpoints.ARMED:
-                    await failpoints.hit("primary_before_send")
-                await ws.send_bytes(proto.encode_entries(
-                    batch, self.wal.last_lsn, self._clock(), self._lease_query(),
-                    self._majority_lsn, self._ring_version(), legacy=legacy))
-                next_lsn = batch[-1].lsn + 1
-                progress.sent_lsn = batch[-1].lsn
-                continue
-            with contextlib.suppress(TimeoutError):
-                # asyncio.timeout, not wait_for: the sender itself waits on the event, so a
-                # publish wakes it in one loop iteration (wait_for wraps a task: two).
-                async with asyncio.timeout(self.heartbeat_s):
-                    await progress.wakeup.wait()
-            if not progress.wakeup.is_set():
-                await ws.send_bytes(proto.encode(
-                    proto.HEARTBEAT, primary_lsn=self.wal.last_lsn,
-                    commit_lsn=self._majority_lsn, ts=self._clock(), lq=self._lease_query(),
-                    release=self._releasing, ring=self._ring_version()))
+        window = self.send_window
+        in_flight, wakeup = session.in_flight, session.wakeup
+        timer = HeartbeatTimer(asyncio.get_running_loop(), self.heartbeat_s, wakeup)
+        try:
+            while self._closed is None:
+                wakeup.clear()
+                session.held = len(in_flight) >= window
+                if not session.held:
+                    batch = await self._next_batch(next_lsn)
+                    if batch is None:  # compacted under us: the replica needs a snapshot
+                        raise ConnectionError("entries were compacted; the replica must "
+                                              "reconnect")
+                    if batch:
+                        if failpoints.ARMED:
+                            await failpoints.hit("primary_before_send")
+                        await ws.send_bytes(proto.encode_entries(
+                            batch, self.wal.last_lsn, self._clock(), self._lease_query(),
+                            self._commit.lsn, self._ring_version(), legacy=legacy))
+                        last = batch[-1].lsn
+                        next_lsn = last + 1
+                        progress.sent_lsn = last
+                        progress.frames_sent += 1
+                        progress.entries_sent += len(batch)
+                        in_flight.append(last)
+                        timer.sent()
+                        continue
+                if timer.due:
+                    await ws.send_bytes(proto.encode(
+                        proto.HEARTBEAT, primary_lsn=self.wal.last_lsn,
+                        commit_lsn=self._commit.lsn, ts=self._clock(),
+                        lq=self._lease_query(), release=self._releasing,
+                        ring=self._ring_version()))
+                    timer.sent()
+                    continue
+                await wakeup.wait()
+        finally:
+            timer.cancel()
 
     def _lease_query(self) -> float | None:
         """The send time a replica's grant is counted from (None: no lease wanted)."""
@@ -420,11 +423,8 @@ class ReplicationPrimary:
     async def _next_batch(self, lsn: int) -> list[WalEntry] | None:
         """Up to a frame's worth of entries from ``lsn``: from the tail if it has them, else
         from the WAL (a thread); [] if there is nothing new; None if they were compacted."""
-        tail = self._tail
-        if tail and tail[0].lsn <= lsn:
-            if lsn > tail[-1].lsn:
-                return []
-            return _take(itertools.islice(tail, lsn - tail[0].lsn, None))
+        if self._tail.covers(lsn):
+            return self._tail.frame_from(lsn)
         if lsn > self.wal.durable_lsn:
             return []
         try:
@@ -433,9 +433,9 @@ class ReplicationPrimary:
             return None
 
     def _wake_senders(self) -> None:
-        for progress in self._progress.values():
-            if progress.connected:
-                progress.wakeup.set()
+        for session in self._sessions:
+            if not session.held:
+                session.wakeup.set()
 
     def notify(self) -> None:
         """New entries are durable in the WAL (when ``publish`` is not called for each)."""
@@ -452,29 +452,20 @@ class ReplicationPrimary:
         for p in sorted(self._progress.values(), key=lambda p: p.node_id):
             lag_ms = 0.0
             if p.acked_lsn < last:
-                oldest = self._entry_in_tail(p.acked_lsn + 1)
+                oldest = self._tail.entry_at(p.acked_lsn + 1)
                 lag_ms = max(0.0, (now - oldest.ts) * 1000) if oldest else float("nan")
             out.append({"node": p.node_id, "acked_lsn": p.acked_lsn, "sent_lsn": p.sent_lsn,
                         "lag_entries": max(0, last - p.acked_lsn), "lag_ms": lag_ms,
                         "connected": p.connected, "connections": p.connections,
-                        "snapshots_sent": p.snapshots_sent})
+                        "snapshots_sent": p.snapshots_sent, "frames_sent": p.frames_sent,
+                        "entries_sent": p.entries_sent})
         return out
-
-    def _entry_in_tail(self, lsn: int) -> WalEntry | None:
-        tail = self._tail
-        if tail and tail[0].lsn <= lsn <= tail[-1].lsn:
-            return tail[lsn - tail[0].lsn]
-        return None
 
     async def close(self, reason: str = "closed") -> None:
         """Stop streaming and fail every pending majority wait with UNAVAILABLE."""
         if self._closed is None:
             self._closed = Unavailable(reason)
-        error = Unavailable(f"not primary any more: {reason}")
-        for _, _, future in self._waiters:
-            if not future.done():
-                future.set_exception(error)
-        self._waiters.clear()
+        self._commit.fail_all(Unavailable(f"not primary any more: {reason}"))
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -482,16 +473,5 @@ class ReplicationPrimary:
                 await task
 
 
-def _take(entries: Iterator[WalEntry]) -> list[WalEntry]:
-    batch: list[WalEntry] = []
-    size = 0
-    for entry in entries:
-        batch.append(entry)
-        size += 64 + sum(len(m.key) + len(m.value) for m in entry.mutations)
-        if len(batch) >= proto.MAX_ENTRIES_PER_FRAME or size >= proto.MAX_BYTES_PER_FRAME:
-            break
-    return batch
-
-
 def _read_batch(wal: WriteAheadLog, lsn: int) -> list[WalEntry]:
-    return _take(iter(wal.read_from(lsn)))
+    return take_frame(iter(wal.read_from(lsn)))

@@ -15,6 +15,11 @@ version elsewhere would skip the write that reused it. So a replica's hub carrie
 ``commit_limit``, the primary's majority LSN as the stream last told it (``commit``): watch
 sessions send nothing above it (``watch_session.py``). On a primary it is None (its
 applier publishes only what its commit gate let through).
+
+Subscribers are kept in groups of equal filter, values flag and shard (``Subscriber.group``):
+:meth:`publish` makes an entry's events once per group, from the first subscriber that still
+wants the entry, and gives the same batch to the rest (``event_frames.py``). With a thousand
+watches of one prefix, the filter runs and the event dicts are built once per entry.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class WatchHub:
         self.published_lsn = published_lsn
         self.max_watches = max_watches
         self._subscribers: set[Subscriber] = set()
+        # Subscriber.group -> its subscribers (a dict as an ordered set), for publish().
+        self._groups: dict[tuple[object, ...], dict[Subscriber, None]] = {}
         # (last LSN published before, LSN after) of the latest reset: a migration's LSN
         # jump reports where the log stopped (node/migration/floor.py, docs/watch.md).
         self.last_reset: tuple[int, int] | None = None
@@ -69,15 +76,28 @@ class WatchHub:
 
     def publish(self, entry: WalEntry) -> None:
         """One applied entry (in LSN order)."""
-        self.published_lsn = entry.lsn
-        for subscriber in self._subscribers:
-            subscriber.offer(entry)
+        lsn = self.published_lsn = entry.lsn
+        for group in self._groups.values():
+            made = False
+            batch = None
+            for subscriber in group:
+                if not subscriber.wants(lsn):
+                    continue
+                if not made:
+                    batch, made = subscriber.batch_of(entry), True
+                subscriber.accept(lsn, batch)
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
+        self._groups.setdefault(subscriber.group, {})[subscriber] = None
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
+        group = self._groups.get(subscriber.group)
+        if group is not None:
+            group.pop(subscriber, None)
+            if not group:
+                del self._groups[subscriber.group]
 
     def reset(self, published_lsn: int, reason: str) -> None:
         """The state was replaced underneath: end every watch."""
@@ -86,3 +106,4 @@ class WatchHub:
         for subscriber in self._subscribers:
             subscriber.close(reason)
         self._subscribers.clear()
+        self._groups.clear()

@@ -51,7 +51,9 @@ from shardkv.node.api.node_context import NodeContext
 from shardkv.node.storage.store import Store
 from shardkv.node.wal.model import LsnCompacted
 from shardkv.node.wal.record import WalEntry
-from shardkv.node.watch.subscriber import Batch, Subscriber
+from shardkv.node.watch.event_frames import Batch, events_frame
+from shardkv.node.watch.live_sink import LiveSink
+from shardkv.node.watch.subscriber import Subscriber
 from shardkv.node.watch.watch_filter import entry_events, events_size
 from shardkv.node.watch.watch_request import WatchRequest
 
@@ -68,8 +70,12 @@ MAX_STALENESS_CHECK_S = 0.25   # a quarter of the bound within these limits
 class WatchSession:
     def __init__(self, ws: web.WebSocketResponse, ctx: NodeContext, shard: Callable[[], str],
                  *, max_events: int, max_bytes: int, send_timeout_s: float,
-                 query: Mapping[str, str] | None = None) -> None:
+                 query: Mapping[str, str] | None = None,
+                 transport: asyncio.Transport | None = None) -> None:
         self.ws = ws
+        # The connection's transport: a caught-up strong watch's frames are written to it
+        # from the hub (live_sink.py). None: every frame goes through the session.
+        self._transport = transport
         self._query = query
         self.ctx = ctx
         self._shard = shard
@@ -77,12 +83,18 @@ class WatchSession:
         self.max_bytes = max_bytes
         self.send_timeout_s = send_timeout_s
         self.json = False
-        self.events_sent = 0
+        self._events_sent = 0
+        self._sink: LiveSink | None = None
         self.slow_consumer = False
         self._subscriber: Subscriber | None = None
         self._eventual = False
         self._bound: float | None = None
         self._check_s = float("inf")  # how often the live loop re-checks the role rules
+
+    @property
+    def events_sent(self) -> int:
+        """Events this watch sent, by the session or by its sink."""
+        return self._events_sent + (self._sink.events_sent if self._sink else 0)
 
     async def serve(self) -> None:
         try:
@@ -235,10 +247,16 @@ class WatchSession:
     async def _send_live(self, request: WatchRequest, subscriber: Subscriber, store: Store,
                          sent: int) -> None:
         """Live events, and progress: only an LSN whose events were all sent (``safe``) is
-        ever reported, since the client resumes from it."""
+        ever reported, since the client resumes from it. While it sleeps with everything
+        sent, a strong watch lets the hub write its events (``sink``, live_sink.py); the
+        sink's ``sent`` is then the last version written."""
         shard = self._shard()
         hub = store.watch_hub
         interval = request.progress_interval_s
+        sink = None
+        if self._transport is not None and not self._eventual:
+            sink = self._sink = LiveSink(self.ws, self._transport, self.ctx, hub, shard,
+                                         self._ring, as_json=self.json, sent=sent)
         safe = sent
         await self._send({"type": "progress", "shard": shard, "version": safe})
         reported = safe
@@ -246,6 +264,8 @@ class WatchSession:
         held: deque[Batch] = deque()  # taken but above the commit limit (a replica)
         held_events = 0
         while True:
+            if sink is not None:
+                sent = max(sent, sink.sent)
             if subscriber.overflowed:
                 raise SlowConsumer(
                     f"the watch fell more than {self.max_events} events or "
@@ -285,8 +305,14 @@ class WatchSession:
                     await self._send({"type": "progress", "shard": shard, "version": safe})
                 reported = safe
                 next_progress = now + interval
-            await subscriber.wait(max(0.0, min(next_progress - time.monotonic(),
-                                               self._check_s)))
+            # Everything taken is sent: the hub may write what comes next, unless frames
+            # wait for the commit limit (they must go first, and in order).
+            subscriber.sink = sink if not held and limit is None else None
+            try:
+                await subscriber.wait(max(0.0, min(next_progress - time.monotonic(),
+                                                   self._check_s)))
+            finally:
+                subscriber.sink = None
 
     async def _read_until_closed(self, subscriber: Subscriber) -> None:
         """Read (and ignore) what the client sends, so its close is seen at once."""
@@ -298,39 +324,50 @@ class WatchSession:
     # -- frames ----------------------------------------------------------------------------
 
     async def _send_batches(self, shard: str, batches: list[Batch]) -> None:
-        events: list[dict[str, Any]] = []
-        size = 0
-        for batch in batches:
-            events.extend(batch.events)
+        """``batches`` in frames of about FRAME_EVENTS events or FRAME_BYTES at most (whole
+        entries). A live session that keeps up sends one batch a frame: a frame the hub's
+        other sessions of the same group share (``event_frames.py``)."""
+        first = events = size = 0
+        for n, batch in enumerate(batches):
+            events += len(batch.events)
             size += batch.size
-            if len(events) >= FRAME_EVENTS or size >= FRAME_BYTES:
-                await self._send_events(shard, batch.version, events)
-                events, size = [], 0
-        if events:
-            await self._send_events(shard, batches[-1].version, events)
+            if events >= FRAME_EVENTS or size >= FRAME_BYTES:
+                await self._send_events(shard, batches[first:n + 1])
+                first, events, size = n + 1, 0, 0
+        if first < len(batches):
+            await self._send_events(shard, batches[first:])
 
-    async def _send_events(self, shard: str, version: int, events: list[dict[str, Any]]) -> None:
-        # The ring this node knows now is at least the one it checked ownership with when
-        # it took these writes: a client classifies moved keys with a map that new
-        # (docs/watch.md, "Resharding"). A replica's own map may lag its primary's, so it
-        # says at least the ring its primary's frames carried. Absent outside a cluster.
+    async def _send_events(self, shard: str, batches: list[Batch]) -> None:
+        await self._send_encoded(events_frame(shard, self._ring(), batches, as_json=self.json))
+        self._events_sent += sum(len(b.events) for b in batches)
+
+    def _ring(self) -> int | None:
+        """The ring version an events frame carries. The ring this node knows now is at
+        least the one it checked ownership with when it took these writes: a client
+        classifies moved keys with a map that new (docs/watch.md, "Resharding"). A replica's
+        own map may lag its primary's, so it says at least the ring its primary's frames
+        carried. Absent outside a cluster."""
         ring = self.ctx.ring_version
         store = self.ctx.store
         primary_ring = None if store is None else store.watch_hub.primary_ring
         if primary_ring is not None and (ring is None or primary_ring > ring):
             ring = primary_ring
-        await self._send({"type": "events", "shard": shard, "version": version,
-                          "ring_version": ring, "events": events})
-        self.events_sent += len(events)
+        return ring
 
     async def _send(self, frame: dict[str, Any]) -> None:
+        await self._send_encoded(to_json(frame).decode() if self.json else pack(frame))
+
+    async def _send_encoded(self, frame: bytes | str) -> None:
+        """Send a frame already encoded (JSON text or msgpack bytes), or time out.
+        ``asyncio.timeout`` rather than ``wait_for``, which on Python 3.11 runs the send in
+        a task of its own: per watch and frame, at fan-out."""
         if self.ws.closed:
             raise ConnectionError("the watch connection is closed")
-        if self.json:
-            await asyncio.wait_for(self.ws.send_str(to_json(frame).decode()),
-                                   self.send_timeout_s)
-        else:
-            await asyncio.wait_for(self.ws.send_bytes(pack(frame)), self.send_timeout_s)
+        async with asyncio.timeout(self.send_timeout_s):
+            if isinstance(frame, str):
+                await self.ws.send_str(frame)
+            else:
+                await self.ws.send_bytes(frame)
 
 
 def _oldest_version(store: Store) -> int:

@@ -114,6 +114,40 @@ async def test_json_text_frames_for_browsers(node) -> None:
         await session.close()
 
 
+async def test_watches_of_one_prefix_share_frames_in_their_own_format(node) -> None:
+    """Six watches of one prefix, msgpack and JSON, with and without values: the node makes
+    each entry's frame once per kind (tests/unit/test_watch_shared_frames.py); every watch
+    still gets every event, in its own format, and only the values it asked for."""
+    kinds = [(False, True), (False, True), (True, True), (True, True), (False, False),
+             (True, False)]  # (JSON text?, values?)
+    watches = [await raw_watch(node.url, {"prefix": "f:", "values": values}, text=text)
+               for text, values in kinds]
+    try:
+        for _, ws in watches:  # created, then the first progress: live from here
+            await frames_until(ws, lambda fs: fs[-1]["type"] == "progress")
+        async with Client(nodes=[node.url]) as kv:
+            written = [(f"f:{i}", f"v{i}".encode(), await kv.put(f"f:{i}", f"v{i}".encode()))
+                       for i in range(20)]
+            written.append(("f:bin", b"\xff", await kv.put("f:bin", b"\xff")))
+        last = written[-1][2]
+        got = [events_of(await frames_until(
+            ws, lambda fs: any(f.get("version") == last for f in fs if f["type"] == "events")))
+            for _, ws in watches]
+    finally:
+        for session, _ in watches:
+            await session.close()
+    for (text, values), events in zip(kinds, got, strict=True):
+        assert [e["version"] for e in events] == [v for _, _, v in written]
+        keys = [e["key"] for e in events]
+        assert keys == [k if text else k.encode() for k, _, _ in written]
+        if not values:
+            assert all("value" not in e for e in events)
+            continue
+        expected = [(v.decode() if v != b"\xff" else {"b64": "/w=="}) if text else v
+                    for _, v, _ in written]
+        assert [e["value"] for e in events] == expected
+
+
 @pytest.mark.parametrize("request_body", [
     {"start": b"b", "end": b"a"},                       # empty range
     {"prefix": b"p", "start_version": -1},              # negative version

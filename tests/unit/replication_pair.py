@@ -7,6 +7,7 @@ Store writes (append, then the commit gate); replicas are ``ReplicationReplica``
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -64,6 +65,33 @@ class Primary:
     async def snapshot(self) -> SnapshotMeta:
         view = await self.engine.snapshot_view()
         return await write_snapshot(self.snapshot_dir, view.lsn, self.epoch, view.rows)
+
+
+class StuckTarget:
+    """A replica target whose appends block until released: a replica on a dead (or busy)
+    disk. ``entered`` is set once an append has begun."""
+
+    def __init__(self, inner: EngineReplicaLog) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.wal = inner.wal
+        self.engine = inner.engine
+
+    last_lsn = property(lambda self: self.inner.last_lsn)
+    last_epoch = property(lambda self: self.inner.last_epoch)
+    applied_lsn = property(lambda self: self.inner.applied_lsn)
+
+    async def append(self, entries: Sequence[WalEntry]) -> None:
+        self.entered.set()
+        await self.release.wait()
+        await self.inner.append(entries)
+
+    async def truncate_after(self, lsn: int) -> None:
+        await self.inner.truncate_after(lsn)
+
+    async def install_snapshot(self, chunks, lsn: int, epoch: int) -> None:  # type: ignore[no-untyped-def]
+        await self.inner.install_snapshot(chunks, lsn, epoch)
 
 
 @pytest.fixture

@@ -76,6 +76,22 @@ def test_a_majority_of_grants_makes_the_lease_and_it_runs_out_on_the_primarys_cl
     assert not a.majority.valid
 
 
+def test_a_later_grant_carries_the_lease_past_the_first_ones_end() -> None:
+    # A grant does not recompute the cached expiry (one per acknowledgement would); the
+    # read does once the clock passes it, and finds the later grant.
+    real = RealTime()
+    a = Node("a", real)
+    a.majority.begin(1, "a", MEMBERS)
+    a.majority.granted("b", a.clock.monotonic())
+    assert a.majority.valid
+    real.now += USABLE_S - 0.5
+    a.majority.granted("b", a.clock.monotonic())
+    real.now += 1.0  # past the first grant's end, within the second's
+    assert a.majority.valid
+    real.now += USABLE_S
+    assert not a.majority.valid
+
+
 def test_a_grant_for_a_send_time_from_the_future_is_ignored() -> None:
     real = RealTime()
     a = Node("a", real)

@@ -149,3 +149,35 @@ def test_unexpected_exceptions_become_internal_without_their_text() -> None:
     assert log.logged == [boom]
     typed = NotPrimary("elsewhere")
     assert client_error(typed, log) is typed
+
+
+class RecordingFence:
+    """A migration fence that looks at the keys only when ``moving`` (as the real one does
+    when it has moving arcs)."""
+
+    def __init__(self, moving: bool) -> None:
+        self.moving = moving
+        self.seen: list[list[bytes]] = []
+        self.left = 0
+
+    def enter(self, keys: Any, writes: bool) -> bool:
+        if not self.moving:
+            return False
+        self.seen.append(list(keys))
+        return writes
+
+    def leave(self) -> None:
+        self.left += 1
+
+
+async def test_the_fence_sees_each_requests_keys_and_a_timed_write_its_result(
+        ctx: NodeContext) -> None:
+    idle, moving = RecordingFence(False), RecordingFence(True)
+    ctx.write_timeout_s = 5.0  # a cluster's writes run under the shared deadline timer
+    ctx.write_fence = idle
+    assert await run(ctx, "put", key=b"a", value=b"1") == {"version": 1}
+    ctx.write_fence = moving
+    assert await run(ctx, "put", key="b", value=b"2") == {"version": 2}
+    await run(ctx, "mget", keys=[b"a", "b"])
+    assert moving.seen == [[b"b"], [b"a", b"b"]] and moving.left == 1
+    assert ctx.write_deadlines is not None and ctx.write_deadlines.timeout_s == 5.0

@@ -6,11 +6,10 @@ staleness. Everything waited on is a condition with a deadline, never a sleep.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import pytest
 from eventually import eventually
-from replication_pair import digest
+from replication_pair import StuckTarget, digest
 from replication_pair import make_primary as make_primary
 from replication_pair import make_replica as make_replica
 from shardkv.cluster.errors import Timeout, Unavailable
@@ -60,30 +59,6 @@ async def test_close_fails_pending_commits_as_unavailable(make_primary) -> None:
     await primary.repl.close("deposed")
     with pytest.raises(Unavailable):
         await waiting
-
-
-class StuckTarget:
-    """A replica target whose appends block until released: a replica on a dead disk."""
-
-    def __init__(self, inner: EngineReplicaLog) -> None:
-        self.inner = inner
-        self.release = asyncio.Event()
-        self.wal = inner.wal
-        self.engine = inner.engine
-
-    last_lsn = property(lambda self: self.inner.last_lsn)
-    last_epoch = property(lambda self: self.inner.last_epoch)
-    applied_lsn = property(lambda self: self.inner.applied_lsn)
-
-    async def append(self, entries: Sequence[WalEntry]) -> None:
-        await self.release.wait()
-        await self.inner.append(entries)
-
-    async def truncate_after(self, lsn: int) -> None:
-        await self.inner.truncate_after(lsn)
-
-    async def install_snapshot(self, chunks, lsn: int, epoch: int) -> None:  # type: ignore[no-untyped-def]
-        await self.inner.install_snapshot(chunks, lsn, epoch)
 
 
 async def test_a_stuck_replica_never_blocks_writes(make_primary, make_replica) -> None:

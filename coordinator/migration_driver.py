@@ -44,9 +44,6 @@ from shardkv.cluster.structured_log import log_fields
 logger = logging.getLogger(__name__)
 
 ROUND_S = 0.2
-# A round follows at once when the map changed during the one before (its own proposal
-# committed, a primary changed), but never sooner than this after it.
-MIN_ROUND_S = 0.01
 PROGRESS_EVERY_S = 1.0
 FLIP_LAG_ENTRIES = 2000
 FLOOR_GAP = 2**32
@@ -68,7 +65,6 @@ class MigrationDriver:
 
     async def run(self) -> None:
         while True:
-            seen = self.coord.watch.current.version
             record = self.coord.watch.current.migration
             if record is None:
                 record = next((r for r in self.coord.watch.current.migrations if r.leftovers),
@@ -85,12 +81,7 @@ class MigrationDriver:
                 except Exception:  # a bug must not stop the driver for good
                     logger.exception("migration round failed", extra=log_fields(
                         migration=record.id, state=record.state))
-            # Every step waits for a map change it proposed (the floor, ``flipping``, the
-            # flip, ``done``): acting on it at once instead of a round later saves up to
-            # ROUND_S per step of the copy (a migration of 300,000 keys moves in a few
-            # seconds); otherwise a round every ROUND_S polls the nodes.
-            await asyncio.sleep(MIN_ROUND_S)
-            await self.coord.watch.wait_newer(seen, ROUND_S - MIN_ROUND_S)
+            await asyncio.sleep(ROUND_S)
 
     async def step(self, m: ClusterMap, record: MigrationRecord) -> None:
         if not record.running:
@@ -265,7 +256,6 @@ class MigrationDriver:
                 migration=record.id))
             await self.coord.propose({"op": "migration_state", "id": record.id,
                                       "state": COPYING, "now": time.time()})
-            await asyncio.sleep(ROUND_S)  # a fence that fails fast is not retried in a spin
             return
         keys = sum(int(a.get("keys_sent") or 0) for a in answers)
         size = sum(int(a.get("bytes_sent") or 0) for a in answers)

@@ -116,15 +116,29 @@ def _collect(channels: list[Connection], within: float) -> list[dict[str, Any]]:
     return [r for r in reports if r is not None]
 
 
-async def _write(system: str, url: str, writes: int) -> tuple[list[float], list[float]]:
-    """The single writer: N puts one after another; send and ack times (monotonic)."""
+async def _paced(i: int, start: float, rate: float) -> None:
+    """With a rate, put ``i`` waits for its slot (``start + i / rate``): both systems then see
+    the same event rate, and latencies compare at equal load rather than at each one's
+    fastest (at 1,000 watchers the faster server otherwise swamps the watcher processes)."""
+    if rate > 0:
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+async def _write(system: str, url: str, writes: int,
+                 rate: float = 0.0) -> tuple[list[float], list[float]]:
+    """The single writer: N puts one after another (``rate`` puts/s at most, 0 = as fast as
+    acknowledged); send and ack times (monotonic)."""
     sent, acked = [0.0] * writes, [0.0] * writes
     if system == "shardkv":
         from shardkv.client import Client
 
         async with Client(nodes=[url], exactly_once=False) as kv:
             await kv.put(b"warm-up", b"x")  # connect outside the timed writes
+            start = time.monotonic()
             for i in range(writes):
+                await _paced(i, start, rate)
                 sent[i] = time.monotonic()
                 await kv.put(PREFIX + f"{i % 100:03d}".encode(), str(i).encode())
                 acked[i] = time.monotonic()
@@ -132,7 +146,9 @@ async def _write(system: str, url: str, writes: int) -> tuple[list[float], list[
     etcd = EtcdGatewayClient(url, aiohttp.ClientSession())
     try:
         await etcd.put(b"warm-up", b"x")
+        start = time.monotonic()
         for i in range(writes):
+            await _paced(i, start, rate)
             sent[i] = time.monotonic()
             await etcd.put(PREFIX + f"{i % 100:03d}".encode(), str(i).encode())
             acked[i] = time.monotonic()
@@ -154,7 +170,7 @@ def run_round(system: str, server: ServerProcess, args: argparse.Namespace,
                                                   fmt="raw"))
         server_cpu = process_cpu_seconds(server.pid)
         writer_cpu, wall = time.process_time(), time.monotonic()
-        sent, acked = asyncio.run(_write(system, server.url, args.writes))
+        sent, acked = asyncio.run(_write(system, server.url, args.writes, args.rate))
         writer_cpu = time.process_time() - writer_cpu
         reports = _collect(channels, args.timeout)
         wall = time.monotonic() - wall
@@ -245,6 +261,9 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4, help="watcher processes")
     parser.add_argument("--writes", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="puts per second of the writer (0: as fast as acknowledged); "
+                             "the same for both systems, to compare latency at equal load")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for the events after the last write")
     parser.add_argument("--no-etcd", action="store_true")
@@ -278,7 +297,7 @@ def main() -> int:
     summary = summarize(rounds)
     document = {"watchers": args.watchers, "processes": len(shares(args.watchers,
                                                                      args.processes)),
-                "writes": args.writes, "load_avg_1m": os.getloadavg()[0],
+                "writes": args.writes, "rate": args.rate, "load_avg_1m": os.getloadavg()[0],
                 "summary": summary, "shardkv_over_etcd": ratios(summary), "rounds": rounds}
     text = json.dumps(document, indent=2)
     print(text)

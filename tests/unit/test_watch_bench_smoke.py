@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,7 +20,18 @@ if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not an i
     sys.path.insert(0, str(REPO))
 
 from bench.etcd_reference import etcd_binary  # noqa: E402
-from bench.watch_bench import ratios, round_report, shares, summarize  # noqa: E402
+from bench.watch_bench import _paced, ratios, round_report, shares, summarize  # noqa: E402
+
+
+async def test_a_paced_writer_waits_for_each_slot_and_an_unpaced_one_does_not() -> None:
+    """``--rate``: put i is sent no earlier than ``start + i / rate`` (a lower bound only:
+    sleeping never ends early); rate 0 never waits, nor does a put already late."""
+    start = time.monotonic()
+    await _paced(5, start, 0.0)
+    await _paced(0, start - 10, 50.0)
+    slot = start + 3 / 50.0
+    await _paced(3, start, 50.0)
+    assert time.monotonic() >= slot
 
 
 def test_watchers_are_split_evenly_over_processes() -> None:

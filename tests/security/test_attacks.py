@@ -72,6 +72,16 @@ def _attacks(cluster: LocalCluster) -> list[tuple[str, int, object]]:
     attempt("fence the primary (no credential)", "POST",
             f"{primary_url}/admin/replication/fence", {})
     attempt("read a digest (no credential)", "GET", f"{primary_url}/v1/digest")
+    # A node's migration routes write keys and fence them: the cluster credential only.
+    attempt("import keys into a shard (no credential)", "POST",
+            f"{primary_url}/internal/migration/import",
+            {"id": "m1", "source": "s2", "attempt": "a", "records": [
+                ["put", "evil", "x", False, None, 1]]})
+    attempt("import keys with a guessed bearer", "POST",
+            f"{primary_url}/internal/migration/import", {"records": []},
+            {"Authorization": "Bearer guess"})
+    attempt("fence a shard's keys (no credential)", "POST",
+            f"{primary_url}/internal/migration/fence", {"id": "m1", "map_version": 1})
     attempt("export every key for a backup (no credential)", "GET",
             f"{primary_url}/admin/backup/export")
     attempt("export with a guessed bearer", "GET", f"{primary_url}/admin/backup/export",

@@ -57,10 +57,15 @@ def _copy_clocks(cluster: LocalCluster, into: dict[str, Any]) -> None:
     """The copy clock of every node's export and import, kept per node as last seen (the
     export's status goes away at the flip)."""
     for spec in cluster.plan.nodes:
-        for side in ("export", "import"):
+        for side in ("export", "import", "clean"):
             try:
                 status = _admin("GET", f"{spec.url}/internal/migration/{side}")
             except OSError:
+                continue
+            if side == "clean":
+                if isinstance(status, dict) and status.get("deleted"):
+                    into[f"{spec.id}:clean"] = {k: status.get(k) for k in (
+                        "deleted", "passes", "throttle", "clean_clock")}
                 continue
             clock = status.get("copy_clock") if isinstance(status, dict) else None
             if clock and clock.get("wall_s"):
@@ -140,9 +145,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with Client([coordinator], timeout=30.0) as kv:
             loaded = time.monotonic()
             batch = 500
-            for start in range(0, args.keys, batch):
-                await kv.mput({f"k{i:09d}": value
-                               for i in range(start, min(start + batch, args.keys))})
+            loading = asyncio.Semaphore(8)  # batches in flight: the load is not measured
+
+            async def load(start: int) -> None:
+                async with loading:
+                    await kv.mput({f"k{i:09d}": value
+                                   for i in range(start, min(start + batch, args.keys))})
+
+            await asyncio.gather(*(load(s) for s in range(0, args.keys, batch)))
             load_s = time.monotonic() - loaded
             fg = Foreground(kv, args.keys, value, args.concurrency)
             track = NodeCpu(cluster, fg.ops)

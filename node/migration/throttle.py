@@ -88,6 +88,12 @@ class LoopLagThrottle:
         self.baseline_lag_s = self.lag_quantile(CALIBRATE_S, BASELINE_QUANTILE)
         self.max_lag_s = max(self.floor_s, FACTOR * self.baseline_lag_s)
 
+    def adopt(self, baseline_lag_s: float) -> None:
+        """Take a baseline measured earlier on this loop (the copy's, for the clean-up that
+        follows it): ``calibrate`` then returns at once."""
+        self.baseline_lag_s = baseline_lag_s
+        self.max_lag_s = max(self.floor_s, FACTOR * baseline_lag_s)
+
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         while True:

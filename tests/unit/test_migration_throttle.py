@@ -73,3 +73,16 @@ async def test_disabled_throttle_never_waits() -> None:
     await throttle.wait()
     assert throttle.delay_s == 0 and throttle.waited_s == 0
     await throttle.stop()
+
+
+async def test_an_adopted_baseline_skips_the_calibration() -> None:
+    """The clean-up takes the copy's baseline: no second half-second of watching."""
+    throttle = LoopLagThrottle(max_lag_s=0.008)
+    throttle.adopt(0.01)
+    throttle.start()
+    try:
+        await throttle.calibrate()
+        assert not throttle._ticks  # it returned before the ticker's first tick
+        assert throttle.baseline_lag_s == 0.01 and throttle.max_lag_s == 0.02
+    finally:
+        await throttle.stop()

@@ -65,14 +65,14 @@ def _copy_clocks(cluster: LocalCluster, into: dict[str, Any]) -> None:
             if side == "clean":
                 if isinstance(status, dict) and status.get("deleted"):
                     into[f"{spec.id}:clean"] = {k: status.get(k) for k in (
-                        "deleted", "passes", "throttle", "clean_clock")}
+                        "deleted", "passes", "throttle", "clean_clock", "gc")}
                 continue
             clock = status.get("copy_clock") if isinstance(status, dict) else None
             if clock and clock.get("wall_s"):
                 into[f"{spec.id}:{side}"] = {
                     **clock, "keys": status.get("keys_sent", sum(
                         s.get("keys", 0) for s in (status.get("sources") or {}).values())),
-                    **({"throttle": status["throttle"]} if "throttle" in status else {})}
+                    **{k: status[k] for k in ("throttle", "gc") if k in status}}
 
 
 def _pct(samples: list[float], q: float) -> float | None:

@@ -37,8 +37,10 @@ PAUSE_S = float(os.environ.get("SHARDKV_MIGRATION_CLEAN_PAUSE_S") or 0.005)
 
 class MovedKeyCleaner:
     def __init__(self, store: Store, migration_id: str,
-                 owned: Callable[[list[bytes]], list[bool]]) -> None:
+                 owned: Callable[[list[bytes]], list[bool]],
+                 after_entry: Callable[[], None] | None = None) -> None:
         self.store = store
+        self.after_entry = after_entry  # called after each delete entry (heap_freeze.py)
         self.migration_id = migration_id
         self.owned = owned  # keys -> whether this shard owns each
         self.deleted = 0
@@ -124,6 +126,8 @@ class MovedKeyCleaner:
         with clock.waited("delete"):
             deleted = await self.store.delete_moved(keys)
         self.deleted += deleted
+        if self.after_entry is not None:
+            self.after_entry()
         if PAUSE_S:
             with clock.waited("pause"):
                 await asyncio.sleep(PAUSE_S)

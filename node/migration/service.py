@@ -210,11 +210,13 @@ class MigrationService:
         if not isinstance(records, list | tuple):
             raise InvalidArgument("records must be a list")
         await self._importing(_text(body, "id"))
-        return await self.importer.apply(store, _text(body, "id"), _text(body, "source"),
-                                         _text(body, "attempt"), records)
+        answer = await self.importer.apply(store, _text(body, "id"), _text(body, "source"),
+                                           _text(body, "attempt"), records)
+        self.heap.refreeze()
+        return answer
 
     async def import_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.importer.status()
+        return {**self.importer.status(), "gc": self.heap.status()}
 
     # -- source side ---------------------------------------------------------------------
 
@@ -248,7 +250,8 @@ class MigrationService:
         return self.export.status()
 
     async def export_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {} if self.export is None else self.export.status()
+        return {} if self.export is None else {**self.export.status(),
+                                                "gc": self.heap.status()}
 
     async def fence_and_ship(self, body: dict[str, Any]) -> dict[str, Any]:
         migration_id = _text(body, "id")
@@ -299,14 +302,16 @@ class MigrationService:
             return cleaner.status()
         if cleaner is not None:
             await cleaner.stop()
-        self.cleaner = MovedKeyCleaner(store, migration_id, self._owned)
+        self.cleaner = MovedKeyCleaner(store, migration_id, self._owned,
+                                       after_entry=self.heap.refreeze)
         if self._baseline is not None and self._baseline[0] == migration_id:
             self.cleaner.throttle.adopt(self._baseline[1])
         self.cleaner.start()
         return self.cleaner.status()
 
     async def clean_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {} if self.cleaner is None else self.cleaner.status()
+        return {} if self.cleaner is None else {**self.cleaner.status(),
+                                                 "gc": self.heap.status()}
 
     def _owned(self, keys: list[bytes]) -> list[bool]:
         cluster_map, shard = self.cluster_map, self.shard

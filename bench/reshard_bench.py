@@ -221,6 +221,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _table(r: dict[str, Any]) -> str:
+    """The figures the issue's goals are about, one per line."""
+    base, during = r["baseline"], r["during_migration"]
+
+    def p99(op: str) -> str:
+        b, d = base.get(f"{op}_p99_ms"), during.get(f"{op}_p99_ms")
+        return "-" if b is None or d is None else f"{b} -> {d} ms ({d / b:.2f}x)"
+
+    rows = [("keys moved", r["keys_moved"]),
+            ("keys/s (MB/s), floor to flip", f"{r['keys_per_s']} ({r['mb_per_s']})"),
+            ("copy / cleaning / to done s", f"{r['copy_to_flip_s']} / {r['cleaning_s']} / "
+                                            f"{r['time_to_done_s']}"),
+            ("CPU s per 1M keys copy + clean", f"{r['cpu_s_per_1m_keys_copy']} + "
+                                               f"{r['cpu_s_per_1m_keys_clean']}"),
+            ("get p99 base -> during", p99("get")), ("put p99 base -> during", p99("put")),
+            ("failed foreground ops", during["failed"])]
+    return "\n".join(f"{name:<32} {value}" for name, value in rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -237,6 +256,7 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(args))
     text = json.dumps(result, indent=2)
+    print(_table(result))
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")

@@ -31,8 +31,9 @@ from shardkv.node.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
-DELETE_KEYS = int(os.environ.get("SHARDKV_MIGRATION_CLEAN_KEYS") or 1000)
-PAUSE_S = float(os.environ.get("SHARDKV_MIGRATION_CLEAN_PAUSE_S") or 0.005)
+DELETE_KEYS = int(os.environ.get("SHARDKV_MIGRATION_CLEAN_KEYS") or 4000)
+# A fixed pause after each entry, on top of the throttle (it was 5 ms per 1000 deletes).
+PAUSE_S = float(os.environ.get("SHARDKV_MIGRATION_CLEAN_PAUSE_S") or 0.0)
 
 
 class MovedKeyCleaner:

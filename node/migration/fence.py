@@ -5,15 +5,9 @@ requests for keys in the moving arcs with ``UNAVAILABLE`` (retryable: the client
 and, after the flip, is redirected to the new owner). Because the fence is read from the
 Raft map, a new primary elected mid-fence fences too.
 
-The fence also counts writes in flight (past the check, not yet answered), so the final
-catch-up can wait for the last of them before it reads the log's end: while this node's map
-shows a migration, the writes to its moving keys; while it shows none, every write. A write
-checked before the map showed the migration may touch a key that is about to move, and it
-can still be waiting (for the store's lock behind conditional writes, for a slow SQLite
-read) when the fence goes up: not counted, it was ordered after the fenced LSN, never
-shipped, acknowledged by the source and then cleaned away (the lost write of
-test_remove_then_reweight_under_write_load, docs/resharding.md). Once the map shows the
-migration no uncounted write can start, so the count only drains after the fence.
+During the whole migration the fence also counts the writes to moving keys that are in
+flight (past the check, not yet answered), so the final catch-up can wait for the last of
+them before it reads the log's end.
 """
 
 from __future__ import annotations
@@ -59,12 +53,7 @@ class ArcFence:
         """
         arcs = self.arcs
         if arcs is None:
-            if not writes:
-                return False
-            # Its keys may be in the arcs of a migration this node has not heard of yet.
-            self._inflight += 1
-            self._idle.clear()
-            return True
+            return False
         destination = next((d for d in map(arcs.destination, keys) if d is not None), None)
         if destination is None:
             return False

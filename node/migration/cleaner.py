@@ -39,7 +39,8 @@ PAUSE_S = float(os.environ.get("SHARDKV_MIGRATION_CLEAN_PAUSE_S") or 0.0)
 class MovedKeyCleaner:
     def __init__(self, store: Store, migration_id: str,
                  owned: Callable[[list[bytes]], list[bool]],
-                 after_entry: Callable[[], None] | None = None) -> None:
+                 after_entry: Callable[[], None] | None = None,
+                 activity: Callable[[], int] | None = None) -> None:
         self.store = store
         self.after_entry = after_entry  # called after each delete entry (heap_freeze.py)
         self.migration_id = migration_id
@@ -49,7 +50,7 @@ class MovedKeyCleaner:
         self.done = False
         self.error: str | None = None
         self._task: asyncio.Task[None] | None = None
-        self.throttle = LoopLagThrottle()
+        self.throttle = LoopLagThrottle(activity=activity)  # activity: foreground requests
         # Where the clean-up's time goes: selecting (hashing) the keys, the throttle, the
         # deletes (ordering the entry up to applied: fsync included) and the fixed pauses.
         self.clock = StageClock()

@@ -27,6 +27,9 @@ class ArcFence:
         self.fenced = False
         self.map_version = 0
         self._inflight = 0
+        # Keyed requests seen (reads and writes, fenced or not): the copy's and the clean-up's
+        # throttle pace only while there is a foreground to protect (throttle.py).
+        self.requests = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -51,6 +54,7 @@ class ArcFence:
         target may already have accepted a newer write, and a read here would return the
         older value (a stale "strong" read). Refused, the client retries and is redirected.
         """
+        self.requests += 1
         arcs = self.arcs
         if arcs is None:
             return False

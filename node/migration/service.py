@@ -134,7 +134,7 @@ class MigrationService:
             if current[1].baseline_lag_s is not None:
                 self._baseline = (current[0], current[1].baseline_lag_s)
         if wanted and self._throttle is None:
-            throttle = LoopLagThrottle()
+            throttle = LoopLagThrottle(activity=self._foreground)
             throttle.start()
             self._throttle = (record.id, throttle)
 
@@ -244,7 +244,7 @@ class MigrationService:
                              target_spec(self.cluster_map.ring, record.target_ring),
                              self.shard, record.targets)
         throttle = self._throttle[1] if self._throttle and (
-            self._throttle[0] == migration_id) else None
+            self._throttle[0] == migration_id) else LoopLagThrottle(activity=self._foreground)
         self.export = ArcExport(store, migration_id, attempt, arcs, routes, throttle)
         self.export.start()
         return self.export.status()
@@ -303,7 +303,8 @@ class MigrationService:
         if cleaner is not None:
             await cleaner.stop()
         self.cleaner = MovedKeyCleaner(store, migration_id, self._owned,
-                                       after_entry=self.heap.refreeze)
+                                       after_entry=self.heap.refreeze,
+                                       activity=self._foreground)
         if self._baseline is not None and self._baseline[0] == migration_id:
             self.cleaner.throttle.adopt(self._baseline[1])
         self.cleaner.start()
@@ -312,6 +313,10 @@ class MigrationService:
     async def clean_status(self, body: dict[str, Any]) -> dict[str, Any]:
         return {} if self.cleaner is None else {**self.cleaner.status(),
                                                  "gc": self.heap.status()}
+
+    def _foreground(self) -> int:
+        """Keyed requests this node has seen (the throttles pace only while it moves)."""
+        return self.fence.requests
 
     def _owned(self, keys: list[bytes]) -> list[bool]:
         cluster_map, shard = self.cluster_map, self.shard

@@ -48,6 +48,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ServerHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _HTTP_ERROR_CODES = {404: "NOT_FOUND", 413: "TOO_LARGE"}
 _KV = "/v1/kv/"
+# The body of the last line's 500 (the lean lane answers its own with the same bytes).
+INTERNAL_ERROR = {"error": "INTERNAL", "message": "internal error; the node logged the details",
+                  "retryable": False}
 
 
 def lane_key(path_safe: str) -> str | None:
@@ -76,11 +79,7 @@ def last_line(request: web.Request, exc: Exception) -> web.StreamResponse:
         )
     logger.error("unexpected error serving %s %s", request.method, request.path,
                  exc_info=exc)
-    return web.json_response(
-        {"error": "INTERNAL", "message": "internal error; the node logged the details",
-         "retryable": False},
-        status=500,
-    )
+    return web.json_response(INTERNAL_ERROR, status=500)
 
 
 class FrontDoor:

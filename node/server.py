@@ -219,8 +219,7 @@ class NodeServer:
         server.request_handler = self.front_door.handler(server.request_handler)
         if config.lean_rest:  # GET/PUT of a key without aiohttp's per-request objects
             self.lean_lane = LeanLane(self.rest, self.gate, server,
-                                      idle_timeout_s=config.connection_limits.idle_timeout_s,
-                                      max_inflight=config.max_inflight_per_connection)
+                                      idle_timeout_s=config.connection_limits.idle_timeout_s)
         site = LimitedSite(runner, config.listen_host, config.listen_port, self.gate,
                            self.lean_lane.protocol if self.lean_lane is not None else None)
         try:

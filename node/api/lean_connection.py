@@ -1,27 +1,27 @@
 """One client connection of the lean lane, until it becomes aiohttp's.
 
 A connection starts here. Each whole request the lane takes (``lean_request.HeadReader``)
-is dispatched to ``LeanLane`` and answered, in request order, with bytes written straight to
-the transport: pipelined requests run concurrently (puts meet in the WAL's group commit)
-but their answers leave in the order the requests came. The first request the lane does
-not take hands the connection over for good: reading stops, the answers still owed are
-written, then a new aiohttp ``RequestHandler`` (from the app runner's ``web.Server``) is
-given the transport and every byte from the start of that request, and from then on this
-object only passes the transport's events on to it.
+is dispatched to ``LeanLane`` and answered with bytes written straight to the transport.
+Requests on one connection are served one after the other, as aiohttp serves them: a
+pipelined get after a put sees the put (a client relies on that order), and answers leave
+in request order. Answers ready within one read (pipelined gets, answered inline) leave in
+one write. The first request the lane does not take hands the connection over for good: the
+answer still owed is written, then a new aiohttp ``RequestHandler`` (from the app runner's
+``web.Server``) is given the transport and every byte from the start of that request, and
+from then on this object only passes the transport's events on to it.
 
-Bounds, as aiohttp keeps them: at most ``max_inflight`` requests answered-to-be per
-connection and nothing read while the client is not reading its answers (the socket is
-paused, so TCP slows the client); a head over ``MAX_HEAD`` bytes and a PUT body over the
-node's value limit are aiohttp's to refuse; a connection idle for ``idle_timeout_s`` is
-closed; the ``ConnectionGate`` around this protocol counts the pending bytes and the header
-timeout as it does for aiohttp. A request's answer is written only when its operation has
-returned: for a put, once it is durable, exactly as through aiohttp.
+Bounds, as aiohttp keeps them: while a request is served, at most ``READ_AHEAD`` bytes more
+are read, and nothing while the client is not reading its answers (the socket is paused, so
+TCP slows the client); a head over ``MAX_HEAD`` bytes and a PUT body over the node's value
+limit are aiohttp's to refuse; a connection idle for ``idle_timeout_s`` is closed; the
+``ConnectionGate`` around this protocol counts the pending bytes and the header timeout as
+it does for aiohttp. A request's answer is written only when its operation has returned:
+for a put, once it is durable, exactly as through aiohttp.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 from typing import TYPE_CHECKING, Any
 
 from aiohttp.tcp_helpers import tcp_keepalive
@@ -30,14 +30,16 @@ from shardkv.node.api.lean_request import MAX_HEAD, HeadReader, LeanRequest
 if TYPE_CHECKING:
     from shardkv.node.api.lean_lane import LeanLane
 
+# Bytes read beyond the request being served (the next pipelined ones) before reading stops.
+READ_AHEAD = 64 << 10
+
 
 class Slot:
-    """The place of one request's answer in its connection's order."""
+    """The answer a connection owes for one request."""
 
-    __slots__ = ("close", "data")
+    __slots__ = ("close",)
 
     def __init__(self, close: bool) -> None:
-        self.data: bytes | None = None
         self.close = close  # the request asked to close the connection after its answer
 
 
@@ -54,7 +56,8 @@ class LeanConnection(asyncio.Protocol):
         self._size = 0  # len(_raw) + the sizes of _parts
         self._need = 0  # bytes needed before another look (a body still coming)
         self._pending: tuple[LeanRequest, int] | None = None  # a head waiting for its body
-        self._answers: collections.deque[Slot] = collections.deque()
+        self._owed: Slot | None = None  # the request being served
+        self._out: list[bytes] = []  # answers written at the end of the current read
         self._stopped = False  # no more requests taken: a close was asked, or the node stops
         self._handing_off = False
         self._reading_paused = False
@@ -89,8 +92,11 @@ class LeanConnection(asyncio.Protocol):
         else:
             self._raw = data
             self._size = len(data)
-        if self._size >= self._need and not self._handing_off and not self._reading_paused:
+        if (self._size >= self._need and self._owed is None and not self._handing_off
+                and not self._reading_paused):
             self._take()
+        elif self._size >= READ_AHEAD:
+            self._update_reading()  # a request is being served: pause past the read-ahead
 
     def eof_received(self) -> bool | None:
         if self.delegate is not None:
@@ -117,24 +123,29 @@ class LeanConnection(asyncio.Protocol):
             self.delegate.connection_lost(exc)
             return
         self._finish()
-        # Operations in flight go on (a put still becomes durable, as with aiohttp, which
-        # does not cancel handlers either); their answers have nowhere to go.
-        self._answers.clear()
+        # An operation in flight goes on (a put still becomes durable, as with aiohttp, which
+        # does not cancel handlers either); its answer has nowhere to go.
+        self._owed = None
         self._raw, self._parts, self._size = b"", [], 0
 
     # -- requests ---------------------------------------------------------------------------
 
     def _take(self) -> None:
-        """Takes every whole request received, in order, until one is not the lane's."""
-        self._taking = True  # an answer ready at once must not take the next ones itself
+        """Takes the whole requests received, one after the other, until one is not the
+        lane's or one is still being served."""
+        self._taking = True  # an answer ready at once is written with the others, after
         try:
             self._take_requests()
         finally:
             self._taking = False
+        if self._out:
+            out, self._out = self._out, []
+            self._write(out[0] if len(out) == 1 else b"".join(out))
 
     def _take_requests(self) -> None:
         lane = self.lane
-        while self._size and not self._stopped and not self._handing_off:
+        while (self._size and self._owed is None and not self._stopped
+               and not self._handing_off):
             if self._parts:
                 self._raw = b"".join((self._raw, *self._parts))
                 self._parts = []
@@ -156,6 +167,10 @@ class LeanConnection(asyncio.Protocol):
             else:
                 request, head_len = self._pending
             need = head_len + request.content_length
+            if not request.keep_alive and len(raw) > need:
+                # More after a close: aiohttp's llhttp refuses the whole read (400).
+                self._hand_off()
+                return
             if len(raw) < need:
                 self._pending = (request, head_len)
                 self._need = need
@@ -171,60 +186,51 @@ class LeanConnection(asyncio.Protocol):
             self._raw = raw[need:]
             self._size = len(self._raw)
             lane.gate.delivered(self.transport)
-            slot = Slot(close=not request.keep_alive)
-            self._answers.append(slot)
+            slot = self._owed = Slot(close=not request.keep_alive)
             if slot.close:
                 self._stopped = True
             lane.dispatch(self, slot, request, body)
-            if len(self._answers) >= lane.max_inflight:
-                self._update_reading()
-                return
+        self._update_reading()
 
     def answered(self, slot: Slot, data: bytes) -> None:
-        """A request's answer is ready: written with those before it, in order."""
-        slot.data = data
-        answers = self._answers
-        if not answers or answers[0] is not slot:
-            return  # an earlier answer is still owed (or the connection is gone)
-        transport = self.transport
-        closing = False
-        if len(answers) == 1:
-            answers.popleft()
-            out = data
-            closing = slot.close
+        """The answer to the request being served is ready: written (at the end of the
+        current read if one is being taken), then the next request is taken."""
+        if self._owed is not slot:
+            return  # the connection is gone
+        self._owed = None
+        self._last_active = self.lane.loop.time()
+        if self._taking:
+            self._out.append(data)
         else:
-            chunks = []
-            while answers and answers[0].data is not None:
-                done = answers.popleft()
-                chunks.append(done.data)
-                if done.close:
-                    closing = True
-                    break
-            out = b"".join(chunks)  # type: ignore[arg-type]
+            self._write(data)
+        if slot.close:
+            return  # closed once written (_write)
+        if self._handing_off:
+            self._complete_hand_off()
+        elif not self._taking:
+            self._update_reading()
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
         if transport.is_closing():
             return
-        transport.write(out)
-        if closing or (self._stopped and not answers and not self._handing_off):
-            self._answers.clear()
-            transport.close()
-            return
-        if not answers:
-            self._last_active = self.lane.loop.time()
-            if self._handing_off:
-                self._complete_hand_off()
-                return
-        self._update_reading()
+        transport.write(data)
+        if self._stopped and self._owed is None and not self._handing_off:
+            transport.close()  # after a close request, or as the node stops
 
     # -- handing over to aiohttp ------------------------------------------------------------
 
     def _hand_off(self) -> None:
         self._handing_off = True
-        if self._answers:
-            self._update_reading()  # nothing more is read until the answers owed are out
+        if self._owed is not None:
+            self._update_reading()  # nothing more is read until the answer owed is out
         else:
             self._complete_hand_off()
 
     def _complete_hand_off(self) -> None:
+        if self._out:  # answers taken in this read go first
+            out, self._out = self._out, []
+            self.transport.write(b"".join(out))
         self._finish()
         if self._reading_paused:
             self._reading_paused = False
@@ -245,15 +251,15 @@ class LeanConnection(asyncio.Protocol):
         """Pauses or resumes the socket (answers owed over the bound, a client that does not
         read, a handover waiting); once it may read, takes what was already received."""
         pause = (self._writing_paused or self._handing_off
-                 or len(self._answers) >= self.lane.max_inflight)
+                 or (self._owed is not None and self._size >= READ_AHEAD))
         if pause != self._reading_paused and not self.transport.is_closing():
             self._reading_paused = pause
             if pause:
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
-        if (not pause and not self._taking and self._size and self._size >= self._need
-                and not self._stopped):
+        if (not pause and not self._taking and self._owed is None and self._size
+                and self._size >= self._need and not self._stopped):
             self._take()
 
     def _idle_check(self) -> None:
@@ -262,7 +268,7 @@ class LeanConnection(asyncio.Protocol):
             return
         lane = self.lane
         idle_for = lane.loop.time() - self._last_active
-        if not self._answers and idle_for >= lane.idle_timeout_s:
+        if self._owed is None and idle_for >= lane.idle_timeout_s:
             self.transport.close()
             return
         self._timer = lane.loop.call_later(max(lane.idle_timeout_s - idle_for, 0.05),
@@ -274,16 +280,12 @@ class LeanConnection(asyncio.Protocol):
         if self.delegate is not None:
             return
         self._stopped = True
-        if not self._answers and not self._handing_off:
+        if self._owed is None and not self._handing_off:
             self.transport.close()
 
     def abort(self) -> None:
         if self.delegate is None and self.transport is not None:
             self.transport.abort()
-
-    @property
-    def busy(self) -> bool:
-        return bool(self._answers)
 
     def _finish(self) -> None:
         """No longer the lane's: its timer and its place in the lane go."""

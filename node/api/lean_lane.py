@@ -47,13 +47,12 @@ class LeanLane:
     """The lane of one node: its connections, and how it serves a request."""
 
     def __init__(self, rest: RestApi, gate: ConnectionGate,
-                 aiohttp_handler: Callable[[], asyncio.Protocol], *, idle_timeout_s: float,
-                 max_inflight: int) -> None:
+                 aiohttp_handler: Callable[[], asyncio.Protocol], *,
+                 idle_timeout_s: float) -> None:
         self.rest = rest
         self.gate = gate
         self.make_aiohttp_handler = aiohttp_handler
         self.idle_timeout_s = idle_timeout_s
-        self.max_inflight = max_inflight
         self.loop = asyncio.get_running_loop()
         self.connections: set[LeanConnection] = set()
         self.stopping = False

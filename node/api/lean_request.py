@@ -12,9 +12,12 @@ common shape:
 - a ``Content-Length`` body (none for a GET), no ``Transfer-Encoding``, ``Expect``,
   ``Upgrade``, ``Content-Encoding`` (aiohttp would inflate the body) or
   ``Sec-WebSocket-Key1`` (aiohttp refuses it);
-- no header with an empty value (llhttp does not report those, so the lane cannot tell
-  ``If-Match:`` from no ``If-Match``), none of aiohttp's singleton headers twice, no line
-  over aiohttp's 8190 bytes, at most 100 headers, and the headers the lane reads in ASCII.
+- every header line reported by llhttp (their count is checked against the head's lines,
+  so a header the lane did not see cannot change the meaning), none of aiohttp's singleton
+  headers twice, no line over aiohttp's 8190 bytes, at most 100 headers, and the headers
+  the lane reads in ASCII;
+- nothing after a ``Connection: close`` request in the bytes received (aiohttp's parser
+  refuses the whole read with a 400; ``lean_connection.py`` checks it).
 
 llhttp here is strict (CRLF line ends, token characters), where aiohttp's is lenient: a
 request that strict llhttp refuses may still be one aiohttp serves, so a parse error hands
@@ -69,7 +72,8 @@ class HeadReader:
     """Reads heads with one llhttp parser per connection (it carries over from one message
     to the next); after a ``None`` the connection is aiohttp's and the reader is done."""
 
-    __slots__ = ("_complete", "_count", "_fields", "_headers_done", "_odd", "_parser", "_url")
+    __slots__ = ("_complete", "_count", "_fields", "_headers_done", "_keep_alive", "_odd",
+                 "_parser", "_url")
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -78,6 +82,7 @@ class HeadReader:
         self._count = 0
         self._odd = False
         self._headers_done = False
+        self._keep_alive = True
         self._complete = False
 
     # -- llhttp's callbacks -----------------------------------------------------------------
@@ -102,6 +107,8 @@ class HeadReader:
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        # Asked here: once the message is complete, llhttp has reset what it knew of it.
+        self._keep_alive = self._parser.should_keep_alive()
 
     def on_message_complete(self) -> None:
         self._complete = True
@@ -142,7 +149,7 @@ class HeadReader:
             return None
         key, query = target
         return LeanRequest(is_put, key, query, if_match, if_none_match, accept, content_type,
-                           length, self._parser.should_keep_alive())
+                           length, self._keep_alive)
 
     def body(self, data: Any) -> bool:
         """Feeds a PUT's body (exactly ``content_length`` bytes); whether llhttp agrees that

@@ -28,7 +28,13 @@ class Answer:
         values masked) and body."""
         headers = sorted((name.lower(), "<clock>" if name.lower() in CLOCKED else value)
                          for name, value in self.headers if name.lower() not in VOLATILE)
-        return self.status, headers, self.body
+        body = self.body
+        if self.status == 400 and self.header("Content-Type") == "text/plain; charset=utf-8":
+            # aiohttp's parser errors quote the bytes of the read that failed, which depend
+            # on how the bytes were cut into reads: compared by the error's name only.
+            body = body.split(b":\n", 1)[0]
+            headers = [(name, value) for name, value in headers if name != "content-length"]
+        return self.status, headers, body
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -92,19 +98,20 @@ async def converse(port: int, pieces: list[bytes], *, answers: int | None = None
     tail = b""
     closed = False
     try:
-        for piece in pieces:
-            writer.write(piece)
-            await writer.drain()
-            if len(pieces) > 1:
-                await asyncio.sleep(0)  # let the piece leave on its own
+        with contextlib.suppress(ConnectionError):  # closed by the node: read what it said
+            for piece in [*pieces, SENTINEL] if sentinel and not then_close else pieces:
+                writer.write(piece)
+                await writer.drain()
+                if len(pieces) > 1:
+                    await asyncio.sleep(0)  # let the piece leave on its own
         if then_close:
             return Conversation([], b"", False)
-        if sentinel:
-            writer.write(SENTINEL)
-            await writer.drain()
         async with asyncio.timeout(within_s):
             while answers is None or len(responses.answers) < answers:
-                data = await reader.read(65536)
+                try:
+                    data = await reader.read(65536)
+                except ConnectionError:
+                    data = b""
                 if not data:
                     closed = True
                     break

@@ -26,6 +26,11 @@ for them exactly what the router and the middleware would: the key is the one th
 ``{key:.+}`` would match (``lane_key``; a unit test compares the two on the real app), the
 gate is told, and errors get the same last line. Anything else (another route or method,
 an ``Expect`` header, a path the router would not match) goes the routed way.
+
+In front of all this, on the node's port, sits the lean lane (``node/api/lean_lane.py``):
+it answers most ``GET``/``PUT`` of a key without aiohttp at all, and hands a connection to
+aiohttp (and so to this module) at its first request it does not take. With the lane off
+(``SHARDKV_LEAN_REST=0``) every request comes here.
 """
 
 from __future__ import annotations

@@ -122,7 +122,8 @@ class HeadReader:
         if not (head.startswith(b"GET /v1/kv/") or head.startswith(b"PUT /v1/kv/")):
             return None
         self._url = b""
-        self._fields = fields = {}
+        fields: dict[bytes, bytes] = {}
+        self._fields = fields
         self._count = 0
         self._odd = self._headers_done = self._complete = False
         try:
@@ -201,12 +202,12 @@ def _target(url: bytes) -> tuple[str, list[tuple[str, str]]] | None:
         return None
     if b"?" not in url and b"#" not in url:
         if b"%" not in url:
-            key = url[len(_KV):].decode("ascii")
-            return (key, []) if key else None
+            plain = url[len(_KV):].decode("ascii")
+            return (plain, []) if plain else None
         path_safe = _ascii_path_safe(url)  # wrk's keys, "bench%3A00001234", come this way
         if path_safe is not None:
-            key = lane_key(path_safe)
-            return None if key is None else (key, [])
+            decoded = lane_key(path_safe)
+            return None if decoded is None else (decoded, [])
     # As aiohttp's parser splits and builds the URL (``_http_parser.pyx``).
     text = url.decode("ascii")
     mark = text.find("?")

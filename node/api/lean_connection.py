@@ -4,7 +4,7 @@ A connection starts here. Each whole request the lane takes (``lean_request.Head
 is dispatched to ``LeanLane`` and answered with bytes written straight to the transport.
 Requests on one connection are served one after the other, as aiohttp serves them: a
 pipelined get after a put sees the put (a client relies on that order), and answers leave
-in request order. Answers ready within one read (pipelined gets, answered inline) leave in
+in request order. Answers ready within one read (a bad argument is answered at once) leave in
 one write. The first request the lane does not take hands the connection over for good: the
 answer still owed is written, then a new aiohttp ``RequestHandler`` (from the app runner's
 ``web.Server``) is given the transport and every byte from the start of that request, and

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
 from shardkv.cluster.errors import ShardKVError
 from shardkv.cluster.wire import wants_json
 from shardkv.node.api import lean_answers
-from shardkv.node.api.inline_step import run_inline
 from shardkv.node.api.kv_requests import (
     GET_QUERY,
     OCTET_STREAM,
@@ -57,7 +55,6 @@ class LeanLane:
         self.connections: set[LeanConnection] = set()
         self.stopping = False
         self.tcp_keepalive = True  # SO_KEEPALIVE on every connection, as aiohttp sets it
-        self.inline_gets = os.environ.get("SHARDKV_LEAN_INLINE_GETS", "1") != "0"
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: asyncio.Event | None = None
 
@@ -90,16 +87,10 @@ class LeanLane:
         except ShardKVError as failure:
             connection.answered(slot, lean_answers.error(failure, _json(request), close))
             return
-        serving = self._serve(connection, slot, request, args)
-        if request.is_put:  # puts always suspend, and need their task (inline_step.py)
-            task: asyncio.Task[None] | None = self.loop.create_task(serving)
-        elif self.inline_gets:
-            task = run_inline(serving, self.loop)  # a memory-engine get ends right here
-            if task is None:
-                return
-        else:
-            task = self.loop.create_task(serving)
-        assert task is not None
+        # A task, also for a get that could end at once: run inline, its answer left inside
+        # this read's callback and cost more per get under load (1.28x, docs/performance.md);
+        # as a task, the answers of a loop turn's reads go out together after them.
+        task = self.loop.create_task(self._serve(connection, slot, request, args))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 

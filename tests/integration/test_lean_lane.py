@@ -240,10 +240,12 @@ async def test_byte_by_byte(pair: Pair, raw: bytes) -> None:
     _, whole = await pair.both([raw], sentinel=sentinel)  # to both: their stores stay alike
     if _malformed(whole):
         # What aiohttp answers to a malformed request depends on how its bytes were cut
-        # into reads (and it may answer nothing): the lane must answer its own request,
-        # hand the rest over, and go on serving.
+        # into reads (and it may answer nothing): the lane answers its own request, hands
+        # the rest over, and goes on serving. (The client may see nothing at all: bytes it
+        # sends after aiohttp closed make the kernel reset the connection, dropping what
+        # had arrived.)
         lean = await converse(pair.lean.port, pieces, sentinel=sentinel)
-        assert lean.answers[0].status == 404 and lean.closed
+        assert lean.closed and (not lean.answers or lean.answers[0].status == 404)
         await pair.same([first])
         return
     conversation = await pair.same_after_first(pieces, sentinel=sentinel)

@@ -49,7 +49,7 @@ from bench.client_cells import percentile
 from bench.cost_systems import _environment, _Plan, _wait_streaming
 from bench.etcd_reference import etcd_binary
 from bench.loadgen import LoadSpec, run_load
-from bench.proc_stats import process_cpu_seconds
+from bench.proc_stats import process_cpu_seconds, process_cpu_split
 from bench.profiler import profiled
 from bench.server_metrics import scrape, summarize
 
@@ -154,6 +154,7 @@ def measure_shardkv(side: Side, work: Path, args: argparse.Namespace,
 
         def cpu_now() -> dict[str, float]:
             out = {nid: process_cpu_seconds(pid) for nid, (pid, _) in nodes.items() if pid}
+            out["sys"] = sum(process_cpu_split(pid)[1] for pid, _ in nodes.values() if pid)
             for i, pid in enumerate(coord_pids):
                 if pid:
                     out[f"c{i + 1}"] = process_cpu_seconds(pid)
@@ -229,6 +230,8 @@ def measure_shardkv(side: Side, work: Path, args: argparse.Namespace,
         "replica_us_per_put": per_put([n for n in node_ids if role[n] == "replica"]),
         "coordinator_cores": sum(used[k] for k in used if k.startswith("c")) / wall,
         "node_cores": sum(used[n] for n in node_ids) / wall,
+        "node_sys_share": used["sys"] / sum(used[n] for n in node_ids)
+        if sum(used[n] for n in node_ids) else None,
         "client_us_per_put": result["cpu_seconds"] * 1e6 / ops if ops else None,
         "client_cores": result["cpu_seconds"] / args.duration,
         "primary_group": mean_group("primary"), "replica_group": mean_group("replica"),
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     by = [{row["system"]: row for row in rows} for rows in rounds]
     print(f"\nmedians (range) of {args.rounds} rounds, c={args.concurrency}, "
           f"{args.duration:.0f} s windows")
-    fields = ("puts_per_s", "p50_ms", "node_us_per_put", "primary_us_per_put",
+    fields = ("puts_per_s", "p50_ms", "node_us_per_put", "node_sys_share", "primary_us_per_put",
               "replica_us_per_put", "client_us_per_put", "coordinator_cores", "node_cores",
               "client_cores", "idle_node_cores", "idle_coordinator_cores",
               "gc_node_us_per_put", "gc_longest_full_ms", "primary_group",

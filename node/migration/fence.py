@@ -5,15 +5,22 @@ requests for keys in the moving arcs with ``UNAVAILABLE`` (retryable: the client
 and, after the flip, is redirected to the new owner). Because the fence is read from the
 Raft map, a new primary elected mid-fence fences too.
 
-During the whole migration the fence also counts the writes to moving keys that are in
-flight (past the check, not yet answered), so the final catch-up can wait for the last of
-them before it reads the log's end.
+Until the fence is up, it also counts every write in flight (past the check, not yet
+ordered or failed), whatever its key, so the final catch-up can wait for the last of them
+before it reads the log's end. Counting only the writes to moving keys, from the first map
+that showed the migration, lost acknowledged writes (issue 12): a write that passed the check
+just before that map arrived (or under an earlier migration's arcs) may still be on its way
+to the log when the fence comes (a SQLite read before ordering, a wait for the store lock),
+was not waited for, was ordered after the fenced LSN, never shipped, and deleted by the
+cleaning. Once the fence is up nothing is counted (a write to a moving key is refused, any
+other cannot matter), so the count only falls while the fence drains.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 from shardkv.cluster.cluster_map import ClusterMap
 from shardkv.cluster.errors import Unavailable
@@ -26,12 +33,12 @@ class ArcFence:
         self.arcs: MovingArcs | None = None  # this shard's moving arcs, while migrating
         self.fenced = False
         self.map_version = 0
-        self._inflight = 0
+        self._inflight = 0  # writes counted by ``enter`` (before the fence), not yet left
+        self._idle: asyncio.Event | None = None  # made only while someone drains
+        self._draining = 0  # ``drained`` calls waiting (a fence handshake can be retried)
         # Keyed requests seen (reads and writes, fenced or not): the copy's and the clean-up's
         # throttle pace only while there is a foreground to protect (throttle.py).
         self.requests = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def follow(self, cluster_map: ClusterMap, shard: str | None) -> None:
         """Take the fence state from a new map."""
@@ -48,33 +55,45 @@ class ArcFence:
 
     def enter(self, keys: Iterable[bytes], writes: bool) -> bool:
         """Called before a keyed request: raises while the keys' arcs are fenced; returns
-        whether a write was counted (call ``leave`` then).
+        whether a write was counted (call ``leave`` then, once it is ordered or failed).
 
         Reads are fenced too: between the flip and the moment this node learns of it, the
         target may already have accepted a newer write, and a read here would return the
         older value (a stale "strong" read). Refused, the client retries and is redirected.
         """
         self.requests += 1
+        if not self.fenced:
+            if not writes:
+                return False
+            self._inflight += 1  # any key may be moving by the time it is ordered
+            return True
         arcs = self.arcs
-        if arcs is None:
-            return False
+        assert arcs is not None  # ``follow`` fences only with arcs
         destination = next((d for d in map(arcs.destination, keys) if d is not None), None)
-        if destination is None:
-            return False
-        if self.fenced:
+        if destination is not None:
             raise Unavailable(f"this key is moving to shard {destination}; retry shortly",
                               moving_to=destination)
-        if not writes:
-            return False
-        self._inflight += 1
-        self._idle.clear()
-        return True
+        return False
 
     def leave(self) -> None:
         self._inflight -= 1
-        if self._inflight == 0:
+        if self._inflight == 0 and self._idle is not None:
             self._idle.set()
+            self._idle = None
 
     async def drained(self, timeout_s: float) -> None:
-        async with asyncio.timeout(timeout_s):
-            await self._idle.wait()
+        """Wait until no counted write is in flight (``TimeoutError`` after ``timeout_s``)."""
+        self._draining += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._inflight:
+                    if self._idle is None:
+                        self._idle = asyncio.Event()
+                    await self._idle.wait()
+        finally:
+            self._draining -= 1
+
+    def status(self) -> dict[str, Any]:
+        """For the export's status: whether the fence is up and what it still waits for."""
+        return {"fenced": self.fenced, "draining": self._draining > 0,
+                "writes_in_flight": self._inflight}

@@ -9,7 +9,8 @@ Routes (cluster credential; msgpack or JSON bodies; only a primary acts):
   target side of a source's stream (see importer.py); ``GET /internal/migration/import``.
 - ``POST /internal/migration/export`` ``{id, attempt, targets: {shard: primary url}}``
   (or ``target_url`` for the one target of an add): start (or keep) the export of this
-  source shard's moving arcs; ``GET /internal/migration/export``: progress.
+  source shard's moving arcs; ``GET /internal/migration/export``: progress, and the fence
+  (``fenced``, ``draining``, ``writes_in_flight``: what the final catch-up waits for).
 - ``POST /internal/migration/fence`` ``{id, map_version}``: once this node's map shows the
   fence, wait for the writes in flight, drain the pipeline, ship the log up to its applied
   end ``F`` and answer ``{fenced_lsn: F, epoch}``.
@@ -250,8 +251,9 @@ class MigrationService:
         return self.export.status()
 
     async def export_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {} if self.export is None else {**self.export.status(),
-                                                "gc": self.heap.status()}
+        if self.export is None:
+            return {}
+        return {**self.export.status(), "fence": self.fence.status(), "gc": self.heap.status()}
 
     async def fence_and_ship(self, body: dict[str, Any]) -> dict[str, Any]:
         migration_id = _text(body, "id")

@@ -26,6 +26,7 @@ apply after the client was told it did not. See docs/exactly-once.md.
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -125,6 +126,31 @@ def seq_and_time_of(value: bytes) -> tuple[int, float]:
     """``(seq, written_at)`` of an encoded record (all that rebuilding the index needs)."""
     raw = msgpack.unpackb(value, raw=False)
     return int(raw[0]), float(raw[1])
+
+
+def session_puts(mutations: Sequence[Mutation]) -> list[bytes]:
+    """The session rows ``mutations`` write (their keys)."""
+    return [m.key for m in mutations
+            if m.kind is _PUT and m.key[:1] == b"\x00" and m.key.startswith(SESSION_PREFIX)]
+
+
+def drop_older_records(mutations: Sequence[Mutation], held: dict[bytes, StoredItem | None]
+                       ) -> list[Mutation]:
+    """``mutations`` without the session records whose ``seq`` is not above the one this
+    shard already holds for that client (``held``: session key -> its row, or None).
+
+    Imported records (an online migration moves a source's session rows with its keys)
+    must never lower a client's ``seq`` on the target: a client's id is shared by its writes
+    to every shard, so the target's own record is often newer than the source's, and a
+    lowered one would take a retry (or a late duplicate) of a write the target already
+    applied for new, and apply it again."""
+    kept = []
+    for m in mutations:
+        row = held.get(m.key) if m.kind is _PUT else None
+        if row is not None and seq_and_time_of(m.value)[0] <= seq_and_time_of(row.value)[0]:
+            continue
+        kept.append(m)
+    return kept
 
 
 def check_order(session: Session, record: SessionRecord | None) -> SessionRecord | None:

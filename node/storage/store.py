@@ -30,7 +30,7 @@ from shardkv.node.storage.scan_cursor import (
     scan_page,
     to_item,
 )
-from shardkv.node.storage.sessions import SessionIndex
+from shardkv.node.storage.sessions import SessionIndex, drop_older_records, session_puts
 from shardkv.node.storage.snapshots.snapshot import SnapshotMeta, read_snapshot, write_snapshot
 from shardkv.node.storage.snapshots.snapshotter import Snapshotter
 from shardkv.node.storage.store_model import (
@@ -330,12 +330,21 @@ class Store(StoreWrites):
     async def write_imported(self, mutations: list[Mutation]) -> int:
         """Order ``mutations`` (keys moving in from another shard, with their absolute
         expiry) as one entry of this shard's log; returns its LSN once it is applied under
-        the current write concern. The caller decides what to import; nothing is checked.
-        Imported session rows (exactly-once records moving with their writes) are not in
+        the current write concern. The caller decides which keys to import. Imported
+        session rows (exactly-once records moving with their writes) never replace a
+        record of a higher ``seq`` held here (``drop_older_records``), and they are not in
         the primary's session cache: it is rebuilt before the next stamped write."""
         async with self._lock:  # ordered after any conditional write that already read
             self._pipeline.check_writable()
+            # Stale before the read below: a stamped write now waits for this lock, so no
+            # record is ordered between the read and the submit.
             self._sessions.stale = True
+            sessions = session_puts(mutations)
+            if sessions:
+                held = await self._pipeline.current_many(sessions)
+                mutations = drop_older_records(mutations, dict(zip(sessions, held,
+                                                                   strict=True)))
+                self._pipeline.check_writable()
             applied = self._submit(mutations)
         return await applied
 

@@ -66,6 +66,7 @@ from shardkv.node.storage.write_plan import (
     plan_batch,
     put_mutation,
 )
+from shardkv.node.testing import failpoints
 from shardkv.node.wal.record import Mutation, MutationKind
 
 
@@ -107,6 +108,8 @@ class StoreWrites:
         key, raw, ttl = as_key(key), as_value(value, self._limits), as_ttl(ttl)
         if_version = check_conditions_args(if_version, if_absent)
         conditional = if_version is not None or if_absent
+        if failpoints.ARMED:  # TEST ONLY: a put between the node's checks and its ordering
+            await failpoints.hit("put_before_order")
         if not conditional:
             # A blind write reads nothing, so it needs no lock: ``submit`` orders it at once,
             # and a conditional writer reading meanwhile sees it in the overlay (``current``

@@ -49,6 +49,9 @@ KNOWN = frozenset(
         "primary_before_send",  # the primary is about to ship entries to a replica
         "primary_before_ack_client",  # the write concern is met, the answer not yet sent
         "snapshot_before_install",  # a replica received a snapshot, before installing it
+        # a put passed the node's checks (ownership, a migration's fence) and has neither
+        # read what it replaces nor been ordered (a SQLite read or the store lock, widened)
+        "put_before_order",
     }
 )
 
@@ -70,6 +73,9 @@ class Action:
 
 ARMED: dict[str, Action] = {}
 HITS: dict[str, int] = {}
+# Hooks blocked in a ``pause`` whose count ran out (``N*pause``): no longer armed, still
+# released when the name is disarmed or re-armed.
+_PAUSED: dict[str, list[Action]] = {}
 
 
 def parse_action(spec: str) -> Action | None:
@@ -92,15 +98,16 @@ def arm(name: str, spec: str) -> None:
         raise ValueError(f"unknown failpoint {name!r}; known: {sorted(KNOWN)}")
     action = parse_action(spec)
     previous = ARMED.pop(name, None)
-    if previous is not None and previous.released is not None:
-        previous.released.set()
+    for paused in [*_PAUSED.pop(name, []), *([previous] if previous else [])]:
+        if paused.released is not None:
+            paused.released.set()
     if action is not None:
         ARMED[name] = action
     logger.warning("failpoint %s set to %s", name, spec)
 
 
 def disarm_all() -> None:
-    for name in list(ARMED):
+    for name in {*ARMED, *_PAUSED}:
         arm(name, "off")
 
 
@@ -134,6 +141,8 @@ async def hit(name: str) -> None:
     elif action.kind == "pause":
         if action.released is None:
             action.released = asyncio.Event()
+        if ARMED.get(name) is not action:
+            _PAUSED.setdefault(name, []).append(action)
         await action.released.wait()
 
 

@@ -159,6 +159,21 @@ async def test_failpoints_fire_count_down_and_release() -> None:
         failpoints.disarm_all()
 
 
+async def test_a_counted_pause_is_released_by_disarming() -> None:
+    """``1*pause`` is no longer armed once hit (its count ran out), but the hook it holds
+    is still released by disarming the name (it used to wait forever)."""
+    try:
+        failpoints.arm("put_before_order", "1*pause")
+        paused = asyncio.create_task(failpoints.hit("put_before_order"))
+        await asyncio.sleep(0)
+        assert not paused.done() and not failpoints.ARMED
+        await failpoints.hit("put_before_order")  # the next one passes
+        failpoints.arm("put_before_order", "off")
+        await asyncio.wait_for(paused, 5)
+    finally:
+        failpoints.disarm_all()
+
+
 def test_entries_frame_splices_the_wal_payloads_into_the_same_message() -> None:
     """encode_entries reuses each entry's encoded payload (the WAL's): the frame decodes to
     exactly the map a plain encode of the wire lists gives, with and without ``lq``."""

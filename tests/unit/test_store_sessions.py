@@ -5,6 +5,7 @@ duplicates are refused; session rows are invisible to reads and scans."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,9 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shardkv.cluster.errors import InvalidArgument, NotFound, VersionMismatch
 from shardkv.node.config import ConfigError, load_config
-from shardkv.node.storage.sessions import SESSION_PREFIX, SESSION_RANGE_END, Session
+from shardkv.node.storage.sessions import (
+    SESSION_PREFIX,
+    SESSION_RANGE_END,
+    Outcome,
+    Session,
+    encode_record,
+)
 from shardkv.node.storage.snapshots.snapshot import read_snapshot
 from shardkv.node.storage.store import BatchOp, Store, StoreConfig
+from shardkv.node.wal.record import Mutation, MutationKind
 from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
 
 
@@ -204,6 +212,31 @@ async def test_records_expire_by_age(engine_name: str, tmp_path: Path) -> None:
         assert (await store.incr(b"n", session=Session(b"young", 2)))[0] == 4
     finally:
         await store.close()
+
+
+async def test_an_imported_record_never_lowers_a_seq_held_here(store: Store) -> None:
+    """A migration's target imports the source's session rows; a client's id is shared by
+    its writes to every shard, so the target's own record may be the newer one. It stays:
+    a retry of the target's own write is still answered from its record (issue 12: the
+    import used to lower it, and the retry was applied a second time)."""
+    now = time.time()
+    own = Session(b"c", 10)
+    first = await store.incr(b"n", 1, session=own)
+    await store.write_imported([
+        Mutation(MutationKind.PUT, Session(b"c", 5).key, encode_record(5, Outcome(), now)),
+        Mutation(MutationKind.PUT, Session(b"d", 3).key, encode_record(3, Outcome(), now)),
+        Mutation(MutationKind.PUT, b"moved", b"v")])
+    assert await store.incr(b"n", 1, session=own) == first
+    assert (await store.get(b"n")).value == b"1"
+    assert (await store.get(b"moved")).value == b"v"
+    # Another client's record arrived (its retry is answered, not applied) ...
+    await store.put(b"x", b"v", session=Session(b"d", 3))
+    assert user_entries(store, b"x") == 0
+    # ... and a higher record replaces the one held here.
+    await store.write_imported([
+        Mutation(MutationKind.PUT, Session(b"c", 12).key, encode_record(12, Outcome(), now))])
+    with pytest.raises(InvalidArgument, match="late duplicate"):
+        await store.incr(b"n", 1, session=Session(b"c", 11))
 
 
 async def test_session_rows_are_not_user_data(store: Store) -> None:

@@ -27,7 +27,8 @@ from typing import Any
 
 from shardkv.cluster.launcher import ClusterPlan, LocalCluster
 
-from bench.client_bench import _drive, _preload
+from bench.client_bench import _preload
+from bench.client_load import drive
 
 WORKLOADS = ("put", "get")
 
@@ -44,7 +45,7 @@ def _start(directory: Path, secure: bool, fsync: str) -> LocalCluster:
 
 def _measure(cluster: LocalCluster, workload: str, in_flight: int, duration: float) -> float:
     target: dict[str, Any] = {"coordinators": cluster.plan.coordinator_urls()}
-    result = asyncio.run(_drive(target, workload, in_flight, duration, 0.5, 7))
+    result = asyncio.run(drive(target, workload, in_flight, duration, 0.5, 7))
     return result["ops"] / duration
 
 

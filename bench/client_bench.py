@@ -33,24 +33,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
-import random
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from shardkv.client import Client
 from shardkv.cluster.launcher import ClusterPlan, LocalCluster, http_get_json
 from shardkv.cluster.local_processes import free_port
 
 from bench.client_cells import Cell, medians, percentile, ratios, render, render_ratios
+from bench.client_load import KEYSPACE, VALUE, drive
+from bench.client_load import preload as preload_keys
 from bench.etcd_cluster import etcd_cluster, leader_index, spawn_all, stop_all, wait_etcd
 from bench.etcd_reference import EtcdGatewayClient, etcd_binary, etcd_version
 from bench.kv_protocol import Target
@@ -59,65 +61,9 @@ from bench.mget_workload import register as register_mget
 from bench.redis_reference import redis_version, run_redis
 from bench.workloads import Shape, preload
 
-KEYSPACE = 10_000
-VALUE = b"v" * 100
-MGET_KEYS = 100
-
-
-def key_of(i: int) -> bytes:
-    return b"bench:%06d" % i
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-async def _drive(target: dict[str, Any], workload: str, in_flight: int, duration: float,
-                 warmup: float, seed: int) -> dict[str, Any]:
-    rng = random.Random(seed)
-    latencies: list[float] = []
-    ops = errors = 0
-    cpu: dict[str, float] = {}
-    async with Client(**target, timeout=10.0) as kv:
-        loop = asyncio.get_running_loop()
-        measure_from = loop.time() + warmup
-        stop_at = measure_from + duration
-
-        async def one() -> None:
-            if workload == "get":
-                await kv.get(key_of(rng.randrange(KEYSPACE)))
-            elif workload == "put":
-                await kv.put(key_of(rng.randrange(KEYSPACE)), VALUE)
-            else:
-                await kv.mget([key_of(i) for i in rng.sample(range(KEYSPACE), MGET_KEYS)])
-
-        async def worker() -> None:
-            nonlocal ops, errors
-            while (now := loop.time()) < stop_at:
-                try:
-                    await one()
-                except Exception:
-                    if now >= measure_from:
-                        errors += 1
-                    continue
-                if now >= measure_from:
-                    ops += 1
-                    latencies.append(loop.time() - now)
-
-        async def sample_cpu() -> None:
-            await asyncio.sleep(max(0.0, measure_from - loop.time()))
-            cpu["start"] = _cpu_seconds()
-            await asyncio.sleep(max(0.0, stop_at - loop.time()))
-            cpu["end"] = _cpu_seconds()
-
-        await asyncio.gather(sample_cpu(), *(worker() for _ in range(in_flight)))
-    return {"ops": ops, "errors": errors, "latencies": latencies,
-            "cpu_seconds": cpu["end"] - cpu["start"]}
-
 
 def _process_main(args: tuple[dict[str, Any], str, int, float, float, int]) -> dict[str, Any]:
-    return asyncio.run(_drive(*args))
+    return asyncio.run(drive(*args))
 
 
 def run_cell(target: dict[str, Any], workload: str, concurrency: int, processes: int,
@@ -137,10 +83,7 @@ def run_cell(target: dict[str, Any], workload: str, concurrency: int, processes:
 
 
 async def _preload(target: dict[str, Any]) -> None:
-    async with Client(**target, timeout=30.0) as kv:
-        batch = 500
-        for start in range(0, KEYSPACE, batch):
-            await kv.mput([(key_of(i), VALUE) for i in range(start, min(start + batch, KEYSPACE))])
+    await preload_keys(target)
 
 
 class _Standalone:
@@ -214,24 +157,41 @@ async def _preload_etcd(url: str, shape: Shape) -> None:
         await preload(EtcdGatewayClient(url, session), shape)
 
 
-def run_etcd(args: argparse.Namespace, work: Path, binary: str) -> list[Cell]:
-    """The same cells against a fresh three-member etcd cluster, loaded at its leader."""
-    members = etcd_cluster(work / "etcd", binary)
-    (work / "etcd").mkdir(exist_ok=True)
+@dataclass(frozen=True, slots=True)
+class RunningEtcd:
+    target: Target  # the leader
+    pids: list[int]  # the leader's first
+    shape: Shape
+
+
+@contextlib.contextmanager
+def preloaded_etcd(work: Path, binary: str) -> Iterator[RunningEtcd]:
+    """A fresh three-member etcd cluster in ``work`` with the key space written, stopped on
+    leaving (also used by ``bench/cluster_put_ab.py``)."""
+    members = etcd_cluster(work, binary)
+    work.mkdir(parents=True, exist_ok=True)
     procs = spawn_all(members)
-    label = f"etcd {etcd_version(binary)} 3 members"
-    cells = []
     try:
         urls = [m.url for m in members]
         asyncio.run(wait_etcd(urls))
         leader = leader_index(urls)
         shape = Shape(key_space=KEYSPACE, value_size=len(VALUE), batch_size=100)
         asyncio.run(_preload_etcd(urls[leader], shape))
-        target = Target("etcd", urls[leader], "etcd", "3 members")
+        pids = [procs[leader].pid] + [p.pid for i, p in enumerate(procs) if i != leader]
+        yield RunningEtcd(Target("etcd", urls[leader], "etcd", "3 members"), pids, shape)
+    finally:
+        stop_all(procs)
+
+
+def run_etcd(args: argparse.Namespace, work: Path, binary: str) -> list[Cell]:
+    """The same cells against a fresh three-member etcd cluster, loaded at its leader."""
+    label = f"etcd {etcd_version(binary)} 3 members"
+    cells = []
+    with preloaded_etcd(work / "etcd", binary) as etcd:
         for workload, concurrency, processes in _shapes(args):
             result = run_load(
-                LoadSpec(target, workload, concurrency, args.duration, args.warmup, shape,
-                         processes), server_pid=procs[leader].pid, seed=concurrency)
+                LoadSpec(etcd.target, workload, concurrency, args.duration, args.warmup,
+                         etcd.shape, processes), server_pid=etcd.pids[0], seed=concurrency)
             cell = Cell(label, workload, concurrency, result.processes, result.requests,
                         result.errors, result.duration_s,
                         result.p50_ms if result.requests else None,
@@ -240,8 +200,6 @@ def run_etcd(args: argparse.Namespace, work: Path, binary: str) -> list[Cell]:
                         server_cpu_cores=result.server_cpu_cores)
             cells.append(cell)
             print(render([cell]).splitlines()[1], flush=True)
-    finally:
-        stop_all(procs)
     return cells
 
 

@@ -25,6 +25,14 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def process_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process so far: system time is the kernel's work on
+    its behalf (syscalls: socket sends on loopback run the receiver's TCP path too, fsync)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
 def process_rss_bytes(pid: int) -> int:
     """Resident set size of the process, from VmRSS in /proc/<pid>/status (0 if absent)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

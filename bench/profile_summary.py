@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 COSTS = (
-    ("socket writes (send)", ("_CoalescingTransport.flush", "StreamWriter._writelines",
+    ("socket writes (send)", ("CoalescingTransport.flush", "StreamWriter._writelines",
                               "_SelectorSocketTransport.write ")),
     ("HTTP/WS parsing, routing, middlewares", (
         "RequestHandler.data_received", "RequestHandler.start", "WebSocketResponse.receive",

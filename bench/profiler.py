@@ -25,7 +25,7 @@ def py_spy_binary() -> str | None:
 
 @contextmanager
 def profiled(pid: int, output: Path, seconds: float, *, rate: int = 100,
-             fmt: str = "flamegraph") -> Iterator[list[str]]:
+             fmt: str = "flamegraph", native: bool = False) -> Iterator[list[str]]:
     """Sample ``pid`` for ``seconds`` (rounded up: py-spy counts whole seconds) into the flame
     graph ``output`` (SVG) while the body runs. ``--nonblocking`` keeps the node running
     between samples, so the profile disturbs the figures as little as possible.
@@ -38,8 +38,9 @@ def profiled(pid: int, output: Path, seconds: float, *, rate: int = 100,
     output.parent.mkdir(parents=True, exist_ok=True)
     argv = [
         binary, "record", "--pid", str(pid), "--duration", str(max(1, math.ceil(seconds))),
-        "--rate", str(rate), "--nonblocking", "--threads", "--format", fmt,
-        "--output", str(output),
+        "--rate", str(rate), "--threads", "--format", fmt, "--output", str(output),
+        # C frames need the process paused while sampled (py-spy refuses --nonblocking)
+        *(["--native"] if native else ["--nonblocking"]),
     ]  # fmt: skip
     problems: list[str] = []
     spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -26,6 +26,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge, Unavailable
 from shardkv.cluster.limits import MAX_FRAME_BYTES
 from shardkv.cluster.wire import pack, unpack
+from shardkv.cluster.write_coalescing import coalesce_writes
 from shardkv.node.api.node_context import NodeContext
 from shardkv.node.api.operations import Operation, client_error, execute, lookup
 from shardkv.node.metrics import NodeMetrics
@@ -62,62 +63,6 @@ def _error_frame(request_id: int | None, error: ShardKVError) -> bytes:
     return pack([request_id, error.code.value, error.to_dict()])
 
 
-class _CoalescingTransport:
-    """Gathers what is written to a socket during one event-loop iteration into one write.
-
-    Requests arrive in bursts (a client pipelines many per TCP segment) and their answers are
-    ready in the same loop iteration; written one by one, each answer costs a ``send``
-    syscall, which under load is as much as serving the request. Buffered until the
-    iteration ends, a burst of answers leaves in one syscall and often one segment. A close
-    frame is written through at once, since aiohttp may close the transport right after it.
-    """
-
-    __slots__ = ("_chunks", "_loop", "_scheduled", "_transport")
-
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._chunks: list[bytes] = []
-        self._scheduled = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._chunks.append(bytes(data))
-        if data[:1] == b"\x88":  # FIN + close opcode: flush now
-            self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        if not self._chunks:
-            return
-        chunks, self._chunks = self._chunks, []
-        if not self._transport.is_closing():
-            self._transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def _coalesce_writes(ws: web.WebSocketResponse) -> _CoalescingTransport | None:
-    """Put a _CoalescingTransport under the WebSocket's frame writer. This reaches into
-    aiohttp (``_writer.transport``); if a future aiohttp lays it out differently, answers are
-    simply written one by one, as before."""
-    writer = getattr(ws, "_writer", None)
-    transport = getattr(writer, "transport", None)
-    # Duck-typed: uvloop's transports do not subclass asyncio.Transport.
-    if writer is None or not callable(getattr(transport, "write", None)) \
-            or not callable(getattr(transport, "is_closing", None)):
-        return None
-    coalescing = _CoalescingTransport(transport, asyncio.get_running_loop())
-    writer.transport = coalescing
-    return coalescing
-
-
 class RpcConnection:
     """One ``/v1/rpc`` WebSocket: reads frames, runs each as a task, writes answers."""
 
@@ -126,7 +71,7 @@ class RpcConnection:
         self.ws = ws
         # Told of every message read (the node's ConnectionGate: its bytes are now delivered).
         self.on_message: Callable[[], None] | None = None
-        self._output = _coalesce_writes(ws)
+        self._output = coalesce_writes(ws)  # cluster/write_coalescing.py
         self.ctx = ctx
         self.metrics = metrics
         self._slots = asyncio.Semaphore(max_inflight)

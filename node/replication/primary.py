@@ -46,7 +46,7 @@ from shardkv.cluster.errors import (
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.clock import NODE_CLOCK
 from shardkv.node.replication import protocol as proto
-from shardkv.node.replication.entry_tail import EntryTail, take_frame
+from shardkv.node.replication.entry_tail import EntryTail, decode_payload, take_frame
 from shardkv.node.replication.heartbeat_timer import HeartbeatTimer
 from shardkv.node.replication.majority_commit import MajorityCommit
 from shardkv.node.storage.snapshots.snapshot import SnapshotMeta
@@ -293,9 +293,9 @@ class ReplicationPrimary:
         return max(self._tail.last_lsn, self.wal.durable_lsn)
 
     def _entry_at(self, lsn: int) -> WalEntry | None:
-        tail = self._tail.snapshot()  # a copy: this runs in a thread
-        if tail and tail[0].lsn <= lsn <= tail[-1].lsn:
-            return tail[lsn - tail[0].lsn]
+        first, payloads = self._tail.snapshot()  # a copy: this runs in a thread
+        if payloads and first <= lsn < first + len(payloads):
+            return decode_payload(payloads[lsn - first])
         try:
             return next(iter(self.wal.read_from(lsn)), None) if lsn > 0 else None
         except LsnCompacted:
@@ -385,10 +385,10 @@ class ReplicationPrimary:
                     if batch:
                         if failpoints.ARMED:
                             await failpoints.hit("primary_before_send")
-                        await ws.send_bytes(proto.encode_entries(
+                        await ws.send_bytes(proto.encode_payloads(
                             batch, self.wal.last_lsn, self._clock(), self._lease_query(),
                             self._commit.lsn, self._ring_version(), legacy=legacy))
-                        last = batch[-1].lsn
+                        last = next_lsn + len(batch) - 1
                         next_lsn = last + 1
                         progress.sent_lsn = last
                         progress.frames_sent += 1
@@ -420,9 +420,10 @@ class ReplicationPrimary:
         ``False`` when the switchover is abandoned."""
         self._releasing = releasing
 
-    async def _next_batch(self, lsn: int) -> list[WalEntry] | None:
-        """Up to a frame's worth of entries from ``lsn``: from the tail if it has them, else
-        from the WAL (a thread); [] if there is nothing new; None if they were compacted."""
+    async def _next_batch(self, lsn: int) -> list[bytes] | None:
+        """The payloads of up to a frame's worth of entries from ``lsn`` (the first is
+        ``lsn``'s): from the tail if it has them, else from the WAL (a thread); [] if there
+        is nothing new; None if they were compacted."""
         if self._tail.covers(lsn):
             return self._tail.frame_from(lsn)
         if lsn > self.wal.durable_lsn:
@@ -473,5 +474,5 @@ class ReplicationPrimary:
                 await task
 
 
-def _read_batch(wal: WriteAheadLog, lsn: int) -> list[WalEntry]:
-    return take_frame(iter(wal.read_from(lsn)))
+def _read_batch(wal: WriteAheadLog, lsn: int) -> list[bytes]:
+    return take_frame(iter(wal.read_from(lsn)), lsn)

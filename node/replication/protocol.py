@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,9 +108,18 @@ def encode_entries(entries: list[WalEntry], primary_lsn: int, ts: float,
                    lq: float | None = None, commit_lsn: int | None = None,
                    ring: int | None = None, *, legacy: bool = False) -> bytes:
     """The same frame as ``encode(ENTRIES, entries=[e.to_wire() ...], ...)``, built around
-    each entry's already encoded payload (the WAL encoded it; ``payload_of``) instead of
-    encoding every entry again for every replica: the map's other fields are packed, its
-    size bumped by one, and ``"entries"`` appended with the payloads spliced in."""
+    each entry's already encoded payload (``payload_of``; ``encode_payloads``)."""
+    return encode_payloads([payload_of(e) for e in entries], primary_lsn, ts, lq, commit_lsn,
+                           ring, legacy=legacy)
+
+
+def encode_payloads(payloads: Sequence[bytes], primary_lsn: int, ts: float,
+                    lq: float | None = None, commit_lsn: int | None = None,
+                    ring: int | None = None, *, legacy: bool = False) -> bytes:
+    """An ENTRIES frame around entries' encoded payloads (the WAL encoded them; the primary's
+    tail keeps them), instead of encoding every entry again for every replica: the map's
+    other fields are packed, its size bumped by one, and ``"entries"`` appended with the
+    payloads spliced in. ``legacy``: for a version-1 replica (``_legacy_payload``)."""
     fields: dict[str, Any] = {"primary_lsn": primary_lsn, "ts": ts, "t": ENTRIES}
     if commit_lsn is not None:
         fields["commit_lsn"] = commit_lsn
@@ -120,17 +129,17 @@ def encode_entries(entries: list[WalEntry], primary_lsn: int, ts: float,
         fields["ring"] = ring
     head = wire.pack(fields)  # a fixmap: 0x80 | len(fields), fewer than 15 fields
     return b"".join((bytes((head[0] + 1,)), head[1:], _ENTRIES_KEY,
-                     _PACKER.pack_array_header(len(entries)),
-                     *[_legacy_payload(e) if legacy else payload_of(e) for e in entries]))
+                     _PACKER.pack_array_header(len(payloads)),
+                     *([_legacy_payload(p) for p in payloads] if legacy else payloads)))
 
 
-def _legacy_payload(entry: WalEntry) -> bytes:
+def _legacy_payload(payload: bytes) -> bytes:
     """An entry as a version-1 replica decodes it: each mutation's first five fields only
     (a v1 node unpacks exactly five; the ``expired`` flag and ``prev_version`` that later
     releases append only feed watches). Encoded per send: a v1 replica exists only while a
     rolling upgrade is under way."""
-    return _PACKER.pack([entry.lsn, entry.epoch, entry.ts,
-                         [m.to_wire()[:5] for m in entry.mutations]])
+    lsn, epoch, ts, mutations = msgpack.unpackb(payload, raw=False)
+    return _PACKER.pack([lsn, epoch, ts, [m[:5] for m in mutations]])
 
 
 def lease_query(message: dict[str, Any]) -> float | None:

@@ -251,7 +251,7 @@ def scan_segment(path: Path, *, newest: bool = False, until_lsn: int | None = No
     Raises ``WalCorruption`` when the opening header record itself is unreadable (it was
     fsynced before the segment got its name, so that is never a torn write). Damage after it
     is returned in ``damage``. With ``newest``, checksum damage that no intact record follows
-    is reported as TORN: the rule of the tail (see ``wal_recovery.py``). With ``until_lsn`` the scan
+    is reported as TORN: the rule of the tail (see ``recovery.py``). With ``until_lsn`` the scan
     stops after that entry (to find where to cut the file).
     """
     named = parse_segment_name(path.name)

@@ -7,31 +7,34 @@ resolved. That is group commit: concurrent writers share the cost of a sync. A s
 is written from the event loop itself while the disk syncs fast (a thread hand-off would
 cost more than the sync); a large one, one that rolls a segment over, and every group while
 syncs are slow go to a worker thread, so a slow disk never holds up the loop for long (see
-``wal_group_placement.py``). Segments roll over by size: the boundary is decided when an entry is
+``group_placement.py``). Segments roll over by size: the boundary is decided when an entry is
 queued, and the writer seals the old segment (fsync) and creates the next one (tmp name,
 fsync, rename, dir fsync).
 
 Reads: ``read_from`` reads the files, bounded by what has been acknowledged, seeking through
 a sparse in-memory index (a checkpoint every 64 KiB) instead of decoding from a segment's
-start.
+start (``log_view.py``: the immutable view a reader thread reads through).
 
-Recovery (``open``, see ``wal_recovery.py``) checks every segment; a torn tail of the newest
+Recovery (``open``, see ``recovery.py``) checks every segment; a torn tail of the newest
 one is repaired, any other damage raises ``WalCorruption`` naming the file and offset.
+
+Maintenance (``truncate_after``, ``remove_before``, ``restart_at``) decides here, under the
+I/O lock, and leaves the crash-ordered file work to ``segment_maintenance.py``. The directory
+lock is ``directory_lock.py``; the counters behind ``stats()`` are ``write_counters.py``.
 
 Failures: an I/O error while writing or syncing fails the group and poisons the log
 (``WalFailed``): after a failed fsync the page cache can no longer be trusted (the lesson of
 PostgreSQL's "fsyncgate"), so the node must restart and recover from the files.
 
-(This module is over the usual size: it is one state machine, the log's, and splitting its
-transitions across files would hide the invariants they share.)
+What stays in this module is the log's state machine (the append point, the CRC chain, the
+queue, the acknowledged and durable LSNs): its transitions share invariants, so they are kept
+together while what does not decide them lives in the modules named above.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import fcntl
 import logging
 import os
 import time
@@ -40,11 +43,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shardkv.cluster.durable_file import ensure_dir, fsync_dir, truncate_durably
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.testing import failpoints, negative_controls
+from shardkv.node.wal.directory_lock import lock_directory
 from shardkv.node.wal.framing import RecordType, encode_frame
 from shardkv.node.wal.group_placement import GroupPlacement
+from shardkv.node.wal.log_view import LogSegment, LogView, read_view
 from shardkv.node.wal.model import (
     FsyncPolicy,
     LsnCompacted,
@@ -57,17 +61,19 @@ from shardkv.node.wal.record import WalEntry
 from shardkv.node.wal.recovery import recover_log
 from shardkv.node.wal.segment import (
     CHECKPOINT_BYTES,
-    FLAG_RESTART,
     Checkpoint,
     SegmentHeader,
     WalCorruption,
     check_entry,
-    create_segment,
     encode_entry,
-    read_segment_records,
-    scan_segment,
+)
+from shardkv.node.wal.segment_maintenance import (
+    create_restart_segment,
+    cut_after,
+    unlink_oldest_first,
 )
 from shardkv.node.wal.segment_writer import SegmentWriter
+from shardkv.node.wal.write_counters import WriteCounters
 
 __all__ = [
     "FsyncPolicy",
@@ -84,49 +90,12 @@ T = TypeVar("T")
 
 log = logging.getLogger("shardkv.node.wal.write_ahead_log")
 
-SLOW_SYNC_SECONDS = 1.0
-LOCK_FILE = "LOCK"
-
-
-@dataclass(frozen=True, slots=True)
-class _Segment:
-    seq: int
-    first_lsn: int
-    path: Path
-    size: int  # for the active segment: the acknowledged size
-
-
-@dataclass(frozen=True, slots=True)
-class _View:
-    """What readers may see, replaced as a whole so a reader thread gets a consistent copy."""
-
-    segments: tuple[_Segment, ...]
-    acked_lsn: int
-    checkpoints: dict[int, list[Checkpoint]]  # by segment seq; only the active one grows
-
 
 @dataclass(slots=True)
 class _Append:
     frame: bytes
     lsn: int
     future: asyncio.Future[None]
-
-
-def _checkpoint_lsn(checkpoint: Checkpoint) -> int:
-    return checkpoint.lsn
-
-
-def _lock_directory(directory: Path) -> int:
-    """Take the log's exclusive lock (``flock`` on ``LOCK``; the kernel drops it when the
-    process dies, so a crash never leaves a stale lock). Returns the descriptor holding it."""
-    ensure_dir(directory)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise WalLocked(f"the WAL in {directory} is in use by another process") from None
-    return fd
 
 
 class WriteAheadLog:
@@ -143,7 +112,7 @@ class WriteAheadLog:
         self.last_lsn = 0
         self.last_epoch = 0
         self.durable_lsn = 0
-        self._segments: list[_Segment] = []
+        self._segments: list[LogSegment] = []
         self._checkpoints: dict[int, list[Checkpoint]] = {}
         self._writer_io: SegmentWriter | None = None
         self._lock_fd = -1
@@ -163,24 +132,16 @@ class WriteAheadLog:
         self._failed: BaseException | None = None
         self._closed = False
         self._maintenance = False
-        self._unsynced_entries = 0
-        self._unsynced_bytes = 0
-        self._last_sync = time.monotonic()
+        self._counters = WriteCounters()
         self._placement = GroupPlacement()  # loop or thread, by recent sync speed
-        self._view = _View((), 0, {})
-        self._appended_entries = 0
-        self._appended_bytes = 0
-        self._syncs = 0
-        self._sync_seconds = 0.0
-        self._last_group = 0
-        self._max_group = 0
+        self._view = LogView((), 0, {})
 
     @classmethod
     async def open(cls, directory: Path, options: WalOptions | None = None) -> WriteAheadLog:
         """Scan and check every segment, repair a torn tail of the newest one, and start the
         writer. Raises ``WalCorruption`` for damage that is not a torn tail."""
         wal = cls(Path(directory), options or WalOptions())
-        wal._lock_fd = await asyncio.to_thread(_lock_directory, wal.directory)
+        wal._lock_fd = await asyncio.to_thread(lock_directory, wal.directory)
         try:
             recovered = await asyncio.to_thread(recover_log, wal.directory)
             newest = recovered.segments[-1].path
@@ -188,7 +149,8 @@ class WriteAheadLog:
         except BaseException:
             os.close(wal._lock_fd)
             raise
-        wal._segments = [_Segment(s.seq, s.first_lsn, s.path, s.size) for s in recovered.segments]
+        wal._segments = [LogSegment(s.seq, s.first_lsn, s.path, s.size)
+                         for s in recovered.segments]
         wal._checkpoints = {s.seq: list(s.checkpoints) for s in recovered.segments}
         wal._adopt_tail(
             recovered.crc, recovered.last_lsn, recovered.last_epoch, recovered.tail_entries
@@ -208,7 +170,7 @@ class WriteAheadLog:
         self._publish()
 
     def _publish(self) -> None:
-        self._view = _View(tuple(self._segments), self._acked_lsn, self._checkpoints)
+        self._view = LogView(tuple(self._segments), self._acked_lsn, self._checkpoints)
 
     # ------------------------------------------------------------------------------ reading
 
@@ -236,26 +198,7 @@ class WriteAheadLog:
         lsn = max(lsn, 1)
         if lsn <= base:
             raise LsnCompacted(f"lsn {lsn} was removed; the log starts at {base + 1}")
-        return self._iter_records(view, lsn, decode)
-
-    @staticmethod
-    def _iter_records(view: _View, lsn: int, decode: Callable[[list[Any]], T]) -> Iterator[T]:
-        segments = view.segments
-        for i, seg in enumerate(segments):
-            next_first = segments[i + 1].first_lsn if i + 1 < len(segments) else None
-            if next_first is not None and next_first <= lsn:
-                continue
-            if seg.first_lsn > view.acked_lsn:
-                return
-            limit = seg.size if next_first is None else None
-            checkpoints = view.checkpoints.get(seg.seq, ())
-            at = bisect.bisect_right(checkpoints, lsn, key=_checkpoint_lsn)
-            start = checkpoints[at - 1] if at else None
-            try:
-                yield from read_segment_records(seg.path, seg.first_lsn, lsn, decode, limit,
-                                                start, until_lsn=view.acked_lsn)
-            except FileNotFoundError as exc:
-                raise LsnCompacted(f"segment {seg.path.name} was removed while reading") from exc
+        return read_view(view, lsn, decode)
 
     # ------------------------------------------------------------------------------ writing
 
@@ -316,7 +259,7 @@ class WriteAheadLog:
                     return
                 timeout = None
                 if periodic and self._written_lsn > self.durable_lsn:
-                    timeout = max(0.0, self._last_sync + interval - time.monotonic())
+                    timeout = max(0.0, self._counters.last_sync + interval - time.monotonic())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
                 self._wakeup.clear()
@@ -333,7 +276,7 @@ class WriteAheadLog:
                     if (
                         periodic
                         and self._written_lsn > self.durable_lsn
-                        and time.monotonic() - self._last_sync >= interval
+                        and time.monotonic() - self._counters.last_sync >= interval
                     ):
                         await self._sync_only()
                 except Exception as exc:  # an I/O error, or a bug: never leave writers hanging
@@ -356,20 +299,14 @@ class WriteAheadLog:
         segments = self._segments
         segments[-1] = replace(segments[-1], size=segments[-1].size + result.written[0])
         for (header, path, size), nbytes in zip(result.created, result.written[1:], strict=True):
-            segments.append(_Segment(header.seq, header.first_lsn, path, size + nbytes))
+            segments.append(LogSegment(header.seq, header.first_lsn, path, size + nbytes))
         last = appends[-1].lsn
-        group_bytes = sum(result.written)
         self._written_lsn = last
-        self._appended_entries += len(appends)
-        self._appended_bytes += group_bytes
-        self._last_group = len(appends)
-        self._max_group = max(self._max_group, len(appends))
-        self._unsynced_entries += len(appends)
-        self._unsynced_bytes += group_bytes
+        self._counters.note_group(len(appends), sum(result.written))
         if self.options.fsync is not FsyncPolicy.INTERVAL:
             self.durable_lsn = last
         if sync:
-            self._record_sync(result.sync_seconds)
+            self._counters.note_sync(result.sync_seconds, self.options.on_sync)
             self._placement.note_sync(result.sync_seconds)
         self._acked_lsn = last
         self._publish()
@@ -380,25 +317,9 @@ class WriteAheadLog:
     async def _sync_only(self) -> None:
         assert self._writer_io is not None
         target = self._written_lsn
-        self._record_sync(await asyncio.to_thread(self._writer_io.sync))
+        seconds = await asyncio.to_thread(self._writer_io.sync)
+        self._counters.note_sync(seconds, self.options.on_sync)
         self.durable_lsn = max(self.durable_lsn, target)
-
-    def _record_sync(self, seconds: float) -> None:
-        self._syncs += 1
-        self._sync_seconds += seconds
-        self._last_sync = time.monotonic()
-        entries, nbytes = self._unsynced_entries, self._unsynced_bytes
-        self._unsynced_entries = self._unsynced_bytes = 0
-        if seconds >= SLOW_SYNC_SECONDS:
-            log.warning(
-                "slow WAL fsync",
-                extra=log_fields(seconds=round(seconds, 3), entries=entries, bytes=nbytes),
-            )
-        if self.options.on_sync is not None:
-            try:
-                self.options.on_sync(seconds, entries, nbytes)
-            except Exception:  # a metrics hook must never poison the log
-                log.exception("WAL on_sync callback failed")
 
     def _fail(self, exc: BaseException, items: list[_Append | SegmentHeader]) -> None:
         self._failed = exc
@@ -448,22 +369,12 @@ class WriteAheadLog:
 
     def _truncate_blocking(self, lsn: int) -> None:
         assert self._writer_io is not None
-        keep = max(i for i, s in enumerate(self._segments) if s.first_lsn <= lsn + 1)
-        for seg in reversed(self._segments[keep + 1 :]):  # newest first: a crash leaves a prefix
-            seg.path.unlink()
-        fsync_dir(self.directory)
-        target = self._segments[keep]
-        scan = scan_segment(target.path, until_lsn=lsn)
-        if scan.last_lsn != lsn:
-            raise WalCorruption(target.path, scan.end, f"lsn {lsn} not found to cut after")
-        truncate_durably(target.path, scan.end)
-        self._segments = [*self._segments[:keep], replace(target, size=scan.end)]
-        checkpoints = {s.seq: self._checkpoints.get(s.seq, []) for s in self._segments[:keep]}
-        checkpoints[target.seq] = list(scan.checkpoints)
-        self._checkpoints = checkpoints
-        self._writer_io.reopen(target.path)
+        self._segments, self._checkpoints, scan = cut_after(
+            self.directory, self._segments, self._checkpoints, lsn
+        )
+        self._writer_io.reopen(scan.path)
         self._adopt_tail(scan.crc, lsn, scan.last_epoch, scan.entries)
-        log.info("WAL truncated", extra=log_fields(after_lsn=lsn, segment=target.path.name))
+        log.info("WAL truncated", extra=log_fields(after_lsn=lsn, segment=scan.path.name))
 
     async def remove_before(self, lsn: int) -> int:
         """Delete whole segments all of whose entries are below ``lsn`` (never the active
@@ -482,13 +393,7 @@ class WriteAheadLog:
             self._segments = self._segments[removable:]
             self._checkpoints = {s.seq: self._checkpoints.get(s.seq, []) for s in self._segments}
             self._publish()
-
-            def unlink_all() -> None:
-                for seg in doomed:  # oldest first: a crash leaves a suffix, still a valid log
-                    seg.path.unlink(missing_ok=True)
-                fsync_dir(self.directory)
-
-            await asyncio.to_thread(unlink_all)
+            await asyncio.to_thread(unlink_oldest_first, self.directory, doomed)
         log.info(
             "WAL segments removed",
             extra=log_fields(count=removable, before_lsn=lsn, first_lsn=self.first_lsn),
@@ -514,16 +419,13 @@ class WriteAheadLog:
 
     def _restart_blocking(self, next_lsn: int, epoch: int) -> None:
         assert self._writer_io is not None
-        header = SegmentHeader(self._next_seq, next_lsn, epoch, 0, FLAG_RESTART)
-        path, size, crc = create_segment(self.directory, header)
+        segment, crc = create_restart_segment(self.directory, self._next_seq, next_lsn, epoch)
         old = self._segments
-        self._segments = [_Segment(header.seq, next_lsn, path, size)]
-        self._checkpoints = {header.seq: []}
-        self._writer_io.reopen(path)
+        self._segments = [segment]
+        self._checkpoints = {segment.seq: []}
+        self._writer_io.reopen(segment.path)
         self._adopt_tail(crc, next_lsn - 1, epoch, 0)
-        for seg in old:
-            seg.path.unlink(missing_ok=True)
-        fsync_dir(self.directory)
+        unlink_oldest_first(self.directory, old)
         log.info("WAL restarted", extra=log_fields(next_lsn=next_lsn, epoch=epoch))
 
     # ----------------------------------------------------------------------------- the rest
@@ -533,16 +435,7 @@ class WriteAheadLog:
         return [(s.first_lsn, s.size) for s in self._segments]
 
     def stats(self) -> WalStats:
-        return WalStats(
-            segments=len(self._segments),
-            bytes=sum(s.size for s in self._segments),
-            appended_entries=self._appended_entries,
-            appended_bytes=self._appended_bytes,
-            syncs=self._syncs,
-            sync_seconds_total=self._sync_seconds,
-            last_group_size=self._last_group,
-            max_group_size=self._max_group,
-        )
+        return self._counters.stats(len(self._segments), sum(s.size for s in self._segments))
 
     async def close(self) -> None:
         """Write and sync what is queued, stop the writer, close the file. Idempotent."""

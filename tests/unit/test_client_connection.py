@@ -15,6 +15,7 @@ from eventually import eventually
 from shardkv.client.connection import ConnectionFailed, NodeConnection, NodePool, rpc_url
 from shardkv.cluster import wire
 from shardkv.cluster.errors import NotFound, Timeout
+from shardkv.cluster.write_coalescing import CoalescingTransport
 
 
 @dataclass
@@ -97,6 +98,37 @@ async def test_pipelined_requests_are_matched_to_their_answers(
     assert [r["echo"] for r in results] == list(range(10))
     assert server.connections == 1  # all on one socket
     assert conn.in_flight == 0
+    await conn.close()
+
+
+async def test_requests_sent_together_leave_in_one_write(
+    server: EchoServer, session: aiohttp.ClientSession
+) -> None:
+    """Requests sent in one loop iteration go out in one socket write (so the node reads
+    them with one wakeup and orders them into one WAL group), and each still gets its own
+    answer."""
+    conn = NodeConnection(server.url, session)
+    assert (await conn.call("echo", {"value": -1}, 5.0))["echo"] == -1  # opens the socket
+    ws = conn._ws
+    assert ws is not None
+    coalescing = ws._writer.transport  # type: ignore[attr-defined]
+    assert isinstance(coalescing, CoalescingTransport)
+    socket = coalescing._transport
+    writes: list[int] = []
+    write = socket.write
+
+    def counted(data: bytes) -> None:
+        writes.append(len(data))
+        write(data)
+
+    socket.write = counted
+    try:
+        results = await asyncio.gather(*(conn.call("echo", {"value": i}, 5.0)
+                                         for i in range(20)))
+    finally:
+        socket.write = write
+    assert [r["echo"] for r in results] == list(range(20))
+    assert len(writes) == 1 and server.received.count("echo") == 21
     await conn.close()
 
 

@@ -47,14 +47,14 @@ def test_rpc_answers_are_still_coalesced_on_uvloop(monkeypatch: pytest.MonkeyPat
     coalescing must take them all the same (else every answer costs its own send)."""
     import aiohttp
     from aiohttp import web
-    from shardkv.node.api.rpc import _coalesce_writes, _CoalescingTransport
+    from shardkv.cluster.write_coalescing import CoalescingTransport, coalesce_writes
 
     seen: dict[str, object] = {}
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        seen["output"] = _coalesce_writes(ws)
+        seen["output"] = coalesce_writes(ws)
         await ws.send_bytes(b"answer")
         await ws.close()
         return ws
@@ -76,7 +76,7 @@ def test_rpc_answers_are_still_coalesced_on_uvloop(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.delenv("SHARDKV_UVLOOP", raising=False)
     assert event_loop.run(main()) == b"answer"
-    assert isinstance(seen["output"], _CoalescingTransport)
+    assert isinstance(seen["output"], CoalescingTransport)
 
 
 def test_new_loop_follows_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:

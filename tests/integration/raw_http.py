@@ -51,6 +51,9 @@ class Conversation:
     answers: list[Answer]
     upgraded_tail: bytes
     closed: bool
+    # The node's close came as a reset (it closed with bytes of ours unread, e.g. the
+    # sentinel behind a request it refused): answers it had sent may be lost with it.
+    reset: bool = False
 
     def comparable(self) -> tuple[list[tuple[int, list[tuple[str, str]], bytes]], bool, bool]:
         return [a.comparable() for a in self.answers], bool(self.upgraded_tail), self.closed
@@ -96,7 +99,7 @@ async def converse(port: int, pieces: list[bytes], *, answers: int | None = None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     responses = _Responses()
     tail = b""
-    closed = False
+    closed = reset = False
     try:
         with contextlib.suppress(ConnectionError):  # closed by the node: read what it said
             for piece in [*pieces, SENTINEL] if sentinel and not then_close else pieces:
@@ -111,7 +114,7 @@ async def converse(port: int, pieces: list[bytes], *, answers: int | None = None
                 try:
                     data = await reader.read(65536)
                 except ConnectionError:
-                    data = b""
+                    data, reset = b"", True
                 if not data:
                     closed = True
                     break
@@ -126,7 +129,7 @@ async def converse(port: int, pieces: list[bytes], *, answers: int | None = None
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
-    return Conversation(responses.answers, tail, closed)
+    return Conversation(responses.answers, tail, closed, reset)
 
 
 def request(method: str, target: str, *, body: bytes | None = None,

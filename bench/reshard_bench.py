@@ -88,6 +88,8 @@ class Foreground:
     def __init__(self, kv: Client, keys: int, value: bytes, concurrency: int) -> None:
         self.kv, self.keys, self.value, self.concurrency = kv, keys, value, concurrency
         self.lat: dict[str, list[float]] = {"get": [], "put": []}
+        # (wall-clock end, op, seconds) of every op, to split the migration into phases
+        self.timeline: list[tuple[float, str, float]] = []
         self.failed = 0
         self.completed = 0
         self._stop = asyncio.Event()
@@ -106,8 +108,21 @@ class Foreground:
             except Exception:
                 self.failed += 1
                 continue
-            self.lat[op].append(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self.lat[op].append(took)
+            self.timeline.append((time.time(), op, took))
             self.completed += 1
+
+    def phases(self, edges: list[tuple[str, float, float]]) -> dict[str, Any]:
+        """p50/p99 per op of the ops that ended inside each ``(name, start, end)`` window
+        (wall clock): which part of a migration the foreground's tail comes from."""
+        out: dict[str, Any] = {}
+        for name, start, end in edges:
+            inside = [(op, took) for at, op, took in self.timeline if start <= at < end]
+            out[name] = {"ops": len(inside), **{
+                f"{op}_{label}_ms": _pct([t for o, t in inside if o == op], q)
+                for op in ("get", "put") for label, q in (("p50", 0.5), ("p99", 0.99))}}
+        return out
 
     def ops(self) -> int:
         """Operations completed since the start (not reset per phase)."""
@@ -116,6 +131,7 @@ class Foreground:
     async def run_until(self, done: Any) -> dict[str, Any]:
         self._stop.clear()
         self.lat = {"get": [], "put": []}
+        self.timeline = []
         self.failed = 0
         workers = [asyncio.create_task(self._worker(i)) for i in range(self.concurrency)]
         started = time.monotonic()
@@ -187,6 +203,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             during = await fg.run_until(migrate)
             track.sample()
+            flip = migration["flipped_at"]
+            during["phases"] = fg.phases([
+                ("before_copy", 0.0, migration["copy_started_at"]),
+                ("copy", migration["copy_started_at"], flip - 0.5),
+                ("flip_1s", flip - 0.5, flip + 0.5),
+                ("cleaning", flip + 0.5, float("inf"))])
         took = migration["finished_at"] - migration["started_at"]
         copy_s = migration["flipped_at"] - migration["copy_started_at"]
         per_1m = 1e6 / max(1, migration["keys_moved"])
@@ -237,6 +259,9 @@ def _table(r: dict[str, Any]) -> str:
                                                f"{r['cpu_s_per_1m_keys_clean']}"),
             ("get p99 base -> during", p99("get")), ("put p99 base -> during", p99("put")),
             ("failed foreground ops", during["failed"])]
+    for name, phase in (during.get("phases") or {}).items():
+        rows.append((f"  p99 get/put in {name}",
+                     f"{phase['get_p99_ms']} / {phase['put_p99_ms']} ms ({phase['ops']} ops)"))
     return "\n".join(f"{name:<32} {value}" for name, value in rows)
 
 

@@ -38,6 +38,7 @@ from shardkv.chaos.nemesis.fault import Nemesis, NemesisError, run_command
 from shardkv.chaos.nemesis.loopback_partition import LoopbackNetwork
 from shardkv.chaos.nemesis.switchover import http_post_json
 from shardkv.cluster.cluster_token import auth_headers
+from shardkv.cluster.retired_watches import wait_watches_closed
 from shardkv.cluster.shard_members import start_shard_members
 
 if TYPE_CHECKING:
@@ -251,7 +252,11 @@ class ShardAdd:
 
     async def _stop_retired(self, nodes: list[str]) -> list[str]:
         """The members a remove retired: drained and out of the map, stopped on purpose (the
-        launcher does not restart them)."""
+        launcher does not restart them), once no watch still reads the shard's writes from
+        them (cluster/retired_watches.py), within a grace period."""
+        retiring = set(nodes)
+        await asyncio.to_thread(wait_watches_closed, [
+            spec.url for spec in self.cut.plan.nodes if spec.id in retiring])
         stopped = []
         for node in nodes:
             try:

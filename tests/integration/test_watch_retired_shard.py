@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cluster_fixtures import started_cluster, wait_until
-from shardkv.chaos.checkers.watch_events import ReceivedEvent, WatchedWrite, check_watch_events
+from shardkv.chaos.checkers.watch_events import ReceivedEvent, check_watch_events
 from shardkv.client import Client, Retry, ShardKVError, WatchEvent, key_watch
 from shardkv.client.retired_shard import RetiredShard
 from shardkv.client.retry import ExponentialBackoff
@@ -29,7 +30,13 @@ from shardkv.cluster.errors import Unavailable
 from shardkv.cluster.launcher import LocalCluster
 from shardkv.cluster.retired_watches import watch_sessions
 from shardkv.cluster.shard_members import retire_members
-from test_watch_resharding import Writers, owner, record_watch, remove_shard
+from test_watch_resharding import (
+    Writers,
+    record_watch,
+    remove_shard,
+    wait_caught_up,
+    watched_writes,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -68,6 +75,18 @@ class HeldFollower:
         monkeypatch.setattr(RetiredShard, "next_url", recorded_next_url)
 
 
+@contextlib.asynccontextmanager
+async def three_shards(tmp_path: Path) -> AsyncIterator[tuple[LocalCluster, Client, Client]]:
+    """The cluster (3 shards of 1 member), a writers' client and a watcher's client."""
+    with started_cluster(tmp_path, shards=3, replicas=1, coordinators=1, engine="memory",
+                         fsync="never") as cluster:
+        coordinator = cluster.plan.coordinator_urls()[0]
+        retry = Retry(ExponentialBackoff(base=0.02, cap=0.3), retries=400)
+        async with Client([coordinator], retry=retry, timeout=30.0) as kv, \
+                Client([coordinator]) as watcher:
+            yield cluster, kv, watcher
+
+
 async def remove_behind(cluster: LocalCluster, kv: Client, watcher: Client,
                         held: HeldFollower, received: list[WatchEvent],
                         caught_up: dict[str, int]
@@ -89,54 +108,36 @@ async def remove_behind(cluster: LocalCluster, kv: Client, watcher: Client,
 async def test_a_follower_behind_reads_a_retired_shard_from_its_parked_member(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     held = HeldFollower(monkeypatch)
-    with started_cluster(tmp_path, shards=3, replicas=1, coordinators=1, engine="memory",
-                         fsync="never") as cluster:
-        coordinator = cluster.plan.coordinator_urls()[0]
-        retry = Retry(ExponentialBackoff(base=0.02, cap=0.3), retries=400)
-        received: list[WatchEvent] = []
-        caught_up: dict[str, int] = {}
-        async with Client([coordinator], retry=retry, timeout=30.0) as kv, \
-                Client([coordinator]) as watcher:
-            before = kv.cluster_map.copy()
-            watching, writers, record = await remove_behind(cluster, kv, watcher, held,
-                                                            received, caught_up)
-            retired = [str(n) for n in record["retired"]]
-            member_urls = [cluster.spec(n).url for n in retired]
-            count = len(writers.writes)
-            await wait_until(lambda: len(writers.writes) > count + 60, within=30,
-                             what="writes after the removal")
-            await writers.stop()
-            crossing = int(record["flip_lsns"][REMOVED])
-            assert caught_up.get(REMOVED, 0) < crossing, "the follower was not behind"
-            # The operator's stop waits for the watch that still reads the member.
-            stopping = asyncio.create_task(asyncio.to_thread(
-                retire_members, cluster.directory, retired))
-            held.release.set()
+    received: list[WatchEvent] = []
+    caught_up: dict[str, int] = {}
+    async with three_shards(tmp_path) as (cluster, kv, watcher):
+        before = kv.cluster_map.copy()
+        watching, writers, record = await remove_behind(cluster, kv, watcher, held,
+                                                        received, caught_up)
+        retired = [str(n) for n in record["retired"]]
+        member_urls = [cluster.spec(n).url for n in retired]
+        count = len(writers.writes)
+        await wait_until(lambda: len(writers.writes) > count + 60, within=30,
+                         what="writes after the removal")
+        await writers.stop()
+        crossing = int(record["flip_lsns"][REMOVED])
+        assert caught_up.get(REMOVED, 0) < crossing, "the follower was not behind"
+        # The operator's stop waits for the watch that still reads the member.
+        stopping = asyncio.create_task(asyncio.to_thread(
+            retire_members, cluster.directory, retired))
+        held.release.set()
 
-            after = kv.cluster_map.copy()
-            floor = int(record["lsn_floor"])
-            writes = [WatchedWrite(k, v, owner(before, after, k, ver, floor), ver)
-                      for k, v, ver in writers.writes]
-            last: dict[str, int] = {}
-            for w in writes:
-                if w.version is not None:
-                    last[w.shard] = max(last.get(w.shard, 0), w.version)
-
-            def caught_up_with_writes() -> bool:
-                if watching.done():
-                    watching.result()  # the watch failed: raise its error here
-                return all(caught_up.get(s, 0) >= v for s, v in last.items())
-
-            await wait_until(caught_up_with_writes, within=60,
-                             what=f"the watch to catch up with every shard: {last}")
-            assert held.retired_urls and all("retired=true" in u for u in held.retired_urls)
-            assert not watching.done()
-            stopped = await asyncio.wait_for(stopping, 60)
-            assert stopped == retired
-            assert all(watch_sessions(url) is None for url in member_urls)
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+        writes = watched_writes(writers, before, kv.cluster_map.copy(),
+                                int(record["lsn_floor"]))
+        await wait_caught_up(watching, caught_up, writes, within=60)
+        assert held.retired_urls and all("retired=true" in u for u in held.retired_urls)
+        assert not watching.done()
+        stopped = await asyncio.wait_for(stopping, 60)
+        assert stopped == retired
+        assert all(watch_sessions(url) is None for url in member_urls)
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
 
     result = check_watch_events(writes, [
         ReceivedEvent(e.key or b"", e.value, e.version, e.shard, e.type) for e in received])
@@ -147,21 +148,16 @@ async def test_a_follower_behind_reads_a_retired_shard_from_its_parked_member(
 async def test_a_follower_behind_fails_when_the_retired_members_are_gone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     held = HeldFollower(monkeypatch)
-    with started_cluster(tmp_path, shards=3, replicas=1, coordinators=1, engine="memory",
-                         fsync="never") as cluster:
-        coordinator = cluster.plan.coordinator_urls()[0]
-        retry = Retry(ExponentialBackoff(base=0.02, cap=0.3), retries=400)
-        received: list[WatchEvent] = []
-        async with Client([coordinator], retry=retry, timeout=30.0) as kv, \
-                Client([coordinator]) as watcher:
-            watching, writers, record = await remove_behind(cluster, kv, watcher, held,
-                                                            received, {})
-            await writers.stop()
-            for node in record["retired"]:
-                await asyncio.to_thread(cluster.stop_one, str(node))
-            held.release.set()
-            # Every member refuses: the watch ends at once, not after the grace period.
-            with pytest.raises(ShardKVError) as failed:
-                await asyncio.wait_for(watching, 20)
+    received: list[WatchEvent] = []
+    async with three_shards(tmp_path) as (cluster, kv, watcher):
+        watching, writers, record = await remove_behind(cluster, kv, watcher, held,
+                                                        received, {})
+        await writers.stop()
+        for node in record["retired"]:
+            await asyncio.to_thread(cluster.stop_one, str(node))
+        held.release.set()
+        # Every member refuses: the watch ends at once, not after the grace period.
+        with pytest.raises(ShardKVError) as failed:
+            await asyncio.wait_for(watching, 20)
     assert isinstance(failed.value, Unavailable)
     assert f"shard {REMOVED} left the cluster" in str(failed.value)

@@ -2,6 +2,7 @@
 
     python -m bench.cost_bench                         # A only, with etcd, 3 rounds (~6 min)
     python -m bench.cost_bench --ab uvloop             # uvloop (A) vs asyncio's loop (B)
+    python -m bench.cost_bench --ab lean               # the lean REST lane on (A) vs off (B)
     python -m bench.cost_bench --b-python ../base/.venv/bin/python   # this code vs another
     python -m bench.cost_bench --quick                 # a smoke run (~1 min)
     python -m bench.cost_bench --recovery-keys 1000000 # plus bytes/key and recovery time
@@ -58,7 +59,9 @@ from bench.node_bench import _preload
 from bench.workloads import Shape, value_of
 from bench.wrk_generator import run_wrk, wrk_binary
 
-AB_PRESETS = {"uvloop": ({"SHARDKV_UVLOOP": "1"}, {"SHARDKV_UVLOOP": "0"})}
+AB_PRESETS = {"uvloop": ({"SHARDKV_UVLOOP": "1"}, {"SHARDKV_UVLOOP": "0"}),
+              # the node's lean REST lane (node/api/lean_lane.py) on vs off
+              "lean": ({"SHARDKV_LEAN_REST": "1"}, {"SHARDKV_LEAN_REST": "0"})}
 SHARDKV_PATHS = (("rpc", "get"), ("rpc", "put"), ("rest", "get"), ("rest", "put"))
 ETCD_PATHS = (("etcd", "get"), ("etcd", "put"))
 

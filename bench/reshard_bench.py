@@ -57,17 +57,22 @@ def _copy_clocks(cluster: LocalCluster, into: dict[str, Any]) -> None:
     """The copy clock of every node's export and import, kept per node as last seen (the
     export's status goes away at the flip)."""
     for spec in cluster.plan.nodes:
-        for side in ("export", "import"):
+        for side in ("export", "import", "clean"):
             try:
                 status = _admin("GET", f"{spec.url}/internal/migration/{side}")
             except OSError:
+                continue
+            if side == "clean":
+                if isinstance(status, dict) and status.get("deleted"):
+                    into[f"{spec.id}:clean"] = {k: status.get(k) for k in (
+                        "deleted", "passes", "throttle", "clean_clock", "gc")}
                 continue
             clock = status.get("copy_clock") if isinstance(status, dict) else None
             if clock and clock.get("wall_s"):
                 into[f"{spec.id}:{side}"] = {
                     **clock, "keys": status.get("keys_sent", sum(
                         s.get("keys", 0) for s in (status.get("sources") or {}).values())),
-                    **({"throttle": status["throttle"]} if "throttle" in status else {})}
+                    **{k: status[k] for k in ("throttle", "gc") if k in status}}
 
 
 def _pct(samples: list[float], q: float) -> float | None:
@@ -140,9 +145,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with Client([coordinator], timeout=30.0) as kv:
             loaded = time.monotonic()
             batch = 500
-            for start in range(0, args.keys, batch):
-                await kv.mput({f"k{i:09d}": value
-                               for i in range(start, min(start + batch, args.keys))})
+            loading = asyncio.Semaphore(8)  # batches in flight: the load is not measured
+
+            async def load(start: int) -> None:
+                async with loading:
+                    await kv.mput({f"k{i:09d}": value
+                                   for i in range(start, min(start + batch, args.keys))})
+
+            await asyncio.gather(*(load(s) for s in range(0, args.keys, batch)))
             load_s = time.monotonic() - loaded
             fg = Foreground(kv, args.keys, value, args.concurrency)
             track = NodeCpu(cluster, fg.ops)
@@ -211,6 +221,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _table(r: dict[str, Any]) -> str:
+    """The figures the issue's goals are about, one per line."""
+    base, during = r["baseline"], r["during_migration"]
+
+    def p99(op: str) -> str:
+        b, d = base.get(f"{op}_p99_ms"), during.get(f"{op}_p99_ms")
+        return "-" if b is None or d is None else f"{b} -> {d} ms ({d / b:.2f}x)"
+
+    rows = [("keys moved", r["keys_moved"]),
+            ("keys/s (MB/s), floor to flip", f"{r['keys_per_s']} ({r['mb_per_s']})"),
+            ("copy / cleaning / to done s", f"{r['copy_to_flip_s']} / {r['cleaning_s']} / "
+                                            f"{r['time_to_done_s']}"),
+            ("CPU s per 1M keys copy + clean", f"{r['cpu_s_per_1m_keys_copy']} + "
+                                               f"{r['cpu_s_per_1m_keys_clean']}"),
+            ("get p99 base -> during", p99("get")), ("put p99 base -> during", p99("put")),
+            ("failed foreground ops", during["failed"])]
+    return "\n".join(f"{name:<32} {value}" for name, value in rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,6 +256,7 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(args))
     text = json.dumps(result, indent=2)
+    print(_table(result))
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")

@@ -23,14 +23,19 @@ def answers_json(request: web.Request, *, default: bool = True) -> bool:
                            default=default)
 
 
+def encode_answer(body: Any, json: bool) -> tuple[bytes, str]:
+    """``body`` as JSON or msgpack, with its content type (for servers that write their
+    own responses, such as the node's lean REST lane, as well as for ``respond``)."""
+    if json:
+        return wire.to_json(body), wire.JSON
+    return wire.pack(body), wire.MSGPACK
+
+
 def respond(request: web.Request, body: Any, status: int = 200,
             headers: dict[str, str] | None = None, *, default_json: bool = True) -> web.Response:
     """``body`` encoded as the caller negotiated."""
-    if answers_json(request, default=default_json):
-        return web.Response(body=wire.to_json(body), status=status, headers=headers,
-                            content_type=wire.JSON)
-    return web.Response(body=wire.pack(body), status=status, headers=headers,
-                        content_type=wire.MSGPACK)
+    data, content_type = encode_answer(body, answers_json(request, default=default_json))
+    return web.Response(body=data, status=status, headers=headers, content_type=content_type)
 
 
 def error_response(request: web.Request, error: ShardKVError) -> web.Response:

@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archive-to", metavar="DIR|s3://BUCKET/PREFIX", help="copy the "
                         "committed WAL there continuously, for point-in-time restore "
                         "(SHARDKV_ARCHIVE_TO; docs/backup.md)")
+    parser.add_argument("--lean-rest", choices=("on", "off"), help="serve GET/PUT of a key "
+                        "through the lean HTTP lane (default on; SHARDKV_LEAN_REST; "
+                        "docs/performance.md)")
     actions = parser.add_subparsers(dest="node_action",
                                     metavar="[verify|snapshot|compact|disk]")
     verify = actions.add_parser("verify", help="check a (stopped) node's data directory: "
@@ -69,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 _FLAG_KEYS = ("data_dir", "listen", "engine", "fsync", "fsync_interval_ms", "max_value_bytes",
               "shard", "node_id", "log_level", "keep_snapshots", "retain_wal_bytes",
-              "low_disk_bytes", "archive_to")
+              "low_disk_bytes", "archive_to", "lean_rest")
 
 
 def run(args: argparse.Namespace) -> int:

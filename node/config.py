@@ -26,6 +26,7 @@ from shardkv.cluster.settings import (
     ConfigError,
     Setting,
     choice,
+    flag,
     integer,
     merge_sources,
     number,
@@ -111,6 +112,9 @@ class NodeConfig:
     # directory or s3://bucket/prefix; None: off) and how often (the recovery point).
     archive_to: str | None = None
     archive_interval_s: float = 10.0
+    # The lean REST lane (node/api/lean_lane.py): GET/PUT of a key parsed and answered
+    # without aiohttp's per-request objects; off: every request goes through aiohttp.
+    lean_rest: bool = True
 
     @property
     def connection_limits(self) -> ConnectionLimits:
@@ -168,6 +172,7 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("max_pending_frame_bytes", "SHARDKV_MAX_PENDING_FRAME_BYTES"),
     Setting("archive_to", "SHARDKV_ARCHIVE_TO"),
     Setting("archive_interval_s", "SHARDKV_ARCHIVE_INTERVAL_S"),
+    Setting("lean_rest", "SHARDKV_LEAN_REST"),
     *TIMING_SETTINGS,
 )
 
@@ -282,4 +287,5 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
         else None,
         archive_interval_s=number("archive_interval_s", values.get("archive_interval_s", 10.0),
                                   minimum=0.05, maximum=3600.0),
+        lean_rest=flag("lean_rest", values.get("lean_rest", True)),
     )

@@ -24,6 +24,7 @@ from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
 from shardkv.node.api.events_feed import EventsFeed
 from shardkv.node.api.front_door import FrontDoor
+from shardkv.node.api.lean_lane import LeanLane
 from shardkv.node.api.limits import ConnectionGate, LimitedSite
 from shardkv.node.api.node_context import NodeContext
 from shardkv.node.api.rest import RestApi
@@ -85,6 +86,7 @@ class NodeServer:
         self.on_ready: list[Hook] = []
         self.on_stop: list[Hook] = []
         self.gate = ConnectionGate(config.connection_limits, registry=self.metrics.registry)
+        self.lean_lane: LeanLane | None = None  # made by start(), in the running loop
         self.app = self._build_app()
         self.membership: ClusterMembership | None = None
         if not config.standalone:
@@ -113,8 +115,8 @@ class NodeServer:
     def _build_app(self) -> web.Application:
         # The largest legitimate body is a 32 MiB batch; aiohttp refuses more before reading.
         self.guard = InternalGuard(self.config.listen_host)
-        rest = RestApi(self.config, self.ctx, self.metrics, lambda: self.state,
-                       self._started_at)
+        self.rest = rest = RestApi(self.config, self.ctx, self.metrics, lambda: self.state,
+                                   self._started_at)
         # One middleware (the gate's accounting, the internal-route guard, the last line
         # for errors) and a fast lane for GET/PUT of a key: node/api/front_door.py.
         self.front_door = FrontDoor(self.gate, self.guard, rest)
@@ -193,12 +195,12 @@ class NodeServer:
     async def _drain_connections(self, app: web.Application) -> None:
         if self.store is not None:  # watches end first: they would wait for writes forever
             self.store.watch_hub.reset(self.store.applied_lsn, "the node is stopping")
-        connections = list(self._connections)
-        if connections:
-            await asyncio.gather(
-                *(c.drain(self.config.shutdown_grace_s) for c in connections),
-                return_exceptions=True,
-            )
+        grace = self.config.shutdown_grace_s
+        drains = [c.drain(grace) for c in self._connections]
+        if self.lean_lane is not None:
+            drains.append(self.lean_lane.shutdown(grace))
+        if drains:
+            await asyncio.gather(*drains, return_exceptions=True)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -215,7 +217,11 @@ class NodeServer:
         server = runner.server
         assert server is not None
         server.request_handler = self.front_door.handler(server.request_handler)
-        site = LimitedSite(runner, config.listen_host, config.listen_port, self.gate)
+        if config.lean_rest:  # GET/PUT of a key without aiohttp's per-request objects
+            self.lean_lane = LeanLane(self.rest, self.gate, server,
+                                      idle_timeout_s=config.connection_limits.idle_timeout_s)
+        site = LimitedSite(runner, config.listen_host, config.listen_port, self.gate,
+                           self.lean_lane.protocol if self.lean_lane is not None else None)
         try:
             await site.start()
         except OSError as exc:

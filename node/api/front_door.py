@@ -26,6 +26,11 @@ for them exactly what the router and the middleware would: the key is the one th
 ``{key:.+}`` would match (``lane_key``; a unit test compares the two on the real app), the
 gate is told, and errors get the same last line. Anything else (another route or method,
 an ``Expect`` header, a path the router would not match) goes the routed way.
+
+In front of all this, on the node's port, sits the lean lane (``node/api/lean_lane.py``):
+it answers most ``GET``/``PUT`` of a key without aiohttp at all, and hands a connection to
+aiohttp (and so to this module) at its first request it does not take. With the lane off
+(``SHARDKV_LEAN_REST=0``) every request comes here.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ServerHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _HTTP_ERROR_CODES = {404: "NOT_FOUND", 413: "TOO_LARGE"}
 _KV = "/v1/kv/"
+# The body of the last line's 500 (the lean lane answers its own with the same bytes).
+INTERNAL_ERROR = {"error": "INTERNAL", "message": "internal error; the node logged the details",
+                  "retryable": False}
 
 
 def lane_key(path_safe: str) -> str | None:
@@ -76,11 +84,7 @@ def last_line(request: web.Request, exc: Exception) -> web.StreamResponse:
         )
     logger.error("unexpected error serving %s %s", request.method, request.path,
                  exc_info=exc)
-    return web.json_response(
-        {"error": "INTERNAL", "message": "internal error; the node logged the details",
-         "retryable": False},
-        status=500,
-    )
+    return web.json_response(INTERNAL_ERROR, status=500)
 
 
 class FrontDoor:

@@ -192,12 +192,15 @@ class _GatedProtocol(asyncio.Protocol):
 
 
 class LimitedSite(web.TCPSite):
-    """A TCP site whose connections go through a ``ConnectionGate``."""
+    """A TCP site whose connections go through a ``ConnectionGate``, each served by
+    ``protocol()`` (by default the runner's aiohttp server; the node's lean REST lane,
+    ``node/api/lean_lane.py``, when it is on)."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate
-                 ) -> None:
+    def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
+                 protocol: Callable[[], asyncio.Protocol] | None = None) -> None:
         super().__init__(runner, host, port)
         self.gate = gate
+        self.protocol = protocol
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -205,7 +208,7 @@ class LimitedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         self._server = await loop.create_server(
-            self.gate.protocol_factory(server), self._host, self._port,
+            self.gate.protocol_factory(self.protocol or server), self._host, self._port,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port,
             backlog=self._backlog)
         sockets = self._server.sockets

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,18 @@ from shardkv.cluster.event_loop import running_loop_name
 from shardkv.cluster.http_body import answers_json, error_response, respond
 from shardkv.cluster.limits import MAX_FRAME_BYTES, limits_dict
 from shardkv.cluster.wire import JSON, MSGPACK, from_json, unpack
+from shardkv.node.api.kv_requests import (
+    DELETE_QUERY,
+    GET_QUERY,
+    OCTET_STREAM,
+    PUT_QUERY,
+    declared_too_large,
+    get_headers,
+    parse_etag,
+    put_answer,
+    put_conditions,
+    query_args,
+)
 from shardkv.node.api.node_context import NodeContext
 from shardkv.node.api.operations import OPERATIONS, client_error, execute
 from shardkv.node.config import NodeConfig
@@ -32,16 +43,13 @@ from shardkv.node.metrics import NodeMetrics
 
 logger = logging.getLogger("shardkv.node.rest")
 
-_GET_QUERY = frozenset({"consistency", "max_staleness_ms", "min_version", "ring_version"})
-_PUT_QUERY = frozenset({"ttl", "w", "ring_version"})
-_DELETE_QUERY = frozenset({"w", "ring_version"})
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, refused with TOO_LARGE as soon as it is known to exceed ``limit``."""
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise TooLarge(f"request body is {declared} bytes; the limit is {limit}")
+        raise declared_too_large(declared, limit)
     content = request.content
     if content.is_eof():  # the whole body came with the headers (a small value): no loop
         body = content.read_nowait()
@@ -63,8 +71,7 @@ async def _expect_continue(request: web.Request, limit: int) -> web.StreamRespon
     body before the client sends it, instead of inviting it and then discarding it."""
     declared = request.content_length
     if declared is not None and declared > limit:
-        return error_response(request, TooLarge(
-            f"request body is {declared} bytes; the limit is {limit}"))
+        return error_response(request, declared_too_large(declared, limit))
     if request.version != HttpVersion11:
         return None
     if request.headers.get("Expect", "").lower() != "100-continue":
@@ -75,46 +82,10 @@ async def _expect_continue(request: web.Request, limit: int) -> web.StreamRespon
     return None
 
 
-def _parse_etag(header: str, name: str) -> int:
-    """``"12"`` (or a bare ``12``) -> 12. Weak tags and lists are refused: a version check
-    must name exactly one version."""
-    text = header.strip()
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        text = text[1:-1]
-    # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() then refuses.
-    if not (text.isascii() and text.isdigit()) or len(text) > 19:
-        raise InvalidArgument(f'{name} must be one version in quotes, like "12"; got {header!r}')
-    return int(text)
-
-
-def _query_number(value: str, name: str, *, integer: bool) -> int | float:
-    try:
-        number: int | float = int(value) if integer else float(value)
-    except ValueError:
-        kind = "an integer" if integer else "a number"
-        raise InvalidArgument(f"{name} must be {kind}, got {value!r}") from None
-    if isinstance(number, float) and not math.isfinite(number):
-        raise InvalidArgument(f"{name} must be finite, got {value!r}")
-    return number
-
-
 def _query_args(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
-    args: dict[str, Any] = {}
     if not request.query_string:  # the common case: no parsed query object built at all
-        return args
-    for name, value in request.query.items():
-        if name not in allowed:
-            raise InvalidArgument(f"unknown query parameter {name!r}; this route takes "
-                                  f"{', '.join(sorted(allowed))}")
-        if name in args:
-            raise InvalidArgument(f"query parameter {name!r} given twice")
-        if name in ("consistency", "w"):
-            args[name] = value
-        elif name in ("min_version", "ring_version"):
-            args[name] = _query_number(value, name, integer=True)
-        else:
-            args[name] = _query_number(value, name, integer=False)
-    return args
+        return {}
+    return query_args(request.query.items(), allowed)
 
 
 def _json_bytes(raw: object, name: str) -> object:
@@ -185,8 +156,9 @@ class RestApi:
     async def _expect_batch(self, request: web.Request) -> web.StreamResponse | None:
         return await _expect_continue(request, MAX_FRAME_BYTES)
 
-    async def _run(self, request: web.Request, op: str, args: dict[str, Any]) -> Any:
-        """Run one op with metrics; errors propagate as ShardKVError only."""
+    async def run(self, op: str, args: dict[str, Any]) -> Any:
+        """Run one op with metrics; errors propagate as ShardKVError only. Also what the
+        lean lane (``node/api/lean_connection.py``) runs its requests through."""
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -207,18 +179,15 @@ class RestApi:
 
     async def get_named(self, request: web.Request, key: str) -> web.StreamResponse:
         """``GET /v1/kv/{key}`` with the key already taken from the path (the router's
-        handler above, or ``node/api/fast_lane.py``)."""
+        handler above, or the fast lane of ``node/api/front_door.py``)."""
         try:
-            args = _query_args(request, _GET_QUERY)
+            args = _query_args(request, GET_QUERY)
             args["key"] = key
-            result = await self._run(request, "get", args)
+            result = await self.run("get", args)
         except ShardKVError as error:
             return error_response(request, error)
-        headers = {"ETag": f'"{result["version"]}"'}
-        if result["expires_at"] is not None:
-            headers["X-Expires-At"] = repr(result["expires_at"])
-        return web.Response(body=result["value"], headers=headers,
-                            content_type="application/octet-stream")
+        return web.Response(body=result["value"], headers=get_headers(result),
+                            content_type=OCTET_STREAM)
 
     async def put_key(self, request: web.Request) -> web.StreamResponse:
         return await self.put_named(request, self._key(request))
@@ -226,35 +195,26 @@ class RestApi:
     async def put_named(self, request: web.Request, key: str) -> web.StreamResponse:
         """``PUT /v1/kv/{key}``, the key taken from the path (as ``get_named``)."""
         try:
-            args = _query_args(request, _PUT_QUERY)
+            args = _query_args(request, PUT_QUERY)
             args["key"] = key
-            if_match = request.headers.get("If-Match")
-            if if_match is not None:
-                args["if_version"] = _parse_etag(if_match, "If-Match")
-            if_none_match = request.headers.get("If-None-Match")
-            if if_none_match is not None:
-                if if_none_match.strip() != "*":
-                    raise InvalidArgument("If-None-Match takes only * (write only if absent)")
-                args["if_absent"] = True
+            headers = request.headers
+            put_conditions(args, headers.get("If-Match"), headers.get("If-None-Match"))
             args["value"] = await read_body(request, self.ctx.limits.max_value_bytes)
-            result = await self._run(request, "put", args)
+            result = await self.run("put", args)
         except ShardKVError as error:
             return error_response(request, error)
-        version = result["version"]
-        headers = {"ETag": f'"{version}"'}
-        if answers_json(request):  # the answer is only ever {"version": n}: no encoder
-            return web.Response(body=b'{"version":%d}' % version, headers=headers,
-                                content_type=JSON)
-        return respond(request, result, headers=headers)
+        body, content_type = put_answer(result, answers_json(request))
+        return web.Response(body=body, headers={"ETag": f'"{result["version"]}"'},
+                            content_type=content_type)
 
     async def delete_key(self, request: web.Request) -> web.StreamResponse:
         try:
-            args = _query_args(request, _DELETE_QUERY)
+            args = _query_args(request, DELETE_QUERY)
             args["key"] = self._key(request)
             if_match = request.headers.get("If-Match")
             if if_match is not None:
-                args["if_version"] = _parse_etag(if_match, "If-Match")
-            result = await self._run(request, "delete", args)
+                args["if_version"] = parse_etag(if_match, "If-Match")
+            result = await self.run("delete", args)
         except ShardKVError as error:
             return error_response(request, error)
         return respond(request, result)
@@ -268,7 +228,7 @@ class RestApi:
             args = decode_batch_body(body, request.headers.get("Content-Type", ""))
             if not isinstance(args, dict):
                 raise InvalidArgument('the body must be a map: {"ops": [...]}')
-            result = await self._run(request, "batch", args)
+            result = await self.run("batch", args)
         except ShardKVError as error:
             return error_response(request, error)
         return respond(request, result, default_json=False)
@@ -307,6 +267,7 @@ class RestApi:
             "engine": config.engine,
             "fsync": config.fsync,
             "event_loop": running_loop_name(),
+            "lean_rest": config.lean_rest,
             "data_dir": str(config.data_dir),
             "listen": config.listen,
             "coordinators": list(config.coordinators),

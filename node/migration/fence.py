@@ -36,6 +36,9 @@ class ArcFence:
         self._inflight = 0  # writes counted by ``enter`` (before the fence), not yet left
         self._idle: asyncio.Event | None = None  # made only while someone drains
         self._draining = 0  # ``drained`` calls waiting (a fence handshake can be retried)
+        # Keyed requests seen (reads and writes, fenced or not): the copy's and the clean-up's
+        # throttle pace only while there is a foreground to protect (throttle.py).
+        self.requests = 0
 
     def follow(self, cluster_map: ClusterMap, shard: str | None) -> None:
         """Take the fence state from a new map."""
@@ -58,6 +61,7 @@ class ArcFence:
         target may already have accepted a newer write, and a read here would return the
         older value (a stale "strong" read). Refused, the client retries and is redirected.
         """
+        self.requests += 1
         if not self.fenced:
             if not writes:
                 return False

@@ -42,11 +42,12 @@ from shardkv.cluster.errors import (
 from shardkv.cluster.limits import MAX_FRAME_BYTES
 from shardkv.cluster.migration_record import BEFORE_FLIP
 from shardkv.node.membership.coordinator_link import Placement
-from shardkv.node.migration.arcs import MovingArcs, owners, target_spec
+from shardkv.node.migration.arcs import MovingArcs, owned_by, target_spec
 from shardkv.node.migration.cleaner import MovedKeyCleaner
 from shardkv.node.migration.exporter import ArcExport
 from shardkv.node.migration.fence import ArcFence
 from shardkv.node.migration.floor import raise_lsn_floor
+from shardkv.node.migration.heap_freeze import HeapFreeze
 from shardkv.node.migration.importer import ArcImporter
 from shardkv.node.migration.throttle import LoopLagThrottle
 from shardkv.node.storage.store import Store
@@ -72,9 +73,13 @@ class MigrationService:
         self.cluster_map: ClusterMap | None = None
         self.shard: str | None = None
         self._map_changed = asyncio.Event()
+        self.heap = HeapFreeze()
         # (migration id, its copy throttle), watching the loop from the moment this source
         # primary's map shows the migration (see ``_watch_before_copy``).
         self._throttle: tuple[str, LoopLagThrottle] | None = None
+        # (migration id, the copy throttle's baseline lateness): the clean-up starts from it
+        # instead of watching the loop for another CALIBRATE_S after the flip.
+        self._baseline: tuple[str, float] | None = None
 
     def install(self) -> None:
         assert self.server.membership is not None
@@ -104,6 +109,8 @@ class MigrationService:
             export, self.export = self.export, None
             await export.stop()
         await self._watch_before_copy(placement, record)
+        self.heap.follow(record.id if record is not None and record.running and (
+            placement.shard in record.sources or placement.shard in record.targets) else None)
         self._map_changed.set()
         self._map_changed = asyncio.Event()
 
@@ -125,8 +132,10 @@ class MigrationService:
         if current is not None and (not wanted or current[0] != record.id):
             self._throttle = None
             await current[1].stop()
+            if current[1].baseline_lag_s is not None:
+                self._baseline = (current[0], current[1].baseline_lag_s)
         if wanted and self._throttle is None:
-            throttle = LoopLagThrottle()
+            throttle = LoopLagThrottle(activity=self._foreground)
             throttle.start()
             self._throttle = (record.id, throttle)
 
@@ -202,11 +211,13 @@ class MigrationService:
         if not isinstance(records, list | tuple):
             raise InvalidArgument("records must be a list")
         await self._importing(_text(body, "id"))
-        return await self.importer.apply(store, _text(body, "id"), _text(body, "source"),
-                                         _text(body, "attempt"), records)
+        answer = await self.importer.apply(store, _text(body, "id"), _text(body, "source"),
+                                           _text(body, "attempt"), records)
+        self.heap.refreeze()
+        return answer
 
     async def import_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.importer.status()
+        return {**self.importer.status(), "gc": self.heap.status()}
 
     # -- source side ---------------------------------------------------------------------
 
@@ -234,7 +245,7 @@ class MigrationService:
                              target_spec(self.cluster_map.ring, record.target_ring),
                              self.shard, record.targets)
         throttle = self._throttle[1] if self._throttle and (
-            self._throttle[0] == migration_id) else None
+            self._throttle[0] == migration_id) else LoopLagThrottle(activity=self._foreground)
         self.export = ArcExport(store, migration_id, attempt, arcs, routes, throttle)
         self.export.start()
         return self.export.status()
@@ -242,7 +253,7 @@ class MigrationService:
     async def export_status(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.export is None:
             return {}
-        return {**self.export.status(), "fence": self.fence.status()}
+        return {**self.export.status(), "fence": self.fence.status(), "gc": self.heap.status()}
 
     async def fence_and_ship(self, body: dict[str, Any]) -> dict[str, Any]:
         migration_id = _text(body, "id")
@@ -293,18 +304,27 @@ class MigrationService:
             return cleaner.status()
         if cleaner is not None:
             await cleaner.stop()
-        self.cleaner = MovedKeyCleaner(store, migration_id, self._owned)
+        self.cleaner = MovedKeyCleaner(store, migration_id, self._owned,
+                                       after_entry=self.heap.refreeze,
+                                       activity=self._foreground)
+        if self._baseline is not None and self._baseline[0] == migration_id:
+            self.cleaner.throttle.adopt(self._baseline[1])
         self.cleaner.start()
         return self.cleaner.status()
 
     async def clean_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {} if self.cleaner is None else self.cleaner.status()
+        return {} if self.cleaner is None else {**self.cleaner.status(),
+                                                 "gc": self.heap.status()}
+
+    def _foreground(self) -> int:
+        """Keyed requests this node has seen (the throttles pace only while it moves)."""
+        return self.fence.requests
 
     def _owned(self, keys: list[bytes]) -> list[bool]:
         cluster_map, shard = self.cluster_map, self.shard
         if cluster_map is None or shard is None or not cluster_map.ring.shards:
             return [True] * len(keys)
-        return [owner == shard for owner in owners(cluster_map.ring, keys)]
+        return owned_by(cluster_map.ring, shard, keys)
 
 
 def _text(body: dict[str, Any], name: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from shardkv.cluster.errors import NotFound, TooLarge
 from shardkv.cluster.limits import MAX_SCAN_LIMIT, as_key
@@ -46,7 +46,7 @@ from shardkv.node.storage.store_model import (
 from shardkv.node.storage.store_writes import StoreWrites
 from shardkv.node.storage.ttl_sweeper import TtlSweeper
 from shardkv.node.storage.write_plan import live
-from shardkv.node.wal.record import Mutation, WalEntry
+from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
 from shardkv.node.wal.write_ahead_log import WriteAheadLog
 from shardkv.node.watch.watch_hub import WatchHub
 
@@ -322,6 +322,11 @@ class Store(StoreWrites):
         as of ``lsn`` or later (``Engine.migration_view``)."""
         return await self._engine.migration_view(select)
 
+    def migration_keys(self, select: KeySelect) -> AsyncIterator[list[bytes]]:
+        """The keys ``select`` keeps, a list at a time (``Engine.migration_keys``): what a
+        migration's clean-up reads, rows undecoded."""
+        return self._engine.migration_keys(select)
+
     async def write_imported(self, mutations: list[Mutation]) -> int:
         """Order ``mutations`` (keys moving in from another shard, with their absolute
         expiry) as one entry of this shard's log; returns its LSN once it is applied under
@@ -342,6 +347,21 @@ class Store(StoreWrites):
                 self._pipeline.check_writable()
             applied = self._submit(mutations)
         return await applied
+
+    async def delete_moved(self, keys: list[bytes]) -> int:
+        """Delete those of ``keys`` (read from this engine, so valid and distinct) that
+        exist, as one entry, like ``mdelete`` (each delete logs the version it removes, for
+        watches) but without its per-key checks, its limit or its lock: a migration's
+        clean-up deletes a third of a shard, and nobody else writes those keys (the ring
+        gives them to another shard). Lock-free as a blind write is: the versions are read
+        in write order and submitted with no await in between. Returns how many existed."""
+        versions = await self._pipeline.live_versions(keys, self._clock())
+        delete = MutationKind.DELETE
+        mutations = [Mutation(delete, key, prev_version=version)
+                     for key, version in zip(keys, versions, strict=True) if version is not None]
+        if mutations:
+            await self._submit(mutations)
+        return len(mutations)
 
     # ------------------------------------------------------------------------ maintenance
 

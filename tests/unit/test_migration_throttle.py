@@ -73,3 +73,36 @@ async def test_disabled_throttle_never_waits() -> None:
     await throttle.wait()
     assert throttle.delay_s == 0 and throttle.waited_s == 0
     await throttle.stop()
+
+
+async def test_an_adopted_baseline_skips_the_calibration() -> None:
+    """The clean-up takes the copy's baseline: no second half-second of watching."""
+    throttle = LoopLagThrottle(max_lag_s=0.008)
+    throttle.adopt(0.01)
+    throttle.start()
+    try:
+        await throttle.calibrate()
+        assert not throttle._ticks  # it returned before the ticker's first tick
+        assert throttle.baseline_lag_s == 0.01 and throttle.max_lag_s == 0.02
+    finally:
+        await throttle.stop()
+
+
+async def test_no_pause_without_a_foreground_to_protect() -> None:
+    """A late loop pauses the copy only while foreground requests arrive: with none in the
+    last window, a late loop delays nobody but the copy."""
+    requests = [0]
+    throttle = LoopLagThrottle(max_lag_s=0.008, activity=lambda: requests[0])
+    loop = asyncio.get_running_loop()
+    throttle.record(loop.time(), 0.05)
+    await throttle.wait()  # the count was just seen for the first time: a foreground
+    assert throttle.delay_s == STEP_S
+    throttle._seen = (requests[0], loop.time() - 1.0)  # nothing arrived for a second
+    throttle.record(loop.time(), 0.05)
+    await throttle.wait()
+    assert throttle.delay_s == 0.75 * STEP_S or throttle.delay_s == 0.0
+    assert throttle.status()["idle_batches"] == 1
+    requests[0] += 1  # a request arrives: paced again
+    throttle.record(loop.time(), 0.05)
+    await throttle.wait()
+    assert throttle.delay_s > 0 and throttle.status()["idle_batches"] == 1

@@ -126,6 +126,21 @@ class Engine(abc.ABC):
         This default is the consistent view."""
         return await self.snapshot_view(select)
 
+    async def migration_keys(self, select: KeySelect) -> AsyncIterator[list[bytes]]:
+        """The keys ``select`` keeps, a list at a time, as ``migration_view`` would list
+        them, for a migration's clean-up, which needs nothing else (the Store reads each
+        key's version again as it deletes it). This default takes them from
+        ``migration_view``; an engine may skip decoding the rows."""
+        view = await self.migration_view(select)
+        chunk: list[bytes] = []
+        async for row in view.rows:
+            chunk.append(row[0])
+            if len(chunk) >= SELECT_CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
     @abc.abstractmethod
     async def load(self, rows: Iterable[SnapshotRow], lsn: int) -> None:
         """Replace the whole state with ``rows`` (a snapshot at ``lsn``)."""

@@ -144,15 +144,27 @@ class MemoryEngine(Engine):
 
     async def apply(self, entry: WalEntry) -> None:
         check_apply_order(self.name, self._applied_lsn, entry)
+        lsn = entry.lsn
+        # Every row of an entry has the same version: its header is packed once per entry,
+        # and the common put (a small value, no expiry) is set with no call per key (an
+        # import or an mput writes a thousand keys per entry).
+        heads = ((_HEAD.pack(0, lsn), _HEAD.pack(_COMPRESSED, lsn))
+                 if 0 <= lsn < _VERSION_LIMIT else None)
+        put = MutationKind.PUT
+        set_row = self._items.set
         for mutation in entry.mutations:
-            if mutation.kind is MutationKind.PUT:
-                self._put(
-                    mutation.key,
-                    _row(mutation.value, mutation.compressed, entry.lsn, mutation.expires_at),
-                )
-            else:
+            if mutation.kind is not put:
                 self._delete(mutation.key)
-        self._applied_lsn = entry.lsn
+            elif heads is None or mutation.expires_at is not None or len(
+                    mutation.value) > PACK_LIMIT:
+                self._put(mutation.key, _row(mutation.value, mutation.compressed, lsn,
+                                             mutation.expires_at))
+            else:
+                head = heads[1] if mutation.compressed else heads[0]
+                old = set_row(mutation.key, head + mutation.value)
+                if old is not None and _expires_at(old) is not None:
+                    self._expiring -= 1
+        self._applied_lsn = lsn
 
     async def apply_wire(self, raw: list[Any]) -> None:
         # Recovery replays the log through here: the msgpack lists read straight into rows,
@@ -235,10 +247,26 @@ class MemoryEngine(Engine):
         return SnapshotView(self._applied_lsn, len(self._items), self._live_rows(select))
 
     async def _live_rows(self, select: KeySelect) -> AsyncIterator[SnapshotRow]:
+        async for pairs in self._live_chunks():
+            # Selected and decoded with no await after the chunk was read (the table may
+            # change between chunks, never within one).
+            keys = [key for key, _ in pairs]
+            rows = [(key, *_fields(row)) for key, row in compress(pairs, select(keys))]
+            for row in rows:
+                yield row
+
+    async def migration_keys(self, select: KeySelect) -> AsyncIterator[list[bytes]]:
+        async for pairs in self._live_chunks():
+            keys = [key for key, _ in pairs]
+            kept = list(compress(keys, select(keys)))
+            if kept:
+                yield kept
+
+    async def _live_chunks(self) -> AsyncIterator[list[tuple[bytes, _Row]]]:
+        """The live table, ``_ROWS_PER_YIELD`` (key, row) pairs at a time, each chunk after
+        the last key of the one before (read with no await; the loop runs between chunks)."""
         after: bytes | None = None
         while True:
-            # A chunk after the last key read, selected and decoded with no await in
-            # between (the table may change between chunks, never within one).
             pairs = list(islice(self._items.items(after), _ROWS_PER_YIELD + 1))
             if after is not None and pairs and pairs[0][0] == after:
                 del pairs[0]
@@ -247,10 +275,7 @@ class MemoryEngine(Engine):
             if not pairs:
                 return
             after = pairs[-1][0]
-            keys = [key for key, _ in pairs]
-            rows = [(key, *_fields(row)) for key, row in compress(pairs, select(keys))]
-            for row in rows:
-                yield row
+            yield pairs
             await asyncio.sleep(0)
 
     async def load(self, rows: Iterable[SnapshotRow], lsn: int) -> None:

@@ -246,17 +246,21 @@ class ShardAdd:
                 self.cut.plan.shards -= 1  # the half-filled shard leaves the map
             if self.op == "remove" and detail["state"] == "done":
                 self.cut.plan.shards -= 1
-                detail["stopped_nodes"] = await self._stop_retired(detail.get("retired") or [])
+                detail["stopped_nodes"] = await self._stop_retired(detail.get("retired") or [],
+                                                                   detail)
             self._migration = None
         return detail
 
-    async def _stop_retired(self, nodes: list[str]) -> list[str]:
+    async def _stop_retired(self, nodes: list[str], detail: dict[str, Any]) -> list[str]:
         """The members a remove retired: drained and out of the map, stopped on purpose (the
         launcher does not restart them), once no watch still reads the shard's writes from
         them (cluster/retired_watches.py), within a grace period."""
         retiring = set(nodes)
-        await asyncio.to_thread(wait_watches_closed, [
+        began = time.monotonic()
+        still_open = await asyncio.to_thread(wait_watches_closed, [
             spec.url for spec in self.cut.plan.nodes if spec.id in retiring])
+        detail["retired_watches"] = {"waited_s": round(time.monotonic() - began, 2),
+                                     "still_open": still_open}
         stopped = []
         for node in nodes:
             try:

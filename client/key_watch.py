@@ -133,6 +133,7 @@ class _ShardFollower:
         """Follow until cancelled or let go; an error retrying cannot fix goes to the queue."""
         try:
             await self._run()
+            self.merge.left(self)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # never die silently: the caller would wait forever
@@ -300,9 +301,11 @@ class _Merge:
         since, self.since_ring = self.since_ring, new.ring.version
         wanted = watched_shards(new, self.request)
         for shard in sorted(wanted):
+            follower = self.followers.get(shard)
+            if follower is not None and not follower.done and shard in self.retired:
+                continue  # a removed shard of that name is still read: this one after (left)
             self.leaving.pop(shard, None)
             self.retired.pop(shard, None)
-            follower = self.followers.get(shard)
             if follower is None or follower.done:
                 flips = [f.lsns[shard] for f in history.flips
                          if f.after.version > since and shard in f.lsns]
@@ -328,6 +331,20 @@ class _Merge:
             self.tasks[shard].cancel()
             follower.done = True
         self.notify()
+
+    def left(self, follower: _ShardFollower) -> None:
+        """``follower`` returned. If it read a retired shard to its crossing and a shard of
+        the same name joined the ring meanwhile (ids are reused), follow the new one from
+        where it joined."""
+        shard = follower.shard
+        if (self.retired.pop(shard, None) is None or not self.let_go(follower)
+                or self.followers.get(shard) is not follower or self.history is None
+                or (cmap := self.router.map) is None
+                or shard not in watched_shards(cmap, self.request)):
+            return
+        follower.done = True
+        self.leaving.pop(shard, None)
+        self._follow(shard, self.history.joined(shard))
 
     def gap_error(self, shard: str) -> Unavailable:
         return Unavailable(

@@ -12,11 +12,12 @@ end the iteration by raising.
 Resharding (docs/watch.md, "Resharding"): the watch follows map changes (the router's
 ``on_install``). A shard that joins the ring is followed from the LSN where it began owning
 its arcs (recorded with the flip); a shard that leaves is followed up to the LSN where it
-stopped, then let go. Events a migration writes (the copy on a target, the clean-up on a
-source) are dropped by ownership (``cluster/ring_history.py``), judged with a map at least as new
-as the ring the node knew when it sent them (``ring_version`` in the frame). A key's events
-from its new owner wait until its old owner's events up to the flip were queued, so per-key
-order holds across the move.
+stopped, then let go; if the map retires it first, the follower goes on against its
+parked members (``retired_shard.py``), within a bound. Events a migration writes (the copy
+on a target, the clean-up on a source) are dropped by ownership (``cluster/ring_history.py``),
+judged with a map at least as new as the ring the node knew when it sent them
+(``ring_version`` in the frame). A key's events from its new owner wait until its old
+owner's events up to the flip were queued, so per-key order holds across the move.
 
 The shards' frames meet in one bounded queue: a caller that stops reading stalls the shard
 tasks, the node's buffer for the watch fills and the node cuts the watch off with
@@ -33,6 +34,12 @@ from typing import Any
 
 import aiohttp
 from shardkv.client.eventual_watch import EventualWatch
+from shardkv.client.retired_shard import (
+    RETIRED_RETRY_S,
+    RETIRED_SILENCE_S,
+    MemberExhausted,
+    RetiredShard,
+)
 from shardkv.client.retry import DecorrelatedJitterBackoff
 from shardkv.client.routing import Router
 from shardkv.cluster.cluster_map import ClusterMap
@@ -126,6 +133,7 @@ class _ShardFollower:
         """Follow until cancelled or let go; an error retrying cannot fix goes to the queue."""
         try:
             await self._run()
+            self.merge.left(self)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # never die silently: the caller would wait forever
@@ -147,25 +155,43 @@ class _ShardFollower:
                     await self.queue.put(("error", error))
                     return
             except ShardKVError as error:
-                if not error.retryable:
+                # A retired member's refusal is not the shard's: the next one may serve it.
+                if not error.retryable and self.shard not in self.merge.retired:
                     await self.queue.put(("error", error))
                     return
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            except aiohttp.ClientConnectorError:
+                self._refused()
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, MemberExhausted):
                 pass
             if self.merge.let_go(self):
                 return
+            retired = self.merge.retired.get(self.shard)
+            if retired is not None and retired.given_up(asyncio.get_running_loop().time()):
+                await self.queue.put(("error", self.merge.gap_error(self.shard)))
+                return
             failures += 1
             self.resumes += 1
-            if not self.router.direct:
+            delay = backoff.compute(failures) if failures > 1 else 0.0
+            if retired is not None:  # no map names it: its next member, soon (bounded)
+                delay = min(delay, RETIRED_RETRY_S)
+            elif not self.router.direct:
                 with contextlib.suppress(ShardKVError, aiohttp.ClientError, OSError,
                                          TimeoutError):
                     await self.router.refresh()
-            await asyncio.sleep(backoff.compute(failures) if failures > 1 else 0.0)
+            await asyncio.sleep(delay)
+
+    def _refused(self) -> None:
+        retired = self.merge.retired.get(self.shard)
+        if retired is not None and retired.tried:
+            retired.refused_by(retired.tried[-1])
 
     async def _follow_once(self) -> bool:
         """One connection; True once this shard has nothing more for the watch (it left
         the ring and everything up to its crossing LSN was queued)."""
-        if self.eventual is None:
+        retired = self.merge.retired.get(self.shard)
+        if retired is not None:
+            url, silence = retired.next_url(), RETIRED_SILENCE_S
+        elif self.eventual is None:
             url = self.router.primary(self.shard).url.rstrip("/") + "/v1/watch"
             silence = None
         else:
@@ -179,18 +205,27 @@ class _ShardFollower:
         async with ws:
             await ws.send_bytes(pack({**self.request, "start_version": self.last}))
             while (msg := await ws.receive(silence)).type is aiohttp.WSMsgType.BINARY:
-                await self._take(unpack(msg.data))
+                frame = unpack(msg.data)
+                await self._take(frame, retired)
                 if self.merge.let_go(self):
                     return True
+                if frame.get("type") == "progress" and self.shard in self.merge.retired:
+                    # Its history is all sent and nothing is written to a retired shard.
+                    raise MemberExhausted(url)
         return False
 
-    async def _take(self, frame: dict[str, Any]) -> None:
+    async def _take(self, frame: dict[str, Any], retired: RetiredShard | None = None) -> None:
         kind = frame.get("type")
         if kind in ("events", "progress"):
             self.tried.clear()  # this member serves the watch
+            if retired is not None:
+                retired.served()
         if kind == "events":
             last = self.last if self.last is not None else -1
             events = [e for e in frame["events"] if e["version"] > last]
+            if retired is not None:  # a parked member no longer knows its shard's name
+                for event in events:
+                    event["shard"] = self.shard
             if events:
                 await self.merge.deliver(self, frame.get("ring_version"), events)
             self.last = max(last, int(frame["version"]))
@@ -200,7 +235,8 @@ class _ShardFollower:
             if self.last is None or version > self.last:
                 self.last = version
                 self.merge.notify()
-            await self.queue.put(("progress", (frame.get("shard", self.shard), version)))
+            shard = self.shard if retired is not None else frame.get("shard", self.shard)
+            await self.queue.put(("progress", (shard, version)))
         elif kind == "created":
             if self.last is None:
                 self.last = int(frame["start_version"])
@@ -224,6 +260,7 @@ class _Merge:
         self.followers: dict[str, _ShardFollower] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.leaving: dict[str, int] = {}  # shard -> LSN after which it has nothing for us
+        self.retired: dict[str, RetiredShard] = {}  # followed past the map that dropped it
         cmap = router.map
         self.history = None if router.direct or cmap is None else RingHistory(cmap)
         self.since_ring = 0 if cmap is None else cmap.ring.version
@@ -264,8 +301,11 @@ class _Merge:
         since, self.since_ring = self.since_ring, new.ring.version
         wanted = watched_shards(new, self.request)
         for shard in sorted(wanted):
-            self.leaving.pop(shard, None)
             follower = self.followers.get(shard)
+            if follower is not None and not follower.done and shard in self.retired:
+                continue  # a removed shard of that name is still read: this one after (left)
+            self.leaving.pop(shard, None)
+            self.retired.pop(shard, None)
             if follower is None or follower.done:
                 flips = [f.lsns[shard] for f in history.flips
                          if f.after.version > since and shard in f.lsns]
@@ -277,16 +317,39 @@ class _Merge:
             if crossing is not None:
                 self.leaving[shard] = crossing
         for shard, follower in list(self.followers.items()):
-            if shard not in new.shards and not follower.done:
-                # Retired from the map: nobody serves it any more.
-                if not self.let_go(follower):
-                    self._fail(Unavailable(
-                        f"shard {shard} left the cluster before this watch received its "
-                        f"writes up to version {self.leaving.get(shard)}; the watch cannot "
-                        f"resume without a gap"))
-                self.tasks[shard].cancel()
-                follower.done = True
+            if shard in new.shards or follower.done or shard in self.retired:
+                continue
+            if not self.let_go(follower):
+                # Retired from the map before the watch had its writes up to the flip:
+                # its parked members still hold them (retired_shard.py).
+                retired = None if self.leaving.get(shard) is None else RetiredShard.of(
+                    previous, shard, asyncio.get_running_loop().time())
+                if retired is not None:
+                    self.retired[shard] = retired
+                    continue
+                self._fail(self.gap_error(shard))
+            self.tasks[shard].cancel()
+            follower.done = True
         self.notify()
+
+    def left(self, follower: _ShardFollower) -> None:
+        """``follower`` returned. If it read a retired shard to its crossing and a shard of
+        the same name joined the ring meanwhile (ids are reused), follow the new one from
+        where it joined."""
+        shard = follower.shard
+        if (self.retired.pop(shard, None) is None or not self.let_go(follower)
+                or self.followers.get(shard) is not follower or self.history is None
+                or (cmap := self.router.map) is None
+                or shard not in watched_shards(cmap, self.request)):
+            return
+        follower.done = True
+        self.leaving.pop(shard, None)
+        self._follow(shard, self.history.joined(shard))
+
+    def gap_error(self, shard: str) -> Unavailable:
+        return Unavailable(
+            f"shard {shard} left the cluster before this watch received its writes up to "
+            f"version {self.leaving.get(shard)}; the watch cannot resume without a gap")
 
     def _fail(self, error: ShardKVError) -> None:
         """End the watch with ``error`` (from a map listener, which cannot wait for room in

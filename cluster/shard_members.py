@@ -22,6 +22,7 @@ from shardkv.cluster.local_processes import (
     pid_alive,
     terminate_pids,
 )
+from shardkv.cluster.retired_watches import RETIRE_GRACE_S, wait_watches_closed
 
 
 def _next_node_number(plan: ClusterPlan, directory: Path) -> int:
@@ -81,7 +82,8 @@ def _merge_cluster_file(cluster: LocalCluster, specs: list[ProcessSpec]) -> None
     write_json_atomically(path, described)
 
 
-def retire_members(directory: Path, node_ids: list[str]) -> list[str]:
+def retire_members(directory: Path, node_ids: list[str], *,
+                   watch_grace_s: float = RETIRE_GRACE_S) -> list[str]:
     """Stop the members a shard removal retired and drop them from ``launcher.json`` and
     ``cluster.json`` (a later ``shardkv up`` must not start them again). A launcher that
     runs the cluster stops the processes it owns (it would otherwise restart them); the
@@ -93,6 +95,9 @@ def retire_members(directory: Path, node_ids: list[str]) -> list[str]:
         return []
     plan = ClusterPlan.load(plan_file)
     known = [n.id for n in plan.nodes if n.id in wanted]
+    # A watch still catching up with the removed shard's writes reads them from these
+    # members (cluster/retired_watches.py): let it finish, within the grace period.
+    wait_watches_closed([n.url for n in plan.nodes if n.id in wanted], grace_s=watch_grace_s)
     cluster_file = directory / "cluster.json"
     described = json.loads(cluster_file.read_text()) if cluster_file.is_file() else {}
     pids = {e["id"]: e.get("pid") for e in described.get("nodes", [])}

@@ -38,6 +38,7 @@ from shardkv.chaos.nemesis.fault import Nemesis, NemesisError, run_command
 from shardkv.chaos.nemesis.loopback_partition import LoopbackNetwork
 from shardkv.chaos.nemesis.switchover import http_post_json
 from shardkv.cluster.cluster_token import auth_headers
+from shardkv.cluster.retired_watches import wait_watches_closed
 from shardkv.cluster.shard_members import start_shard_members
 
 if TYPE_CHECKING:
@@ -245,13 +246,21 @@ class ShardAdd:
                 self.cut.plan.shards -= 1  # the half-filled shard leaves the map
             if self.op == "remove" and detail["state"] == "done":
                 self.cut.plan.shards -= 1
-                detail["stopped_nodes"] = await self._stop_retired(detail.get("retired") or [])
+                detail["stopped_nodes"] = await self._stop_retired(detail.get("retired") or [],
+                                                                   detail)
             self._migration = None
         return detail
 
-    async def _stop_retired(self, nodes: list[str]) -> list[str]:
+    async def _stop_retired(self, nodes: list[str], detail: dict[str, Any]) -> list[str]:
         """The members a remove retired: drained and out of the map, stopped on purpose (the
-        launcher does not restart them)."""
+        launcher does not restart them), once no watch still reads the shard's writes from
+        them (cluster/retired_watches.py), within a grace period."""
+        retiring = set(nodes)
+        began = time.monotonic()
+        still_open = await asyncio.to_thread(wait_watches_closed, [
+            spec.url for spec in self.cut.plan.nodes if spec.id in retiring])
+        detail["retired_watches"] = {"waited_s": round(time.monotonic() - began, 2),
+                                     "still_open": still_open}
         stopped = []
         for node in nodes:
             try:

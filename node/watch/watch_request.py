@@ -19,7 +19,7 @@ MAX_PROGRESS_INTERVAL_MS = 600_000
 DEFAULT_PROGRESS_INTERVAL_MS = 1_000
 
 _FIELDS = {"key", "prefix", "start", "end", "start_version", "values", "progress_interval_ms"}
-_QUERY = {"consistency", "max_staleness_ms"}
+_QUERY = {"consistency", "max_staleness_ms", "retired"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,9 @@ class WatchRequest:
     # any staleness) of its primary; ``strong``: only the primary.
     eventual: bool = False
     max_staleness_ms: float | None = None
+    # ``retired``: the client follows a shard that left the map, to the end of its log: a
+    # member without a role may serve it (``watch_session.py``, docs/watch.md).
+    retired: bool = False
 
     @classmethod
     def parse(cls, raw: Any, query: Mapping[str, str] | None = None) -> WatchRequest:
@@ -56,7 +59,16 @@ class WatchRequest:
             raise InvalidArgument(
                 f"progress_interval_ms must be an integer from {MIN_PROGRESS_INTERVAL_MS} "
                 f"to {MAX_PROGRESS_INTERVAL_MS}")
-        return cls(watch, start_version, values, interval / 1000, eventual, bound)
+        return cls(watch, start_version, values, interval / 1000, eventual, bound,
+                   retired_option(query or {}))
+
+
+def retired_option(query: Mapping[str, str]) -> bool:
+    """``?retired=true``: the watch is for a shard that left the cluster (see the field)."""
+    raw = query.get("retired", "false")
+    if raw not in ("true", "false"):
+        raise InvalidArgument(f"retired must be true or false, got {raw!r}")
+    return raw == "true"
 
 
 def read_options(query: Mapping[str, str]) -> tuple[bool, float | None]:

@@ -88,6 +88,7 @@ class WatchSession:
         self.slow_consumer = False
         self._subscriber: Subscriber | None = None
         self._eventual = False
+        self._retired = False  # ``?retired=true``: a member without a role may serve it
         self._bound: float | None = None
         self._check_s = float("inf")  # how often the live loop re-checks the role rules
 
@@ -100,6 +101,7 @@ class WatchSession:
         try:
             request = WatchRequest.parse(await self._read_request(), self._query)
             self._eventual, self._bound = request.eventual, request.max_staleness_ms
+            self._retired = request.retired
             if self._bound is not None:
                 self._check_s = min(MAX_STALENESS_CHECK_S,
                                     max(MIN_STALENESS_CHECK_S, self._bound / 4000))
@@ -145,6 +147,12 @@ class WatchSession:
                 # Not following a primary (starting, or left the shard): it cannot tell
                 # which of its entries are committed.
                 raise Unavailable(f"this {self.ctx.role} follows no primary; retry elsewhere")
+        elif self._retired and self.ctx.role not in ("primary", "replica"):
+            # A member of a shard that left the map: nothing is written to its log any
+            # more, and what it holds up to its commit limit (a former primary: all it
+            # applied, which passed its commit gate) is committed. It serves that to a
+            # client still catching up with the shard's writes up to its crossing LSN.
+            return store
         elif self.ctx.role != "primary":
             raise NotPrimary("strong watches are served by the shard's primary",
                              primary=self.ctx.primary)

@@ -142,22 +142,9 @@ async def watch_through(cluster: LocalCluster, new_ring: dict[str, int],
                          what="writes after the move")
         await writers.stop()
 
-        after = kv.cluster_map.copy()
         floor = int(record["lsn_floor"])
-        writes = [WatchedWrite(key, value, owner(before, after, key, version, floor), version)
-                  for key, value, version in writers.writes]
-        last: dict[str, int] = {}
-        for w in writes:
-            if w.version is not None:
-                last[w.shard] = max(last.get(w.shard, 0), w.version)
-
-        def caught_up_with_writes() -> bool:
-            if watching.done():
-                watching.result()  # the watch failed: raise its error here
-            return all(caught_up.get(s, 0) >= v for s, v in last.items())
-
-        await wait_until(caught_up_with_writes, within=30,
-                         what=f"the watch to catch up with every shard: {last}")
+        writes = watched_writes(writers, before, kv.cluster_map.copy(), floor)
+        await wait_caught_up(watching, caught_up, writes, within=30)
         last_of_key = max(w.version or 0 for w in writes if w.key == moving)
         await wait_until(lambda: max([e.version for e in on_key], default=0) >= last_of_key,
                          within=30, what="the key watch to catch up")
@@ -223,6 +210,31 @@ async def remove_shard(cluster: LocalCluster, shard: str) -> dict[str, Any]:
     record = await wait_finished(coordinator, body["migration"])
     assert record["state"] == "done", record
     return record
+
+
+def watched_writes(writers: Writers, before: ClusterMap, after: ClusterMap,
+                   floor: int) -> list[WatchedWrite]:
+    """The writers' writes, each with the shard that took it."""
+    return [WatchedWrite(key, value, owner(before, after, key, version, floor), version)
+            for key, value, version in writers.writes]
+
+
+async def wait_caught_up(watching: asyncio.Task[None], caught_up: dict[str, int],
+                         writes: list[WatchedWrite], *, within: float) -> None:
+    """Until the watch reported every shard up to its last acknowledged write (raises the
+    watch's error if it failed)."""
+    last: dict[str, int] = {}
+    for w in writes:
+        if w.version is not None:
+            last[w.shard] = max(last.get(w.shard, 0), w.version)
+
+    def caught_up_with_writes() -> bool:
+        if watching.done():
+            watching.result()  # the watch failed: raise its error here
+        return all(caught_up.get(s, 0) >= v for s, v in last.items())
+
+    await wait_until(caught_up_with_writes, within=within,
+                     what=f"the watch to catch up with every shard: {last}")
 
 
 def owner(before: ClusterMap, after: ClusterMap, key: bytes, version: int | None,

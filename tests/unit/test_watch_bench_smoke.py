@@ -70,7 +70,7 @@ def test_rounds_reduce_to_medians_ranges_and_ratios() -> None:
 def test_watch_bench_command_on_real_servers(tmp_path: Path) -> None:
     out = tmp_path / "watch.json"
     command = [sys.executable, "-m", "bench.watch_bench", "--watchers", "4", "--processes", "2",
-               "--writes", "20", "--rounds", "1", "--timeout", "20", "--json", str(out)]
+               "--writes", "200", "--rounds", "1", "--timeout", "20", "--json", str(out)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads(out.read_text())
@@ -78,6 +78,8 @@ def test_watch_bench_command_on_real_servers(tmp_path: Path) -> None:
     assert set(document["summary"]) == systems
     assert document["processes"] == 2
     for row in document["rounds"]:
-        assert row["events"] == row["expected_events"] == 80, row
+        # 200 writes, not 20: /proc counts CPU in 10 ms ticks, and a cheap server's 20
+        # writes and 80 events could fit in none (server CPU 0.0, seen in CI).
+        assert row["events"] == row["expected_events"] == 800, row
         assert row["watcher_cpu_cores"] > 0 and row["server_cpu_us_per_event"] > 0, row
     assert "ack p99 ms" in done.stdout

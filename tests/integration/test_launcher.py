@@ -189,6 +189,10 @@ def test_a_failed_up_says_this_runs_reason_once(tmp_path: Path) -> None:
     assert "exited" not in up.stderr  # nothing from the previous run's log
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_foreground_up_supervises_by_default(tmp_path: Path) -> None:
     """`shardkv up` in the foreground restarts a node that dies, unless --no-supervise."""
     directory = tmp_path / "cl"
@@ -196,7 +200,10 @@ def test_foreground_up_supervises_by_default(tmp_path: Path) -> None:
     launcher = subprocess.Popen(
         [sys.executable, "-m", "shardkv.cluster.cli", "up", "--dir", str(directory),
          "--shards", "1", "--replicas", "1", "--coordinators", "1", "--fsync", "never"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        # Ctrl-C is what this test sends: a suite started in the background by a shell
+        # (`... &`) inherits SIGINT ignored, and the launcher would never see it.
+        preexec_fn=_sigint_default)
     try:
         assert launcher.stdout is not None
         lines = []

@@ -15,7 +15,9 @@ next ok operation. The fault's failover duration is the longest of those, measur
 fault's start (0 when no key was affected; ``None`` when some key never recovered). A key
 the workload stopped using before the fault ended (workloads move on to fresh keys) has no
 later operation to measure recovery by: it is counted as ``abandoned_keys``, not as a key
-that never recovered.
+that never recovered. "Later" means after the fault's window *and* after the first affected
+key was back: a restart is stopped (its undo issued) before the node has replayed its WAL,
+and a key left in that gap was never seen either way.
 """
 
 from __future__ import annotations
@@ -127,22 +129,28 @@ def check_availability(
 def _failover(
     window: FaultWindow, by_key: dict[Any, list[Operation]], origin: float
 ) -> dict[str, Any]:
-    worst: float | None = 0.0
-    affected = 0
-    abandoned = 0
+    affected: list[tuple[list[Operation], Operation | None]] = []
     for key_ops in by_key.values():
         first_bad = next(
             (op for op in key_ops if op.call >= window.start and not answered(op)), None
         )
         if first_bad is None or first_bad.call >= window.end:
             continue
-        affected += 1
         back = next(
             (op for op in key_ops if op.call >= first_bad.call and op.type == "ok"), None
         )
+        affected.append((key_ops, back))
+    # The service is back when the first affected key is: a fault's ``stop`` is when its undo
+    # was issued (a restart still has to replay its WAL), so a key the workload left between
+    # the stop and that moment was not measurably unrecovered either.
+    backs = [back.ret for _, back in affected if back is not None]
+    measurable_after = max(window.end, min(backs, default=window.end))
+    worst: float | None = 0.0
+    abandoned = 0
+    for key_ops, back in affected:
         if back is None:
-            if max(op.call for op in key_ops) < window.end:
-                abandoned += 1  # no operation after the fault ended: nothing to measure
+            if max(op.call for op in key_ops) < measurable_after:
+                abandoned += 1  # no operation after the service came back: nothing to measure
                 continue
             worst = None
             continue
@@ -153,7 +161,7 @@ def _failover(
         "targets": list(window.targets),
         "start_s": round(window.start - origin, 4),
         "end_s": round(window.end - origin, 4) if window.end != INFINITY else None,
-        "affected_keys": affected,
+        "affected_keys": len(affected),
         "abandoned_keys": abandoned,
         "failover_s": None if worst is None else round(worst, 4),
     }

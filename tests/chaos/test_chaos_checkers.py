@@ -225,3 +225,21 @@ def test_fault_windows_pair_starts_with_stops_and_heal():
     assert [(w.fault, w.start, w.end) for w in windows] == [
         ("partition", 1.0, 3.0), ("pause", 2.0, 4.0), ("kill", 5.0, 9.0)
     ]
+
+
+def test_a_key_left_after_the_stop_but_before_the_service_was_back_is_abandoned():
+    # The stop is when the restart was issued; the node answered again only at 22.
+    nemesis = [
+        NemesisEvent(10.0, "kill", "start", ("n1",)),
+        NemesisEvent(20.0, "kill", "stop", ("n1",)),
+    ]
+    ops = [op(0, "write", 0, 11.0, 11.5, type="fail", error="UNAVAILABLE", key="left")]
+    ops += [op(1, "write", 1, 21.0, 21.5, type="fail", error="UNAVAILABLE", key="left")]
+    ops += [op(2, "write", 2, 12.0, 12.5, type="fail", error="UNAVAILABLE", key="kept")]
+    ops += [op(3, "write", 3, 21.8, 22.0, version=2, key="kept")]
+    failover = check_availability(ops, nemesis).stats["failovers"][0]
+    assert (failover["affected_keys"], failover["abandoned_keys"]) == (2, 1)
+    assert failover["failover_s"] == 12.0
+    # Still used after the service was back and never answered: never recovered.
+    ops += [op(4, "write", 4, 23.0, 23.5, type="fail", error="UNAVAILABLE", key="left")]
+    assert check_availability(ops, nemesis).stats["failovers"][0]["failover_s"] is None

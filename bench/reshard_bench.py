@@ -237,6 +237,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "node_cpu_s_clean": track.node_window(migration["flipped_at"],
                                                   migration["finished_at"]),
             "baseline": baseline, "during_migration": during, "breakdown": clocks,
+            # Wall-clock edges (the coordinator's clock: one machine), for probes that
+            # record by time (bench/loop_probe).
+            "at": {"baseline": base_started, "started": migration["started_at"],
+                   "copy_started": migration["copy_started_at"], "flipped": flip,
+                   "finished": migration["finished_at"]},
         }
     finally:
         cluster.stop()

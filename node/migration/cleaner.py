@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shardkv.cluster.structured_log import log_fields
+from shardkv.node.migration.loop_slices import SLICE_KEYS
 from shardkv.node.migration.stage_clock import StageClock
 from shardkv.node.migration.throttle import LoopLagThrottle
 from shardkv.node.storage.sessions import is_reserved
@@ -107,7 +108,7 @@ class MovedKeyCleaner:
         self.clock.start()
         # The keys this shard does not own, selected a chunk at a time (the same live table
         # the copy reads: a deleted key simply stops showing), rows never decoded.
-        async for keys in self.store.migration_keys(self._doomed):
+        async for keys in self.store.migration_keys(self._doomed, SLICE_KEYS):
             doomed.extend(keys)
             while len(doomed) >= DELETE_KEYS:
                 deleted += await self._delete(doomed[:DELETE_KEYS])

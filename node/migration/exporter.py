@@ -36,6 +36,7 @@ from shardkv.cluster.cluster_token import auth_headers
 from shardkv.cluster.errors import ShardKVError, Unavailable, error_from_dict
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.migration.arcs import MovingArcs
+from shardkv.node.migration.loop_slices import SLICE_KEYS, pack_with_records
 from shardkv.node.migration.stage_clock import StageClock
 from shardkv.node.migration.throttle import LoopLagThrottle
 from shardkv.node.storage.sessions import SESSION_PREFIX, is_reserved
@@ -243,7 +244,7 @@ class ArcExport:
             clock.add("select", time.perf_counter() - began, cpu=time.thread_time() - cpu)
             return picked
 
-        view = await self.store.migration_view(select)
+        view = await self.store.migration_view(select, SLICE_KEYS)
         self.view_lsn = view.lsn
         now = time.time()
         batches = _Batches()
@@ -358,8 +359,15 @@ class ArcExport:
                    "target_ring": self.arcs.target_ring.to_dict(), "target": target,
                    "targets": sorted(self.arcs.targets), **body}
         headers = {"Content-Type": wire.MSGPACK, "Accept": wire.MSGPACK, **auth_headers()}
-        with self.clock.timed("encode"):
-            data = wire.pack(payload)
+        records = payload.pop("records", None)
+        if records is None:
+            with self.clock.timed("encode"):
+                data = wire.pack(payload)
+        else:
+            # A batch is encoded a slice at a time (loop_slices.py): its wall time then
+            # includes what the loop ran in between.
+            with self.clock.waited("encode"):
+                data = await pack_with_records(payload, records)
         async with self._session.post(f"{self.routes[target]}{path}", data=data,
                                       headers=headers) as resp:
             raw = await resp.read()

@@ -4,8 +4,10 @@ Records arrive as ``[kind, key, value, compressed, expires_at, source_version]``
 ``"put"`` or ``"del"``), first from a source's rows, then from its WAL tail. The
 importer remembers, per key, the source version it last wrote, and skips a record that is not
 newer: an export that restarts, or a tail entry the view already contained, changes nothing.
-Each batch becomes one entry of this shard's WAL (write concern ``majority`` by default), so
-the target's replicas hold it before the batch is acknowledged to the source.
+Each batch becomes entries of this shard's WAL of at most ``SLICE_KEYS`` records each
+(loop_slices.py: the loop serves others between them; one group commit still takes them
+all), write concern ``majority`` by default, so the target's replicas hold the whole batch
+before it is acknowledged to the source.
 
 Every imported version must be below this shard's next LSN (its floor was raised above the
 sources' LSNs): a record at or above it would get a version that is not greater than the one
@@ -18,6 +20,7 @@ two attempts must not survive on the target.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from typing import Any
 from shardkv.cluster.errors import InvalidArgument, StaleEpoch, VersionMismatch
 from shardkv.cluster.limits import MAX_KEY_BYTES, as_key
 from shardkv.node.migration.arcs import MovingArcs, owners
+from shardkv.node.migration.loop_slices import SLICE_KEYS
 from shardkv.node.migration.stage_clock import StageClock
 from shardkv.node.storage.sessions import SESSION_PREFIX, seq_and_time_of
 from shardkv.node.storage.store import Store
@@ -55,38 +59,99 @@ class ArcImporter:
         self.clock = StageClock()
         self._wal_at_start: tuple[int, float, int] | None = None
         self._wal_now: tuple[int, float, int] = (0, 0.0, 0)
+        self._ordering = asyncio.Lock()
 
     async def begin(self, store: Store, migration_id: str, attempt: str,
                     arcs: MovingArcs) -> int:
         """Start (or restart) the stream from ``arcs.source``; returns how many leftover keys
         of an earlier attempt were deleted."""
-        if self.migration_id != migration_id:
-            self.migration_id, self.streams, self.session_seqs = migration_id, {}, {}
-            self.clock, self._wal_at_start = StageClock(), None
-        stream = self.streams.get(arcs.source)
-        if stream is not None and stream.attempt == attempt:
-            return 0
-        self.streams[arcs.source] = SourceStream(attempt, arcs)
-        return await _wipe_from(store, arcs)
+        # Never in the middle of a batch (its slices are ordered over several turns of the
+        # loop): a batch of an earlier attempt is wholly in the log, and applied (the wipe
+        # reads the engine), before the wipe looks for what it left.
+        async with self._ordering:
+            if self.migration_id != migration_id:
+                self.migration_id, self.streams, self.session_seqs = migration_id, {}, {}
+                self.clock, self._wal_at_start = StageClock(), None
+            stream = self.streams.get(arcs.source)
+            if stream is not None and stream.attempt == attempt:
+                return 0
+            self.streams[arcs.source] = SourceStream(attempt, arcs)
+            await store.barrier()
+            return await _wipe_from(store, arcs)
 
     async def apply(self, store: Store, migration_id: str, source: str, attempt: str,
                     records: Sequence[Any]) -> dict[str, int]:
-        stream = self.streams.get(source)
-        if self.migration_id != migration_id or stream is None or stream.attempt != attempt:
-            raise StaleEpoch(f"no import stream {migration_id}/{source}/{attempt} here; begin "
-                             f"again", source=source)
+        writes: list[asyncio.Future[int]] = []
+        # One batch at a time, in arrival order, from its first record filtered to its last
+        # entry ordered: the slices of two batches never interleave, so a key's newer record
+        # is always ordered after its older one (the version check and the log agree).
+        try:
+            async with self._ordering:
+                # Looked up under the lock: a ``begin`` of a new attempt may have come first.
+                stream = self.streams.get(source)
+                if (self.migration_id != migration_id or stream is None
+                        or stream.attempt != attempt):
+                    raise StaleEpoch(f"no import stream {migration_id}/{source}/{attempt} "
+                                     f"here; begin again", source=source)
+                clock = self.clock
+                clock.start()
+                if self._wal_at_start is None:
+                    self._wal_at_start = _wal_counters(store)
+                # Every imported version must be below the next LSN as the batch begins.
+                next_lsn = store.last_lsn + 1
+                lsn = store.last_lsn
+                applied = await self._order(store, stream, records, next_lsn, writes)
+        except BaseException:
+            for task in writes:  # already ordered: nobody is left to see their outcome
+                task.add_done_callback(_retrieve)
+            raise
+        if writes:
+            began = time.perf_counter()
+            results = await asyncio.gather(*writes, return_exceptions=True)
+            clock.add("write", time.perf_counter() - began)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            lsn = max(r for r in results if not isinstance(r, BaseException))
+        clock.mark()
+        self._wal_now = _wal_counters(store)
+        return {"applied": applied, "lsn": lsn}
+
+    async def _order(self, store: Store, stream: SourceStream, records: Sequence[Any],
+                     next_lsn: int, writes: list[asyncio.Future[int]]) -> int:
+        """Filter ``records`` a slice at a time and order each slice's entry (appended to
+        ``writes``); returns how many mutations were ordered."""
         clock = self.clock
-        clock.start()
-        if self._wal_at_start is None:
-            self._wal_at_start = _wal_counters(store)
-        began, cpu = time.perf_counter(), time.thread_time()
-        next_lsn = store.last_lsn + 1
+        ordered = 0
+        for start in range(0, len(records), SLICE_KEYS):
+            if start:
+                # The loop's turn between slices; the entry of the slice before is ordered
+                # first (its task was queued before this one resumes).
+                await asyncio.sleep(0)
+            began, cpu = time.perf_counter(), time.thread_time()
+            mutations, written = self._filter(stream, records[start:start + SLICE_KEYS],
+                                              next_lsn)
+            clock.add("filter", time.perf_counter() - began, cpu=time.thread_time() - cpu)
+            if mutations:
+                # Ordered at once by the task (nothing awaits before the store's lock, which
+                # queues in order), applied with the others: one group commit for all.
+                writes.append(asyncio.ensure_future(store.write_imported(mutations)))
+                ordered += len(mutations)
+                stream.keys += len(mutations)
+                stream.bytes += written
+        return ordered
+
+    def _filter(self, stream: SourceStream, records: Sequence[Any],
+                next_lsn: int) -> tuple[list[Mutation], int]:
+        """The mutations to write for ``records`` (newest version wins; the highest ``seq``
+        of a client's session record), and their bytes. No await: the versions it notes
+        must be ordered in the log before any other batch is filtered."""
         mutations: list[Mutation] = []
         append, put = mutations.append, MutationKind.PUT
         versions = stream.versions
         known = versions.get
         written = 0
-        for record in records:  # a thousand or more per batch: names looked up once
+        for record in records:  # a thousand per slice: names looked up once
             kind, key, value, compressed, expires_at, version = _parse(record)
             if version >= next_lsn:
                 raise VersionMismatch(
@@ -106,17 +171,7 @@ class ArcImporter:
                 written += len(key) + len(value)
             else:
                 append(Mutation(MutationKind.DELETE, key))
-        lsn = store.last_lsn
-        filtered = time.perf_counter()
-        clock.add("filter", filtered - began, cpu=time.thread_time() - cpu)
-        if mutations:
-            lsn = await store.write_imported(mutations)
-            clock.add("write", time.perf_counter() - filtered)
-        stream.keys += len(mutations)
-        stream.bytes += written
-        clock.mark()
-        self._wal_now = _wal_counters(store)
-        return {"applied": len(mutations), "lsn": lsn}
+        return mutations, written
 
     def status(self) -> dict[str, Any]:
         start = self._wal_at_start or self._wal_now
@@ -129,6 +184,11 @@ class ArcImporter:
             "copy_clock": {**self.clock.status(), "wal_entries": entries,
                            "wal_syncs": syncs, "wal_sync_s": round(sync_s, 3)},
         }
+
+
+def _retrieve(task: asyncio.Future[int]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _wal_counters(store: Store) -> tuple[int, float, int]:

@@ -317,15 +317,18 @@ class Store(StoreWrites):
         go on meanwhile)."""
         return await self._engine.snapshot_view()
 
-    async def migration_view(self, select: KeySelect) -> SnapshotView:
+    async def migration_view(self, select: KeySelect,
+                             slice_rows: int | None = None) -> SnapshotView:
         """The rows an online migration moves, selected by key before any row is read, each
-        as of ``lsn`` or later (``Engine.migration_view``)."""
-        return await self._engine.migration_view(select)
+        as of ``lsn`` or later, at most ``slice_rows`` read per slice of the event loop
+        (``Engine.migration_view``)."""
+        return await self._engine.migration_view(select, slice_rows)
 
-    def migration_keys(self, select: KeySelect) -> AsyncIterator[list[bytes]]:
+    def migration_keys(self, select: KeySelect,
+                       slice_rows: int | None = None) -> AsyncIterator[list[bytes]]:
         """The keys ``select`` keeps, a list at a time (``Engine.migration_keys``): what a
         migration's clean-up reads, rows undecoded."""
-        return self._engine.migration_keys(select)
+        return self._engine.migration_keys(select, slice_rows)
 
     async def write_imported(self, mutations: list[Mutation]) -> int:
         """Order ``mutations`` (keys moving in from another shard, with their absolute

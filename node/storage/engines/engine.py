@@ -118,20 +118,24 @@ class Engine(abc.ABC):
         while the view is read. With ``select``, only the rows whose key it keeps (asked a
         list of keys at a time, see ``select_rows``); ``count`` is still every key."""
 
-    async def migration_view(self, select: KeySelect) -> SnapshotView:
+    async def migration_view(self, select: KeySelect,
+                             slice_rows: int | None = None) -> SnapshotView:
         """The rows ``select`` keeps, for an online migration: each as it was at ``lsn``
         *or later*. Enough there, and cheaper than a frozen view: the source ships its log
         from ``lsn + 1`` after the rows, and the target keeps the newest version of each key,
         so a row read after a later write only arrives early (docs/resharding.md, step 3).
-        This default is the consistent view."""
+        ``slice_rows``: at most this many rows read (and keys passed to ``select``) between
+        two yields to the event loop, where the engine reads on the loop (None: its
+        default). This default is the consistent view."""
         return await self.snapshot_view(select)
 
-    async def migration_keys(self, select: KeySelect) -> AsyncIterator[list[bytes]]:
+    async def migration_keys(self, select: KeySelect,
+                             slice_rows: int | None = None) -> AsyncIterator[list[bytes]]:
         """The keys ``select`` keeps, a list at a time, as ``migration_view`` would list
         them, for a migration's clean-up, which needs nothing else (the Store reads each
         key's version again as it deletes it). This default takes them from
         ``migration_view``; an engine may skip decoding the rows."""
-        view = await self.migration_view(select)
+        view = await self.migration_view(select, slice_rows)
         chunk: list[bytes] = []
         async for row in view.rows:
             chunk.append(row[0])

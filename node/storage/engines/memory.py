@@ -240,14 +240,16 @@ class MemoryEngine(Engine):
         keys, rows = self._items.frozen()
         return SnapshotView(self._applied_lsn, len(keys), _stream_rows(keys, rows, select))
 
-    async def migration_view(self, select: KeySelect) -> SnapshotView:
+    async def migration_view(self, select: KeySelect,
+                             slice_rows: int | None = None) -> SnapshotView:
         # No copy of the table: copying a million keys holds the loop for 100 ms on a quiet
         # machine and for a second on a busy one, which every foreground request of the
         # source would wait out. The live table is read a chunk at a time instead.
-        return SnapshotView(self._applied_lsn, len(self._items), self._live_rows(select))
+        return SnapshotView(self._applied_lsn, len(self._items),
+                            self._live_rows(select, slice_rows or _ROWS_PER_YIELD))
 
-    async def _live_rows(self, select: KeySelect) -> AsyncIterator[SnapshotRow]:
-        async for pairs in self._live_chunks():
+    async def _live_rows(self, select: KeySelect, rows: int) -> AsyncIterator[SnapshotRow]:
+        async for pairs in self._live_chunks(rows):
             # Selected and decoded with no await after the chunk was read (the table may
             # change between chunks, never within one).
             keys = [key for key, _ in pairs]
@@ -255,23 +257,24 @@ class MemoryEngine(Engine):
             for row in rows:
                 yield row
 
-    async def migration_keys(self, select: KeySelect) -> AsyncIterator[list[bytes]]:
-        async for pairs in self._live_chunks():
+    async def migration_keys(self, select: KeySelect,
+                             slice_rows: int | None = None) -> AsyncIterator[list[bytes]]:
+        async for pairs in self._live_chunks(slice_rows or _ROWS_PER_YIELD):
             keys = [key for key, _ in pairs]
             kept = list(compress(keys, select(keys)))
             if kept:
                 yield kept
 
-    async def _live_chunks(self) -> AsyncIterator[list[tuple[bytes, _Row]]]:
-        """The live table, ``_ROWS_PER_YIELD`` (key, row) pairs at a time, each chunk after
-        the last key of the one before (read with no await; the loop runs between chunks)."""
+    async def _live_chunks(self, rows: int) -> AsyncIterator[list[tuple[bytes, _Row]]]:
+        """The live table, ``rows`` (key, row) pairs at a time, each chunk after the last key
+        of the one before (read with no await; the loop runs between chunks)."""
         after: bytes | None = None
         while True:
-            pairs = list(islice(self._items.items(after), _ROWS_PER_YIELD + 1))
+            pairs = list(islice(self._items.items(after), rows + 1))
             if after is not None and pairs and pairs[0][0] == after:
                 del pairs[0]
             else:
-                del pairs[_ROWS_PER_YIELD:]
+                del pairs[rows:]
             if not pairs:
                 return
             after = pairs[-1][0]

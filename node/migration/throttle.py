@@ -8,12 +8,17 @@ time the OS did not run the process at all. TiKV and CockroachDB rate-limit snap
 fixed byte rate; a fixed rate is too slow for an idle cluster and too fast for a loaded one,
 so this one adapts.
 
-- **Target.** Before the copy, the ticker watches the loop for ``CALIBRATE_S`` under the
-  foreground load alone; the target is ``FACTOR`` times the lateness of the latest tick but
-  one in ten (``BASELINE_QUANTILE``: one pause, a full garbage collection of a large heap
-  or a process starting beside it, is no baseline: as the worst tick it set targets of
-  250-500 ms on a loaded machine, and that source's copy was never paced), and
-  never below ``SHARDKV_MIGRATION_MAX_LAG_MS`` (20 ms; 0 turns the throttle off). Relative,
+- **Target.** Before the copy, the ticker watches the loop under the foreground load alone
+  (at least ``CALIBRATE_S``); each ``CALIBRATE_S`` of it gives the lateness of the latest
+  tick but one in ten (``BASELINE_QUANTILE``: one pause, a full garbage collection of a
+  large heap or a process starting beside it, is no baseline: as the worst tick it set
+  targets of 250-500 ms on a loaded machine, and that source's copy was never paced), and
+  the baseline is the lower median of those (up to ``BASELINE_WINDOWS`` of them, the
+  latest): one half-second is no baseline either (session 8, load 9-15: a source whose only
+  window fell on a busy moment took 76-236 ms, so a target of 152-472 ms, and was paced
+  neither in the copy nor in the clean-up; those runs had the worst tails). The target is
+  ``FACTOR`` times the baseline, never below ``SHARDKV_MIGRATION_MAX_LAG_MS`` (20 ms; 0
+  turns the throttle off). Relative,
   because a busy shared machine is late by itself: an absolute target there would stop the
   copy, not protect anyone. (The goal it serves: foreground p99 within 3x of its baseline.)
 - **Control**, before each bulk batch: the worst lateness of the last ``WINDOW_S`` above the
@@ -43,6 +48,7 @@ MAX_LAG_S = float(os.environ.get("SHARDKV_MIGRATION_MAX_LAG_MS") or 20.0) / 1000
 FACTOR = 2.0
 BASELINE_QUANTILE = 0.9
 CALIBRATE_S = 0.5
+BASELINE_WINDOWS = 20  # the last 10 s before the copy (an add waits seconds for its members)
 TICK_S = 0.005
 WINDOW_S = 0.25
 STEP_S = 0.002
@@ -66,6 +72,10 @@ class LoopLagThrottle:
         self.waited_s = 0.0  # total pause, for the status
         self.worst_lag_s = 0.0
         self._ticks: collections.deque[tuple[float, float]] = collections.deque()
+        # Each CALIBRATE_S window's quantile until the baseline is set, and when the one in
+        # progress closes (loop time).
+        self._windows: collections.deque[float] = collections.deque(maxlen=BASELINE_WINDOWS)
+        self._window_end = float("inf")
         self._task: asyncio.Task[None] | None = None
         self._ticked = asyncio.Event()
         self._started = 0.0
@@ -77,7 +87,9 @@ class LoopLagThrottle:
     def start(self) -> None:
         if self.enabled and self._task is None:
             self._ticks.clear()  # a ticker started again (a new attempt) judges fresh ticks
+            self._windows.clear()
             self._started = asyncio.get_running_loop().time()
+            self._window_end = self._started + CALIBRATE_S
             self._task = asyncio.create_task(self._tick(), name="copy-throttle")
 
     async def stop(self) -> None:
@@ -97,7 +109,13 @@ class LoopLagThrottle:
         loop = asyncio.get_running_loop()
         while loop.time() < self._started + CALIBRATE_S:
             await self.next_tick()
-        self.baseline_lag_s = self.lag_quantile(CALIBRATE_S, BASELINE_QUANTILE)
+        self.settle()
+
+    def settle(self) -> None:
+        """Set the baseline and the target from the windows watched so far: the lower
+        median of their quantiles (the current one's if none has closed yet)."""
+        windows = sorted(self._windows) or [self.lag_quantile(CALIBRATE_S, BASELINE_QUANTILE)]
+        self.baseline_lag_s = windows[(len(windows) - 1) // 2]
         self.max_lag_s = max(self.floor_s, FACTOR * self.baseline_lag_s)
 
     def adopt(self, baseline_lag_s: float) -> None:
@@ -120,6 +138,9 @@ class LoopLagThrottle:
         ticks.append((now, lag))
         while ticks and ticks[0][0] < now - max(WINDOW_S, CALIBRATE_S):
             ticks.popleft()
+        if now >= self._window_end and self.baseline_lag_s is None:
+            self._windows.append(self.lag_quantile(CALIBRATE_S, BASELINE_QUANTILE))
+            self._window_end = now + CALIBRATE_S
         self._ticked.set()
 
     async def next_tick(self) -> None:
@@ -178,6 +199,7 @@ class LoopLagThrottle:
         baseline = self.baseline_lag_s
         return {"max_lag_ms": round(self.max_lag_s * 1000, 1),
                 "baseline_lag_ms": None if baseline is None else round(baseline * 1000, 1),
+                "baseline_windows_ms": [round(w * 1000, 1) for w in self._windows],
                 "delay_ms": round(self.delay_s * 1000, 1),
                 "waited_s": round(self.waited_s, 2),
                 "worst_lag_ms": round(self.worst_lag_s * 1000, 1),

@@ -106,3 +106,19 @@ async def test_no_pause_without_a_foreground_to_protect() -> None:
     throttle.record(loop.time(), 0.05)
     await throttle.wait()
     assert throttle.delay_s > 0 and throttle.status()["idle_batches"] == 1
+
+
+def test_the_baseline_is_no_single_busy_half_second() -> None:
+    """Seconds of watching before the copy (an add waits for its new members): one busy
+    half-second among them (a process starting, the targets' floors) is not the baseline,
+    or that source would not be paced at all (session 8: baselines of 76-236 ms)."""
+    throttle = LoopLagThrottle(max_lag_s=0.008)
+    throttle._window_end = 0.5  # what ``start`` sets: the first window closes 0.5 s in
+    for i in range(401):  # 2 s of 5-ms ticks; the last half-second is busy
+        now = i * 0.005
+        throttle.record(now, 0.2 if now > 1.5 else 0.002)
+    assert throttle.lag_quantile(0.5, 0.9) == 0.2  # what the baseline was before
+    throttle.settle()
+    assert throttle.baseline_lag_s == 0.002
+    assert throttle.max_lag_s == 0.008  # the floor
+    assert throttle.status()["baseline_windows_ms"] == [2.0, 2.0, 2.0, 200.0]

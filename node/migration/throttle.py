@@ -13,10 +13,12 @@ so this one adapts.
   tick but one in ten (``BASELINE_QUANTILE``: one pause, a full garbage collection of a
   large heap or a process starting beside it, is no baseline: as the worst tick it set
   targets of 250-500 ms on a loaded machine, and that source's copy was never paced), and
-  the baseline is the lower median of those (up to ``BASELINE_WINDOWS`` of them, the
-  latest): one half-second is no baseline either (session 8, load 9-15: a source whose only
-  window fell on a busy moment took 76-236 ms, so a target of 152-472 ms, and was paced
-  neither in the copy nor in the clean-up; those runs had the worst tails). The target is
+  the baseline is the lowest of those (up to ``BASELINE_WINDOWS`` of them, the latest):
+  what the loop can do under this foreground. One half-second is no baseline (session 8,
+  load 8-15: a source whose last window fell on a busy moment took 55-236 ms, so a target
+  of 110-472 ms, and was paced neither in the copy nor in the clean-up; those runs had the
+  worst tails), and neither is their median (one source was late for seconds before the
+  copy, windows of 48-147 ms, then 14-18 ms just before it). The target is
   ``FACTOR`` times the baseline, never below ``SHARDKV_MIGRATION_MAX_LAG_MS`` (20 ms; 0
   turns the throttle off). Relative,
   because a busy shared machine is late by itself: an absolute target there would stop the
@@ -112,10 +114,10 @@ class LoopLagThrottle:
         self.settle()
 
     def settle(self) -> None:
-        """Set the baseline and the target from the windows watched so far: the lower
-        median of their quantiles (the current one's if none has closed yet)."""
-        windows = sorted(self._windows) or [self.lag_quantile(CALIBRATE_S, BASELINE_QUANTILE)]
-        self.baseline_lag_s = windows[(len(windows) - 1) // 2]
+        """Set the baseline and the target from the windows watched so far: the lowest of
+        their quantiles (the current one's if none has closed yet)."""
+        windows = self._windows or [self.lag_quantile(CALIBRATE_S, BASELINE_QUANTILE)]
+        self.baseline_lag_s = min(windows)
         self.max_lag_s = max(self.floor_s, FACTOR * self.baseline_lag_s)
 
     def adopt(self, baseline_lag_s: float) -> None:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from shardkv.cluster.errors import ShardKVError
@@ -58,7 +56,6 @@ class LeanLane:
         self.stopping = False
         self.tcp_keepalive = True  # SO_KEEPALIVE on every connection, as aiohttp sets it
         self._tasks: set[asyncio.Task[None]] = set()
-        self._puts = 0  # puts ordered without a task (``_order_put``), not yet answered
         self._idle: asyncio.Event | None = None
 
     @property
@@ -90,8 +87,6 @@ class LeanLane:
         except ShardKVError as failure:
             connection.answered(slot, lean_answers.error(failure, _json(request), close))
             return
-        if request.is_put and self._order_put(connection, slot, request, args):
-            return
         # A task, also for a get that could end at once: run inline, its answer left inside
         # this read's callback and cost more per get under load (1.28x, docs/performance.md);
         # as a task, the answers of a loop turn's reads go out together after them.
@@ -121,43 +116,6 @@ class LeanLane:
             data = lean_answers.internal(close)
         connection.answered(slot, data)
 
-    def _order_put(self, connection: LeanConnection, slot: Slot, request: LeanRequest,
-                   args: dict[str, Any]) -> bool:
-        """Orders a put now if it can be (``RestApi.order_put``: no condition to read, no
-        timeout to keep) and answers it from its future's callback once it is durable: no
-        task, no coroutine frames to step through twice (issue 17). False: it needs the
-        task (nothing was ordered)."""
-        started = time.perf_counter()
-        try:
-            applied = self.rest.order_put(args, started)
-        except ShardKVError as failure:
-            connection.answered(slot, lean_answers.error(failure, _json(request), slot.close))
-            return True
-        if applied is None:
-            return False
-        self._puts += 1
-        applied.add_done_callback(partial(self._put_done, connection, slot, request, started))
-        return True
-
-    def _put_done(self, connection: LeanConnection, slot: Slot, request: LeanRequest,
-                  started: float, applied: asyncio.Future[int]) -> None:
-        close = slot.close
-        try:
-            version = self.rest.put_outcome(applied, started)
-            body, content_type = put_answer({"version": version}, _json(request))
-            data = lean_answers.answer(200, body, content_type, lean_answers.etag(version),
-                                       close)
-        except ShardKVError as failure:
-            data = lean_answers.error(failure, _json(request), close)
-        except Exception as exc:  # the front door's last line, for the lane
-            logger.error("unexpected error serving PUT /v1/kv/...", exc_info=exc)
-            data = lean_answers.internal(close)
-        finally:
-            self._puts -= 1
-        connection.answered(slot, data)
-        if self.stopping:
-            self._check_idle()
-
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if self.stopping:
@@ -182,8 +140,7 @@ class LeanLane:
             connection.abort()
 
     def _check_idle(self) -> None:
-        if (self._idle is not None and not self.connections and not self._tasks
-                and not self._puts):
+        if self._idle is not None and not self.connections and not self._tasks:
             self._idle.set()
 
 

@@ -44,7 +44,7 @@ from shardkv.node.api.node_context import Args, Handler, NodeContext
 from shardkv.node.api.write_deadlines import WriteDeadlines
 from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
 from shardkv.node.storage.disk_report import disk_summary
-from shardkv.node.storage.sessions import Session, check_user_key
+from shardkv.node.storage.sessions import check_user_key
 from shardkv.node.testing import negative_controls
 
 
@@ -88,13 +88,7 @@ async def _exists(ctx: NodeContext, args: Args) -> dict[str, Any]:
     return {"exists": item is not None, "version": None if item is None else item.version}
 
 
-# A put's checked arguments: key, value, if_version, if_absent, ttl, session (a plain tuple:
-# built on every put, of rpc too).
-_PutArgs = tuple[bytes, bytes, int | None, bool, float | None, Session | None]
-
-
-def _put_args(ctx: NodeContext, args: Args) -> _PutArgs:
-    """A put's arguments, checked (shared by ``_put`` and ``order_put``)."""
+async def _put(ctx: NodeContext, args: Args) -> dict[str, Any]:
     key = key_arg(args)
     value = as_value(required(args, "value"), ctx.limits)
     if_version = opt_version(args, "if_version")
@@ -103,13 +97,8 @@ def _put_args(ctx: NodeContext, args: Args) -> _PutArgs:
         raise InvalidArgument("if_absent and if_version cannot be combined")
     ttl = as_ttl(args.get("ttl"))
     check_write_concern(args)
-    return key, value, if_version, if_absent, ttl, session_of(args)
-
-
-async def _put(ctx: NodeContext, args: Args) -> dict[str, Any]:
-    key, value, if_version, if_absent, ttl, session = _put_args(ctx, args)
     version = await ctx.serving_store().put(
-        key, value, if_version=if_version, if_absent=if_absent, ttl=ttl, session=session
+        key, value, if_version=if_version, if_absent=if_absent, ttl=ttl, session=session_of(args)
     )
     return {"version": version}
 
@@ -193,7 +182,6 @@ def _build_table() -> dict[str, Operation]:
 
 
 OPERATIONS: dict[str, Operation] = _build_table()
-_PUT = OPERATIONS["put"]
 
 _EMPTY: Mapping[str, Any] = {}
 
@@ -217,22 +205,6 @@ async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
         args = _EMPTY
     elif not isinstance(args, dict):
         raise InvalidArgument(f"args must be a map, not {type(args).__name__}")
-    _admit(ctx, operation, args)
-    if ctx.write_fence is not None:
-        fence = ctx.write_fence
-        if fence.enter(_keys(operation, args), operation.writes):
-            try:
-                return await _write(ctx, operation, args)
-            finally:
-                fence.leave()
-    if operation.writes:
-        return await _write(ctx, operation, args)
-    return await operation.handler(ctx, args)
-
-
-def _admit(ctx: NodeContext, operation: Operation, args: Args) -> None:
-    """``execute``'s checks before the handler runs: argument names, the ring version, the
-    node's role, and every key named (a user key, and in a cluster this shard's)."""
     if not operation.allowed.issuperset(args):
         extra = sorted(map(str, args.keys() - operation.allowed))
         raise InvalidArgument(f"{operation.name} does not take argument(s) {extra}")
@@ -249,31 +221,16 @@ def _admit(ctx: NodeContext, operation: Operation, args: Args) -> None:
         raise NotPrimary(f"this node is a {ctx.role}; writes go to the primary",
                          primary=ctx.primary)
     _check_keys(ctx.owns_key, operation, args)
-
-
-def order_put(ctx: NodeContext, args: dict[str, Any]) -> asyncio.Future[int] | None:
-    """The ``put`` op, when it can be ordered at once: the future resolves to its version
-    once it is applied (durable, as ``execute`` would have answered it). ``None`` when it
-    cannot be ordered without an await (a condition, a session, a write timeout or a
-    migration fence to keep, an engine that reads with I/O): the caller then awaits
-    ``execute``, which checks everything again. Raises what ``execute`` raises for the same
-    arguments, before anything is ordered.
-
-    Why: the REST lane answers such a put from this future's callback, with no task and no
-    chain of coroutines per request (issue 17); the checks and the Store's ordering are the
-    very ones ``execute`` runs."""
-    if ctx.write_fence is not None or ctx.write_timeout_s is not None:
-        return None
-    _admit(ctx, _PUT, args)
-    key, value, if_version, if_absent, ttl, session = _put_args(ctx, args)
-    if if_version is not None or if_absent or session is not None:
-        return None
-    store = ctx.serving_store()
-    token = WRITE_CONCERN.set(args.get("w") or "majority")  # as ``_write`` sets it
-    try:
-        return store.order_blind_put(key, value, ttl)
-    finally:
-        WRITE_CONCERN.reset(token)
+    if ctx.write_fence is not None:
+        fence = ctx.write_fence
+        if fence.enter(_keys(operation, args), operation.writes):
+            try:
+                return await _write(ctx, operation, args)
+            finally:
+                fence.leave()
+    if operation.writes:
+        return await _write(ctx, operation, args)
+    return await operation.handler(ctx, args)
 
 
 def _keys(operation: Operation, args: Args) -> Iterator[bytes]:

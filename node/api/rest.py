@@ -10,7 +10,6 @@ as soon as the bytes read pass the limit, never after buffering it whole.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import HttpVersion11, web
-from shardkv.cluster.errors import InvalidArgument, OutcomeUnknown, ShardKVError, TooLarge
+from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge
 from shardkv.cluster.event_loop import running_loop_name
 from shardkv.cluster.http_body import answers_json, error_response, respond
 from shardkv.cluster.limits import MAX_FRAME_BYTES, limits_dict
@@ -37,7 +36,7 @@ from shardkv.node.api.kv_requests import (
     query_args,
 )
 from shardkv.node.api.node_context import NodeContext
-from shardkv.node.api.operations import OPERATIONS, client_error, execute, order_put
+from shardkv.node.api.operations import OPERATIONS, client_error, execute
 from shardkv.node.config import NodeConfig
 from shardkv.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from shardkv.node.metrics import NodeMetrics
@@ -170,34 +169,6 @@ class RestApi:
             raise error from None
         finally:
             self.metrics.observe(op, outcome, time.perf_counter() - started)
-
-    def order_put(self, args: dict[str, Any], started: float) -> asyncio.Future[int] | None:
-        """``run("put", args)`` without a task, when the put can be ordered at once
-        (``operations.order_put``): the future resolves once the put is durable; pass it to
-        ``put_outcome`` then. ``None``: nothing was ordered, ``run`` it. Errors raise (and
-        are counted) as ``run`` raises them; ``started`` is when the request was taken."""
-        try:
-            return order_put(self.ctx, args)
-        except Exception as exc:
-            error = client_error(exc, logger)
-            self.metrics.observe("put", error.code.value, time.perf_counter() - started)
-            raise error from None
-
-    def put_outcome(self, applied: asyncio.Future[int], started: float) -> int:
-        """The version of a put that ``order_put`` ordered (its future is done), counted in
-        the metrics as ``run`` counts it; a failure raises as ``run`` raises it."""
-        outcome = "ok"
-        try:
-            if applied.cancelled():  # nothing cancels it; if something did, say so
-                raise OutcomeUnknown("the write's wait was cancelled; it may or may not be "
-                                     "applied")
-            return applied.result()
-        except Exception as exc:
-            error = client_error(exc, logger)
-            outcome = error.code.value
-            raise error from None
-        finally:
-            self.metrics.observe("put", outcome, time.perf_counter() - started)
 
     @staticmethod
     def _key(request: web.Request) -> str:

@@ -118,8 +118,6 @@ class StoreWrites:
             # that check, the stamp and the submit).
             # The version it replaces is read in write order too: from memory without an
             # await, or (an engine doing I/O) with one, and then submitted before the next.
-            if session is None and self._sync_reads:
-                return await self._order_blind_put(key, raw, ttl)
             now = self._clock()
             pipeline = self._pipeline
             prev = pipeline.live_version(key, now) if self._sync_reads else \
@@ -142,29 +140,6 @@ class StoreWrites:
             return Decision([put_mutation(key, raw, expiry(ttl, now), self._threshold, prev)])
 
         return (await self._write(decide, session))[1]
-
-    def order_blind_put(self, key: bytes, value: bytes, ttl: float | None = None
-                        ) -> asyncio.Future[int] | None:
-        """``put`` without a condition or a session, ordered now, without an await: the
-        future resolves to the version once the write is applied (so durable), exactly when
-        ``put`` would return. ``None`` when that needs an await (an engine that reads with
-        I/O, or a test's ``put_before_order`` failpoint armed): nothing is ordered, and the
-        caller awaits ``put``.
-
-        Why: the REST lane answers such a put from the future's callback, without a task or
-        a chain of coroutines per request (issue 17)."""
-        if not self._sync_reads or "put_before_order" in failpoints.ARMED:
-            return None
-        return self._order_blind_put(as_key(key), as_value(value, self._limits),
-                                     as_ttl(ttl))
-
-    def _order_blind_put(self, key: bytes, raw: bytes, ttl: float | None
-                         ) -> asyncio.Future[int]:
-        """Orders a checked blind put on an engine with ``sync_reads``: the version it
-        replaces is read in write order from memory, with no await before the submit."""
-        now = self._clock()
-        prev = self._pipeline.live_version(key, now)
-        return self._submit([put_mutation(key, raw, expiry(ttl, now), self._threshold, prev)])
 
     async def delete(
         self, key: bytes, *, if_version: int | None = None, session: Session | None = None

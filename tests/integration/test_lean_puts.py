@@ -1,10 +1,10 @@
 """A lean-lane put (``PUT /v1/kv/{key}``) on a real node: answered only once its WAL group
-is synced, and answered or not taken at all when the node stops.
+is synced, and, when the node stops, either answered (and then durable) or not taken at all.
 
-Since issue 17 the lane orders a blind put without a task and answers it from the commit
-pipeline's future (``LeanLane._order_put``); these check that the guarantees the task path
-gave still hold on that path. The byte-for-byte comparison with aiohttp's answers is
-tests/integration/test_lean_lane.py."""
+The byte-for-byte comparison with aiohttp's answers (tests/integration/test_lean_lane.py)
+cannot see when an answer leaves relative to the fsync; these can. They guard any change to
+how the lane orders and answers a put (issue 17 tried one without a task per request: a
+mutant that answered before the sync failed the first test)."""
 
 from __future__ import annotations
 

@@ -19,14 +19,7 @@ from shardkv.cluster.errors import (
 )
 from shardkv.cluster.limits import Limits
 from shardkv.node.api.node_context import NodeContext
-from shardkv.node.api.operations import (
-    OPERATIONS,
-    client_error,
-    execute,
-    lookup,
-    order_put,
-)
-from shardkv.node.storage.commit_pipeline import WRITE_CONCERN
+from shardkv.node.api.operations import OPERATIONS, client_error, execute, lookup
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
 from shardkv.node.wal.write_ahead_log import WalOptions
@@ -188,67 +181,3 @@ async def test_the_fence_sees_each_requests_keys_and_a_timed_write_its_result(
     await run(ctx, "mget", keys=[b"a", "b"])
     assert moving.seen == [[b"b"], [b"a", b"b"]] and moving.left == 1
     assert ctx.write_deadlines is not None and ctx.write_deadlines.timeout_s == 5.0
-
-
-# ``order_put``: the REST lane's put without a task (issue 17). It must answer exactly what
-# ``execute`` answers, or decline (None) before ordering anything.
-
-async def test_an_ordered_put_answers_what_execute_answers(ctx: NodeContext) -> None:
-    applied = order_put(ctx, {"key": "a", "value": b"1"})
-    assert applied is not None
-    assert await applied == 1
-    assert await run(ctx, "get", key=b"a") == {"value": b"1", "version": 1, "expires_at": None}
-    applied = order_put(ctx, {"key": b"a", "value": b"2", "ttl": 30.0, "w": "one"})
-    assert applied is not None and await applied == 2
-    assert (await run(ctx, "get", key="a"))["expires_at"] is not None
-    assert WRITE_CONCERN.get() == "majority"  # set for the submit only, not left behind
-
-
-@pytest.mark.parametrize("args", [
-    {"key": b"a", "value": b"x", "if_version": 0},
-    {"key": b"a", "value": b"x", "if_absent": True},
-    {"key": b"a", "value": b"x", "client_id": b"c" * 16, "seq": 1},
-])
-async def test_a_put_that_must_read_first_is_declined(ctx: NodeContext,
-                                                      args: dict[str, Any]) -> None:
-    assert order_put(ctx, dict(args)) is None
-    assert ctx.store.last_lsn == 0  # nothing ordered: the caller's execute does it
-
-
-async def test_a_timed_or_fenced_put_is_declined(ctx: NodeContext) -> None:
-    ctx.write_timeout_s = 5.0
-    assert order_put(ctx, {"key": b"a", "value": b"x"}) is None
-    ctx.write_timeout_s = None
-    ctx.write_fence = RecordingFence(False)
-    assert order_put(ctx, {"key": b"a", "value": b"x"}) is None
-    assert ctx.store.last_lsn == 0
-
-
-@pytest.mark.parametrize("args", [
-    {"key": b"a", "value": b"x", "bogus": 1},
-    {"key": b"a", "value": b"x" * 65},
-    {"key": b"", "value": b"x"},
-    {"key": b"a", "value": b"x", "ttl": -1},
-    {"key": b"a", "value": b"x", "w": "all"},
-    {"key": b"a", "value": b"x", "ring_version": "1"},
-    {"key": b"a"},
-])
-async def test_an_ordered_put_refuses_what_execute_refuses(ctx: NodeContext,
-                                                           args: dict[str, Any]) -> None:
-    with pytest.raises(ShardKVError) as ordered:
-        order_put(ctx, dict(args))
-    assert await code_of(ctx, "put", dict(args)) is ordered.value.code
-    assert ctx.store.last_lsn == 0
-
-
-async def test_an_ordered_put_keeps_the_role_and_ring_checks(ctx: NodeContext) -> None:
-    ctx.ring_version = 5
-    with pytest.raises(StaleMap):
-        order_put(ctx, {"key": b"a", "value": b"x", "ring_version": 4})
-    ctx.role = "replica"
-    with pytest.raises(NotPrimary):
-        order_put(ctx, {"key": b"a", "value": b"x"})
-    ctx.role = "primary"
-    ctx.store = None
-    with pytest.raises(Unavailable):
-        order_put(ctx, {"key": b"a", "value": b"x"})

@@ -217,6 +217,9 @@ async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
                 f"ring version {ring_version} is older than this node's {ctx.ring_version}",
                 ring_version=ctx.ring_version,
             )
+        if (ctx.ring_version is not None and ring_version > ctx.ring_version
+                and ctx.ring_catch_up is not None):
+            await ctx.ring_catch_up(ring_version)
     if operation.writes and ctx.role != "primary":
         raise NotPrimary(f"this node is a {ctx.role}; writes go to the primary",
                          primary=ctx.primary)

@@ -188,7 +188,11 @@ class CommitPipeline:
 
     async def current_many(self, keys: Sequence[bytes]) -> list[StoredItem | None]:
         """Each key's newest state in write order (applied or not), read from the engine
-        once. Valid until the caller's next await: submit before one."""
+        once (not at all when every key has a write in the overlay). Valid until the
+        caller's next await: submit before one."""
+        overlay = self._overlay
+        if all(key in overlay for key in keys):
+            return [_state_after(overlay[key]) for key in keys]
         return await self._read_in_write_order(keys, single=False)
 
     async def _read_in_write_order(self, keys: Sequence[bytes], *, single: bool

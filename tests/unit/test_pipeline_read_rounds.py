@@ -117,6 +117,15 @@ async def test_the_version_a_blind_put_replaces_is_one_round(sqlite_pipeline) ->
     assert pipeline._overlay == {} and not pipeline._retired  # nothing held after the reads
 
 
+async def test_keys_all_pending_need_no_engine_read(sqlite_pipeline) -> None:
+    pipeline, engine = sqlite_pipeline
+    pending = pipeline.submit([put(b"k", b"v1"), delete(b"gone")])  # ordered, not applied
+    assert await pipeline.current_many([b"k", b"gone"]) == [
+        StoredItem(b"v1", False, 1, None), None]
+    assert engine.reads == 0
+    await pending
+
+
 async def test_a_reset_under_a_read_reads_again(sqlite_pipeline) -> None:
     """The only case that takes a second round: the overlay was cleared under the read (a
     snapshot installed, a suffix dropped), so the read's answer may be of another state."""

@@ -248,8 +248,9 @@ class MemoryEngine(Engine):
         return SnapshotView(self._applied_lsn, len(self._items),
                             self._live_rows(select, slice_rows or _ROWS_PER_YIELD))
 
-    async def _live_rows(self, select: KeySelect, rows: int) -> AsyncIterator[SnapshotRow]:
-        async for pairs in self._live_chunks(rows):
+    async def _live_rows(self, select: KeySelect,
+                         slice_rows: int) -> AsyncIterator[SnapshotRow]:
+        async for pairs in self._live_chunks(slice_rows):
             # Selected and decoded with no await after the chunk was read (the table may
             # change between chunks, never within one).
             keys = [key for key, _ in pairs]

@@ -22,6 +22,7 @@ Handler = Callable[["NodeContext", Args], Awaitable[Any]]
 class WriteFence(Protocol):
     def enter(self, keys: Iterable[bytes], writes: bool) -> bool: ...
     def leave(self) -> None: ...
+    async def lifted(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -42,6 +43,9 @@ class NodeContext:
     ring_version: int | None = None
     # In a cluster: raises STALE_MAP for a key another shard owns (set by cluster_membership).
     owns_key: Callable[[bytes], None] | None = None
+    # In a cluster: waits (bounded) until this node's ring reaches a version a client names
+    # (set by cluster_membership; see ``ClusterMembership.catch_up_ring`` for why).
+    ring_catch_up: Callable[[int], Awaitable[None]] | None = None
     # Set by replication (node/replication/shard_role.py): the role's read rules (a replica's
     # staleness bound, a primary's lease), and how long a write may wait for its concern.
     read_guard: Callable[[Args], None] | None = None

@@ -26,6 +26,7 @@ from shardkv.cluster.errors import (
     ShardKVError,
     StaleMap,
     Timeout,
+    Unavailable,
     UnknownOp,
 )
 from shardkv.cluster.limits import as_key, as_ttl, as_value, limits_dict
@@ -195,8 +196,10 @@ def lookup(op: object) -> Operation:
         raise UnknownOp(f"unknown op {str(shown)[:64]!r}") from None
 
 
-async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
+async def execute(ctx: NodeContext, operation: Operation, args: object, *,
+                  held: bool = False) -> Any:
     """Check ``args`` against ``operation`` and the node's role and ring, then run it.
+    ``held``: the request already waited once for a migration's fence to lift.
 
     Raises the typed errors of ``shardkv.cluster.errors``; anything else escaping is a bug
     the transport turns into ``INTERNAL``.
@@ -217,13 +220,24 @@ async def execute(ctx: NodeContext, operation: Operation, args: object) -> Any:
                 f"ring version {ring_version} is older than this node's {ctx.ring_version}",
                 ring_version=ctx.ring_version,
             )
+        if (ctx.ring_version is not None and ring_version > ctx.ring_version
+                and ctx.ring_catch_up is not None):
+            await ctx.ring_catch_up(ring_version)
     if operation.writes and ctx.role != "primary":
         raise NotPrimary(f"this node is a {ctx.role}; writes go to the primary",
                          primary=ctx.primary)
     _check_keys(ctx.owns_key, operation, args)
     if ctx.write_fence is not None:
         fence = ctx.write_fence
-        if fence.enter(_keys(operation, args), operation.writes):
+        try:
+            counted = fence.enter(_keys(operation, args), operation.writes)
+        except Unavailable:
+            # A moving key under a migration's fence: wait for the fence to lift (the flip
+            # or an abort, a new map), then check everything again under that map.
+            if held or not await fence.lifted():
+                raise
+            return await execute(ctx, operation, args, held=True)
+        if counted:
             try:
                 return await _write(ctx, operation, args)
             finally:

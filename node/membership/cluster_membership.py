@@ -9,7 +9,9 @@ at every new map, takes from its placement:
   naming the primary's id and URL, so a client can go there directly);
 - the ring version (a request naming an older ring gets ``STALE_MAP``);
 - key ownership: a keyed request for a key the ring gives to another shard gets
-  ``STALE_MAP`` too — the client's map is wrong, whatever version it names.
+  ``STALE_MAP`` too — the client's map is wrong, whatever version it names;
+- a request naming a *newer* ring than the node's waits (briefly) for the node's map to
+  catch up before ownership is checked: the client learned of a ring flip first.
 
 The replication layer listens to the same placement changes through ``listeners`` to follow
 a new primary or start serving replicas.
@@ -17,6 +19,7 @@ a new primary or start serving replicas.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -35,6 +38,15 @@ logger = logging.getLogger("shardkv.node.membership")
 
 ADVERTISE_ENV = "SHARDKV_ADVERTISE_URL"
 PlacementListener = Callable[[Placement, ClusterMap], Awaitable[None]]
+# How long a request naming a newer ring waits for this node's map. The map watch delivers a
+# flip within milliseconds; this bounds the wait when it does not (a coordinator election),
+# after which the request is checked against the map the node has.
+# ``SHARDKV_RING_CATCH_UP_MS`` (0 answers at once, as before) sets it.
+RING_CATCH_UP_S = float(os.environ.get("SHARDKV_RING_CATCH_UP_MS") or 500.0) / 1000
+# A client cannot be ahead of the coordinators: a version further ahead than this is not a
+# ring this node is about to see, and is not waited for (a stranger cannot park requests).
+RING_AHEAD_LIMIT = 64
+RING_FETCH_AFTER_S = 0.1
 
 
 class ClusterMembership:
@@ -46,6 +58,8 @@ class ClusterMembership:
         self.listeners: list[PlacementListener] = []
         self._shard: str | None = None
         self._map: ClusterMap | None = None
+        self._map_changed = asyncio.Event()
+        self._fetching: asyncio.Task[Any] | None = None
 
     @property
     def shard(self) -> str | None:
@@ -57,6 +71,7 @@ class ClusterMembership:
         self.server.on_ready.append(self._join)
         self.server.on_stop.append(self._leave)
         self.server.ctx.owns_key = self.check_owner
+        self.server.ctx.ring_catch_up = self.catch_up_ring
 
     def _status(self) -> dict[str, Any]:
         store = self.server.store
@@ -115,6 +130,51 @@ class ClusterMembership:
             )
         for listener in self.listeners:
             await listener(placement, cluster_map)
+        changed, self._map_changed = self._map_changed, asyncio.Event()
+        changed.set()
+
+    async def catch_up_ring(self, version: int) -> None:
+        """Wait until this node's ring is at least ``version``, at most RING_CATCH_UP_S.
+
+        At a ring flip the client often hears of the new ring first (the old owner answers
+        ``STALE_MAP`` naming it, the client fetches it from a coordinator) and reaches the
+        new owner before that node's own map watch has delivered the flip. Answering
+        ``STALE_MAP`` then sends the client into redirect backoff (10, 20, 40 ms ...) for
+        what is a few milliseconds of lag here: a quarter-second stall per client at every
+        flip. Waiting for our own map is what the client would do anyway, without the
+        round trips. If the watch has not delivered it after RING_FETCH_AFTER_S, the map is
+        fetched from a coordinator.
+        """
+        ctx = self.server.ctx
+        if (self.link is None or ctx.ring_version is None or RING_CATCH_UP_S <= 0
+                or version - ctx.ring_version > RING_AHEAD_LIMIT):
+            return
+        if self._fetching is None or self._fetching.done():
+            self._fetching = asyncio.create_task(self._fetch_if_behind(version),
+                                                 name="ring-catch-up")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RING_CATCH_UP_S
+        while ctx.ring_version is not None and ctx.ring_version < version:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._map_changed.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _fetch_if_behind(self, version: int) -> None:
+        """Fetch the map from a coordinator if the watch has not delivered ``version`` soon
+        (it normally has: fetching at once would apply the same map twice, concurrently)."""
+        assert self.link is not None
+        await asyncio.sleep(RING_FETCH_AFTER_S)
+        ring_version = self.server.ctx.ring_version
+        if ring_version is None or ring_version >= version:
+            return
+        try:
+            await self.link.refresh_map()
+        except Exception as exc:  # the watch keeps trying; the wait is bounded anyway
+            logger.debug("ring catch-up fetch failed: %r", exc)
 
     def check_owner(self, key: bytes) -> None:
         """Raise STALE_MAP when the ring gives ``key`` to another shard than this node's."""

@@ -152,7 +152,7 @@ class NodeReplication:
         self.lease.majority.begin(epoch, node_id, self.members)
         primary = ReplicationPrimary(
             store.wal, node_id=node_id, epoch=lambda: store.epoch,
-            members=lambda: self.members, snapshot_source=store.snapshot_now,
+            members=lambda: self.members, snapshot_source=store.snapshot_for_replica,
             on_newer_epoch=self._saw_newer_epoch, on_grant=self.lease.majority.granted,
             ring_version=lambda: self.server.ctx.ring_version)
         old, self.primary = self.primary, primary

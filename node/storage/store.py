@@ -385,6 +385,23 @@ class Store(StoreWrites):
         """Take a snapshot at the applied LSN now (writes continue meanwhile)."""
         return await self._snapshotter.take()
 
+    async def snapshot_for_replica(self) -> SnapshotMeta:
+        """The snapshot a replica behind this node's log starts from.
+
+        The latest one, when the log still holds every entry after it: the replica's log
+        then starts where this node's does, so a watch that fails over to it finds the
+        same history. After a migration raised the LSN floor that snapshot is the floor
+        itself, and a fresh one (at "now") would leave the replica without the entries
+        written since the floor: promoted, it answered a watch resuming there ``COMPACTED``
+        (chaos ``reshard-faults``, seed 82). A new snapshot only when the log does not
+        reach back to the latest one (or there is none)."""
+        latest = self._snapshotter.latest
+        wal = self._wal
+        reaches = wal.first_lsn - 1 if wal.first_lsn else wal.last_lsn
+        if latest is not None and latest.lsn >= reaches and latest.path.exists():
+            return latest
+        return await self.snapshot_now()
+
     async def set_sweeper(self, enabled: bool) -> None:
         """Run the TTL sweeper or not: only a primary deletes expired keys (a replica gets
         its primary's deletes through the log). Starting needs ``ttl_sweep_interval_s > 0``."""

@@ -121,3 +121,49 @@ async def test_nodes_enforce_roles_ownership_and_ring(coordinator, node_factory,
     await eventually_async(
         lambda: read_alice(primary.url, "?consistency=eventual&max_staleness_ms=60000"),
         within_s=30, what="user:42 on the restarted node")
+
+
+async def test_a_request_naming_a_newer_ring_waits_for_the_nodes_map(
+    coordinator, node_factory, http
+):
+    """At a ring flip a client can know the new ring before the new owner does. The node
+    waits for its own map rather than answering STALE_MAP with the old ring (which sent
+    every client into redirect backoff at every flip)."""
+    import msgpack
+
+    # A long bound, so the ring change below always lands inside it on a loaded machine.
+    env = {"SHARDKV_RING_CATCH_UP_MS": "20000"}
+    nodes = [node_factory(extra_args=["--coordinator", coordinator.url], env=env)
+             for _ in range(2)]
+    cluster_map = await _wait_map(http, coordinator.url, _placed(2))
+    old_ring = cluster_map.ring.version
+    by_url = {n.url: n for n in nodes}
+    primary = by_url[cluster_map.nodes[cluster_map.shards["s1"].primary].url]
+    key = next(f"k{i}".encode() for i in range(1000)
+               if shard_for_key(cluster_map, f"k{i}".encode()) == "s2")
+
+    async with http.ws_connect(f"{primary.url}/v1/rpc") as ws:
+        # A version far ahead of any ring the coordinators could have is not waited for.
+        await ws.send_bytes(msgpack.packb([1, "get", {"key": key,
+                                                      "ring_version": old_ring + 1000}]))
+        _, status, result = msgpack.unpackb(await ws.receive_bytes())
+        assert (status, result["ring_version"]) == ("STALE_MAP", old_ring)
+
+        await ws.send_bytes(msgpack.packb([2, "get", {"key": key,
+                                                      "ring_version": old_ring + 1}]))
+        # The request waits; meanwhile the ring changes (the cluster is empty, so a raw
+        # ring change is allowed).
+        async with http.put(f"{coordinator.url}/admin/ring",
+                            json={"shards": {"s1": 3, "s2": 1}}) as resp:
+            assert resp.status == 200, await resp.text()
+        frame_id, status, result = msgpack.unpackb(
+            await asyncio.wait_for(ws.receive_bytes(), 30))
+        assert frame_id == 2
+        # Answered under the new ring: the key is s1's now (ok or NOT_FOUND: it was never
+        # written), or still s2's and then STALE_MAP names the new ring, never the old one.
+        if status == "STALE_MAP":
+            assert result["ring_version"] == old_ring + 1, result
+        else:
+            assert status in ("ok", "NOT_FOUND"), (status, result)
+    new_map = await _map(http, coordinator.url)
+    assert new_map.ring.version == old_ring + 1

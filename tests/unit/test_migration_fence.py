@@ -6,6 +6,7 @@ drains the rest."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from shardkv.cluster.cluster_map import ClusterMap, RingSpec
@@ -70,3 +71,57 @@ async def test_nothing_in_flight_drains_at_once() -> None:
     fence = ArcFence()
     fence.follow(map_in(FLIPPING, 3), "s2")
     await asyncio.wait_for(fence.drained(30), 30)
+
+
+async def _store_ctx(tmp_path: Any) -> tuple[Any, Any]:
+    from shardkv.node.api.node_context import NodeContext
+    from shardkv.node.storage.store import Store, StoreConfig
+    from shardkv.node.wal.write_ahead_log import WalOptions
+
+    store = await Store.open(StoreConfig(data_dir=tmp_path, wal=WalOptions(fsync="never")))
+    return NodeContext(store=store), store
+
+
+@pytest.mark.parametrize("outcome", ["flip", "abort", "fence outlasts the hold"])
+async def test_a_request_for_a_fenced_key_is_held_until_the_fence_lifts(
+    outcome: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held, not refused: after the flip it gets STALE_MAP naming the new ring (the client
+    goes straight to the new owner), after an abort it is served here, and only a fence
+    that outlasts the hold is refused as before (retryable)."""
+    from shardkv.cluster.errors import StaleMap
+    from shardkv.node.api.operations import execute, lookup
+    from shardkv.node.migration import fence as fence_module
+
+    moving, _ = keys_of_s2()
+    ring = {"spec": RingSpec(version=1, shards=BEFORE)}
+
+    def owns_key(key: bytes) -> None:
+        if shard_for_key(ring["spec"], key) != "s2":
+            raise StaleMap("moved", ring_version=ring["spec"].version)
+
+    ctx, store = await _store_ctx(tmp_path)
+    try:
+        fence = ArcFence()
+        fence.follow(map_in(FLIPPING, 3), "s2")
+        ctx.write_fence, ctx.owns_key = fence, owns_key
+        if outcome == "fence outlasts the hold":
+            monkeypatch.setattr(fence_module, "FENCE_HOLD_S", 0.05)
+            with pytest.raises(Unavailable, match="moving to shard s1"):
+                await execute(ctx, lookup("put"), {"key": moving, "value": b"v"})
+            return
+        held = asyncio.create_task(execute(ctx, lookup("put"), {"key": moving, "value": b"v"}))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not held.done()  # neither refused nor served while fenced
+        if outcome == "flip":
+            ring["spec"] = RingSpec(version=2, shards=AFTER)
+        fence.follow(map_in(None, 4), "s2")
+        if outcome == "flip":
+            with pytest.raises(StaleMap) as caught:
+                await asyncio.wait_for(held, 30)
+            assert caught.value.details["ring_version"] == 2
+        else:
+            assert (await asyncio.wait_for(held, 30))["version"] >= 1
+    finally:
+        await store.close()

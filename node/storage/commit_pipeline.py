@@ -13,6 +13,17 @@ A write goes through three stages, and this module is where they are kept in ord
    and only then releases the writer, so a read never observes a write that is not durable
    (and, with a gate, not replicated).
 
+A writer that needs a key's current state (a condition, the version a put replaces, a
+session record) reads the overlay, then the engine. An engine read may suspend (SQLite:
+aiosqlite's thread), and an entry applied meanwhile would normally leave the overlay, so the
+engine's answer (taken before it) could be older than the truth with nothing left to say so.
+Instead of reading again whenever anything was applied (which, under write load, could read
+again and again: issue 12's probe saw puts wait 212 ms there), an entry applied while an
+engine read is in flight stays in the overlay until every read that started before it has
+finished (``_retired``). So after one engine read, the overlay holds every write to the key
+ordered since the read began, applied or not, and overlay-then-engine is the key's state in
+write order: one round, whatever the write load (``CommitPipeline.current_many``).
+
 The commit gate is the seam for replication. It is an optional ``async (entry) -> None``
 awaited for each entry after local durability and before the entry is applied or
 acknowledged. Without one (a standalone node, or write concern "one"), local durability
@@ -88,6 +99,14 @@ class CommitPipeline:
         # after the write (a StoredItem, or None for a delete) is built only when a
         # conditional writer reads the key, not for every key of every entry submitted.
         self._overlay: dict[bytes, tuple[int, Mutation]] = {}
+        # Engine reads in flight (token -> the LSN applied when it began), and the entries
+        # applied since the oldest of them began, kept in the overlay until it ends (see the
+        # module docstring). ``_generation`` changes when the overlay is cleared under a read.
+        self._readers: dict[int, int] = {}
+        self._next_reader = 0
+        self._retired: collections.deque[WalEntry] = collections.deque()
+        self._applied = engine.applied_lsn  # the last entry applied by this pipeline
+        self._generation = 0
         self._queue: collections.deque[_InFlight] = collections.deque()
         # barrier() waiters: (the last LSN ordered when it was called, its future), in LSN
         # order; resolved once that LSN is applied, or the pipeline fails.
@@ -144,19 +163,11 @@ class CommitPipeline:
 
     async def current(self, key: bytes) -> StoredItem | None:
         """The key's newest state in write order (applied or not), for condition checks.
-
-        The engine read may suspend (SQLite); if the applier applied something meanwhile, the
-        overlay may have dropped the key's entry after the engine read it stale, so retry
-        until no apply happened across the read."""
-        while True:
-            pending = self._overlay.get(key)
-            if pending is not None:
-                return _state_after(pending)
-            before = self._engine.applied_lsn
-            item = await self._engine.get(key)
-            if self._engine.applied_lsn == before:
-                pending = self._overlay.get(key)
-                return item if pending is None else _state_after(pending)
+        Valid until the caller's next await: submit before one."""
+        pending = self._overlay.get(key)
+        if pending is not None:
+            return _state_after(pending)
+        return (await self._read_in_write_order((key,), single=True))[0]
 
     def live_version(self, key: bytes, now: float) -> int | None:
         """The version a write ordered now would replace (None: absent or expired at
@@ -180,15 +191,44 @@ class CommitPipeline:
                 for item in items]
 
     async def current_many(self, keys: Sequence[bytes]) -> list[StoredItem | None]:
+        """Each key's newest state in write order (applied or not), read from the engine
+        once (not at all when every key has a write in the overlay). Valid until the
+        caller's next await: submit before one."""
+        overlay = self._overlay
+        if all(key in overlay for key in keys):
+            return [_state_after(overlay[key]) for key in keys]
+        return await self._read_in_write_order(keys, single=False)
+
+    async def _read_in_write_order(self, keys: Sequence[bytes], *, single: bool
+                                   ) -> list[StoredItem | None]:
+        """The engine's answer for ``keys`` (``get`` of the one key when ``single``, else
+        ``get_many``), with the overlay laid over it.
+
+        While the engine read is in flight, entries the applier finishes stay in the overlay
+        (``_retired``), so the overlay, looked at after the read with no await in between,
+        holds every write ordered since the read began; a key it lacks was not written
+        since, and the engine's answer for it, which reflects at least every entry applied
+        before the read, is its state. Only a ``reset`` or a failure (the overlay cleared
+        under the read) makes it read again, and neither repeats under write load."""
         while True:
-            before = self._engine.applied_lsn
-            items = await self._engine.get_many(keys)
-            if self._engine.applied_lsn == before:
-                overlay = self._overlay
-                return [
-                    item if (pending := overlay.get(key)) is None else _state_after(pending)
-                    for key, item in zip(keys, items, strict=True)
-                ]
+            generation = self._generation
+            token = self._next_reader
+            self._next_reader += 1
+            self._readers[token] = self._applied
+            try:
+                engine = self._engine
+                items = [await engine.get(keys[0])] if single else await engine.get_many(keys)
+                if self._generation == generation:
+                    overlay = self._overlay
+                    return [
+                        item if (pending := overlay.get(key)) is None
+                        else _state_after(pending)
+                        for key, item in zip(keys, items, strict=True)
+                    ]
+            finally:
+                del self._readers[token]
+                if self._retired:
+                    self._release_retired()
 
     def submit(self, mutations: Sequence[Mutation]) -> asyncio.Future[int]:
         """Order one entry now (no await): assign the LSN, enqueue it in the WAL, record its
@@ -300,7 +340,11 @@ class CommitPipeline:
                 self._fail(exc)
                 return
             queue.popleft()
-            self._forget(head.entry)
+            if self._readers:
+                self._retired.append(head.entry)  # an engine read in flight may need it
+            else:
+                self._forget(head.entry)
+            self._applied = head.entry.lsn
             if self.on_apply is not None:
                 try:
                     self.on_apply(head.entry)
@@ -319,6 +363,15 @@ class CommitPipeline:
             waiter = barriers.popleft()[1]
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _release_retired(self) -> None:
+        """Drop from the overlay the retired entries no engine read in flight still needs:
+        those applied before the oldest read in flight began (that read's answer already
+        reflects them)."""
+        floor = min(self._readers.values(), default=None)
+        retired = self._retired
+        while retired and (floor is None or retired[0].lsn <= floor):
+            self._forget(retired.popleft())
 
     def _forget(self, entry: WalEntry) -> None:
         overlay = self._overlay
@@ -344,7 +397,7 @@ class CommitPipeline:
                 head.applied.set_exception(error)
             # Nobody else awaits these; retrieve their exceptions so none is reported unseen.
             head.durable.add_done_callback(_consume)
-        self._overlay.clear()
+        self._clear_overlay()
         self._release_barriers(None)  # "applied or failed": barrier() waiters return
 
     def reset(self, last_lsn: int, epoch: int) -> None:
@@ -353,13 +406,21 @@ class CommitPipeline:
         the entries whose fate was unknown are gone from the log."""
         if self._queue:
             raise RuntimeError("cannot reset the write pipeline with entries in flight")
-        self._overlay.clear()
+        self._clear_overlay()
+        self._applied = self._engine.applied_lsn
         self._failure = None
         self._failure_is_storage = False
         self.last_lsn = last_lsn
         self.epoch = max(self.epoch, epoch)
         if self._applier.done():
             self._applier = asyncio.create_task(self._apply_in_order(), name="store-applier")
+
+    def _clear_overlay(self) -> None:
+        """Forget every pending and retired write; an engine read in flight reads again (its
+        answer may predate a state the overlay no longer describes)."""
+        self._overlay.clear()
+        self._retired.clear()
+        self._generation += 1
 
     async def close(self) -> None:
         """Refuse new writes, wait for those in flight, stop the applier."""

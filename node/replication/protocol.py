@@ -150,7 +150,65 @@ def lease_query(message: dict[str, Any]) -> float | None:
     return None
 
 
+# Where ``decode_stream`` leaves an ENTRIES frame's encoded entries in the message: a key no
+# decoded frame can hold (msgpack gives strings, numbers, bytes), so none can forge it.
+class _PayloadsKey:
+    def __repr__(self) -> str:
+        return "PAYLOADS"
+
+
+PAYLOADS: Any = _PayloadsKey()
+
+
+def decode_stream(frame: bytes) -> dict[str, Any]:
+    """``decode``, for a replica reading its primary: an ENTRIES frame's message also keeps
+    each entry's encoded bytes (under ``PAYLOADS``), cut from the frame as it is decoded.
+
+    The primary splices the payloads its WAL encoded into the frame (``encode_payloads``);
+    kept, they become the replica's own WAL payloads (``decode_entries``), and the replica no
+    longer encodes every entry again to log it (issue 17)."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise InvalidArgument(f"replication frame of {len(frame)} bytes")
+    if type(frame) is not bytes:
+        frame = bytes(frame)  # the payloads cut from it are logged as they are
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
+                                max_buffer_size=max(1, len(frame)), max_ext_len=0)
+    try:
+        unpacker.feed(frame)
+        message: dict[Any, Any] = {}
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == "entries" and frame[unpacker.tell()] in _ARRAY_MARKERS:
+                items, payloads = [], []
+                count = unpacker.read_array_header()
+                start = unpacker.tell()
+                for _ in range(count):
+                    items.append(unpacker.unpack())
+                    end = unpacker.tell()
+                    payloads.append(frame[start:end])
+                    start = end
+                message[key] = items
+                message[PAYLOADS] = payloads
+            else:
+                message[key] = unpacker.unpack()
+        if unpacker.tell() != len(frame):
+            raise ValueError("data after the message")
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
+        raise InvalidArgument(f"undecodable replication frame: {exc}") from None
+    if message.get("t") not in MESSAGE_TYPES:
+        raise InvalidArgument("a replication frame must be a map with a known type 't'")
+    return message
+
+
+_ARRAY_MARKERS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])  # fixarray, array 16, array 32
+
+
 def decode_entries(message: dict[str, Any]) -> list[WalEntry]:
+    """The entries of an ENTRIES message, checked for order. With the payloads
+    ``decode_stream`` kept, each entry carries its own as received (``payload_of`` then
+    returns it: the WAL logs those bytes), when they are in the form the WAL reads back: a
+    4-element array whose LSN and epoch are plain integers, as every primary encodes them;
+    otherwise the entry is encoded again, as before."""
     raw = message.get("entries")
     if not isinstance(raw, list):
         raise InvalidArgument("entries.entries must be a list")
@@ -161,6 +219,11 @@ def decode_entries(message: dict[str, Any]) -> list[WalEntry]:
     for before, after in itertools.pairwise(entries):
         if after.lsn != before.lsn + 1 or after.epoch < before.epoch:
             raise InvalidArgument(f"entries out of order: {before.lsn} then {after.lsn}")
+    payloads = message.get(PAYLOADS)
+    if type(payloads) is list and len(payloads) == len(entries):
+        for entry, item, payload in zip(entries, raw, payloads, strict=True):
+            if payload[:1] == b"\x94" and type(item[0]) is int and type(item[1]) is int:
+                object.__setattr__(entry, "payload", payload)  # a cache on a frozen value
     return entries
 
 

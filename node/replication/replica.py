@@ -457,7 +457,7 @@ class _Frames:
     async def next(self) -> dict[str, Any]:
         msg = await self._ws.receive()
         if msg.type == aiohttp.WSMsgType.BINARY:
-            return proto.decode(msg.data)
+            return proto.decode_stream(msg.data)
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                         aiohttp.WSMsgType.CLOSED):
             raise StreamEnded("the primary closed the stream")

@@ -123,16 +123,14 @@ class StoreReplicaTarget:
         return self.store.applied_lsn
 
     async def append(self, entries: Sequence[WalEntry]) -> None:
+        if not entries:
+            return
         store = self.store
         if entries[-1].epoch > store.epoch:
             store.epoch = entries[-1].epoch
-        applied = None
-        for entry in entries:
-            if negative_controls.ENABLED:  # TEST ONLY (testing/negative_controls.py)
-                entry = negative_controls.replica_entry(entry)
-            applied = store.submit_replicated(entry)
-        if applied is not None:
-            await applied
+        if negative_controls.ENABLED:  # TEST ONLY (testing/negative_controls.py)
+            entries = [negative_controls.replica_entry(entry) for entry in entries]
+        await store.submit_replicated_batch(entries)
 
     async def truncate_after(self, lsn: int) -> None:
         if lsn < self.store.applied_lsn:

@@ -66,7 +66,7 @@ WRITE_CONCERN: contextvars.ContextVar[str] = contextvars.ContextVar(
 class _InFlight:
     entry: WalEntry
     durable: asyncio.Future[None]
-    applied: asyncio.Future[int]
+    applied: asyncio.Future[int] | None  # None: a replicated batch's earlier entry
     local: bool = False  # write concern "one"
 
 
@@ -108,6 +108,10 @@ class CommitPipeline:
         self._applied = engine.applied_lsn  # the last entry applied by this pipeline
         self._generation = 0
         self._queue: collections.deque[_InFlight] = collections.deque()
+        # barrier() waiters: (the last LSN ordered when it was called, its future), in LSN
+        # order; resolved once that LSN is applied, or the pipeline fails.
+        self._barriers: collections.deque[tuple[int, asyncio.Future[None]]] = (
+            collections.deque())
         self._wakeup = asyncio.Event()
         self._failure: BaseException | None = None
         self._failure_is_storage = False
@@ -257,15 +261,56 @@ class CommitPipeline:
         self._wakeup.set()
         if self.on_submit is not None:
             self.on_submit(entry)
-        # Shielded: a writer that is cancelled while waiting must not cancel the future that
-        # barrier() waiters share; the entry is ordered and will be applied regardless.
-        return asyncio.shield(applied)
+        # The writer's alone (barrier() waits on futures of its own), so it is returned
+        # unshielded: a writer cancelled while waiting cancels only its own wait; the entry
+        # is ordered and is applied regardless. (A shield cost a future, two callbacks and
+        # a loop iteration per write: issue 17.)
+        return applied
+
+    def submit_entries(self, entries: Sequence[WalEntry]) -> asyncio.Future[int]:
+        """Order consecutive entries built elsewhere (a replica applying a frame of its
+        primary's stream) with one WAL future and one applied future, for the last: the
+        caller waits for the whole frame, so a future (and a shield) per entry was made and
+        resolved for nobody (issue 17). The first must carry exactly the next LSN; the WAL
+        checks every entry before it queues any."""
+        self.check_writable()
+        if not entries:
+            raise ValueError("an empty batch")
+        if entries[0].lsn != self.last_lsn + 1:
+            raise ValueError(f"entry lsn {entries[0].lsn} is not the next lsn "
+                             f"{self.last_lsn + 1}")
+        try:
+            durable = self._wal.append_batch_nowait(entries)
+        except WalFailed as exc:
+            self._fail(exc)
+            raise Unavailable(f"the write-ahead log is unusable: {exc}") from exc
+        overlay = self._overlay
+        queue = self._queue
+        on_submit = self.on_submit
+        size = 0
+        for entry in entries:
+            lsn = entry.lsn
+            size += 24
+            for m in entry.mutations:
+                overlay[m.key] = (lsn, m)
+                size += len(m.key) + len(m.value) + 16
+            queue.append(_InFlight(entry, durable, None))
+        self.last_lsn = entries[-1].lsn
+        self._logged_bytes += size
+        applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        queue[-1].applied = applied
+        self._wakeup.set()
+        if on_submit is not None:
+            for entry in entries:
+                on_submit(entry)
+        return applied
 
     async def barrier(self) -> None:
         """Wait until every entry ordered so far is applied (or the pipeline failed)."""
         if self._queue:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._queue[-1].applied)
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._barriers.append((self.last_lsn, waiter))
+            await waiter
 
     async def _apply_in_order(self) -> None:
         queue = self._queue
@@ -305,8 +350,19 @@ class CommitPipeline:
                     self.on_apply(head.entry)
                 except Exception:
                     logger.exception("an apply listener failed; the write stands")
-            if not head.applied.done():
-                head.applied.set_result(head.entry.lsn)
+            applied = head.applied
+            if applied is not None and not applied.done():
+                applied.set_result(head.entry.lsn)
+            if self._barriers:
+                self._release_barriers(head.entry.lsn)
+
+    def _release_barriers(self, lsn: int | None) -> None:
+        """Resolve the barrier() waiters up to ``lsn`` (None: all of them)."""
+        barriers = self._barriers
+        while barriers and (lsn is None or barriers[0][0] <= lsn):
+            waiter = barriers.popleft()[1]
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _release_retired(self) -> None:
         """Drop from the overlay the retired entries no engine read in flight still needs:
@@ -337,11 +393,12 @@ class CommitPipeline:
                                f"it ({exc!r}); it may or may not be applied")
         while self._queue:
             head = self._queue.popleft()
-            if not head.applied.done():
+            if head.applied is not None and not head.applied.done():
                 head.applied.set_exception(error)
             # Nobody else awaits these; retrieve their exceptions so none is reported unseen.
             head.durable.add_done_callback(_consume)
         self._clear_overlay()
+        self._release_barriers(None)  # "applied or failed": barrier() waiters return
 
     def reset(self, last_lsn: int, epoch: int) -> None:
         """Start over after the log was rewritten underneath (a snapshot installed, or an

@@ -211,6 +211,17 @@ class Store(StoreWrites):
         self._snapshotter.note_logged(self._pipeline.take_logged_bytes())
         return applied
 
+    def submit_replicated_batch(self, entries: Sequence[WalEntry]) -> asyncio.Future[int]:
+        """``submit_replicated`` for a frame of consecutive entries: one future, resolved
+        (to the last LSN) when all of them are applied here."""
+        epoch = entries[-1].epoch
+        if epoch > self._pipeline.epoch:
+            self._pipeline.epoch = epoch
+        self._sessions.stale = True  # their session rows are not in the primary's cache
+        applied = self._pipeline.submit_entries(entries)
+        self._snapshotter.note_logged(self._pipeline.take_logged_bytes())
+        return applied
+
     async def install_snapshot(self, meta: SnapshotMeta) -> None:
         """Replace the whole state with a snapshot (a replica too far behind its primary):
         the log restarts after the snapshot's LSN. Waits for writes in flight first."""

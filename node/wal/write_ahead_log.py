@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.testing import failpoints, negative_controls
 from shardkv.node.wal.directory_lock import lock_directory
-from shardkv.node.wal.framing import RecordType, encode_frame
+from shardkv.node.wal.framing import MAX_PAYLOAD_BYTES, RecordType, encode_frame
 from shardkv.node.wal.group_placement import GroupPlacement
 from shardkv.node.wal.log_view import LogSegment, LogView, read_view
 from shardkv.node.wal.model import (
@@ -57,7 +57,7 @@ from shardkv.node.wal.model import (
     WalOptions,
     WalStats,
 )
-from shardkv.node.wal.record import WalEntry
+from shardkv.node.wal.record import WalEntry, payload_of
 from shardkv.node.wal.recovery import recover_log
 from shardkv.node.wal.segment import (
     CHECKPOINT_BYTES,
@@ -95,7 +95,7 @@ log = logging.getLogger("shardkv.node.wal.write_ahead_log")
 class _Append:
     frame: bytes
     lsn: int
-    future: asyncio.Future[None]
+    future: asyncio.Future[None] | None  # None: a batch's earlier entry (the last has it)
 
 
 class WriteAheadLog:
@@ -207,14 +207,50 @@ class WriteAheadLog:
 
         Raises ``ValueError`` if ``entry.lsn != last_lsn + 1`` or its epoch is older than the
         log's, ``WalFailed`` if the log is closed, broken, or in the middle of a truncation."""
+        self._check_appendable()
+        self._check_next(entry, self.last_lsn, self.last_epoch)
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._enqueue(entry, future)
+        return future
+
+    def append_batch_nowait(self, entries: Sequence[WalEntry]) -> asyncio.Future[None]:
+        """``append_nowait`` for consecutive entries with one future, resolved when the last
+        is durable (groups are written in order, so every earlier one is too).
+
+        A replica appends a whole frame of its primary's entries at once and waits for the
+        last: a future per entry was made, resolved and never looked at (issue 17). Every
+        entry is checked before any is queued, so a bad one queues none of them."""
+        self._check_appendable()
+        if not entries:
+            raise ValueError("an empty batch")
+        lsn, epoch = self.last_lsn, self.last_epoch
+        for entry in entries:
+            self._check_next(entry, lsn, epoch)
+            if len(payload_of(entry)) > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"entry {entry.lsn} is over {MAX_PAYLOAD_BYTES} bytes")
+            lsn, epoch = entry.lsn, entry.epoch
+        future: asyncio.Future[None] = self._loop.create_future()
+        last = len(entries) - 1
+        for index, entry in enumerate(entries):
+            self._enqueue(entry, future if index == last else None)
+        return future
+
+    def _check_appendable(self) -> None:
         self._check_usable()
         if self._maintenance:
             raise WalFailed("WAL is being truncated; append after it returns")
+
+    @staticmethod
+    def _check_next(entry: WalEntry, last_lsn: int, last_epoch: int) -> None:
         check_entry(entry)
-        if entry.lsn != self.last_lsn + 1:
-            raise ValueError(f"entry lsn {entry.lsn} does not follow {self.last_lsn}")
-        if entry.epoch < self.last_epoch:
-            raise ValueError(f"entry epoch {entry.epoch} is older than {self.last_epoch}")
+        if entry.lsn != last_lsn + 1:
+            raise ValueError(f"entry lsn {entry.lsn} does not follow {last_lsn}")
+        if entry.epoch < last_epoch:
+            raise ValueError(f"entry epoch {entry.epoch} is older than {last_epoch}")
+
+    def _enqueue(self, entry: WalEntry, future: asyncio.Future[None] | None) -> None:
+        """Frame a checked entry onto the CRC chain and queue it (rolling the segment over
+        first when it would not fit)."""
         seed = self._crc
         frame, crc = encode_entry(entry, seed)
         if self._tail_entries and self._tail_size + len(frame) > self.options.segment_bytes:
@@ -230,7 +266,6 @@ class WriteAheadLog:
             checkpoints = self._checkpoints[self._next_seq - 1] = []
         if not checkpoints or self._tail_size - checkpoints[-1].offset >= CHECKPOINT_BYTES:
             checkpoints.append(Checkpoint(entry.lsn, self._tail_size, seed))
-        future: asyncio.Future[None] = self._loop.create_future()
         self._queue.append(_Append(frame, entry.lsn, future))
         self._crc = crc
         self._tail_size += len(frame)
@@ -239,7 +274,6 @@ class WriteAheadLog:
         self.last_epoch = entry.epoch
         self._idle.clear()
         self._wakeup.set()
-        return future
 
     async def append(self, entry: WalEntry) -> None:
         await self.append_nowait(entry)
@@ -311,8 +345,9 @@ class WriteAheadLog:
         self._acked_lsn = last
         self._publish()
         for item in appends:
-            if not item.future.done():
-                item.future.set_result(None)
+            future = item.future
+            if future is not None and not future.done():
+                future.set_result(None)
 
     async def _sync_only(self) -> None:
         assert self._writer_io is not None
@@ -328,7 +363,8 @@ class WriteAheadLog:
         )
         error = WalFailed(f"WAL write failed: {exc}")
         for item in [*items, *self._queue]:
-            if isinstance(item, _Append) and not item.future.done():
+            if isinstance(item, _Append) and item.future is not None \
+                    and not item.future.done():
                 item.future.set_exception(error)
         self._queue = []
         self._idle.set()

@@ -186,3 +186,41 @@ def test_entries_frame_splices_the_wal_payloads_into_the_same_message() -> None:
         frame = proto.encode_entries(entries, 8, 3.0, lq)
         assert proto.decode(frame) == wire.unpack(wire.pack(plain))
         assert proto.decode_entries(proto.decode(frame)) == entries
+
+
+def test_the_replica_keeps_each_entry_as_received_for_its_wal() -> None:
+    """decode_stream gives decode's message plus each entry's bytes, which become the
+    replica's WAL payloads: the same bytes a fresh encode of the entry gives."""
+    entries = [WalEntry(7, 2, (Mutation(MutationKind.PUT, b"k", b"v" * 300, False, 9.5),), 1.5),
+               WalEntry(8, 2, (Mutation(MutationKind.DELETE, b"k", prev_version=7),), 2.0),
+               WalEntry(9, 3, (), 2.5)]
+    frame = proto.encode_entries(entries, 9, 3.0, 0.25, 8, 4)
+    message = proto.decode_stream(frame)
+    payloads = message.pop(proto.PAYLOADS)
+    assert message == proto.decode(frame)
+    decoded = proto.decode_entries({**message, proto.PAYLOADS: payloads})
+    assert decoded == entries
+    for entry, payload in zip(decoded, payloads, strict=True):
+        assert entry.payload is payload
+        assert payload == wire.pack(entry.to_wire())
+    for kind in (proto.HEARTBEAT, proto.ACK):  # other frames decode as before
+        plain = proto.encode(kind, primary_lsn=3, commit_lsn=2, ts=1.0, lsn=3)
+        assert proto.decode_stream(plain) == proto.decode(plain)
+
+
+def test_an_entry_in_another_form_is_encoded_again() -> None:
+    """A float LSN decodes (``int()``), but its bytes would not read back from the WAL as an
+    entry: the replica logs its own encoding of it instead."""
+    frame = wire.pack({"t": proto.ENTRIES, "primary_lsn": 7, "ts": 1.0,
+                       "entries": [[7.0, 1, 0.0, []]]})
+    message = proto.decode_stream(frame)
+    [entry] = proto.decode_entries(message)
+    assert entry.payload is None and entry.lsn == 7
+
+
+@pytest.mark.parametrize("frame", [b"\xc1", proto.wire.pack([1, 2]), proto.wire.pack({"t": "x"}),
+                                   proto.wire.pack({"t": "ack", "lsn": 1}) + b"\x00",
+                                   proto.wire.pack({"t": "entries", "entries": [[1, 2]]})[:-1]])
+def test_decode_stream_refuses_what_decode_refuses(frame: bytes) -> None:
+    with pytest.raises(InvalidArgument):
+        proto.decode_stream(frame)

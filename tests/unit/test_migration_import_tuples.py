@@ -8,22 +8,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from migration_target_store import target_store
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import RingSpec
 from shardkv.node.migration.arcs import MovingArcs
 from shardkv.node.migration.importer import ArcImporter
-from shardkv.node.storage.store import Store, StoreConfig
-from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
+from shardkv.node.storage.store import Store
 
 
 @pytest.fixture(params=["memory", "sqlite"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    config = StoreConfig(data_dir=tmp_path, engine=request.param,
-                         wal=WalOptions(fsync=FsyncPolicy.NEVER), ttl_sweep_interval_s=0)
-    opened = await Store.open(config)
-    await opened.jump_lsn(1000)  # the target's floor: above every imported version
-    yield opened
-    await opened.close()
+    async with target_store(request.param, tmp_path, 1000) as opened:
+        yield opened
 
 
 async def test_tuple_records_import_like_lists(store: Store) -> None:

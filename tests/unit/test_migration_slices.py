@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from migration_target_store import target_store
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import RingSpec
 from shardkv.cluster.errors import StaleEpoch
@@ -17,8 +18,7 @@ from shardkv.node.migration import importer as importer_module
 from shardkv.node.migration.arcs import MovingArcs
 from shardkv.node.migration.importer import ArcImporter
 from shardkv.node.migration.loop_slices import pack_with_records
-from shardkv.node.storage.store import Store, StoreConfig
-from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions
+from shardkv.node.storage.store import Store
 
 ARCS = MovingArcs.of(RingSpec(1, shards={"s1": 1}), RingSpec(2, shards={"s1": 1, "s2": 1}),
                      "s1", ["s2"])
@@ -26,12 +26,8 @@ ARCS = MovingArcs.of(RingSpec(1, shards={"s1": 1}), RingSpec(2, shards={"s1": 1,
 
 @pytest.fixture(params=["memory", "sqlite"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    config = StoreConfig(data_dir=tmp_path, engine=request.param,
-                         wal=WalOptions(fsync=FsyncPolicy.NEVER), ttl_sweep_interval_s=0)
-    opened = await Store.open(config)
-    await opened.jump_lsn(100_000)  # the target's floor: above every imported version
-    yield opened
-    await opened.close()
+    async with target_store(request.param, tmp_path, 100_000) as opened:
+        yield opened
 
 
 def _records(count: int, version: int, value: bytes) -> tuple[tuple[object, ...], ...]:

@@ -67,7 +67,7 @@ def run_load(python: str, coordinators: list[str], workload: str, in_flight: int
     """One ``client_load.py`` run under ``python``; its JSON result (with ``us_per_op``)."""
     argv = [python, str(LOAD_SCRIPT), "--coordinators", ",".join(coordinators),
             "--workload", workload, "--in-flight", str(in_flight),
-            "--duration", str(duration), "--warmup", str(warmup)]
+            "--duration", str(duration), "--warmup", str(warmup), "--no-latencies"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout is not None
     result: dict[str, Any] = {}
@@ -79,9 +79,8 @@ def run_load(python: str, coordinators: list[str], workload: str, in_flight: int
         elif line == "window-start" and profile is not None:
             spy = profiled(proc.pid, profile, duration, rate=200, fmt="raw", native=native)
             spy.__enter__()
-        elif line == "window-end" and spy is not None:
-            spy.__exit__(None, None, None)
-            spy = None
+    if spy is not None:  # ended after the process: py-spy must not hold up its output
+        spy.__exit__(None, None, None)
     if proc.wait() != 0 or not result:
         raise RuntimeError(f"the load process failed ({proc.returncode}): {' '.join(argv)}")
     if workload == "preload":

@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=64)
+    p.add_argument("--no-latencies", action="store_true",
+                   help="leave the per-request latencies out of the result line")
     args = p.parse_args(argv)
     target = {"coordinators": args.coordinators.split(",")}
     if args.workload == "preload":
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = asyncio.run(drive(target, args.workload, args.in_flight, args.duration,
                                args.warmup, args.seed, _print_edge))
+    if args.no_latencies:
+        result.pop("latencies")
     print(json.dumps(result), flush=True)
     return 0
 

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 3.0
 
 
+# What ends ``async for msg in ws`` (aiohttp's ``__anext__``), and so our read loop.
+_END_OF_STREAM = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                            aiohttp.WSMsgType.CLOSED})
+
+
 class ConnectionFailed(Unavailable):
     """The node could not be reached or the connection broke. ``maybe_executed`` is True when
     the request had been written before the break (its outcome is unknown)."""
@@ -127,12 +132,19 @@ class NodeConnection:
 
     async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         reason = "closed by the node"
+        # ``receive`` itself rather than ``async for``: the iterator's ``__anext__`` is one
+        # more coroutine per answer, and it stops at the same three message types.
+        receive, binary, error = ws.receive, aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.ERROR
         try:
-            async for msg in ws:
-                if msg.type is aiohttp.WSMsgType.BINARY:
+            while True:
+                msg = await receive()
+                kind = msg.type
+                if kind is binary:
                     self._dispatch(msg.data)
-                elif msg.type is aiohttp.WSMsgType.ERROR:
+                elif kind is error:
                     reason = f"error: {ws.exception()}"
+                    break
+                elif kind in _END_OF_STREAM:
                     break
         except Exception as exc:  # the socket died under us: fail what is in flight
             reason = f"error: {exc!r}"

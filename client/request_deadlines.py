@@ -14,7 +14,9 @@ would, at the cost of an append.
 - Answered requests leave the queue from its head as their futures are done (``trim``);
   one that is answered out of order waits there, done, until the requests before it are.
 - When the timer fires, requests at the head that are done are dropped, those due are
-  failed through ``expire``, and the timer is armed again at the new head, if any.
+  failed through ``expire``, and the timer is armed again at the new head, if any. A timer
+  armed for a later time than a new head's deadline (the queue ran empty, then a shorter
+  budget came) is armed again at once.
 """
 
 from __future__ import annotations
@@ -54,7 +56,13 @@ class RequestDeadlines:
         if queue and deadline < queue[-1][0]:
             return loop.call_at(deadline, self._expire_one, future, op, budget)
         queue.append((deadline, future, op, budget))
-        if self._timer is None:
+        timer = self._timer
+        if timer is None:
+            self._arm(deadline)
+        elif deadline < self._armed_at:
+            # Armed for a request with a longer budget that has been answered since (the
+            # queue had run empty): this one must not wait for that time.
+            timer.cancel()
             self._arm(deadline)
         return None
 

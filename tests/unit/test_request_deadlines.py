@@ -67,6 +67,25 @@ async def test_answered_requests_leave_the_head_and_are_never_expired() -> None:
     futures[2].exception()
 
 
+async def test_a_short_budget_after_an_answered_long_one_expires_on_time() -> None:
+    """The queue ran empty with its timer armed at the answered request's far deadline:
+    the next request, with a shorter budget, must not wait for it (a frozen node behind a
+    client whose first request had a long budget)."""
+    loop = asyncio.get_running_loop()
+    log: list[tuple[str, float]] = []
+    deadlines = RequestDeadlines(loop, expired_into(log))
+    long = loop.create_future()
+    deadlines.add(long, "long", 30.0)
+    long.set_result("answered")
+    deadlines.trim()
+    short = loop.create_future()
+    assert deadlines.add(short, "short", 0.05) is None
+    await asyncio.sleep(0.08)
+    assert log == [("short", 0.05)] and short.done()
+    short.exception()
+    deadlines.close()
+
+
 async def test_close_stops_the_timer() -> None:
     loop = asyncio.get_running_loop()
     log: list[tuple[str, float]] = []

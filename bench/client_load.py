@@ -36,6 +36,12 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def system_seconds() -> float:
+    """The kernel's share of ``cpu_seconds`` (syscalls: socket sends on loopback run the
+    receiver's TCP path too)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 async def drive(target: dict[str, Any], workload: str, in_flight: int, duration: float,
                 warmup: float, seed: int,
                 on_edge: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -74,17 +80,18 @@ async def drive(target: dict[str, Any], workload: str, in_flight: int, duration:
 
         async def sample_cpu() -> None:
             await asyncio.sleep(max(0.0, measure_from - loop.time()))
-            cpu["start"] = cpu_seconds()
+            cpu["start"], cpu["sys_start"] = cpu_seconds(), system_seconds()
             if on_edge is not None:
                 on_edge("window-start")
             await asyncio.sleep(max(0.0, stop_at - loop.time()))
-            cpu["end"] = cpu_seconds()
+            cpu["end"], cpu["sys_end"] = cpu_seconds(), system_seconds()
             if on_edge is not None:
                 on_edge("window-end")
 
         await asyncio.gather(sample_cpu(), *(worker() for _ in range(in_flight)))
     return {"ops": ops, "errors": errors, "latencies": latencies,
-            "cpu_seconds": cpu["end"] - cpu["start"]}
+            "cpu_seconds": cpu["end"] - cpu["start"],
+            "system_seconds": cpu["sys_end"] - cpu["sys_start"]}
 
 
 async def preload(target: dict[str, Any]) -> None:
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=64)
+    p.add_argument("--no-latencies", action="store_true",
+                   help="leave the per-request latencies out of the result line")
     args = p.parse_args(argv)
     target = {"coordinators": args.coordinators.split(",")}
     if args.workload == "preload":
@@ -115,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = asyncio.run(drive(target, args.workload, args.in_flight, args.duration,
                                args.warmup, args.seed, _print_edge))
+    if args.no_latencies:
+        result.pop("latencies")
     print(json.dumps(result), flush=True)
     return 0
 

@@ -117,7 +117,8 @@ class Commands:
             if fill is not None:  # a miss reads through from the primary (read_cache.py)
                 args, eventual = {"key": raw, "consistency": "strong"}, False
         try:
-            body = await self._executor.call("get", args, eventual=eventual, budget=timeout)
+            body = await self._executor.call("get", args, keys=(raw,), eventual=eventual,
+                                             budget=timeout)
         except NotFound:
             return None
         item = Item.from_wire(body)
@@ -228,6 +229,7 @@ class Commands:
         body = await self._executor.call(
             "put",
             _write_args(args, write_concern),
+            keys=(raw,),  # routed as is: checked above, no need to find and check it again
             budget=timeout,
         )
         return int(body["version"])
@@ -248,6 +250,7 @@ class Commands:
         body = await self._executor.call(
             "delete",
             _write_args(args, write_concern),
+            keys=(raw,),
             budget=timeout,
         )
         version = body.get("version")

@@ -24,6 +24,7 @@ import logging
 from typing import Any
 
 import aiohttp
+from shardkv.client.request_deadlines import RequestDeadlines
 from shardkv.cluster import wire
 from shardkv.cluster.errors import Timeout, Unavailable, error_from_dict
 from shardkv.cluster.limits import MAX_FRAME_BYTES
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 # Seconds of silence before a ping; no pong within half of it breaks the connection. Long
 # enough that a node busy for a second (a large fsync group, a snapshot) is not cut off.
 HEARTBEAT_S = 3.0
+
+
+# What ends ``async for msg in ws`` (aiohttp's ``__anext__``), and so our read loop.
+_END_OF_STREAM = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                            aiohttp.WSMsgType.CLOSED})
 
 
 class ConnectionFailed(Unavailable):
@@ -74,6 +80,13 @@ class NodeConnection:
         self._ids = itertools.count(1)
         self._connect_lock = asyncio.Lock()
         self._closed = False
+        # Bound to the loop of the first connect (a connection lives on one loop).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: RequestDeadlines | None = None
+        # A frame encoder of this connection's own: msgpack's ``packb`` builds a ``Packer``
+        # per call, a third of an encode for a put's small frame (not thread-safe: used on
+        # the connection's loop only).
+        self._pack = wire.packer()
         self.connects = 0  # how many times a socket was opened (observability, tests)
 
     @property
@@ -109,6 +122,9 @@ class NodeConnection:
             # Requests sent in one loop iteration leave in one write: fewer syscalls here,
             # fewer wakeups at the node, and they share its WAL group (write_coalescing.py).
             coalesce_writes(ws)
+            if self._deadlines is None:
+                self._loop = asyncio.get_running_loop()
+                self._deadlines = RequestDeadlines(self._loop, self._expire)
             self._ws = ws
             self.connects += 1
             self._reader = asyncio.get_running_loop().create_task(self._read_loop(ws))
@@ -116,12 +132,19 @@ class NodeConnection:
 
     async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         reason = "closed by the node"
+        # ``receive`` itself rather than ``async for``: the iterator's ``__anext__`` is one
+        # more coroutine per answer, and it stops at the same three message types.
+        receive, binary, error = ws.receive, aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.ERROR
         try:
-            async for msg in ws:
-                if msg.type is aiohttp.WSMsgType.BINARY:
+            while True:
+                msg = await receive()
+                kind = msg.type
+                if kind is binary:
                     self._dispatch(msg.data)
-                elif msg.type is aiohttp.WSMsgType.ERROR:
+                elif kind is error:
                     reason = f"error: {ws.exception()}"
+                    break
+                elif kind in _END_OF_STREAM:
                     break
         except Exception as exc:  # the socket died under us: fail what is in flight
             reason = f"error: {exc!r}"
@@ -132,8 +155,7 @@ class NodeConnection:
 
     def _dispatch(self, data: bytes) -> None:
         try:
-            frame = wire.unpack(data)
-            request_id, status, result = frame
+            request_id, status, result = wire.unpack(data)
         except (ValueError, TypeError) as exc:
             log.warning("undecodable rpc answer from %s: %r", self.url, exc)
             return
@@ -173,29 +195,34 @@ class NodeConnection:
     async def call(self, op: str, args: dict[str, Any], budget: float) -> Any:
         """Send one request and wait for its answer, at most ``budget`` seconds in total
         (connecting included). Error answers are raised as their typed exception."""
-        loop = asyncio.get_running_loop()
         ws = self._ws
         if ws is None or ws.closed:  # the fast path (an open socket) needs no timer
             ws = await self._open_within(budget)
+        loop, deadlines = self._loop, self._deadlines
+        assert loop is not None and deadlines is not None  # set by the first connect
         request_id = next(self._ids)
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending[request_id] = future
+        pending = self._pending
+        pending[request_id] = future
         try:
-            await ws.send_bytes(wire.pack([request_id, op, args]))
+            await ws.send_bytes(self._pack([request_id, op, args]))
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
-            self._pending.pop(request_id, None)
+            pending.pop(request_id, None)
             raise ConnectionFailed(
                 f"cannot send to {self.url}: {exc}", node=self.url, maybe_executed=False
             ) from exc
-        # A plain timer that fails the future, rather than ``asyncio.timeout``: the answer's
-        # wait is the hot path, and the context manager's cancel-and-uncancel bookkeeping
-        # cost as much as the rest of the call.
-        timer = loop.call_at(loop.time() + budget, self._expire, future, op, budget)
+        # The answer's wait is bounded by the connection's deadline queue, which fails the
+        # future at ``budget`` as a timer of its own would (``request_deadlines.py``); not
+        # ``asyncio.timeout``, whose cancel-and-uncancel bookkeeping cost as much as the rest
+        # of the call, nor a ``call_at`` per request.
+        own_timer = deadlines.add(future, op, budget)
         try:
             return await future
         finally:
-            timer.cancel()
+            if own_timer is not None:
+                own_timer.cancel()
             self._pending.pop(request_id, None)
+            deadlines.trim()
 
     def _expire(self, future: asyncio.Future[Any], op: str, budget: float) -> None:
         if not future.done():
@@ -223,6 +250,8 @@ class NodeConnection:
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
         self._fail_pending("client closed")
+        if self._deadlines is not None:
+            self._deadlines.close()
 
 
 class NodePool:
@@ -245,8 +274,13 @@ class NodePool:
         ]
         self._next = itertools.cycle(range(size))
 
+    def connection(self) -> NodeConnection:
+        """The connection the next request goes on (round-robin)."""
+        connections = self.connections
+        return connections[0] if len(connections) == 1 else connections[next(self._next)]
+
     async def call(self, op: str, args: dict[str, Any], budget: float) -> Any:
-        return await self.connections[next(self._next)].call(op, args, budget)
+        return await self.connection().call(op, args, budget)
 
     def abandon_pending(self, reason: str) -> int:
         """``NodeConnection.abandon_pending`` on every connection of the pool."""

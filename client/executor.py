@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -120,6 +120,7 @@ class Executor:
         # known, e.g. a shard-wide op): the read cache drops them (client/read_cache.py).
         self.write_listener: Callable[[Sequence[bytes] | None], None] | None = None
         self.abandoned = 0  # requests given up on a deposed primary (observability, tests)
+        self._loop: asyncio.AbstractEventLoop | None = None
         router.on_install.append(self._abandon_on_deposed_primaries)
 
     def pool(self, url: str) -> NodePool:
@@ -191,25 +192,29 @@ class Executor:
         spec = spec_of(op)
         if keys is None and shard is None:
             keys = [as_key(k) for k in spec.keys_of(args)]
+        if not spec.writes:
+            return await self._run(spec, args, keys or (), shard, eventual, budget, on_route,
+                                   retry_safe=spec.idempotent)
         listener = self.write_listener
-        if spec.writes and listener is not None:
+        touched = None
+        if listener is not None:
             touched = list(keys) if keys else None
             listener(touched)
-            try:
-                return await self._stamped(spec, args, keys, shard, eventual, budget, on_route)
-            finally:
+        sessions = self.sessions
+        slot = sessions.acquire() if sessions is not None else None
+        try:
+            if slot is None:
+                return await self._run(spec, args, keys or (), shard, eventual, budget,
+                                       on_route, retry_safe=spec.idempotent)
+            # The same stamp for every attempt of this write (write_sessions.py).
+            stamped = {**args, "client_id": slot.client_id, "seq": slot.seq}
+            return await self._run(spec, stamped, keys or (), shard, eventual, budget,
+                                   on_route, retry_safe=True)
+        finally:
+            if sessions is not None and slot is not None:
+                sessions.release(slot)
+            if listener is not None:
                 listener(touched)
-        return await self._stamped(spec, args, keys, shard, eventual, budget, on_route)
-
-    async def _stamped(self, spec: OpSpec, args: dict[str, Any], keys: Sequence[bytes] | None,
-                       shard: str | None, eventual: bool, budget: float | None,
-                       on_route: Callable[[Route], None] | None) -> Any:
-        if spec.writes and self.sessions is not None:
-            with self.sessions.stamp() as stamp:
-                return await self._run(spec, {**args, **stamp}, keys or (), shard, eventual,
-                                       budget, on_route, retry_safe=True)
-        return await self._run(spec, args, keys or (), shard, eventual, budget, on_route,
-                               retry_safe=spec.idempotent)
 
     async def _run(
         self,
@@ -224,7 +229,9 @@ class Executor:
         retry_safe: bool,
     ) -> Any:
         op = spec.name
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # bound at the first call: the pools' connections live on it too
+            loop = self._loop = asyncio.get_running_loop()
         if budget is None:
             budget = self.timeout
         if budget <= 0:
@@ -242,11 +249,10 @@ class Executor:
             seen_version = self.router.version
             try:
                 target = self._target_shard(keys, shard)
-                candidates = (
-                    self.router.read_candidates(target)
-                    if eventual
-                    else [self.router.primary(target)]
-                )
+                if eventual:
+                    candidates = self.router.read_candidates(target)
+                else:
+                    primary = self.router.primary(target)
             except Regroup:
                 if uncertain:  # re-split parts would carry new stamps: not safe to resend
                     split = _gave_up(op, Unavailable("the shard map split this request's keys"),
@@ -263,9 +269,14 @@ class Executor:
                 await asyncio.sleep(delay)
                 continue
             try:
-                return await self._try_candidates(
-                    op, args, candidates, ends_at, on_route=on_route
-                )
+                if eventual:
+                    return await self._try_candidates(
+                        op, args, candidates, ends_at, on_route=on_route
+                    )
+                # A strong read or a write: the primary, and nothing else to try.
+                result = await self._send(op, args, primary, remaining, on_route)
+                self.served_by[primary.url] += 1
+                return result
             except REDIRECTS as error:
                 hops += 1
                 self.hops += 1
@@ -309,6 +320,16 @@ class Executor:
         except Unavailable:
             pass
 
+    def _send(self, op: str, args: dict[str, Any], route: Route, budget: float,
+              on_route: Callable[[Route], None] | None) -> Coroutine[Any, Any, Any]:
+        """One attempt on ``route`` (the caller awaits it): ``args`` with the ring version
+        of the map that routed it, on the node's next connection."""
+        if route.ring_version is not None:
+            args = {**args, "ring_version": route.ring_version}
+        if on_route is not None:
+            on_route(route)
+        return self.pool(route.url).connection().call(op, args, budget)
+
     async def _try_candidates(
         self,
         op: str,
@@ -326,13 +347,8 @@ class Executor:
             remaining = ends_at - loop.time()
             if remaining <= 0:
                 break
-            request = dict(args)
-            if route.ring_version is not None:
-                request["ring_version"] = route.ring_version
-            if on_route is not None:
-                on_route(route)
             try:
-                result = await self.pool(route.url).call(op, request, remaining)
+                result = await self._send(op, args, route, remaining, on_route)
             except (TooStale, ConnectionFailed, NotPrimary) as error:
                 is_last = index == len(candidates) - 1
                 if is_last or route.is_primary:

@@ -34,7 +34,7 @@ from shardkv.cluster import internal_routes as routes
 from shardkv.cluster import wire
 from shardkv.cluster.cluster_map import NODE_UP, ClusterMap
 from shardkv.cluster.errors import Unavailable
-from shardkv.cluster.ring import shard_for_key
+from shardkv.cluster.ring import owner_function, shard_for_key
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,12 @@ class Router:
         self.direct_url = nodes[0].rstrip("/") if nodes else None
         self._fetch_timeout = fetch_timeout
         self._map: ClusterMap | None = None
+        # Worked out once per map, not per request (issue 17): the key -> shard function of
+        # its ring and each shard's primary route. A map is not changed once it is ours (a
+        # newer one replaces it), so they hold while ``_map`` is the map they were made for.
+        self._routes_of: ClusterMap | None = None
+        self._owner: Callable[[bytes], str] | None = None
+        self._primaries: dict[str, Route] = {}
         self._changed = asyncio.Condition()
         self._refreshing: asyncio.Task[ClusterMap] | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -246,12 +252,25 @@ class Router:
 
     # -- routing -----------------------------------------------------------------------------
 
+    def _forget_routes(self) -> None:
+        """Start the per-map caches afresh for the map now held."""
+        cmap = self._map
+        self._routes_of = cmap
+        self._owner = owner_function(cmap.ring) if cmap is not None and cmap.ring.shards \
+            else None
+        self._primaries = {}
+
     def shard_of(self, key: bytes) -> str:
+        if self._routes_of is not self._map:
+            self._forget_routes()
+        owner = self._owner
+        if owner is not None:
+            return owner(key)
         if self.direct:
             return DIRECT_SHARD
         if self._map is None:
             raise Unavailable("no cluster map yet")
-        return shard_for_key(self._map, key)
+        return shard_for_key(self._map, key)  # a ring with no shard: says so
 
     def ring_version(self) -> int | None:
         if self.direct or self._map is None:
@@ -259,6 +278,14 @@ class Router:
         return self._map.ring.version
 
     def primary(self, shard: str) -> Route:
+        if self._routes_of is not self._map:
+            self._forget_routes()
+        route = self._primaries.get(shard)
+        if route is None:
+            route = self._primaries[shard] = self._primary_route(shard)
+        return route
+
+    def _primary_route(self, shard: str) -> Route:
         if self.direct_url is not None:
             return Route(DIRECT_SHARD, self.direct_url, None, True)
         cmap = self._require_map()

@@ -24,7 +24,9 @@ _ID_PREFIX_BYTES = 12
 
 
 @dataclass(slots=True)
-class _Slot:
+class Slot:
+    """One session id of this client and the last ``seq`` taken under it."""
+
     client_id: bytes
     seq: int = 0
 
@@ -34,7 +36,7 @@ class WriteSessions:
 
     def __init__(self, *, prefix: bytes | None = None) -> None:
         self.prefix = prefix if prefix is not None else os.urandom(_ID_PREFIX_BYTES)
-        self._free: list[_Slot] = []
+        self._free: list[Slot] = []
         self._slots = 0
 
     @property
@@ -42,16 +44,28 @@ class WriteSessions:
         """How many ids this client has used (its peak number of writes in flight)."""
         return self._slots
 
+    def acquire(self) -> Slot:
+        """A free slot with its next ``seq`` taken, for one write and all its attempts
+        (``slot.client_id``, ``slot.seq``); ``release`` it when the write is over. The
+        executor's hot path calls these two rather than ``stamp``: a generator-based context
+        manager cost 3 us a write, about a twentieth of the client's CPU per put (issue 17)."""
+        slot = self._free.pop() if self._free else self._new_slot()
+        slot.seq += 1
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        """Give ``slot`` back once its write ended (answered, failed or given up)."""
+        self._free.append(slot)
+
     @contextlib.contextmanager
     def stamp(self) -> Iterator[dict[str, object]]:
         """``{"client_id", "seq"}`` for one write; keep it for every attempt of the write."""
-        slot = self._free.pop() if self._free else self._new_slot()
-        slot.seq += 1
+        slot = self.acquire()
         try:
             yield {"client_id": slot.client_id, "seq": slot.seq}
         finally:
-            self._free.append(slot)
+            self.release(slot)
 
-    def _new_slot(self) -> _Slot:
+    def _new_slot(self) -> Slot:
         self._slots += 1
-        return _Slot(self.prefix + self._slots.to_bytes(4, "big"))
+        return Slot(self.prefix + self._slots.to_bytes(4, "big"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -23,6 +24,14 @@ def pack(obj: Any) -> bytes:
     return packed
 
 
+def packer() -> Callable[[Any], bytes]:
+    """A ``pack`` of one's own: the same bytes, without building a ``Packer`` per call as
+    ``packb`` does (a third of the encoding of a small rpc frame). Not thread-safe: one per
+    event loop (a client connection holds one)."""
+    encode: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+    return encode
+
+
 def unpack(data: bytes, *, max_bytes: int | None = None, use_list: bool = True) -> Any:
     """Decode msgpack strictly: one object, no trailing garbage, bounded sizes.
 
@@ -33,6 +42,11 @@ def unpack(data: bytes, *, max_bytes: int | None = None, use_list: bool = True) 
     Raises ``ValueError`` (or a msgpack exception, a subclass of it) on anything malformed;
     callers turn that into INVALID_ARGUMENT.
     """
+    if max_bytes is None and use_list:
+        # The same bounds as below: msgpack's own limits default to the input's length.
+        # Passing only what differs from its defaults saves a third of a small frame's decode
+        # (every rpc request at the node, every answer at the client: issue 17).
+        return msgpack.unpackb(data, strict_map_key=False, max_ext_len=0)
     limit = max_bytes if max_bytes is not None else len(data)
     return msgpack.unpackb(
         data,

@@ -171,6 +171,33 @@ async def test_an_unanswered_request_times_out(
     await conn.close()
 
 
+async def test_each_request_times_out_at_its_own_budget(
+    server: EchoServer, session: aiohttp.ClientSession
+) -> None:
+    """Deadlines share one timer per connection (client/request_deadlines.py): a shorter
+    budget sent after a longer one still ends first, and answered requests in between are
+    not touched."""
+    conn = NodeConnection(server.url, session)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ended: dict[str, float] = {}
+
+    async def timed(name: str, op: str, budget: float) -> None:
+        with pytest.raises(Timeout):
+            await conn.call(op, {}, budget)
+        ended[name] = loop.time() - started
+
+    long = asyncio.ensure_future(timed("long", "hang", 0.6))
+    await asyncio.sleep(0.02)
+    assert (await conn.call("echo", {"value": 1}, 5.0)) == {"echo": 1}
+    await asyncio.gather(long, timed("short", "hang", 0.15))
+    assert ended["short"] < ended["long"]
+    assert 0.15 <= ended["short"] < 0.5
+    assert 0.6 <= ended["long"] < 1.5
+    assert conn.in_flight == 0
+    await conn.close()
+
+
 async def test_a_cancelled_call_leaves_nothing_pending(
     server: EchoServer, session: aiohttp.ClientSession
 ) -> None:

@@ -56,6 +56,28 @@ def router_with(session: aiohttp.ClientSession, cmap: ClusterMap) -> Router:
     return router
 
 
+async def test_routes_are_worked_out_again_for_each_new_map(
+    session: aiohttp.ClientSession,
+) -> None:
+    """The key -> shard function and the primaries' routes are cached per map: a newer map
+    (another primary, another ring) is followed at once, and so is a map put in place by
+    other means than ``install``."""
+    router = router_with(session, make_map(version=5))
+    before = router.primary("s1")
+    assert router.primary("s1") is before  # cached: no new Route per request
+    moved = make_map(version=6, ring_version=2)
+    moved.shards["s1"].primary = "n12"
+    assert router.install(moved)
+    after = router.primary("s1")
+    assert after.url == moved.primary_of("s1").url != before.url
+    assert after.ring_version == 2
+    three = make_map(version=7, shards=3, ring_version=3)
+    router._map = three  # as a test of a stale client does
+    keys = [f"k{i}".encode() for i in range(300)]
+    assert [router.shard_of(k) for k in keys] == [shard_for_key(three, k) for k in keys]
+    assert router.primary("s3").ring_version == 3
+
+
 async def test_keys_route_with_the_shared_ring(session: aiohttp.ClientSession) -> None:
     cmap = make_map()
     router = router_with(session, cmap)

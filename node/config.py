@@ -124,6 +124,11 @@ class NodeConfig:
             header_timeout_s=self.header_timeout_s, idle_timeout_s=self.idle_timeout_s,
             max_pending_frame_bytes=self.max_pending_frame_bytes)
 
+    def stop_budget_s(self) -> float:
+        """The whole graceful stop's bound (node/stop_budget.py): the handoff, the drain, and
+        6 s for the rest; 24 s by default, below Kubernetes' 30 s grace period."""
+        return self.handoff_timeout_s + self.shutdown_grace_s + 6.0
+
     @property
     def listen(self) -> str:
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host

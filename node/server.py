@@ -40,9 +40,11 @@ from shardkv.node.migration import MigrationService
 from shardkv.node.replication.handoff import PrimaryHandoff
 from shardkv.node.replication.readiness import catch_up_state
 from shardkv.node.replication.shard_role import NodeReplication
+from shardkv.node.stop_budget import StopBudget, cancel_leftovers
 from shardkv.node.storage.disk_report import disk_report
 from shardkv.node.storage.store import Store
 from shardkv.node.storage.store_model import StoreConfig
+from shardkv.node.testing import failpoints
 from shardkv.node.wal.model import FsyncPolicy
 from shardkv.node.wal.write_ahead_log import WalOptions
 from shardkv.node.watch.watch_session import WatchSession
@@ -57,6 +59,15 @@ class StartupError(Exception):
 
 
 Hook = Callable[["NodeServer"], Awaitable[None]]
+
+# The graceful stop's bounds (node/stop_budget.py): a stop hook that has not returned in
+# HOOK_BOUND_S (or the handoff's own bound, if longer) is logged with its stack and left
+# behind; the store's close keeps STORE_CLOSE_RESERVE_S of the budget; tasks still running
+# after the stop get LEFTOVER_WAIT_S to end once cancelled.
+HOOK_BOUND_S = 5.0
+STORE_CLOSE_BOUND_S = 10.0
+STORE_CLOSE_RESERVE_S = 3.0
+LEFTOVER_WAIT_S = 2.0
 
 
 class NodeServer:
@@ -84,6 +95,7 @@ class NodeServer:
         self.exit_code = 0
         self.exit_requested = asyncio.Event()
         self._failure_watch: asyncio.Task[None] | None = None
+        self.stop_overran: list[str] = []  # the stop steps that ran out of their bound
         self.on_ready: list[Hook] = []
         self.on_stop: list[Hook] = []
         self.gate = ConnectionGate(config.connection_limits, registry=self.metrics.registry)
@@ -325,21 +337,26 @@ class NodeServer:
         self.metrics.ready.set(0)
         logger.info("stopping", extra=log_fields(url=self.url,
                                                  rpc_connections=len(self._connections)))
+        config = self.config
+        budget = StopBudget(config.stop_budget_s(), reserve_s=STORE_CLOSE_RESERVE_S)
+        # Each hook may take as long as the handoff's own bound (the first hook), no more.
+        hook_bound = max(HOOK_BOUND_S, config.handoff_timeout_s + 3.0)
+        if failpoints.ARMED:
+            await budget.step("failpoint-stop_before_hooks",
+                              failpoints.hit("stop_before_hooks"), hook_bound)
         for hook in self.on_stop:
-            try:
-                await hook(self)
-            except Exception:
-                logger.exception("a stop hook failed; stopping anyway")
+            await budget.step(getattr(hook, "__qualname__", repr(hook)), hook(self), hook_bound)
         if self._runner is not None:
-            await self._runner.cleanup()
+            await budget.step("http-runner-cleanup", self._runner.cleanup(),
+                              config.shutdown_grace_s + 1.0)
             self._runner = None
         store, self.store = self.store, None
         self.ctx.store = None
         if store is not None:
-            try:
-                await store.close()  # the store logs its own "store closed" with the LSN
-            except Exception:  # a failed disk may refuse the last flush: recovery redoes it
-                logger.exception("closing the store failed")
+            # The store logs its own "store closed" with the LSN; a failed disk may refuse
+            # the last flush (logged by the step): recovery redoes it.
+            await budget.step("store-close", store.close(), STORE_CLOSE_BOUND_S, last=True)
+        self.stop_overran = budget.overran
         self.state = "stopped"
 
 
@@ -372,7 +389,13 @@ async def serve(config: NodeConfig) -> int:
         exiting.cancel()
         stopping.cancel()
         await node.stop()
-        logger.info("stopped", extra=log_fields(url=node.url, exit_code=node.exit_code))
+        stuck = await cancel_leftovers(LEFTOVER_WAIT_S)
+        logger.info("stopped", extra=log_fields(url=node.url, exit_code=node.exit_code,
+                                                overran=node.stop_overran,
+                                                stuck_tasks=len(stuck)))
+        if stuck:  # asyncio.run would wait for them forever: the store is closed, so go
+            logging.shutdown()
+            os._exit(node.exit_code)
         return node.exit_code
     finally:
         for signum in signals:

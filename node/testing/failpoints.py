@@ -52,6 +52,9 @@ KNOWN = frozenset(
         # a put passed the node's checks (ownership, a migration's fence) and has neither
         # read what it replaces nor been ordered (a SQLite read or the store lock, widened)
         "put_before_order",
+        # the graceful stop, before its hooks run: a stop step that does not end
+        # (node/stop_budget.py bounds it)
+        "stop_before_hooks",
     }
 )
 

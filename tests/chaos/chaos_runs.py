@@ -17,6 +17,25 @@ def reproduce_command(scenario: Scenario, seed: int, duration_s: float) -> str:
             f"--duration {duration_s:g}s{topology} --out /tmp/chaos-{scenario.name}-{seed}")
 
 
+def digest(report: Report, unrecovered: list[dict[str, Any]]) -> str:
+    """The run's verdict in one line: what failed, what could not be checked, and why."""
+    parts = [f"verdict {report.verdict}"]
+    for check in report.checks:
+        if check.verdict == "anomaly":
+            first = check.anomalies[0] if check.anomalies else {}
+            parts.append(f"{check.name}: {len(check.anomalies)} anomalies, first: "
+                         f"{first.get('kind')} on {first.get('key')!r}: "
+                         f"{str(first.get('message'))[:200]}")
+        elif check.verdict == "unknown":
+            first = check.unknowns[0] if check.unknowns else {}
+            parts.append(f"{check.name}: unknown ({str(first.get('message', first))[:200]})")
+    parts += [f"linearizability [{r.model}]: {r.verdict}" for r in report.linearizability
+              if r.verdict != "ok"]
+    if unrecovered:
+        parts.append(f"never recovered: {[f.get('fault') for f in unrecovered]}")
+    return "; ".join(parts)
+
+
 async def run_and_explain(scenario: Scenario, seed: int, duration_s: float,
                           out: Path) -> tuple[Report, dict[str, Any]]:
     """Run; return the report and a few facts the tests assert on."""
@@ -24,11 +43,15 @@ async def run_and_explain(scenario: Scenario, seed: int, duration_s: float,
     history = load_history(out / "history.jsonl")
     started = [e for e in history.nemesis if e.action == "start"]
     avail = report.check("availability").stats
+    unrecovered = [f for f in avail.get("failovers", []) if f["failover_s"] is None]
     facts = {
+        # One line first: CI shows a failure's first line in its short summary, and the
+        # full summary may be cut from what it keeps.
+        "digest": digest(report, unrecovered),
         "summary": (out / "summary.txt").read_text(),
         "reproduce": reproduce_command(scenario, seed, duration_s),
         "faults_started": sorted({e.fault for e in started}),
         "ok_operations": sum(1 for op in history.operations() if op.type == "ok"),
-        "unrecovered": [f for f in avail.get("failovers", []) if f["failover_s"] is None],
+        "unrecovered": unrecovered,
     }
     return report, facts

@@ -29,7 +29,7 @@ async def test_clock_skew_scenario_has_no_anomaly(tmp_path: Path) -> None:
         pytest.skip(f"the isolated-primary clock fault needs the loopback partition: {why}")
     scenario = get_scenario("clock-skew")
     report, facts = await run_and_explain(scenario, SEED, DURATION_S, tmp_path / "run")
-    explain = f"{facts['summary']}\nreproduce: {facts['reproduce']}"
+    explain = f"{facts['digest']}\n{facts['summary']}\nreproduce: {facts['reproduce']}"
     assert report.exit_status == 0, explain
     assert facts["faults_started"] == ["clock-bump", "clock-drift",
                                        "clock-drift-isolated-primary", "clock-strobe"], explain

@@ -35,11 +35,15 @@ async def test_negative_control_fails_its_checker_and_only_it(name: str,
     control = scenario.negative_control
     assert control is not None
     report, facts = await run_and_explain(scenario, SEED, DURATION_S, tmp_path / "run")
-    explain = f"{facts['summary']}\nreproduce: {facts['reproduce']}"
+    explain = f"{facts['digest']}\n{facts['summary']}\nreproduce: {facts['reproduce']}"
     assert report.meta["negative_control"]["switch"] == control.switch, explain
     assert facts["ok_operations"] > 50, explain
     assert report.failing() == set(control.must_fail), explain
     assert report.exit_status == 1, explain
+    # The one-line digest (what CI's short summary shows) names each failing checker.
+    assert facts["digest"].startswith("verdict anomaly; "), explain
+    assert all(f"{checker} " in facts["digest"] or f"{checker}:" in facts["digest"]
+               for checker in control.must_fail), explain
 
 
 async def test_clock_beyond_bound_runs_to_a_verdict(tmp_path: Path) -> None:
@@ -48,7 +52,7 @@ async def test_clock_beyond_bound_runs_to_a_verdict(tmp_path: Path) -> None:
         pytest.skip(f"clock-beyond-bound isolates a primary: {why}")
     scenario = SCENARIOS["clock-beyond-bound"]
     report, facts = await run_and_explain(scenario, SEED, 25.0, tmp_path / "run")
-    explain = f"{facts['summary']}\nreproduce: {facts['reproduce']}"
+    explain = f"{facts['digest']}\n{facts['summary']}\nreproduce: {facts['reproduce']}"
     print(f"clock-beyond-bound: verdict {report.verdict}, failing {sorted(report.failing())}")
     assert facts["faults_started"] == ["clock-drift-isolated-primary"], explain
     assert report.exit_status in (0, 1), explain  # a verdict, not a harness failure

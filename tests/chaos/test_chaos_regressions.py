@@ -31,7 +31,8 @@ async def test_regression_scenario(name: str, tmp_path: Path) -> None:
     seed, duration_s = PINNED[name]
     scenario = SCENARIOS[name]
     report, facts = await run_and_explain(scenario, seed, duration_s, tmp_path / "run")
-    explain = f"{scenario.regression}\n{facts['summary']}\nreproduce: {facts['reproduce']}"
+    explain = (f"{facts['digest']}\n{scenario.regression}\n{facts['summary']}\n"
+               f"reproduce: {facts['reproduce']}")
     assert facts["faults_started"], explain
     # Every fault window must end with the clients served again (the proxy bug left every
     # client hung after the first restart).

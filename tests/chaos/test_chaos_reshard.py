@@ -28,7 +28,8 @@ async def test_ring_changes_under_load_leave_a_clean_history(tmp_path: Path) -> 
     scenario = replace(SCENARIOS["reshard"], quiet_s=(3.0, 4.0), fault_s=(8.0, 10.0),
                        settle_s=5.0)
     report, facts = await run_and_explain(scenario, SEED, DURATION_S, tmp_path / "run")
-    explain = f"{facts['summary']}\nreproduce: {facts['reproduce']} (windows shortened)"
+    explain = (f"{facts['digest']}\n{facts['summary']}\n"
+               f"reproduce: {facts['reproduce']} (windows shortened)")
     assert facts["faults_started"], explain
     assert set(facts["faults_started"]) <= {"reshard-add", "reshard-weight",
                                              "reshard-remove"}, explain

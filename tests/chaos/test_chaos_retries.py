@@ -31,7 +31,7 @@ async def test_default_client_under_switchovers_has_no_anomaly(tmp_path: Path) -
     scenario = SCENARIOS["switchover-retries"]
     assert scenario.mix.retries == "default"
     report, facts = await run_and_explain(scenario, SEED, DURATION_S, tmp_path / "run")
-    explain = f"{facts['summary']}\nreproduce: {facts['reproduce']}"
+    explain = f"{facts['digest']}\n{facts['summary']}\nreproduce: {facts['reproduce']}"
     assert facts["faults_started"] == ["switchover"], explain
     assert facts["ok_operations"] > 500, explain
     assert report.exit_status == 0, explain
@@ -44,7 +44,7 @@ async def test_switchover_nemesis_moves_the_primary_with_acks_held(tmp_path: Pat
 
     scenario = SCENARIOS["switchover"]
     report, facts = await run_and_explain(scenario, SEED, DURATION_S, tmp_path / "run")
-    explain = f"{facts['summary']}\nreproduce: {facts['reproduce']}"
+    explain = f"{facts['digest']}\n{facts['summary']}\nreproduce: {facts['reproduce']}"
     starts = [e for e in load_history(tmp_path / "run" / "history.jsonl").nemesis
               if e.action == "start" and e.fault == "switchover"]
     assert starts, explain

@@ -32,7 +32,7 @@ async def test_smoke_scenario_has_no_anomaly(tmp_path: Path) -> None:
             pytest.skip(f"the loopback partition needs root: {why}")
         pytest.fail(f"running as root but the loopback partition cannot be made: {why}")
     report, facts = await run_and_explain(scenario, SEED, DURATION_S, tmp_path / "run")
-    explain = f"{facts['summary']}\nreproduce: {facts['reproduce']}"
+    explain = f"{facts['digest']}\n{facts['summary']}\nreproduce: {facts['reproduce']}"
     assert report.exit_status == 0, explain
     assert facts["faults_started"] == ["kill-node", "partition-node"], explain
     assert facts["ok_operations"] > 500, explain

@@ -140,6 +140,9 @@ class PodRestart:
     failed_probes: int = 0
     exit_code: int | None = None  # 0: stopped by itself; 137: SIGKILLed after the grace
     role_after: str = ""
+    # The pod's log from SIGTERM to its exit, kept when it did not stop by itself: what its
+    # graceful stop was waiting for.
+    stop_log: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -160,6 +163,10 @@ def restart_pod(container: RunningContainer, settings: PodSettings, record: PodR
     record.exited_at = time.time()
     container.raw.reload()
     record.exit_code = container.raw.attrs["State"]["ExitCode"]
+    if record.exit_code != 0:
+        record.stop_log = container.raw.logs(since=int(record.sigterm_at) - 1,
+                                             until=int(record.exited_at) + 1).decode(
+            "utf-8", "replace")[-20000:]
     container.raw.start()
     started = time.monotonic()
     record.started_at = time.time()

@@ -287,7 +287,10 @@ def test_rolling_restart_as_helm_upgrade_does_it_under_load(cluster: Cluster) ->
     print(f"issue 20's target, longest put under 500 ms: {target} ({during.max_ms:.0f} ms)")
     assert outcome["failed"] == 0, outcome["failures"]
     # Every pod stopped by itself within its grace period (SIGKILL would be 137).
-    assert all(r.exit_code == 0 for r in restarts), [(r.name, r.exit_code) for r in restarts]
+    assert all(r.exit_code == 0 for r in restarts), (
+        [(r.name, r.exit_code) for r in restarts],
+        "\n".join(f"--- {r.name}'s log from SIGTERM to its exit ---\n{r.stop_log}"
+                  for r in restarts if r.exit_code != 0))
     assert baseline.count >= 500, baseline
     assert during.max_ms < PUT_BOUND_MS, (during, sorted(samples, key=lambda s: -s[1])[:10])
     primaries = [r for r in restarts if r.role_before == "primary"]

@@ -192,3 +192,32 @@ async def test_verify_judges_a_data_directory(node, rpc_connect) -> None:
 def test_verify_refuses_a_missing_directory(tmp_path: Path) -> None:
     result = _verify(tmp_path / "absent")
     assert result.returncode == 2 and "not a directory" in result.stderr
+
+
+def test_a_stop_step_that_never_ends_is_named_and_the_node_still_exits(node_factory) -> None:
+    """A stop step stuck for good (the ``stop_before_hooks`` failpoint, paused) is left
+    behind at its bound with its stack in the log; the node still closes its store and exits
+    0 within its stop budget, not at the orchestrator's SIGKILL (node/stop_budget.py)."""
+    node = node_factory(env={"SHARDKV_FAILPOINTS": "stop_before_hooks=pause",
+                             "SHARDKV_SHUTDOWN_GRACE_S": "1", "SHARDKV_HANDOFF_TIMEOUT_S": "0"})
+    with urllib.request.urlopen(urllib.request.Request(
+            f"{node.url}/v1/kv/before-stop", data=b"kept", method="PUT"), timeout=10) as r:
+        assert r.status in (200, 201)
+    node.proc.send_signal(signal.SIGTERM)
+    # The budget is 0 + 1 + 6 = 7 s, of which 3 s are the store close's: the stuck step
+    # gets 4 s (below its own 5 s bound, HOOK_BOUND_S).
+    assert node.proc.wait(30) == 0
+    entries = node.log_entries()
+    overran = next(e for e in entries if "still running" in str(e.get("msg", "")))
+    assert overran["step"] == "failpoint-stop_before_hooks" and 3.5 <= overran["waited_s"] < 5.5
+    assert "failpoints.py" in overran["stack"] and "in hit" in overran["stack"]
+    messages = [e["msg"] for e in entries]
+    assert "store closed" in messages
+    stopped = next(e for e in entries if e.get("msg") == "stopped")
+    # The stuck step used what the budget had before the reserve: the HTTP drain got none
+    # (it is abandoned too, at once) and the store its reserved 3 s.
+    assert stopped["overran"][0] == "failpoint-stop_before_hooks"
+    node.env.pop("SHARDKV_FAILPOINTS")
+    node.start()
+    with urllib.request.urlopen(f"{node.url}/v1/kv/before-stop", timeout=10) as r:
+        assert r.read() == b"kept"

@@ -61,7 +61,12 @@ from bench.wrk_generator import run_wrk, wrk_binary
 
 AB_PRESETS = {"uvloop": ({"SHARDKV_UVLOOP": "1"}, {"SHARDKV_UVLOOP": "0"}),
               # the node's lean REST lane (node/api/lean_lane.py) on vs off
-              "lean": ({"SHARDKV_LEAN_REST": "1"}, {"SHARDKV_LEAN_REST": "0"})}
+              "lean": ({"SHARDKV_LEAN_REST": "1"}, {"SHARDKV_LEAN_REST": "0"}),
+              # small WAL groups written from the loop while syncs are fast (A) vs every
+              # group on the WAL's writer thread (B): node/wal/group_placement.py
+              "wal-in-loop": ({"SHARDKV_WAL_IN_LOOP": "1"}, {"SHARDKV_WAL_IN_LOOP": "0"}),
+              # the node's young-generation GC threshold (node/gc_thresholds.py) vs Python's
+              "gc-gen0": ({"SHARDKV_GC_GEN0": "10000"}, {"SHARDKV_GC_GEN0": "0"})}
 SHARDKV_PATHS = (("rpc", "get"), ("rpc", "put"), ("rest", "get"), ("rest", "put"))
 ETCD_PATHS = (("etcd", "get"), ("etcd", "put"))
 

@@ -1,10 +1,10 @@
 """The node's Prometheus metrics, on a registry of its own.
 
 A per-node ``CollectorRegistry`` (never the process-global one) lets tests build several
-node apps in one process. Request metrics are recorded on the hot path, so the label
-children are bound once per (op, outcome) and reused; the store's figures (keys, LSN, WAL
-size, snapshot age) are read at scrape time by a collector instead of being pushed on every
-write.
+node apps in one process. Request metrics are recorded on the hot path as plain counters,
+folded into Prometheus families at scrape time (``op_metrics.py``); the store's figures
+(keys, LSN, WAL size, snapshot age) are read at scrape time by a collector instead of being
+pushed on every write.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from shardkv.node.op_metrics import OpMetrics
 from shardkv.node.storage.store_model import StoreStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -124,16 +125,19 @@ class _DiskCollector(Collector):
 
 
 class NodeMetrics:
-    """Every metric one node exports. ``registry`` is what ``/metrics`` renders."""
+    """Every metric one node exports. ``registry`` is what ``/metrics`` renders.
+
+    ``observe(op, outcome, seconds)`` counts one served operation and its latency: it is
+    ``OpMetrics.observe`` itself (hot path: no call in between)."""
+
+    observe: Callable[[str, str, float], None]
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.ops = Counter("shardkv_ops", "Operations served, by op and outcome (ok or the "
-                           "error code).", ["op", "outcome"], registry=r)
-        self.op_latency = Histogram("shardkv_op_duration_seconds", "Time to serve one "
-                                    "operation, by op.", ["op"], buckets=LATENCY_BUCKETS,
-                                    registry=r)
+        self.ops = OpMetrics(LATENCY_BUCKETS)
+        r.register(self.ops)
+        self.observe = self.ops.observe
         self.fsyncs = Counter("shardkv_wal_fsyncs", "fdatasync calls on the WAL.", registry=r)
         self.fsync_latency = Histogram("shardkv_wal_fsync_duration_seconds", "Duration of one "
                                        "WAL sync.", buckets=FSYNC_BUCKETS, registry=r)
@@ -161,8 +165,6 @@ class NodeMetrics:
                                    ["action"], registry=r)
         self.ready = Gauge("shardkv_ready", "1 while the node serves its role.", registry=r)
         ProcessCollector(namespace="shardkv", registry=r)
-        self._latency_children: dict[str, Any] = {}
-        self._op_children: dict[tuple[str, str], Any] = {}
         self._stats_source: Callable[[], StoreStats | None] = lambda: None
         r.register(_StoreCollector(lambda: self._stats_source()))
         self._disk_source: Callable[[], dict[str, Any] | None] = lambda: None
@@ -175,17 +177,6 @@ class NodeMetrics:
     def watch_disk(self, report: Callable[[], dict[str, Any] | None]) -> None:
         """Export disk use and guards, read from ``report()`` (``disk_report``) at scrape."""
         self._disk_source = report
-
-    def observe(self, op: str, outcome: str, seconds: float) -> None:
-        """Count one served operation and its latency (hot path: cached label children)."""
-        child = self._op_children.get((op, outcome))
-        if child is None:
-            child = self._op_children[(op, outcome)] = self.ops.labels(op, outcome)
-        child.inc()
-        latency = self._latency_children.get(op)
-        if latency is None:
-            latency = self._latency_children[op] = self.op_latency.labels(op)
-        latency.observe(seconds)
 
     def on_wal_sync(self, seconds: float, entries: int, nbytes: int) -> None:
         """``WalOptions.on_sync``: one group commit reached the disk."""

@@ -22,6 +22,7 @@ from aiohttp import web
 from shardkv.cluster import event_loop
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
+from shardkv.node import gc_thresholds
 from shardkv.node.api.events_feed import EventsFeed
 from shardkv.node.api.front_door import FrontDoor
 from shardkv.node.api.lean_lane import LeanLane
@@ -404,4 +405,5 @@ async def serve(config: NodeConfig) -> int:
 def run_node(config: NodeConfig) -> int:
     """The ``shardkv node`` process body."""
     setup_logging("node", config.log_level)
+    gc_thresholds.apply()
     return event_loop.run(serve(config))

@@ -8,10 +8,14 @@ disk is what the hand-off costs. A group that opens a segment (file creation, di
 or is large goes to the thread, and so does every group while syncs are slow: a disk that
 stalls blocks the loop once, then the loop keeps serving while the thread waits on the disk,
 until enough fast syncs have brought the average back down.
+
+``SHARDKV_WAL_IN_LOOP=0`` (or ``off``/``false``/``no``) sends every group to the thread: a
+benchmark's switch (``bench.cost_bench --ab wal-in-loop``), not an operator's.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 # A group is written on the event loop while the log's syncs typically (a moving average that
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 IN_LOOP_SYNC_SECONDS = 0.002
 IN_LOOP_GROUP_BYTES = 256 << 10
 SYNC_AVERAGE_WEIGHT = 8
+OFF_VALUES = ("0", "off", "false", "no")
 
 
 class GroupPlacement:
@@ -27,11 +32,12 @@ class GroupPlacement:
 
     def __init__(self) -> None:
         self.typical_sync_s = 0.0
+        self.allowed = os.environ.get("SHARDKV_WAL_IN_LOOP", "1").lower() not in OFF_VALUES
 
     def in_loop(self, parts: Sequence[object]) -> bool:
         """Whether to write these parts (frames, or segment headers that open a file) on the
         event loop."""
-        if self.typical_sync_s > IN_LOOP_SYNC_SECONDS:
+        if self.typical_sync_s > IN_LOOP_SYNC_SECONDS or not self.allowed:
             return False
         size = 0
         for part in parts:

@@ -6,10 +6,10 @@ order) and queues it; one writer task takes everything queued and writes it with
 resolved. That is group commit: concurrent writers share the cost of a sync. A small group
 is written from the event loop itself while the disk syncs fast (a thread hand-off would
 cost more than the sync); a large one, one that rolls a segment over, and every group while
-syncs are slow go to a worker thread, so a slow disk never holds up the loop for long (see
-``group_placement.py``). Segments roll over by size: the boundary is decided when an entry is
-queued, and the writer seals the old segment (fsync) and creates the next one (tmp name,
-fsync, rename, dir fsync).
+syncs are slow go to the log's own writer thread, so a slow disk never holds up the loop for
+long (see ``group_placement.py``; the thread is ``writer_thread.py``). Segments roll over by
+size: the boundary is decided when an entry is queued, and the writer seals the old segment
+(fsync) and creates the next one (tmp name, fsync, rename, dir fsync).
 
 Reads: ``read_from`` reads the files, bounded by what has been acknowledged, seeking through
 a sparse in-memory index (a checkpoint every 64 KiB) instead of decoding from a segment's
@@ -74,6 +74,7 @@ from shardkv.node.wal.segment_maintenance import (
 )
 from shardkv.node.wal.segment_writer import SegmentWriter
 from shardkv.node.wal.write_counters import WriteCounters
+from shardkv.node.wal.writer_thread import WalWriterThread
 
 __all__ = [
     "FsyncPolicy",
@@ -128,6 +129,7 @@ class WriteAheadLog:
         self._idle.set()
         self._io_lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
+        self._io_thread: WalWriterThread | None = None  # groups not written from the loop
         self._loop = asyncio.get_running_loop()  # built by open(), on the loop it serves
         self._failed: BaseException | None = None
         self._closed = False
@@ -155,6 +157,7 @@ class WriteAheadLog:
         wal._adopt_tail(
             recovered.crc, recovered.last_lsn, recovered.last_epoch, recovered.tail_entries
         )
+        wal._io_thread = WalWriterThread(wal._loop)
         wal._writer = wal._loop.create_task(wal._run_writer())
         return wal
 
@@ -329,7 +332,8 @@ class WriteAheadLog:
         if self._placement.in_loop(parts):
             result = self._writer_io.write_group(parts, sync)
         else:
-            result = await asyncio.to_thread(self._writer_io.write_group, parts, sync)
+            assert self._io_thread is not None
+            result = await self._io_thread.run(self._writer_io.write_group, parts, sync)
         segments = self._segments
         segments[-1] = replace(segments[-1], size=segments[-1].size + result.written[0])
         for (header, path, size), nbytes in zip(result.created, result.written[1:], strict=True):
@@ -352,7 +356,8 @@ class WriteAheadLog:
     async def _sync_only(self) -> None:
         assert self._writer_io is not None
         target = self._written_lsn
-        seconds = await asyncio.to_thread(self._writer_io.sync)
+        assert self._io_thread is not None
+        seconds = await self._io_thread.run(self._writer_io.sync)
         self._counters.note_sync(seconds, self.options.on_sync)
         self.durable_lsn = max(self.durable_lsn, target)
 
@@ -491,5 +496,7 @@ class WriteAheadLog:
                     self.durable_lsn = self._written_lsn
             finally:
                 writer_io.close()
+                if self._io_thread is not None:
+                    self._io_thread.close()  # idle now: nothing runs on it outside the lock
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = -1

@@ -65,6 +65,8 @@ AB_PRESETS = {"uvloop": ({"SHARDKV_UVLOOP": "1"}, {"SHARDKV_UVLOOP": "0"}),
               # small WAL groups written from the loop while syncs are fast (A) vs every
               # group on the WAL's writer thread (B): node/wal/group_placement.py
               "wal-in-loop": ({"SHARDKV_WAL_IN_LOOP": "1"}, {"SHARDKV_WAL_IN_LOOP": "0"}),
+              # groups to the WAL's thread when a core is idle (group_placement.py) vs never
+              "wal-overlap": ({"SHARDKV_WAL_IN_LOOP": "auto"}, {"SHARDKV_WAL_IN_LOOP": "1"}),
               # the node's young-generation GC threshold (node/gc_thresholds.py) vs Python's
               "gc-gen0": ({"SHARDKV_GC_GEN0": "10000"}, {"SHARDKV_GC_GEN0": "0"})}
 SHARDKV_PATHS = (("rpc", "get"), ("rpc", "put"), ("rest", "get"), ("rest", "put"))

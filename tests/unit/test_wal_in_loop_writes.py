@@ -21,6 +21,13 @@ from shardkv.node.wal.segment_writer import GroupResult, SegmentWriter
 from shardkv.node.wal.write_ahead_log import FsyncPolicy, WalOptions, WriteAheadLog
 
 
+@pytest.fixture(autouse=True)
+def _no_spare_cpu_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule by sync speed and size alone: whether this machine has a core to spare
+    (which also sends groups to the thread) is tested in test_wal_spare_cpu_overlap.py."""
+    monkeypatch.setenv("SHARDKV_WAL_IN_LOOP", "1")
+
+
 def entry(lsn: int, size: int = 64) -> WalEntry:
     mutation = Mutation(MutationKind.PUT, b"key-%d" % lsn, b"v" * size)
     return WalEntry(lsn, 1, (mutation,), ts=1_700_000_000.0 + lsn)

@@ -3,13 +3,12 @@
 Writes: ``append_nowait`` frames an entry at once (so order and the CRC chain follow call
 order) and queues it; one writer task takes everything queued and writes it with one
 ``write()`` and one ``fdatasync()`` (``segment_writer.py``); then the whole group is
-resolved. That is group commit: concurrent writers share the cost of a sync. A small group
-is written from the event loop itself while the disk syncs fast (a thread hand-off would
-cost more than the sync); a large one, one that rolls a segment over, and every group while
-syncs are slow go to the log's own writer thread, so a slow disk never holds up the loop for
-long (see ``group_placement.py``; the thread is ``writer_thread.py``). Segments roll over by
-size: the boundary is decided when an entry is queued, and the writer seals the old segment
-(fsync) and creates the next one (tmp name, fsync, rename, dir fsync).
+resolved. That is group commit: concurrent writers share the cost of a sync. Whether a
+group is written from the event loop or from the log's own thread (``writer_thread.py``)
+is ``group_placement.py``'s choice, by the sync's speed, the group's size and the machine's
+idle cores. Segments roll over by size: the boundary is decided when an entry is queued, and
+the writer seals the old segment (fsync) and creates the next one (tmp name, fsync, rename,
+dir fsync).
 
 Reads: ``read_from`` reads the files, bounded by what has been acknowledged, seeking through
 a sparse in-memory index (a checkpoint every 64 KiB) instead of decoding from a segment's
@@ -107,6 +106,8 @@ class WriteAheadLog:
     the newest entry durable per policy; ``last_epoch``: the epoch of the newest entry.
     """
 
+    _io_thread: WalWriterThread  # started by open(): the groups not written from the loop
+
     def __init__(self, directory: Path, options: WalOptions) -> None:
         self.directory = directory
         self.options = options
@@ -129,13 +130,12 @@ class WriteAheadLog:
         self._idle.set()
         self._io_lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
-        self._io_thread: WalWriterThread | None = None  # groups not written from the loop
         self._loop = asyncio.get_running_loop()  # built by open(), on the loop it serves
         self._failed: BaseException | None = None
         self._closed = False
         self._maintenance = False
         self._counters = WriteCounters()
-        self._placement = GroupPlacement()  # loop or thread, by recent sync speed
+        self._placement = GroupPlacement()  # loop or thread: group_placement.py
         self._view = LogView((), 0, {})
 
     @classmethod
@@ -332,7 +332,6 @@ class WriteAheadLog:
         if self._placement.in_loop(parts):
             result = self._writer_io.write_group(parts, sync)
         else:
-            assert self._io_thread is not None
             result = await self._io_thread.run(self._writer_io.write_group, parts, sync)
         segments = self._segments
         segments[-1] = replace(segments[-1], size=segments[-1].size + result.written[0])
@@ -356,7 +355,6 @@ class WriteAheadLog:
     async def _sync_only(self) -> None:
         assert self._writer_io is not None
         target = self._written_lsn
-        assert self._io_thread is not None
         seconds = await self._io_thread.run(self._writer_io.sync)
         self._counters.note_sync(seconds, self.options.on_sync)
         self.durable_lsn = max(self.durable_lsn, target)
@@ -496,7 +494,6 @@ class WriteAheadLog:
                     self.durable_lsn = self._written_lsn
             finally:
                 writer_io.close()
-                if self._io_thread is not None:
-                    self._io_thread.close()  # idle now: nothing runs on it outside the lock
+                self._io_thread.close()  # idle now: nothing runs on it outside the lock
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = -1

@@ -4,8 +4,8 @@ between it and the "client") whose lane connections are fed the bytes wrk sends.
 Why: on the shared two-core machine wrk's throughput swings with the neighbours' load; the
 process CPU of a fixed number of requests through ``LeanConnection.data_received``, the
 lane's dispatch, ``RestApi.run`` and the answer's bytes does not. Each of ``--connections``
-fake transports sends its next request when its answer is written, as wrk does on its
-connections. The WAL's fsync is ``never`` by default (``--fsync`` to change it): what is
+fake transports, each behind the node's ``ConnectionGate`` as on its port, sends its next
+request when its answer is written, as wrk does on its connections. The WAL's fsync is ``never`` by default (``--fsync`` to change it): what is
 measured is the loop's Python work, not the disk.
 
 ``python -m bench.lean_lane_bench`` runs the rounds in children of this interpreter;
@@ -73,7 +73,10 @@ class _Client:
         pass
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def abort(self) -> None:
+        raise AssertionError("the connection gate refused a benchmark connection")
 
 
 class _Bench:
@@ -116,7 +119,7 @@ async def _child(op: str, count: int, connections: int, fsync: str) -> dict[str,
         for c in range(connections):
             client = _Client(bench, [wrk_request(op, (c * 7919 + i * 31) % 10_000)
                                      for i in range(64)])
-            protocol = lane.protocol()
+            protocol = node.gate.protocol_factory(lane.protocol)()  # as the node's site
             client.protocol = protocol
             protocol.connection_made(client)  # type: ignore[arg-type]
             clients.append(client)

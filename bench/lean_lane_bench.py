@@ -4,9 +4,9 @@ between it and the "client") whose lane connections are fed the bytes wrk sends.
 Why: on the shared two-core machine wrk's throughput swings with the neighbours' load; the
 process CPU of a fixed number of requests through ``LeanConnection.data_received``, the
 lane's dispatch, ``RestApi.run`` and the answer's bytes does not. Each of ``--connections``
-fake transports, each behind the node's ``ConnectionGate`` as on its port, sends its next
-request when its answer is written, as wrk does on its connections. The WAL's fsync is ``never`` by default (``--fsync`` to change it): what is
-measured is the loop's Python work, not the disk.
+fake transports, behind the node's ``ConnectionGate`` as on its port, sends its next request
+when its answer is written, as wrk does on its connections. The WAL's fsync is ``never`` by
+default (``--fsync`` to change it): what is measured is the loop's Python work, not the disk.
 
 ``python -m bench.lean_lane_bench`` runs the rounds in children of this interpreter;
 ``--b-python`` alternates them with another checkout's interpreter (its own code, this

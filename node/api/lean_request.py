@@ -236,9 +236,10 @@ def _read_strict(head: bytes, max_body: int) -> LeanRequest | None:
         return None
     keep_alive = True
     if b"connection" in fields:
-        keep_alive = _KEEP_ALIVE.get(fields[b"connection"].lower())  # type: ignore[assignment]
-        if keep_alive is None:
+        asked = _KEEP_ALIVE.get(fields[b"connection"].lower())
+        if asked is None:
             return None
+        keep_alive = asked
     is_put = head[0] == 0x50  # "P"
     length = 0
     if b"content-length" in fields:
@@ -248,23 +249,25 @@ def _read_strict(head: bytes, max_body: int) -> LeanRequest | None:
         length = int(declared)
         if length > max_body if is_put else length != 0:
             return None
-    key: str | None = match[2].decode("ascii")
-    query: list[tuple[str, str]] = []
-    if match[3] is not None:
+    if match[3] is not None:  # a query: decoded as aiohttp decodes it
         target = _target(match[1])
         if target is None:
             return None
         key, query = target
-    elif "%" in key:  # type: ignore[operator]
-        key = _unescape(key)  # type: ignore[arg-type]
-        if key is None:
-            return None
+    else:
+        query = []
+        key = match[2].decode("ascii")
+        if "%" in key:
+            unescaped = _unescape(key)
+            if unescaped is None:
+                return None
+            key = unescaped
     if_match = fields.get(b"if-match")
     if_none_match = fields.get(b"if-none-match")
     accept = fields.get(b"accept")
     content_type = fields.get(b"content-type")
     return LeanRequest(
-        is_put, key, query,  # type: ignore[arg-type]
+        is_put, key, query,
         None if if_match is None else if_match.decode("ascii"),
         None if if_none_match is None else if_none_match.decode("ascii"),
         None if accept is None else accept.decode("ascii"),

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,19 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     sides = {"A": sys.executable}
     if args.b_python:
         sides["B"] = args.b_python
-    figures: dict[str, list[float]] = {name: [] for name in sides}
-    for index in range(args.rounds):
-        order = list(sides) if index % 2 == 0 else list(reversed(sides))
-        for name in order:
-            figures[name].append(_round(sides[name], args))
-            print(f"round {index + 1} {name}: {figures[name][-1]:.1f} us/entry "
-                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
-    for name, values in figures.items():
-        print(f"{name}: {statistics.median(values):.1f} us/entry "
-              f"({min(values):.1f}..{max(values):.1f})")
-    if "B" in figures:
-        ratios = [a / b for a, b in zip(figures["A"], figures["B"], strict=True)]
-        print(f"A/B: {statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})")
+    from bench.ab_rounds import alternate, report
+
+    figures = alternate(sides, args.rounds, lambda python: _round(python, args),
+                        lambda us: f"{us:.1f} us/entry")
+    report(figures, "us/entry")
     return 0
 
 

@@ -48,6 +48,7 @@ from shardkv.cluster.errors import OutcomeUnknown, StorageFailed, Unavailable
 from shardkv.cluster.structured_log import log_fields
 from shardkv.node.storage.engines.engine import Engine, StoredItem
 from shardkv.node.wal.record import Mutation, MutationKind, WalEntry
+from shardkv.node.wal.wakeup import Wakeup
 from shardkv.node.wal.write_ahead_log import WalFailed, WriteAheadLog
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,9 @@ class CommitPipeline:
         # order; resolved once that LSN is applied, or the pipeline fails.
         self._barriers: collections.deque[tuple[int, asyncio.Future[None]]] = (
             collections.deque())
-        self._wakeup = asyncio.Event()
+        # Bound to the loop once: each lookup is a getpid() on Python 3.11 (node/wal/wakeup.py).
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = Wakeup(self._loop)  # the applier's alone
         self._failure: BaseException | None = None
         self._failure_is_storage = False
         self._closing = False
@@ -256,7 +259,7 @@ class CommitPipeline:
             overlay[m.key] = (lsn, m)
             size += len(m.key) + len(m.value) + 16
         self._logged_bytes += size
-        applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        applied: asyncio.Future[int] = self._loop.create_future()
         self._queue.append(_InFlight(entry, durable, applied, WRITE_CONCERN.get() == "one"))
         self._wakeup.set()
         if self.on_submit is not None:
@@ -297,7 +300,7 @@ class CommitPipeline:
             queue.append(_InFlight(entry, durable, None))
         self.last_lsn = entries[-1].lsn
         self._logged_bytes += size
-        applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        applied: asyncio.Future[int] = self._loop.create_future()
         queue[-1].applied = applied
         self._wakeup.set()
         if on_submit is not None:
@@ -308,7 +311,7 @@ class CommitPipeline:
     async def barrier(self) -> None:
         """Wait until every entry ordered so far is applied (or the pipeline failed)."""
         if self._queue:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = self._loop.create_future()
             self._barriers.append((self.last_lsn, waiter))
             await waiter
 

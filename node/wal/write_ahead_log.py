@@ -72,6 +72,7 @@ from shardkv.node.wal.segment_maintenance import (
     unlink_oldest_first,
 )
 from shardkv.node.wal.segment_writer import SegmentWriter
+from shardkv.node.wal.wakeup import Wakeup
 from shardkv.node.wal.write_counters import WriteCounters
 from shardkv.node.wal.writer_thread import WalWriterThread
 
@@ -125,12 +126,12 @@ class WriteAheadLog:
         self._tail_entries = 0
         self._next_seq = 1
         self._queue: list[_Append | SegmentHeader] = []
-        self._wakeup = asyncio.Event()
+        self._loop = asyncio.get_running_loop()  # built by open(), on the loop it serves
+        self._wakeup = Wakeup(self._loop)  # the writer task's alone (wakeup.py)
         self._idle = asyncio.Event()
         self._idle.set()
         self._io_lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
-        self._loop = asyncio.get_running_loop()  # built by open(), on the loop it serves
         self._failed: BaseException | None = None
         self._closed = False
         self._maintenance = False
@@ -297,8 +298,11 @@ class WriteAheadLog:
                 timeout = None
                 if periodic and self._written_lsn > self.durable_lsn:
                     timeout = max(0.0, self._counters.last_sync + interval - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                if timeout is None:  # wait_for would cost a task step and a loop lookup
+                    await self._wakeup.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), timeout)
                 self._wakeup.clear()
                 # Let the rest of the loop iteration that queued this run first: the
                 # replication senders woken by the same submit ship the entry before the

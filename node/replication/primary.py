@@ -6,11 +6,15 @@ newest entries (``publish`` feeds it; ``entry_tail.py``); a replica behind the t
 from the WAL files (in a worker thread, a frame's worth at a time), and one behind the oldest
 retained segment, or that cannot roll back its diverged suffix, gets a snapshot first.
 
-A sender keeps at most ``send_window`` (2) frames of entries unacknowledged. A replica handles
+A sender keeps at most ``send_window`` (1) frame of entries unacknowledged. A replica handles
 frames one at a time (append, fsync, ack), so a frame sent while it is busy would only wait in
 its socket; held back, what arrives meanwhile leaves in one frame, and both sides pay one
-frame, fsync and ack for it instead of one per loop iteration. With two out, the next is
-already queued when the replica acks one, so holding back adds no latency.
+frame, fsync and ack for it instead of one per loop iteration. A window of two (the next
+frame already queued when the replica acks one) saved the replica one round trip per frame,
+but that second frame left with whatever had arrived when it could, small: on the 2x3 cluster
+a window of one made frames 1.35x larger (16 entries, not 11.8) and the replicas' CPU per put
+0.86x, the nodes' 0.92x (issue 17, ``bench.cluster_put_ab``). A loopback round trip is a few
+loop iterations; a replica's fsync is the longer wait either way.
 
 Replicas acknowledge the LSN they hold durably. ``majority_lsn`` is the highest LSN that a
 majority of the shard's members (the primary counted, once it holds the entry durably
@@ -108,7 +112,7 @@ class ReplicationPrimary:
         on_newer_epoch: Callable[[int], None] | None = None,
         on_grant: Callable[[str, float], None] | None = None,
         ring_version: Callable[[], int | None] = lambda: None,
-        send_window: int = 2,
+        send_window: int = 1,
     ) -> None:
         if send_window < 1:
             raise ValueError(f"send_window must be at least 1, got {send_window}")

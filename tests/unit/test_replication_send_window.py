@@ -117,7 +117,7 @@ def test_the_heartbeat_timer_fires_after_a_quiet_interval_only() -> None:
 
 async def test_entries_wait_for_the_window_and_then_leave_in_one_frame(
         make_primary, make_replica) -> None:
-    primary = await make_primary(members=["p", "r1"])
+    primary = await make_primary(members=["p", "r1"], send_window=2)
     held: list[StuckTarget] = []
 
     def wrap(target: EngineReplicaLog) -> StuckTarget:
@@ -152,3 +152,27 @@ async def test_a_window_of_one_still_commits_everything(make_primary, make_repli
         await eventually(lambda r=r: r.target.applied_lsn == 20)
     for stats in primary.repl.replicas():
         assert stats["entries_sent"] == 20 and 1 <= stats["frames_sent"] <= 20
+
+
+async def test_by_default_what_arrives_while_a_frame_is_out_leaves_in_one_frame(
+        make_primary, make_replica) -> None:
+    primary = await make_primary(members=["p", "r1"])
+    held: list[StuckTarget] = []
+
+    def wrap(target: EngineReplicaLog) -> StuckTarget:
+        held.append(StuckTarget(target))
+        return held[0]
+
+    replica = await make_replica("r1", primary.url, wrap=wrap)
+    replica.start()
+    await replica.wait_synced(10)
+    await primary.write(1, commit=False)
+    await asyncio.wait_for(held[0].entered.wait(), 10)  # frame 1 is being appended
+    await primary.write(49, commit=False)
+    assert primary.repl.replicas()[0]["frames_sent"] == 1  # the window of one is full
+    held[0].release.set()
+    await primary.repl.wait_for_majority(50, 10)
+    await eventually(lambda: replica.target.applied_lsn == 50)
+    stats = primary.repl.replicas()[0]
+    assert (stats["frames_sent"], stats["entries_sent"]) == (2, 50)
+    assert await digest(replica.target.engine) == await digest(primary.engine)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
 from eventually import eventually
 from replication_pair import StuckTarget, digest
 from replication_pair import make_primary as make_primary
@@ -115,9 +116,14 @@ def test_the_heartbeat_timer_fires_after_a_quiet_interval_only() -> None:
     assert all(t.is_cancelled for t in loop.timers)
 
 
+@pytest.mark.parametrize("window", [1, 2])
 async def test_entries_wait_for_the_window_and_then_leave_in_one_frame(
-        make_primary, make_replica) -> None:
-    primary = await make_primary(members=["p", "r1"], send_window=2)
+        make_primary, make_replica, window: int) -> None:
+    """With ``window`` frames out (1, the default, or 2), what arrives while the replica is
+    stuck appending frame 1 leaves in one frame once it acknowledges."""
+    options = {} if window == 1 else {"send_window": window}
+    primary = await make_primary(members=["p", "r1"], **options)
+    assert primary.repl.send_window == window
     held: list[StuckTarget] = []
 
     def wrap(target: EngineReplicaLog) -> StuckTarget:
@@ -130,14 +136,14 @@ async def test_entries_wait_for_the_window_and_then_leave_in_one_frame(
     await primary.write(1, commit=False)
     await asyncio.wait_for(held[0].entered.wait(), 10)  # frame 1 is being appended
     await primary.write(49, commit=False)
-    await eventually(lambda: primary.repl.replicas()[0]["frames_sent"] == 2)
-    # Frame 2 went out with what was there when it left; the rest waits for an ack.
+    await eventually(lambda: primary.repl.replicas()[0]["frames_sent"] == window)
+    # Frame 2 (window 2) went out with what was there when it left; the rest waits for an ack.
     assert primary.repl.replicas()[0]["entries_sent"] < 50
     held[0].release.set()
     await primary.repl.wait_for_majority(50, 10)
     await eventually(lambda: replica.target.applied_lsn == 50)
     stats = primary.repl.replicas()[0]
-    assert (stats["frames_sent"], stats["entries_sent"]) == (3, 50)
+    assert (stats["frames_sent"], stats["entries_sent"]) == (window + 1, 50)
     assert await digest(replica.target.engine) == await digest(primary.engine)
 
 
@@ -153,26 +159,3 @@ async def test_a_window_of_one_still_commits_everything(make_primary, make_repli
     for stats in primary.repl.replicas():
         assert stats["entries_sent"] == 20 and 1 <= stats["frames_sent"] <= 20
 
-
-async def test_by_default_what_arrives_while_a_frame_is_out_leaves_in_one_frame(
-        make_primary, make_replica) -> None:
-    primary = await make_primary(members=["p", "r1"])
-    held: list[StuckTarget] = []
-
-    def wrap(target: EngineReplicaLog) -> StuckTarget:
-        held.append(StuckTarget(target))
-        return held[0]
-
-    replica = await make_replica("r1", primary.url, wrap=wrap)
-    replica.start()
-    await replica.wait_synced(10)
-    await primary.write(1, commit=False)
-    await asyncio.wait_for(held[0].entered.wait(), 10)  # frame 1 is being appended
-    await primary.write(49, commit=False)
-    assert primary.repl.replicas()[0]["frames_sent"] == 1  # the window of one is full
-    held[0].release.set()
-    await primary.repl.wait_for_majority(50, 10)
-    await eventually(lambda: replica.target.applied_lsn == 50)
-    stats = primary.repl.replicas()[0]
-    assert (stats["frames_sent"], stats["entries_sent"]) == (2, 50)
-    assert await digest(replica.target.engine) == await digest(primary.engine)

@@ -6,15 +6,18 @@ newest entries (``publish`` feeds it; ``entry_tail.py``); a replica behind the t
 from the WAL files (in a worker thread, a frame's worth at a time), and one behind the oldest
 retained segment, or that cannot roll back its diverged suffix, gets a snapshot first.
 
-A sender keeps at most ``send_window`` (1) frame of entries unacknowledged. A replica handles
+A sender keeps at most ``send_window`` (2) frames of entries unacknowledged, and a second
+only while the first is small (at most ``OVERLAP_ENTRIES`` entries out). A replica handles
 frames one at a time (append, fsync, ack), so a frame sent while it is busy would only wait in
 its socket; held back, what arrives meanwhile leaves in one frame, and both sides pay one
-frame, fsync and ack for it instead of one per loop iteration. A window of two (the next
-frame already queued when the replica acks one) saved the replica one round trip per frame,
-but that second frame left with whatever had arrived when it could, small: on the 2x3 cluster
-a window of one made frames 1.35x larger (16 entries, not 11.8) and the replicas' CPU per put
-0.86x, the nodes' 0.92x (issue 17, ``bench.cluster_put_ab``). A loopback round trip is a few
-loop iterations; a replica's fsync is the longer wait either way.
+frame, fsync and ack for it instead of one per loop iteration. Under light load the second
+frame is worth its cost: it is already queued when the replica acks the first, which saves
+its entries a round trip (one writer at a time per shard waits less). Under load it left with
+whatever had arrived when it could, small, and split what would have been one frame in two:
+on the 2x3 cluster at 64 puts in flight, one frame out made frames 1.35x larger (16 entries,
+not 11.8) and the replicas' CPU per put 0.86x, the nodes' 0.92x; with 4 in flight it cost
+0.92x the puts per second (issue 17, ``bench.cluster_put_ab``). Hence the rule: overlap while
+the frame out is small (light load), hold back once it is not.
 
 Replicas acknowledge the LSN they hold durably. ``majority_lsn`` is the highest LSN that a
 majority of the shard's members (the primary counted, once it holds the entry durably
@@ -64,6 +67,8 @@ logger = logging.getLogger(__name__)
 SnapshotSource = Callable[[], Awaitable[SnapshotMeta]]
 StreamAuthenticator = Callable[[web.WebSocketResponse, web.Request], Awaitable[str]]
 SNAPSHOT_CHUNK_BYTES = 1 << 20
+# A further frame leaves while at most this many entries are unacknowledged (module docstring).
+OVERLAP_ENTRIES = 2
 
 
 @dataclass(slots=True)
@@ -112,7 +117,7 @@ class ReplicationPrimary:
         on_newer_epoch: Callable[[int], None] | None = None,
         on_grant: Callable[[str, float], None] | None = None,
         ring_version: Callable[[], int | None] = lambda: None,
-        send_window: int = 1,
+        send_window: int = 2,
     ) -> None:
         if send_window < 1:
             raise ValueError(f"send_window must be at least 1, got {send_window}")
@@ -380,7 +385,8 @@ class ReplicationPrimary:
         try:
             while self._closed is None:
                 wakeup.clear()
-                session.held = len(in_flight) >= window
+                session.held = len(in_flight) >= window or (
+                    bool(in_flight) and progress.sent_lsn - progress.acked_lsn > OVERLAP_ENTRIES)
                 if not session.held:
                     batch = await self._next_batch(next_lsn)
                     if batch is None:  # compacted under us: the replica needs a snapshot

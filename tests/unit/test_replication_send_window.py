@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from eventually import eventually
@@ -17,6 +18,8 @@ from replication_pair import make_replica as make_replica
 from shardkv.node.replication import protocol as proto
 from shardkv.node.replication.entry_tail import EntryTail, decode_payload, take_frame
 from shardkv.node.replication.heartbeat_timer import HeartbeatTimer
+from shardkv.node.replication.primary import OVERLAP_ENTRIES
+from shardkv.node.replication.replica import ReplicationReplica
 from shardkv.node.replication.replica_log import EngineReplicaLog
 from shardkv.node.wal.record import Mutation, MutationKind, WalEntry, payload_of
 
@@ -116,35 +119,57 @@ def test_the_heartbeat_timer_fires_after_a_quiet_interval_only() -> None:
     assert all(t.is_cancelled for t in loop.timers)
 
 
-@pytest.mark.parametrize("window", [1, 2])
-async def test_entries_wait_for_the_window_and_then_leave_in_one_frame(
-        make_primary, make_replica, window: int) -> None:
-    """With ``window`` frames out (1, the default, or 2), what arrives while the replica is
-    stuck appending frame 1 leaves in one frame once it acknowledges."""
-    options = {} if window == 1 else {"send_window": window}
-    primary = await make_primary(members=["p", "r1"], **options)
-    assert primary.repl.send_window == window
+async def _stuck_replica(make_replica: Any, url: str) -> tuple[ReplicationReplica, StuckTarget]:
+    """A synced replica "r1" whose appends wait until its ``StuckTarget`` is released."""
     held: list[StuckTarget] = []
 
     def wrap(target: EngineReplicaLog) -> StuckTarget:
         held.append(StuckTarget(target))
         return held[0]
 
-    replica = await make_replica("r1", primary.url, wrap=wrap)
+    replica = await make_replica("r1", url, wrap=wrap)
     replica.start()
     await replica.wait_synced(10)
+    return replica, held[0]
+
+
+@pytest.mark.parametrize("window", [1, 2])
+async def test_entries_wait_for_the_window_and_then_leave_in_one_frame(
+        make_primary, make_replica, window: int) -> None:
+    """With ``window`` frames out (1, or 2 the default: frame 1 is small), what arrives while
+    the replica is stuck appending frame 1 leaves in one frame once it acknowledges."""
+    primary = await make_primary(members=["p", "r1"], send_window=window)
+    assert primary.repl.send_window == window
+    replica, stuck = await _stuck_replica(make_replica, primary.url)
     await primary.write(1, commit=False)
-    await asyncio.wait_for(held[0].entered.wait(), 10)  # frame 1 is being appended
+    await asyncio.wait_for(stuck.entered.wait(), 10)  # frame 1 is being appended
     await primary.write(49, commit=False)
     await eventually(lambda: primary.repl.replicas()[0]["frames_sent"] == window)
     # Frame 2 (window 2) went out with what was there when it left; the rest waits for an ack.
     assert primary.repl.replicas()[0]["entries_sent"] < 50
-    held[0].release.set()
+    stuck.release.set()
     await primary.repl.wait_for_majority(50, 10)
     await eventually(lambda: replica.target.applied_lsn == 50)
     stats = primary.repl.replicas()[0]
     assert (stats["frames_sent"], stats["entries_sent"]) == (window + 1, 50)
     assert await digest(replica.target.engine) == await digest(primary.engine)
+
+
+async def test_a_second_frame_waits_while_the_first_is_large(make_primary, make_replica) -> None:
+    primary = await make_primary(members=["p", "r1"])
+    assert primary.repl.send_window == 2
+    first = OVERLAP_ENTRIES + 8
+    await primary.write(first, commit=False)  # frame 1 will carry them all
+    replica, stuck = await _stuck_replica(make_replica, primary.url)
+    await asyncio.wait_for(stuck.entered.wait(), 10)
+    await primary.write(50 - first, commit=False)
+    # A window of two, but frame 1 is large: no second frame until it is acknowledged.
+    assert primary.repl.replicas()[0]["frames_sent"] == 1
+    stuck.release.set()
+    await primary.repl.wait_for_majority(50, 10)
+    await eventually(lambda: replica.target.applied_lsn == 50)
+    stats = primary.repl.replicas()[0]
+    assert (stats["frames_sent"], stats["entries_sent"]) == (2, 50)
 
 
 async def test_a_window_of_one_still_commits_everything(make_primary, make_replica) -> None:

@@ -43,6 +43,11 @@ class RequestBatches:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
+    @property
+    def unsent(self) -> int:
+        """Requests queued and not yet written to the socket."""
+        return sum(len(ids) for ids in self._unsent)
+
     def add(self, request_id: int, frame: bytes) -> None:
         """Queue one packed request frame; it leaves when this loop iteration ends."""
         frames = self._frames

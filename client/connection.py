@@ -128,15 +128,17 @@ class NodeConnection:
                 raise ConnectionFailed(
                     f"cannot connect to {self.url}: {exc or type(exc).__name__}", node=self.url
                 ) from exc
-            # Requests sent in one loop iteration leave in one write: fewer syscalls here,
-            # fewer wakeups at the node, and they share its WAL group (write_coalescing.py).
-            coalesce_writes(ws)
             if self._deadlines is None:
                 self._loop = asyncio.get_running_loop()
                 self._deadlines = RequestDeadlines(self._loop, self._expire)
+            # Requests sent in one loop iteration leave in one write: fewer syscalls here,
+            # fewer wakeups at the node, and they share its WAL group. A batching connection
+            # does that itself, in one message; otherwise write_coalescing.py joins messages.
             batches = None
             if ws.protocol == rpc_batches.SUBPROTOCOL:
                 batches = RequestBatches(ws, asyncio.get_running_loop(), self._fail_unsent)
+            else:
+                coalesce_writes(ws)
             self._ws, self._batches = ws, batches
             self.connects += 1
             self._reader = asyncio.get_running_loop().create_task(self._read_loop(ws, batches))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -99,6 +99,9 @@ class RpcConnection:
         # message; otherwise each answer is a message, an iteration's joined in one write.
         self.batched = ws.ws_protocol == rpc_batches.SUBPROTOCOL
         self._answers = AnswerBatches(ws) if self.batched else None
+        # How an answer frame leaves: queued in this iteration's batch, or its own message.
+        self._send: Callable[[bytes], Awaitable[None]] = (
+            self._answers.send if self._answers is not None else self._send_message)
         self._output = None if self.batched else coalesce_writes(ws)  # write_coalescing.py
         self.ctx = ctx
         self.metrics = metrics
@@ -224,10 +227,7 @@ class RpcConnection:
         metrics.observe(operation.name, outcome, time.perf_counter() - started)
         await self._send(frame)
 
-    async def _send(self, frame: bytes) -> None:
-        if self._answers is not None:
-            await self._answers.send(frame)
-            return
+    async def _send_message(self, frame: bytes) -> None:
         if self.ws.closed:
             return
         try:

@@ -52,7 +52,9 @@ class RequestBatches:
         """Queue one packed request frame; it leaves when this loop iteration ends."""
         frames = self._frames
         if frames is None or rpc_batches.is_full(len(frames), self._size, len(frame)):
-            frames, ids = self._frames, self._ids = [], []
+            frames = []
+            ids: list[int] = []
+            self._frames, self._ids = frames, ids
             self._size = 0
             self._unsent.append(ids)
             task = self._loop.create_task(self._send(frames, ids))

@@ -46,8 +46,8 @@ class AnswerBatches:
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         writer: Any = getattr(ws, "_writer", None)
-        transport = getattr(writer, "transport", None)
-        protocol = getattr(writer, "protocol", None)
+        transport: Any = getattr(writer, "transport", None)
+        protocol: Any = getattr(writer, "protocol", None)
         if transport is None or not hasattr(protocol, "writing_paused"):
             raise RuntimeError("aiohttp's WebSocket writer is not laid out as expected")
         self._ws = ws

@@ -250,17 +250,15 @@ class NodeConnection:
         request_id = next(self._ids)
         future: asyncio.Future[Any] = loop.create_future()
         pending = self._pending
-        frame = self._pack([request_id, op, args])
         batches = self._batches
-        # With others in flight more requests are likely this iteration: join their batch
-        # (a failed send fails the future). A lone request leaves at once, without a task.
-        if batches is not None and (pending or batches.open) and self._ws is ws:
+        if batches is not None and self._ws is ws:
+            frame = self._pack([request_id, op, args])
             pending[request_id] = future
-            batches.add(request_id, frame)
+            batches.add(request_id, frame)  # a failed send fails the future
         else:
             pending[request_id] = future
             try:
-                await ws.send_bytes(frame if batches is None else rpc_batches.join([frame]))
+                await ws.send_bytes(self._pack([request_id, op, args]))
             except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
                 pending.pop(request_id, None)
                 raise ConnectionFailed(

@@ -48,11 +48,6 @@ class RequestBatches:
         """Requests queued and not yet written to the socket."""
         return sum(len(ids) for ids in self._unsent)
 
-    @property
-    def open(self) -> bool:
-        """Whether a batch is gathering (so requests not yet sent are queued)."""
-        return self._frames is not None
-
     def add(self, request_id: int, frame: bytes) -> None:
         """Queue one packed request frame; it leaves when this loop iteration ends."""
         frames = self._frames

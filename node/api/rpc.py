@@ -148,16 +148,17 @@ class RpcConnection:
         slot each). A batch over the frame limit is walked frame by frame, undecoded, so that
         a frame too large is refused on its own."""
         acquire = self._slots.acquire
+        oversized = len(data) > MAX_FRAME_BYTES
         try:
-            if len(data) > MAX_FRAME_BYTES:
-                for raw in rpc_batches.split(data):
-                    await acquire()
-                    self._dispatch(raw)
-                return
-            frames = rpc_batches.decode(data)
+            frames = rpc_batches.split(data) if oversized else rpc_batches.decode(data)
         except ShardKVError as error:
             self.metrics.bad_frames.inc()
             await self._send(_error_frame(None, error))
+            return
+        if oversized:
+            for raw in frames:
+                await acquire()
+                self._dispatch(raw)
             return
         for frame in frames:
             await acquire()

@@ -12,6 +12,11 @@ transport is paused (the client is not reading), the request that produced it wa
 transport to drain before it gives back its in-flight slot, so a connection whose client
 stops reading soon stops being read. A closed connection drops what is queued: its client
 no longer waits for it.
+
+This reaches into aiohttp (the writer's ``transport`` and ``protocol``, whose
+``_drain_helper`` its own writer awaits), as ``cluster/write_coalescing.py`` does. An aiohttp
+laid out otherwise makes ``AnswerBatches`` refuse to start, and every batching test in
+tests/integration/test_rpc_batches.py fail, rather than answers go out unframed.
 """
 
 from __future__ import annotations

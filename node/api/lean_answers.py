@@ -25,6 +25,9 @@ _TAIL = b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
 _CLOSE = b"Connection: close\r\n"
 _INTERNAL_BODY = json.dumps(INTERNAL_ERROR).encode()  # as web.json_response encodes it
 _INTERNAL_TYPE = "application/json; charset=utf-8"
+# Content-Type lines by type, encoded once: the types are the server's own few constants
+# (JSON, msgpack, octet-stream, the 500's), never a client's.
+_TYPE_LINES: dict[str, bytes] = {}
 
 
 class _Date:
@@ -50,9 +53,12 @@ _DATE = _Date()
 def answer(status: int, body: bytes, content_type: str, headers: bytes = b"",
            close: bool = False) -> bytes:
     """One whole response. ``headers``: extra header lines, each ending in CRLF."""
+    type_line = _TYPE_LINES.get(content_type)
+    if type_line is None:
+        type_line = _TYPE_LINES[content_type] = b"Content-Type: %s\r\n" % content_type.encode()
     return b"".join((
         _STATUS_LINES[status],
-        b"Content-Type: ", content_type.encode(), b"\r\n",
+        type_line,
         headers,
         b"Content-Length: %d\r\n" % len(body),
         _DATE.current(), _TAIL,

@@ -76,17 +76,23 @@ class LeanLane:
                  body: bytes) -> None:
         """Starts serving ``request``; its answer goes to ``connection.answered``. The
         arguments are checked here, so a bad one is answered without a task."""
-        close = slot.close
-        try:
-            args: dict[str, Any] = (query_args(request.query, PUT_QUERY if request.is_put
-                                               else GET_QUERY) if request.query else {})
-            args["key"] = request.key
-            if request.is_put:
-                put_conditions(args, request.if_match, request.if_none_match)
-                args["value"] = body
-        except ShardKVError as failure:
-            connection.answered(slot, lean_answers.error(failure, _json(request), close))
-            return
+        key: str | bytes = request.key
+        if key.isascii():  # as ``as_key`` encodes it, once here rather than at each check
+            key = key.encode("ascii")  # type: ignore[union-attr]
+        if not request.query and request.if_match is None and request.if_none_match is None:
+            args: dict[str, Any] = {"key": key, "value": body} if request.is_put else {"key": key}
+        else:
+            try:
+                args = (query_args(request.query, PUT_QUERY if request.is_put else GET_QUERY)
+                        if request.query else {})
+                args["key"] = key
+                if request.is_put:
+                    put_conditions(args, request.if_match, request.if_none_match)
+                    args["value"] = body
+            except ShardKVError as failure:
+                connection.answered(slot, lean_answers.error(failure, _json(request),
+                                                             slot.close))
+                return
         # A task, also for a get that could end at once: run inline, its answer left inside
         # this read's callback and cost more per get under load (1.28x, docs/performance.md);
         # as a task, the answers of a loop turn's reads go out together after them.
@@ -146,6 +152,8 @@ class LeanLane:
 
 def _json(request: LeanRequest) -> bool:
     """Whether the answer is JSON, negotiated as ``http_body.answers_json`` does it."""
+    if request.accept is None and request.content_type is None:
+        return True  # wants_json's default, without its lower-casing of two empty strings
     return wants_json(request.accept, request.content_type, default=True)
 
 

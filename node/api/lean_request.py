@@ -23,10 +23,33 @@ llhttp here is strict (CRLF line ends, token characters), where aiohttp's is len
 request that strict llhttp refuses may still be one aiohttp serves, so a parse error hands
 over too, never answers 400 itself. The key and the query are decoded by the very code
 aiohttp uses (``yarl``, ``lane_key``) whenever the target has a ``%``, ``?`` or ``#``.
+
+**The strict shape, read without llhttp.** Through httptools every request costs five or more
+Python callbacks (``on_url``, one ``on_header`` a header, ``on_headers_complete``,
+``on_message_complete``) and the checks after them. Most heads (wrk's, the client
+libraries') are of a stricter shape, which ``_read_strict`` checks with one compiled regular
+expression over the whole head, in C, and reads from a split; anything else goes to llhttp
+as before. It takes only a subset of what the llhttp path takes, and reads it the same
+(``tests/unit/test_strict_head.py`` checks that on generated heads, valid and mutated):
+
+- the request line exactly ``GET`` or ``PUT``, one space, a target of ``/v1/kv/`` and
+  RFC 3986 path and query characters (no ``#``), one space, ``HTTP/1.1``;
+- every header line ``token: value``: a colon and exactly one space, a non-empty value of
+  visible ASCII with inner spaces, no tab, no trailing blank, every line ending in CRLF (no
+  bare CR or LF, no NUL, no obs-fold: a line starting with a blank is no token);
+- at most 100 header lines in a head within the 8190-byte line bound;
+- a ``Host``; none of the refused headers nor ``Proxy-Connection``; no header the lane
+  reads, no singleton and no ``Connection`` twice; a ``Connection`` only if it is
+  ``close`` or ``keep-alive`` (llhttp's keep-alive answer is then certain);
+- a ``Content-Length`` of ASCII digits (none for a GET but ``0``, a PUT's within the limit).
+
+llhttp's parser then never sees the request; it is between two messages before and after
+it, as if it had read it, so the next head that does need it is read the same.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +96,7 @@ class HeadReader:
     to the next); after a ``None`` the connection is aiohttp's and the reader is done."""
 
     __slots__ = ("_complete", "_count", "_fields", "_headers_done", "_keep_alive", "_odd",
-                 "_parser", "_url")
+                 "_parser", "_strict", "_url")
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -84,6 +107,7 @@ class HeadReader:
         self._headers_done = False
         self._keep_alive = True
         self._complete = False
+        self._strict = False  # the last head was read by _read_strict, not llhttp
 
     # -- llhttp's callbacks -----------------------------------------------------------------
 
@@ -119,6 +143,12 @@ class HeadReader:
         """The request whose whole head (through its blank line) is ``head``, or ``None``
         if the lane does not take it. ``max_body``: a larger PUT body is aiohttp's (its
         413). Call :meth:`body` with the body's bytes next if ``content_length`` > 0."""
+        request = _read_strict(head, max_body)
+        self._strict = request is not None  # then llhttp is fed neither head nor body
+        return request if request is not None else self.read_llhttp(head, max_body)
+
+    def read_llhttp(self, head: bytes, max_body: int) -> LeanRequest | None:
+        """:meth:`read` by llhttp alone (any head the strict reading does not take)."""
         if not (head.startswith(b"GET /v1/kv/") or head.startswith(b"PUT /v1/kv/")):
             return None
         self._url = b""
@@ -154,12 +184,114 @@ class HeadReader:
 
     def body(self, data: Any) -> bool:
         """Feeds a PUT's body (exactly ``content_length`` bytes); whether llhttp agrees that
-        it completes the message."""
+        it completes the message (``data`` is exactly ``content_length`` bytes, so it does
+        when llhttp did not read the head)."""
+        if self._strict:
+            return True
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             return False
         return self._complete
+
+
+# The request line and the header lines, checked in one pass: the target (group 1) is
+# ``/v1/kv/``, the key's RFC 3986 path characters (group 2) and perhaps a query (group 3);
+# the header lines (group 4) are RFC 9110 tokens, ": " and a value of visible ASCII with
+# inner spaces. "%" escapes are checked where they are decoded.
+_PCHARS = rb"A-Za-z0-9\-._~!$&'()*+,;=:@/%"
+_HEAD = re.compile(
+    rb"(?:GET|PUT) (/v1/kv/([" + _PCHARS + rb"]+)(\?[" + _PCHARS + rb"?]*)?) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\r\n)+)"
+    rb"\r\n")
+_LINE = re.compile(rb"([^:]+): ([^\r]+)\r\n")
+
+# Headers that make a head the llhttp path's to read (or aiohttp's).
+_DECLINED = _REFUSED | {b"proxy-connection"}
+# Headers looked at here: read by the lane, aiohttp's singletons, and Connection; each
+# may appear once.
+_WATCHED = _TRACKED | _DECLINED | {b"connection"}
+_KEEP_ALIVE = {b"keep-alive": True, b"close": False}
+
+
+def _read_strict(head: bytes, max_body: int) -> LeanRequest | None:
+    """The request whose whole head (through its blank line) is ``head`` if it is of the
+    strict shape (the module docstring), else ``None``: then llhttp reads it."""
+    if len(head) > MAX_LINE:
+        return None
+    match = _HEAD.fullmatch(head)
+    if match is None:
+        return None
+    pairs = _LINE.findall(match[4])
+    if len(pairs) > MAX_HEADERS:
+        return None
+    fields: dict[bytes, bytes] = {}
+    for name, value in pairs:
+        lower = name.lower()
+        if lower in _WATCHED:
+            if lower in fields or lower in _DECLINED:
+                return None
+            fields[lower] = value
+    if b"host" not in fields:
+        return None
+    keep_alive = True
+    if b"connection" in fields:
+        asked = _KEEP_ALIVE.get(fields[b"connection"].lower())
+        if asked is None:
+            return None
+        keep_alive = asked
+    is_put = head[0] == 0x50  # "P"
+    length = 0
+    if b"content-length" in fields:
+        declared = fields[b"content-length"]
+        if not declared.isdigit() or len(declared) > 18:
+            return None
+        length = int(declared)
+        if length > max_body if is_put else length != 0:
+            return None
+    if match[3] is not None:  # a query: decoded as aiohttp decodes it
+        target = _target(match[1])
+        if target is None:
+            return None
+        key, query = target
+    else:
+        query = []
+        key = match[2].decode("ascii")
+        if "%" in key:
+            unescaped = _unescape(key)
+            if unescaped is None:
+                return None
+            key = unescaped
+    if_match = fields.get(b"if-match")
+    if_none_match = fields.get(b"if-none-match")
+    accept = fields.get(b"accept")
+    content_type = fields.get(b"content-type")
+    return LeanRequest(
+        is_put, key, query,
+        None if if_match is None else if_match.decode("ascii"),
+        None if if_none_match is None else if_none_match.decode("ascii"),
+        None if accept is None else accept.decode("ascii"),
+        None if content_type is None else content_type.decode("ascii"),
+        length, keep_alive)
+
+
+def _unescape(key: str) -> str | None:
+    """The key a path's escaped key part stands for, as ``_target`` decodes it, if every
+    escape is of an ASCII character but a newline (``None`` otherwise: ``_target`` then
+    decides). yarl's ``path_safe`` keeps ``%2F`` and ``%25``, which ``lane_key`` then
+    turns into ``/`` and ``%``: the whole is plain percent-decoding."""
+    pieces = key.split("%")
+    out = pieces[0]
+    for piece in pieces[1:]:
+        char = _ASCII_CHARS.get(piece[:2])
+        if char is None:
+            return None
+        out += char + piece[2:]
+    return out
+
+
+_ASCII_CHARS = {form % code: chr(code) for code in range(128) if code != 0x0A
+                for form in ("%02X", "%02x")}
 
 
 def _text(value: bytes | None) -> str | None:

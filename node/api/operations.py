@@ -92,6 +92,8 @@ async def _exists(ctx: NodeContext, args: Args) -> dict[str, Any]:
 async def _put(ctx: NodeContext, args: Args) -> dict[str, Any]:
     key = key_arg(args)
     value = as_value(required(args, "value"), ctx.limits)
+    if len(args) == 2:  # a key and a value, the common blind put: no option to check
+        return {"version": await ctx.serving_store().put(key, value)}
     if_version = opt_version(args, "if_version")
     if_absent = opt_bool(args, "if_absent")
     if if_absent and if_version is not None:
@@ -243,6 +245,9 @@ async def execute(ctx: NodeContext, operation: Operation, args: object, *,
             finally:
                 fence.leave()
     if operation.writes:
+        if ctx.write_timeout_s is None:  # _write's case without a deadline, one frame less
+            WRITE_CONCERN.set(args.get("w") or "majority")
+            return await operation.handler(ctx, args)
         return await _write(ctx, operation, args)
     return await operation.handler(ctx, args)
 

@@ -6,6 +6,7 @@ a batch in flight failing exactly what is pending as maybe executed."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -170,3 +171,25 @@ async def test_a_node_killed_mid_batch_fails_what_is_pending_as_maybe_executed(
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(r, ConnectionFailed) and r.maybe_executed for r in results), results
     await conn.close()
+
+
+async def test_sigterm_answers_every_batched_request_before_the_close(
+        node_factory: Any, session: aiohttp.ClientSession) -> None:
+    """The drain flushes the answers it gathered before its close frame (1001)."""
+    node = node_factory()
+    ws = await _raw_batch_socket(node, session)
+    count = 200
+    for start in range(0, count, 50):
+        await ws.send_bytes(rpc_batches.join([
+            msgpack.packb([i, "put", {"key": b"t:%d" % i, "value": b"v"}])
+            for i in range(start, start + 50)]))
+    node.proc.send_signal(signal.SIGTERM)
+    answered: dict[int, str] = {}
+    async with asyncio.timeout(30):
+        async for msg in ws:
+            for request_id, status, _ in msgpack.unpackb(msg.data):
+                answered[request_id] = status
+    assert set(answered) == set(range(count))
+    assert set(answered.values()) <= {"ok", "UNAVAILABLE"}
+    assert ws.close_code == 1001
+    assert await asyncio.to_thread(node.proc.wait, 30) == 0

@@ -14,6 +14,11 @@ caller's whole deadline even after the shard had failed over. The error says whe
 request could have reached the node (``maybe_executed``): a frame that was never written is
 safe to send again anywhere, while one that was written may have been applied, which only
 idempotent operations may ignore (see ``client.executor``).
+
+Batching. The client offers ``cluster/rpc_batches.py``'s subprotocol; if the node selects it,
+the requests of one loop iteration leave as one message (``request_batches.py``) and the
+node's answers arrive in batches too. An old node selects nothing and gets one frame per
+message, as before.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import aiohttp
+from shardkv.client.request_batches import RequestBatches
 from shardkv.client.request_deadlines import RequestDeadlines
-from shardkv.cluster import wire
+from shardkv.cluster import rpc_batches, wire
 from shardkv.cluster.errors import Timeout, Unavailable, error_from_dict
 from shardkv.cluster.limits import MAX_FRAME_BYTES
 from shardkv.cluster.write_coalescing import coalesce_writes
@@ -76,6 +83,7 @@ class NodeConnection:
         self._connect_timeout = connect_timeout
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._batches: RequestBatches | None = None  # when the node agreed to batching
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._connect_lock = asyncio.Lock()
@@ -114,24 +122,32 @@ class NodeConnection:
                     autoping=True,
                     heartbeat=HEARTBEAT_S,
                     compress=0,
+                    protocols=rpc_batches.protocols(),
                 )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 raise ConnectionFailed(
                     f"cannot connect to {self.url}: {exc or type(exc).__name__}", node=self.url
                 ) from exc
-            # Requests sent in one loop iteration leave in one write: fewer syscalls here,
-            # fewer wakeups at the node, and they share its WAL group (write_coalescing.py).
-            coalesce_writes(ws)
             if self._deadlines is None:
                 self._loop = asyncio.get_running_loop()
                 self._deadlines = RequestDeadlines(self._loop, self._expire)
-            self._ws = ws
+            # Requests sent in one loop iteration leave in one write: fewer syscalls here,
+            # fewer wakeups at the node, and they share its WAL group. A batching connection
+            # does that itself, in one message; otherwise write_coalescing.py joins messages.
+            batches = None
+            if ws.protocol == rpc_batches.SUBPROTOCOL:
+                batches = RequestBatches(ws, asyncio.get_running_loop(), self._fail_unsent)
+            else:
+                coalesce_writes(ws)
+            self._ws, self._batches = ws, batches
             self.connects += 1
-            self._reader = asyncio.get_running_loop().create_task(self._read_loop(ws))
+            self._reader = asyncio.get_running_loop().create_task(self._read_loop(ws, batches))
             return ws
 
-    async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse,
+                         batches: RequestBatches | None) -> None:
         reason = "closed by the node"
+        dispatch = self._dispatch if batches is None else self._dispatch_batch
         # ``receive`` itself rather than ``async for``: the iterator's ``__anext__`` is one
         # more coroutine per answer, and it stops at the same three message types.
         receive, binary, error = ws.receive, aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.ERROR
@@ -140,7 +156,7 @@ class NodeConnection:
                 msg = await receive()
                 kind = msg.type
                 if kind is binary:
-                    self._dispatch(msg.data)
+                    dispatch(msg.data)
                 elif kind is error:
                     reason = f"error: {ws.exception()}"
                     break
@@ -151,7 +167,7 @@ class NodeConnection:
         finally:
             if self._ws is ws:
                 self._ws = None
-            self._fail_pending(reason)
+            self._fail_pending(reason, batches.close() if batches is not None else ())
 
     def _dispatch(self, data: bytes) -> None:
         try:
@@ -159,6 +175,24 @@ class NodeConnection:
         except (ValueError, TypeError) as exc:
             log.warning("undecodable rpc answer from %s: %r", self.url, exc)
             return
+        self._resolve(request_id, status, result)
+
+    def _dispatch_batch(self, data: bytes) -> None:
+        try:
+            answers = wire.unpack(data)
+            if not isinstance(answers, list):
+                raise TypeError("a batch of answers must be an array")
+        except (ValueError, TypeError) as exc:
+            log.warning("undecodable rpc answers from %s: %r", self.url, exc)
+            return
+        resolve = self._resolve
+        for answer in answers:
+            if isinstance(answer, list) and len(answer) == 3:
+                resolve(*answer)
+            else:
+                log.warning("malformed rpc answer from %s: %r", self.url, answer)
+
+    def _resolve(self, request_id: Any, status: Any, result: Any) -> None:
         future = self._pending.pop(request_id, None) if request_id is not None else None
         if future is None or future.done():
             if request_id is None and isinstance(result, dict):
@@ -180,17 +214,30 @@ class NodeConnection:
         self._fail_pending(reason)
         return count
 
-    def _fail_pending(self, reason: str) -> None:
+    def _fail_pending(self, reason: str, unsent: Collection[int] = ()) -> None:
+        """Fail every request in flight: those in ``unsent`` were never written (a batch not
+        yet sent when the connection broke), the others may have been executed."""
         pending, self._pending = self._pending, {}
-        for future in pending.values():
+        for request_id, future in pending.items():
             if not future.done():
+                sent = request_id not in unsent
                 future.set_exception(
                     ConnectionFailed(
-                        f"connection to {self.url} lost ({reason})",
-                        maybe_executed=True,
+                        f"connection to {self.url} lost ({reason})"
+                        + ("" if sent else " before the request was sent"),
+                        maybe_executed=sent,
                         node=self.url,
                     )
                 )
+
+    def _fail_unsent(self, ids: list[int], exc: BaseException) -> None:
+        """A batch could not be sent: its requests fail as never sent."""
+        pending = self._pending
+        for request_id in ids:
+            future = pending.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(ConnectionFailed(
+                    f"cannot send to {self.url}: {exc}", node=self.url, maybe_executed=False))
 
     async def call(self, op: str, args: dict[str, Any], budget: float) -> Any:
         """Send one request and wait for its answer, at most ``budget`` seconds in total
@@ -203,14 +250,20 @@ class NodeConnection:
         request_id = next(self._ids)
         future: asyncio.Future[Any] = loop.create_future()
         pending = self._pending
-        pending[request_id] = future
-        try:
-            await ws.send_bytes(self._pack([request_id, op, args]))
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
-            pending.pop(request_id, None)
-            raise ConnectionFailed(
-                f"cannot send to {self.url}: {exc}", node=self.url, maybe_executed=False
-            ) from exc
+        batches = self._batches
+        if batches is not None and self._ws is ws:
+            frame = self._pack([request_id, op, args])
+            pending[request_id] = future
+            batches.add(request_id, frame)  # a failed send fails the future
+        else:
+            pending[request_id] = future
+            try:
+                await ws.send_bytes(self._pack([request_id, op, args]))
+            except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+                pending.pop(request_id, None)
+                raise ConnectionFailed(
+                    f"cannot send to {self.url}: {exc}", node=self.url, maybe_executed=False
+                ) from exc
         # The answer's wait is bounded by the connection's deadline queue, which fails the
         # future at ``budget`` as a timer of its own would (``request_deadlines.py``); not
         # ``asyncio.timeout``, whose cancel-and-uncancel bookkeeping cost as much as the rest

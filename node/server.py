@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from shardkv.cluster import event_loop
+from shardkv.cluster import event_loop, rpc_batches
 from shardkv.cluster.limits import MAX_FRAME_BYTES, Limits
 from shardkv.cluster.structured_log import log_fields, setup_logging
 from shardkv.node import gc_thresholds
@@ -150,8 +150,10 @@ class NodeServer:
         return app
 
     async def _rpc(self, request: web.Request) -> web.StreamResponse:
+        # Batched messages if the client offers them and this node allows them
+        # (cluster/rpc_batches.py); otherwise one frame per message, as an old node does.
         ws = web.WebSocketResponse(max_msg_size=FRAME_READ_LIMIT, compress=False,
-                                   autoping=True)
+                                   autoping=True, protocols=rpc_batches.protocols())
         await ws.prepare(request)
         connection = RpcConnection(ws, self.ctx, self.metrics,
                                    self.config.max_inflight_per_connection)

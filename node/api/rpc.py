@@ -11,6 +11,11 @@ Every frame gets an answer, even one that cannot be decoded: ``[null, "INVALID_A
 ...]`` (or the id, when it can be recovered), and the connection stays usable. Only a frame
 far beyond the protocol's 32 MiB limit makes aiohttp close the socket (1009), since reading
 it would mean buffering it.
+
+A client that negotiated ``cluster/rpc_batches.py``'s subprotocol sends batch messages (an
+array of such frames) and gets batch messages back (``rpc_answers.py``); each frame inside is
+served exactly as a frame of its own. A batch that cannot be walked is answered with one
+``[null, "INVALID_ARGUMENT", ...]`` and the connection stays usable.
 """
 
 from __future__ import annotations
@@ -18,17 +23,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
+from shardkv.cluster import rpc_batches
 from shardkv.cluster.errors import InvalidArgument, ShardKVError, TooLarge, Unavailable
 from shardkv.cluster.limits import MAX_FRAME_BYTES
 from shardkv.cluster.wire import pack, unpack
 from shardkv.cluster.write_coalescing import coalesce_writes
 from shardkv.node.api.node_context import NodeContext
 from shardkv.node.api.operations import Operation, client_error, execute, lookup
+from shardkv.node.api.rpc_answers import AnswerBatches
 from shardkv.node.metrics import NodeMetrics
 
 logger = logging.getLogger("shardkv.node.rpc")
@@ -59,6 +66,23 @@ def _valid_id(request_id: object) -> bool:
         -_MAX_ID <= request_id < _MAX_ID)
 
 
+def _checked(frame: object) -> tuple[int, object, Any]:
+    """A decoded frame's ``(id, op, args)``, or ``InvalidArgument`` saying what is wrong."""
+    if not isinstance(frame, list) or len(frame) != 3:
+        raise InvalidArgument("a frame must be a 3-element array [id, op, args]")
+    request_id, op, args = frame
+    if not _valid_id(request_id):
+        raise InvalidArgument("request id must be a 64-bit integer")
+    return request_id, op, args
+
+
+def _item_id(frame: object) -> int | None:
+    """The id of a decoded but malformed frame of a batch, if it has a valid one."""
+    if isinstance(frame, list) and frame and _valid_id(frame[0]):
+        return frame[0]  # type: ignore[no-any-return]
+    return None
+
+
 def _error_frame(request_id: int | None, error: ShardKVError) -> bytes:
     return pack([request_id, error.code.value, error.to_dict()])
 
@@ -71,7 +95,14 @@ class RpcConnection:
         self.ws = ws
         # Told of every message read (the node's ConnectionGate: its bytes are now delivered).
         self.on_message: Callable[[], None] | None = None
-        self._output = coalesce_writes(ws)  # cluster/write_coalescing.py
+        # Batching (negotiated in the handshake) answers an iteration's requests in one
+        # message; otherwise each answer is a message, an iteration's joined in one write.
+        self.batched = ws.ws_protocol == rpc_batches.SUBPROTOCOL
+        self._answers = AnswerBatches(ws) if self.batched else None
+        # How an answer frame leaves: queued in this iteration's batch, or its own message.
+        self._send: Callable[[bytes], Awaitable[None]] = (
+            self._answers.send if self._answers is not None else self._send_message)
+        self._output = None if self.batched else coalesce_writes(ws)  # write_coalescing.py
         self.ctx = ctx
         self.metrics = metrics
         self._slots = asyncio.Semaphore(max_inflight)
@@ -90,8 +121,11 @@ class RpcConnection:
             if self.on_message is not None:
                 self.on_message()
             if msg.type is WSMsgType.BINARY:
-                await self._slots.acquire()
-                self._dispatch(msg.data)
+                if self.batched:
+                    await self._dispatch_batch(msg.data)
+                else:
+                    await self._slots.acquire()
+                    self._dispatch(msg.data)
             elif msg.type is WSMsgType.TEXT:
                 self.metrics.bad_frames.inc()
                 await self._send(_error_frame(None, InvalidArgument(
@@ -101,8 +135,40 @@ class RpcConnection:
                 break
         if self._tasks:
             await asyncio.wait(set(self._tasks))
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._answers is not None:
+            self._answers.flush()
         if self._output is not None:
             self._output.flush()
+
+    async def _dispatch_batch(self, data: bytes) -> None:
+        """Each frame of a batch message, dispatched as if it had come alone (an in-flight
+        slot each). A batch over the frame limit is walked frame by frame, undecoded, so that
+        a frame too large is refused on its own."""
+        acquire = self._slots.acquire
+        oversized = len(data) > MAX_FRAME_BYTES
+        try:
+            frames = rpc_batches.split(data) if oversized else rpc_batches.decode(data)
+        except ShardKVError as error:
+            self.metrics.bad_frames.inc()
+            await self._send(_error_frame(None, error))
+            return
+        if oversized:
+            for raw in frames:
+                await acquire()
+                self._dispatch(raw)
+            return
+        for frame in frames:
+            await acquire()
+            try:
+                request_id, op, args = _checked(frame)
+            except ShardKVError as error:
+                self.metrics.bad_frames.inc()
+                self._start(self._answer_now(_item_id(frame), error))
+                continue
+            self._dispatch_frame(request_id, op, args)
 
     def _dispatch(self, data: bytes) -> None:
         try:
@@ -111,6 +177,9 @@ class RpcConnection:
             self.metrics.bad_frames.inc()
             self._start(self._answer_now(_frame_id(data), error))
             return
+        self._dispatch_frame(request_id, op, args)
+
+    def _dispatch_frame(self, request_id: int, op: object, args: Any) -> None:
         try:
             operation = lookup(op)
         except ShardKVError as error:
@@ -140,12 +209,7 @@ class RpcConnection:
             frame = unpack(data)
         except Exception:
             raise InvalidArgument("frame is not valid msgpack") from None
-        if not isinstance(frame, list) or len(frame) != 3:
-            raise InvalidArgument("a frame must be a 3-element array [id, op, args]")
-        request_id, op, args = frame
-        if not _valid_id(request_id):
-            raise InvalidArgument("request id must be a 64-bit integer")
-        return request_id, op, args
+        return _checked(frame)
 
     async def _answer_now(self, request_id: int | None, error: ShardKVError) -> None:
         await self._send(_error_frame(request_id, error))
@@ -164,7 +228,7 @@ class RpcConnection:
         metrics.observe(operation.name, outcome, time.perf_counter() - started)
         await self._send(frame)
 
-    async def _send(self, frame: bytes) -> None:
+    async def _send_message(self, frame: bytes) -> None:
         if self.ws.closed:
             return
         try:
@@ -179,4 +243,5 @@ class RpcConnection:
         pending = set(self._tasks)
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
+        self._flush()  # what is gathered leaves before the close frame
         await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")

@@ -122,6 +122,17 @@ class WalEntry:
     # bytes, encoded once per entry instead of once per consumer. Not part of the value.
     payload: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
+    def __init__(self, lsn: int, epoch: int, mutations: tuple[Mutation, ...] = (),
+                 ts: float = 0.0) -> None:
+        # Its own, as ``Mutation`` has: a replica builds one per entry of every frame and
+        # recovery one per logged entry, and the generated frozen ``__init__`` goes through
+        # ``object.__setattr__`` per field (issue 17: 0.8 -> 0.4 us per entry).
+        _set_lsn(self, lsn)
+        _set_epoch(self, epoch)
+        _set_mutations(self, mutations)
+        _set_ts(self, ts)
+        _set_payload(self, None)
+
     def to_wire(self) -> list[Any]:
         """The msgpack-able form used in WAL payloads and on the replication stream."""
         kinds = _WIRE_KINDS
@@ -135,6 +146,10 @@ class WalEntry:
         lsn, epoch, ts, mutations = raw
         decode = Mutation.from_wire
         return cls(int(lsn), int(epoch), tuple([decode(m) for m in mutations]), ts)
+
+
+_set_lsn, _set_epoch, _set_mutations, _set_ts, _set_payload = (
+    getattr(WalEntry, name).__set__ for name in ("lsn", "epoch", "mutations", "ts", "payload"))
 
 
 def payload_of(entry: WalEntry) -> bytes:

@@ -26,7 +26,6 @@ apply after the client was told it did not. See docs/exactly-once.md.
 from __future__ import annotations
 
 import collections
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -52,20 +51,6 @@ _MAX_EVICTIONS_PER_WRITE = 8
 _EXPIRY_CHECK_S = 1.0
 _PACKER = msgpack.Packer(use_bin_type=True)
 _PUT = MutationKind.PUT
-# The record of a write that succeeded with no payload (every put's, so every stamped put
-# packs one), packed by struct instead of msgpack: ``[seq, written_at, None, None]`` as a
-# fixarray, ``seq`` in msgpack's smallest unsigned form, ``written_at`` as a float64 (0xcb).
-# Byte for byte what ``_PACKER.pack`` writes (tests/unit/test_session_record_encoding.py),
-# so logs, replicas and snapshots cannot tell; about 100 ns less per stamped write.
-# (largest seq, its struct, its msgpack type byte; None: a positive fixint, no type byte)
-_SUCCESS_RECORDS: tuple[tuple[int, struct.Struct, int | None], ...] = (
-    (0x7F, struct.Struct(">BBBdH"), None),
-    (0xFF, struct.Struct(">BBBBdH"), 0xCC),
-    (0xFFFF, struct.Struct(">BBHBdH"), 0xCD),
-    (0xFFFF_FFFF, struct.Struct(">BBIBdH"), 0xCE),
-    (0xFFFF_FFFF_FFFF_FFFF, struct.Struct(">BBQBdH"), 0xCF),
-)
-_FIXARRAY_4, _FLOAT64, _NIL_NIL = 0x94, 0xCB, 0xC0C0
 
 
 class Session(NamedTuple):
@@ -132,14 +117,6 @@ def is_reserved(key: bytes) -> bool:
 
 def encode_record(seq: int, outcome: Outcome, written_at: float) -> bytes:
     if outcome.error is None:
-        if outcome.payload is None and type(seq) is int and type(written_at) is float \
-                and seq >= 0:
-            for largest, layout, type_byte in _SUCCESS_RECORDS:
-                if seq <= largest:
-                    if type_byte is None:
-                        return layout.pack(_FIXARRAY_4, seq, _FLOAT64, written_at, _NIL_NIL)
-                    return layout.pack(_FIXARRAY_4, type_byte, seq, _FLOAT64, written_at,
-                                       _NIL_NIL)
         return _PACKER.pack([seq, written_at, outcome.payload, None])
     return _PACKER.pack([seq, written_at, outcome.payload, outcome.error.to_dict()])
 

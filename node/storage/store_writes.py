@@ -42,7 +42,6 @@ from shardkv.node.storage.scan_cursor import next_cursor
 from shardkv.node.storage.sessions import (
     SESSION_PREFIX,
     SESSION_RANGE_END,
-    Outcome,
     Session,
     SessionIndex,
     SessionRecord,
@@ -125,10 +124,9 @@ class StoreWrites:
             if session is None:
                 return await self._submit(
                     [put_mutation(key, raw, expiry(ttl, now), self._threshold, prev)])
-            if self._sessions.is_new(session, now):
-                mutation = put_mutation(key, raw, expiry(ttl, now), self._threshold, prev)
-                return await self._submit(
-                    [mutation, *self._sessions.stamp(session, _DONE, now)])
+            mutations = [put_mutation(key, raw, expiry(ttl, now), self._threshold, prev)]
+            if self._sessions.stamp_if_new(mutations, session, now):
+                return await self._submit(mutations)
 
         async def decide(now: float) -> Decision:
             current = live(await self._pipeline.current(key), now)
@@ -377,9 +375,6 @@ class StoreWrites:
         applied = self._pipeline.submit(mutations)
         self._snapshotter.note_logged(self._pipeline.take_logged_bytes())
         return applied
-
-
-_DONE = Outcome()  # a write whose answer is its version alone
 
 
 def _fill(results: list[dict], version: int) -> list[dict]:

@@ -46,7 +46,9 @@ class WriteDeadlines:
     async def run(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable``; ``TimeoutError`` once ``timeout_s`` has passed. Must be
         called from a task (the one cancelled at the deadline)."""
-        task = asyncio.current_task()
+        # Given the loop: ``current_task()`` without one looks the running loop up, a
+        # ``getpid()`` system call per write on Python 3.11 (node/wal/wakeup.py).
+        task = asyncio.current_task(self._loop)
         if task is None:
             raise RuntimeError("WriteDeadlines.run must be awaited inside a task")
         pending = self._pending

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
+from shardkv.node.wal.wakeup import Wakeup
+
 
 class HeartbeatTimer:
     """Sets ``due`` and ``wakeup`` once ``interval`` has passed without a frame sent."""
@@ -18,7 +20,7 @@ class HeartbeatTimer:
     __slots__ = ("_handle", "_interval", "_last_sent", "_loop", "_wakeup", "due")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float,
-                 wakeup: asyncio.Event) -> None:
+                 wakeup: asyncio.Event | Wakeup) -> None:
         self._loop = loop
         self._interval = interval
         self._wakeup = wakeup

@@ -32,6 +32,9 @@ class MajorityCommit:
         self.lsn = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._tiebreak = itertools.count()
+        # Taken at the first wait that blocks (this may be built outside a loop) and kept:
+        # each lookup is a ``getpid()`` system call on Python 3.11 (node/wal/wakeup.py).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def local_durable(self, lsn: int) -> None:
         if lsn > self.local:
@@ -65,7 +68,10 @@ class MajorityCommit:
         # The future is this caller's alone, so it is awaited without a shield (one loop
         # iteration from the acknowledgement to the waiter, not two): cancelling the wait
         # cancels it, and ``recount`` skips a cancelled one.
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._waiters, (lsn, next(self._tiebreak), future))
         try:
             if within_s is None:

@@ -60,6 +60,7 @@ from shardkv.node.storage.snapshots.snapshot import SnapshotMeta
 from shardkv.node.storage.snapshots.transfer import iter_snapshot_chunks
 from shardkv.node.testing import failpoints
 from shardkv.node.wal.record import WalEntry
+from shardkv.node.wal.wakeup import Wakeup
 from shardkv.node.wal.write_ahead_log import LsnCompacted, WriteAheadLog
 
 logger = logging.getLogger(__name__)
@@ -90,11 +91,13 @@ class ReplicaProgress:
 class _Session:
     """One stream to a replica: its sender's wakeup and its window of unacknowledged frames
     (the last LSN of each). ``held``: the sender waits for an ack, so a publish need not
-    wake it."""
+    wake it. ``wakeup`` is a loop-bound flag, not an ``asyncio.Event``: the sender blocks
+    once per frame, and an Event's wait looks the running loop up each time, a ``getpid()``
+    system call on Python 3.11 (``node/wal/wakeup.py``)."""
 
+    wakeup: Wakeup
     in_flight: collections.deque[int] = field(default_factory=collections.deque)
     held: bool = False
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ReplicationPrimary:
@@ -205,7 +208,7 @@ class ReplicationPrimary:
         await ws.prepare(request)
         progress: ReplicaProgress | None = None
         sender: asyncio.Task[None] | None = None
-        session = _Session()
+        session = _Session(Wakeup(asyncio.get_running_loop()))
         try:
             if self._closed is not None:
                 raise Unavailable(f"not primary any more: {self._closed}")

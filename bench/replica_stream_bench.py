@@ -14,6 +14,10 @@ on 127.0.0.1) that keeps ``--writers`` puts in flight, each waiting for a majori
 ``ReplicationReplica`` with a lease promise) whose own process CPU (``getrusage``: user and
 system) is taken over the entries after the first third. Sides alternate round by round.
 Issue 17, notes/issue-17-replica.md.
+
+The primary prints its own process CPU per committed entry too (``--measure primary`` makes
+it the A/B figure): the WAL (no fsync), ``ReplicationPrimary``'s sender, acks and majority
+wait, with one replica following (a majority of three), without the rpc layer.
 """
 
 from __future__ import annotations
@@ -62,11 +66,16 @@ async def _primary(writers: int, total: int) -> None:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
         written = 0
+        warm = total // 3
+        start: tuple[float, float, int] | None = None
+        committed = 0  # entries a majority holds, counted after ``warm``
 
         async def writer() -> None:
-            nonlocal written
+            nonlocal written, start, committed
             while written < total:
                 written += 1
+                if written == warm:
+                    start = _usage()
                 lsn = wal.last_lsn + 1
                 key = b"bench:%06d" % (lsn * 7919 % 10_000)
                 session = SESSION_PREFIX + b"c" * 12 + (lsn % 64).to_bytes(4, "big")
@@ -80,11 +89,17 @@ async def _primary(writers: int, total: int) -> None:
                 await durable
                 repl.local_durable(lsn)
                 await repl.wait_for_majority(lsn, None)
+                if start is not None:
+                    committed += 1
 
         await asyncio.gather(*(writer() for _ in range(writers)))
+        end = _usage()
         [progress] = repl.replicas() or [{}]
+        cpu = 0.0 if start is None else (end[0] - start[0]) + (end[1] - start[1])
         print(json.dumps({"frames": progress.get("frames_sent"),
-                          "entries": progress.get("entries_sent")}), flush=True)
+                          "entries": progress.get("entries_sent"),
+                          "primary_us_per_entry": cpu * 1e6 / max(1, committed)}),
+              flush=True)
         await repl.close()
         await runner.cleanup()
         await wal.close()
@@ -140,6 +155,8 @@ def _round(python: str, args: argparse.Namespace) -> dict[str, float]:
         sent = json.loads(primary.stdout.readline() or "{}")
         if sent.get("frames"):
             result["entries_per_frame"] = sent["entries"] / sent["frames"]
+        if "primary_us_per_entry" in sent:
+            result["primary_us_per_entry"] = sent["primary_us_per_entry"]
         primary.wait(timeout=30)
         return result
     finally:
@@ -158,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fsync", choices=("always", "never"), default="always",
                    help="the replica's WAL policy")
     p.add_argument("--b-python", help="B runs this interpreter (another checkout's venv)")
+    p.add_argument("--measure", choices=("replica", "primary"), default="replica",
+                   help="whose CPU per entry the A/B compares (both are printed)")
     p.add_argument("--role", choices=("primary", "replica"), help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -179,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {result['us_per_entry']:.1f} us/entry (sys {result['sys_us_per_entry']:.1f}), "
               f"{result['switches_per_entry']:.3f} switches/entry, "
               f"{result['entries_per_s']:.0f} entries/s, "
-              f"{result.get('entries_per_frame', 0):.1f} entries/frame", flush=True)
-        return result["us_per_entry"]
+              f"{result.get('entries_per_frame', 0):.1f} entries/frame, primary "
+              f"{result.get('primary_us_per_entry', float('nan')):.1f} us/entry", flush=True)
+        return result["us_per_entry" if args.measure == "replica" else "primary_us_per_entry"]
 
     report(alternate(sides, args.rounds, run, lambda us: f"{us:.1f} us/entry"), "us/entry")
     return 0

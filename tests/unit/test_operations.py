@@ -181,3 +181,35 @@ async def test_the_fence_sees_each_requests_keys_and_a_timed_write_its_result(
     await run(ctx, "mget", keys=[b"a", "b"])
     assert moving.seen == [[b"b"], [b"a", b"b"]] and moving.left == 1
     assert ctx.write_deadlines is not None and ctx.write_deadlines.timeout_s == 5.0
+
+
+async def test_a_stamped_put_is_exactly_once_on_the_fast_path(ctx: NodeContext) -> None:
+    """``{key, value, client_id, seq}`` (the client library's put) skips the option checks,
+    not the session: a retry answers the first attempt's version and writes nothing."""
+    first = await run(ctx, "put", key="k", value=b"a", client_id=b"c1", seq=1)
+    retried = await run(ctx, "put", key="k", value=b"a", client_id=b"c1", seq=1)
+    assert retried == first
+    assert (await run(ctx, "get", key="k"))["version"] == first["version"]
+    later = await run(ctx, "put", key="k", value=b"b", client_id=b"c1", seq=2)
+    assert later["version"] > first["version"]
+
+
+@pytest.mark.parametrize("args", [
+    {"key": "k", "value": b"v", "client_id": b"", "seq": 1},
+    {"key": "k", "value": b"v", "client_id": b"c1", "seq": 0},
+    {"key": "k", "value": b"v", "client_id": b"c1", "seq": True},
+    {"key": "k", "value": b"v", "seq": 1},
+    {"key": "k", "value": b"v" * 65, "client_id": b"c1", "seq": 1},
+])
+async def test_a_bad_stamped_put_is_refused_on_the_fast_path(ctx: NodeContext,
+                                                             args: dict[str, Any]) -> None:
+    assert await code_of(ctx, "put", args) in (ErrorCode.INVALID_ARGUMENT, ErrorCode.TOO_LARGE)
+    assert await code_of(ctx, "get", {"key": "k"}) is ErrorCode.NOT_FOUND
+
+
+async def test_a_stamped_put_with_options_still_checks_them(ctx: NodeContext) -> None:
+    """An option beside the stamp leaves the fast path: it is checked and applied."""
+    assert await code_of(ctx, "put", {"key": "k", "value": b"v", "client_id": b"c1",
+                                      "seq": 1, "w": "all"}) is ErrorCode.INVALID_ARGUMENT
+    await run(ctx, "put", key="k", value=b"v", client_id=b"c1", seq=2, ttl=60)
+    assert 0 < (await run(ctx, "ttl", key="k"))["ttl"] <= 60

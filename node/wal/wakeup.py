@@ -11,6 +11,7 @@ never looks again. One waiter at a time, which is all the writer and the applier
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 
 class Wakeup:
@@ -47,3 +48,12 @@ class Wakeup:
             await waiter
         finally:
             self._waiter = None
+
+    async def wait_at_most(self, limit_s: float | None) -> None:
+        """``wait``, given up quietly after ``limit_s`` seconds; with no limit, without
+        ``wait_for`` (a task step and a loop lookup per wait)."""
+        if limit_s is None:
+            await self.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wait(), limit_s)

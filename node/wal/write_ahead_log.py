@@ -33,7 +33,6 @@ together while what does not decide them lives in the modules named above.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -298,11 +297,7 @@ class WriteAheadLog:
                 timeout = None
                 if periodic and self._written_lsn > self.durable_lsn:
                     timeout = max(0.0, self._counters.last_sync + interval - time.monotonic())
-                if timeout is None:  # wait_for would cost a task step and a loop lookup
-                    await self._wakeup.wait()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), timeout)
+                await self._wakeup.wait_at_most(timeout)
                 self._wakeup.clear()
                 # Let the rest of the loop iteration that queued this run first: the
                 # replication senders woken by the same submit ship the entry before the

@@ -41,3 +41,15 @@ async def test_a_second_waiter_is_refused() -> None:
         await wakeup.wait()
     wakeup.set()
     await asyncio.wait_for(first, 5)
+
+
+async def test_a_limited_wait_ends_unset_at_its_limit_and_the_flag_stays_usable() -> None:
+    wakeup = Wakeup(asyncio.get_running_loop())
+    await wakeup.wait_at_most(0.01)  # nobody sets it: returns quietly at the limit
+    assert not wakeup.is_set()
+    waiting = asyncio.ensure_future(wakeup.wait_at_most(None))  # no limit: waits for set
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    wakeup.set()
+    await asyncio.wait_for(waiting, 5)
+    assert wakeup.is_set()

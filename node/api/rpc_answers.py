@@ -3,9 +3,9 @@ leave as one message (``cluster/rpc_batches.py``).
 
 Answers are gathered until the loop iteration ends, joined into one batch and written as one
 unmasked binary WebSocket frame whose header is built here (two to ten bytes, RFC 6455 5.2):
-going through aiohttp's per-message writer for each answer was 14% of a busy primary's loop,
-and for one joined message per iteration it would only add a coroutine. aiohttp's own frames
-(pongs, the close frame) still go through its writer, whole, on the same transport.
+aiohttp's per-message writer costs each answer a coroutine, a header and a write, and for one
+joined message per iteration it would only add a coroutine. aiohttp's own frames (pongs, the
+close frame) still go through its writer, whole, on the same transport.
 
 Backpressure is kept as aiohttp's writer keeps it: an answer is queued, and while the
 transport is paused (the client is not reading), the request that produced it waits for the
